@@ -1,0 +1,361 @@
+//! The `CompressionJob` custom resource: spec, status, defaults and validation (pure).
+//!
+//! `///` docs on fields are user documentation: they become `kubectl explain` output.
+
+mod status;
+mod validate;
+
+pub use status::*;
+pub use validate::{FieldError, InvalidSpec, QUANTIZABLE_OPS, parse_pattern, validate};
+
+use k8s_openapi::api::core::v1::Toleration;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A model compression run: pull an ONNX model, apply passes, evaluate original and candidate
+/// with ONNX Runtime on the same data, and promote the candidate only if every threshold passes.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kompress.dev",
+    version = "v1alpha1",
+    kind = "CompressionJob",
+    namespaced,
+    shortname = "cj",
+    category = "kompress",
+    status = "CompressionJobStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ratio","type":"number","format":"float","jsonPath":".status.result.ratio"}"#,
+    printcolumn = r#"{"name":"Acc-Drop","type":"number","format":"float","jsonPath":".status.result.accuracyDrop"}"#,
+    printcolumn = r#"{"name":"Promoted","type":"string","jsonPath":".status.conditions[?(@.type==\"Promoted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompressionJobSpec {
+    /// The model to compress.
+    pub model: ModelSource,
+    /// The evaluation data: both the original and the candidate run on it.
+    pub dataset: DatasetSource,
+    /// Credentials and connection settings for object storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+    /// Compression passes, applied in this order (pruning before quantization is the usual order).
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one pass is required"))]
+    pub passes: Vec<PassSpec>,
+    /// Every threshold set here must pass for the candidate to be promoted.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// Where candidates, reports and promoted models go.
+    pub output: OutputSpec,
+    /// How the evaluation runs (batch size, latency measurement, threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationSpec>,
+    /// Compute for the worker pod (in a cluster). `gpu > 0` runs the GPU image with the CUDA
+    /// execution provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesSpec>,
+    /// Node selector for the worker pod (merged over the controller's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations for the worker pod (added to the controller's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Worker image override; the controller's CPU or GPU image by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Seconds the worker may run before it is stopped (batch/v1 Job `activeDeadlineSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Retries after transient failures (network, storage). Permanent errors and rejected
+    /// candidates are never retried. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 10").message("must be between 0 and 10"))]
+    pub backoff_limit: Option<i32>,
+    /// Seconds to keep the finished worker Job before Kubernetes deletes it. Default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    pub ttl_seconds_after_finished: Option<i32>,
+}
+
+/// Where the model comes from.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelSource {
+    /// URI of the ONNX model: s3://, gs://, az://, https://, file:// or a plain path.
+    /// External data files named by the model are fetched from beside it.
+    #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
+    pub uri: String,
+    /// Expected sha256 of the model file (64 hex digits); the run fails on mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
+    pub sha256: Option<String>,
+}
+
+/// The evaluation data.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatasetSource {
+    /// URI of a NumPy `.npz` file with one array per model input (named like the input, first
+    /// axis = samples) and optionally a labels array.
+    #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
+    pub uri: String,
+    /// Expected sha256 of the dataset file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
+    pub sha256: Option<String>,
+    /// Name of the integer labels array in the npz (class index per sample). Default `labels`
+    /// when the file has one; without labels, accuracy is not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// Use only the first N samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub limit: Option<u32>,
+}
+
+/// Object storage settings. Credentials come from the environment (AWS_*, GOOGLE_*, AZURE_*),
+/// which in a cluster the controller fills from `secretRef`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSpec {
+    /// A Secret in the job's namespace whose keys become environment variables of the worker
+    /// (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, GOOGLE_SERVICE_ACCOUNT_KEY,
+    /// AZURE_STORAGE_ACCOUNT_KEY). Leave unset for workload identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// S3-compatible endpoint (e.g. http://minio.storage:9000). Overrides AWS_ENDPOINT_URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region for S3. Overrides AWS_REGION.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Use virtual-hosted-style S3 addressing (bucket in the host name). Default false:
+    /// path-style, which S3-compatible servers expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_hosted_style: Option<bool>,
+    /// Allow plain http:// endpoints (in-cluster S3-compatible servers). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+}
+
+/// A reference to a Secret in the same namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// The Secret's name.
+    pub name: String,
+}
+
+/// One compression pass: set exactly one of `prune` or `quantize`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("[has(self.prune), has(self.quantize)].filter(x, x).size() == 1").message("set exactly one of prune or quantize"))]
+pub struct PassSpec {
+    /// Magnitude pruning of weights (unstructured or N:M).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneSpec>,
+    /// int8 quantization of weights (and activations, dynamically).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<QuantizeSpec>,
+}
+
+/// Magnitude pruning: set either `sparsity` (unstructured) or `pattern` (N:M).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.sparsity) != has(self.pattern)").message("set exactly one of sparsity or pattern"))]
+pub struct PruneSpec {
+    /// How weights are ranked. Only `magnitude` (smallest |w| pruned first).
+    #[serde(default)]
+    pub method: PruneMethod,
+    /// Target fraction of zero weights in each pruned tensor (`scope: layer`) or across all of
+    /// them (`scope: global`), in [0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("must be in [0, 1)"))]
+    pub sparsity: Option<f64>,
+    /// Semi-structured N:M sparsity along the input dimension, e.g. "2:4": in every group of M
+    /// consecutive weights at most N are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]*:[1-9][0-9]*$') && int(self.split(':')[0]) < int(self.split(':')[1])").message("must be N:M with 0 < N < M, e.g. 2:4"))]
+    pub pattern: Option<String>,
+    /// `layer`: each tensor reaches the sparsity; `global`: one magnitude threshold across all
+    /// pruned tensors. Default layer.
+    #[serde(default)]
+    pub scope: PruneScope,
+    /// Op types whose weights are pruned. Default MatMul, Gemm, Conv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<String>>,
+    /// Node names left untouched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_nodes: Vec<String>,
+    /// Tensors with fewer elements are left untouched. Default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_elements: Option<u64>,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PruneMethod {
+    #[default]
+    Magnitude,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PruneScope {
+    #[default]
+    Layer,
+    Global,
+}
+
+/// int8 quantization.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuantizeSpec {
+    /// `dynamic`: int8 weights, activations quantized at run time (DynamicQuantizeLinear +
+    /// MatMulInteger/ConvInteger), which ONNX Runtime executes as integer math: smaller AND
+    /// faster on CPU. `weightOnly`: int8 weights dequantized at load (QDQ): smaller, float math.
+    #[serde(default)]
+    pub mode: QuantMode,
+    /// Weight element type. Only `int8` (symmetric).
+    #[serde(default)]
+    pub weights: WeightType,
+    /// One scale per output channel instead of one per tensor: more accurate, slightly larger.
+    #[serde(default)]
+    pub per_channel: bool,
+    /// Quantize weights to 7 bits ([-63, 63]) to avoid int16 saturation in u8s8 kernels on CPUs
+    /// without VNNI. Default false.
+    #[serde(default)]
+    pub reduce_range: bool,
+    /// Op types to quantize. Default MatMul and Gemm (Conv is supported: add it explicitly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<String>>,
+    /// Node names left in float.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_nodes: Vec<String>,
+    /// Weights with fewer elements stay float. Default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_elements: Option<u64>,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum QuantMode {
+    #[default]
+    Dynamic,
+    WeightOnly,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum WeightType {
+    #[default]
+    Int8,
+}
+
+/// Gate thresholds. Unset thresholds are not checked; every set one must pass.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Thresholds {
+    /// Largest allowed top-1 accuracy drop, absolute (0.01 = one percentage point). Needs labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub max_accuracy_drop: Option<f64>,
+    /// Largest allowed accuracy drop relative to the baseline (0.02 = 2% of the baseline). Needs labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub max_relative_accuracy_drop: Option<f64>,
+    /// Smallest allowed fraction of samples whose top-1 class matches the original model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub min_agreement: Option<f64>,
+    /// Smallest allowed mean cosine similarity between original and candidate outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= -1.0 && self <= 1.0").message("must be in [-1, 1]"))]
+    pub min_cosine_similarity: Option<f64>,
+    /// Smallest allowed size ratio original/candidate (4.0 = four times smaller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("must be positive"))]
+    pub min_compression_ratio: Option<f64>,
+    /// Largest allowed p50 latency ratio candidate/original (1.0 = not slower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("must be positive"))]
+    pub max_latency_ratio: Option<f64>,
+}
+
+/// Where results go.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Prefix URI for every run's candidate and report.json (the audit trail): each run writes
+    /// under `<uri>/runs/<run-id>/`.
+    #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
+    pub uri: String,
+    /// Prefix URI where a passing candidate is promoted: the model goes to a content-addressed
+    /// `sha256-<digest>/` folder first, then `promoted.json` (the manifest readers follow) is
+    /// written last. Unset: nothing is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_to: Option<String>,
+}
+
+/// How evaluation runs.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluationSpec {
+    /// Samples per inference batch for the accuracy pass. Default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub batch_size: Option<u32>,
+    /// Model output compared between original and candidate. Default: the first output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// ONNX Runtime intra-op threads. Default: ONNX Runtime's choice (all cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub threads: Option<u32>,
+    /// Latency measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencySpec>,
+}
+
+/// Latency is measured on repeated runs of one batch after warm-up.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LatencySpec {
+    /// Batch size of the timed runs. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub batch_size: Option<u32>,
+    /// Untimed runs first. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<u32>,
+    /// Timed runs. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub iterations: Option<u32>,
+}
+
+/// Compute for the worker pod.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// GPUs (nvidia.com/gpu). > 0 selects the GPU image and the CUDA execution provider.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 8").message("must be between 0 and 8"))]
+    pub gpu: u32,
+    /// CPU request and limit, e.g. "2".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory request and limit, e.g. "4Gi". Default: sized from the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Scratch space (emptyDir size limit), e.g. "20Gi". Default: sized from the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<String>,
+}
+
+impl CompressionJobSpec {
+    pub fn evaluation(&self) -> EvaluationSpec {
+        self.evaluation.clone().unwrap_or_default()
+    }
+}

@@ -1,0 +1,159 @@
+//! Status of a CompressionJob, and the result record the worker reports (the same shape lands
+//! in `status.result`, the termination message and report.json).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state, written by the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CompressionJobStatus {
+    /// Pending, Running, Succeeded (promoted or passed), Rejected (a threshold failed) or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling, Stalled (kstatus), Evaluated, Promoted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The batch/v1 Job running this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Sizes, metrics, checks and artifacts of the last finished run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Rejected,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Rejected => "Rejected",
+            Self::Failed => "Failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Rejected | Self::Failed)
+    }
+}
+
+/// Condition types (metav1.Condition `type`).
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+    pub const EVALUATED: &str = "Evaluated";
+    pub const PROMOTED: &str = "Promoted";
+}
+
+/// Condition and Event reasons.
+pub mod reason {
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const JOB_CREATED: &str = "JobCreated";
+    pub const RUNNING: &str = "Running";
+    pub const PASSED: &str = "ThresholdsPassed";
+    pub const REJECTED: &str = "ThresholdsFailed";
+    pub const PROMOTED: &str = "Promoted";
+    pub const NOT_PROMOTED: &str = "NotPromoted";
+    pub const NO_PROMOTE_TARGET: &str = "NoPromoteTarget";
+    pub const WORKER_FAILED: &str = "WorkerFailed";
+    pub const PENDING: &str = "Pending";
+}
+
+/// The outcome of one run: what the gate decided and why.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    /// `Passed` or `Rejected`.
+    pub verdict: Verdict,
+    pub original_bytes: u64,
+    pub compressed_bytes: u64,
+    /// original_bytes / compressed_bytes.
+    pub ratio: f64,
+    /// Baseline accuracy minus candidate accuracy (absolute), when labels exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_drop: Option<f64>,
+    pub baseline: Metrics,
+    pub candidate: Metrics,
+    /// Every threshold that was set, with its value, limit and verdict.
+    pub checks: Vec<Check>,
+    /// The candidate in the output location (always written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactRef>,
+    /// The promoted model (only when every check passed and promoteTo is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<ArtifactRef>,
+    /// URI of the full report.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum Verdict {
+    #[default]
+    Passed,
+    Rejected,
+}
+
+/// Evaluation of one model on the dataset.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Metrics {
+    pub bytes: u64,
+    pub samples: u64,
+    /// Top-1 accuracy against the labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Fraction of samples whose top-1 class matches the original's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    /// Mean per-sample cosine similarity of outputs with the original's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine_similarity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_abs_error: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_abs_error: Option<f64>,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+}
+
+/// One threshold check.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// The threshold's field name, e.g. maxAccuracyDrop.
+    pub name: String,
+    pub value: f64,
+    pub limit: f64,
+    pub passed: bool,
+}
+
+/// A stored model.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactRef {
+    pub uri: String,
+    pub sha256: String,
+}

@@ -1,0 +1,135 @@
+//! Spec validation (pure). The same rules as the CRD's CEL, plus what CEL cannot see (URI
+//! schemes, op names), so `kompress run` rejects what the apiserver would and more.
+
+use super::CompressionJobSpec;
+use crate::storage::Location;
+
+/// One problem, with the field's path in the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in a spec, not just the first.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid CompressionJob spec:{}", .0.iter().map(|e| format!("\n  - {}: {}", e.field, e.message)).collect::<String>())]
+pub struct InvalidSpec(pub Vec<FieldError>);
+
+pub const QUANTIZABLE_OPS: &[&str] = &["MatMul", "Gemm", "Conv"];
+
+pub fn parse_pattern(p: &str) -> Option<(usize, usize)> {
+    let (n, m) = p.split_once(':')?;
+    let (n, m) = (n.parse().ok()?, m.parse().ok()?);
+    (0 < n && n < m).then_some((n, m))
+}
+
+pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
+    let mut errs = Vec::new();
+    let mut err = |field: String, message: String| errs.push(FieldError { field, message });
+
+    let mut uri = |field: &str, value: &str, writable: bool| match Location::parse(value) {
+        Err(e) => err(field.into(), e.to_string()),
+        Ok(loc) if writable && loc.is_read_only() => {
+            err(field.into(), format!("`{value}` is read-only (https): write to s3://, gs://, az:// or a local path"))
+        }
+        Ok(_) => {}
+    };
+    uri("spec.model.uri", &spec.model.uri, false);
+    uri("spec.dataset.uri", &spec.dataset.uri, false);
+    uri("spec.output.uri", &spec.output.uri, true);
+    if let Some(p) = &spec.output.promote_to {
+        uri("spec.output.promoteTo", p, true);
+    }
+    for (field, sha) in [("spec.model.sha256", &spec.model.sha256), ("spec.dataset.sha256", &spec.dataset.sha256)] {
+        if let Some(s) = sha
+            && !(s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            err(field.into(), format!("`{s}` is not a sha256 (64 lowercase hex digits)"));
+        }
+    }
+
+    if spec.passes.is_empty() {
+        err("spec.passes".into(), "at least one pass is required (prune or quantize)".into());
+    }
+    let check_ops = |field: String, ops: &Option<Vec<String>>, err: &mut dyn FnMut(String, String)| {
+        for (j, op) in ops.iter().flatten().enumerate() {
+            if !QUANTIZABLE_OPS.contains(&op.as_str()) {
+                err(format!("{field}.ops[{j}]"), format!("unsupported op `{op}`; supported: {}", QUANTIZABLE_OPS.join(", ")));
+            }
+        }
+    };
+    let mut quantized = false;
+    for (i, pass) in spec.passes.iter().enumerate() {
+        let at = format!("spec.passes[{i}]");
+        match (&pass.prune, &pass.quantize) {
+            (Some(_), Some(_)) | (None, None) => err(at.clone(), "set exactly one of prune or quantize".into()),
+            (Some(p), None) => {
+                let at = format!("{at}.prune");
+                if quantized {
+                    err(at.clone(), "pruning after quantization is not supported: put prune passes first".into());
+                }
+                match (p.sparsity, &p.pattern) {
+                    (Some(_), Some(_)) | (None, None) => err(at.clone(), "set exactly one of sparsity or pattern".into()),
+                    (Some(s), None) if !(0.0..1.0).contains(&s) => err(format!("{at}.sparsity"), format!("{s} is outside [0, 1)")),
+                    (None, Some(pat)) if parse_pattern(pat).is_none() => {
+                        err(format!("{at}.pattern"), format!("`{pat}` is not N:M with 0 < N < M (e.g. 2:4)"))
+                    }
+                    _ => {}
+                }
+                if p.pattern.is_some() && p.scope == super::PruneScope::Global {
+                    err(format!("{at}.scope"), "global scope applies to `sparsity`, not to an N:M pattern".into());
+                }
+                check_ops(at, &p.ops, &mut err);
+            }
+            (None, Some(q)) => {
+                let at = format!("{at}.quantize");
+                if quantized {
+                    err(at.clone(), "the model is already quantized by an earlier pass".into());
+                }
+                quantized = true;
+                check_ops(at, &q.ops, &mut err);
+            }
+        }
+    }
+
+    let t = &spec.thresholds;
+    let unit = [
+        ("maxAccuracyDrop", t.max_accuracy_drop, 0.0, 1.0),
+        ("maxRelativeAccuracyDrop", t.max_relative_accuracy_drop, 0.0, 1.0),
+        ("minAgreement", t.min_agreement, 0.0, 1.0),
+        ("minCosineSimilarity", t.min_cosine_similarity, -1.0, 1.0),
+    ];
+    for (name, v, lo, hi) in unit {
+        if let Some(v) = v
+            && !(lo..=hi).contains(&v)
+        {
+            err(format!("spec.thresholds.{name}"), format!("{v} is outside [{lo}, {hi}]"));
+        }
+    }
+    for (name, v) in [("minCompressionRatio", t.min_compression_ratio), ("maxLatencyRatio", t.max_latency_ratio)] {
+        if let Some(v) = v
+            && !(v.is_finite() && v > 0.0)
+        {
+            err(format!("spec.thresholds.{name}"), format!("{v} must be a positive number"));
+        }
+    }
+    if let Some(ev) = &spec.evaluation {
+        for (name, v) in [("batchSize", ev.batch_size), ("threads", ev.threads)] {
+            if v == Some(0) {
+                err(format!("spec.evaluation.{name}"), "must be positive".into());
+            }
+        }
+        if let Some(l) = &ev.latency {
+            for (name, v) in [("batchSize", l.batch_size), ("iterations", l.iterations)] {
+                if v == Some(0) {
+                    err(format!("spec.evaluation.latency.{name}"), "must be positive".into());
+                }
+            }
+        }
+    }
+    if spec.dataset.limit == Some(0) {
+        err("spec.dataset.limit".into(), "must be positive".into());
+    }
+    if errs.is_empty() { Ok(()) } else { Err(InvalidSpec(errs)) }
+}

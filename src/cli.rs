@@ -1,0 +1,359 @@
+//! Command-line faces of the one binary: run, worker, controller, crd, inspect.
+
+use crate::api::{CompressionJob, JobResult, Phase, Verdict};
+use crate::pipeline::{self, JobRef, RunOptions, error_chain};
+use crate::ui::Ui;
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::CustomResourceExt;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Exit code for errors that retrying cannot fix (bad spec, bad model, missing object,
+/// wrong credentials): sysexits EX_DATAERR. The worker Job's pod failure policy fails the Job
+/// at once on it.
+pub const EXIT_PERMANENT: i32 = 65;
+/// Exit code for errors worth retrying (network, storage unavailable): sysexits EX_TEMPFAIL.
+pub const EXIT_TRANSIENT: i32 = 75;
+
+#[derive(Parser, Debug)]
+#[command(name = "kompress", version, about = "ONNX model compression as a declarative, gated pipeline step")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one CompressionJob on this machine (no cluster): the embedded default.
+    Run {
+        /// The CompressionJob manifest (the same YAML you would `kubectl apply`).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Summary format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// Working directory (default: a temporary directory, removed afterwards).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Folder name of this run under output.uri/runs/.
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// What the worker pod runs: the same pipeline, non-interactive; a compact JSON result goes
+    /// to the termination log.
+    Worker {
+        /// The CompressionJob (YAML or JSON) as a file...
+        #[arg(long, env = "KOMPRESS_JOB_FILE", conflicts_with = "spec")]
+        spec_file: Option<PathBuf>,
+        /// ...or inline (the controller sets KOMPRESS_JOB).
+        #[arg(long, env = "KOMPRESS_JOB", hide_env_values = true)]
+        spec: Option<String>,
+        #[arg(long, env = "KOMPRESS_TERMINATION_LOG", default_value = "/dev/termination-log")]
+        termination_log: PathBuf,
+        #[arg(long, env = "KOMPRESS_SCRATCH")]
+        scratch: Option<PathBuf>,
+        #[arg(long, env = "KOMPRESS_RUN_ID")]
+        run_id: Option<String>,
+    },
+    /// Print the CompressionJob CustomResourceDefinition (YAML).
+    Crd,
+    /// Summarise an ONNX model: ops, parameters, bytes by dtype, sparsity.
+    Inspect {
+        model: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Errors of the command layer itself (reading manifests).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin} is not a valid CompressionJob manifest: {message}")]
+    Manifest { origin: String, message: String },
+}
+
+/// Parses a CompressionJob from YAML or JSON; with several YAML documents, the first
+/// CompressionJob is used.
+pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, CliError> {
+    let bad = |message: String| CliError::Manifest { origin: origin.into(), message };
+    let mut seen = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        if kind != "CompressionJob" {
+            seen.push(if kind.is_empty() { "a document without kind".to_string() } else { kind });
+            continue;
+        }
+        let api = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("");
+        if api != "kompress.dev/v1alpha1" {
+            return Err(bad(format!("apiVersion is `{api}`; expected kompress.dev/v1alpha1")));
+        }
+        return serde_yaml::from_value::<CompressionJob>(value).map_err(|e| bad(e.to_string()));
+    }
+    Err(bad(format!("no document has kind: CompressionJob (found: {})", if seen.is_empty() { "nothing".into() } else { seen.join(", ") })))
+}
+
+use serde::Deserialize;
+
+fn job_ref(job: &CompressionJob) -> JobRef {
+    JobRef {
+        name: job.metadata.name.clone().unwrap_or_else(|| "compressionjob".into()),
+        namespace: job.metadata.namespace.clone(),
+        generation: job.metadata.generation,
+    }
+}
+
+/// A scratch directory, removed on drop unless the user chose it.
+struct Scratch {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl Scratch {
+    fn new(chosen: Option<PathBuf>) -> std::io::Result<Self> {
+        Ok(match chosen {
+            Some(path) => Self { path, remove: false },
+            None => {
+                let path = std::env::temp_dir().join(format!("kompress-{}-{}", std::process::id(), jiff::Timestamp::now().as_millisecond()));
+                std::fs::create_dir_all(&path)?;
+                Self { path, remove: true }
+            }
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn exit_code(e: &pipeline::Error) -> i32 {
+    if e.is_permanent() { EXIT_PERMANENT } else { EXIT_TRANSIENT }
+}
+
+/// `kompress run`: returns the process exit code.
+pub async fn run(file: &Path, output: Format, scratch: Option<PathBuf>, run_id: Option<String>) -> i32 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(source) => return fail(&CliError::Read { path: file.into(), source }, EXIT_PERMANENT),
+    };
+    let job = match parse_job(&text, &file.display().to_string()) {
+        Ok(j) => j,
+        Err(e) => return fail(&e, EXIT_PERMANENT),
+    };
+    let scratch = match Scratch::new(scratch) {
+        Ok(s) => s,
+        Err(source) => return fail(&CliError::Read { path: std::env::temp_dir(), source }, EXIT_TRANSIENT),
+    };
+    let ui = if output == Format::Json { Ui::plain() } else { Ui::detect() };
+    let opts = RunOptions { scratch: scratch.path.clone(), run_id };
+    match pipeline::run(&job_ref(&job), &job.spec, &opts, &ui).await {
+        Ok(outcome) => {
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.report).expect("report serialises")),
+                Format::Table => print!("{}", summary(&job_ref(&job).name, &outcome.result)),
+            }
+            0
+        }
+        Err(e) => fail(&e, exit_code(&e)),
+    }
+}
+
+fn fail(e: &dyn std::error::Error, code: i32) -> i32 {
+    eprintln!("error: {}", error_chain(e));
+    code
+}
+
+/// What the worker leaves in its termination message (kept under kubelet's 4096-byte cap).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerMessage {
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permanent: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+pub const TERMINATION_LIMIT: usize = 4096;
+
+impl WorkerMessage {
+    /// Compact JSON within the termination-message limit: long messages are cut, and if the
+    /// result alone is too large its per-model metric details go first.
+    pub fn to_json(&self) -> String {
+        let mut m = self.clone();
+        if let Some(msg) = &mut m.message
+            && msg.len() > 1500
+        {
+            let cut = (0..=1500).rev().find(|&i| msg.is_char_boundary(i)).unwrap_or(0);
+            msg.truncate(cut);
+            msg.push('…');
+        }
+        let s = serde_json::to_string(&m).expect("message serialises");
+        if s.len() <= TERMINATION_LIMIT {
+            return s;
+        }
+        if let Some(r) = &mut m.result {
+            r.report.get_or_insert_with(String::new);
+            r.baseline = Default::default();
+            r.candidate = Default::default();
+        }
+        serde_json::to_string(&m).expect("message serialises")
+    }
+}
+
+/// `kompress worker`: returns the process exit code.
+pub async fn worker(spec_file: Option<PathBuf>, spec: Option<String>, termination_log: PathBuf, scratch: Option<PathBuf>, run_id: Option<String>) -> i32 {
+    let write = |m: &WorkerMessage| {
+        let json = m.to_json();
+        println!("{json}");
+        if let Err(e) = std::fs::write(&termination_log, &json) {
+            eprintln!("warning: cannot write termination log {}: {e}", termination_log.display());
+        }
+    };
+    let failed = |reason: &str, permanent: bool, message: String| WorkerMessage {
+        phase: Phase::Failed,
+        result: None,
+        reason: Some(reason.into()),
+        permanent: Some(permanent),
+        message: Some(message),
+    };
+    let (text, origin) = match (spec_file, spec) {
+        (Some(p), _) => match std::fs::read_to_string(&p) {
+            Ok(t) => (t, p.display().to_string()),
+            Err(source) => {
+                let e = CliError::Read { path: p, source };
+                write(&failed("InvalidSpec", true, error_chain(&e)));
+                return EXIT_PERMANENT;
+            }
+        },
+        (None, Some(s)) => (s, "KOMPRESS_JOB".to_string()),
+        (None, None) => {
+            write(&failed("InvalidSpec", true, "no job given: set --spec-file or KOMPRESS_JOB".into()));
+            return EXIT_PERMANENT;
+        }
+    };
+    let job = match parse_job(&text, &origin) {
+        Ok(j) => j,
+        Err(e) => {
+            write(&failed("InvalidSpec", true, error_chain(&e)));
+            return EXIT_PERMANENT;
+        }
+    };
+    let scratch = match Scratch::new(scratch) {
+        Ok(s) => s,
+        Err(e) => {
+            write(&failed("ScratchError", false, e.to_string()));
+            return EXIT_TRANSIENT;
+        }
+    };
+    let opts = RunOptions { scratch: scratch.path.clone(), run_id };
+    match pipeline::run(&job_ref(&job), &job.spec, &opts, &Ui::plain()).await {
+        Ok(outcome) => {
+            let phase = if outcome.result.verdict == Verdict::Passed { Phase::Succeeded } else { Phase::Rejected };
+            write(&WorkerMessage { phase, result: Some(outcome.result), reason: None, permanent: None, message: None });
+            0
+        }
+        Err(e) => {
+            let chain = error_chain(&e);
+            eprintln!("error: {chain}");
+            write(&failed(e.category(), e.is_permanent(), chain));
+            exit_code(&e)
+        }
+    }
+}
+
+pub fn crd_yaml() -> String {
+    serde_yaml::to_string(&CompressionJob::crd()).expect("CRD serialises")
+}
+
+pub fn inspect(model: &Path, output: Format) -> i32 {
+    match crate::onnx::load(model) {
+        Ok(m) => {
+            let i = crate::onnx::inspect(&m);
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&i).expect("serialises")),
+                Format::Table => print!("{i}"),
+            }
+            0
+        }
+        Err(e) => fail(&e, EXIT_PERMANENT),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// The end-of-run table: original vs candidate, and every check.
+pub fn summary(name: &str, r: &JobResult) -> String {
+    use std::fmt::Write;
+    let pct = |v: Option<f64>| v.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "—".into());
+    let num = |v: Option<f64>| v.map(|v| format!("{v:.5}")).unwrap_or_else(|| "—".into());
+    let (b, c) = (&r.baseline, &r.candidate);
+    let mut s = String::new();
+    let verdict = match (r.verdict, &r.promoted) {
+        (Verdict::Passed, Some(_)) => "PASSED, promoted",
+        (Verdict::Passed, None) => "PASSED (no promoteTo set)",
+        (Verdict::Rejected, _) => "REJECTED, nothing promoted",
+    };
+    let _ = writeln!(s, "\nCompressionJob {name}: {verdict}\n");
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "", "original", "candidate");
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}   {:.2}x smaller", "size", human_bytes(r.original_bytes), human_bytes(r.compressed_bytes), r.ratio);
+    let drop = r.accuracy_drop.map(|d| format!("   {:+.2} points", if d == 0.0 { 0.0 } else { -d * 100.0 })).unwrap_or_default();
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}{drop}", "accuracy", pct(b.accuracy), pct(c.accuracy));
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "agreement", "—", pct(c.agreement));
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "cosine", "—", num(c.cosine_similarity));
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "max |error|", "—", num(c.max_abs_error));
+    let _ = writeln!(s, "  {:<14} {:>11.3} ms {:>11.3} ms", "latency p50", b.latency_p50_ms, c.latency_p50_ms);
+    let _ = writeln!(s, "  {:<14} {:>11.3} ms {:>11.3} ms", "latency p95", b.latency_p95_ms, c.latency_p95_ms);
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "samples", b.samples, c.samples);
+    if r.checks.is_empty() {
+        let _ = writeln!(s, "\n  no thresholds set: nothing was checked");
+    } else {
+        let _ = writeln!(s, "\n  checks");
+    }
+    for ch in &r.checks {
+        let op = if ch.name.starts_with("max") { "<=" } else { ">=" };
+        let _ = writeln!(s, "  {} {:<26} {:>10.5} {op} {}", if ch.passed { "✓" } else { "✗" }, ch.name, ch.value, ch.limit);
+    }
+    s.push('\n');
+    if let Some(a) = &r.artifact {
+        let _ = writeln!(s, "  candidate  {}  sha256:{}", a.uri, a.sha256);
+    }
+    if let Some(p) = &r.promoted {
+        let _ = writeln!(s, "  promoted   {}", p.uri);
+    }
+    if let Some(rep) = &r.report {
+        let _ = writeln!(s, "  report     {rep}");
+    }
+    s
+}

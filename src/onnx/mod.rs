@@ -1,0 +1,149 @@
+//! ONNX ModelProto I/O (prost over the vendored `proto/onnx.proto`), external data, and the
+//! graph and tensor helpers the passes share.
+
+#[allow(clippy::all, missing_docs, rustdoc::all)]
+pub mod pb {
+    include!("onnx.rs");
+}
+
+mod inspect;
+mod io;
+mod tensor;
+
+pub use inspect::{Inspection, inspect};
+pub use io::{Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load, save, write_atomic};
+pub use tensor::{DataType, TensorData, f32_tensor, int8_tensor, scalar_f32, set_f32_values, tensor_f32_values};
+
+use std::path::PathBuf;
+
+/// Errors reading, writing or interpreting an ONNX model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read model file {path}: check the path and its permissions")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model file {path} is empty (0 bytes): the upload or download was probably cut short")]
+    Empty { path: PathBuf },
+    #[error(
+        "{path} is not a valid ONNX model (protobuf decoding failed: the file is truncated, \
+         corrupt, or not ONNX); re-export it or check that the whole file was copied"
+    )]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("{path} decodes as protobuf but is not an ONNX model: {what}")]
+    NotOnnx { path: PathBuf, what: String },
+    #[error(
+        "tensor `{tensor}` in {model} stores its data in external file `{location}`, which \
+         cannot be read: copy the external data file(s) next to the model"
+    )]
+    ExternalData {
+        model: PathBuf,
+        tensor: String,
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tensor `{tensor}` in {model}: invalid external data reference: {what}")]
+    BadExternalRef { model: PathBuf, tensor: String, what: String },
+    #[error("cannot write model file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tensor `{tensor}`: {what}")]
+    Tensor { tensor: String, what: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The names of the nodes that consume each value, in graph order.
+pub fn consumers(graph: &pb::GraphProto) -> std::collections::HashMap<&str, Vec<(usize, usize)>> {
+    let mut map: std::collections::HashMap<&str, Vec<(usize, usize)>> = Default::default();
+    for (ni, node) in graph.node.iter().enumerate() {
+        for (slot, input) in node.input.iter().enumerate() {
+            if !input.is_empty() {
+                map.entry(input.as_str()).or_default().push((ni, slot));
+            }
+        }
+    }
+    map
+}
+
+/// The default-domain opset version the model imports (ONNX `ai.onnx`).
+pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
+    model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx"))
+        .and_then(|o| o.version)
+}
+
+/// A value name not yet used anywhere in the graph, derived from `base`.
+pub struct Namer {
+    used: std::collections::HashSet<String>,
+}
+
+impl Namer {
+    pub fn new(graph: &pb::GraphProto) -> Self {
+        let mut used = std::collections::HashSet::new();
+        for n in &graph.node {
+            used.extend(n.input.iter().cloned());
+            used.extend(n.output.iter().cloned());
+            if let Some(name) = &n.name {
+                used.insert(name.clone());
+            }
+        }
+        used.extend(graph.initializer.iter().filter_map(|t| t.name.clone()));
+        used.extend(graph.input.iter().chain(&graph.output).chain(&graph.value_info).filter_map(|v| v.name.clone()));
+        Self { used }
+    }
+
+    pub fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut i = 1;
+        while self.used.contains(&name) {
+            name = format!("{base}_{i}");
+            i += 1;
+        }
+        self.used.insert(name.clone());
+        name
+    }
+}
+
+/// Builds a node in the default domain (or `domain`) with the given attributes.
+pub fn node(op: &str, name: String, inputs: Vec<String>, outputs: Vec<String>, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: Some(op.to_string()),
+        name: Some(name),
+        input: inputs,
+        output: outputs,
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+/// Reads an int attribute, or `default` when absent.
+pub fn get_attr_int(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
+    node.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.i).unwrap_or(default)
+}
+
+/// Reads a float attribute, or `default` when absent.
+pub fn get_attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
+    node.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.f).unwrap_or(default)
+}

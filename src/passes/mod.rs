@@ -1,0 +1,244 @@
+//! Compression passes: each a typed unit (config in, model out, report back), registered in
+//! one place (`Pass`), applied in the spec's order.
+
+pub mod math;
+mod prune;
+mod quantize;
+
+pub use prune::{PruneConfig, PruneTarget};
+pub use quantize::QuantizeConfig;
+
+use crate::api::{PassSpec, PruneScope, QuantMode, parse_pattern};
+use crate::onnx::{self, DataType, Model, TensorData, pb};
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// Errors a pass can hit on a given model (all permanent: the same model fails the same way).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "weight `{tensor}` (used by node `{node}`) contains {what} at element {index}: fix or \
+         retrain the model, or exclude the node (excludeNodes)"
+    )]
+    NonFinite { tensor: String, node: String, what: &'static str, index: usize },
+    #[error("pass `{pass}`: {what}")]
+    Unsupported { pass: &'static str, what: String },
+    #[error(transparent)]
+    Onnx(#[from] onnx::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The registry: one variant per pass, each with its own config type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pass {
+    Prune(PruneConfig),
+    Quantize(QuantizeConfig),
+}
+
+impl Pass {
+    /// Builds a pass from a validated spec entry.
+    pub fn from_spec(spec: &PassSpec) -> Self {
+        const DEFAULT_MIN_ELEMENTS: u64 = 1024;
+        if let Some(p) = &spec.prune {
+            let target = match (&p.pattern, p.sparsity) {
+                (Some(pat), _) => {
+                    let (n, m) = parse_pattern(pat).expect("validated");
+                    PruneTarget::NM { n, m }
+                }
+                (None, s) => PruneTarget::Sparsity { sparsity: s.unwrap_or(0.0), global: p.scope == PruneScope::Global },
+            };
+            return Pass::Prune(PruneConfig {
+                target,
+                select: Selection::new(p.ops.clone().unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into(), "Conv".into()]), &p.exclude_nodes, p.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS)),
+            });
+        }
+        let q = spec.quantize.clone().unwrap_or_default();
+        Pass::Quantize(QuantizeConfig {
+            weight_only: q.mode == QuantMode::WeightOnly,
+            per_channel: q.per_channel,
+            reduce_range: q.reduce_range,
+            select: Selection::new(q.ops.unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into()]), &q.exclude_nodes, q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS)),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pass::Prune(_) => "prune",
+            Pass::Quantize(_) => "quantize",
+        }
+    }
+
+    pub fn apply(&self, model: &mut Model) -> Result<PassReport> {
+        match self {
+            Pass::Prune(c) => prune::apply(c, model),
+            Pass::Quantize(c) => quantize::apply(c, model),
+        }
+    }
+}
+
+/// Which weights a pass touches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub ops: Vec<String>,
+    pub exclude_nodes: HashSet<String>,
+    pub min_elements: u64,
+}
+
+impl Selection {
+    fn new(ops: Vec<String>, exclude: &[String], min_elements: u64) -> Self {
+        Self { ops, exclude_nodes: exclude.iter().cloned().collect(), min_elements }
+    }
+}
+
+/// What a pass did, for the report.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PassReport {
+    pub pass: String,
+    pub description: String,
+    pub tensors: Vec<TensorReport>,
+    /// Weights left alone, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TensorReport {
+    pub tensor: String,
+    pub node: String,
+    pub op: String,
+    pub elements: u64,
+    /// Fraction of exact zeros after the pass.
+    pub sparsity: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scales: Option<usize>,
+    /// Largest |w - dequant(quant(w))| over the tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_abs_error: Option<f32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    pub node: String,
+    pub reason: String,
+}
+
+/// A float32 weight initializer consumed by exactly the selected nodes in their weight slot.
+#[derive(Debug, Clone)]
+pub(crate) struct Weight {
+    pub init: usize,
+    pub name: String,
+    /// (node index, op type) of every consumer; all are selected ops using it as their weight.
+    pub users: Vec<(usize, String)>,
+    pub dims: Vec<usize>,
+}
+
+impl Weight {
+    /// The axis of the input (reduction) dimension, and of the output channels.
+    pub fn axes(&self, graph: &pb::GraphProto) -> (usize, usize) {
+        let (ni, op) = &self.users[0];
+        match op.as_str() {
+            "Gemm" if onnx::get_attr_int(&graph.node[*ni], "transB", 0) != 0 => (1, 0),
+            "Conv" => (1, 0),
+            _ => (0, 1),
+        }
+    }
+}
+
+/// The weight slot of each supported op.
+fn weight_slot(op: &str) -> Option<usize> {
+    matches!(op, "MatMul" | "Gemm" | "Conv").then_some(1)
+}
+
+pub(crate) fn node_label(n: &pb::NodeProto, i: usize) -> String {
+    n.name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("#{i}:{}", n.op_type.as_deref().unwrap_or("")))
+}
+
+/// Finds the weights a selection applies to, and records why others were skipped.
+pub(crate) fn select_weights(model: &Model, sel: &Selection, skipped: &mut Vec<Skipped>) -> Vec<Weight> {
+    let g = model.graph();
+    let consumers = onnx::consumers(g);
+    let graph_inputs: HashSet<&str> = g.input.iter().filter_map(|v| v.name.as_deref()).collect();
+    let mut out: Vec<Weight> = Vec::new();
+    let mut seen = HashSet::new();
+    for (ni, node) in g.node.iter().enumerate() {
+        let op = node.op_type.as_deref().unwrap_or("");
+        if node.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") || !sel.ops.iter().any(|o| o == op) {
+            continue;
+        }
+        let label = node_label(node, ni);
+        let mut skip = |reason: String| skipped.push(Skipped { node: label.clone(), reason });
+        if sel.exclude_nodes.contains(&label) {
+            skip("excluded by excludeNodes".into());
+            continue;
+        }
+        let Some(slot) = weight_slot(op) else { continue };
+        let Some(wname) = node.input.get(slot) else { continue };
+        let Some(init) = g.initializer.iter().position(|t| t.name.as_deref() == Some(wname.as_str())) else {
+            skip(format!("weight `{wname}` is computed, not an initializer"));
+            continue;
+        };
+        if !seen.insert(init) {
+            continue; // shared weight already handled via its first user
+        }
+        let t = &g.initializer[init];
+        if graph_inputs.contains(wname.as_str()) {
+            skip(format!("weight `{wname}` is also a graph input (overridable at run time)"));
+            continue;
+        }
+        if t.dtype() != DataType::Float {
+            skip(format!("weight `{wname}` is {}, not float32", t.dtype().name()));
+            continue;
+        }
+        let rank_ok = match op {
+            "Conv" => t.dims.len() >= 3,
+            _ => t.dims.len() == 2,
+        };
+        if !rank_ok {
+            skip(format!("weight `{wname}` has rank {}", t.dims.len()));
+            continue;
+        }
+        if (t.numel() as u64) < sel.min_elements {
+            skip(format!("weight `{wname}` has {} elements, below minElements {}", t.numel(), sel.min_elements));
+            continue;
+        }
+        let uses = consumers.get(wname.as_str()).cloned().unwrap_or_default();
+        let all_selected = uses.iter().all(|&(ci, cs)| {
+            let c = &g.node[ci];
+            let cop = c.op_type.as_deref().unwrap_or("");
+            cop == op && Some(cs) == weight_slot(cop) && !sel.exclude_nodes.contains(&node_label(c, ci))
+        });
+        if !all_selected {
+            skip(format!("weight `{wname}` is also used by other nodes or inputs"));
+            continue;
+        }
+        out.push(Weight {
+            init,
+            name: wname.clone(),
+            users: uses.iter().map(|&(ci, _)| (ci, op.to_string())).collect(),
+            dims: t.dims.iter().map(|&d| d as usize).collect(),
+        });
+    }
+    out
+}
+
+/// Reads a weight's values, refusing NaN and infinities with the tensor's name.
+pub(crate) fn weight_values(model: &Model, w: &Weight) -> Result<Vec<f32>> {
+    let g = model.graph();
+    let values = onnx::tensor_f32_values(&g.initializer[w.init])?;
+    if let Some(i) = math::first_non_finite(&values) {
+        return Err(Error::NonFinite {
+            tensor: w.name.clone(),
+            node: node_label(&g.node[w.users[0].0], w.users[0].0),
+            what: if values[i].is_nan() { "NaN" } else { "an infinity" },
+            index: i,
+        });
+    }
+    Ok(values)
+}
+
+pub(crate) fn sparsity(v: &[f32]) -> f64 {
+    if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x == 0.0).count() as f64 / v.len() as f64 }
+}
