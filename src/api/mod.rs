@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
     kind = "CompressionJob",
     namespaced,
     shortname = "cj",
+    doc = "A model compression run: pull an ONNX model, apply passes, evaluate original and candidate with ONNX Runtime on the same data, and promote the candidate only if every threshold passes.",
     category = "kompress",
     status = "CompressionJobStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -84,10 +85,12 @@ pub struct CompressionJobSpec {
 pub struct ModelSource {
     /// URI of the ONNX model: s3://, gs://, az://, https://, file:// or a plain path.
     /// External data files named by the model are fetched from beside it.
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
     /// Expected sha256 of the model file (64 hex digits); the run fails on mismatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
     pub sha256: Option<String>,
 }
@@ -98,10 +101,12 @@ pub struct ModelSource {
 pub struct DatasetSource {
     /// URI of a NumPy `.npz` file with one array per model input (named like the input, first
     /// axis = samples) and optionally a labels array.
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
     /// Expected sha256 of the dataset file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
     pub sha256: Option<String>,
     /// Name of the integer labels array in the npz (class index per sample). Default `labels`
@@ -176,6 +181,7 @@ pub struct PruneSpec {
     /// Semi-structured N:M sparsity along the input dimension, e.g. "2:4": in every group of M
     /// consecutive weights at most N are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]*:[1-9][0-9]*$') && int(self.split(':')[0]) < int(self.split(':')[1])").message("must be N:M with 0 < N < M, e.g. 2:4"))]
     pub pattern: Option<String>,
     /// `layer`: each tensor reaches the sparsity; `global`: one magnitude threshold across all
@@ -289,6 +295,7 @@ pub struct Thresholds {
 pub struct OutputSpec {
     /// Prefix URI for every run's candidate and report.json (the audit trail): each run writes
     /// under `<uri>/runs/<run-id>/`.
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
     /// Prefix URI where a passing candidate is promoted: the model goes to a content-addressed
