@@ -1,0 +1,184 @@
+//! Fixtures the tests build themselves: small ONNX MLPs, npz files, job manifests.
+#![allow(dead_code)]
+
+use kompress::onnx::{f32_tensor, pb};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kompress"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Deterministic values in [-1, 1).
+pub fn lcg(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9e3779b97f4a7c15);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    pb::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(pb::tensor_proto::DataType::Float as i32),
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension { value: Some(d.map(Value::DimValue).unwrap_or_else(|| Value::DimParam("batch".into()))), ..Default::default() })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An MLP `input [batch, widths[0]] -> logits [batch, widths.last()]`: MatMul + Add (+ Relu
+/// between layers), weights from a seeded generator scaled like He init.
+pub fn mlp(widths: &[usize], seed: u64) -> pb::ModelProto {
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let mut x = "input".to_string();
+    for (i, w) in widths.windows(2).enumerate() {
+        let (din, dout) = (w[0], w[1]);
+        let scale = (2.0 / din as f32).sqrt();
+        let wv: Vec<f32> = lcg(din * dout, seed + i as u64).iter().map(|v| v * scale).collect();
+        let bv: Vec<f32> = lcg(dout, seed + 100 + i as u64).iter().map(|v| v * 0.1).collect();
+        inits.push(f32_tensor(&format!("W{i}"), &[din as i64, dout as i64], &wv));
+        inits.push(f32_tensor(&format!("B{i}"), &[dout as i64], &bv));
+        let last = i == widths.len() - 2;
+        let mm = format!("mm{i}");
+        let out = if last { "logits".to_string() } else { format!("h{i}") };
+        let add = if last { out.clone() } else { format!("pre{i}") };
+        nodes.push(kompress::onnx::node("MatMul", format!("MatMul_{i}"), vec![x.clone(), format!("W{i}")], vec![mm.clone()], vec![]));
+        nodes.push(kompress::onnx::node("Add", format!("Add_{i}"), vec![mm, format!("B{i}")], vec![add.clone()], vec![]));
+        if !last {
+            nodes.push(kompress::onnx::node("Relu", format!("Relu_{i}"), vec![add], vec![out.clone()], vec![]));
+        }
+        x = out;
+    }
+    pb::ModelProto {
+        ir_version: Some(9),
+        producer_name: Some("kompress-tests".into()),
+        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        metadata_props: vec![pb::StringStringEntryProto { key: Some("fixture".into()), value: Some("mlp".into()) }],
+        graph: Some(pb::GraphProto {
+            name: Some("mlp".into()),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info("input", &[None, Some(widths[0] as i64)])],
+            output: vec![value_info("logits", &[None, Some(*widths.last().unwrap() as i64)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn write_model(model: &pb::ModelProto, path: &Path) {
+    use prost::Message;
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+/// One array for an npz: (.npy descr, shape, little-endian bytes).
+pub struct Npy {
+    pub descr: &'static str,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+pub fn f32_array(shape: &[usize], v: &[f32]) -> Npy {
+    Npy { descr: "<f4", shape: shape.to_vec(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+}
+
+pub fn i64_array(v: &[i64]) -> Npy {
+    Npy { descr: "<i8", shape: vec![v.len()], bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+}
+
+fn npy_bytes(a: &Npy) -> Vec<u8> {
+    let dims: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
+    let shape = if a.shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut h = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", a.descr);
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((h.len() as u16).to_le_bytes());
+    out.extend(h.as_bytes());
+    out.extend(&a.bytes);
+    out
+}
+
+pub fn write_npz(path: &Path, arrays: &[(&str, Npy)]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, a) in arrays {
+        z.start_file(format!("{name}.npy"), opts).unwrap();
+        z.write_all(&npy_bytes(a)).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// A dataset for `mlp(widths)`: inputs and labels = the fp32 model's own argmax would need
+/// ORT; labels here are arbitrary but fixed, so accuracy is just a number both models share.
+pub fn mlp_dataset(path: &Path, n: usize, din: usize, classes: usize) {
+    let x = lcg(n * din, 42);
+    let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
+    write_npz(path, &[("input", f32_array(&[n, din], &x)), ("labels", i64_array(&labels))]);
+}
+
+/// A CompressionJob manifest.
+pub fn job_yaml(name: &str, model: &str, dataset: &str, passes: &str, thresholds: &str, out: &Path) -> String {
+    format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: {name}\nspec:\n  model:\n    uri: {model}\n  dataset:\n    uri: {dataset}\n  passes:\n{passes}\n  thresholds:\n{thresholds}\n  output:\n    uri: {}\n    promoteTo: {}\n  evaluation:\n    latency:\n      warmup: 2\n      iterations: 5\n",
+        out.join("candidates").display(),
+        out.join("production").display()
+    )
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_kompress(args: &[&str], envs: &[(&str, &str)]) -> Ran {
+    let mut c = std::process::Command::new(bin());
+    c.args(args).current_dir(repo());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let o = c.output().expect("spawn kompress");
+    Ran { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+}
+
+/// Every file under a directory (relative paths), empty when it does not exist.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
