@@ -54,11 +54,14 @@ RUN case "${VARIANT}" in \
 
 # ---- runtime bases -----------------------------------------------------------------------
 FROM ${CPU_BASE} AS runtime-cpu
+# Distribution packages follow the pinned base image's archive; no version pins (DL3008).
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libstdc++6 \
     && rm -rf /var/lib/apt/lists/*
 
 FROM ${GPU_BASE} AS runtime-gpu
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
