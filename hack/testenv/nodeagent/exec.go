@@ -170,7 +170,7 @@ func (w *podWorker) runOnce(c *corev1.Container, init bool, i int) runResult {
 	w.setContainer(init, i, func(s *corev1.ContainerStatus) {
 		s.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason,
 			Message: msg, StartedAt: started, FinishedAt: metav1.Now(), ContainerID: containerID}}
-		s.Ready = false
+		s.Ready, s.Started = false, new(bool)
 	})
 	return runResult{code: code}
 }
