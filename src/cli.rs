@@ -4,7 +4,6 @@ use crate::api::{CompressionJob, JobResult, Phase, Verdict};
 use crate::pipeline::{self, JobRef, RunOptions, error_chain};
 use crate::ui::Ui;
 use clap::{Parser, Subcommand, ValueEnum};
-use kube::CustomResourceExt;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +99,11 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, CliError> {
         if api != "kompress.dev/v1alpha1" {
             return Err(bad(format!("apiVersion is `{api}`; expected kompress.dev/v1alpha1")));
         }
-        return serde_yaml::from_value::<CompressionJob>(value).map_err(|e| bad(e.to_string()));
+        // serde_path_to_error names the field (spec.passes[0]) that serde_yaml's message lacks.
+        return serde_path_to_error::deserialize::<_, CompressionJob>(value).map_err(|e| {
+            let path = e.path().to_string();
+            bad(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
+        });
     }
     Err(bad(format!("no document has kind: CompressionJob (found: {})", if seen.is_empty() { "nothing".into() } else { seen.join(", ") })))
 }
@@ -283,7 +286,7 @@ pub async fn worker(spec_file: Option<PathBuf>, spec: Option<String>, terminatio
 }
 
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&CompressionJob::crd()).expect("CRD serialises")
+    serde_yaml::to_string(&crate::api::crd()).expect("CRD serialises")
 }
 
 pub fn inspect(model: &Path, output: Format) -> i32 {

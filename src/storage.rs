@@ -49,12 +49,13 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
-    #[error("`{uri}` does not exist (no such bucket, container or key; credentials: {credentials})")]
+    #[error("`{uri}` does not exist ({where_})")]
     NotFound {
         uri: String,
-        credentials: String,
+        /// What was looked up, and with which credentials (names only).
+        where_: String,
         #[source]
-        source: object_store::Error,
+        source: Option<object_store::Error>,
     },
     #[error("access to `{uri}` was denied: check the credentials ({credentials}) and their permissions")]
     Denied {
@@ -303,7 +304,7 @@ impl Storage {
         use object_store::Error as E;
         let (uri, credentials) = (loc.uri.clone(), credential_source(loc.scheme));
         match source {
-            E::NotFound { .. } => Error::NotFound { uri, credentials, source },
+            E::NotFound { .. } => Error::NotFound { uri, where_: format!("no such bucket, container or key; credentials: {credentials}"), source: Some(source) },
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Denied { uri, credentials, source },
             E::InvalidPath { .. } | E::NotSupported { .. } | E::NotImplemented { .. } | E::UnknownConfigurationKey { .. } => {
                 Error::Config { uri, credentials, source }
@@ -337,11 +338,7 @@ impl Storage {
                 // Local files: plain reads (object_store's local store is no faster, and this
                 // gives the same error kinds as the remote path).
                 let mut f = tokio::fs::File::open(&src).await.map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::NotFound {
-                        uri: loc.uri.clone(),
-                        credentials: credential_source(loc.scheme),
-                        source: object_store::Error::NotFound { path: src.display().to_string(), source: e.into() },
-                    },
+                    std::io::ErrorKind::NotFound => Error::NotFound { uri: loc.uri.clone(), where_: "no such local file".into(), source: None },
                     _ => Error::Io { path: src.clone(), source: e },
                 })?;
                 let total = f.metadata().await.map(|m| m.len()).ok();

@@ -41,7 +41,9 @@ pub struct CompressionJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
     /// Compression passes, applied in this order (pruning before quantization is the usual order).
-    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one pass is required"))]
+    // maxItems bounds the CEL cost estimate of the per-pass rules (the apiserver refuses the
+    // CRD without it).
+    #[schemars(length(min = 1, max = 16))]
     pub passes: Vec<PassSpec>,
     /// Every threshold set here must pass for the candidate to be promoted.
     #[serde(default)]
@@ -359,6 +361,33 @@ pub struct ResourcesSpec {
     /// Scratch space (emptyDir size limit), e.g. "20Gi". Default: sized from the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch: Option<String>,
+}
+
+/// The CRD as installed: kube's generated schema with unsigned integer formats (which the
+/// apiserver does not know and warns about) mapped to int32/int64 with a minimum of 0.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    fn fix(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let signed = match m.get("format").and_then(|f| f.as_str()) {
+                    Some("uint64") => Some("int64"),
+                    Some("uint32") | Some("uint16") | Some("uint8") => Some("int32"),
+                    _ => None,
+                };
+                if let Some(f) = signed {
+                    m.insert("format".into(), f.into());
+                    m.entry("minimum").or_insert(0.into());
+                }
+                m.values_mut().for_each(fix);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(fix),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(CompressionJob::crd()).expect("CRD serialises");
+    fix(&mut v);
+    serde_json::from_value(v).expect("CRD round-trips")
 }
 
 impl CompressionJobSpec {
