@@ -5,6 +5,7 @@
 #   KOMPRESS_S3_DIR       state dir (config, data, logs, env file); default hack/s3/.run
 #   KOMPRESS_S3_CACHE     where hack/s3/build caches the garage binary; default ~/.cache/kompress-s3
 #   KOMPRESS_S3_GARAGE    use this garage binary instead of the cached build
+#   KOMPRESS_S3_NO_BUILD=1  exit 3 instead of building garage when it is not built yet
 #   KOMPRESS_S3_BUCKETS   buckets to create on `up` (space separated); default "models datasets"
 #   KOMPRESS_S3_KEY_ID / KOMPRESS_S3_SECRET   override the fixed TEST-ONLY access key
 #   KOMPRESS_S3_REGION    s3_region written into garage.toml; default us-east-1
@@ -27,7 +28,6 @@ S3_WAIT="${KOMPRESS_S3_WAIT:-60}"
 # Key id format follows Garage's own: "GK" + 24 hex chars ("kompresstest" in hex).
 S3_KEY_ID="${KOMPRESS_S3_KEY_ID:-GK6b6f6d707265737374657374}"
 S3_SECRET="${KOMPRESS_S3_SECRET:-831ea933a73d01348c031a3b1038b87f289163ef339cb38a6da2b7bbfc58dbd6}"
-S3_KEY_NAME="kompress-test"
 
 log() { echo "hack/s3: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -42,6 +42,10 @@ garage_bin() {
   if [[ -x "$cached" ]]; then
     echo "$cached"
     return
+  fi
+  if [[ "${KOMPRESS_S3_NO_BUILD:-}" == 1 ]]; then
+    log "garage $GARAGE_VERSION is not built ($cached) and KOMPRESS_S3_NO_BUILD=1; run hack/s3/build"
+    exit 3
   fi
   log "garage $GARAGE_VERSION not built yet; running hack/s3/build (cold build takes ~20+ minutes)"
   "$S3_HACK_DIR/build" | tail -n 1
@@ -92,7 +96,9 @@ running_pid() {
   pid="$(cat "$S3_PIDFILE")"
   [[ -n "$pid" ]] || return 0
   # Make sure the pid is still *our* garage (pids get reused).
-  if [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$S3_CONF"; then
+  local cmd
+  cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || return 0
+  if [[ "$cmd" == *"-c $S3_CONF server"* ]]; then
     echo "$pid"
   fi
 }
@@ -138,11 +144,19 @@ start_server() {
   # --default-access-key: imports GARAGE_DEFAULT_ACCESS_KEY / _SECRET_KEY if missing
   #   (what `garage key import --yes` does), and refuses to start if that id exists
   #   with another secret.
-  RUST_LOG="${RUST_LOG:-garage=info}" \
+  NO_COLOR=1 RUST_LOG="${RUST_LOG:-garage=info}" \
     GARAGE_DEFAULT_ACCESS_KEY="$S3_KEY_ID" GARAGE_DEFAULT_SECRET_KEY="$S3_SECRET" \
     setsid "$GARAGE" -c "$S3_CONF" server --single-node --default-access-key \
-    </dev/null >>"$S3_LOG" 2>&1 &
-  echo $! >"$S3_PIDFILE"
+    </dev/null >>"$S3_LOG" 2>&1 9>&- &
+  local pid=$!
+  echo "$pid" >"$S3_PIDFILE"
+  # Until setsid has exec'd, /proc/$pid still shows the forked shell.
+  local deadline=$((SECONDS + 10))
+  while [[ -z "$(running_pid)" ]]; do
+    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$S3_LOG" >&2 || true; die "garage exited at once (log: $S3_LOG)"; }
+    ((SECONDS < deadline)) || die "garage (pid $pid) did not start"
+    sleep 0.05
+  done
 }
 
 # Stop the server. $1 = TERM (graceful, default) or KILL (simulated crash).
@@ -167,32 +181,40 @@ stop_server() {
 }
 
 write_env() {
-  local endpoint="http://127.0.0.1:$S3_PORT" tmp
+  local endpoint="http://127.0.0.1:$S3_PORT" tmp k v bs
   tmp="$(mktemp "$S3_DIR/env.XXXXXX")"
-  cat >"$tmp" <<EOF
-# Written by hack/s3/up. TEST-ONLY credentials for a throwaway Garage on loopback.
-# Plain KEY=value lines: \`set -a; . $S3_ENVFILE; set +a\` in a shell, or parse them.
-AWS_ACCESS_KEY_ID=$S3_KEY_ID
-AWS_SECRET_ACCESS_KEY=$S3_SECRET
-AWS_REGION=$S3_REGION
-AWS_DEFAULT_REGION=$S3_REGION
-AWS_ENDPOINT_URL=$endpoint
-AWS_ENDPOINT_URL_S3=$endpoint
-AWS_ALLOW_HTTP=true
-AWS_EC2_METADATA_DISABLED=true
-KOMPRESS_S3_ENDPOINT=$endpoint
-KOMPRESS_S3_REGION=$S3_REGION
-KOMPRESS_S3_BUCKETS=$S3_BUCKETS
-KOMPRESS_S3_DIR=$S3_DIR
-KOMPRESS_S3_ADMIN_ENDPOINT=http://127.0.0.1:$ADMIN_PORT
-KOMPRESS_S3_PID=$(cat "$S3_PIDFILE")
-EOF
+  {
+    echo "# Written by hack/s3/up. TEST-ONLY credentials for a throwaway Garage on loopback."
+    echo "# KEY=value lines, unquoted (a value with unusual characters is shell-escaped)."
+    echo "# In a shell: set -a; . hack/s3/.run/env; set +a"
+    for k in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_DEFAULT_REGION \
+      AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_ALLOW_HTTP AWS_EC2_METADATA_DISABLED \
+      KOMPRESS_S3_ENDPOINT KOMPRESS_S3_REGION KOMPRESS_S3_BUCKETS KOMPRESS_S3_DIR \
+      KOMPRESS_S3_ADMIN_ENDPOINT KOMPRESS_S3_PID; do
+      case "$k" in
+        AWS_ACCESS_KEY_ID) v="$S3_KEY_ID" ;;
+        AWS_SECRET_ACCESS_KEY) v="$S3_SECRET" ;;
+        AWS_REGION | AWS_DEFAULT_REGION | KOMPRESS_S3_REGION) v="$S3_REGION" ;;
+        AWS_ENDPOINT_URL | AWS_ENDPOINT_URL_S3 | KOMPRESS_S3_ENDPOINT) v="$endpoint" ;;
+        AWS_ALLOW_HTTP | AWS_EC2_METADATA_DISABLED) v=true ;;
+        KOMPRESS_S3_BUCKETS) read -ra bs <<<"$S3_BUCKETS"; v="$(IFS=,; echo "${bs[*]}")" ;; # comma-separated
+        KOMPRESS_S3_DIR) v="$S3_DIR" ;;
+        KOMPRESS_S3_ADMIN_ENDPOINT) v="http://127.0.0.1:$ADMIN_PORT" ;;
+        KOMPRESS_S3_PID) v="$(cat "$S3_PIDFILE")" ;;
+      esac
+      if [[ "$v" =~ ^[A-Za-z0-9_./:,@+=-]*$ ]]; then
+        printf '%s=%s\n' "$k" "$v"
+      else
+        printf '%s=%q\n' "$k" "$v" # e.g. a KOMPRESS_S3_DIR with spaces
+      fi
+    done
+  } >"$tmp"
   mv -f "$tmp" "$S3_ENVFILE"
 }
 
 # Serialize up/down/start/stop on one state dir (parallel test processes).
 take_lock() {
   mkdir -p "$S3_DIR"
-  exec 9>"$S3_DIR/.lock"
+  exec 9>"$S3_DIR/.lock"  # (closed for the server process: see start_server)
   flock 9
 }
