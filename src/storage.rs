@@ -247,10 +247,13 @@ impl Storage {
         Ok(match loc.scheme {
             Scheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
             Scheme::S3 => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(&loc.store_url)
-                    .with_retry(Self::retry())
-                    .with_client_options(opts);
+                // Client options first: from_env() puts AWS_ALLOW_HTTP etc. into the client
+                // options, which a later with_client_options() would throw away.
+                let mut b = from_env("AWS_", object_store::aws::AmazonS3Builder::new().with_client_options(opts), |b, k, v| {
+                    k.parse().map(|k| b.with_config(k, v)).ok()
+                })
+                .with_url(&loc.store_url)
+                .with_retry(Self::retry());
                 if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
                     b = b.with_region("us-east-1");
                 }
@@ -269,18 +272,20 @@ impl Storage {
                 Arc::new(b.build().map_err(config)?)
             }
             Scheme::Gcs => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(&loc.store_url)
-                    .with_retry(Self::retry())
-                    .with_client_options(opts)
-                    .build()
+                from_env("GOOGLE_", object_store::gcp::GoogleCloudStorageBuilder::new().with_client_options(opts), |b, k, v| {
+                    k.parse().map(|k| b.with_config(k, v)).ok()
+                })
+                .with_url(&loc.store_url)
+                .with_retry(Self::retry())
+                .build()
                     .map_err(config)?,
             ),
             Scheme::Azure => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(&loc.store_url)
-                    .with_retry(Self::retry())
-                    .with_client_options(opts);
+                let mut b = from_env("AZURE_", object_store::azure::MicrosoftAzureBuilder::new().with_client_options(opts), |b, k, v| {
+                    k.parse().map(|k| b.with_config(k, v)).ok()
+                })
+                .with_url(&loc.store_url)
+                .with_retry(Self::retry());
                 if let Some(e) = &self.spec.endpoint {
                     b = b.with_endpoint(e.clone());
                 }
@@ -444,6 +449,19 @@ impl Storage {
         out.sort();
         Ok(out)
     }
+}
+
+/// Applies every `<PREFIX>*` environment variable the builder knows (as object_store's own
+/// `from_env` does), on top of a builder that already has our client options.
+fn from_env<B: Clone>(prefix: &str, mut b: B, apply: impl Fn(B, &str, &str) -> Option<B>) -> B {
+    for (k, v) in std::env::vars() {
+        if k.starts_with(prefix)
+            && let Some(next) = apply(b.clone(), &k.to_ascii_lowercase(), &v)
+        {
+            b = next;
+        }
+    }
+    b
 }
 
 async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
