@@ -10,6 +10,7 @@
 #   KOMPRESS_S3_KEY_ID / KOMPRESS_S3_SECRET   override the fixed TEST-ONLY access key
 #   KOMPRESS_S3_REGION    s3_region written into garage.toml; default us-east-1
 #   KOMPRESS_S3_WAIT      seconds to wait for the server to become healthy; default 60
+#   KOMPRESS_S3_STOP_GRACE  seconds `stop`/`down` wait after SIGTERM before SIGKILL; default 20
 
 set -euo pipefail
 
@@ -55,7 +56,15 @@ garage() { "$GARAGE" -c "$S3_CONF" "$@"; }
 
 # A free TCP port on 127.0.0.1 (the kernel picks it).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  else
+    local p
+    while :; do
+      p=$((20000 + RANDOM % 40000))
+      port_in_use "$p" || { echo "$p"; return; }
+    done
+  fi
 }
 
 rand_hex() { # $1 = bytes
@@ -159,6 +168,15 @@ start_server() {
   done
 }
 
+# True while $1 runs. A zombie counts as gone: it holds no ports or files any
+# more, and some init processes reap orphans only every second or so.
+alive() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
 # Stop the server. $1 = TERM (graceful, default) or KILL (simulated crash).
 stop_server() {
   local sig="${1:-TERM}" pid
@@ -168,8 +186,8 @@ stop_server() {
     return 0
   fi
   kill "-$sig" "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + 20))
-  while kill -0 "$pid" 2>/dev/null; do
+  local deadline=$((SECONDS + ${KOMPRESS_S3_STOP_GRACE:-20}))
+  while alive "$pid"; do
     if ((SECONDS >= deadline)); then
       log "garage (pid $pid) did not exit after SIG$sig; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
