@@ -10,6 +10,7 @@
 #   KOMPRESS_S3_KEY_ID / KOMPRESS_S3_SECRET   override the fixed TEST-ONLY access key
 #   KOMPRESS_S3_REGION    s3_region written into garage.toml; default us-east-1
 #   KOMPRESS_S3_WAIT      seconds to wait for the server to become healthy; default 60
+#   KOMPRESS_S3_LOCK_WAIT seconds to wait for another up/start/stop/down on the same dir; default 2400
 #   KOMPRESS_S3_STOP_GRACE  seconds `stop`/`down` wait after SIGTERM before SIGKILL; default 20
 
 set -euo pipefail
@@ -234,5 +235,8 @@ write_env() {
 take_lock() {
   mkdir -p "$S3_DIR"
   exec 9>"$S3_DIR/.lock"  # (closed for the server process: see start_server)
-  flock 9
+  if ! flock -w 5 9; then
+    log "waiting for the lock on $S3_DIR (another up/start/stop/down, or a build, is running)"
+    flock -w "${KOMPRESS_S3_LOCK_WAIT:-2400}" 9 || die "timed out waiting for $S3_DIR/.lock"
+  fi
 }
