@@ -19,11 +19,11 @@ alive() {
 
 # stop_pid_file FILE: SIGTERM, then SIGKILL after 10s
 stop_pid_file() {
-  local f=$1 pid i
+  local f=$1 pid
   pid=$(cat "$f" 2>/dev/null || true)
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$f"
@@ -35,7 +35,7 @@ kill_pod_processes() {
   for f in "$1"/pids/*; do
     [ -f "$f" ] || continue
     pgid=$(cat "$f")
-    [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null || true
+    if [ -n "$pgid" ]; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
     rm -f "$f"
   done
 }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Pinned versions of the test environment (sourced by build, up, down, smoke).
 # They must agree with go.mod, etcd/go.mod and helm/go.mod (build checks this).
 K8S_VERSION=v1.36.3
