@@ -70,13 +70,17 @@ impl Error {
     }
 }
 
-/// Full error text: the error and each cause, joined.
+/// Full error text: the error and each cause, joined. Causes whose text an outer message
+/// already includes (object_store's errors embed their sources) are not repeated.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
