@@ -15,7 +15,11 @@ pub const EXIT_PERMANENT: i32 = 65;
 pub const EXIT_TRANSIENT: i32 = 75;
 
 #[derive(Parser, Debug)]
-#[command(name = "kompress", version, about = "ONNX model compression as a declarative, gated pipeline step")]
+#[command(
+    name = "kompress",
+    version,
+    about = "ONNX model compression as a declarative, gated pipeline step"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -47,7 +51,11 @@ pub enum Command {
         /// ...or inline (the controller sets KOMPRESS_JOB).
         #[arg(long, env = "KOMPRESS_JOB", hide_env_values = true)]
         spec: Option<String>,
-        #[arg(long, env = "KOMPRESS_TERMINATION_LOG", default_value = "/dev/termination-log")]
+        #[arg(
+            long,
+            env = "KOMPRESS_TERMINATION_LOG",
+            default_value = "/dev/termination-log"
+        )]
         termination_log: PathBuf,
         #[arg(long, env = "KOMPRESS_SCRATCH")]
         scratch: Option<PathBuf>,
@@ -56,6 +64,20 @@ pub enum Command {
     },
     /// Print the CompressionJob CustomResourceDefinition (YAML).
     Crd,
+    /// Apply a job's passes to a local model, without evaluation or gating (for experiments
+    /// and benchmarks; the gated path is `run`).
+    Compress {
+        /// Input ONNX model.
+        model: PathBuf,
+        /// Where to write the compressed model.
+        out: PathBuf,
+        /// A CompressionJob manifest whose `spec.passes` are applied.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Copy a file between storage locations (s3://, gs://, az://, https://, local) through
+    /// kompress's storage layer, printing bytes, seconds and sha256.
+    Cp { src: String, dst: String },
     /// Summarise an ONNX model: ops, parameters, bytes by dtype, sparsity.
     Inspect {
         model: PathBuf,
@@ -86,33 +108,64 @@ pub enum CliError {
 /// Parses a CompressionJob from YAML or JSON; with several YAML documents, the first
 /// CompressionJob is used.
 pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, CliError> {
-    let bad = |message: String| CliError::Manifest { origin: origin.into(), message };
+    let bad = |message: String| CliError::Manifest {
+        origin: origin.into(),
+        message,
+    };
     let mut seen = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
-        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
         if kind != "CompressionJob" {
-            seen.push(if kind.is_empty() { "a document without kind".to_string() } else { kind });
+            seen.push(if kind.is_empty() {
+                "a document without kind".to_string()
+            } else {
+                kind
+            });
             continue;
         }
-        let api = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("");
+        let api = value
+            .get("apiVersion")
+            .and_then(|k| k.as_str())
+            .unwrap_or("");
         if api != "kompress.dev/v1alpha1" {
-            return Err(bad(format!("apiVersion is `{api}`; expected kompress.dev/v1alpha1")));
+            return Err(bad(format!(
+                "apiVersion is `{api}`; expected kompress.dev/v1alpha1"
+            )));
         }
         // serde_path_to_error names the field (spec.passes[0]) that serde_yaml's message lacks.
         return serde_path_to_error::deserialize::<_, CompressionJob>(value).map_err(|e| {
             let path = e.path().to_string();
-            bad(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
+            bad(if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            })
         });
     }
-    Err(bad(format!("no document has kind: CompressionJob (found: {})", if seen.is_empty() { "nothing".into() } else { seen.join(", ") })))
+    Err(bad(format!(
+        "no document has kind: CompressionJob (found: {})",
+        if seen.is_empty() {
+            "nothing".into()
+        } else {
+            seen.join(", ")
+        }
+    )))
 }
 
 use serde::Deserialize;
 
 fn job_ref(job: &CompressionJob) -> JobRef {
     JobRef {
-        name: job.metadata.name.clone().unwrap_or_else(|| "compressionjob".into()),
+        name: job
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "compressionjob".into()),
         namespace: job.metadata.namespace.clone(),
         generation: job.metadata.generation,
     }
@@ -127,9 +180,16 @@ struct Scratch {
 impl Scratch {
     fn new(chosen: Option<PathBuf>) -> std::io::Result<Self> {
         Ok(match chosen {
-            Some(path) => Self { path, remove: false },
+            Some(path) => Self {
+                path,
+                remove: false,
+            },
             None => {
-                let path = std::env::temp_dir().join(format!("kompress-{}-{}", std::process::id(), jiff::Timestamp::now().as_millisecond()));
+                let path = std::env::temp_dir().join(format!(
+                    "kompress-{}-{}",
+                    std::process::id(),
+                    jiff::Timestamp::now().as_millisecond()
+                ));
                 std::fs::create_dir_all(&path)?;
                 Self { path, remove: true }
             }
@@ -146,14 +206,31 @@ impl Drop for Scratch {
 }
 
 fn exit_code(e: &pipeline::Error) -> i32 {
-    if e.is_permanent() { EXIT_PERMANENT } else { EXIT_TRANSIENT }
+    if e.is_permanent() {
+        EXIT_PERMANENT
+    } else {
+        EXIT_TRANSIENT
+    }
 }
 
 /// `kompress run`: returns the process exit code.
-pub async fn run(file: &Path, output: Format, scratch: Option<PathBuf>, run_id: Option<String>) -> i32 {
+pub async fn run(
+    file: &Path,
+    output: Format,
+    scratch: Option<PathBuf>,
+    run_id: Option<String>,
+) -> i32 {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
-        Err(source) => return fail(&CliError::Read { path: file.into(), source }, EXIT_PERMANENT),
+        Err(source) => {
+            return fail(
+                &CliError::Read {
+                    path: file.into(),
+                    source,
+                },
+                EXIT_PERMANENT,
+            );
+        }
     };
     let job = match parse_job(&text, &file.display().to_string()) {
         Ok(j) => j,
@@ -161,14 +238,32 @@ pub async fn run(file: &Path, output: Format, scratch: Option<PathBuf>, run_id: 
     };
     let scratch = match Scratch::new(scratch) {
         Ok(s) => s,
-        Err(source) => return fail(&CliError::Read { path: std::env::temp_dir(), source }, EXIT_TRANSIENT),
+        Err(source) => {
+            return fail(
+                &CliError::Read {
+                    path: std::env::temp_dir(),
+                    source,
+                },
+                EXIT_TRANSIENT,
+            );
+        }
     };
-    let ui = if output == Format::Json { Ui::plain() } else { Ui::detect() };
-    let opts = RunOptions { scratch: scratch.path.clone(), run_id };
+    let ui = if output == Format::Json {
+        Ui::plain()
+    } else {
+        Ui::detect()
+    };
+    let opts = RunOptions {
+        scratch: scratch.path.clone(),
+        run_id,
+    };
     match pipeline::run(&job_ref(&job), &job.spec, &opts, &ui).await {
         Ok(outcome) => {
             match output {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&outcome.report).expect("report serialises")),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&outcome.report).expect("report serialises")
+                ),
                 Format::Table => print!("{}", summary(&job_ref(&job).name, &outcome.result)),
             }
             0
@@ -207,7 +302,10 @@ impl WorkerMessage {
         if let Some(msg) = &mut m.message
             && msg.len() > 1500
         {
-            let cut = (0..=1500).rev().find(|&i| msg.is_char_boundary(i)).unwrap_or(0);
+            let cut = (0..=1500)
+                .rev()
+                .find(|&i| msg.is_char_boundary(i))
+                .unwrap_or(0);
             msg.truncate(cut);
             msg.push('…');
         }
@@ -225,12 +323,21 @@ impl WorkerMessage {
 }
 
 /// `kompress worker`: returns the process exit code.
-pub async fn worker(spec_file: Option<PathBuf>, spec: Option<String>, termination_log: PathBuf, scratch: Option<PathBuf>, run_id: Option<String>) -> i32 {
+pub async fn worker(
+    spec_file: Option<PathBuf>,
+    spec: Option<String>,
+    termination_log: PathBuf,
+    scratch: Option<PathBuf>,
+    run_id: Option<String>,
+) -> i32 {
     let write = |m: &WorkerMessage| {
         let json = m.to_json();
         println!("{json}");
         if let Err(e) = std::fs::write(&termination_log, &json) {
-            eprintln!("warning: cannot write termination log {}: {e}", termination_log.display());
+            eprintln!(
+                "warning: cannot write termination log {}: {e}",
+                termination_log.display()
+            );
         }
     };
     let failed = |reason: &str, permanent: bool, message: String| WorkerMessage {
@@ -251,7 +358,11 @@ pub async fn worker(spec_file: Option<PathBuf>, spec: Option<String>, terminatio
         },
         (None, Some(s)) => (s, "KOMPRESS_JOB".to_string()),
         (None, None) => {
-            write(&failed("InvalidSpec", true, "no job given: set --spec-file or KOMPRESS_JOB".into()));
+            write(&failed(
+                "InvalidSpec",
+                true,
+                "no job given: set --spec-file or KOMPRESS_JOB".into(),
+            ));
             return EXIT_PERMANENT;
         }
     };
@@ -269,11 +380,24 @@ pub async fn worker(spec_file: Option<PathBuf>, spec: Option<String>, terminatio
             return EXIT_TRANSIENT;
         }
     };
-    let opts = RunOptions { scratch: scratch.path.clone(), run_id };
+    let opts = RunOptions {
+        scratch: scratch.path.clone(),
+        run_id,
+    };
     match pipeline::run(&job_ref(&job), &job.spec, &opts, &Ui::plain()).await {
         Ok(outcome) => {
-            let phase = if outcome.result.verdict == Verdict::Passed { Phase::Succeeded } else { Phase::Rejected };
-            write(&WorkerMessage { phase, result: Some(outcome.result), reason: None, permanent: None, message: None });
+            let phase = if outcome.result.verdict == Verdict::Passed {
+                Phase::Succeeded
+            } else {
+                Phase::Rejected
+            };
+            write(&WorkerMessage {
+                phase,
+                result: Some(outcome.result),
+                reason: None,
+                permanent: None,
+                message: None,
+            });
             0
         }
         Err(e) => {
@@ -294,7 +418,9 @@ pub fn inspect(model: &Path, output: Format) -> i32 {
         Ok(m) => {
             let i = crate::onnx::inspect(&m);
             match output {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&i).expect("serialises")),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&i).expect("serialises"))
+                }
                 Format::Table => print!("{i}"),
             }
             0
@@ -319,7 +445,10 @@ fn human_bytes(b: u64) -> String {
 /// The end-of-run table: original vs candidate, and every check.
 pub fn summary(name: &str, r: &JobResult) -> String {
     use std::fmt::Write;
-    let pct = |v: Option<f64>| v.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "—".into());
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:.2}%", v * 100.0))
+            .unwrap_or_else(|| "—".into())
+    };
     let num = |v: Option<f64>| v.map(|v| format!("{v:.5}")).unwrap_or_else(|| "—".into());
     let (b, c) = (&r.baseline, &r.candidate);
     let mut s = String::new();
@@ -330,14 +459,56 @@ pub fn summary(name: &str, r: &JobResult) -> String {
     };
     let _ = writeln!(s, "\nCompressionJob {name}: {verdict}\n");
     let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "", "original", "candidate");
-    let _ = writeln!(s, "  {:<14} {:>14} {:>14}   {:.2}x smaller", "size", human_bytes(r.original_bytes), human_bytes(r.compressed_bytes), r.ratio);
-    let drop = r.accuracy_drop.map(|d| format!("   {:+.2} points", if d == 0.0 { 0.0 } else { -d * 100.0 })).unwrap_or_default();
-    let _ = writeln!(s, "  {:<14} {:>14} {:>14}{drop}", "accuracy", pct(b.accuracy), pct(c.accuracy));
-    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "agreement", "—", pct(c.agreement));
-    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "cosine", "—", num(c.cosine_similarity));
-    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "max |error|", "—", num(c.max_abs_error));
-    let _ = writeln!(s, "  {:<14} {:>11.3} ms {:>11.3} ms", "latency p50", b.latency_p50_ms, c.latency_p50_ms);
-    let _ = writeln!(s, "  {:<14} {:>11.3} ms {:>11.3} ms", "latency p95", b.latency_p95_ms, c.latency_p95_ms);
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}   {:.2}x smaller",
+        "size",
+        human_bytes(r.original_bytes),
+        human_bytes(r.compressed_bytes),
+        r.ratio
+    );
+    let drop = r
+        .accuracy_drop
+        .map(|d| format!("   {:+.2} points", if d == 0.0 { 0.0 } else { -d * 100.0 }))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}{drop}",
+        "accuracy",
+        pct(b.accuracy),
+        pct(c.accuracy)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}",
+        "agreement",
+        "—",
+        pct(c.agreement)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}",
+        "cosine",
+        "—",
+        num(c.cosine_similarity)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}",
+        "max |error|",
+        "—",
+        num(c.max_abs_error)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>11.3} ms {:>11.3} ms",
+        "latency p50", b.latency_p50_ms, c.latency_p50_ms
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>11.3} ms {:>11.3} ms",
+        "latency p95", b.latency_p95_ms, c.latency_p95_ms
+    );
     let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "samples", b.samples, c.samples);
     if r.checks.is_empty() {
         let _ = writeln!(s, "\n  no thresholds set: nothing was checked");
@@ -345,8 +516,19 @@ pub fn summary(name: &str, r: &JobResult) -> String {
         let _ = writeln!(s, "\n  checks");
     }
     for ch in &r.checks {
-        let op = if ch.name.starts_with("max") { "<=" } else { ">=" };
-        let _ = writeln!(s, "  {} {:<26} {:>10.5} {op} {}", if ch.passed { "✓" } else { "✗" }, ch.name, ch.value, ch.limit);
+        let op = if ch.name.starts_with("max") {
+            "<="
+        } else {
+            ">="
+        };
+        let _ = writeln!(
+            s,
+            "  {} {:<26} {:>10.5} {op} {}",
+            if ch.passed { "✓" } else { "✗" },
+            ch.name,
+            ch.value,
+            ch.limit
+        );
     }
     s.push('\n');
     if let Some(a) = &r.artifact {
@@ -359,4 +541,112 @@ pub fn summary(name: &str, r: &JobResult) -> String {
         let _ = writeln!(s, "  report     {rep}");
     }
     s
+}
+
+/// `kompress compress`: passes only.
+pub fn compress(model: &Path, out: &Path, file: &Path) -> i32 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(source) => {
+            return fail(
+                &CliError::Read {
+                    path: file.into(),
+                    source,
+                },
+                EXIT_PERMANENT,
+            );
+        }
+    };
+    let job = match parse_job(&text, &file.display().to_string()) {
+        Ok(j) => j,
+        Err(e) => return fail(&e, EXIT_PERMANENT),
+    };
+    if let Err(e) = crate::api::validate(&job.spec) {
+        return fail(&e, EXIT_PERMANENT);
+    }
+    let mut m = match crate::onnx::load(model) {
+        Ok(m) => m,
+        Err(e) => return fail(&e, EXIT_PERMANENT),
+    };
+    for (i, p) in job.spec.passes.iter().enumerate() {
+        let pass = crate::passes::Pass::from_spec(p);
+        match pass.apply(&mut m) {
+            Ok(r) => eprintln!(
+                "pass {i} {}: {} ({} tensors, {} skipped)",
+                pass.name(),
+                r.description,
+                r.tensors.len(),
+                r.skipped.len()
+            ),
+            Err(e) => return fail(&e, EXIT_PERMANENT),
+        }
+    }
+    let opts = crate::onnx::SaveOptions {
+        external_data: m.had_external_data.then_some(true),
+    };
+    match crate::onnx::save(&m.proto, out, &opts) {
+        Ok(saved) => {
+            println!(
+                "{} bytes -> {} bytes ({:.2}x)",
+                m.file_bytes,
+                saved.bytes,
+                m.file_bytes as f64 / saved.bytes.max(1) as f64
+            );
+            0
+        }
+        Err(e) => fail(&e, EXIT_TRANSIENT),
+    }
+}
+
+/// `kompress cp`: fetch to a local file, or upload a local file.
+pub async fn cp(src: &str, dst: &str) -> i32 {
+    use crate::storage::{Location, Scheme, Storage};
+    let (src, dst) = match (Location::parse(src), Location::parse(dst)) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => return fail(&e, EXIT_PERMANENT),
+    };
+    let storage = Storage::new(None);
+    let t = std::time::Instant::now();
+    let code = |e: &crate::storage::Error| {
+        if e.is_permanent() {
+            EXIT_PERMANENT
+        } else {
+            EXIT_TRANSIENT
+        }
+    };
+    let result = match (src.scheme, dst.local_path()) {
+        (_, Some(path)) => storage
+            .fetch(&src, &path, None, &|_, _| {})
+            .await
+            .map(|f| (f.bytes, f.sha256)),
+        (Scheme::Local, None) => {
+            let path = src.local_path().expect("local");
+            match storage.put_file(&path, &dst, &|_, _| {}).await {
+                Ok(n) => crate::storage::sha256_file(&path)
+                    .map(|h| (n, h))
+                    .map_err(|source| crate::storage::Error::Io { path, source }),
+                Err(e) => Err(e),
+            }
+        }
+        _ => {
+            return fail(
+                &CliError::Manifest {
+                    origin: "cp".into(),
+                    message: "one side must be a local path".into(),
+                },
+                EXIT_PERMANENT,
+            );
+        }
+    };
+    match result {
+        Ok((bytes, sha)) => {
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"bytes": bytes, "seconds": secs, "mib_per_s": bytes as f64 / 1048576.0 / secs, "sha256": sha})
+            );
+            0
+        }
+        Err(e) => fail(&e, code(&e)),
+    }
 }

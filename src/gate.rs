@@ -23,23 +23,60 @@ pub struct MissingMetric {
 const EPS: f64 = 1e-9;
 
 pub fn decide(t: &Thresholds, base: &Metrics, cand: &Metrics) -> Result<Decision, MissingMetric> {
-    let ratio = if cand.bytes == 0 { 0.0 } else { base.bytes as f64 / cand.bytes as f64 };
+    let ratio = if cand.bytes == 0 {
+        0.0
+    } else {
+        base.bytes as f64 / cand.bytes as f64
+    };
     let accuracy_drop = base.accuracy.zip(cand.accuracy).map(|(b, c)| b - c);
-    let no_labels = |threshold| MissingMetric { threshold, why: "the dataset has no labels (or the output is not [samples, classes])", fix: "add an integer `labels` array to the npz" };
+    let no_labels = |threshold| MissingMetric {
+        threshold,
+        why: "the dataset has no labels (or the output is not [samples, classes])",
+        fix: "add an integer `labels` array to the npz",
+    };
     let mut checks = Vec::new();
-    let mut max = |name: &str, value: f64, limit: f64| checks.push(Check { name: name.into(), value, limit, passed: value <= limit + EPS });
+    let mut max = |name: &str, value: f64, limit: f64| {
+        checks.push(Check {
+            name: name.into(),
+            value,
+            limit,
+            passed: value <= limit + EPS,
+        })
+    };
     if let Some(limit) = t.max_accuracy_drop {
-        max("maxAccuracyDrop", accuracy_drop.ok_or_else(|| no_labels("maxAccuracyDrop"))?, limit);
+        max(
+            "maxAccuracyDrop",
+            accuracy_drop.ok_or_else(|| no_labels("maxAccuracyDrop"))?,
+            limit,
+        );
     }
     if let Some(limit) = t.max_relative_accuracy_drop {
-        let (b, d) = base.accuracy.zip(accuracy_drop).ok_or_else(|| no_labels("maxRelativeAccuracyDrop"))?;
-        max("maxRelativeAccuracyDrop", if b > 0.0 { d / b } else { 0.0 }, limit);
+        let (b, d) = base
+            .accuracy
+            .zip(accuracy_drop)
+            .ok_or_else(|| no_labels("maxRelativeAccuracyDrop"))?;
+        max(
+            "maxRelativeAccuracyDrop",
+            if b > 0.0 { d / b } else { 0.0 },
+            limit,
+        );
     }
     if let Some(limit) = t.max_latency_ratio {
-        let v = if base.latency_p50_ms > 0.0 { cand.latency_p50_ms / base.latency_p50_ms } else { 1.0 };
+        let v = if base.latency_p50_ms > 0.0 {
+            cand.latency_p50_ms / base.latency_p50_ms
+        } else {
+            1.0
+        };
         max("maxLatencyRatio", v, limit);
     }
-    let mut min = |name: &str, value: f64, limit: f64| checks.push(Check { name: name.into(), value, limit, passed: value + EPS >= limit });
+    let mut min = |name: &str, value: f64, limit: f64| {
+        checks.push(Check {
+            name: name.into(),
+            value,
+            limit,
+            passed: value + EPS >= limit,
+        })
+    };
     if let Some(limit) = t.min_agreement {
         let v = cand.agreement.ok_or(MissingMetric {
             threshold: "minAgreement",
@@ -49,13 +86,26 @@ pub fn decide(t: &Thresholds, base: &Metrics, cand: &Metrics) -> Result<Decision
         min("minAgreement", v, limit);
     }
     if let Some(limit) = t.min_cosine_similarity {
-        min("minCosineSimilarity", cand.cosine_similarity.unwrap_or(0.0), limit);
+        min(
+            "minCosineSimilarity",
+            cand.cosine_similarity.unwrap_or(0.0),
+            limit,
+        );
     }
     if let Some(limit) = t.min_compression_ratio {
         min("minCompressionRatio", ratio, limit);
     }
-    let verdict = if checks.iter().all(|c| c.passed) { Verdict::Passed } else { Verdict::Rejected };
-    Ok(Decision { verdict, checks, ratio, accuracy_drop })
+    let verdict = if checks.iter().all(|c| c.passed) {
+        Verdict::Passed
+    } else {
+        Verdict::Rejected
+    };
+    Ok(Decision {
+        verdict,
+        checks,
+        ratio,
+        accuracy_drop,
+    })
 }
 
 #[cfg(test)]
@@ -63,7 +113,14 @@ mod tests {
     use super::*;
 
     fn m(bytes: u64, acc: f64, agree: f64, p50: f64) -> Metrics {
-        Metrics { bytes, accuracy: Some(acc), agreement: Some(agree), cosine_similarity: Some(0.999), latency_p50_ms: p50, ..Default::default() }
+        Metrics {
+            bytes,
+            accuracy: Some(acc),
+            agreement: Some(agree),
+            cosine_similarity: Some(0.999),
+            latency_p50_ms: p50,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -84,23 +141,37 @@ mod tests {
 
     #[test]
     fn one_failing_threshold_rejects() {
-        let t = Thresholds { min_compression_ratio: Some(5.0), max_accuracy_drop: Some(0.5), ..Default::default() };
+        let t = Thresholds {
+            min_compression_ratio: Some(5.0),
+            max_accuracy_drop: Some(0.5),
+            ..Default::default()
+        };
         let d = decide(&t, &m(400, 0.9, 1.0, 1.0), &m(100, 0.9, 1.0, 1.0)).unwrap();
         assert_eq!(d.verdict, Verdict::Rejected);
-        let c = d.checks.iter().find(|c| c.name == "minCompressionRatio").unwrap();
+        let c = d
+            .checks
+            .iter()
+            .find(|c| c.name == "minCompressionRatio")
+            .unwrap();
         assert!(!c.passed && c.value == 4.0 && c.limit == 5.0);
     }
 
     #[test]
     fn exactly_at_the_limit_passes() {
-        let t = Thresholds { max_accuracy_drop: Some(0.01), ..Default::default() };
+        let t = Thresholds {
+            max_accuracy_drop: Some(0.01),
+            ..Default::default()
+        };
         let d = decide(&t, &m(1, 0.99, 1.0, 1.0), &m(1, 0.98, 1.0, 1.0)).unwrap();
         assert_eq!(d.verdict, Verdict::Passed);
     }
 
     #[test]
     fn accuracy_threshold_without_labels_is_an_error_not_a_pass() {
-        let t = Thresholds { max_accuracy_drop: Some(0.01), ..Default::default() };
+        let t = Thresholds {
+            max_accuracy_drop: Some(0.01),
+            ..Default::default()
+        };
         let mut b = m(1, 0.9, 1.0, 1.0);
         b.accuracy = None;
         let e = decide(&t, &b, &m(1, 0.9, 1.0, 1.0)).unwrap_err();
@@ -110,7 +181,12 @@ mod tests {
 
     #[test]
     fn no_thresholds_pass_with_no_checks() {
-        let d = decide(&Thresholds::default(), &m(2, 0.9, 1.0, 1.0), &m(1, 0.1, 0.1, 9.0)).unwrap();
+        let d = decide(
+            &Thresholds::default(),
+            &m(2, 0.9, 1.0, 1.0),
+            &m(1, 0.1, 0.1, 9.0),
+        )
+        .unwrap();
         assert!(d.checks.is_empty());
         assert_eq!(d.verdict, Verdict::Passed);
     }

@@ -7,19 +7,35 @@ use kompress::cli::{self, Cli, Command};
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let code = match Cli::parse().command {
-        Command::Run { file, output, scratch, run_id } => cli::run(&file, output, scratch, run_id).await,
-        Command::Worker { spec_file, spec, termination_log, scratch, run_id } => cli::worker(spec_file, spec, termination_log, scratch, run_id).await,
+        Command::Run {
+            file,
+            output,
+            scratch,
+            run_id,
+        } => cli::run(&file, output, scratch, run_id).await,
+        Command::Worker {
+            spec_file,
+            spec,
+            termination_log,
+            scratch,
+            run_id,
+        } => cli::worker(spec_file, spec, termination_log, scratch, run_id).await,
         Command::Crd => {
             print!("{}", cli::crd_yaml());
             0
         }
         Command::Inspect { model, output } => cli::inspect(&model, output),
+        Command::Compress { model, out, file } => cli::compress(&model, &out, &file),
+        Command::Cp { src, dst } => cli::cp(&src, &dst).await,
     };
     std::process::exit(code);
 }

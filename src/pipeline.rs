@@ -1,7 +1,9 @@
 //! One CompressionJob, end to end: fetch -> baseline -> passes -> candidate -> gate -> publish.
 //! `kompress run` and `kompress worker` both call `run`.
 
-use crate::api::{ArtifactRef, CompressionJobSpec, JobResult, Metrics, PassSpec, Thresholds, Verdict, validate};
+use crate::api::{
+    ArtifactRef, CompressionJobSpec, JobResult, Metrics, PassSpec, Thresholds, Verdict, validate,
+};
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::gate;
 use crate::onnx::{self, SaveOptions};
@@ -19,7 +21,7 @@ pub enum Error {
     #[error(transparent)]
     InvalidSpec(#[from] crate::api::InvalidSpec),
     #[error(transparent)]
-    Storage(#[from] storage::Error),
+    Storage(Box<storage::Error>),
     #[error(transparent)]
     Model(#[from] onnx::Error),
     #[error("pass {index} ({name}) failed")]
@@ -45,6 +47,12 @@ pub enum Error {
     },
 }
 
+impl From<storage::Error> for Error {
+    fn from(e: storage::Error) -> Self {
+        Self::Storage(Box::new(e))
+    }
+}
+
 impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
@@ -62,7 +70,10 @@ impl Error {
             Self::Storage(_) => "StorageUnavailable",
             Self::Model(_) => "InvalidModel",
             Self::Pass { .. } => "PassFailed",
-            Self::Eval { source: eval::Error::Runtime(_), .. } => "RuntimeUnavailable",
+            Self::Eval {
+                source: eval::Error::Runtime(_),
+                ..
+            } => "RuntimeUnavailable",
             Self::Eval { .. } => "EvaluationFailed",
             Self::Gate(_) => "ThresholdUnmeasurable",
             Self::Scratch { .. } => "ScratchError",
@@ -149,10 +160,20 @@ pub struct Outcome {
 }
 
 fn scratch_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|source| Error::Scratch { path: path.into(), source })
+    std::fs::create_dir_all(path).map_err(|source| Error::Scratch {
+        path: path.into(),
+        source,
+    })
 }
 
-async fn fetch(storage: &Storage, ui: &Ui, loc: &Location, dest: &Path, sha: Option<&str>, label: &str) -> Result<storage::Fetched> {
+async fn fetch(
+    storage: &Storage,
+    ui: &Ui,
+    loc: &Location,
+    dest: &Path,
+    sha: Option<&str>,
+    label: &str,
+) -> Result<storage::Fetched> {
     let bar = ui.bar(label, true);
     let f = storage.fetch(loc, dest, sha, &|n, t| bar.set(n, t)).await?;
     bar.finish(f.bytes);
@@ -160,7 +181,12 @@ async fn fetch(storage: &Storage, ui: &Ui, loc: &Location, dest: &Path, sha: Opt
 }
 
 /// Runs one job. A rejected candidate is an `Ok` outcome with `Verdict::Rejected`.
-pub async fn run(job: &JobRef, spec: &CompressionJobSpec, opts: &RunOptions, ui: &Ui) -> Result<Outcome> {
+pub async fn run(
+    job: &JobRef,
+    spec: &CompressionJobSpec,
+    opts: &RunOptions,
+    ui: &Ui,
+) -> Result<Outcome> {
     let started = Instant::now();
     let started_at = jiff::Timestamp::now();
     validate(spec)?;
@@ -177,51 +203,130 @@ pub async fn run(job: &JobRef, spec: &CompressionJobSpec, opts: &RunOptions, ui:
         n => n,
     };
     ui.stage(&format!("fetching {}", model_loc));
-    let model_file = fetch(&storage, ui, &model_loc, &input_dir.join(model_name), spec.model.sha256.as_deref(), "model").await?;
+    let model_file = fetch(
+        &storage,
+        ui,
+        &model_loc,
+        &input_dir.join(model_name),
+        spec.model.sha256.as_deref(),
+        "model",
+    )
+    .await?;
     let mut external_data = Vec::new();
     for location in onnx::external_locations(&model_file.path)? {
-        let f = fetch(&storage, ui, &model_loc.parent().join(&location), &input_dir.join(&location), None, &location).await?;
-        external_data.push(InputRef { uri: model_loc.parent().join(&location).uri, sha256: f.sha256, bytes: f.bytes });
+        let f = fetch(
+            &storage,
+            ui,
+            &model_loc.parent().join(&location),
+            &input_dir.join(&location),
+            None,
+            &location,
+        )
+        .await?;
+        external_data.push(InputRef {
+            uri: model_loc.parent().join(&location).uri,
+            sha256: f.sha256,
+            bytes: f.bytes,
+        });
     }
     let data_loc = Location::parse(&spec.dataset.uri)?;
-    let data_file = fetch(&storage, ui, &data_loc, &input_dir.join("dataset.npz"), spec.dataset.sha256.as_deref(), "dataset").await?;
+    let data_file = fetch(
+        &storage,
+        ui,
+        &data_loc,
+        &input_dir.join("dataset.npz"),
+        spec.dataset.sha256.as_deref(),
+        "dataset",
+    )
+    .await?;
 
     // 2. baseline
     let mut model = onnx::load(&model_file.path)?;
     let original_bytes = model.file_bytes;
-    let dataset = Dataset::load(&data_file.path).map_err(|e| Error::Eval { which: "original", source: e.into() })?;
-    let cfg = EvalConfig::from_spec(&spec.evaluation(), spec.dataset.labels.clone(), spec.dataset.limit);
-    let baseline_err = |source| Error::Eval { which: "original", source };
+    let dataset = Dataset::load(&data_file.path).map_err(|e| Error::Eval {
+        which: "original",
+        source: e.into(),
+    })?;
+    let cfg = EvalConfig::from_spec(
+        &spec.evaluation(),
+        spec.dataset.labels.clone(),
+        spec.dataset.limit,
+    );
+    let baseline_err = |source| Error::Eval {
+        which: "original",
+        source,
+    };
     let prep = eval::prepare(&model_file.path, &dataset, &cfg).map_err(baseline_err)?;
-    ui.stage(&format!("baseline: {} samples through the original model", prep.samples()));
+    ui.stage(&format!(
+        "baseline: {} samples through the original model",
+        prep.samples()
+    ));
     let bar = ui.bar("evaluate original", false);
-    let (base_out, base_times) = eval::evaluate(&model_file.path, &prep, &cfg, &|d, t| bar.set(d, Some(t))).map_err(baseline_err)?;
+    let (base_out, base_times) =
+        eval::evaluate(&model_file.path, &prep, &cfg, &|d, t| bar.set(d, Some(t)))
+            .map_err(baseline_err)?;
     bar.finish(prep.samples() as u64);
-    let baseline = eval::score(&base_out, &base_times, &prep, Some(&base_out), original_bytes);
+    let baseline = eval::score(
+        &base_out,
+        &base_times,
+        &prep,
+        Some(&base_out),
+        original_bytes,
+    );
 
     // 3. passes
     let mut pass_reports = Vec::new();
     for (index, p) in spec.passes.iter().enumerate() {
         let pass = Pass::from_spec(p);
-        let report = pass.apply(&mut model).map_err(|source| Error::Pass { index, name: pass.name(), source })?;
-        ui.stage(&format!("pass {index} {}: {} ({} tensors, {} skipped)", pass.name(), report.description, report.tensors.len(), report.skipped.len()));
+        let report = pass.apply(&mut model).map_err(|source| Error::Pass {
+            index,
+            name: pass.name(),
+            source,
+        })?;
+        ui.stage(&format!(
+            "pass {index} {}: {} ({} tensors, {} skipped)",
+            pass.name(),
+            report.description,
+            report.tensors.len(),
+            report.skipped.len()
+        ));
         pass_reports.push(report);
     }
 
     // 4. candidate
     let cand_path = cand_dir.join("model.onnx");
     let external = model.had_external_data.then_some(true);
-    let saved = onnx::save(&model.proto, &cand_path, &SaveOptions { external_data: external })?;
+    let saved = onnx::save(
+        &model.proto,
+        &cand_path,
+        &SaveOptions {
+            external_data: external,
+        },
+    )?;
     drop(model); // the candidate is on disk; free the weights before evaluating it
     let mut files = Vec::new();
     for f in &saved.files {
-        let sha = storage::sha256_file(f).map_err(|source| Error::Scratch { path: f.clone(), source })?;
-        files.push((f.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx").to_string(), f.clone(), sha));
+        let sha = storage::sha256_file(f).map_err(|source| Error::Scratch {
+            path: f.clone(),
+            source,
+        })?;
+        files.push((
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model.onnx")
+                .to_string(),
+            f.clone(),
+            sha,
+        ));
     }
     let digest = publish::artifact_digest(&files);
-    let cand_err = |source| Error::Eval { which: "candidate", source };
+    let cand_err = |source| Error::Eval {
+        which: "candidate",
+        source,
+    };
     let bar = ui.bar("evaluate candidate", false);
-    let (cand_out, cand_times) = eval::evaluate(&cand_path, &prep, &cfg, &|d, t| bar.set(d, Some(t))).map_err(cand_err)?;
+    let (cand_out, cand_times) =
+        eval::evaluate(&cand_path, &prep, &cfg, &|d, t| bar.set(d, Some(t))).map_err(cand_err)?;
     bar.finish(prep.samples() as u64);
     let candidate = eval::score(&cand_out, &cand_times, &prep, Some(&base_out), saved.bytes);
 
@@ -240,15 +345,23 @@ pub async fn run(job: &JobRef, spec: &CompressionJobSpec, opts: &RunOptions, ui:
     };
 
     // 6. publish: the candidate and report always; promotion only on a pass.
-    let run_id = opts.run_id.clone().unwrap_or_else(|| format!("{}-{}", job.name, started_at.strftime("%Y%m%dT%H%M%SZ")));
+    let run_id = opts
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", job.name, started_at.strftime("%Y%m%dT%H%M%SZ")));
     let run_loc = Location::parse(&spec.output.uri)?.join(&format!("runs/{run_id}"));
     ui.stage(&format!("uploading candidate to {run_loc}"));
     for (name, path, _) in &files {
         let bar = ui.bar(&format!("upload {name}"), true);
-        let n = storage.put_file(path, &run_loc.join(name), &|s, t| bar.set(s, t)).await?;
+        let n = storage
+            .put_file(path, &run_loc.join(name), &|s, t| bar.set(s, t))
+            .await?;
         bar.finish(n);
     }
-    result.artifact = Some(ArtifactRef { uri: run_loc.join("model.onnx").uri, sha256: digest.clone() });
+    result.artifact = Some(ArtifactRef {
+        uri: run_loc.join("model.onnx").uri,
+        sha256: digest.clone(),
+    });
     let report_loc = run_loc.join("report.json");
     result.report = Some(report_loc.uri.clone());
     let mut report = Report {
@@ -258,9 +371,17 @@ pub async fn run(job: &JobRef, spec: &CompressionJobSpec, opts: &RunOptions, ui:
         run_id,
         started_at: started_at.to_string(),
         duration_seconds: 0.0,
-        model: InputRef { uri: model_loc.uri.clone(), sha256: model_file.sha256.clone(), bytes: model_file.bytes },
+        model: InputRef {
+            uri: model_loc.uri.clone(),
+            sha256: model_file.sha256.clone(),
+            bytes: model_file.bytes,
+        },
         external_data,
-        dataset: InputRef { uri: data_loc.uri.clone(), sha256: data_file.sha256.clone(), bytes: data_file.bytes },
+        dataset: InputRef {
+            uri: data_loc.uri.clone(),
+            sha256: data_file.sha256.clone(),
+            bytes: data_file.bytes,
+        },
         recipe: spec.passes.clone(),
         thresholds: spec.thresholds.clone(),
         passes: pass_reports,

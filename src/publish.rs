@@ -56,7 +56,13 @@ pub fn artifact_digest(files: &[(String, PathBuf, String)]) -> String {
 
 /// Promotes the candidate files. Idempotent: files already stored under their digest are not
 /// uploaded again, and a manifest already naming this digest is left as it is.
-pub async fn promote(storage: &Storage, to: &Location, files: &[(String, PathBuf, String)], digest: &str, report: &Report) -> Result<ArtifactRef> {
+pub async fn promote(
+    storage: &Storage,
+    to: &Location,
+    files: &[(String, PathBuf, String)],
+    digest: &str,
+    report: &Report,
+) -> Result<ArtifactRef> {
     let dir = to.join(&format!("sha256-{digest}"));
     for (name, path, _) in files {
         let dest = dir.join(name);
@@ -66,7 +72,10 @@ pub async fn promote(storage: &Storage, to: &Location, files: &[(String, PathBuf
         }
         storage.put_file(path, &dest, &|_, _| {}).await?;
     }
-    let artifact = ArtifactRef { uri: dir.join("model.onnx").uri, sha256: digest.to_string() };
+    let artifact = ArtifactRef {
+        uri: dir.join("model.onnx").uri,
+        sha256: digest.to_string(),
+    };
     let manifest_loc = to.join("promoted.json");
     if let Some(existing) = storage.get_bytes(&manifest_loc).await?
         && serde_json::from_slice::<PromotedManifest>(&existing).is_ok_and(|m| m.digest == digest)
@@ -78,8 +87,17 @@ pub async fn promote(storage: &Storage, to: &Location, files: &[(String, PathBuf
         kind: "PromotedModel".into(),
         digest: digest.into(),
         uri: artifact.uri.clone(),
-        files: files.iter().map(|(n, _, s)| PromotedFile { name: n.clone(), sha256: s.clone() }).collect(),
-        source: SourceRef { uri: report.model.uri.clone(), sha256: report.model.sha256.clone() },
+        files: files
+            .iter()
+            .map(|(n, _, s)| PromotedFile {
+                name: n.clone(),
+                sha256: s.clone(),
+            })
+            .collect(),
+        source: SourceRef {
+            uri: report.model.uri.clone(),
+            sha256: report.model.sha256.clone(),
+        },
         job: serde_json::to_value(&report.job).unwrap_or_default(),
         recipe: serde_json::to_value(&report.recipe).unwrap_or_default(),
         metrics: serde_json::json!({
@@ -91,6 +109,13 @@ pub async fn promote(storage: &Storage, to: &Location, files: &[(String, PathBuf
         }),
         promoted_at: jiff::Timestamp::now().to_string(),
     };
-    storage.put_bytes(&manifest_loc, serde_json::to_vec_pretty(&manifest).expect("manifest serialises").into()).await?;
+    storage
+        .put_bytes(
+            &manifest_loc,
+            serde_json::to_vec_pretty(&manifest)
+                .expect("manifest serialises")
+                .into(),
+        )
+        .await?;
     Ok(artifact)
 }

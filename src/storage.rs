@@ -5,7 +5,9 @@
 use crate::api::StorageSpec;
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig, path::Path as ObjPath};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig, path::Path as ObjPath,
+};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +38,9 @@ pub struct Location {
 /// Storage failures. `is_permanent` says whether retrying can help.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unsupported URI scheme `{scheme}` in `{uri}`: use s3://, gs://, az://, https://, file:// or a local path")]
+    #[error(
+        "unsupported URI scheme `{scheme}` in `{uri}`: use s3://, gs://, az://, https://, file:// or a local path"
+    )]
     UnsupportedScheme { uri: String, scheme: String },
     #[error("malformed URI `{uri}`: {what}")]
     Malformed { uri: String, what: String },
@@ -57,7 +61,9 @@ pub enum Error {
         #[source]
         source: Option<object_store::Error>,
     },
-    #[error("access to `{uri}` was denied: check the credentials ({credentials}) and their permissions")]
+    #[error(
+        "access to `{uri}` was denied: check the credentials ({credentials}) and their permissions"
+    )]
     Denied {
         uri: String,
         credentials: String,
@@ -71,8 +77,14 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
-    #[error("sha256 of `{uri}` is {actual}, but the spec expects {expected}: the file changed or the digest is wrong")]
-    Checksum { uri: String, expected: String, actual: String },
+    #[error(
+        "sha256 of `{uri}` is {actual}, but the spec expects {expected}: the file changed or the digest is wrong"
+    )]
+    Checksum {
+        uri: String,
+        expected: String,
+        actual: String,
+    },
     #[error("local file {path}")]
     Io {
         path: PathBuf,
@@ -95,7 +107,10 @@ impl Location {
     /// Parses a URI without touching the network or the file system.
     pub fn parse(uri: &str) -> Result<Self> {
         let uri = uri.trim();
-        let malformed = |what: &str| Error::Malformed { uri: uri.into(), what: what.into() };
+        let malformed = |what: &str| Error::Malformed {
+            uri: uri.into(),
+            what: what.into(),
+        };
         if uri.is_empty() {
             return Err(malformed("empty"));
         }
@@ -121,37 +136,77 @@ impl Location {
                 // abfss://container@account.dfs.core.windows.net/path
                 let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
                 if !authority.contains('@') {
-                    return Err(malformed("expected abfss://<container>@<account>.dfs.core.windows.net/<path>"));
+                    return Err(malformed(
+                        "expected abfss://<container>@<account>.dfs.core.windows.net/<path>",
+                    ));
                 }
-                (Scheme::Azure, format!("{scheme_lc}://{authority}"), key.to_string())
+                (
+                    Scheme::Azure,
+                    format!("{scheme_lc}://{authority}"),
+                    key.to_string(),
+                )
             }
             "http" | "https" => {
                 let url = url::Url::parse(uri).map_err(|e| malformed(&e.to_string()))?;
-                let host = url.host_str().ok_or_else(|| malformed("no host"))?.to_string();
+                let host = url
+                    .host_str()
+                    .ok_or_else(|| malformed("no host"))?
+                    .to_string();
                 let path = url.path().trim_start_matches('/').to_string();
-                if host.ends_with(".blob.core.windows.net") || host.ends_with(".dfs.core.windows.net") {
+                if host.ends_with(".blob.core.windows.net")
+                    || host.ends_with(".dfs.core.windows.net")
+                {
                     let (container, key) = path.split_once('/').unwrap_or((path.as_str(), ""));
                     if container.is_empty() {
                         return Err(malformed("no container in the Azure URL"));
                     }
-                    (Scheme::Azure, format!("https://{host}/{container}"), key.to_string())
+                    (
+                        Scheme::Azure,
+                        format!("https://{host}/{container}"),
+                        key.to_string(),
+                    )
                 } else {
                     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-                    (Scheme::Http, format!("{}://{host}{port}", url.scheme()), path)
+                    (
+                        Scheme::Http,
+                        format!("{}://{host}{port}", url.scheme()),
+                        path,
+                    )
                 }
             }
-            other => return Err(Error::UnsupportedScheme { uri: uri.into(), scheme: other.into() }),
+            other => {
+                return Err(Error::UnsupportedScheme {
+                    uri: uri.into(),
+                    scheme: other.into(),
+                });
+            }
         };
         let key = key.trim_matches('/').to_string();
         ObjPath::parse(&key).map_err(|e| malformed(&e.to_string()))?;
-        Ok(Self { scheme, uri: uri.trim_end_matches('/').to_string(), store_url, key })
+        Ok(Self {
+            scheme,
+            uri: uri.trim_end_matches('/').to_string(),
+            store_url,
+            key,
+        })
     }
 
     fn local(uri: &str, path: &str) -> Result<Self> {
-        let abs = std::path::absolute(path).map_err(|e| Error::Malformed { uri: uri.into(), what: e.to_string() })?;
+        let abs = std::path::absolute(path).map_err(|e| Error::Malformed {
+            uri: uri.into(),
+            what: e.to_string(),
+        })?;
         let key = abs.to_string_lossy().trim_matches('/').to_string();
-        ObjPath::parse(&key).map_err(|e| Error::Malformed { uri: uri.into(), what: e.to_string() })?;
-        Ok(Self { scheme: Scheme::Local, uri: uri.trim_end_matches('/').to_string(), store_url: String::new(), key })
+        ObjPath::parse(&key).map_err(|e| Error::Malformed {
+            uri: uri.into(),
+            what: e.to_string(),
+        })?;
+        Ok(Self {
+            scheme: Scheme::Local,
+            uri: uri.trim_end_matches('/').to_string(),
+            store_url: String::new(),
+            key,
+        })
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -166,14 +221,34 @@ impl Location {
     /// A location under this one (`rel` uses `/`).
     pub fn join(&self, rel: &str) -> Self {
         let rel = rel.trim_matches('/');
-        let join = |a: &str| if a.is_empty() { rel.to_string() } else { format!("{a}/{rel}") };
-        Self { scheme: self.scheme, uri: format!("{}/{rel}", self.uri), store_url: self.store_url.clone(), key: join(&self.key) }
+        let join = |a: &str| {
+            if a.is_empty() {
+                rel.to_string()
+            } else {
+                format!("{a}/{rel}")
+            }
+        };
+        Self {
+            scheme: self.scheme,
+            uri: format!("{}/{rel}", self.uri),
+            store_url: self.store_url.clone(),
+            key: join(&self.key),
+        }
     }
 
     /// The location's directory (the key minus its last segment).
     pub fn parent(&self) -> Self {
-        let cut = |s: &str| s.rsplit_once('/').map(|(a, _)| a.to_string()).unwrap_or_default();
-        Self { scheme: self.scheme, uri: cut(&self.uri), store_url: self.store_url.clone(), key: cut(&self.key) }
+        let cut = |s: &str| {
+            s.rsplit_once('/')
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default()
+        };
+        Self {
+            scheme: self.scheme,
+            uri: cut(&self.uri),
+            store_url: self.store_url.clone(),
+            key: cut(&self.key),
+        }
     }
 
     pub fn file_name(&self) -> &str {
@@ -193,19 +268,54 @@ impl std::fmt::Display for Location {
 
 /// Environment variables each scheme reads credentials from. Only their NAMES are ever shown.
 const CREDENTIAL_VARS: &[(Scheme, &[&str])] = &[
-    (Scheme::S3, &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]),
-    (Scheme::Gcs, &["GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH", "GOOGLE_SERVICE_ACCOUNT_KEY"]),
-    (Scheme::Azure, &["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_KEY", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"]),
+    (
+        Scheme::S3,
+        &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ],
+    ),
+    (
+        Scheme::Gcs,
+        &[
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+        ],
+    ),
+    (
+        Scheme::Azure,
+        &[
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_FEDERATED_TOKEN_FILE",
+        ],
+    ),
 ];
 
 /// Names (never values) of the credential variables set for a scheme.
 pub fn credential_source(scheme: Scheme) -> String {
-    let vars = CREDENTIAL_VARS.iter().find(|(s, _)| *s == scheme).map(|(_, v)| *v).unwrap_or(&[]);
-    let set: Vec<&str> = vars.iter().copied().filter(|v| std::env::var_os(v).is_some()).collect();
+    let vars = CREDENTIAL_VARS
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map(|(_, v)| *v)
+        .unwrap_or(&[]);
+    let set: Vec<&str> = vars
+        .iter()
+        .copied()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
     match (scheme, set.is_empty()) {
         (Scheme::Local, _) => "local file system".into(),
         (Scheme::Http, _) => "anonymous https".into(),
-        (_, true) => "no credential variables set: instance metadata / workload identity or anonymous".into(),
+        (_, true) => {
+            "no credential variables set: instance metadata / workload identity or anonymous".into()
+        }
         (_, false) => format!("{} from the environment", set.join(", ")),
     }
 }
@@ -231,30 +341,49 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 
 impl Storage {
     pub fn new(spec: Option<&StorageSpec>) -> Self {
-        Self { spec: spec.cloned().unwrap_or_default() }
+        Self {
+            spec: spec.cloned().unwrap_or_default(),
+        }
     }
 
     fn retry() -> RetryConfig {
         // object_store's default retries for up to 3 minutes; a worker pod should fail sooner
         // and let the Job's backoff retry the whole run.
-        let secs = std::env::var("KOMPRESS_STORAGE_RETRY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-        RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(secs), ..Default::default() }
+        let secs = std::env::var("KOMPRESS_STORAGE_RETRY_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60);
+        RetryConfig {
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(secs),
+            ..Default::default()
+        }
     }
 
     fn store(&self, loc: &Location) -> Result<Arc<dyn ObjectStore>> {
-        let config = |source| Error::Config { uri: loc.uri.clone(), credentials: credential_source(loc.scheme), source };
-        let opts = ClientOptions::new().with_connect_timeout(Duration::from_secs(10)).with_timeout(Duration::from_secs(300));
+        let config = |source| Error::Config {
+            uri: loc.uri.clone(),
+            credentials: credential_source(loc.scheme),
+            source,
+        };
+        let opts = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(300));
         Ok(match loc.scheme {
             Scheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
             Scheme::S3 => {
                 // Client options first: from_env() puts AWS_ALLOW_HTTP etc. into the client
                 // options, which a later with_client_options() would throw away.
-                let mut b = from_env("AWS_", object_store::aws::AmazonS3Builder::new().with_client_options(opts), |b, k, v| {
-                    k.parse().map(|k| b.with_config(k, v)).ok()
-                })
+                let mut b = from_env(
+                    "AWS_",
+                    object_store::aws::AmazonS3Builder::new().with_client_options(opts),
+                    |b, k, v| k.parse().map(|k| b.with_config(k, v)).ok(),
+                )
                 .with_url(&loc.store_url)
                 .with_retry(Self::retry());
-                if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+                if std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                {
                     b = b.with_region("us-east-1");
                 }
                 if let Some(e) = &self.spec.endpoint {
@@ -272,18 +401,22 @@ impl Storage {
                 Arc::new(b.build().map_err(config)?)
             }
             Scheme::Gcs => Arc::new(
-                from_env("GOOGLE_", object_store::gcp::GoogleCloudStorageBuilder::new().with_client_options(opts), |b, k, v| {
-                    k.parse().map(|k| b.with_config(k, v)).ok()
-                })
+                from_env(
+                    "GOOGLE_",
+                    object_store::gcp::GoogleCloudStorageBuilder::new().with_client_options(opts),
+                    |b, k, v| k.parse().map(|k| b.with_config(k, v)).ok(),
+                )
                 .with_url(&loc.store_url)
                 .with_retry(Self::retry())
                 .build()
-                    .map_err(config)?,
+                .map_err(config)?,
             ),
             Scheme::Azure => {
-                let mut b = from_env("AZURE_", object_store::azure::MicrosoftAzureBuilder::new().with_client_options(opts), |b, k, v| {
-                    k.parse().map(|k| b.with_config(k, v)).ok()
-                })
+                let mut b = from_env(
+                    "AZURE_",
+                    object_store::azure::MicrosoftAzureBuilder::new().with_client_options(opts),
+                    |b, k, v| k.parse().map(|k| b.with_config(k, v)).ok(),
+                )
                 .with_url(&loc.store_url)
                 .with_retry(Self::retry());
                 if let Some(e) = &self.spec.endpoint {
@@ -309,14 +442,31 @@ impl Storage {
         use object_store::Error as E;
         let (uri, credentials) = (loc.uri.clone(), credential_source(loc.scheme));
         match source {
-            E::NotFound { .. } => Error::NotFound { uri, where_: format!("no such bucket, container or key; credentials: {credentials}"), source: Some(source) },
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Denied { uri, credentials, source },
-            E::InvalidPath { .. } | E::NotSupported { .. } | E::NotImplemented { .. } | E::UnknownConfigurationKey { .. } => {
-                Error::Config { uri, credentials, source }
-            }
+            E::NotFound { .. } => Error::NotFound {
+                uri,
+                where_: format!("no such bucket, container or key; credentials: {credentials}"),
+                source: Some(source),
+            },
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Denied {
+                uri,
+                credentials,
+                source,
+            },
+            E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::UnknownConfigurationKey { .. } => Error::Config {
+                uri,
+                credentials,
+                source,
+            },
             // S3-compatible servers answer a missing bucket or bad key with 4xx codes that
             // object_store reports as Generic; only 5xx and transport errors are worth retrying.
-            source if is_client_error(&source) => Error::Denied { uri, credentials, source },
+            source if is_client_error(&source) => Error::Denied {
+                uri,
+                credentials,
+                source,
+            },
             source => Error::Transient { uri, op, source },
         }
     }
@@ -332,8 +482,17 @@ impl Storage {
 
     /// Streams an object to `dest`, hashing on the way; checks `expected_sha256` if given. The
     /// file appears at `dest` only when complete and verified.
-    pub async fn fetch(&self, loc: &Location, dest: &Path, expected_sha256: Option<&str>, progress: ProgressFn<'_>) -> Result<Fetched> {
-        let io = |source| Error::Io { path: dest.into(), source };
+    pub async fn fetch(
+        &self,
+        loc: &Location,
+        dest: &Path,
+        expected_sha256: Option<&str>,
+        progress: ProgressFn<'_>,
+    ) -> Result<Fetched> {
+        let io = |source| Error::Io {
+            path: dest.into(),
+            source,
+        };
         let part = dest.with_extension("part");
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
@@ -342,14 +501,26 @@ impl Storage {
             if let Some(src) = loc.local_path() {
                 // Local files: plain reads (object_store's local store is no faster, and this
                 // gives the same error kinds as the remote path).
-                let mut f = tokio::fs::File::open(&src).await.map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::NotFound { uri: loc.uri.clone(), where_: "no such local file".into(), source: None },
-                    _ => Error::Io { path: src.clone(), source: e },
-                })?;
+                let mut f = tokio::fs::File::open(&src)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Error::NotFound {
+                            uri: loc.uri.clone(),
+                            where_: "no such local file".into(),
+                            source: None,
+                        },
+                        _ => Error::Io {
+                            path: src.clone(),
+                            source: e,
+                        },
+                    })?;
                 let total = f.metadata().await.map(|m| m.len()).ok();
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
-                    let n = f.read(&mut buf).await.map_err(|e| Error::Io { path: src.clone(), source: e })?;
+                    let n = f.read(&mut buf).await.map_err(|e| Error::Io {
+                        path: src.clone(),
+                        source: e,
+                    })?;
                     if n == 0 {
                         break;
                     }
@@ -359,7 +530,11 @@ impl Storage {
                     progress(bytes, total);
                 }
             } else {
-                let got = self.store(loc)?.get(&loc.path()).await.map_err(|e| Self::classify(loc, "get", e))?;
+                let got = self
+                    .store(loc)?
+                    .get(&loc.path())
+                    .await
+                    .map_err(|e| Self::classify(loc, "get", e))?;
                 let total = Some(got.meta.size);
                 let mut stream = got.into_stream();
                 while let Some(chunk) = stream.next().await {
@@ -377,19 +552,37 @@ impl Storage {
             && expected != sha256
         {
             let _ = tokio::fs::remove_file(&part).await;
-            return Err(Error::Checksum { uri: loc.uri.clone(), expected: expected.into(), actual: sha256 });
+            return Err(Error::Checksum {
+                uri: loc.uri.clone(),
+                expected: expected.into(),
+                actual: sha256,
+            });
         }
         tokio::fs::rename(&part, dest).await.map_err(io)?;
-        Ok(Fetched { path: dest.into(), sha256, bytes })
+        Ok(Fetched {
+            path: dest.into(),
+            sha256,
+            bytes,
+        })
     }
 
     /// Uploads a local file (multipart above 8 MiB). On S3-compatible stores an object becomes
     /// visible only when complete; local writes go through a temporary file and a rename.
-    pub async fn put_file(&self, src: &Path, loc: &Location, progress: ProgressFn<'_>) -> Result<u64> {
+    pub async fn put_file(
+        &self,
+        src: &Path,
+        loc: &Location,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
         if loc.is_read_only() {
-            return Err(Error::ReadOnly { uri: loc.uri.clone() });
+            return Err(Error::ReadOnly {
+                uri: loc.uri.clone(),
+            });
         }
-        let io = |source| Error::Io { path: src.into(), source };
+        let io = |source| Error::Io {
+            path: src.into(),
+            source,
+        };
         let mut f = tokio::fs::File::open(src).await.map_err(io)?;
         let total = f.metadata().await.map_err(io)?.len();
         let store = self.store(loc)?;
@@ -402,11 +595,15 @@ impl Storage {
                 if n == 0 {
                     break;
                 }
-                w.put(Bytes::copy_from_slice(&buf[..n])).await.map_err(|e| Self::classify(loc, "upload", e))?;
+                w.put(Bytes::copy_from_slice(&buf[..n]))
+                    .await
+                    .map_err(|e| Self::classify(loc, "upload", e))?;
                 sent += n as u64;
                 progress(sent, Some(total));
             }
-            w.shutdown().await.map_err(|e| Self::classify(loc, "upload", object_store_error(e)))
+            w.shutdown()
+                .await
+                .map_err(|e| Self::classify(loc, "upload", object_store_error(e)))
         }
         .await;
         if result.is_err() {
@@ -418,16 +615,23 @@ impl Storage {
     /// Writes a small object in one request.
     pub async fn put_bytes(&self, loc: &Location, data: Bytes) -> Result<()> {
         if loc.is_read_only() {
-            return Err(Error::ReadOnly { uri: loc.uri.clone() });
+            return Err(Error::ReadOnly {
+                uri: loc.uri.clone(),
+            });
         }
-        self.store(loc)?.put(&loc.path(), data.into()).await.map_err(|e| Self::classify(loc, "put", e))?;
+        self.store(loc)?
+            .put(&loc.path(), data.into())
+            .await
+            .map_err(|e| Self::classify(loc, "put", e))?;
         Ok(())
     }
 
     /// Reads a small object whole; None when it does not exist.
     pub async fn get_bytes(&self, loc: &Location) -> Result<Option<Bytes>> {
         match self.store(loc)?.get(&loc.path()).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| Self::classify(loc, "get", e))?)),
+            Ok(r) => Ok(Some(
+                r.bytes().await.map_err(|e| Self::classify(loc, "get", e))?,
+            )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Self::classify(loc, "get", e)),
         }
@@ -441,7 +645,14 @@ impl Storage {
         let mut s = store.list(Some(&prefix));
         while let Some(meta) = s.next().await {
             match meta {
-                Ok(m) => out.push(m.location.as_ref().strip_prefix(prefix.as_ref()).unwrap_or(m.location.as_ref()).trim_start_matches('/').to_string()),
+                Ok(m) => out.push(
+                    m.location
+                        .as_ref()
+                        .strip_prefix(prefix.as_ref())
+                        .unwrap_or(m.location.as_ref())
+                        .trim_start_matches('/')
+                        .to_string(),
+                ),
                 Err(object_store::Error::NotFound { .. }) => break,
                 Err(e) => return Err(Self::classify(loc, "list", e)),
             }
@@ -479,7 +690,10 @@ async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<u
 fn object_store_error(e: std::io::Error) -> object_store::Error {
     match e.downcast::<object_store::Error>() {
         Ok(e) => e,
-        Err(e) => object_store::Error::Generic { store: "upload", source: Box::new(e) },
+        Err(e) => object_store::Error::Generic {
+            store: "upload",
+            source: Box::new(e),
+        },
     }
 }
 
@@ -487,7 +701,9 @@ fn object_store_error(e: std::io::Error) -> object_store::Error {
 fn is_client_error(e: &object_store::Error) -> bool {
     let text = format!("{e}");
     // object_store's retry errors render as "... Client error with status 400 Bad Request ..."
-    text.contains("Client error with status") && !text.contains("status 408") && !text.contains("status 429")
+    text.contains("Client error with status")
+        && !text.contains("status 408")
+        && !text.contains("status 429")
 }
 
 /// sha256 of a local file, streamed.

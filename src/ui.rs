@@ -11,7 +11,13 @@ pub struct Ui {
 
 impl Ui {
     pub fn detect() -> Self {
-        if std::io::stderr().is_terminal() { Self { bars: Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr())) } } else { Self::plain() }
+        if std::io::stderr().is_terminal() {
+            Self {
+                bars: Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            }
+        } else {
+            Self::plain()
+        }
     }
 
     /// Log lines only.
@@ -38,13 +44,21 @@ impl Ui {
                     "{spinner} {msg:<28} [{bar:30}] {pos}/{len} {per_sec}"
                 };
                 let pb = m.add(ProgressBar::new(0));
-                pb.set_style(ProgressStyle::with_template(style).expect("valid template").progress_chars("=> "));
+                pb.set_style(
+                    ProgressStyle::with_template(style)
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
                 pb.set_message(label.to_string());
                 Some(pb)
             }
             None => None,
         };
-        Bar { pb, label: label.to_string(), bytes }
+        Bar {
+            pb,
+            label: label.to_string(),
+            bytes,
+        }
     }
 }
 

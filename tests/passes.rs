@@ -9,19 +9,42 @@ use kompress::passes::Pass;
 use support::*;
 
 fn cfg() -> EvalConfig {
-    EvalConfig { batch_size: 32, threads: Some(1), output: None, labels: None, limit: None, latency_batch: 1, warmup: 0, iterations: 1 }
+    EvalConfig {
+        batch_size: 32,
+        threads: Some(1),
+        output: None,
+        labels: None,
+        limit: None,
+        latency_batch: 1,
+        warmup: 0,
+        iterations: 1,
+    }
 }
 
 fn quantize(mode: QuantMode, per_channel: bool) -> Pass {
-    Pass::from_spec(&PassSpec { quantize: Some(QuantizeSpec { mode, per_channel, ..Default::default() }), ..Default::default() })
+    Pass::from_spec(&PassSpec {
+        quantize: Some(QuantizeSpec {
+            mode,
+            per_channel,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 fn prune(spec: PruneSpec) -> Pass {
-    Pass::from_spec(&PassSpec { prune: Some(spec), ..Default::default() })
+    Pass::from_spec(&PassSpec {
+        prune: Some(spec),
+        ..Default::default()
+    })
 }
 
 fn ops(m: &onnx::Model) -> Vec<String> {
-    m.graph().node.iter().map(|n| n.op_type.clone().unwrap_or_default()).collect()
+    m.graph()
+        .node
+        .iter()
+        .map(|n| n.op_type.clone().unwrap_or_default())
+        .collect()
 }
 
 /// Applies passes to a fixture MLP, saves it, and returns (fp32 outputs, candidate outputs).
@@ -39,8 +62,14 @@ fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
     let ds = Dataset::load(&data).unwrap();
     let prep = eval::prepare(&src, &ds, &cfg()).unwrap();
-    let base = eval::evaluate(&src, &prep, &cfg(), &|_, _| {}).unwrap().0.values;
-    let cand = eval::evaluate(&out, &prep, &cfg(), &|_, _| {}).unwrap().0.values;
+    let base = eval::evaluate(&src, &prep, &cfg(), &|_, _| {})
+        .unwrap()
+        .0
+        .values;
+    let cand = eval::evaluate(&out, &prep, &cfg(), &|_, _| {})
+        .unwrap()
+        .0
+        .values;
     (onnx::load(&out).unwrap(), base, cand)
 }
 
@@ -52,17 +81,32 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 fn dynamic_quantization_emits_integer_ops_ort_runs_close_to_fp32() {
     let (m, base, cand) = run(&[quantize(QuantMode::Dynamic, false)], &[64, 256, 128, 10]);
     let ops = ops(&m);
-    assert_eq!(ops.iter().filter(|o| *o == "MatMulInteger").count(), 3, "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|o| *o == "MatMulInteger").count(),
+        3,
+        "{ops:?}"
+    );
     assert!(ops.contains(&"DynamicQuantizeLinear".to_string()));
     assert!(!ops.contains(&"MatMul".to_string()));
-    assert!(m.graph().initializer.iter().all(|t| t.dtype() != onnx::DataType::Float || t.numel() <= 256), "float weights left behind");
+    assert!(
+        m.graph()
+            .initializer
+            .iter()
+            .all(|t| t.dtype() != onnx::DataType::Float || t.numel() <= 256),
+        "float weights left behind"
+    );
     assert!(cosine(&base, &cand) > 0.999, "cos {}", cosine(&base, &cand));
 }
 
 #[test]
 fn per_channel_has_one_scale_per_output_column() {
     let (m, base, cand) = run(&[quantize(QuantMode::Dynamic, true)], &[64, 256, 10]);
-    let scale = m.graph().initializer.iter().find(|t| t.name.as_deref() == Some("W0_scale")).unwrap();
+    let scale = m
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some("W0_scale"))
+        .unwrap();
     assert_eq!(scale.dims, vec![256]);
     assert!(cosine(&base, &cand) > 0.999);
 }
@@ -79,7 +123,11 @@ fn weight_only_mode_dequantizes_in_front_of_float_matmul() {
 #[test]
 fn excluded_nodes_and_small_tensors_stay_float() {
     let p = Pass::from_spec(&PassSpec {
-        quantize: Some(QuantizeSpec { exclude_nodes: vec!["MatMul_0".into()], min_elements: Some(2000), ..Default::default() }),
+        quantize: Some(QuantizeSpec {
+            exclude_nodes: vec!["MatMul_0".into()],
+            min_elements: Some(2000),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -90,8 +138,18 @@ fn excluded_nodes_and_small_tensors_stay_float() {
     // MatMul_0 excluded; MatMul_1 (1280 elements) below minElements: nothing quantized.
     assert!(report.tensors.is_empty(), "{:?}", report.tensors);
     assert_eq!(report.skipped.len(), 2);
-    assert!(report.skipped.iter().any(|s| s.node == "MatMul_0" && s.reason.contains("excludeNodes")));
-    assert!(report.skipped.iter().any(|s| s.reason.contains("minElements")));
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.node == "MatMul_0" && s.reason.contains("excludeNodes"))
+    );
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.reason.contains("minElements"))
+    );
 }
 
 #[test]
@@ -105,16 +163,30 @@ fn nan_weights_are_a_clear_error_naming_the_tensor() {
     let src = dir.path().join("m.onnx");
     write_model(&model, &src);
     let mut m = onnx::load(&src).unwrap();
-    let e = quantize(QuantMode::Dynamic, false).apply(&mut m).unwrap_err().to_string();
-    assert!(e.contains("W0") && e.contains("NaN") && e.contains("element 17"), "{e}");
+    let e = quantize(QuantMode::Dynamic, false)
+        .apply(&mut m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("W0") && e.contains("NaN") && e.contains("element 17"),
+        "{e}"
+    );
 }
 
 #[test]
 fn magnitude_pruning_hits_the_exact_sparsity_per_tensor() {
-    let p = prune(PruneSpec { sparsity: Some(0.5), ..Default::default() });
+    let p = prune(PruneSpec {
+        sparsity: Some(0.5),
+        ..Default::default()
+    });
     let (m, _, _) = run(&[p], &[64, 256, 10]);
     for name in ["W0", "W1"] {
-        let t = m.graph().initializer.iter().find(|t| t.name.as_deref() == Some(name)).unwrap();
+        let t = m
+            .graph()
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+            .unwrap();
         let v = onnx::tensor_f32_values(t).unwrap();
         let zeros = v.iter().filter(|x| **x == 0.0).count();
         assert_eq!(zeros, v.len() / 2, "{name}");
@@ -123,22 +195,41 @@ fn magnitude_pruning_hits_the_exact_sparsity_per_tensor() {
 
 #[test]
 fn global_pruning_reaches_the_target_across_tensors() {
-    let p = prune(PruneSpec { sparsity: Some(0.7), scope: PruneScope::Global, ..Default::default() });
+    let p = prune(PruneSpec {
+        sparsity: Some(0.7),
+        scope: PruneScope::Global,
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("m.onnx");
     write_model(&mlp(&[64, 256, 128], 8), &src);
     let mut m = onnx::load(&src).unwrap();
     let r = p.apply(&mut m).unwrap();
     let total: u64 = r.tensors.iter().map(|t| t.elements).sum();
-    let zeros: f64 = r.tensors.iter().map(|t| t.sparsity * t.elements as f64).sum();
+    let zeros: f64 = r
+        .tensors
+        .iter()
+        .map(|t| t.sparsity * t.elements as f64)
+        .sum();
     assert_eq!(zeros.round() as u64, (0.7 * total as f64).round() as u64);
 }
 
 #[test]
 fn two_four_pattern_holds_in_every_group_after_quantization_too() {
-    let passes = [prune(PruneSpec { pattern: Some("2:4".into()), ..Default::default() }), quantize(QuantMode::Dynamic, true)];
+    let passes = [
+        prune(PruneSpec {
+            pattern: Some("2:4".into()),
+            ..Default::default()
+        }),
+        quantize(QuantMode::Dynamic, true),
+    ];
     let (m, base, cand) = run(&passes, &[64, 256, 10]);
-    let t = m.graph().initializer.iter().find(|t| t.name.as_deref() == Some("W0_quantized")).unwrap();
+    let t = m
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some("W0_quantized"))
+        .unwrap();
     let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
     let raw = t.raw_data.as_ref().unwrap();
     for col in 0..n {
@@ -162,7 +253,15 @@ fn pruning_an_already_sparse_model_keeps_existing_zeros() {
     let src = dir.path().join("m.onnx");
     write_model(&model, &src);
     let mut m = onnx::load(&src).unwrap();
-    let r = prune(PruneSpec { sparsity: Some(0.3), ..Default::default() }).apply(&mut m).unwrap();
+    let r = prune(PruneSpec {
+        sparsity: Some(0.3),
+        ..Default::default()
+    })
+    .apply(&mut m)
+    .unwrap();
     let w0 = r.tensors.iter().find(|t| t.tensor == "W0").unwrap();
-    assert_eq!(w0.sparsity, 0.5, "already sparser than the target: untouched");
+    assert_eq!(
+        w0.sparsity, 0.5,
+        "already sparser than the target: untouched"
+    );
 }

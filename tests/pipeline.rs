@@ -7,11 +7,19 @@ use std::path::Path;
 use support::*;
 
 const QUANTIZE: &str = "    - quantize:\n        perChannel: true";
-const GATE: &str = "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
+const GATE: &str =
+    "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
 
 fn digits_job(name: &str, passes: &str, thresholds: &str, out: &Path) -> String {
     let r = repo();
-    job_yaml(name, &r.join("examples/digits/model.onnx").display().to_string(), &r.join("examples/digits/eval.npz").display().to_string(), passes, thresholds, out)
+    job_yaml(
+        name,
+        &r.join("examples/digits/model.onnx").display().to_string(),
+        &r.join("examples/digits/eval.npz").display().to_string(),
+        passes,
+        thresholds,
+        out,
+    )
 }
 
 fn write_job(dir: &Path, yaml: &str) -> String {
@@ -23,7 +31,10 @@ fn write_job(dir: &Path, yaml: &str) -> String {
 #[test]
 fn the_bundled_example_is_promoted_at_least_3_5x_smaller_within_one_point() {
     let dir = tempfile::tempdir().unwrap();
-    let job = write_job(dir.path(), &digits_job("digits", QUANTIZE, GATE, dir.path()));
+    let job = write_job(
+        dir.path(),
+        &digits_job("digits", QUANTIZE, GATE, dir.path()),
+    );
     let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -37,44 +48,86 @@ fn the_bundled_example_is_promoted_at_least_3_5x_smaller_within_one_point() {
     assert_eq!(report["passes"][0]["tensors"].as_array().unwrap().len(), 3);
 
     let prod = dir.path().join("production");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(prod.join("promoted.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(prod.join("promoted.json")).unwrap()).unwrap();
     let digest = manifest["digest"].as_str().unwrap();
     assert_eq!(res["promoted"]["sha256"], digest);
     let promoted = prod.join(format!("sha256-{digest}/model.onnx"));
-    assert_eq!(kompress::storage::sha256_file(&promoted).unwrap(), digest, "promoted bytes match their digest");
+    assert_eq!(
+        kompress::storage::sha256_file(&promoted).unwrap(),
+        digest,
+        "promoted bytes match their digest"
+    );
     // the audit trail: candidate + report under the run prefix
     let runs = files_under(&dir.path().join("candidates"));
-    assert!(runs.iter().any(|f| f.ends_with("model.onnx")) && runs.iter().any(|f| f.ends_with("report.json")), "{runs:?}");
+    assert!(
+        runs.iter().any(|f| f.ends_with("model.onnx"))
+            && runs.iter().any(|f| f.ends_with("report.json")),
+        "{runs:?}"
+    );
 }
 
 #[test]
 fn rerunning_an_identical_job_promotes_the_same_digest_once() {
     let dir = tempfile::tempdir().unwrap();
-    let job = write_job(dir.path(), &digits_job("digits", QUANTIZE, GATE, dir.path()));
-    assert_eq!(run_kompress(&["run", "-f", &job, "--run-id", "a"], &[]).code, 0);
+    let job = write_job(
+        dir.path(),
+        &digits_job("digits", QUANTIZE, GATE, dir.path()),
+    );
+    assert_eq!(
+        run_kompress(&["run", "-f", &job, "--run-id", "a"], &[]).code,
+        0
+    );
     let manifest1 = std::fs::read(dir.path().join("production/promoted.json")).unwrap();
-    assert_eq!(run_kompress(&["run", "-f", &job, "--run-id", "b"], &[]).code, 0);
+    assert_eq!(
+        run_kompress(&["run", "-f", &job, "--run-id", "b"], &[]).code,
+        0
+    );
     let prod = files_under(&dir.path().join("production"));
     assert_eq!(prod.len(), 2, "one model folder and one manifest: {prod:?}");
-    assert_eq!(std::fs::read(dir.path().join("production/promoted.json")).unwrap(), manifest1, "manifest untouched");
+    assert_eq!(
+        std::fs::read(dir.path().join("production/promoted.json")).unwrap(),
+        manifest1,
+        "manifest untouched"
+    );
 }
 
 #[test]
 fn a_gate_that_must_reject_rejects_and_promotes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let job = write_job(dir.path(), &digits_job("digits", QUANTIZE, "    minCompressionRatio: 10", dir.path()));
+    let job = write_job(
+        dir.path(),
+        &digits_job(
+            "digits",
+            QUANTIZE,
+            "    minCompressionRatio: 10",
+            dir.path(),
+        ),
+    );
     let r = run_kompress(&["run", "-f", &job], &[]);
     assert_eq!(r.code, 0, "a rejection is a normal outcome: {}", r.stderr);
-    assert!(r.stdout.contains("REJECTED") && r.stdout.contains("✗ minCompressionRatio"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("REJECTED") && r.stdout.contains("✗ minCompressionRatio"),
+        "{}",
+        r.stdout
+    );
     assert!(files_under(&dir.path().join("production")).is_empty());
-    assert!(files_under(&dir.path().join("candidates")).iter().any(|f| f.ends_with("report.json")), "the audit trail is still written");
+    assert!(
+        files_under(&dir.path().join("candidates"))
+            .iter()
+            .any(|f| f.ends_with("report.json")),
+        "the audit trail is still written"
+    );
 }
 
 #[test]
 fn prune_then_quantize_runs_and_reports_sparsity() {
     let dir = tempfile::tempdir().unwrap();
     let passes = "    - prune:\n        sparsity: 0.5\n    - quantize: {}";
-    let job = write_job(dir.path(), &digits_job("digits", passes, "    maxAccuracyDrop: 0.05", dir.path()));
+    let job = write_job(
+        dir.path(),
+        &digits_job("digits", passes, "    maxAccuracyDrop: 0.05", dir.path()),
+    );
     let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -88,23 +141,51 @@ fn the_worker_writes_a_compact_result_to_the_termination_log() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = digits_job("digits", QUANTIZE, GATE, dir.path());
     let log = dir.path().join("termination-log");
-    let r = run_kompress(&["worker"], &[("KOMPRESS_JOB", &yaml), ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap()), ("KOMPRESS_RUN_ID", "ns.digits.g1")]);
+    let r = run_kompress(
+        &["worker"],
+        &[
+            ("KOMPRESS_JOB", &yaml),
+            ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap()),
+            ("KOMPRESS_RUN_ID", "ns.digits.g1"),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let msg = std::fs::read_to_string(&log).unwrap();
     assert!(msg.len() <= 4096, "{} bytes", msg.len());
     let m: kompress::cli::WorkerMessage = serde_json::from_str(&msg).unwrap();
     assert_eq!(m.phase, kompress::api::Phase::Succeeded);
-    assert!(m.result.unwrap().artifact.unwrap().uri.contains("runs/ns.digits.g1/"));
+    assert!(
+        m.result
+            .unwrap()
+            .artifact
+            .unwrap()
+            .uri
+            .contains("runs/ns.digits.g1/")
+    );
 }
 
 #[test]
 fn the_worker_marks_permanent_errors_with_their_own_exit_code() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = job_yaml("x", "/nonexistent/model.onnx", "/nonexistent/d.npz", QUANTIZE, GATE, dir.path());
+    let yaml = job_yaml(
+        "x",
+        "/nonexistent/model.onnx",
+        "/nonexistent/d.npz",
+        QUANTIZE,
+        GATE,
+        dir.path(),
+    );
     let log = dir.path().join("termination-log");
-    let r = run_kompress(&["worker"], &[("KOMPRESS_JOB", &yaml), ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap())]);
+    let r = run_kompress(
+        &["worker"],
+        &[
+            ("KOMPRESS_JOB", &yaml),
+            ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap()),
+        ],
+    );
     assert_eq!(r.code, kompress::cli::EXIT_PERMANENT);
-    let m: kompress::cli::WorkerMessage = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+    let m: kompress::cli::WorkerMessage =
+        serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
     assert_eq!(m.phase, kompress::api::Phase::Failed);
     assert_eq!(m.permanent, Some(true));
     assert_eq!(m.reason.as_deref(), Some("StorageError"));
@@ -114,13 +195,32 @@ fn the_worker_marks_permanent_errors_with_their_own_exit_code() {
 fn fails(dir: &Path, yaml: &str) -> String {
     let job = write_job(dir, yaml);
     let r = run_kompress(&["run", "-f", &job], &[]);
-    assert_eq!(r.code, kompress::cli::EXIT_PERMANENT, "stdout {} stderr {}", r.stdout, r.stderr);
-    assert!(files_under(&dir.join("production")).is_empty(), "nothing may reach promoteTo");
+    assert_eq!(
+        r.code,
+        kompress::cli::EXIT_PERMANENT,
+        "stdout {} stderr {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        files_under(&dir.join("production")).is_empty(),
+        "nothing may reach promoteTo"
+    );
     r.stderr
 }
 
 fn model_job(dir: &Path, model: &Path) -> String {
-    job_yaml("bad", &model.display().to_string(), &repo().join("examples/digits/eval.npz").display().to_string(), QUANTIZE, GATE, dir)
+    job_yaml(
+        "bad",
+        &model.display().to_string(),
+        &repo()
+            .join("examples/digits/eval.npz")
+            .display()
+            .to_string(),
+        QUANTIZE,
+        GATE,
+        dir,
+    )
 }
 
 #[test]
@@ -128,20 +228,30 @@ fn bad_model_files_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let e = fails(d, &model_job(d, &d.join("missing.onnx")));
-    assert!(e.contains("missing.onnx") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("missing.onnx") && e.contains("does not exist"),
+        "{e}"
+    );
 
     std::fs::write(d.join("empty.onnx"), b"").unwrap();
     let e = fails(d, &model_job(d, &d.join("empty.onnx")));
     assert!(e.contains("empty.onnx") && e.contains("empty"), "{e}");
 
-    std::fs::write(d.join("garbage.onnx"), b"\xff\xfe this is not a model at all \x00\x01").unwrap();
+    std::fs::write(
+        d.join("garbage.onnx"),
+        b"\xff\xfe this is not a model at all \x00\x01",
+    )
+    .unwrap();
     let e = fails(d, &model_job(d, &d.join("garbage.onnx")));
     assert!(e.contains("garbage.onnx") && e.contains("ONNX"), "{e}");
 
     let full = std::fs::read(repo().join("examples/digits/model.onnx")).unwrap();
     std::fs::write(d.join("truncated.onnx"), &full[..full.len() - 1000]).unwrap();
     let e = fails(d, &model_job(d, &d.join("truncated.onnx")));
-    assert!(e.contains("truncated.onnx") && e.contains("not a valid ONNX model"), "{e}");
+    assert!(
+        e.contains("truncated.onnx") && e.contains("not a valid ONNX model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -151,7 +261,14 @@ fn a_model_whose_external_data_is_missing_fails_clearly() {
     let mdir = d.join("m");
     std::fs::create_dir(&mdir).unwrap();
     let m = kompress::onnx::load(&repo().join("examples/digits/model.onnx")).unwrap();
-    kompress::onnx::save(&m.proto, &mdir.join("model.onnx"), &kompress::onnx::SaveOptions { external_data: Some(true) }).unwrap();
+    kompress::onnx::save(
+        &m.proto,
+        &mdir.join("model.onnx"),
+        &kompress::onnx::SaveOptions {
+            external_data: Some(true),
+        },
+    )
+    .unwrap();
     std::fs::remove_file(mdir.join("model.onnx.data")).unwrap();
     let e = fails(d, &model_job(d, &mdir.join("model.onnx")));
     assert!(e.contains("model.onnx.data"), "{e}");
@@ -160,7 +277,17 @@ fn a_model_whose_external_data_is_missing_fails_clearly() {
 fn dataset_job(dir: &Path, arrays: &[(&str, Npy)]) -> String {
     let p = dir.join("data.npz");
     write_npz(&p, arrays);
-    job_yaml("bad", &repo().join("examples/digits/model.onnx").display().to_string(), &p.display().to_string(), QUANTIZE, GATE, dir)
+    job_yaml(
+        "bad",
+        &repo()
+            .join("examples/digits/model.onnx")
+            .display()
+            .to_string(),
+        &p.display().to_string(),
+        QUANTIZE,
+        GATE,
+        dir,
+    )
 }
 
 #[test]
@@ -168,17 +295,60 @@ fn datasets_that_do_not_fit_the_model_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let labels = || i64_array(&[0, 1, 2, 3]);
-    let e = fails(d, &dataset_job(d, &[("pixels", f32_array(&[4, 64], &[0.0; 256])), ("labels", labels())]));
-    assert!(e.contains("no array named `input`") && e.contains("pixels"), "{e}");
+    let e = fails(
+        d,
+        &dataset_job(
+            d,
+            &[
+                ("pixels", f32_array(&[4, 64], &[0.0; 256])),
+                ("labels", labels()),
+            ],
+        ),
+    );
+    assert!(
+        e.contains("no array named `input`") && e.contains("pixels"),
+        "{e}"
+    );
 
-    let e = fails(d, &dataset_job(d, &[("input", f32_array(&[4, 63], &[0.0; 252])), ("labels", labels())]));
+    let e = fails(
+        d,
+        &dataset_job(
+            d,
+            &[
+                ("input", f32_array(&[4, 63], &[0.0; 252])),
+                ("labels", labels()),
+            ],
+        ),
+    );
     assert!(e.contains("shape [4, 63]") && e.contains("expects"), "{e}");
 
-    let e = fails(d, &dataset_job(d, &[("input", Npy { descr: "<f8", shape: vec![4, 64], bytes: vec![0; 4 * 64 * 8] }), ("labels", labels())]));
+    let e = fails(
+        d,
+        &dataset_job(
+            d,
+            &[
+                (
+                    "input",
+                    Npy {
+                        descr: "<f8",
+                        shape: vec![4, 64],
+                        bytes: vec![0; 4 * 64 * 8],
+                    },
+                ),
+                ("labels", labels()),
+            ],
+        ),
+    );
     assert!(e.contains("float64") && e.contains("float32"), "{e}");
 
-    let e = fails(d, &dataset_job(d, &[("input", f32_array(&[4, 64], &[0.0; 256]))]));
-    assert!(e.contains("maxAccuracyDrop") && e.contains("labels"), "accuracy thresholds need labels: {e}");
+    let e = fails(
+        d,
+        &dataset_job(d, &[("input", f32_array(&[4, 64], &[0.0; 256]))]),
+    );
+    assert!(
+        e.contains("maxAccuracyDrop") && e.contains("labels"),
+        "accuracy thresholds need labels: {e}"
+    );
 }
 
 #[test]
@@ -188,15 +358,36 @@ fn spec_mistakes_name_the_field() {
     let e = fails(d, &digits_job("x", "    - quantise: {}", GATE, d));
     assert!(e.contains("quantise") && e.contains("unknown field"), "{e}");
 
-    let e = fails(d, &digits_job("x", QUANTIZE, "    maxAccuracyDrop: 1.5\n    minCompressionRatio: -2", d));
-    assert!(e.contains("spec.thresholds.maxAccuracyDrop") && e.contains("spec.thresholds.minCompressionRatio"), "all problems at once: {e}");
+    let e = fails(
+        d,
+        &digits_job(
+            "x",
+            QUANTIZE,
+            "    maxAccuracyDrop: 1.5\n    minCompressionRatio: -2",
+            d,
+        ),
+    );
+    assert!(
+        e.contains("spec.thresholds.maxAccuracyDrop")
+            && e.contains("spec.thresholds.minCompressionRatio"),
+        "all problems at once: {e}"
+    );
 
-    let e = fails(d, &digits_job("x", "    - prune:\n        pattern: \"4:2\"", GATE, d));
+    let e = fails(
+        d,
+        &digits_job("x", "    - prune:\n        pattern: \"4:2\"", GATE, d),
+    );
     assert!(e.contains("spec.passes[0].prune.pattern"), "{e}");
 
-    let e = fails(d, &digits_job("x", "    - prune:\n        sparsity: 1.0", GATE, d));
+    let e = fails(
+        d,
+        &digits_job("x", "    - prune:\n        sparsity: 1.0", GATE, d),
+    );
     assert!(e.contains("spec.passes[0].prune.sparsity"), "{e}");
 
-    let e = fails(d, &job_yaml("x", "ftp://host/model.onnx", "d.npz", QUANTIZE, GATE, d));
+    let e = fails(
+        d,
+        &job_yaml("x", "ftp://host/model.onnx", "d.npz", QUANTIZE, GATE, d),
+    );
     assert!(e.contains("spec.model.uri") && e.contains("ftp"), "{e}");
 }

@@ -10,12 +10,33 @@ fn upload_digits(env: &[(String, String)], prefix: &str) -> (String, String) {
     let r = repo();
     let model = format!("s3://models/{prefix}/model.onnx");
     let data = format!("s3://datasets/{prefix}/eval.npz");
-    boto(env, &["put", r.join("examples/digits/model.onnx").to_str().unwrap(), &model]);
-    boto(env, &["put", r.join("examples/digits/eval.npz").to_str().unwrap(), &data]);
+    boto(
+        env,
+        &[
+            "put",
+            r.join("examples/digits/model.onnx").to_str().unwrap(),
+            &model,
+        ],
+    );
+    boto(
+        env,
+        &[
+            "put",
+            r.join("examples/digits/eval.npz").to_str().unwrap(),
+            &data,
+        ],
+    );
     (model, data)
 }
 
-fn s3_job(name: &str, model: &str, data: &str, thresholds: &str, out: &str, promote: &str) -> String {
+fn s3_job(
+    name: &str,
+    model: &str,
+    data: &str,
+    thresholds: &str,
+    out: &str,
+    promote: &str,
+) -> String {
     format!(
         "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: {name}\nspec:\n  model:\n    uri: {model}\n  dataset:\n    uri: {data}\n  passes:\n    - quantize:\n        perChannel: true\n  thresholds:\n{thresholds}\n  output:\n    uri: {out}\n    promoteTo: {promote}\n  evaluation:\n    latency: {{warmup: 1, iterations: 3}}\n"
     )
@@ -34,27 +55,67 @@ fn s3_to_s3_promotes_a_passing_candidate() {
     let p = unique("pass");
     let (model, data) = upload_digits(&env, &p);
     let dir = tempfile::tempdir().unwrap();
-    let job = write(dir.path(), &s3_job("digits", &model, &data, "    maxAccuracyDrop: 0.01\n    minCompressionRatio: 3.5", &format!("s3://models/{p}/candidates"), &format!("s3://models/{p}/production")));
+    let job = write(
+        dir.path(),
+        &s3_job(
+            "digits",
+            &model,
+            &data,
+            "    maxAccuracyDrop: 0.01\n    minCompressionRatio: 3.5",
+            &format!("s3://models/{p}/candidates"),
+            &format!("s3://models/{p}/production"),
+        ),
+    );
     let r = run_with_env(&["run", "-f", &job, "-o", "json"], &env, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let digest = report["result"]["promoted"]["sha256"].as_str().unwrap().to_string();
+    let digest = report["result"]["promoted"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let keys = boto(&env, &["list", &format!("s3://models/{p}/production/")]);
     let keys: Vec<&str> = keys.lines().collect();
-    assert_eq!(keys, vec![format!("{p}/production/promoted.json"), format!("{p}/production/sha256-{digest}/model.onnx")].iter().map(String::as_str).collect::<Vec<_>>());
+    let expected = [
+        format!("{p}/production/promoted.json"),
+        format!("{p}/production/sha256-{digest}/model.onnx"),
+    ];
+    assert_eq!(
+        keys,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     // the promoted object, read back by another client, has the digest the manifest names
     let got = dir.path().join("promoted.onnx");
-    boto(&env, &["get", &format!("s3://models/{p}/production/sha256-{digest}/model.onnx"), got.to_str().unwrap()]);
+    boto(
+        &env,
+        &[
+            "get",
+            &format!("s3://models/{p}/production/sha256-{digest}/model.onnx"),
+            got.to_str().unwrap(),
+        ],
+    );
     assert_eq!(kompress::storage::sha256_file(&got).unwrap(), digest);
     let manifest = dir.path().join("promoted.json");
-    boto(&env, &["get", &format!("s3://models/{p}/production/promoted.json"), manifest.to_str().unwrap()]);
+    boto(
+        &env,
+        &[
+            "get",
+            &format!("s3://models/{p}/production/promoted.json"),
+            manifest.to_str().unwrap(),
+        ],
+    );
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(m["digest"], digest.as_str());
     assert_eq!(m["source"]["uri"], model.as_str());
     // audit trail: the candidate and the report under the run prefix
-    let runs = boto(&env, &["list", &format!("s3://models/{p}/candidates/runs/")]);
-    assert!(runs.contains("report.json") && runs.contains("model.onnx"), "{runs}");
+    let runs = boto(
+        &env,
+        &["list", &format!("s3://models/{p}/candidates/runs/")],
+    );
+    assert!(
+        runs.contains("report.json") && runs.contains("model.onnx"),
+        "{runs}"
+    );
 }
 
 #[test]
@@ -64,21 +125,59 @@ fn s3_rejected_candidate_leaves_promote_to_empty() {
     let p = unique("reject");
     let (model, data) = upload_digits(&env, &p);
     let dir = tempfile::tempdir().unwrap();
-    let job = write(dir.path(), &s3_job("digits", &model, &data, "    minCompressionRatio: 50", &format!("s3://models/{p}/candidates"), &format!("s3://models/{p}/production")));
+    let job = write(
+        dir.path(),
+        &s3_job(
+            "digits",
+            &model,
+            &data,
+            "    minCompressionRatio: 50",
+            &format!("s3://models/{p}/candidates"),
+            &format!("s3://models/{p}/production"),
+        ),
+    );
     let r = run_with_env(&["run", "-f", &job], &env, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("REJECTED"));
-    assert_eq!(boto(&env, &["list", &format!("s3://models/{p}/production/")]), "");
+    assert_eq!(
+        boto(&env, &["list", &format!("s3://models/{p}/production/")]),
+        ""
+    );
     assert!(boto(&env, &["list", &format!("s3://models/{p}/candidates/")]).contains("report.json"));
 }
 
 /// Runs a job that must fail permanently; returns stderr + stdout for message checks.
-fn permanent_failure(env: &[(String, String)], extra: &[(&str, &str)], model: &str, data: &str, p: &str) -> String {
+fn permanent_failure(
+    env: &[(String, String)],
+    extra: &[(&str, &str)],
+    model: &str,
+    data: &str,
+    p: &str,
+) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let job = write(dir.path(), &s3_job("bad", model, data, "    minCompressionRatio: 1", &format!("s3://models/{p}/candidates"), &format!("s3://models/{p}/production")));
+    let job = write(
+        dir.path(),
+        &s3_job(
+            "bad",
+            model,
+            data,
+            "    minCompressionRatio: 1",
+            &format!("s3://models/{p}/candidates"),
+            &format!("s3://models/{p}/production"),
+        ),
+    );
     let r = run_with_env(&["run", "-f", &job], env, extra);
-    assert_eq!(r.code, kompress::cli::EXIT_PERMANENT, "expected a permanent error; stderr: {}", r.stderr);
-    assert_eq!(boto(env, &["list", &format!("s3://models/{p}/production/")]), "", "nothing promoted");
+    assert_eq!(
+        r.code,
+        kompress::cli::EXIT_PERMANENT,
+        "expected a permanent error; stderr: {}",
+        r.stderr
+    );
+    assert_eq!(
+        boto(env, &["list", &format!("s3://models/{p}/production/")]),
+        "",
+        "nothing promoted"
+    );
     format!("{}{}", r.stderr, r.stdout)
 }
 
@@ -86,19 +185,42 @@ fn permanent_failure(env: &[(String, String)], extra: &[(&str, &str)], model: &s
 #[ignore = "needs the S3 server: run via `make test` (hack/s3/up)"]
 fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() {
     let env = s3_env();
-    let secret = env.iter().find(|(k, _)| k == "AWS_SECRET_ACCESS_KEY").unwrap().1.clone();
+    let secret = env
+        .iter()
+        .find(|(k, _)| k == "AWS_SECRET_ACCESS_KEY")
+        .unwrap()
+        .1
+        .clone();
     let p = unique("bad");
     let (model, data) = upload_digits(&env, &p);
     let no_leak = |text: &str| assert!(!text.contains(&secret), "the secret key leaked: {text}");
 
     let e = permanent_failure(&env, &[], "s3://no-such-bucket/model.onnx", &data, &p);
-    assert!(e.contains("s3://no-such-bucket/model.onnx") && e.contains("AWS_ACCESS_KEY_ID"), "names the URI and the credential source: {e}");
+    assert!(
+        e.contains("s3://no-such-bucket/model.onnx") && e.contains("AWS_ACCESS_KEY_ID"),
+        "names the URI and the credential source: {e}"
+    );
     no_leak(&e);
 
-    let e = permanent_failure(&env, &[], &format!("s3://models/{p}/missing.onnx"), &data, &p);
+    let e = permanent_failure(
+        &env,
+        &[],
+        &format!("s3://models/{p}/missing.onnx"),
+        &data,
+        &p,
+    );
     assert!(e.contains("does not exist"), "{e}");
 
-    let e = permanent_failure(&env, &[("AWS_SECRET_ACCESS_KEY", "0000000000000000000000000000000000000000000000000000000000000000")], &model, &data, &p);
+    let e = permanent_failure(
+        &env,
+        &[(
+            "AWS_SECRET_ACCESS_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        )],
+        &model,
+        &data,
+        &p,
+    );
     assert!(e.contains("denied") || e.contains("credentials"), "{e}");
     no_leak(&e);
 
@@ -110,14 +232,38 @@ fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() 
 
     // sha256 mismatch: the spec pins a digest the file does not have
     let dir = tempfile::tempdir().unwrap();
-    let yaml = s3_job("bad", &model, &data, "    minCompressionRatio: 1", &format!("s3://models/{p}/c"), &format!("s3://models/{p}/production"))
-        .replace(&format!("uri: {model}\n"), &format!("uri: {model}\n    sha256: {}\n", "0".repeat(64)));
+    let yaml = s3_job(
+        "bad",
+        &model,
+        &data,
+        "    minCompressionRatio: 1",
+        &format!("s3://models/{p}/c"),
+        &format!("s3://models/{p}/production"),
+    )
+    .replace(
+        &format!("uri: {model}\n"),
+        &format!("uri: {model}\n    sha256: {}\n", "0".repeat(64)),
+    );
     let r = run_with_env(&["run", "-f", &write(dir.path(), &yaml)], &env, &[]);
     assert_eq!(r.code, kompress::cli::EXIT_PERMANENT);
-    assert!(r.stderr.contains("sha256") && r.stderr.contains(&"0".repeat(64)), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("sha256") && r.stderr.contains(&"0".repeat(64)),
+        "{}",
+        r.stderr
+    );
 
     // success path output and report carry no secret either
-    let job = write(dir.path(), &s3_job("ok", &model, &data, "    minCompressionRatio: 1", &format!("s3://models/{p}/ok"), &format!("s3://models/{p}/prod-ok")));
+    let job = write(
+        dir.path(),
+        &s3_job(
+            "ok",
+            &model,
+            &data,
+            "    minCompressionRatio: 1",
+            &format!("s3://models/{p}/ok"),
+            &format!("s3://models/{p}/prod-ok"),
+        ),
+    );
     let r = run_with_env(&["run", "-f", &job, "-o", "json"], &env, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     no_leak(&r.stdout);
@@ -129,22 +275,48 @@ fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() 
 fn https_404_is_a_permanent_error() {
     // A real HTTP server on loopback that has no such file.
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut server = std::process::Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", dir.path().to_str().unwrap()])
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            dir.path().to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "http.server did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let env = s3_env();
     let p = unique("http");
     let (_, data) = upload_digits(&env, &p);
-    let e = permanent_failure(&env, &[], &format!("http://127.0.0.1:{port}/models/missing.onnx"), &data, &p);
+    let e = permanent_failure(
+        &env,
+        &[],
+        &format!("http://127.0.0.1:{port}/models/missing.onnx"),
+        &data,
+        &p,
+    );
     server.kill().ok();
-    assert!(e.contains(&format!("http://127.0.0.1:{port}/models/missing.onnx")) && e.contains("does not exist"), "{e}");
+    server.wait().ok();
+    assert!(
+        e.contains(&format!("http://127.0.0.1:{port}/models/missing.onnx"))
+            && e.contains("does not exist"),
+        "{e}"
+    );
 }

@@ -14,7 +14,11 @@ fn s3_script(env: &[(String, String)], name: &str) {
         c.env(k, v);
     }
     let o = c.output().unwrap();
-    assert!(o.status.success(), "hack/s3/{name}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "hack/s3/{name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -29,8 +33,22 @@ fn server_stopped_during_candidate_upload_fails_transiently_and_promotes_nothing
     write_model(&mlp(&[64, 4096, 4096, 4096, 10], 3), &model);
     let data = dir.path().join("data.npz");
     mlp_dataset(&data, 8, 64, 10);
-    boto(&env, &["put", model.to_str().unwrap(), &format!("s3://models/{p}/model.onnx")]);
-    boto(&env, &["put", data.to_str().unwrap(), &format!("s3://datasets/{p}/data.npz")]);
+    boto(
+        &env,
+        &[
+            "put",
+            model.to_str().unwrap(),
+            &format!("s3://models/{p}/model.onnx"),
+        ],
+    );
+    boto(
+        &env,
+        &[
+            "put",
+            data.to_str().unwrap(),
+            &format!("s3://datasets/{p}/data.npz"),
+        ],
+    );
     let job = dir.path().join("job.yaml");
     std::fs::write(
         &job,
@@ -41,7 +59,11 @@ fn server_stopped_during_candidate_upload_fails_transiently_and_promotes_nothing
     .unwrap();
 
     let mut child = Command::new(bin());
-    child.args(["run", "-f", job.to_str().unwrap()]).env("KOMPRESS_STORAGE_RETRY_SECONDS", "2").stderr(Stdio::piped()).stdout(Stdio::piped());
+    child
+        .args(["run", "-f", job.to_str().unwrap()])
+        .env("KOMPRESS_STORAGE_RETRY_SECONDS", "2")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped());
     for (k, v) in &env {
         child.env(k, v);
     }
@@ -50,28 +72,60 @@ fn server_stopped_during_candidate_upload_fails_transiently_and_promotes_nothing
     let mut seen = String::new();
     loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "kompress ended before uploading: {seen}");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "kompress ended before uploading: {seen}"
+        );
         seen.push_str(&line);
         if line.contains("uploading candidate") {
             break;
         }
     }
     // SIGKILL straight away (no script start-up delay): the upload takes far longer.
-    let pid = env.iter().find(|(k, _)| k == "KOMPRESS_S3_PID").expect("KOMPRESS_S3_PID in the env file").1.clone();
-    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let pid = env
+        .iter()
+        .find(|(k, _)| k == "KOMPRESS_S3_PID")
+        .expect("KOMPRESS_S3_PID in the env file")
+        .1
+        .clone();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let status = child.wait().unwrap();
     s3_script(&env, "start");
     let env = s3_env(); // start rewrites the env file (new pid, same port)
-    assert_eq!(status.code(), Some(kompress::cli::EXIT_TRANSIENT), "a storage outage is transient: {seen}{rest}");
-    assert!(rest.contains("retry later") && rest.contains(&format!("s3://models/{p}/candidates")), "{rest}");
-    assert_eq!(boto(&env, &["list", &format!("s3://models/{p}/production/")]), "", "promoteTo must hold nothing new");
+    assert_eq!(
+        status.code(),
+        Some(kompress::cli::EXIT_TRANSIENT),
+        "a storage outage is transient: {seen}{rest}"
+    );
+    assert!(
+        rest.contains("retry later") && rest.contains(&format!("s3://models/{p}/candidates")),
+        "{rest}"
+    );
+    assert_eq!(
+        boto(&env, &["list", &format!("s3://models/{p}/production/")]),
+        "",
+        "promoteTo must hold nothing new"
+    );
 
     // Server back: the same job now promotes exactly once.
     let r = run_with_env(&["run", "-f", job.to_str().unwrap()], &env, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let keys = boto(&env, &["list", &format!("s3://models/{p}/production/")]);
-    assert_eq!(keys.lines().count(), 2, "one model and one manifest: {keys}");
-    assert_eq!(keys.lines().filter(|k| k.ends_with("/model.onnx")).count(), 1);
+    assert_eq!(
+        keys.lines().count(),
+        2,
+        "one model and one manifest: {keys}"
+    );
+    assert_eq!(
+        keys.lines().filter(|k| k.ends_with("/model.onnx")).count(),
+        1
+    );
 }

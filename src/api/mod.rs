@@ -201,14 +201,18 @@ pub struct PruneSpec {
     pub min_elements: Option<u64>,
 }
 
-#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum PruneMethod {
     #[default]
     Magnitude,
 }
 
-#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum PruneScope {
     #[default]
@@ -246,7 +250,9 @@ pub struct QuantizeSpec {
     pub min_elements: Option<u64>,
 }
 
-#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum QuantMode {
     #[default]
@@ -254,7 +260,9 @@ pub enum QuantMode {
     WeightOnly,
 }
 
-#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum WeightType {
     #[default]
@@ -365,7 +373,8 @@ pub struct ResourcesSpec {
 
 /// The CRD as installed: kube's generated schema with unsigned integer formats (which the
 /// apiserver does not know and warns about) mapped to int32/int64 with a minimum of 0.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     fn fix(v: &mut serde_json::Value) {
         match v {

@@ -30,9 +30,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
 
     let mut uri = |field: &str, value: &str, writable: bool| match Location::parse(value) {
         Err(e) => err(field.into(), e.to_string()),
-        Ok(loc) if writable && loc.is_read_only() => {
-            err(field.into(), format!("`{value}` is read-only (https): write to s3://, gs://, az:// or a local path"))
-        }
+        Ok(loc) if writable && loc.is_read_only() => err(
+            field.into(),
+            format!("`{value}` is read-only (https): write to s3://, gs://, az:// or a local path"),
+        ),
         Ok(_) => {}
     };
     uri("spec.model.uri", &spec.model.uri, false);
@@ -41,51 +42,86 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     if let Some(p) = &spec.output.promote_to {
         uri("spec.output.promoteTo", p, true);
     }
-    for (field, sha) in [("spec.model.sha256", &spec.model.sha256), ("spec.dataset.sha256", &spec.dataset.sha256)] {
+    for (field, sha) in [
+        ("spec.model.sha256", &spec.model.sha256),
+        ("spec.dataset.sha256", &spec.dataset.sha256),
+    ] {
         if let Some(s) = sha
-            && !(s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            && !(s.len() == 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         {
-            err(field.into(), format!("`{s}` is not a sha256 (64 lowercase hex digits)"));
+            err(
+                field.into(),
+                format!("`{s}` is not a sha256 (64 lowercase hex digits)"),
+            );
         }
     }
 
     if spec.passes.is_empty() {
-        err("spec.passes".into(), "at least one pass is required (prune or quantize)".into());
+        err(
+            "spec.passes".into(),
+            "at least one pass is required (prune or quantize)".into(),
+        );
     }
-    let check_ops = |field: String, ops: &Option<Vec<String>>, err: &mut dyn FnMut(String, String)| {
-        for (j, op) in ops.iter().flatten().enumerate() {
-            if !QUANTIZABLE_OPS.contains(&op.as_str()) {
-                err(format!("{field}.ops[{j}]"), format!("unsupported op `{op}`; supported: {}", QUANTIZABLE_OPS.join(", ")));
+    let check_ops =
+        |field: String, ops: &Option<Vec<String>>, err: &mut dyn FnMut(String, String)| {
+            for (j, op) in ops.iter().flatten().enumerate() {
+                if !QUANTIZABLE_OPS.contains(&op.as_str()) {
+                    err(
+                        format!("{field}.ops[{j}]"),
+                        format!(
+                            "unsupported op `{op}`; supported: {}",
+                            QUANTIZABLE_OPS.join(", ")
+                        ),
+                    );
+                }
             }
-        }
-    };
+        };
     let mut quantized = false;
     for (i, pass) in spec.passes.iter().enumerate() {
         let at = format!("spec.passes[{i}]");
         match (&pass.prune, &pass.quantize) {
-            (Some(_), Some(_)) | (None, None) => err(at.clone(), "set exactly one of prune or quantize".into()),
+            (Some(_), Some(_)) | (None, None) => {
+                err(at.clone(), "set exactly one of prune or quantize".into())
+            }
             (Some(p), None) => {
                 let at = format!("{at}.prune");
                 if quantized {
-                    err(at.clone(), "pruning after quantization is not supported: put prune passes first".into());
+                    err(
+                        at.clone(),
+                        "pruning after quantization is not supported: put prune passes first"
+                            .into(),
+                    );
                 }
                 match (p.sparsity, &p.pattern) {
-                    (Some(_), Some(_)) | (None, None) => err(at.clone(), "set exactly one of sparsity or pattern".into()),
-                    (Some(s), None) if !(0.0..1.0).contains(&s) => err(format!("{at}.sparsity"), format!("{s} is outside [0, 1)")),
-                    (None, Some(pat)) if parse_pattern(pat).is_none() => {
-                        err(format!("{at}.pattern"), format!("`{pat}` is not N:M with 0 < N < M (e.g. 2:4)"))
+                    (Some(_), Some(_)) | (None, None) => {
+                        err(at.clone(), "set exactly one of sparsity or pattern".into())
                     }
+                    (Some(s), None) if !(0.0..1.0).contains(&s) => {
+                        err(format!("{at}.sparsity"), format!("{s} is outside [0, 1)"))
+                    }
+                    (None, Some(pat)) if parse_pattern(pat).is_none() => err(
+                        format!("{at}.pattern"),
+                        format!("`{pat}` is not N:M with 0 < N < M (e.g. 2:4)"),
+                    ),
                     _ => {}
                 }
                 if p.pattern.is_some() && p.scope == super::PruneScope::Global {
-                    err(format!("{at}.scope"), "global scope applies to `sparsity`, not to an N:M pattern".into());
+                    err(
+                        format!("{at}.scope"),
+                        "global scope applies to `sparsity`, not to an N:M pattern".into(),
+                    );
                 }
                 check_ops(at, &p.ops, &mut err);
             }
             (None, Some(q)) => {
                 let at = format!("{at}.quantize");
                 if quantized {
-                    err(at.clone(), "the model is already quantized by an earlier pass".into());
+                    err(
+                        at.clone(),
+                        "the model is already quantized by an earlier pass".into(),
+                    );
                 }
                 quantized = true;
                 check_ops(at, &q.ops, &mut err);
@@ -96,7 +132,12 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     let t = &spec.thresholds;
     let unit = [
         ("maxAccuracyDrop", t.max_accuracy_drop, 0.0, 1.0),
-        ("maxRelativeAccuracyDrop", t.max_relative_accuracy_drop, 0.0, 1.0),
+        (
+            "maxRelativeAccuracyDrop",
+            t.max_relative_accuracy_drop,
+            0.0,
+            1.0,
+        ),
         ("minAgreement", t.min_agreement, 0.0, 1.0),
         ("minCosineSimilarity", t.min_cosine_similarity, -1.0, 1.0),
     ];
@@ -104,14 +145,23 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         if let Some(v) = v
             && !(lo..=hi).contains(&v)
         {
-            err(format!("spec.thresholds.{name}"), format!("{v} is outside [{lo}, {hi}]"));
+            err(
+                format!("spec.thresholds.{name}"),
+                format!("{v} is outside [{lo}, {hi}]"),
+            );
         }
     }
-    for (name, v) in [("minCompressionRatio", t.min_compression_ratio), ("maxLatencyRatio", t.max_latency_ratio)] {
+    for (name, v) in [
+        ("minCompressionRatio", t.min_compression_ratio),
+        ("maxLatencyRatio", t.max_latency_ratio),
+    ] {
         if let Some(v) = v
             && !(v.is_finite() && v > 0.0)
         {
-            err(format!("spec.thresholds.{name}"), format!("{v} must be a positive number"));
+            err(
+                format!("spec.thresholds.{name}"),
+                format!("{v} must be a positive number"),
+            );
         }
     }
     if let Some(ev) = &spec.evaluation {
@@ -123,7 +173,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         if let Some(l) = &ev.latency {
             for (name, v) in [("batchSize", l.batch_size), ("iterations", l.iterations)] {
                 if v == Some(0) {
-                    err(format!("spec.evaluation.latency.{name}"), "must be positive".into());
+                    err(
+                        format!("spec.evaluation.latency.{name}"),
+                        "must be positive".into(),
+                    );
                 }
             }
         }
@@ -131,5 +184,9 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     if spec.dataset.limit == Some(0) {
         err("spec.dataset.limit".into(), "must be positive".into());
     }
-    if errs.is_empty() { Ok(()) } else { Err(InvalidSpec(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidSpec(errs))
+    }
 }

@@ -21,13 +21,21 @@ pub fn top1(values: &[f32], classes: usize) -> Vec<Option<usize>> {
 
 /// Fraction of predictions equal to the labels (a NaN prediction counts as wrong).
 pub fn accuracy(pred: &[Option<usize>], labels: &[i64]) -> f64 {
-    let hits = pred.iter().zip(labels).filter(|(p, l)| p.is_some_and(|p| p as i64 == **l)).count();
+    let hits = pred
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p.is_some_and(|p| p as i64 == **l))
+        .count();
     hits as f64 / pred.len().max(1) as f64
 }
 
 /// Fraction of samples where both models predict the same class.
 pub fn agreement(a: &[Option<usize>], b: &[Option<usize>]) -> f64 {
-    let same = a.iter().zip(b).filter(|(x, y)| x.is_some() && x == y).count();
+    let same = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.is_some() && x == y)
+        .count();
     same as f64 / a.len().max(1) as f64
 }
 
@@ -35,7 +43,10 @@ pub fn agreement(a: &[Option<usize>], b: &[Option<usize>]) -> f64 {
 pub fn closeness(reference: &[f32], candidate: &[f32], per_sample: usize) -> (f64, f64, f64) {
     let (mut cos_sum, mut abs_sum, mut abs_max) = (0f64, 0f64, 0f64);
     let n = reference.len() / per_sample.max(1);
-    for (r, c) in reference.chunks_exact(per_sample).zip(candidate.chunks_exact(per_sample)) {
+    for (r, c) in reference
+        .chunks_exact(per_sample)
+        .zip(candidate.chunks_exact(per_sample))
+    {
         let (mut dot, mut nr, mut nc) = (0f64, 0f64, 0f64);
         for (&x, &y) in r.iter().zip(c) {
             let (x, y) = (x as f64, y as f64);
@@ -46,9 +57,19 @@ pub fn closeness(reference: &[f32], candidate: &[f32], per_sample: usize) -> (f6
             abs_sum += d;
             abs_max = abs_max.max(d);
         }
-        cos_sum += if nr == 0.0 && nc == 0.0 { 1.0 } else if nr == 0.0 || nc == 0.0 { 0.0 } else { dot / (nr.sqrt() * nc.sqrt()) };
+        cos_sum += if nr == 0.0 && nc == 0.0 {
+            1.0
+        } else if nr == 0.0 || nc == 0.0 {
+            0.0
+        } else {
+            dot / (nr.sqrt() * nc.sqrt())
+        };
     }
-    (cos_sum / n.max(1) as f64, abs_sum / reference.len().max(1) as f64, abs_max)
+    (
+        cos_sum / n.max(1) as f64,
+        abs_sum / reference.len().max(1) as f64,
+        abs_max,
+    )
 }
 
 /// Nearest-rank percentile (p in (0, 100]) of unsorted samples.

@@ -26,7 +26,11 @@ pub enum Error {
     #[error(transparent)]
     Dataset(#[from] dataset::Error),
     #[error("dataset {dataset} does not fit model {model}: {what}")]
-    Mismatch { dataset: PathBuf, model: PathBuf, what: String },
+    Mismatch {
+        dataset: PathBuf,
+        model: PathBuf,
+        what: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -78,7 +82,10 @@ pub struct Prepared<'d> {
 
 fn session(path: &Path, cfg: &EvalConfig) -> Result<Session> {
     let env = runtime::environment()?;
-    let err = |message: String| Error::Session { path: path.into(), message };
+    let err = |message: String| Error::Session {
+        path: path.into(),
+        message,
+    };
     let mut b = Session::builder(env).map_err(|e| err(e.to_string()))?;
     if let Some(t) = cfg.threads {
         b = b.with_intra_threads(t).map_err(|e| err(e.to_string()))?;
@@ -103,12 +110,21 @@ fn element_name(t: &TensorElementType) -> &'static str {
 /// Checks that the dataset has every input the model needs, with the right dtype and shape.
 pub fn prepare<'d>(model: &Path, ds: &'d Dataset, cfg: &EvalConfig) -> Result<Prepared<'d>> {
     let sess = session(model, cfg)?;
-    let mismatch = |what: String| Error::Mismatch { dataset: ds.path.clone(), model: model.into(), what };
+    let mismatch = |what: String| Error::Mismatch {
+        dataset: ds.path.clone(),
+        model: model.into(),
+        what,
+    };
     let mut inputs = Vec::new();
     let mut samples: Option<usize> = None;
     for inp in sess.inputs() {
         let name = inp.name().to_string();
-        let arr = ds.arrays.get(&name).ok_or_else(|| mismatch(format!("no array named `{name}` for model input `{name}` (arrays: {})", ds.names())))?;
+        let arr = ds.arrays.get(&name).ok_or_else(|| {
+            mismatch(format!(
+                "no array named `{name}` for model input `{name}` (arrays: {})",
+                ds.names()
+            ))
+        })?;
         let ValueType::Tensor { ty, shape, .. } = inp.dtype() else {
             return Err(mismatch(format!("model input `{name}` is not a tensor")));
         };
@@ -121,13 +137,24 @@ pub fn prepare<'d>(model: &Path, ds: &'d Dataset, cfg: &EvalConfig) -> Result<Pr
             )));
         }
         let want: Vec<i64> = shape.iter().copied().collect();
-        let fits = arr.shape.len() == want.len() && want.iter().zip(&arr.shape).skip(1).all(|(w, h)| *w < 0 || *w as usize == *h);
+        let fits = arr.shape.len() == want.len()
+            && want
+                .iter()
+                .zip(&arr.shape)
+                .skip(1)
+                .all(|(w, h)| *w < 0 || *w as usize == *h);
         if !fits {
-            return Err(mismatch(format!("array `{name}` has shape {:?} but model input `{name}` expects {:?} (-1 = any; axis 0 = samples)", arr.shape, want)));
+            return Err(mismatch(format!(
+                "array `{name}` has shape {:?} but model input `{name}` expects {:?} (-1 = any; axis 0 = samples)",
+                arr.shape, want
+            )));
         }
         let n = arr.shape[0];
         if samples.is_some_and(|s| s != n) {
-            return Err(mismatch(format!("array `{name}` has {n} samples, other inputs have {}", samples.unwrap_or(0))));
+            return Err(mismatch(format!(
+                "array `{name}` has {n} samples, other inputs have {}",
+                samples.unwrap_or(0)
+            )));
         }
         samples = Some(n);
         inputs.push((name, arr));
@@ -136,24 +163,45 @@ pub fn prepare<'d>(model: &Path, ds: &'d Dataset, cfg: &EvalConfig) -> Result<Pr
     if let Some(l) = cfg.limit {
         samples = samples.min(l);
     }
-    let label_name = cfg.labels.clone().or_else(|| ds.arrays.contains_key("labels").then(|| "labels".to_string()));
+    let label_name = cfg.labels.clone().or_else(|| {
+        ds.arrays
+            .contains_key("labels")
+            .then(|| "labels".to_string())
+    });
     let labels = match label_name {
         None => None,
         Some(ln) => {
-            let arr = ds.arrays.get(&ln).ok_or_else(|| mismatch(format!("labels array `{ln}` (spec.dataset.labels) is missing (arrays: {})", ds.names())))?;
+            let arr = ds.arrays.get(&ln).ok_or_else(|| {
+                mismatch(format!(
+                    "labels array `{ln}` (spec.dataset.labels) is missing (arrays: {})",
+                    ds.names()
+                ))
+            })?;
             let l: Vec<i64> = match &arr.data {
                 ArrayData::I64(v) => v.clone(),
                 ArrayData::I32(v) => v.iter().map(|&x| x as i64).collect(),
                 ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
-                other => return Err(mismatch(format!("labels array `{ln}` is {}; it must hold integer class indices", other.dtype()))),
+                other => {
+                    return Err(mismatch(format!(
+                        "labels array `{ln}` is {}; it must hold integer class indices",
+                        other.dtype()
+                    )));
+                }
             };
             if arr.shape.len() != 1 || l.len() < samples {
-                return Err(mismatch(format!("labels array `{ln}` has shape {:?}; expected [{samples}]", arr.shape)));
+                return Err(mismatch(format!(
+                    "labels array `{ln}` has shape {:?}; expected [{samples}]",
+                    arr.shape
+                )));
             }
             Some(l[..samples].to_vec())
         }
     };
-    Ok(Prepared { inputs, labels, samples })
+    Ok(Prepared {
+        inputs,
+        labels,
+        samples,
+    })
 }
 
 fn batch_value(arr: &Array, start: usize, end: usize) -> ort::Result<DynValue> {
@@ -177,14 +225,31 @@ fn batch_value(arr: &Array, start: usize, end: usize) -> ort::Result<DynValue> {
     })
 }
 
-fn run_batch(sess: &mut Session, prep: &Prepared, out_name: &str, start: usize, end: usize, path: &Path) -> Result<(Vec<i64>, Vec<f32>)> {
-    let err = |e: ort::Error| Error::Run { path: path.into(), message: e.to_string() };
-    let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> = Vec::with_capacity(prep.inputs.len());
+fn run_batch(
+    sess: &mut Session,
+    prep: &Prepared,
+    out_name: &str,
+    start: usize,
+    end: usize,
+    path: &Path,
+) -> Result<(Vec<i64>, Vec<f32>)> {
+    let err = |e: ort::Error| Error::Run {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> =
+        Vec::with_capacity(prep.inputs.len());
     for (name, arr) in &prep.inputs {
-        feed.push((Cow::Owned(name.clone()), batch_value(arr, start, end).map_err(err)?.into()));
+        feed.push((
+            Cow::Owned(name.clone()),
+            batch_value(arr, start, end).map_err(err)?.into(),
+        ));
     }
     let outputs = sess.run(feed).map_err(err)?;
-    let v = outputs.get(out_name).ok_or_else(|| Error::Run { path: path.into(), message: format!("output `{out_name}` missing") })?;
+    let v = outputs.get(out_name).ok_or_else(|| Error::Run {
+        path: path.into(),
+        message: format!("output `{out_name}` missing"),
+    })?;
     let as_f32 = |v: &DynValue| -> Result<(Vec<i64>, Vec<f32>)> {
         if let Ok((s, d)) = v.try_extract_tensor::<f32>() {
             return Ok((s.to_vec(), d.to_vec()));
@@ -195,13 +260,23 @@ fn run_batch(sess: &mut Session, prep: &Prepared, out_name: &str, start: usize, 
         if let Ok((s, d)) = v.try_extract_tensor::<f64>() {
             return Ok((s.to_vec(), d.iter().map(|&x| x as f32).collect()));
         }
-        Err(Error::Run { path: path.into(), message: format!("output `{out_name}` is not a float tensor; choose a float output with spec.evaluation.output") })
+        Err(Error::Run {
+            path: path.into(),
+            message: format!(
+                "output `{out_name}` is not a float tensor; choose a float output with spec.evaluation.output"
+            ),
+        })
     };
     as_f32(v)
 }
 
 /// Runs the model over the dataset and measures latency. Progress gets (done, total) samples.
-pub fn evaluate(model: &Path, prep: &Prepared, cfg: &EvalConfig, progress: &dyn Fn(u64, u64)) -> Result<(Outputs, Vec<f64>)> {
+pub fn evaluate(
+    model: &Path,
+    prep: &Prepared,
+    cfg: &EvalConfig,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(Outputs, Vec<f64>)> {
     let mut sess = session(model, cfg)?;
     let out_name = match &cfg.output {
         Some(o) => {
@@ -210,7 +285,10 @@ pub fn evaluate(model: &Path, prep: &Prepared, cfg: &EvalConfig, progress: &dyn 
                 return Err(Error::Mismatch {
                     dataset: PathBuf::new(),
                     model: model.into(),
-                    what: format!("spec.evaluation.output `{o}` is not an output of the model (outputs: {})", names.join(", ")),
+                    what: format!(
+                        "spec.evaluation.output `{o}` is not an output of the model (outputs: {})",
+                        names.join(", ")
+                    ),
                 });
             }
             o.clone()
@@ -240,11 +318,24 @@ pub fn evaluate(model: &Path, prep: &Prepared, cfg: &EvalConfig, progress: &dyn 
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    Ok((Outputs { values, per_sample, classes }, times))
+    Ok((
+        Outputs {
+            values,
+            per_sample,
+            classes,
+        },
+        times,
+    ))
 }
 
 /// Metrics of a model's outputs, against the labels and (for a candidate) the reference.
-pub fn score(out: &Outputs, times: &[f64], prep: &Prepared, reference: Option<&Outputs>, bytes: u64) -> Metrics {
+pub fn score(
+    out: &Outputs,
+    times: &[f64],
+    prep: &Prepared,
+    reference: Option<&Outputs>,
+    bytes: u64,
+) -> Metrics {
     let pred = out.classes.map(|c| metrics::top1(&out.values, c));
     let accuracy = match (&pred, &prep.labels) {
         (Some(p), Some(l)) => Some(metrics::accuracy(p, l)),

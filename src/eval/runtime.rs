@@ -61,9 +61,16 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(cache) = cache
         && let Ok(rd) = std::fs::read_dir(&cache)
     {
-        let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("lib/libonnxruntime.so").exists()).collect();
+        let mut dirs: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("lib/libonnxruntime.so").exists())
+            .collect();
         dirs.sort();
-        out.extend(dirs.into_iter().rev().map(|d| d.join("lib/libonnxruntime.so")));
+        out.extend(
+            dirs.into_iter()
+                .rev()
+                .map(|d| d.join("lib/libonnxruntime.so")),
+        );
     }
     // An installed `onnxruntime` wheel; find_spec locates it without importing it.
     if let Ok(o) = std::process::Command::new("python3")
@@ -87,19 +94,45 @@ fn candidates() -> Vec<PathBuf> {
 
 fn load() -> Result<Loaded, RuntimeError> {
     let cands = candidates();
-    let path = cands.iter().find(|p| p.is_file()).cloned().ok_or_else(|| RuntimeError::NotFound {
-        looked: if cands.is_empty() { "nowhere: no ORT_DYLIB_PATH, HOME or python3".into() } else { cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ") },
-    })?;
-    let fail = |reason: String| RuntimeError::Load { path: path.clone(), reason };
+    let path =
+        cands
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound {
+                looked: if cands.is_empty() {
+                    "nowhere: no ORT_DYLIB_PATH, HOME or python3".into()
+                } else {
+                    cands
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            })?;
+    let fail = |reason: String| RuntimeError::Load {
+        path: path.clone(),
+        reason,
+    };
     // ort panics (rather than erroring) on some mismatched libraries; keep that a clean error.
     let built = std::panic::catch_unwind(|| -> Result<ort::environment::Environment, String> {
-        let mut b = ort::init_from(&path).map_err(|e| e.to_string())?.with_name("kompress").with_telemetry(false);
+        let mut b = ort::init_from(&path)
+            .map_err(|e| e.to_string())?
+            .with_name("kompress")
+            .with_telemetry(false);
         if Provider::from_env() == Provider::Cuda {
             b = b.with_execution_providers([cuda_ep()]);
         }
         b.build().map_err(|e| e.to_string())
     })
-    .map_err(|p| fail(p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into())))?
+    .map_err(|p| {
+        fail(
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into()),
+        )
+    })?
     .map_err(fail)?;
     Ok(Loaded { env: built, path })
 }
@@ -117,10 +150,17 @@ fn cuda_ep() -> ort::ep::ExecutionProviderDispatch {
 
 /// The process-wide ONNX Runtime environment (loaded on first use).
 pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
-    RUNTIME.get_or_init(load).as_ref().map(|l| &l.env).map_err(Clone::clone)
+    RUNTIME
+        .get_or_init(load)
+        .as_ref()
+        .map(|l| &l.env)
+        .map_err(Clone::clone)
 }
 
 /// Where the library was loaded from (for reports).
 pub fn library_path() -> Option<PathBuf> {
-    RUNTIME.get().and_then(|r| r.as_ref().ok()).map(|l| l.path.clone())
+    RUNTIME
+        .get()
+        .and_then(|r| r.as_ref().ok())
+        .map(|l| l.path.clone())
 }

@@ -26,7 +26,9 @@ pub struct Inspection {
 
 fn value_info(v: &pb::ValueInfoProto) -> String {
     let name = v.name.clone().unwrap_or_default();
-    let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
         return name;
     };
     let dtype = DataType::from_i32(t.elem_type.unwrap_or(0)).name();
@@ -66,7 +68,10 @@ pub fn inspect(model: &Model) -> Inspection {
         match (t.dtype(), &t.raw_data) {
             (DataType::Float, Some(raw)) => {
                 counted += (raw.len() / 4) as u64;
-                zeros += raw.chunks_exact(4).filter(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) == 0.0).count() as u64;
+                zeros += raw
+                    .chunks_exact(4)
+                    .filter(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) == 0.0)
+                    .count() as u64;
             }
             (DataType::Float, None) => {
                 counted += t.float_data.len() as u64;
@@ -85,7 +90,15 @@ pub fn inspect(model: &Model) -> Inspection {
             .proto
             .opset_import
             .iter()
-            .map(|o| (o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into()), o.version.unwrap_or(0)))
+            .map(|o| {
+                (
+                    o.domain
+                        .clone()
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or_else(|| "ai.onnx".into()),
+                    o.version.unwrap_or(0),
+                )
+            })
             .collect(),
         producer: format!(
             "{} {}",
@@ -96,29 +109,63 @@ pub fn inspect(model: &Model) -> Inspection {
         .to_string(),
         file_bytes: model.file_bytes,
         external_data: model.had_external_data,
-        inputs: g.input.iter().filter(|i| !g.initializer.iter().any(|t| t.name == i.name)).map(value_info).collect(),
+        inputs: g
+            .input
+            .iter()
+            .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+            .map(value_info)
+            .collect(),
         outputs: g.output.iter().map(value_info).collect(),
         nodes: g.node.len(),
         ops,
         initializers: g.initializer.len(),
         parameters,
         bytes_by_dtype,
-        sparsity: if counted == 0 { 0.0 } else { zeros as f64 / counted as f64 },
+        sparsity: if counted == 0 {
+            0.0
+        } else {
+            zeros as f64 / counted as f64
+        },
     }
 }
 
 impl std::fmt::Display for Inspection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let opsets: Vec<String> = self.opsets.iter().map(|(d, v)| format!("{d}={v}")).collect();
-        writeln!(f, "ir_version   {}   opsets {}   producer {}", self.ir_version, opsets.join(" "), self.producer)?;
-        writeln!(f, "file         {} bytes{}", self.file_bytes, if self.external_data { " (with external data)" } else { "" })?;
+        let opsets: Vec<String> = self
+            .opsets
+            .iter()
+            .map(|(d, v)| format!("{d}={v}"))
+            .collect();
+        writeln!(
+            f,
+            "ir_version   {}   opsets {}   producer {}",
+            self.ir_version,
+            opsets.join(" "),
+            self.producer
+        )?;
+        writeln!(
+            f,
+            "file         {} bytes{}",
+            self.file_bytes,
+            if self.external_data {
+                " (with external data)"
+            } else {
+                ""
+            }
+        )?;
         for i in &self.inputs {
             writeln!(f, "input        {i}")?;
         }
         for o in &self.outputs {
             writeln!(f, "output       {o}")?;
         }
-        writeln!(f, "parameters   {} in {} initializers, sparsity {:.2}%", self.parameters, self.initializers, self.sparsity * 100.0)?;
+        writeln!(
+            f,
+            "parameters   {} in {} initializers, sparsity {:.2}%",
+            self.parameters,
+            self.initializers,
+            self.sparsity * 100.0
+        )?;
         for (d, b) in &self.bytes_by_dtype {
             writeln!(f, "  {d:<10} {b} bytes")?;
         }

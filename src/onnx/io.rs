@@ -28,11 +28,17 @@ pub struct Model {
 
 impl Model {
     pub fn graph(&self) -> &pb::GraphProto {
-        self.proto.graph.as_ref().expect("load() guarantees a graph")
+        self.proto
+            .graph
+            .as_ref()
+            .expect("load() guarantees a graph")
     }
 
     pub fn graph_mut(&mut self) -> &mut pb::GraphProto {
-        self.proto.graph.as_mut().expect("load() guarantees a graph")
+        self.proto
+            .graph
+            .as_mut()
+            .expect("load() guarantees a graph")
     }
 }
 
@@ -54,13 +60,22 @@ pub struct Saved {
 
 /// Reads an ONNX model, resolving external data relative to its directory.
 pub fn load(path: &Path) -> Result<Model> {
-    let buf = std::fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let buf = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
     if buf.is_empty() {
         return Err(Error::Empty { path: path.into() });
     }
     let mut file_bytes = buf.len() as u64;
-    let mut proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode { path: path.into(), source })?;
-    let not_onnx = |what: &str| Error::NotOnnx { path: path.into(), what: what.into() };
+    let mut proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode {
+        path: path.into(),
+        source,
+    })?;
+    let not_onnx = |what: &str| Error::NotOnnx {
+        path: path.into(),
+        what: what.into(),
+    };
     if proto.graph.is_none() {
         return Err(not_onnx("it has no graph"));
     }
@@ -75,14 +90,21 @@ pub fn load(path: &Path) -> Result<Model> {
     let mut had_external_data = false;
     let mut result = Ok(());
     for_each_tensor_mut(proto.graph.as_mut().expect("checked above"), &mut |t| {
-        if result.is_err() || t.data_location != Some(pb::tensor_proto::DataLocation::External as i32) {
+        if result.is_err()
+            || t.data_location != Some(pb::tensor_proto::DataLocation::External as i32)
+        {
             return;
         }
         had_external_data = true;
         result = resolve_external(t, path, &dir, &mut files, &mut file_bytes);
     });
     result?;
-    Ok(Model { proto, path: path.into(), file_bytes, had_external_data })
+    Ok(Model {
+        proto,
+        path: path.into(),
+        file_bytes,
+        had_external_data,
+    })
 }
 
 fn resolve_external(
@@ -93,15 +115,35 @@ fn resolve_external(
     file_bytes: &mut u64,
 ) -> Result<()> {
     let tensor = t.name.clone().unwrap_or_default();
-    let bad = |what: String| Error::BadExternalRef { model: model.into(), tensor: tensor.clone(), what };
-    let get = |key: &str| t.external_data.iter().find(|e| e.key.as_deref() == Some(key)).and_then(|e| e.value.clone());
+    let bad = |what: String| Error::BadExternalRef {
+        model: model.into(),
+        tensor: tensor.clone(),
+        what,
+    };
+    let get = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key.as_deref() == Some(key))
+            .and_then(|e| e.value.clone())
+    };
     let location = get("location").ok_or_else(|| bad("no `location` key".into()))?;
     let rel = Path::new(&location);
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(bad(format!("location `{location}` must be a relative path inside the model's directory")));
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(bad(format!(
+            "location `{location}` must be a relative path inside the model's directory"
+        )));
     }
     let parse = |key: &str| -> Result<Option<usize>> {
-        get(key).map(|v| v.parse::<usize>().map_err(|_| bad(format!("`{key}` is not an integer: {v}")))).transpose()
+        get(key)
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| bad(format!("`{key}` is not an integer: {v}")))
+            })
+            .transpose()
     };
     let (offset, length) = (parse("offset")?.unwrap_or(0), parse("length")?);
     if !files.contains_key(&location) {
@@ -117,7 +159,10 @@ fn resolve_external(
     let data = &files[&location];
     let end = length.map_or(data.len(), |l| offset.saturating_add(l));
     if offset > data.len() || end > data.len() {
-        return Err(bad(format!("bytes {offset}..{end} lie beyond the end of `{location}` ({} bytes)", data.len())));
+        return Err(bad(format!(
+            "bytes {offset}..{end} lie beyond the end of `{location}` ({} bytes)",
+            data.len()
+        )));
     }
     t.raw_data = Some(data.slice(offset..end));
     t.external_data.clear();
@@ -152,23 +197,39 @@ pub fn for_each_tensor_mut(graph: &mut pb::GraphProto, f: &mut dyn FnMut(&mut pb
 /// `<file>.data` when the options ask for it or the model exceeds the protobuf limit.
 pub fn save(model: &pb::ModelProto, path: &Path, opts: &SaveOptions) -> Result<Saved> {
     let mut proto = model.clone(); // cheap: payloads are reference-counted `Bytes`
-    let external = opts.external_data.unwrap_or_else(|| proto.encoded_len() > INLINE_LIMIT_BYTES);
+    let external = opts
+        .external_data
+        .unwrap_or_else(|| proto.encoded_len() > INLINE_LIMIT_BYTES);
     let mut files = Vec::new();
     let mut bytes = 0;
     if external {
-        let data_name = format!("{}.data", path.file_name().and_then(|s| s.to_str()).unwrap_or("model.onnx"));
+        let data_name = format!(
+            "{}.data",
+            path.file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("model.onnx")
+        );
         let data_path = path.with_file_name(&data_name);
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut offset = 0u64;
         for_each_tensor_mut(proto.graph.as_mut().expect("model has a graph"), &mut |t| {
-            let Some(raw) = t.raw_data.take_if(|r| r.len() >= 1024) else { return };
+            let Some(raw) = t.raw_data.take_if(|r| r.len() >= 1024) else {
+                return;
+            };
             let pad = (EXTERNAL_ALIGN - offset % EXTERNAL_ALIGN) % EXTERNAL_ALIGN;
             if pad > 0 {
                 chunks.push(Bytes::from(vec![0u8; pad as usize]));
                 offset += pad;
             }
-            let kv = |k: &str, v: String| pb::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
-            t.external_data = vec![kv("location", data_name.clone()), kv("offset", offset.to_string()), kv("length", raw.len().to_string())];
+            let kv = |k: &str, v: String| pb::StringStringEntryProto {
+                key: Some(k.into()),
+                value: Some(v),
+            };
+            t.external_data = vec![
+                kv("location", data_name.clone()),
+                kv("offset", offset.to_string()),
+                kv("length", raw.len().to_string()),
+            ];
             t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
             offset += raw.len() as u64;
             chunks.push(raw);
@@ -188,7 +249,10 @@ pub fn save(model: &pb::ModelProto, path: &Path, opts: &SaveOptions) -> Result<S
 /// file or the whole new one, never a part.
 pub fn write_atomic(path: &Path, chunks: &[Bytes]) -> Result<()> {
     use std::io::Write;
-    let err = |source| Error::Write { path: path.into(), source };
+    let err = |source| Error::Write {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|s| s.to_str()).unwrap_or("model"),
@@ -211,16 +275,26 @@ pub fn write_atomic(path: &Path, chunks: &[Bytes]) -> Result<()> {
 /// The external data files a model file references (relative locations, deduplicated), read
 /// without resolving them: what must be fetched from beside the model.
 pub fn external_locations(path: &Path) -> Result<Vec<String>> {
-    let buf = std::fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let buf = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
     if buf.is_empty() {
         return Err(Error::Empty { path: path.into() });
     }
-    let mut proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode { path: path.into(), source })?;
+    let mut proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode {
+        path: path.into(),
+        source,
+    })?;
     let mut out: Vec<String> = Vec::new();
     if let Some(g) = proto.graph.as_mut() {
         for_each_tensor_mut(g, &mut |t| {
             if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
-                && let Some(loc) = t.external_data.iter().find(|e| e.key.as_deref() == Some("location")).and_then(|e| e.value.clone())
+                && let Some(loc) = t
+                    .external_data
+                    .iter()
+                    .find(|e| e.key.as_deref() == Some("location"))
+                    .and_then(|e| e.value.clone())
                 && !out.contains(&loc)
             {
                 out.push(loc);
@@ -229,8 +303,18 @@ pub fn external_locations(path: &Path) -> Result<Vec<String>> {
     }
     for loc in &out {
         let rel = Path::new(loc);
-        if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-            return Err(Error::BadExternalRef { model: path.into(), tensor: String::new(), what: format!("location `{loc}` must be a relative path inside the model's directory") });
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(Error::BadExternalRef {
+                model: path.into(),
+                tensor: String::new(),
+                what: format!(
+                    "location `{loc}` must be a relative path inside the model's directory"
+                ),
+            });
         }
     }
     Ok(out)

@@ -11,8 +11,12 @@ mod io;
 mod tensor;
 
 pub use inspect::{Inspection, inspect};
-pub use io::{Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load, save, write_atomic};
-pub use tensor::{DataType, TensorData, f32_tensor, int8_tensor, scalar_f32, set_f32_values, tensor_f32_values};
+pub use io::{
+    Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load, save, write_atomic,
+};
+pub use tensor::{
+    DataType, TensorData, f32_tensor, int8_tensor, scalar_f32, set_f32_values, tensor_f32_values,
+};
 
 use std::path::PathBuf;
 
@@ -50,7 +54,11 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("tensor `{tensor}` in {model}: invalid external data reference: {what}")]
-    BadExternalRef { model: PathBuf, tensor: String, what: String },
+    BadExternalRef {
+        model: PathBuf,
+        tensor: String,
+        what: String,
+    },
     #[error("cannot write model file {path}")]
     Write {
         path: PathBuf,
@@ -81,7 +89,9 @@ pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
     model
         .opset_import
         .iter()
-        .find(|o| o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx"))
+        .find(|o| {
+            o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
+        })
         .and_then(|o| o.version)
 }
 
@@ -101,7 +111,14 @@ impl Namer {
             }
         }
         used.extend(graph.initializer.iter().filter_map(|t| t.name.clone()));
-        used.extend(graph.input.iter().chain(&graph.output).chain(&graph.value_info).filter_map(|v| v.name.clone()));
+        used.extend(
+            graph
+                .input
+                .iter()
+                .chain(&graph.output)
+                .chain(&graph.value_info)
+                .filter_map(|v| v.name.clone()),
+        );
         Self { used }
     }
 
@@ -118,7 +135,13 @@ impl Namer {
 }
 
 /// Builds a node in the default domain (or `domain`) with the given attributes.
-pub fn node(op: &str, name: String, inputs: Vec<String>, outputs: Vec<String>, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+pub fn node(
+    op: &str,
+    name: String,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         op_type: Some(op.to_string()),
         name: Some(name),
@@ -140,10 +163,18 @@ pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
 
 /// Reads an int attribute, or `default` when absent.
 pub fn get_attr_int(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
-    node.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.i).unwrap_or(default)
+    node.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.i)
+        .unwrap_or(default)
 }
 
 /// Reads a float attribute, or `default` when absent.
 pub fn get_attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
-    node.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.f).unwrap_or(default)
+    node.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.f)
+        .unwrap_or(default)
 }

@@ -54,7 +54,11 @@ impl DataType {
             Self::Int64 | Self::Double => 8,
             Self::Float16 => 2,
             Self::Other(v) => match D::try_from(v).ok()? {
-                D::Bool | D::Float8e4m3fn | D::Float8e4m3fnuz | D::Float8e5m2 | D::Float8e5m2fnuz => 1,
+                D::Bool
+                | D::Float8e4m3fn
+                | D::Float8e4m3fnuz
+                | D::Float8e5m2
+                | D::Float8e5m2fnuz => 1,
                 D::Int16 | D::Uint16 | D::Bfloat16 => 2,
                 D::Uint32 => 4,
                 D::Uint64 | D::Complex64 => 8,
@@ -109,7 +113,10 @@ impl TensorData for pb::TensorProto {
 /// The values of a float32 tensor, copied out (raw_data or float_data).
 pub fn tensor_f32_values(t: &pb::TensorProto) -> Result<Vec<f32>> {
     if t.dtype() != DataType::Float {
-        return Err(Error::Tensor { tensor: t.label().into(), what: format!("expected float32, found {}", t.dtype().name()) });
+        return Err(Error::Tensor {
+            tensor: t.label().into(),
+            what: format!("expected float32, found {}", t.dtype().name()),
+        });
     }
     let n = t.numel();
     let values: Vec<f32> = match &t.raw_data {
@@ -117,19 +124,33 @@ pub fn tensor_f32_values(t: &pb::TensorProto) -> Result<Vec<f32>> {
             if raw.len() != n * 4 {
                 return Err(Error::Tensor {
                     tensor: t.label().into(),
-                    what: format!("raw_data holds {} bytes but dims {:?} need {}", raw.len(), t.dims, n * 4),
+                    what: format!(
+                        "raw_data holds {} bytes but dims {:?} need {}",
+                        raw.len(),
+                        t.dims,
+                        n * 4
+                    ),
                 });
             }
-            raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
         }
         None if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) => {
-            return Err(Error::Tensor { tensor: t.label().into(), what: "external data was not loaded".into() });
+            return Err(Error::Tensor {
+                tensor: t.label().into(),
+                what: "external data was not loaded".into(),
+            });
         }
         None => {
             if t.float_data.len() != n {
                 return Err(Error::Tensor {
                     tensor: t.label().into(),
-                    what: format!("float_data holds {} values but dims {:?} need {n}", t.float_data.len(), t.dims),
+                    what: format!(
+                        "float_data holds {} values but dims {:?} need {n}",
+                        t.float_data.len(),
+                        t.dims
+                    ),
                 });
             }
             t.float_data.clone()
@@ -149,11 +170,21 @@ fn tensor(name: &str, dims: &[i64], dtype: DataType, raw: Vec<u8>) -> pb::Tensor
 }
 
 pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
-    tensor(name, dims, DataType::Float, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    tensor(
+        name,
+        dims,
+        DataType::Float,
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
 }
 
 pub fn int8_tensor(name: &str, dims: &[i64], values: Vec<i8>) -> pb::TensorProto {
-    tensor(name, dims, DataType::Int8, values.into_iter().map(|v| v as u8).collect())
+    tensor(
+        name,
+        dims,
+        DataType::Int8,
+        values.into_iter().map(|v| v as u8).collect(),
+    )
 }
 
 pub fn scalar_f32(name: &str, v: f32) -> pb::TensorProto {
@@ -164,5 +195,10 @@ pub fn scalar_f32(name: &str, v: f32) -> pb::TensorProto {
 /// fields (name, doc string, metadata).
 pub fn set_f32_values(t: &mut pb::TensorProto, values: &[f32]) {
     t.float_data.clear();
-    t.raw_data = Some(Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()));
+    t.raw_data = Some(Bytes::from(
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    ));
 }

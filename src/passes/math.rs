@@ -6,6 +6,8 @@
 pub struct Quantized {
     pub values: Vec<i8>,
     pub scales: Vec<f32>,
+    /// Largest |w - q·scale| over the tensor.
+    pub max_abs_error: f32,
 }
 
 /// How elements map to channels: index i belongs to channel `(i / inner) % channels`.
@@ -16,16 +18,26 @@ pub struct ChannelLayout {
 }
 
 impl ChannelLayout {
-    pub const PER_TENSOR: Self = Self { channels: 1, inner: 1 };
+    pub const PER_TENSOR: Self = Self {
+        channels: 1,
+        inner: 1,
+    };
 
     /// Channels along `axis` of a tensor with `dims`.
     pub fn along(dims: &[usize], axis: usize) -> Self {
-        Self { channels: dims[axis], inner: dims[axis + 1..].iter().product() }
+        Self {
+            channels: dims[axis],
+            inner: dims[axis + 1..].iter().product(),
+        }
     }
 
     #[inline]
     pub fn channel(&self, i: usize) -> usize {
-        if self.channels == 1 { 0 } else { (i / self.inner) % self.channels }
+        if self.channels == 1 {
+            0
+        } else {
+            (i / self.inner) % self.channels
+        }
     }
 }
 
@@ -39,25 +51,52 @@ pub fn first_non_finite(w: &[f32]) -> Option<usize> {
 /// values are exactly 0 either way). The caller rejects non-finite input first.
 pub fn quantize_symmetric(w: &[f32], layout: ChannelLayout, qmax: i8) -> Quantized {
     debug_assert!(first_non_finite(w).is_none());
+    quantize_symmetric_with(w.len(), |i| w[i], layout, qmax)
+}
+
+/// `quantize_symmetric` over an element accessor, so weights can be read straight from a
+/// tensor's raw little-endian bytes without a float copy of the tensor. Also records the
+/// largest round-trip error, computed on the way.
+pub fn quantize_symmetric_with(
+    n: usize,
+    w: impl Fn(usize) -> f32,
+    layout: ChannelLayout,
+    qmax: i8,
+) -> Quantized {
     let mut amax = vec![0f32; layout.channels];
-    for (i, v) in w.iter().enumerate() {
+    for i in 0..n {
         let c = layout.channel(i);
-        amax[c] = amax[c].max(v.abs());
+        amax[c] = amax[c].max(w(i).abs());
     }
     let q = f32::from(qmax);
-    let scales: Vec<f32> = amax.iter().map(|&m| if m > 0.0 { m / q } else { 1.0 }).collect();
-    let inv: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
-    let values = w
+    let scales: Vec<f32> = amax
         .iter()
-        .enumerate()
-        .map(|(i, v)| (v * inv[layout.channel(i)]).round().clamp(-q, q) as i8)
+        .map(|&m| if m > 0.0 { m / q } else { 1.0 })
         .collect();
-    Quantized { values, scales }
+    let inv: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
+    let mut max_abs_error = 0f32;
+    let values = (0..n)
+        .map(|i| {
+            let (v, c) = (w(i), layout.channel(i));
+            let qv = (v * inv[c]).round().clamp(-q, q);
+            max_abs_error = max_abs_error.max((v - qv * scales[c]).abs());
+            qv as i8
+        })
+        .collect();
+    Quantized {
+        values,
+        scales,
+        max_abs_error,
+    }
 }
 
 /// The float values a quantized tensor stands for.
 pub fn dequantize(q: &Quantized, layout: ChannelLayout) -> Vec<f32> {
-    q.values.iter().enumerate().map(|(i, &v)| f32::from(v) * q.scales[layout.channel(i)]).collect()
+    q.values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| f32::from(v) * q.scales[layout.channel(i)])
+        .collect()
 }
 
 /// Bit pattern of |v|: for finite floats it orders like the magnitude, so a radix select on
@@ -167,7 +206,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -183,13 +224,23 @@ mod tests {
             assert!((a - b).abs() <= q.scales[0] / 2.0 + 1e-6, "{a} vs {b}");
         }
         assert_eq!(q.values.iter().map(|v| v.unsigned_abs()).max(), Some(127));
+        let worst = w
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert_eq!(q.max_abs_error, worst);
     }
 
     #[test]
     fn per_channel_beats_per_tensor_when_channels_differ_in_range() {
         // 64 rows x 8 columns, column c scaled by 10^(c-4): per-column scales adapt.
         let (rows, cols) = (64, 8);
-        let w: Vec<f32> = lcg(rows * cols, 2).iter().enumerate().map(|(i, v)| v * 10f32.powi((i % cols) as i32 - 4)).collect();
+        let w: Vec<f32> = lcg(rows * cols, 2)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * 10f32.powi((i % cols) as i32 - 4))
+            .collect();
         let layout = ChannelLayout::along(&[rows, cols], 1);
         let pc = quantize_symmetric(&w, layout, 127);
         let pt = quantize_symmetric(&w, ChannelLayout::PER_TENSOR, 127);
@@ -200,8 +251,13 @@ mod tests {
             let back = dequantize(q, l);
             (0..cols)
                 .map(|c| {
-                    let range = (0..rows).map(|r| w[r * cols + c].abs()).fold(0f32, f32::max) as f64;
-                    (0..rows).map(|r| (back[r * cols + c] - w[r * cols + c]).abs() as f64).sum::<f64>() / (rows as f64 * range)
+                    let range = (0..rows)
+                        .map(|r| w[r * cols + c].abs())
+                        .fold(0f32, f32::max) as f64;
+                    (0..rows)
+                        .map(|r| (back[r * cols + c] - w[r * cols + c]).abs() as f64)
+                        .sum::<f64>()
+                        / (rows as f64 * range)
                 })
                 .sum::<f64>()
                 / cols as f64
@@ -223,7 +279,11 @@ mod tests {
     fn all_equal_tensor_round_trips_exactly() {
         let q = quantize_symmetric(&[-0.75; 33], ChannelLayout::PER_TENSOR, 127);
         assert!(q.values.iter().all(|v| *v == -127));
-        assert!(dequantize(&q, ChannelLayout::PER_TENSOR).iter().all(|v| (v + 0.75).abs() < 1e-7));
+        assert!(
+            dequantize(&q, ChannelLayout::PER_TENSOR)
+                .iter()
+                .all(|v| (v + 0.75).abs() < 1e-7)
+        );
     }
 
     #[test]
@@ -244,7 +304,11 @@ mod tests {
         for (n, k) in [(1000, 500), (1001, 1), (7, 6), (4096, 4095)] {
             let mut w = lcg(n, n as u64);
             prune_smallest(&mut [&mut w], k);
-            assert_eq!(w.iter().filter(|v| **v == 0.0).count() as u64, k, "n={n} k={k}");
+            assert_eq!(
+                w.iter().filter(|v| **v == 0.0).count() as u64,
+                k,
+                "n={n} k={k}"
+            );
         }
     }
 
@@ -286,7 +350,9 @@ mod tests {
         prune_n_m(&mut w, &[k, n], 0, 2, 4);
         for col in 0..n {
             for start in (0..k).step_by(4) {
-                let nz = (start..(start + 4).min(k)).filter(|r| w[r * n + col] != 0.0).count();
+                let nz = (start..(start + 4).min(k))
+                    .filter(|r| w[r * n + col] != 0.0)
+                    .count();
                 assert!(nz <= 2, "col {col} group {start}: {nz} nonzeros");
             }
         }

@@ -20,7 +20,12 @@ pub enum Error {
         "weight `{tensor}` (used by node `{node}`) contains {what} at element {index}: fix or \
          retrain the model, or exclude the node (excludeNodes)"
     )]
-    NonFinite { tensor: String, node: String, what: &'static str, index: usize },
+    NonFinite {
+        tensor: String,
+        node: String,
+        what: &'static str,
+        index: usize,
+    },
     #[error("pass `{pass}`: {what}")]
     Unsupported { pass: &'static str, what: String },
     #[error(transparent)]
@@ -46,11 +51,20 @@ impl Pass {
                     let (n, m) = parse_pattern(pat).expect("validated");
                     PruneTarget::NM { n, m }
                 }
-                (None, s) => PruneTarget::Sparsity { sparsity: s.unwrap_or(0.0), global: p.scope == PruneScope::Global },
+                (None, s) => PruneTarget::Sparsity {
+                    sparsity: s.unwrap_or(0.0),
+                    global: p.scope == PruneScope::Global,
+                },
             };
             return Pass::Prune(PruneConfig {
                 target,
-                select: Selection::new(p.ops.clone().unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into(), "Conv".into()]), &p.exclude_nodes, p.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS)),
+                select: Selection::new(
+                    p.ops
+                        .clone()
+                        .unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into(), "Conv".into()]),
+                    &p.exclude_nodes,
+                    p.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
+                ),
             });
         }
         let q = spec.quantize.clone().unwrap_or_default();
@@ -58,7 +72,12 @@ impl Pass {
             weight_only: q.mode == QuantMode::WeightOnly,
             per_channel: q.per_channel,
             reduce_range: q.reduce_range,
-            select: Selection::new(q.ops.unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into()]), &q.exclude_nodes, q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS)),
+            select: Selection::new(
+                q.ops
+                    .unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into()]),
+                &q.exclude_nodes,
+                q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
+            ),
         })
     }
 
@@ -87,7 +106,11 @@ pub struct Selection {
 
 impl Selection {
     fn new(ops: Vec<String>, exclude: &[String], min_elements: u64) -> Self {
-        Self { ops, exclude_nodes: exclude.iter().cloned().collect(), min_elements }
+        Self {
+            ops,
+            exclude_nodes: exclude.iter().cloned().collect(),
+            min_elements,
+        }
     }
 }
 
@@ -136,6 +159,10 @@ pub(crate) struct Weight {
 }
 
 impl Weight {
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+
     /// The axis of the input (reduction) dimension, and of the output channels.
     pub fn axes(&self, graph: &pb::GraphProto) -> (usize, usize) {
         let (ni, op) = &self.users[0];
@@ -153,11 +180,18 @@ fn weight_slot(op: &str) -> Option<usize> {
 }
 
 pub(crate) fn node_label(n: &pb::NodeProto, i: usize) -> String {
-    n.name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("#{i}:{}", n.op_type.as_deref().unwrap_or("")))
+    n.name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("#{i}:{}", n.op_type.as_deref().unwrap_or("")))
 }
 
 /// Finds the weights a selection applies to, and records why others were skipped.
-pub(crate) fn select_weights(model: &Model, sel: &Selection, skipped: &mut Vec<Skipped>) -> Vec<Weight> {
+pub(crate) fn select_weights(
+    model: &Model,
+    sel: &Selection,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Weight> {
     let g = model.graph();
     let consumers = onnx::consumers(g);
     let graph_inputs: HashSet<&str> = g.input.iter().filter_map(|v| v.name.as_deref()).collect();
@@ -165,18 +199,36 @@ pub(crate) fn select_weights(model: &Model, sel: &Selection, skipped: &mut Vec<S
     let mut seen = HashSet::new();
     for (ni, node) in g.node.iter().enumerate() {
         let op = node.op_type.as_deref().unwrap_or("");
-        if node.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx") || !sel.ops.iter().any(|o| o == op) {
+        if node
+            .domain
+            .as_deref()
+            .is_some_and(|d| !d.is_empty() && d != "ai.onnx")
+            || !sel.ops.iter().any(|o| o == op)
+        {
             continue;
         }
         let label = node_label(node, ni);
-        let mut skip = |reason: String| skipped.push(Skipped { node: label.clone(), reason });
+        let mut skip = |reason: String| {
+            skipped.push(Skipped {
+                node: label.clone(),
+                reason,
+            })
+        };
         if sel.exclude_nodes.contains(&label) {
             skip("excluded by excludeNodes".into());
             continue;
         }
-        let Some(slot) = weight_slot(op) else { continue };
-        let Some(wname) = node.input.get(slot) else { continue };
-        let Some(init) = g.initializer.iter().position(|t| t.name.as_deref() == Some(wname.as_str())) else {
+        let Some(slot) = weight_slot(op) else {
+            continue;
+        };
+        let Some(wname) = node.input.get(slot) else {
+            continue;
+        };
+        let Some(init) = g
+            .initializer
+            .iter()
+            .position(|t| t.name.as_deref() == Some(wname.as_str()))
+        else {
             skip(format!("weight `{wname}` is computed, not an initializer"));
             continue;
         };
@@ -185,11 +237,16 @@ pub(crate) fn select_weights(model: &Model, sel: &Selection, skipped: &mut Vec<S
         }
         let t = &g.initializer[init];
         if graph_inputs.contains(wname.as_str()) {
-            skip(format!("weight `{wname}` is also a graph input (overridable at run time)"));
+            skip(format!(
+                "weight `{wname}` is also a graph input (overridable at run time)"
+            ));
             continue;
         }
         if t.dtype() != DataType::Float {
-            skip(format!("weight `{wname}` is {}, not float32", t.dtype().name()));
+            skip(format!(
+                "weight `{wname}` is {}, not float32",
+                t.dtype().name()
+            ));
             continue;
         }
         let rank_ok = match op {
@@ -201,17 +258,25 @@ pub(crate) fn select_weights(model: &Model, sel: &Selection, skipped: &mut Vec<S
             continue;
         }
         if (t.numel() as u64) < sel.min_elements {
-            skip(format!("weight `{wname}` has {} elements, below minElements {}", t.numel(), sel.min_elements));
+            skip(format!(
+                "weight `{wname}` has {} elements, below minElements {}",
+                t.numel(),
+                sel.min_elements
+            ));
             continue;
         }
         let uses = consumers.get(wname.as_str()).cloned().unwrap_or_default();
         let all_selected = uses.iter().all(|&(ci, cs)| {
             let c = &g.node[ci];
             let cop = c.op_type.as_deref().unwrap_or("");
-            cop == op && Some(cs) == weight_slot(cop) && !sel.exclude_nodes.contains(&node_label(c, ci))
+            cop == op
+                && Some(cs) == weight_slot(cop)
+                && !sel.exclude_nodes.contains(&node_label(c, ci))
         });
         if !all_selected {
-            skip(format!("weight `{wname}` is also used by other nodes or inputs"));
+            skip(format!(
+                "weight `{wname}` is also used by other nodes or inputs"
+            ));
             continue;
         }
         out.push(Weight {
@@ -226,19 +291,28 @@ pub(crate) fn select_weights(model: &Model, sel: &Selection, skipped: &mut Vec<S
 
 /// Reads a weight's values, refusing NaN and infinities with the tensor's name.
 pub(crate) fn weight_values(model: &Model, w: &Weight) -> Result<Vec<f32>> {
-    let g = model.graph();
-    let values = onnx::tensor_f32_values(&g.initializer[w.init])?;
+    let values = onnx::tensor_f32_values(&model.graph().initializer[w.init])?;
     if let Some(i) = math::first_non_finite(&values) {
-        return Err(Error::NonFinite {
-            tensor: w.name.clone(),
-            node: node_label(&g.node[w.users[0].0], w.users[0].0),
-            what: if values[i].is_nan() { "NaN" } else { "an infinity" },
-            index: i,
-        });
+        return Err(non_finite(model, w, values[i], i));
     }
     Ok(values)
 }
 
+/// The error for a NaN or infinite weight, naming the tensor, its node and the element.
+pub(crate) fn non_finite(model: &Model, w: &Weight, value: f32, index: usize) -> Error {
+    let (ni, _) = w.users[0];
+    Error::NonFinite {
+        tensor: w.name.clone(),
+        node: node_label(&model.graph().node[ni], ni),
+        what: if value.is_nan() { "NaN" } else { "an infinity" },
+        index,
+    }
+}
+
 pub(crate) fn sparsity(v: &[f32]) -> f64 {
-    if v.is_empty() { 0.0 } else { v.iter().filter(|x| **x == 0.0).count() as f64 / v.len() as f64 }
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().filter(|x| **x == 0.0).count() as f64 / v.len() as f64
+    }
 }

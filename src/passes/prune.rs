@@ -2,7 +2,9 @@
 //! input dimension. Zeros are written into the float weights; a later quantize pass keeps
 //! them exactly zero.
 
-use super::{PassReport, Result, Selection, TensorReport, math, select_weights, sparsity, weight_values};
+use super::{
+    PassReport, Result, Selection, TensorReport, math, select_weights, sparsity, weight_values,
+};
 use crate::onnx::{Model, set_f32_values};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,19 +20,31 @@ pub struct PruneConfig {
 }
 
 pub fn apply(cfg: &PruneConfig, model: &mut Model) -> Result<PassReport> {
-    let mut report = PassReport { pass: "prune".into(), ..Default::default() };
+    let mut report = PassReport {
+        pass: "prune".into(),
+        ..Default::default()
+    };
     let weights = select_weights(model, &cfg.select, &mut report.skipped);
-    let mut values: Vec<Vec<f32>> = weights.iter().map(|w| weight_values(model, w)).collect::<Result<_>>()?;
+    let mut values: Vec<Vec<f32>> = weights
+        .iter()
+        .map(|w| weight_values(model, w))
+        .collect::<Result<_>>()?;
     let g = model.graph();
     match cfg.target {
-        PruneTarget::Sparsity { sparsity: s, global: false } => {
+        PruneTarget::Sparsity {
+            sparsity: s,
+            global: false,
+        } => {
             report.description = format!("magnitude, {:.1}% per tensor", s * 100.0);
             for v in &mut values {
                 let k = (s * v.len() as f64).round() as u64;
                 math::prune_smallest(&mut [v.as_mut_slice()], k);
             }
         }
-        PruneTarget::Sparsity { sparsity: s, global: true } => {
+        PruneTarget::Sparsity {
+            sparsity: s,
+            global: true,
+        } => {
             report.description = format!("magnitude, {:.1}% global", s * 100.0);
             let total: usize = values.iter().map(Vec::len).sum();
             let k = (s * total as f64).round() as u64;

@@ -5,7 +5,10 @@
 //! `DynamicQuantizeLinear(A) -> MatMulInteger(A_q, W_q, A_zp, W_zp) -> Cast -> Mul(·, A_scale·W_scale)`.
 //! Weight-only mode stores `W_q` and puts `DequantizeLinear` in front of the float op.
 
-use super::{PassReport, Result, Selection, Skipped, TensorReport, Weight, math, node_label, select_weights, weight_values};
+use super::{
+    PassReport, Result, Selection, Skipped, TensorReport, Weight, math, node_label, select_weights,
+    weight_values,
+};
 use crate::onnx::{self, Model, Namer, attr_int, f32_tensor, int8_tensor, pb, tensor_f32_values};
 use math::ChannelLayout;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,20 +24,37 @@ pub struct QuantizeConfig {
 /// What to do with one weight.
 enum Plan {
     /// MatMulInteger rewrite of every user; `transpose` for Gemm with transB=1.
-    Integer { transpose: bool },
+    Integer {
+        transpose: bool,
+    },
     WeightOnly,
 }
 
 pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
-    let unsupported = |what: String| super::Error::Unsupported { pass: "quantize", what };
+    let unsupported = |what: String| super::Error::Unsupported {
+        pass: "quantize",
+        what,
+    };
     let opset = onnx::default_opset(&model.proto).unwrap_or(0);
     let mut report = PassReport {
         pass: "quantize".into(),
         description: format!(
             "int8 {}, {}{}",
-            if cfg.weight_only { "weight-only (QDQ)" } else { "dynamic (MatMulInteger)" },
-            if cfg.per_channel { "per-channel" } else { "per-tensor" },
-            if cfg.reduce_range { ", 7-bit range" } else { "" }
+            if cfg.weight_only {
+                "weight-only (QDQ)"
+            } else {
+                "dynamic (MatMulInteger)"
+            },
+            if cfg.per_channel {
+                "per-channel"
+            } else {
+                "per-tensor"
+            },
+            if cfg.reduce_range {
+                ", 7-bit range"
+            } else {
+                ""
+            }
         ),
         ..Default::default()
     };
@@ -44,7 +64,9 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         )));
     }
     if cfg.per_channel && opset < 13 {
-        return Err(unsupported(format!("the model imports opset {opset}; per-channel scales need opset >= 13: set perChannel: false")));
+        return Err(unsupported(format!(
+            "the model imports opset {opset}; per-channel scales need opset >= 13: set perChannel: false"
+        )));
     }
     let weights = select_weights(model, &cfg.select, &mut report.skipped);
     let qmax: i8 = if cfg.reduce_range { 63 } else { 127 };
@@ -60,25 +82,49 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
     for w in &weights {
         let plan = plan_for(cfg, g, w, &mut report.skipped);
         let Some(plan) = plan else { continue };
-        let mut values = weight_values(model, w)?;
         let (_, mut out_axis) = w.axes(g);
         let mut dims = w.dims.clone();
-        if let Plan::Integer { transpose: true } = plan {
-            values = transpose2(&values, dims[0], dims[1]);
-            dims.swap(0, 1);
-            out_axis = 1;
-        }
-        let layout = if cfg.per_channel { ChannelLayout::along(&dims, out_axis) } else { ChannelLayout::PER_TENSOR };
-        let q = math::quantize_symmetric(&values, layout, qmax);
-        let max_abs_error =
-            math::dequantize(&q, layout).iter().zip(&values).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let qmax_layout = |dims: &[usize], axis: usize| {
+            if cfg.per_channel {
+                ChannelLayout::along(dims, axis)
+            } else {
+                ChannelLayout::PER_TENSOR
+            }
+        };
+        let t = &g.initializer[w.init];
+        let q = match (&plan, &t.raw_data) {
+            // The common case reads the weights straight from the file buffer: no float copy
+            // of the tensor, which keeps peak memory near the model's size.
+            (Plan::Integer { transpose: false } | Plan::WeightOnly, Some(raw))
+                if raw.len() == w.numel() * 4 =>
+            {
+                let at = |i: usize| {
+                    f32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]])
+                };
+                if let Some(i) = (0..w.numel()).find(|&i| !at(i).is_finite()) {
+                    return Err(super::non_finite(model, w, at(i), i));
+                }
+                math::quantize_symmetric_with(w.numel(), at, qmax_layout(&dims, out_axis), qmax)
+            }
+            _ => {
+                let mut values = weight_values(model, w)?;
+                if let Plan::Integer { transpose: true } = plan {
+                    values = transpose2(&values, dims[0], dims[1]);
+                    dims.swap(0, 1);
+                    out_axis = 1;
+                }
+                math::quantize_symmetric(&values, qmax_layout(&dims, out_axis), qmax)
+            }
+        };
+        let max_abs_error = q.max_abs_error;
         let (first, _) = w.users[0];
         report.tensors.push(TensorReport {
             tensor: w.name.clone(),
             node: node_label(&g.node[first], first),
             op: w.users[0].1.clone(),
-            elements: values.len() as u64,
-            sparsity: q.values.iter().filter(|v| **v == 0).count() as f64 / q.values.len().max(1) as f64,
+            elements: w.numel() as u64,
+            sparsity: q.values.iter().filter(|v| **v == 0).count() as f64
+                / q.values.len().max(1) as f64,
             scales: Some(q.scales.len()),
             max_abs_error: Some(max_abs_error),
         });
@@ -87,7 +133,11 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         let qname = namer.fresh(&format!("{}_quantized", w.name));
         let sname = namer.fresh(&format!("{}_scale", w.name));
         let zname = namer.fresh(&format!("{}_zero_point", w.name));
-        let sdims: Vec<i64> = if cfg.per_channel { vec![q.scales.len() as i64] } else { vec![] };
+        let sdims: Vec<i64> = if cfg.per_channel {
+            vec![q.scales.len() as i64]
+        } else {
+            vec![]
+        };
         let zeros = vec![0i8; q.scales.len()];
         drop_inits.insert(w.init);
         new_inits.push(int8_tensor(&qname, &idims, q.values));
@@ -102,7 +152,13 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
                     attrs.push(attr_int("axis", out_axis as i64));
                 }
                 let name = namer.fresh(&format!("{}_DequantizeLinear", w.name));
-                before.entry(first).or_default().push(onnx::node("DequantizeLinear", name, vec![qname, sname, zname], vec![dq.clone()], attrs));
+                before.entry(first).or_default().push(onnx::node(
+                    "DequantizeLinear",
+                    name,
+                    vec![qname, sname, zname],
+                    vec![dq.clone()],
+                    attrs,
+                ));
                 for &(ni, _) in &w.users {
                     renames.insert(ni, (1, dq.clone()));
                 }
@@ -110,10 +166,21 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
             Plan::Integer { .. } => {
                 for &(ni, ref op) in &w.users {
                     let node = &g.node[ni];
-                    let alpha = if op == "Gemm" { onnx::get_attr_float(node, "alpha", 1.0) } else { 1.0 };
+                    let alpha = if op == "Gemm" {
+                        onnx::get_attr_float(node, "alpha", 1.0)
+                    } else {
+                        1.0
+                    };
                     let scales: Vec<f32> = q.scales.iter().map(|s| s * alpha).collect();
-                    let sname_n = if alpha == 1.0 { sname.clone() } else { namer.fresh(&format!("{}_scale_alpha", w.name)) };
-                    if !new_inits.iter().any(|t| t.name.as_deref() == Some(sname_n.as_str())) {
+                    let sname_n = if alpha == 1.0 {
+                        sname.clone()
+                    } else {
+                        namer.fresh(&format!("{}_scale_alpha", w.name))
+                    };
+                    if !new_inits
+                        .iter()
+                        .any(|t| t.name.as_deref() == Some(sname_n.as_str()))
+                    {
                         new_inits.push(f32_tensor(&sname_n, &sdims, &scales));
                     }
                     let a = node.input[0].clone();
@@ -126,7 +193,13 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
                                 namer.fresh(&format!("{a}_zero_point")),
                             ];
                             let name = namer.fresh(&format!("{a}_DynamicQuantizeLinear"));
-                            before.entry(ni).or_default().push(onnx::node("DynamicQuantizeLinear", name, vec![a.clone()], names.to_vec(), vec![]));
+                            before.entry(ni).or_default().push(onnx::node(
+                                "DynamicQuantizeLinear",
+                                name,
+                                vec![a.clone()],
+                                names.to_vec(),
+                                vec![],
+                            ));
                             names
                         })
                         .clone();
@@ -135,25 +208,67 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
                     let mmi = namer.fresh(&format!("{y}_MatMulInteger"));
                     let cast = namer.fresh(&format!("{y}_cast"));
                     let smul = namer.fresh(&format!("{y}_scales_mul"));
-                    let scaled = if op == "Gemm" && gemm_bias(node, g).is_some() { namer.fresh(&format!("{y}_no_bias")) } else { y.clone() };
+                    let scaled = if op == "Gemm" && gemm_bias(node, g).is_some() {
+                        namer.fresh(&format!("{y}_no_bias"))
+                    } else {
+                        y.clone()
+                    };
                     let mut nodes = vec![
-                        onnx::node("MatMulInteger", namer.fresh(&format!("{base}_MatMulInteger")), vec![aq, qname.clone(), azp, zname.clone()], vec![mmi.clone()], vec![]),
-                        onnx::node("Cast", namer.fresh(&format!("{base}_cast")), vec![mmi], vec![cast.clone()], vec![attr_int("to", pb::tensor_proto::DataType::Float as i32 as i64)]),
-                        onnx::node("Mul", namer.fresh(&format!("{base}_scales_mul")), vec![ascale, sname_n.clone()], vec![smul.clone()], vec![]),
-                        onnx::node("Mul", namer.fresh(&format!("{base}_output_scale_mul")), vec![cast, smul], vec![scaled.clone()], vec![]),
+                        onnx::node(
+                            "MatMulInteger",
+                            namer.fresh(&format!("{base}_MatMulInteger")),
+                            vec![aq, qname.clone(), azp, zname.clone()],
+                            vec![mmi.clone()],
+                            vec![],
+                        ),
+                        onnx::node(
+                            "Cast",
+                            namer.fresh(&format!("{base}_cast")),
+                            vec![mmi],
+                            vec![cast.clone()],
+                            vec![attr_int(
+                                "to",
+                                pb::tensor_proto::DataType::Float as i32 as i64,
+                            )],
+                        ),
+                        onnx::node(
+                            "Mul",
+                            namer.fresh(&format!("{base}_scales_mul")),
+                            vec![ascale, sname_n.clone()],
+                            vec![smul.clone()],
+                            vec![],
+                        ),
+                        onnx::node(
+                            "Mul",
+                            namer.fresh(&format!("{base}_output_scale_mul")),
+                            vec![cast, smul],
+                            vec![scaled.clone()],
+                            vec![],
+                        ),
                     ];
                     if let Some((bias, beta)) = gemm_bias(node, g) {
                         let bias = if beta == 1.0 {
                             bias
                         } else {
                             // beta·C folded into a new initializer (plan_for only allows initializer C here).
-                            let c = g.initializer.iter().find(|t| t.name.as_deref() == Some(bias.as_str())).expect("checked in plan_for");
-                            let v: Vec<f32> = tensor_f32_values(c)?.iter().map(|x| x * beta).collect();
+                            let c = g
+                                .initializer
+                                .iter()
+                                .find(|t| t.name.as_deref() == Some(bias.as_str()))
+                                .expect("checked in plan_for");
+                            let v: Vec<f32> =
+                                tensor_f32_values(c)?.iter().map(|x| x * beta).collect();
                             let n = namer.fresh(&format!("{bias}_beta"));
                             new_inits.push(f32_tensor(&n, &c.dims, &v));
                             n
                         };
-                        nodes.push(onnx::node("Add", namer.fresh(&format!("{base}_bias_add")), vec![scaled, bias], vec![y], vec![]));
+                        nodes.push(onnx::node(
+                            "Add",
+                            namer.fresh(&format!("{base}_bias_add")),
+                            vec![scaled, bias],
+                            vec![y],
+                            vec![],
+                        ));
                     }
                     replace.insert(ni, nodes);
                 }
@@ -177,13 +292,23 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         graph.node.push(node);
     }
     let old_inits = std::mem::take(&mut graph.initializer);
-    graph.initializer = old_inits.into_iter().enumerate().filter(|(i, _)| !drop_inits.contains(i)).map(|(_, t)| t).collect();
+    graph.initializer = old_inits
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop_inits.contains(i))
+        .map(|(_, t)| t)
+        .collect();
     graph.initializer.extend(new_inits);
     Ok(report)
 }
 
 /// Decides how a weight is quantized, or records why it is skipped.
-fn plan_for(cfg: &QuantizeConfig, g: &pb::GraphProto, w: &Weight, skipped: &mut Vec<Skipped>) -> Option<Plan> {
+fn plan_for(
+    cfg: &QuantizeConfig,
+    g: &pb::GraphProto,
+    w: &Weight,
+    skipped: &mut Vec<Skipped>,
+) -> Option<Plan> {
     if cfg.weight_only {
         return Some(Plan::WeightOnly);
     }
@@ -197,20 +322,35 @@ fn plan_for(cfg: &QuantizeConfig, g: &pb::GraphProto, w: &Weight, skipped: &mut 
                 let n = &g.node[ni];
                 let label = node_label(n, ni);
                 if onnx::get_attr_int(n, "transA", 0) != 0 {
-                    skipped.push(Skipped { node: label, reason: "Gemm with transA=1 is left in float".into() });
+                    skipped.push(Skipped {
+                        node: label,
+                        reason: "Gemm with transA=1 is left in float".into(),
+                    });
                     return None;
                 }
                 if let Some(c) = n.input.get(2).filter(|c| !c.is_empty())
                     && onnx::get_attr_float(n, "beta", 1.0) != 1.0
-                    && !g.initializer.iter().any(|t| t.name.as_deref() == Some(c.as_str()))
+                    && !g
+                        .initializer
+                        .iter()
+                        .any(|t| t.name.as_deref() == Some(c.as_str()))
                 {
-                    skipped.push(Skipped { node: label, reason: "Gemm with beta != 1 and a computed C is left in float".into() });
+                    skipped.push(Skipped {
+                        node: label,
+                        reason: "Gemm with beta != 1 and a computed C is left in float".into(),
+                    });
                     return None;
                 }
             }
             let transpose = onnx::get_attr_int(&g.node[w.users[0].0], "transB", 0) != 0;
-            if w.users.iter().any(|&(ni, _)| (onnx::get_attr_int(&g.node[ni], "transB", 0) != 0) != transpose) {
-                skipped.push(Skipped { node: w.name.clone(), reason: "weight shared by Gemms with different transB".into() });
+            if w.users
+                .iter()
+                .any(|&(ni, _)| (onnx::get_attr_int(&g.node[ni], "transB", 0) != 0) != transpose)
+            {
+                skipped.push(Skipped {
+                    node: w.name.clone(),
+                    reason: "weight shared by Gemms with different transB".into(),
+                });
                 return None;
             }
             Some(Plan::Integer { transpose })
@@ -225,7 +365,10 @@ fn gemm_bias(node: &pb::NodeProto, _g: &pb::GraphProto) -> Option<(String, f32)>
         return None;
     }
     let beta = onnx::get_attr_float(node, "beta", 1.0);
-    node.input.get(2).filter(|c| !c.is_empty() && beta != 0.0).map(|c| (c.clone(), beta))
+    node.input
+        .get(2)
+        .filter(|c| !c.is_empty() && beta != 0.0)
+        .map(|c| (c.clone(), beta))
 }
 
 fn transpose2(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -18,7 +18,9 @@ pub fn lcg(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_add(0x9e3779b97f4a7c15);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -34,7 +36,13 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
                 shape: Some(pb::TensorShapeProto {
                     dim: dims
                         .iter()
-                        .map(|d| Dimension { value: Some(d.map(Value::DimValue).unwrap_or_else(|| Value::DimParam("batch".into()))), ..Default::default() })
+                        .map(|d| Dimension {
+                            value: Some(
+                                d.map(Value::DimValue)
+                                    .unwrap_or_else(|| Value::DimParam("batch".into())),
+                            ),
+                            ..Default::default()
+                        })
                         .collect(),
                 }),
             })),
@@ -53,32 +61,73 @@ pub fn mlp(widths: &[usize], seed: u64) -> pb::ModelProto {
     for (i, w) in widths.windows(2).enumerate() {
         let (din, dout) = (w[0], w[1]);
         let scale = (2.0 / din as f32).sqrt();
-        let wv: Vec<f32> = lcg(din * dout, seed + i as u64).iter().map(|v| v * scale).collect();
-        let bv: Vec<f32> = lcg(dout, seed + 100 + i as u64).iter().map(|v| v * 0.1).collect();
-        inits.push(f32_tensor(&format!("W{i}"), &[din as i64, dout as i64], &wv));
+        let wv: Vec<f32> = lcg(din * dout, seed + i as u64)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        let bv: Vec<f32> = lcg(dout, seed + 100 + i as u64)
+            .iter()
+            .map(|v| v * 0.1)
+            .collect();
+        inits.push(f32_tensor(
+            &format!("W{i}"),
+            &[din as i64, dout as i64],
+            &wv,
+        ));
         inits.push(f32_tensor(&format!("B{i}"), &[dout as i64], &bv));
         let last = i == widths.len() - 2;
         let mm = format!("mm{i}");
-        let out = if last { "logits".to_string() } else { format!("h{i}") };
+        let out = if last {
+            "logits".to_string()
+        } else {
+            format!("h{i}")
+        };
         let add = if last { out.clone() } else { format!("pre{i}") };
-        nodes.push(kompress::onnx::node("MatMul", format!("MatMul_{i}"), vec![x.clone(), format!("W{i}")], vec![mm.clone()], vec![]));
-        nodes.push(kompress::onnx::node("Add", format!("Add_{i}"), vec![mm, format!("B{i}")], vec![add.clone()], vec![]));
+        nodes.push(kompress::onnx::node(
+            "MatMul",
+            format!("MatMul_{i}"),
+            vec![x.clone(), format!("W{i}")],
+            vec![mm.clone()],
+            vec![],
+        ));
+        nodes.push(kompress::onnx::node(
+            "Add",
+            format!("Add_{i}"),
+            vec![mm, format!("B{i}")],
+            vec![add.clone()],
+            vec![],
+        ));
         if !last {
-            nodes.push(kompress::onnx::node("Relu", format!("Relu_{i}"), vec![add], vec![out.clone()], vec![]));
+            nodes.push(kompress::onnx::node(
+                "Relu",
+                format!("Relu_{i}"),
+                vec![add],
+                vec![out.clone()],
+                vec![],
+            ));
         }
         x = out;
     }
     pb::ModelProto {
         ir_version: Some(9),
         producer_name: Some("kompress-tests".into()),
-        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
-        metadata_props: vec![pb::StringStringEntryProto { key: Some("fixture".into()), value: Some("mlp".into()) }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        metadata_props: vec![pb::StringStringEntryProto {
+            key: Some("fixture".into()),
+            value: Some("mlp".into()),
+        }],
         graph: Some(pb::GraphProto {
             name: Some("mlp".into()),
             node: nodes,
             initializer: inits,
             input: vec![value_info("input", &[None, Some(widths[0] as i64)])],
-            output: vec![value_info("logits", &[None, Some(*widths.last().unwrap() as i64)])],
+            output: vec![value_info(
+                "logits",
+                &[None, Some(*widths.last().unwrap() as i64)],
+            )],
             ..Default::default()
         }),
         ..Default::default()
@@ -98,17 +147,32 @@ pub struct Npy {
 }
 
 pub fn f32_array(shape: &[usize], v: &[f32]) -> Npy {
-    Npy { descr: "<f4", shape: shape.to_vec(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+    Npy {
+        descr: "<f4",
+        shape: shape.to_vec(),
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
 }
 
 pub fn i64_array(v: &[i64]) -> Npy {
-    Npy { descr: "<i8", shape: vec![v.len()], bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+    Npy {
+        descr: "<i8",
+        shape: vec![v.len()],
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
 }
 
 fn npy_bytes(a: &Npy) -> Vec<u8> {
     let dims: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
-    let shape = if a.shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut h = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", a.descr);
+    let shape = if a.shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut h = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+        a.descr
+    );
     while (10 + h.len() + 1) % 64 != 0 {
         h.push(' ');
     }
@@ -122,7 +186,8 @@ fn npy_bytes(a: &Npy) -> Vec<u8> {
 
 pub fn write_npz(path: &Path, arrays: &[(&str, Npy)]) {
     let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, a) in arrays {
         z.start_file(format!("{name}.npy"), opts).unwrap();
         z.write_all(&npy_bytes(a)).unwrap();
@@ -135,11 +200,24 @@ pub fn write_npz(path: &Path, arrays: &[(&str, Npy)]) {
 pub fn mlp_dataset(path: &Path, n: usize, din: usize, classes: usize) {
     let x = lcg(n * din, 42);
     let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
-    write_npz(path, &[("input", f32_array(&[n, din], &x)), ("labels", i64_array(&labels))]);
+    write_npz(
+        path,
+        &[
+            ("input", f32_array(&[n, din], &x)),
+            ("labels", i64_array(&labels)),
+        ],
+    );
 }
 
 /// A CompressionJob manifest.
-pub fn job_yaml(name: &str, model: &str, dataset: &str, passes: &str, thresholds: &str, out: &Path) -> String {
+pub fn job_yaml(
+    name: &str,
+    model: &str,
+    dataset: &str,
+    passes: &str,
+    thresholds: &str,
+    out: &Path,
+) -> String {
     format!(
         "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: {name}\nspec:\n  model:\n    uri: {model}\n  dataset:\n    uri: {dataset}\n  passes:\n{passes}\n  thresholds:\n{thresholds}\n  output:\n    uri: {}\n    promoteTo: {}\n  evaluation:\n    latency:\n      warmup: 2\n      iterations: 5\n",
         out.join("candidates").display(),
@@ -160,7 +238,11 @@ pub fn run_kompress(args: &[&str], envs: &[(&str, &str)]) -> Ran {
         c.env(k, v);
     }
     let o = c.output().expect("spawn kompress");
-    Ran { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+    Ran {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
 }
 
 /// Every file under a directory (relative paths), empty when it does not exist.
@@ -205,7 +287,14 @@ pub fn run_with_env(args: &[&str], env: &[(String, String)], extra: &[(&str, &st
 
 /// A unique key prefix per test run.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 /// boto3 (an independent S3 client) against the test server: `put FILE s3://b/k`,
@@ -234,6 +323,10 @@ elif op == "list":
         c.env(k, v);
     }
     let o = c.output().expect("python3");
-    assert!(o.status.success(), "boto3 {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "boto3 {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into()
 }

@@ -1,0 +1,30 @@
+# kompress: the two commands the README promises, and the rest of the developer loop.
+.PHONY: demo test bench fmt lint crd manifests
+
+# Runs the embedded default: the bundled digits model, int8, gated, promoted locally.
+demo:
+	@hack/ort-lib >/dev/null
+	cargo build --release --locked
+	./target/release/kompress run -f examples/digits-int8.yaml
+
+# Everything CI runs: lint, drift checks, real S3 server, real control plane, all tests.
+test:
+	hack/test
+
+# Benchmarks with a reference measured in the same run (ratios).
+bench:
+	hack/bench
+
+fmt:
+	cargo fmt
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+crd:
+	cargo run --quiet -- crd > crds/compressionjob.yaml
+	hack/render-manifests
+
+manifests:
+	hack/render-manifests
