@@ -721,3 +721,116 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     }
     Ok(hex::encode(h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_uris_map_to_their_store_and_key() {
+        let l = Location::parse("s3://models/resnet/model.onnx").unwrap();
+        assert_eq!(
+            (l.scheme, l.store_url.as_str(), l.key.as_str()),
+            (Scheme::S3, "s3://models", "resnet/model.onnx")
+        );
+        assert_eq!(Location::parse("gs://b/k").unwrap().scheme, Scheme::Gcs);
+        assert_eq!(
+            Location::parse("az://container/a/b").unwrap().scheme,
+            Scheme::Azure
+        );
+        let abfs = Location::parse("abfss://data@acct.dfs.core.windows.net/m/model.onnx").unwrap();
+        assert_eq!(
+            (abfs.scheme, abfs.key.as_str()),
+            (Scheme::Azure, "m/model.onnx")
+        );
+        let blob =
+            Location::parse("https://acct.blob.core.windows.net/models/x/model.onnx").unwrap();
+        assert_eq!(
+            (blob.scheme, blob.store_url.as_str(), blob.key.as_str()),
+            (
+                Scheme::Azure,
+                "https://acct.blob.core.windows.net/models",
+                "x/model.onnx"
+            )
+        );
+        let web = Location::parse("https://example.com:8443/files/model.onnx").unwrap();
+        assert_eq!(
+            (web.scheme, web.store_url.as_str(), web.key.as_str()),
+            (Scheme::Http, "https://example.com:8443", "files/model.onnx")
+        );
+        assert!(web.is_read_only());
+    }
+
+    #[test]
+    fn local_paths_and_file_uris_are_absolute_keys() {
+        let l = Location::parse("file:///tmp/x/model.onnx").unwrap();
+        assert_eq!(l.local_path(), Some(PathBuf::from("/tmp/x/model.onnx")));
+        let rel = Location::parse("examples/m.onnx").unwrap();
+        assert!(rel.local_path().unwrap().is_absolute());
+    }
+
+    #[test]
+    fn join_parent_and_file_name_compose() {
+        let l = Location::parse("s3://b/runs/")
+            .unwrap()
+            .join("r1/model.onnx");
+        assert_eq!(l.uri, "s3://b/runs/r1/model.onnx");
+        assert_eq!(l.file_name(), "model.onnx");
+        assert_eq!(
+            l.parent().join("model.onnx.data").key,
+            "runs/r1/model.onnx.data"
+        );
+    }
+
+    #[test]
+    fn bad_uris_say_what_is_wrong() {
+        let e = Location::parse("ftp://host/m.onnx")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unsupported URI scheme `ftp`") && e.contains("s3://"),
+            "{e}"
+        );
+        assert!(
+            Location::parse("s3:///key")
+                .unwrap_err()
+                .to_string()
+                .contains("no bucket")
+        );
+        assert!(
+            Location::parse("")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        assert!(
+            Location::parse("abfss://nocontainer/x")
+                .unwrap_err()
+                .to_string()
+                .contains("abfss://<container>@")
+        );
+        assert!(
+            Location::parse("s3://b/a/../c").is_err(),
+            "`..` segments are refused"
+        );
+    }
+
+    #[test]
+    fn permanence_follows_the_error_kind() {
+        let missing = Error::NotFound {
+            uri: "s3://b/k".into(),
+            where_: String::new(),
+            source: None,
+        };
+        assert!(missing.is_permanent());
+        let down = Error::Transient {
+            uri: "s3://b/k".into(),
+            op: "get",
+            source: object_store::Error::Generic {
+                store: "S3",
+                source: "connection refused".into(),
+            },
+        };
+        assert!(!down.is_permanent());
+    }
+}

@@ -190,3 +190,76 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         Err(InvalidSpec(errs))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> CompressionJobSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const BASE: &str = "model: {uri: s3://m/model.onnx}\ndataset: {uri: s3://d/eval.npz}\noutput: {uri: s3://m/out, promoteTo: s3://m/prod}\n";
+
+    #[test]
+    fn a_sound_spec_passes() {
+        let s = spec(&format!(
+            "{BASE}passes:\n- prune: {{pattern: '2:4'}}\n- quantize: {{perChannel: true}}\nthresholds: {{maxAccuracyDrop: 0.01, minCompressionRatio: 3}}\n"
+        ));
+        assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field_path() {
+        let s = spec(&format!(
+            "{BASE}passes:\n- quantize: {{}}\n- prune: {{sparsity: 0.5}}\n- {{}}\nthresholds: {{minAgreement: 2, maxLatencyRatio: 0}}\n"
+        ));
+        let fields: Vec<String> = validate(&s)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.passes[1].prune",
+                "spec.passes[2]",
+                "spec.thresholds.minAgreement",
+                "spec.thresholds.maxLatencyRatio"
+            ]
+        );
+    }
+
+    #[test]
+    fn promotion_to_a_read_only_location_is_refused() {
+        let s = spec(
+            "model: {uri: s3://m/x.onnx}\ndataset: {uri: d.npz}\noutput: {uri: out, promoteTo: 'https://example.com/prod'}\npasses: [{quantize: {}}]\n",
+        );
+        let e = validate(&s).unwrap_err();
+        assert_eq!(e.0[0].field, "spec.output.promoteTo");
+        assert!(e.0[0].message.contains("read-only"));
+    }
+
+    #[test]
+    fn unknown_ops_and_bad_patterns_are_named() {
+        let s = spec(&format!(
+            "{BASE}passes:\n- prune: {{pattern: '3:3', ops: [LSTM]}}\n"
+        ));
+        let e = validate(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.passes[0].prune.pattern")
+                && e.contains("spec.passes[0].prune.ops[0]")
+                && e.contains("LSTM"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn patterns_parse_only_when_n_is_below_m() {
+        assert_eq!(parse_pattern("2:4"), Some((2, 4)));
+        assert_eq!(parse_pattern("4:4"), None);
+        assert_eq!(parse_pattern("0:4"), None);
+        assert_eq!(parse_pattern("x"), None);
+    }
+}
