@@ -159,6 +159,15 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, CliError> {
 
 use serde::Deserialize;
 
+/// Reads and parses a CompressionJob manifest file.
+pub fn read_job(file: &Path) -> Result<CompressionJob, CliError> {
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+        path: file.into(),
+        source,
+    })?;
+    parse_job(&text, &file.display().to_string())
+}
+
 fn job_ref(job: &CompressionJob) -> JobRef {
     JobRef {
         name: job
@@ -220,19 +229,7 @@ pub async fn run(
     scratch: Option<PathBuf>,
     run_id: Option<String>,
 ) -> i32 {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(source) => {
-            return fail(
-                &CliError::Read {
-                    path: file.into(),
-                    source,
-                },
-                EXIT_PERMANENT,
-            );
-        }
-    };
-    let job = match parse_job(&text, &file.display().to_string()) {
+    let job = match read_job(file) {
         Ok(j) => j,
         Err(e) => return fail(&e, EXIT_PERMANENT),
     };
@@ -545,19 +542,7 @@ pub fn summary(name: &str, r: &JobResult) -> String {
 
 /// `kompress compress`: passes only.
 pub fn compress(model: &Path, out: &Path, file: &Path) -> i32 {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(source) => {
-            return fail(
-                &CliError::Read {
-                    path: file.into(),
-                    source,
-                },
-                EXIT_PERMANENT,
-            );
-        }
-    };
-    let job = match parse_job(&text, &file.display().to_string()) {
+    let job = match read_job(file) {
         Ok(j) => j,
         Err(e) => return fail(&e, EXIT_PERMANENT),
     };

@@ -58,8 +58,8 @@ pub struct Saved {
     pub bytes: u64,
 }
 
-/// Reads an ONNX model, resolving external data relative to its directory.
-pub fn load(path: &Path) -> Result<Model> {
+/// Reads and decodes a model file (payloads stay slices of the file buffer); returns its size.
+fn decode_file(path: &Path) -> Result<(pb::ModelProto, u64)> {
     let buf = std::fs::read(path).map_err(|source| Error::Read {
         path: path.into(),
         source,
@@ -67,11 +67,17 @@ pub fn load(path: &Path) -> Result<Model> {
     if buf.is_empty() {
         return Err(Error::Empty { path: path.into() });
     }
-    let mut file_bytes = buf.len() as u64;
-    let mut proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode {
+    let len = buf.len() as u64;
+    let proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode {
         path: path.into(),
         source,
     })?;
+    Ok((proto, len))
+}
+
+/// Reads an ONNX model, resolving external data relative to its directory.
+pub fn load(path: &Path) -> Result<Model> {
+    let (mut proto, mut file_bytes) = decode_file(path)?;
     let not_onnx = |what: &str| Error::NotOnnx {
         path: path.into(),
         what: what.into(),
@@ -275,17 +281,7 @@ pub fn write_atomic(path: &Path, chunks: &[Bytes]) -> Result<()> {
 /// The external data files a model file references (relative locations, deduplicated), read
 /// without resolving them: what must be fetched from beside the model.
 pub fn external_locations(path: &Path) -> Result<Vec<String>> {
-    let buf = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.into(),
-        source,
-    })?;
-    if buf.is_empty() {
-        return Err(Error::Empty { path: path.into() });
-    }
-    let mut proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode {
-        path: path.into(),
-        source,
-    })?;
+    let (mut proto, _) = decode_file(path)?;
     let mut out: Vec<String> = Vec::new();
     if let Some(g) = proto.graph.as_mut() {
         for_each_tensor_mut(g, &mut |t| {
