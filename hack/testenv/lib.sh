@@ -9,6 +9,18 @@ RUN="${KOMPRESS_TESTENV_DIR:-$TESTENV_HERE/.run}"
 KUBECONFIG_ADMIN="$RUN/kubeconfig"
 
 log() { echo "testenv: $*" >&2; }
+
+# testenv_lock: serialize up/down/agent on one state dir (parallel test processes may all
+# call `up`). The holder exports KOMPRESS_TESTENV_LOCKED so the scripts it runs (up runs
+# down) do not wait for it. Without flock (util-linux) there is no locking.
+testenv_lock() {
+  [ -n "${KOMPRESS_TESTENV_LOCKED:-}" ] && return 0
+  command -v flock >/dev/null || return 0
+  mkdir -p "$(dirname "$RUN")"
+  exec 9>"$RUN.lock"
+  flock 9
+  export KOMPRESS_TESTENV_LOCKED=1
+}
 die() { echo "testenv: ERROR: $*" >&2; exit 1; }
 
 # alive NAME: the component's pid file names a running process
@@ -51,7 +63,7 @@ start_agent() {
   local path="$PATH"
   [ -n "${KOMPRESS_TESTENV_AGENT_PATH:-}" ] && path="$KOMPRESS_TESTENV_AGENT_PATH:$PATH"
   PATH="$path" nohup "$BIN/kompress-nodeagent" --kubeconfig "$KUBECONFIG_ADMIN" --node-name "$node" \
-    --state-dir "$RUN/agents/$node" "$@" > "$RUN/logs/$name.log" 2>&1 < /dev/null &
+    --state-dir "$RUN/agents/$node" "$@" > "$RUN/logs/$name.log" 2>&1 < /dev/null 9>&- &
   echo $! > "$RUN/pids/$name.pid"
   local deadline=$((SECONDS + ${KOMPRESS_TESTENV_TIMEOUT:-120}))
   until "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" get node "$node" >/dev/null 2>&1; do
