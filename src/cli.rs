@@ -62,6 +62,9 @@ pub enum Command {
         #[arg(long, env = "KOMPRESS_RUN_ID")]
         run_id: Option<String>,
     },
+    /// The operator: watches CompressionJobs and runs each generation as a batch/v1 Job whose
+    /// pod runs `kompress worker`; writes status, Events and Prometheus metrics.
+    Controller(Box<ControllerArgs>),
     /// Print the CompressionJob CustomResourceDefinition (YAML).
     Crd,
     /// Apply a job's passes to a local model, without evaluation or gating (for experiments
@@ -84,6 +87,45 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+}
+
+/// Flags of `kompress controller`.
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// Image of CPU worker pods.
+    #[arg(long, env = "KOMPRESS_WORKER_IMAGE", default_value = crate::controller::DEFAULT_WORKER_IMAGE)]
+    pub worker_image: String,
+    /// Image of GPU worker pods (`spec.resources.gpu > 0`).
+    #[arg(long, env = "KOMPRESS_WORKER_GPU_IMAGE", default_value = crate::controller::DEFAULT_WORKER_GPU_IMAGE)]
+    pub worker_gpu_image: String,
+    /// Node selector of GPU worker pods, KEY=VALUE (repeatable); the spec's wins per key.
+    #[arg(long = "gpu-node-selector", value_name = "KEY=VALUE", value_parser = crate::controller::parse_key_value)]
+    pub gpu_node_selector: Vec<(String, String)>,
+    /// Toleration of GPU worker pods, KEY[=VALUE][:EFFECT] as in `kubectl taint` (repeatable;
+    /// replaces the default).
+    #[arg(long = "gpu-toleration", value_name = "KEY[=VALUE][:EFFECT]", default_value = "nvidia.com/gpu:NoSchedule", value_parser = crate::controller::parse_toleration)]
+    pub gpu_toleration: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Watch CompressionJobs in this namespace only (default: all namespaces).
+    #[arg(long, env = "KOMPRESS_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// CPU request and limit of workers whose spec sets none.
+    #[arg(long, default_value = "1")]
+    pub default_cpu: String,
+    /// Memory request and limit of workers whose spec sets none.
+    #[arg(long, default_value = "2Gi")]
+    pub default_memory: String,
+    /// Scratch (emptyDir) size limit of workers whose spec sets none.
+    #[arg(long, default_value = "10Gi")]
+    pub default_scratch: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Run only while holding the `kompress-controller` Lease (false for local development).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: the controller's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -403,6 +445,31 @@ pub async fn worker(
             write(&failed(e.category(), e.is_permanent(), chain));
             exit_code(&e)
         }
+    }
+}
+
+/// `kompress controller`: returns the process exit code.
+pub async fn controller(args: ControllerArgs) -> i32 {
+    use crate::controller::{ControllerConfig, Options, leader};
+    let opts = Options {
+        config: ControllerConfig {
+            worker_image: args.worker_image,
+            gpu_image: args.worker_gpu_image,
+            gpu_node_selector: args.gpu_node_selector.into_iter().collect(),
+            gpu_tolerations: args.gpu_toleration,
+            namespace: args.namespace,
+            default_cpu: args.default_cpu,
+            default_memory: args.default_memory,
+            default_scratch: args.default_scratch,
+        },
+        metrics_addr: args.metrics_addr,
+        leader_elect: args.leader_elect,
+        lease_namespace: args.leader_election_namespace,
+        identity: leader::default_identity(),
+    };
+    match crate::controller::run(opts).await {
+        Ok(()) => 0,
+        Err(e) => fail(&e, 1),
     }
 }
 

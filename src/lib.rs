@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod eval;
 pub mod gate;
 pub mod onnx;

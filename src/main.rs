@@ -29,6 +29,7 @@ async fn main() {
             scratch,
             run_id,
         } => cli::worker(spec_file, spec, termination_log, scratch, run_id).await,
+        Command::Controller(args) => cli::controller(*args).await,
         Command::Crd => {
             print!("{}", cli::crd_yaml());
             0

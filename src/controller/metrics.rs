@@ -1,0 +1,192 @@
+//! metrics: every controller metric, registered in this one place under the `kompress_` prefix.
+//! Labels are bounded: a result category, a phase, a namespace, a job's namespace/name and
+//! `baseline`/`candidate`; never error text or pod names.
+
+use crate::api::{CompressionJob, Phase};
+use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Metrics {
+    registry: Registry,
+    reconciliations: IntCounterVec,
+    reconcile_duration: HistogramVec,
+    jobs: IntGaugeVec,
+    original_bytes: GaugeVec,
+    compressed_bytes: GaugeVec,
+    ratio: GaugeVec,
+    accuracy: GaugeVec,
+    latency_p50: GaugeVec,
+    run_duration: GaugeVec,
+    promotions: IntCounterVec,
+    rejections: IntCounterVec,
+    leader: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("kompress".into()), None).expect("valid prefix");
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone())).expect("metric names are unique");
+            c
+        }
+        let job = &["namespace", "name"];
+        let model = &["namespace", "name", "model"];
+        let g = |name: &str, help: &str, labels: &[&str]| reg(&registry, GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"));
+        Self {
+            reconciliations: reg(&registry, IntCounterVec::new(Opts::new("reconciliations_total", "Reconciles by result: ok or the error category"), &["result"]).unwrap()),
+            reconcile_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("reconcile_duration_seconds", "Time of one reconcile by result").buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            jobs: reg(&registry, IntGaugeVec::new(Opts::new("jobs", "CompressionJobs by status phase"), &["phase"]).unwrap()),
+            original_bytes: g("job_original_bytes", "Size of the original model", job),
+            compressed_bytes: g("job_compressed_bytes", "Size of the compressed candidate", job),
+            ratio: g("job_compression_ratio", "original_bytes / compressed_bytes", job),
+            accuracy: g("job_accuracy_ratio", "Top-1 accuracy on the evaluation data (0..1)", model),
+            latency_p50: g("job_latency_p50_seconds", "Median inference latency of one timed batch", model),
+            run_duration: g("job_run_duration_seconds", "Start to completion of the worker Job", job),
+            promotions: reg(&registry, IntCounterVec::new(Opts::new("promotions_total", "Candidates promoted"), &["namespace"]).unwrap()),
+            rejections: reg(&registry, IntCounterVec::new(Opts::new("rejections_total", "Candidates rejected by a threshold"), &["namespace"]).unwrap()),
+            leader: reg(&registry, IntGauge::new("leader", "1 while this process holds the leader Lease (or runs without election)").unwrap()),
+            registry,
+        }
+    }
+
+    /// Starts timing one reconcile; it is recorded when the guard drops, with the result
+    /// set by [`ReconcileTimer::set_result`] (`cancelled` if it never was).
+    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer { metrics: self, start: Instant::now(), result: "cancelled" }
+    }
+
+    pub fn promoted(&self, namespace: &str) {
+        self.promotions.with_label_values(&[namespace]).inc();
+    }
+
+    pub fn rejected(&self, namespace: &str) {
+        self.rejections.with_label_values(&[namespace]).inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(leader as i64);
+    }
+
+    /// Rebuilds the per-phase and per-job gauges from the controller's cache, so deleted
+    /// CompressionJobs disappear from the metrics too.
+    pub fn refresh_jobs(&self, jobs: &[Arc<CompressionJob>]) {
+        for v in [&self.original_bytes, &self.compressed_bytes, &self.ratio, &self.accuracy, &self.latency_p50, &self.run_duration] {
+            v.reset();
+        }
+        for p in [Phase::Pending, Phase::Running, Phase::Succeeded, Phase::Rejected, Phase::Failed] {
+            self.jobs.with_label_values(&[p.as_str()]).set(0);
+        }
+        for cj in jobs {
+            let Some(status) = &cj.status else { continue };
+            if let Some(p) = status.phase {
+                self.jobs.with_label_values(&[p.as_str()]).inc();
+            }
+            let (ns, name) = (cj.metadata.namespace.as_deref().unwrap_or_default(), cj.metadata.name.as_deref().unwrap_or_default());
+            if let (Some(s), Some(c)) = (&status.start_time, &status.completion_time) {
+                self.run_duration.with_label_values(&[ns, name]).set((c.0.as_millisecond() - s.0.as_millisecond()) as f64 / 1000.0);
+            }
+            let Some(r) = &status.result else { continue };
+            self.original_bytes.with_label_values(&[ns, name]).set(r.original_bytes as f64);
+            self.compressed_bytes.with_label_values(&[ns, name]).set(r.compressed_bytes as f64);
+            self.ratio.with_label_values(&[ns, name]).set(r.ratio);
+            for (model, m) in [("baseline", &r.baseline), ("candidate", &r.candidate)] {
+                if let Some(a) = m.accuracy {
+                    self.accuracy.with_label_values(&[ns, name, model]).set(a);
+                }
+                self.latency_p50.with_label_values(&[ns, name, model]).set(m.latency_p50_ms / 1000.0);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding of gathered metrics");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+/// Times one reconcile and records count and duration when dropped (controller-rs style).
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+    result: &'static str,
+}
+
+impl ReconcileTimer<'_> {
+    /// `ok` or the error's static category.
+    pub fn set_result(&mut self, result: &'static str) {
+        self.result = result;
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        let m = self.metrics;
+        m.reconciliations.with_label_values(&[self.result]).inc();
+        m.reconcile_duration.with_label_values(&[self.result]).observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_timer_records_on_drop_with_its_result() {
+        let m = Metrics::new();
+        {
+            let mut t = m.reconcile_timer();
+            t.set_result("ok");
+        }
+        drop(m.reconcile_timer());
+        let text = m.encode();
+        assert!(text.contains(r#"kompress_reconciliations_total{result="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"kompress_reconciliations_total{result="cancelled"} 1"#));
+        assert!(text.contains(r#"kompress_reconcile_duration_seconds_count{result="ok"} 1"#));
+    }
+
+    #[test]
+    fn job_gauges_follow_the_cache_and_forget_deleted_jobs() {
+        let m = Metrics::new();
+        let cj: CompressionJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kompress.dev/v1alpha1", "kind": "CompressionJob",
+            "metadata": {"name": "digits", "namespace": "ml"},
+            "spec": {"model": {"uri": "m.onnx"}, "dataset": {"uri": "d.npz"}, "passes": [], "output": {"uri": "out"}},
+            "status": {"phase": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:30Z",
+                "result": {"verdict": "Passed", "originalBytes": 4000, "compressedBytes": 1000, "ratio": 4.0, "checks": [],
+                    "baseline": {"bytes": 4000, "samples": 10, "accuracy": 0.97, "latencyP50Ms": 2.0, "latencyP95Ms": 3.0},
+                    "candidate": {"bytes": 1000, "samples": 10, "accuracy": 0.96, "latencyP50Ms": 1.0, "latencyP95Ms": 2.0}}},
+        }))
+        .unwrap();
+        m.refresh_jobs(&[Arc::new(cj)]);
+        let text = m.encode();
+        for line in [
+            r#"kompress_jobs{phase="Succeeded"} 1"#,
+            r#"kompress_jobs{phase="Failed"} 0"#,
+            r#"kompress_job_compression_ratio{name="digits",namespace="ml"} 4"#,
+            r#"kompress_job_original_bytes{name="digits",namespace="ml"} 4000"#,
+            r#"kompress_job_accuracy_ratio{model="candidate",name="digits",namespace="ml"} 0.96"#,
+            r#"kompress_job_latency_p50_seconds{model="baseline",name="digits",namespace="ml"} 0.002"#,
+            r#"kompress_job_run_duration_seconds{name="digits",namespace="ml"} 90"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        m.refresh_jobs(&[]);
+        assert!(!m.encode().contains("digits"));
+    }
+}

@@ -1,0 +1,245 @@
+//! `kompress controller`: the operator. It watches CompressionJobs and runs each generation
+//! as a batch/v1 Job whose pod runs `kompress worker`, then writes status, Events and metrics
+//! from the worker's termination message.
+//!
+//! One reconcile is a named pipeline, one module a step; only apply, observe and the status
+//! write touch the API:
+//! [`validate`] -> [`build`] -> [`apply`] -> [`observe`] -> [`status`] (update_status).
+//! Around it: [`reconcile`] (wiring, error policy with per-object backoff), [`metrics`],
+//! [`admin`] (`/metrics`, `/healthz`, `/readyz`) and [`leader`] (Lease election).
+//!
+//! # RBAC
+//! Exactly what the controller's ServiceAccount needs (a ClusterRole, or a Role in the one
+//! namespace of `--namespace` plus the Lease namespace); nothing else, and no Secrets (the
+//! worker pod reads `spec.storage.secretRef` through `envFrom`, resolved by the kubelet):
+//!
+//! | apiGroup | resource | verbs |
+//! |---|---|---|
+//! | kompress.dev | compressionjobs | get, list, watch, patch |
+//! | kompress.dev | compressionjobs/status | get, patch, update |
+//! | batch | jobs | get, list, watch, create, patch, delete |
+//! | "" (core) | pods | get, list, watch |
+//! | events.k8s.io | events | create, patch |
+//! | coordination.k8s.io | leases | get, create, update, patch |
+//!
+//! The worker pod itself gets no token (`automountServiceAccountToken: false`).
+
+pub mod admin;
+pub mod apply;
+pub mod build;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod reconcile;
+pub mod status;
+pub mod validate;
+
+pub use build::{build_job, job_name};
+pub use error::{Error, Result};
+
+use crate::api::CompressionJob;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Toleration;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, reflector::Store, watcher};
+use kube::{Api, Client};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+pub const DEFAULT_WORKER_IMAGE: &str = "ghcr.io/kompress/kompress:0.1.0";
+pub const DEFAULT_WORKER_GPU_IMAGE: &str = "ghcr.io/kompress/kompress:0.1.0-gpu";
+
+/// What the worker Jobs look like where the spec leaves it open.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub worker_image: String,
+    pub gpu_image: String,
+    /// Node selector of GPU workers; the spec's `nodeSelector` wins per key.
+    pub gpu_node_selector: BTreeMap<String, String>,
+    /// Tolerations of GPU workers; the spec's are added.
+    pub gpu_tolerations: Vec<Toleration>,
+    /// Watch one namespace; all when None.
+    pub namespace: Option<String>,
+    pub default_cpu: String,
+    pub default_memory: String,
+    pub default_scratch: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            worker_image: DEFAULT_WORKER_IMAGE.into(),
+            gpu_image: DEFAULT_WORKER_GPU_IMAGE.into(),
+            gpu_node_selector: BTreeMap::new(),
+            gpu_tolerations: vec![parse_toleration("nvidia.com/gpu:NoSchedule").expect("valid default")],
+            namespace: None,
+            default_cpu: "1".into(),
+            default_memory: "2Gi".into(),
+            default_scratch: "10Gi".into(),
+        }
+    }
+}
+
+/// `key=value` (a node selector entry).
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
+        _ => Err(format!("`{s}` is not key=value")),
+    }
+}
+
+/// `key[=value][:Effect]`, as in `kubectl taint`: without a value the operator is Exists,
+/// without an effect every effect is tolerated.
+pub fn parse_toleration(s: &str) -> Result<Toleration, String> {
+    let (kv, effect) = match s.rsplit_once(':') {
+        Some((kv, e)) if ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e) => (kv, Some(e.to_string())),
+        Some(_) => return Err(format!("`{s}`: the effect must be NoSchedule, PreferNoSchedule or NoExecute")),
+        None => (s, None),
+    };
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (kv, None),
+    };
+    if key.is_empty() {
+        return Err(format!("`{s}` has no key; expected key[=value][:Effect]"));
+    }
+    Ok(Toleration { key: Some(key.into()), operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()), value, effect, ..Default::default() })
+}
+
+/// What the admin endpoint reads: metrics, readiness, and the controller's cache once this
+/// process leads.
+#[derive(Default)]
+pub struct State {
+    pub metrics: metrics::Metrics,
+    ready: AtomicBool,
+    store: OnceLock<Store<CompressionJob>>,
+}
+
+impl State {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn render_metrics(&self) -> String {
+        if let Some(store) = self.store.get() {
+            self.metrics.refresh_jobs(&store.state());
+        }
+        self.metrics.encode()
+    }
+}
+
+/// Everything `kompress controller` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: ControllerConfig,
+    pub metrics_addr: SocketAddr,
+    pub leader_elect: bool,
+    /// Namespace of the Lease; the client's default namespace (in a pod: its own) when None.
+    pub lease_namespace: Option<String>,
+    pub identity: String,
+}
+
+/// Runs the admin endpoint and, once leader (or at once without election), the controller,
+/// until a signal stops it or leadership is lost.
+pub async fn run(opts: Options) -> Result<()> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let state = Arc::new(State::default());
+    let admin = admin::serve(opts.metrics_addr, state.clone());
+    let work = async {
+        if !opts.leader_elect {
+            state.metrics.set_leader(true);
+            return run_controller(client, opts.config, state.clone()).await;
+        }
+        let namespace = opts.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        let mut lease = leader::LeaseLock::new(client.clone(), &namespace, opts.identity.clone());
+        // standby replicas are ready: they serve metrics and wait for the Lease
+        lease.acquire(|| state.set_ready()).await;
+        tracing::info!(identity = %lease.identity(), lease = %format!("{namespace}/{}", leader::LEASE_NAME), "acquired leadership");
+        state.metrics.set_leader(true);
+        let result = tokio::select! {
+            r = run_controller(client, opts.config, state.clone()) => r,
+            lost = lease.hold() => Err(lost),
+        };
+        if result.is_ok() {
+            lease.release().await;
+        }
+        result
+    };
+    tokio::select! {
+        r = admin => r,
+        r = work => r,
+    }
+}
+
+/// The kube-runtime Controller on CompressionJobs owning batch/v1 Jobs; returns after a
+/// shutdown signal (SIGTERM, ctrl-c) once in-flight reconciles have finished.
+pub async fn run_controller(client: Client, config: ControllerConfig, state: Arc<State>) -> Result<()> {
+    let (cjs, jobs): (Api<CompressionJob>, Api<Job>) = match &config.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // fail fast with a clear error when the CRD is missing or RBAC forbids the watch
+    cjs.list(&kube::api::ListParams::default().limit(1)).await.map_err(Error::ListCompressionJobs)?;
+    let controller = Controller::new(cjs, watcher::Config::default().any_semantic())
+        .owns(jobs, watcher::Config::default().labels(build::labels::MANAGED_SELECTOR).any_semantic())
+        .shutdown_on_signal();
+    let store = controller.store();
+    let _ = state.store.set(store.clone());
+    let ready = {
+        let state = state.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                tracing::info!("CompressionJob cache synced; ready");
+                state.set_ready();
+            }
+        }
+    };
+    let reporter = Reporter { controller: "kompress".into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(reconcile::Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        config,
+        state,
+        failures: Default::default(),
+    });
+    let run = controller.run(reconcile::reconcile, reconcile::error_policy, ctx).for_each(|r| async move {
+        match r {
+            Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by the error policy
+            Err(e) => tracing::warn!(error = %crate::pipeline::error_chain(&e), "controller"),
+        }
+    });
+    futures::join!(run, ready);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerations_parse_like_kubectl_taints() {
+        let t = parse_toleration("nvidia.com/gpu:NoSchedule").unwrap();
+        assert_eq!((t.key.as_deref(), t.operator.as_deref(), t.value.as_deref(), t.effect.as_deref()), (Some("nvidia.com/gpu"), Some("Exists"), None, Some("NoSchedule")));
+        let t = parse_toleration("dedicated=ml:NoExecute").unwrap();
+        assert_eq!((t.operator.as_deref(), t.value.as_deref(), t.effect.as_deref()), (Some("Equal"), Some("ml"), Some("NoExecute")));
+        assert_eq!(parse_toleration("gpu").unwrap().effect, None);
+        assert!(parse_toleration("gpu:Sometimes").is_err());
+        assert!(parse_toleration(":NoSchedule").is_err());
+    }
+
+    #[test]
+    fn node_selector_entries_are_key_value() {
+        assert_eq!(parse_key_value("pool=a100").unwrap(), ("pool".to_string(), "a100".to_string()));
+        assert!(parse_key_value("pool").is_err());
+        assert!(parse_key_value("=x").is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! observe: where the current generation's Job is, and once it has finished, what the worker
+//! reported in its termination message (read from the Job's pods; the worker has no API access).
+
+use super::error::{Error, Result};
+use super::status::{Observed, Run};
+use crate::api::Phase;
+use crate::cli::WorkerMessage;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+/// The Job's own view of its progress.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Pending,
+    Running,
+    Complete,
+    /// The Job's Failed condition: reason (BackoffLimitExceeded, DeadlineExceeded,
+    /// PodFailurePolicy, ...) and message.
+    Failed { reason: String, message: String, at: Option<Time> },
+}
+
+fn true_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Complete and Failed are terminal (FailureTarget and SuccessCriteriaMet come first, while
+/// pods may still be terminating); Running once a pod is ready.
+pub fn progress(job: &Job) -> Progress {
+    if true_condition(job, "Complete").is_some() {
+        return Progress::Complete;
+    }
+    if let Some(c) = true_condition(job, "Failed") {
+        return Progress::Failed {
+            reason: c.reason.clone().unwrap_or_default(),
+            message: c.message.clone().unwrap_or_default(),
+            at: c.last_transition_time.clone(),
+        };
+    }
+    match job.status.as_ref().and_then(|s| s.ready) {
+        Some(n) if n > 0 => Progress::Running,
+        _ => Progress::Pending,
+    }
+}
+
+/// The termination message of the worker container that finished last, with its finish time.
+pub fn termination_message(pods: &[Pod]) -> Option<(String, Option<Time>)> {
+    pods.iter()
+        .filter_map(|p| {
+            let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+            let s = statuses.iter().find(|s| s.name == super::build::CONTAINER).or(statuses.first())?;
+            let t = s.state.as_ref()?.terminated.as_ref()?;
+            Some((t.message.clone().unwrap_or_default(), t.finished_at.clone()))
+        })
+        .max_by(|a, b| a.1.as_ref().map(|t| t.0).cmp(&b.1.as_ref().map(|t| t.0)))
+}
+
+/// What a finished Job means, from the Job's progress and the last worker's message. A
+/// message that is not the worker's JSON (a crash: FallbackToLogsOnError put the log tail
+/// there) or no message at all makes a failure with the Job's reason.
+pub fn outcome(progress: &Progress, message: Option<&str>) -> WorkerMessage {
+    if let Some(m) = message.and_then(|m| serde_json::from_str::<WorkerMessage>(m.trim()).ok()) {
+        return m;
+    }
+    let (reason, why) = match progress {
+        Progress::Failed { reason, message, .. } => (reason.clone(), message.clone()),
+        _ => ("WorkerFailed".to_string(), "the worker Job completed".to_string()),
+    };
+    let tail = message.map(str::trim).filter(|m| !m.is_empty()).map(|m| {
+        let start = m.len().saturating_sub(1000);
+        let start = (start..m.len()).find(|&i| m.is_char_boundary(i)).unwrap_or(m.len());
+        format!("; its last output: {}", &m[start..])
+    });
+    WorkerMessage {
+        phase: Phase::Failed,
+        result: None,
+        reason: Some(if reason.is_empty() { "WorkerFailed".into() } else { reason }),
+        permanent: None,
+        message: Some(format!("{why} without a readable result{}", tail.unwrap_or_default())),
+    }
+}
+
+/// Reads the Job's pods once it has finished and turns everything into an observation.
+pub async fn observe(client: &Client, job: &Job) -> Result<(Run, Observed)> {
+    let name = job.name_any();
+    let status = job.status.clone().unwrap_or_default();
+    let mut run = Run { job_name: name.clone(), start_time: status.start_time, completion_time: status.completion_time };
+    let progress = progress(job);
+    let observed = match &progress {
+        Progress::Pending => Observed::Pending,
+        Progress::Running => Observed::Running,
+        Progress::Complete | Progress::Failed { .. } => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+            // the Job's uid, not its name: a deleted and re-created Job of the same name has other pods
+            let selector = match job.uid() {
+                Some(uid) => format!("batch.kubernetes.io/controller-uid={uid}"),
+                None => format!("batch.kubernetes.io/job-name={name}"),
+            };
+            let lp = ListParams::default().labels(&selector);
+            let list = pods.list(&lp).await.map_err(|source| Error::ListPods { name: name.clone(), source })?;
+            let found = termination_message(&list.items);
+            if let Progress::Failed { at, .. } = &progress {
+                run.completion_time = run.completion_time.or(at.clone()).or(found.as_ref().and_then(|f| f.1.clone()));
+            }
+            Observed::Finished(Box::new(outcome(&progress, found.as_ref().map(|f| f.0.as_str()))))
+        }
+    };
+    Ok((run, observed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(status: serde_json::Value) -> Job {
+        serde_json::from_value(json!({"metadata": {"name": "j", "namespace": "ns"}, "status": status})).unwrap()
+    }
+
+    fn pod(message: &str, finished: &str) -> Pod {
+        serde_json::from_value(json!({"status": {"containerStatuses": [{
+            "name": "worker", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": finished}},
+        }]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn job_progress_follows_its_terminal_conditions_and_ready_pods() {
+        assert_eq!(progress(&job(json!({}))), Progress::Pending);
+        assert_eq!(progress(&job(json!({"active": 1, "ready": 0}))), Progress::Pending);
+        assert_eq!(progress(&job(json!({"active": 1, "ready": 1}))), Progress::Running);
+        let failing = json!({"active": 1, "ready": 1, "conditions": [{"type": "FailureTarget", "status": "True"}]});
+        assert_eq!(progress(&job(failing)), Progress::Running, "FailureTarget is not terminal yet");
+        assert_eq!(progress(&job(json!({"conditions": [{"type": "Complete", "status": "True"}]}))), Progress::Complete);
+        let failed = progress(&job(json!({"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 65"}]})));
+        assert!(matches!(failed, Progress::Failed { ref reason, .. } if reason == "PodFailurePolicy"), "{failed:?}");
+    }
+
+    #[test]
+    fn the_last_finished_worker_speaks() {
+        let pods = [pod("first", "2026-01-01T00:00:00Z"), pod("last", "2026-01-01T00:05:00Z"), pod("middle", "2026-01-01T00:01:00Z")];
+        assert_eq!(termination_message(&pods).unwrap().0, "last");
+        assert_eq!(termination_message(&[]), None);
+    }
+
+    #[test]
+    fn worker_json_is_the_outcome() {
+        let m = WorkerMessage { phase: Phase::Rejected, result: Some(Default::default()), reason: None, permanent: None, message: None };
+        assert_eq!(outcome(&Progress::Complete, Some(&m.to_json())), m);
+    }
+
+    #[test]
+    fn a_crash_log_in_the_message_fails_with_the_job_reason_and_the_log_tail() {
+        let failed = Progress::Failed { reason: "BackoffLimitExceeded".into(), message: "Job has reached the specified backoff limit".into(), at: None };
+        let m = outcome(&failed, Some("thread 'main' panicked at src/x.rs:1"));
+        assert_eq!(m.phase, Phase::Failed);
+        assert_eq!(m.reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert!(m.message.as_deref().unwrap().contains("panicked"), "{m:?}");
+        let lost = outcome(&Progress::Complete, None);
+        assert_eq!((lost.phase, lost.reason.as_deref()), (Phase::Failed, Some("WorkerFailed")));
+    }
+}
