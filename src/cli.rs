@@ -105,6 +105,10 @@ pub struct ControllerArgs {
     /// replaces the default).
     #[arg(long = "gpu-toleration", value_name = "KEY[=VALUE][:EFFECT]", default_value = "nvidia.com/gpu:NoSchedule", value_parser = crate::controller::parse_toleration)]
     pub gpu_toleration: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// GPU tolerations as a JSON list of core/v1 Tolerations (the Helm chart sets it);
+    /// replaces --gpu-toleration.
+    #[arg(long = "gpu-tolerations-json", env = "KOMPRESS_GPU_TOLERATIONS", value_name = "JSON", value_parser = crate::controller::parse_tolerations_json)]
+    pub gpu_tolerations_json: Option<crate::controller::TolerationList>,
     /// Watch CompressionJobs in this namespace only (default: all namespaces).
     #[arg(long, env = "KOMPRESS_NAMESPACE")]
     pub namespace: Option<String>,
@@ -456,7 +460,7 @@ pub async fn controller(args: ControllerArgs) -> i32 {
             worker_image: args.worker_image,
             gpu_image: args.worker_gpu_image,
             gpu_node_selector: args.gpu_node_selector.into_iter().collect(),
-            gpu_tolerations: args.gpu_toleration,
+            gpu_tolerations: args.gpu_tolerations_json.map(|l| l.0).unwrap_or(args.gpu_toleration),
             namespace: args.namespace,
             default_cpu: args.default_cpu,
             default_memory: args.default_memory,

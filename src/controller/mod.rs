@@ -110,6 +110,14 @@ pub fn parse_toleration(s: &str) -> Result<Toleration, String> {
     Ok(Toleration { key: Some(key.into()), operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()), value, effect, ..Default::default() })
 }
 
+/// A JSON list of core/v1 Tolerations (the Helm chart passes `worker.gpu.tolerations` so).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TolerationList(pub Vec<Toleration>);
+
+pub fn parse_tolerations_json(s: &str) -> Result<TolerationList, String> {
+    serde_json::from_str(s).map(TolerationList).map_err(|e| format!("not a JSON list of tolerations: {e}"))
+}
+
 /// What the admin endpoint reads: metrics, readiness, and the controller's cache once this
 /// process leads.
 #[derive(Default)]
@@ -241,5 +249,12 @@ mod tests {
         assert_eq!(parse_key_value("pool=a100").unwrap(), ("pool".to_string(), "a100".to_string()));
         assert!(parse_key_value("pool").is_err());
         assert!(parse_key_value("=x").is_err());
+    }
+
+    #[test]
+    fn tolerations_json_is_what_the_chart_passes() {
+        let list = parse_tolerations_json(r#"[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]"#).unwrap();
+        assert_eq!(list.0, ControllerConfig::default().gpu_tolerations);
+        assert!(parse_tolerations_json("nvidia.com/gpu").is_err());
     }
 }

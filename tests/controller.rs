@@ -1,0 +1,278 @@
+//! `kompress controller` against the real test control plane (hack/testenv: etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler and a node agent that runs pods as
+//! local processes, `kompress` from its PATH). Each test gets its own namespace and its own
+//! in-process controller watching only that namespace, so the tests run in parallel.
+//!
+//! Run: `KUBECONFIG=$(KOMPRESS_TESTENV_AGENT_PATH=$PWD/target/debug hack/testenv/up) cargo test --test controller -- --ignored`
+
+mod support;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kompress::api::{CompressionJob, Phase, condition};
+use kompress::controller::{ControllerConfig, State, leader::LeaseLock, run_controller};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+const NEEDS: &str = "needs the test control plane: run via make test-cluster";
+/// A worker run of the digits example takes seconds; the margin is for a busy machine.
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn client() -> Client {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        panic!(
+            "KUBECONFIG is not set: these tests need the test control plane. Start it with \
+             `KOMPRESS_TESTENV_AGENT_PATH=$PWD/target/debug hack/testenv/up` (it prints the kubeconfig path) \
+             and run `KUBECONFIG=<that path> cargo test --test controller -- --ignored`"
+        );
+    }
+    Client::try_default().await.expect("a client from KUBECONFIG")
+}
+
+/// Installs the CRD (idempotent: server-side apply) and waits until it serves.
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = CompressionJob::crd();
+    let name = crd.name_any();
+    crds.patch(&name, &PatchParams::apply("kompress-tests").force(), &Patch::Apply(&crd)).await.expect("apply the CRD");
+    tokio::time::timeout(API_TIMEOUT, await_condition(crds, &name, conditions::is_crd_established()))
+        .await
+        .expect("CRD established in time")
+        .expect("watching the CRD");
+}
+
+/// A fresh namespace with a controller watching only it; deleted on drop.
+struct Env {
+    client: Client,
+    ns: String,
+    cjs: Api<CompressionJob>,
+    jobs: Api<Job>,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn new(test: &str) -> Self {
+        let client = client().await;
+        install_crd(&client).await;
+        let ns = format!("kt-{test}-{:x}", std::process::id() as u64 * 1000 + rand_suffix());
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        nss.create(&PostParams::default(), &namespace).await.expect("create the test namespace");
+        let config = ControllerConfig { namespace: Some(ns.clone()), worker_image: "kompress:test".into(), ..ControllerConfig::default() };
+        tokio::spawn(run_controller(client.clone(), config, Arc::new(State::default())));
+        let dir = tempfile::tempdir().unwrap();
+        Self { cjs: Api::namespaced(client.clone(), &ns), jobs: Api::namespaced(client.clone(), &ns), client, ns, dir }
+    }
+
+    async fn create(&self, yaml: &str) -> CompressionJob {
+        let cj: CompressionJob = serde_yaml::from_str(yaml).expect("test manifest parses");
+        self.cjs.create(&PostParams::default(), &cj).await.expect("create the CompressionJob")
+    }
+
+    /// Waits for `cond` on the CompressionJob; on timeout fails with its status, its Jobs and
+    /// where the worker logs are.
+    async fn wait(&self, name: &str, what: &str, timeout: Duration, cond: impl Condition<CompressionJob>) -> CompressionJob {
+        match tokio::time::timeout(timeout, await_condition(self.cjs.clone(), name, cond)).await {
+            Ok(Ok(Some(cj))) => cj,
+            other => {
+                let cj = self.cjs.get_opt(name).await.ok().flatten();
+                let jobs = self.jobs.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+                panic!(
+                    "{name} never got {what} ({other:?} after {timeout:?}).\nstatus: {}\njobs: {}\n(worker logs: the node agent's state dir, e.g. hack/testenv/.run/agents/*/logs)",
+                    serde_json::to_string_pretty(&cj.and_then(|c| c.status)).unwrap(),
+                    serde_json::to_string_pretty(&jobs.iter().map(|j| (j.name_any(), j.status.clone())).collect::<Vec<_>>()).unwrap()
+                )
+            }
+        }
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase, generation: i64) -> CompressionJob {
+        self.wait(name, &format!("phase {phase:?} for generation {generation}"), RUN_TIMEOUT, move |o: Option<&CompressionJob>| {
+            o.and_then(|c| c.status.as_ref()).is_some_and(|s| s.phase == Some(phase) && s.observed_generation == Some(generation))
+        })
+        .await
+    }
+
+    fn digits(&self, name: &str, thresholds: &str) -> String {
+        let r = repo();
+        let model = r.join("examples/digits/model.onnx").display().to_string();
+        let data = r.join("examples/digits/eval.npz").display().to_string();
+        let yaml = job_yaml(name, &model, &data, "    - quantize:\n        perChannel: true", thresholds, &self.out());
+        yaml.replacen("metadata:\n", &format!("metadata:\n  namespace: {}\n", self.ns), 1)
+    }
+
+    fn out(&self) -> std::path::PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    async fn events(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let list = events.list(&ListParams::default()).await.expect("list Events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let (client, ns) = (self.client.clone(), self.ns.clone());
+        // best effort, and not awaited: the namespace controller removes the rest
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await.ok() });
+        })
+        .join();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 1000
+}
+
+fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
+    let c = cj.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    (c.status.as_str(), c.reason.as_str())
+}
+
+const GATE: &str = "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via make test-cluster"]
+async fn compression_job_gets_one_hardened_worker_job_per_generation() {
+    let env = Env::new("shape").await;
+    let cj = env.create(&env.digits("shape", GATE)).await;
+    let name = kompress::controller::job_name(&cj);
+    let job = tokio::time::timeout(API_TIMEOUT, await_condition(env.jobs.clone(), &name, conditions::is_created())).await.expect(NEEDS).unwrap().unwrap();
+
+    let owner = &job.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.controller, owner.uid.as_str()), ("CompressionJob", Some(true), cj.uid().unwrap().as_str()));
+    assert!(job.managed_fields().iter().any(|f| f.manager.as_deref() == Some("kompress") && f.operation.as_deref() == Some("Apply")), "server-side applied by kompress");
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(2));
+    let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+    assert_eq!(rules[0].action, "FailJob");
+    assert_eq!(rules[0].on_exit_codes.as_ref().unwrap().values, [65]);
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let c = &pod.containers[0];
+    assert_eq!(c.command.as_deref(), Some(&["kompress".to_string(), "worker".to_string()][..]));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation, sc.run_as_non_root), (Some(true), Some(false), Some(true)));
+    assert_eq!(job.labels().get("kompress.dev/generation").map(String::as_str), Some("1"));
+    // the API server accepted and defaulted it: the podFailurePolicy made it past validation
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via make test-cluster"]
+async fn digits_example_succeeds_is_promoted_and_records_events() {
+    let env = Env::new("digits").await;
+    env.create(&env.digits("digits", GATE)).await;
+    let cj = env.wait_phase("digits", Phase::Succeeded, 1).await;
+
+    let status = cj.status.as_ref().unwrap();
+    let result = status.result.as_ref().expect("the worker's result in status");
+    assert!(result.ratio >= 3.5, "ratio {}", result.ratio);
+    assert!(result.promoted.as_ref().is_some_and(|p| p.uri.starts_with(&env.out().join("production").display().to_string())), "{result:?}");
+    assert_eq!(cond(&cj, condition::READY), ("True", "ThresholdsPassed"));
+    assert_eq!(cond(&cj, condition::PROMOTED), ("True", "Promoted"));
+    assert_eq!(cond(&cj, condition::RECONCILING).0, "False");
+    assert_eq!(cond(&cj, condition::STALLED).0, "False");
+    assert!(status.conditions.iter().all(|c| c.observed_generation == Some(1)));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert_eq!(status.job_name.as_deref(), Some(kompress::controller::job_name(&cj).as_str()));
+    assert!(env.out().join("production/promoted.json").exists(), "promoted.json written by the worker pod");
+
+    let reasons = env.events("digits").await;
+    assert!(reasons.iter().any(|r| r == "JobCreated") && reasons.iter().any(|r| r == "Promoted"), "{reasons:?}");
+    // one Job for the generation, however many reconciles happened
+    assert_eq!(env.jobs.list(&ListParams::default()).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via make test-cluster"]
+async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
+    let env = Env::new("invalid").await;
+    // valid for the CRD's CEL rules, invalid for kompress: output on read-only https
+    let bad = env.digits("fixme", GATE).replacen(&format!("uri: {}", env.out().join("candidates").display()), "uri: https://example.com/out/", 1);
+    env.create(&bad).await;
+    let cj = env.wait_phase("fixme", Phase::Failed, 1).await;
+    assert_eq!(cond(&cj, condition::STALLED), ("True", "InvalidSpec"));
+    assert_eq!(cond(&cj, condition::READY), ("False", "InvalidSpec"));
+    assert!(cj.status.as_ref().unwrap().message.as_deref().unwrap().contains("spec.output.uri"), "{:?}", cj.status);
+    assert!(env.jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "no Job for an invalid spec");
+    assert!(env.events("fixme").await.iter().any(|r| r == "InvalidSpec"));
+
+    let fixed = serde_json::json!({"spec": {"output": {"uri": env.out().join("candidates").display().to_string()}}});
+    env.cjs.patch("fixme", &PatchParams::default(), &Patch::Merge(&fixed)).await.unwrap();
+    let cj = env.wait_phase("fixme", Phase::Succeeded, 2).await;
+    assert!(cj.status.as_ref().unwrap().job_name.as_deref().unwrap().contains("-g2-"));
+    assert_eq!(cond(&cj, condition::STALLED), ("False", "ThresholdsPassed"));
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via make test-cluster"]
+async fn gate_failing_candidate_is_rejected_and_its_job_is_not_retried() {
+    let env = Env::new("reject").await;
+    env.create(&env.digits("strict", "    minCompressionRatio: 100")).await;
+    let cj = env.wait_phase("strict", Phase::Rejected, 1).await;
+    assert_eq!(cond(&cj, condition::READY), ("False", "ThresholdsFailed"));
+    assert_eq!(cond(&cj, condition::EVALUATED).0, "True");
+    assert_eq!(cond(&cj, condition::PROMOTED), ("False", "NotPromoted"));
+    assert_eq!(cond(&cj, condition::STALLED).0, "False", "a rejection is an outcome, not an error");
+    assert!(cj.status.as_ref().unwrap().message.as_deref().unwrap().contains("minCompressionRatio"));
+    assert!(!env.out().join("production/promoted.json").exists(), "nothing promoted");
+
+    let job = env.jobs.get(&kompress::controller::job_name(&cj)).await.unwrap();
+    let js = job.status.unwrap();
+    assert_eq!((js.succeeded, js.failed.unwrap_or(0)), (Some(1), 0), "the worker exited 0: one pod, no retry");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert!(env.events("strict").await.iter().any(|r| r == "Rejected"));
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via make test-cluster"]
+async fn permanent_worker_error_fails_the_job_at_once_and_stalls() {
+    let env = Env::new("permanent").await;
+    let missing = Path::new("/nonexistent/model.onnx").display().to_string();
+    let yaml = env.digits("broken", GATE).replacen(&repo().join("examples/digits/model.onnx").display().to_string(), &missing, 1);
+    env.create(&yaml).await;
+    let cj = env.wait_phase("broken", Phase::Failed, 1).await;
+    let (stalled, reason) = cond(&cj, condition::STALLED);
+    assert_eq!(stalled, "True");
+    assert_ne!(reason, "InvalidSpec", "the spec is valid; the worker failed");
+    let job = env.jobs.get(&kompress::controller::job_name(&cj)).await.unwrap();
+    assert_eq!(job.status.unwrap().failed, Some(1), "exit 65 fails the Job through podFailurePolicy, without the 2 retries");
+    assert!(env.events("broken").await.iter().any(|r| r == reason));
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via make test-cluster"]
+async fn one_leader_at_a_time_and_a_released_lease_passes_on() {
+    let client = client().await;
+    let ns = format!("kt-lease-{:x}", std::process::id() as u64 * 1000 + rand_suffix());
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap()).await.unwrap();
+    let mut a = LeaseLock::new(client.clone(), &ns, "replica-a".into());
+    let mut b = LeaseLock::new(client.clone(), &ns, "replica-b".into());
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the first candidate takes the free Lease");
+    assert!(!b.try_acquire_or_renew().await.unwrap(), "a held, fresh Lease is not taken");
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    a.release().await;
+    assert!(b.try_acquire_or_renew().await.unwrap(), "a released Lease is free at once");
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    nss.delete(&ns, &DeleteParams::background()).await.ok();
+}
