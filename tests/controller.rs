@@ -15,6 +15,7 @@ use kompress::api::{CompressionJob, Phase, condition};
 use kompress::controller::{ControllerConfig, State, leader::LeaseLock, run_controller};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ async fn install_crd(client: &Client) {
         .expect("watching the CRD");
 }
 
-/// A fresh namespace with a controller watching only it; deleted on drop.
+/// A fresh namespace with a controller watching only it.
 struct Env {
     client: Client,
     ns: String,
@@ -113,26 +114,27 @@ impl Env {
         self.dir.path().to_path_buf()
     }
 
-    async fn events(&self, name: &str) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        let list = events.list(&ListParams::default()).await.expect("list Events");
-        list.items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
-            .collect()
+    /// Deletes the namespace. Only passing tests call it: a failing one leaves its namespace
+    /// (CompressionJob, Jobs, Events) for the post-mortem.
+    async fn cleanup(self) {
+        Api::<Namespace>::all(self.client.clone()).delete(&self.ns, &DeleteParams::background()).await.ok();
     }
-}
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let (client, ns) = (self.client.clone(), self.ns.clone());
-        // best effort, and not awaited: the namespace controller removes the rest
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await.ok() });
-        })
-        .join();
+    /// Waits until an Event with `reason` regards the CompressionJob `name` (the controller
+    /// records it right after the status write that the test awaited).
+    async fn wait_event(&self, name: &str, reason: &str) {
+        use futures::TryStreamExt;
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let stream = watcher(events, watcher::Config::default()).applied_objects();
+        let found = stream.try_filter(|e| {
+            let hit = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.reason.as_deref() == Some(reason);
+            std::future::ready(hit)
+        });
+        futures::pin_mut!(found);
+        match tokio::time::timeout(API_TIMEOUT, found.try_next()).await {
+            Ok(Ok(Some(_))) => {}
+            other => panic!("no {reason} Event for {name} ({other:?})"),
+        }
     }
 }
 
@@ -173,6 +175,7 @@ async fn compression_job_gets_one_hardened_worker_job_per_generation() {
     assert_eq!(job.labels().get("kompress.dev/generation").map(String::as_str), Some("1"));
     // the API server accepted and defaulted it: the podFailurePolicy made it past validation
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -195,10 +198,11 @@ async fn digits_example_succeeds_is_promoted_and_records_events() {
     assert_eq!(status.job_name.as_deref(), Some(kompress::controller::job_name(&cj).as_str()));
     assert!(env.out().join("production/promoted.json").exists(), "promoted.json written by the worker pod");
 
-    let reasons = env.events("digits").await;
-    assert!(reasons.iter().any(|r| r == "JobCreated") && reasons.iter().any(|r| r == "Promoted"), "{reasons:?}");
+    env.wait_event("digits", "JobCreated").await;
+    env.wait_event("digits", "Promoted").await;
     // one Job for the generation, however many reconciles happened
     assert_eq!(env.jobs.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -213,13 +217,14 @@ async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
     assert_eq!(cond(&cj, condition::READY), ("False", "InvalidSpec"));
     assert!(cj.status.as_ref().unwrap().message.as_deref().unwrap().contains("spec.output.uri"), "{:?}", cj.status);
     assert!(env.jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "no Job for an invalid spec");
-    assert!(env.events("fixme").await.iter().any(|r| r == "InvalidSpec"));
+    env.wait_event("fixme", "InvalidSpec").await;
 
     let fixed = serde_json::json!({"spec": {"output": {"uri": env.out().join("candidates").display().to_string()}}});
     env.cjs.patch("fixme", &PatchParams::default(), &Patch::Merge(&fixed)).await.unwrap();
     let cj = env.wait_phase("fixme", Phase::Succeeded, 2).await;
     assert!(cj.status.as_ref().unwrap().job_name.as_deref().unwrap().contains("-g2-"));
     assert_eq!(cond(&cj, condition::STALLED), ("False", "ThresholdsPassed"));
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -240,7 +245,8 @@ async fn gate_failing_candidate_is_rejected_and_its_job_is_not_retried() {
     assert_eq!((js.succeeded, js.failed.unwrap_or(0)), (Some(1), 0), "the worker exited 0: one pod, no retry");
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
     assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1);
-    assert!(env.events("strict").await.iter().any(|r| r == "Rejected"));
+    env.wait_event("strict", "Rejected").await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -256,7 +262,8 @@ async fn permanent_worker_error_fails_the_job_at_once_and_stalls() {
     assert_ne!(reason, "InvalidSpec", "the spec is valid; the worker failed");
     let job = env.jobs.get(&kompress::controller::job_name(&cj)).await.unwrap();
     assert_eq!(job.status.unwrap().failed, Some(1), "exit 65 fails the Job through podFailurePolicy, without the 2 retries");
-    assert!(env.events("broken").await.iter().any(|r| r == reason));
+    env.wait_event("broken", reason).await;
+    env.cleanup().await;
 }
 
 #[tokio::test]
