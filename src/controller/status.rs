@@ -108,11 +108,13 @@ pub fn desired(generation: Option<i64>, old: Option<&CompressionJobStatus>, run:
         .into_iter()
         .map(|(type_, status, reason)| {
             let kept = old_conditions.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
+            // the why goes on Ready and on conditions that hold, not five copies of it
+            let message = if type_ == condition::READY || status == t { message.clone() } else { String::new() };
             Condition {
                 type_: type_.into(),
                 status: status.into(),
                 reason,
-                message: message.clone(),
+                message,
                 observed_generation: generation,
                 last_transition_time: kept.unwrap_or_else(|| now.clone()),
             }
@@ -219,6 +221,8 @@ mod tests {
         assert_eq!((s.start_time.clone(), s.completion_time.clone()), (Some(at(100)), Some(at(160))));
         assert_eq!(s.job_name.as_deref(), Some("digits-g2-0123abcd"));
         assert!(s.message.as_deref().unwrap().contains("s3://m/production/"));
+        assert_eq!(cond(&s, "Ready").message, *s.message.as_ref().unwrap());
+        assert_eq!(cond(&s, "Stalled").message, "", "a False Stalled needs no story");
     }
 
     #[test]
