@@ -460,7 +460,10 @@ pub async fn controller(args: ControllerArgs) -> i32 {
             worker_image: args.worker_image,
             gpu_image: args.worker_gpu_image,
             gpu_node_selector: args.gpu_node_selector.into_iter().collect(),
-            gpu_tolerations: args.gpu_tolerations_json.map(|l| l.0).unwrap_or(args.gpu_toleration),
+            gpu_tolerations: args
+                .gpu_tolerations_json
+                .map(|l| l.0)
+                .unwrap_or(args.gpu_toleration),
             namespace: args.namespace,
             default_cpu: args.default_cpu,
             default_memory: args.default_memory,

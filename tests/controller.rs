@@ -35,7 +35,9 @@ async fn client() -> Client {
              and run `KUBECONFIG=<that path> cargo test --test controller -- --ignored`"
         );
     }
-    Client::try_default().await.expect("a client from KUBECONFIG")
+    Client::try_default()
+        .await
+        .expect("a client from KUBECONFIG")
 }
 
 /// Installs the CRD (idempotent: server-side apply) and waits until it serves.
@@ -43,11 +45,20 @@ async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = CompressionJob::crd();
     let name = crd.name_any();
-    crds.patch(&name, &PatchParams::apply("kompress-tests").force(), &Patch::Apply(&crd)).await.expect("apply the CRD");
-    tokio::time::timeout(API_TIMEOUT, await_condition(crds, &name, conditions::is_crd_established()))
-        .await
-        .expect("CRD established in time")
-        .expect("watching the CRD");
+    crds.patch(
+        &name,
+        &PatchParams::apply("kompress-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
+    tokio::time::timeout(
+        API_TIMEOUT,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("watching the CRD");
 }
 
 /// A fresh namespace with a controller watching only it.
@@ -63,42 +74,89 @@ impl Env {
     async fn new(test: &str) -> Self {
         let client = client().await;
         install_crd(&client).await;
-        let ns = format!("kt-{test}-{:x}", std::process::id() as u64 * 1000 + rand_suffix());
+        let ns = format!(
+            "kt-{test}-{:x}",
+            std::process::id() as u64 * 1000 + rand_suffix()
+        );
         let nss: Api<Namespace> = Api::all(client.clone());
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-        nss.create(&PostParams::default(), &namespace).await.expect("create the test namespace");
-        let config = ControllerConfig { namespace: Some(ns.clone()), worker_image: "kompress:test".into(), ..ControllerConfig::default() };
-        tokio::spawn(run_controller(client.clone(), config, Arc::new(State::default())));
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        nss.create(&PostParams::default(), &namespace)
+            .await
+            .expect("create the test namespace");
+        let config = ControllerConfig {
+            namespace: Some(ns.clone()),
+            worker_image: "kompress:test".into(),
+            ..ControllerConfig::default()
+        };
+        tokio::spawn(run_controller(
+            client.clone(),
+            config,
+            Arc::new(State::default()),
+        ));
         let dir = tempfile::tempdir().unwrap();
-        Self { cjs: Api::namespaced(client.clone(), &ns), jobs: Api::namespaced(client.clone(), &ns), client, ns, dir }
+        Self {
+            cjs: Api::namespaced(client.clone(), &ns),
+            jobs: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            dir,
+        }
     }
 
     async fn create(&self, yaml: &str) -> CompressionJob {
         let cj: CompressionJob = serde_yaml::from_str(yaml).expect("test manifest parses");
-        self.cjs.create(&PostParams::default(), &cj).await.expect("create the CompressionJob")
+        self.cjs
+            .create(&PostParams::default(), &cj)
+            .await
+            .expect("create the CompressionJob")
     }
 
     /// Waits for `cond` on the CompressionJob; on timeout fails with its status, its Jobs and
     /// where the worker logs are.
-    async fn wait(&self, name: &str, what: &str, timeout: Duration, cond: impl Condition<CompressionJob>) -> CompressionJob {
+    async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Condition<CompressionJob>,
+    ) -> CompressionJob {
         match tokio::time::timeout(timeout, await_condition(self.cjs.clone(), name, cond)).await {
             Ok(Ok(Some(cj))) => cj,
             other => {
                 let cj = self.cjs.get_opt(name).await.ok().flatten();
-                let jobs = self.jobs.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+                let jobs = self
+                    .jobs
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
                 panic!(
                     "{name} never got {what} ({other:?} after {timeout:?}).\nstatus: {}\njobs: {}\n(worker logs: the node agent's state dir, e.g. hack/testenv/.run/agents/*/logs)",
                     serde_json::to_string_pretty(&cj.and_then(|c| c.status)).unwrap(),
-                    serde_json::to_string_pretty(&jobs.iter().map(|j| (j.name_any(), j.status.clone())).collect::<Vec<_>>()).unwrap()
+                    serde_json::to_string_pretty(
+                        &jobs
+                            .iter()
+                            .map(|j| (j.name_any(), j.status.clone()))
+                            .collect::<Vec<_>>()
+                    )
+                    .unwrap()
                 )
             }
         }
     }
 
     async fn wait_phase(&self, name: &str, phase: Phase, generation: i64) -> CompressionJob {
-        self.wait(name, &format!("phase {phase:?} for generation {generation}"), RUN_TIMEOUT, move |o: Option<&CompressionJob>| {
-            o.and_then(|c| c.status.as_ref()).is_some_and(|s| s.phase == Some(phase) && s.observed_generation == Some(generation))
-        })
+        self.wait(
+            name,
+            &format!("phase {phase:?} for generation {generation}"),
+            RUN_TIMEOUT,
+            move |o: Option<&CompressionJob>| {
+                o.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                    s.phase == Some(phase) && s.observed_generation == Some(generation)
+                })
+            },
+        )
         .await
     }
 
@@ -106,8 +164,19 @@ impl Env {
         let r = repo();
         let model = r.join("examples/digits/model.onnx").display().to_string();
         let data = r.join("examples/digits/eval.npz").display().to_string();
-        let yaml = job_yaml(name, &model, &data, "    - quantize:\n        perChannel: true", thresholds, &self.out());
-        yaml.replacen("metadata:\n", &format!("metadata:\n  namespace: {}\n", self.ns), 1)
+        let yaml = job_yaml(
+            name,
+            &model,
+            &data,
+            "    - quantize:\n        perChannel: true",
+            thresholds,
+            &self.out(),
+        );
+        yaml.replacen(
+            "metadata:\n",
+            &format!("metadata:\n  namespace: {}\n", self.ns),
+            1,
+        )
     }
 
     fn out(&self) -> std::path::PathBuf {
@@ -117,7 +186,10 @@ impl Env {
     /// Deletes the namespace. Only passing tests call it: a failing one leaves its namespace
     /// (CompressionJob, Jobs, Events) for the post-mortem.
     async fn cleanup(self) {
-        Api::<Namespace>::all(self.client.clone()).delete(&self.ns, &DeleteParams::background()).await.ok();
+        Api::<Namespace>::all(self.client.clone())
+            .delete(&self.ns, &DeleteParams::background())
+            .await
+            .ok();
     }
 
     /// Waits until an Event with `reason` regards the CompressionJob `name` (the controller
@@ -127,7 +199,8 @@ impl Env {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
         let stream = watcher(events, watcher::Config::default()).applied_objects();
         let found = stream.try_filter(|e| {
-            let hit = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.reason.as_deref() == Some(reason);
+            let hit = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reason.as_deref() == Some(reason);
             std::future::ready(hit)
         });
         futures::pin_mut!(found);
@@ -140,15 +213,27 @@ impl Env {
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 1000
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        % 1000
 }
 
 fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
-    let c = cj.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    let c = cj
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"));
     (c.status.as_str(), c.reason.as_str())
 }
 
-const GATE: &str = "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
+const GATE: &str =
+    "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
 
 #[tokio::test]
 #[ignore = "needs the test control plane: run via make test-cluster"]
@@ -156,11 +241,27 @@ async fn compression_job_gets_one_hardened_worker_job_per_generation() {
     let env = Env::new("shape").await;
     let cj = env.create(&env.digits("shape", GATE)).await;
     let name = kompress::controller::job_name(&cj);
-    let job = tokio::time::timeout(API_TIMEOUT, await_condition(env.jobs.clone(), &name, conditions::is_created())).await.expect(NEEDS).unwrap().unwrap();
+    let job = tokio::time::timeout(
+        API_TIMEOUT,
+        await_condition(env.jobs.clone(), &name, conditions::is_created()),
+    )
+    .await
+    .expect(NEEDS)
+    .unwrap()
+    .unwrap();
 
     let owner = &job.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.controller, owner.uid.as_str()), ("CompressionJob", Some(true), cj.uid().unwrap().as_str()));
-    assert!(job.managed_fields().iter().any(|f| f.manager.as_deref() == Some("kompress") && f.operation.as_deref() == Some("Apply")), "server-side applied by kompress");
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller, owner.uid.as_str()),
+        ("CompressionJob", Some(true), cj.uid().unwrap().as_str())
+    );
+    assert!(
+        job.managed_fields()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("kompress")
+                && f.operation.as_deref() == Some("Apply")),
+        "server-side applied by kompress"
+    );
     let spec = job.spec.as_ref().unwrap();
     assert_eq!(spec.backoff_limit, Some(2));
     let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
@@ -169,10 +270,25 @@ async fn compression_job_gets_one_hardened_worker_job_per_generation() {
     let pod = spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.automount_service_account_token, Some(false));
     let c = &pod.containers[0];
-    assert_eq!(c.command.as_deref(), Some(&["kompress".to_string(), "worker".to_string()][..]));
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["kompress".to_string(), "worker".to_string()][..])
+    );
     let sc = c.security_context.as_ref().unwrap();
-    assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation, sc.run_as_non_root), (Some(true), Some(false), Some(true)));
-    assert_eq!(job.labels().get("kompress.dev/generation").map(String::as_str), Some("1"));
+    assert_eq!(
+        (
+            sc.read_only_root_filesystem,
+            sc.allow_privilege_escalation,
+            sc.run_as_non_root
+        ),
+        (Some(true), Some(false), Some(true))
+    );
+    assert_eq!(
+        job.labels()
+            .get("kompress.dev/generation")
+            .map(String::as_str),
+        Some("1")
+    );
     // the API server accepted and defaulted it: the podFailurePolicy made it past validation
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     env.cleanup().await;
@@ -186,22 +302,49 @@ async fn digits_example_succeeds_is_promoted_and_records_events() {
     let cj = env.wait_phase("digits", Phase::Succeeded, 1).await;
 
     let status = cj.status.as_ref().unwrap();
-    let result = status.result.as_ref().expect("the worker's result in status");
+    let result = status
+        .result
+        .as_ref()
+        .expect("the worker's result in status");
     assert!(result.ratio >= 3.5, "ratio {}", result.ratio);
-    assert!(result.promoted.as_ref().is_some_and(|p| p.uri.starts_with(&env.out().join("production").display().to_string())), "{result:?}");
+    assert!(
+        result.promoted.as_ref().is_some_and(|p| p
+            .uri
+            .starts_with(&env.out().join("production").display().to_string())),
+        "{result:?}"
+    );
     assert_eq!(cond(&cj, condition::READY), ("True", "ThresholdsPassed"));
     assert_eq!(cond(&cj, condition::PROMOTED), ("True", "Promoted"));
     assert_eq!(cond(&cj, condition::RECONCILING).0, "False");
     assert_eq!(cond(&cj, condition::STALLED).0, "False");
-    assert!(status.conditions.iter().all(|c| c.observed_generation == Some(1)));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(1))
+    );
     assert!(status.start_time.is_some() && status.completion_time.is_some());
-    assert_eq!(status.job_name.as_deref(), Some(kompress::controller::job_name(&cj).as_str()));
-    assert!(env.out().join("production/promoted.json").exists(), "promoted.json written by the worker pod");
+    assert_eq!(
+        status.job_name.as_deref(),
+        Some(kompress::controller::job_name(&cj).as_str())
+    );
+    assert!(
+        env.out().join("production/promoted.json").exists(),
+        "promoted.json written by the worker pod"
+    );
 
     env.wait_event("digits", "JobCreated").await;
     env.wait_event("digits", "Promoted").await;
     // one Job for the generation, however many reconciles happened
-    assert_eq!(env.jobs.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        env.jobs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     env.cleanup().await;
 }
 
@@ -210,19 +353,52 @@ async fn digits_example_succeeds_is_promoted_and_records_events() {
 async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
     let env = Env::new("invalid").await;
     // valid for the CRD's CEL rules, invalid for kompress: output on read-only https
-    let bad = env.digits("fixme", GATE).replacen(&format!("uri: {}", env.out().join("candidates").display()), "uri: https://example.com/out/", 1);
+    let bad = env.digits("fixme", GATE).replacen(
+        &format!("uri: {}", env.out().join("candidates").display()),
+        "uri: https://example.com/out/",
+        1,
+    );
     env.create(&bad).await;
     let cj = env.wait_phase("fixme", Phase::Failed, 1).await;
     assert_eq!(cond(&cj, condition::STALLED), ("True", "InvalidSpec"));
     assert_eq!(cond(&cj, condition::READY), ("False", "InvalidSpec"));
-    assert!(cj.status.as_ref().unwrap().message.as_deref().unwrap().contains("spec.output.uri"), "{:?}", cj.status);
-    assert!(env.jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "no Job for an invalid spec");
+    assert!(
+        cj.status
+            .as_ref()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("spec.output.uri"),
+        "{:?}",
+        cj.status
+    );
+    assert!(
+        env.jobs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no Job for an invalid spec"
+    );
     env.wait_event("fixme", "InvalidSpec").await;
 
     let fixed = serde_json::json!({"spec": {"output": {"uri": env.out().join("candidates").display().to_string()}}});
-    env.cjs.patch("fixme", &PatchParams::default(), &Patch::Merge(&fixed)).await.unwrap();
+    env.cjs
+        .patch("fixme", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .unwrap();
     let cj = env.wait_phase("fixme", Phase::Succeeded, 2).await;
-    assert!(cj.status.as_ref().unwrap().job_name.as_deref().unwrap().contains("-g2-"));
+    assert!(
+        cj.status
+            .as_ref()
+            .unwrap()
+            .job_name
+            .as_deref()
+            .unwrap()
+            .contains("-g2-")
+    );
     assert_eq!(cond(&cj, condition::STALLED), ("False", "ThresholdsPassed"));
     env.cleanup().await;
 }
@@ -231,20 +407,47 @@ async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
 #[ignore = "needs the test control plane: run via make test-cluster"]
 async fn gate_failing_candidate_is_rejected_and_its_job_is_not_retried() {
     let env = Env::new("reject").await;
-    env.create(&env.digits("strict", "    minCompressionRatio: 100")).await;
+    env.create(&env.digits("strict", "    minCompressionRatio: 100"))
+        .await;
     let cj = env.wait_phase("strict", Phase::Rejected, 1).await;
     assert_eq!(cond(&cj, condition::READY), ("False", "ThresholdsFailed"));
     assert_eq!(cond(&cj, condition::EVALUATED).0, "True");
     assert_eq!(cond(&cj, condition::PROMOTED), ("False", "NotPromoted"));
-    assert_eq!(cond(&cj, condition::STALLED).0, "False", "a rejection is an outcome, not an error");
-    assert!(cj.status.as_ref().unwrap().message.as_deref().unwrap().contains("minCompressionRatio"));
-    assert!(!env.out().join("production/promoted.json").exists(), "nothing promoted");
+    assert_eq!(
+        cond(&cj, condition::STALLED).0,
+        "False",
+        "a rejection is an outcome, not an error"
+    );
+    assert!(
+        cj.status
+            .as_ref()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("minCompressionRatio")
+    );
+    assert!(
+        !env.out().join("production/promoted.json").exists(),
+        "nothing promoted"
+    );
 
-    let job = env.jobs.get(&kompress::controller::job_name(&cj)).await.unwrap();
+    let job = env
+        .jobs
+        .get(&kompress::controller::job_name(&cj))
+        .await
+        .unwrap();
     let js = job.status.unwrap();
-    assert_eq!((js.succeeded, js.failed.unwrap_or(0)), (Some(1), 0), "the worker exited 0: one pod, no retry");
+    assert_eq!(
+        (js.succeeded, js.failed.unwrap_or(0)),
+        (Some(1), 0),
+        "the worker exited 0: one pod, no retry"
+    );
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
-    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
     env.wait_event("strict", "Rejected").await;
     env.cleanup().await;
 }
@@ -254,14 +457,32 @@ async fn gate_failing_candidate_is_rejected_and_its_job_is_not_retried() {
 async fn permanent_worker_error_fails_the_job_at_once_and_stalls() {
     let env = Env::new("permanent").await;
     let missing = Path::new("/nonexistent/model.onnx").display().to_string();
-    let yaml = env.digits("broken", GATE).replacen(&repo().join("examples/digits/model.onnx").display().to_string(), &missing, 1);
+    let yaml = env.digits("broken", GATE).replacen(
+        &repo()
+            .join("examples/digits/model.onnx")
+            .display()
+            .to_string(),
+        &missing,
+        1,
+    );
     env.create(&yaml).await;
     let cj = env.wait_phase("broken", Phase::Failed, 1).await;
     let (stalled, reason) = cond(&cj, condition::STALLED);
     assert_eq!(stalled, "True");
-    assert_ne!(reason, "InvalidSpec", "the spec is valid; the worker failed");
-    let job = env.jobs.get(&kompress::controller::job_name(&cj)).await.unwrap();
-    assert_eq!(job.status.unwrap().failed, Some(1), "exit 65 fails the Job through podFailurePolicy, without the 2 retries");
+    assert_ne!(
+        reason, "InvalidSpec",
+        "the spec is valid; the worker failed"
+    );
+    let job = env
+        .jobs
+        .get(&kompress::controller::job_name(&cj))
+        .await
+        .unwrap();
+    assert_eq!(
+        job.status.unwrap().failed,
+        Some(1),
+        "exit 65 fails the Job through podFailurePolicy, without the 2 retries"
+    );
     env.wait_event("broken", reason).await;
     env.cleanup().await;
 }
@@ -270,16 +491,33 @@ async fn permanent_worker_error_fails_the_job_at_once_and_stalls() {
 #[ignore = "needs the test control plane: run via make test-cluster"]
 async fn one_leader_at_a_time_and_a_released_lease_passes_on() {
     let client = client().await;
-    let ns = format!("kt-lease-{:x}", std::process::id() as u64 * 1000 + rand_suffix());
+    let ns = format!(
+        "kt-lease-{:x}",
+        std::process::id() as u64 * 1000 + rand_suffix()
+    );
     let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap()).await.unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let mut a = LeaseLock::new(client.clone(), &ns, "replica-a".into());
     let mut b = LeaseLock::new(client.clone(), &ns, "replica-b".into());
-    assert!(a.try_acquire_or_renew().await.unwrap(), "the first candidate takes the free Lease");
-    assert!(!b.try_acquire_or_renew().await.unwrap(), "a held, fresh Lease is not taken");
+    assert!(
+        a.try_acquire_or_renew().await.unwrap(),
+        "the first candidate takes the free Lease"
+    );
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
+        "a held, fresh Lease is not taken"
+    );
     assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
     a.release().await;
-    assert!(b.try_acquire_or_renew().await.unwrap(), "a released Lease is free at once");
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "a released Lease is free at once"
+    );
     assert!(!a.try_acquire_or_renew().await.unwrap());
     nss.delete(&ns, &DeleteParams::background()).await.ok();
 }

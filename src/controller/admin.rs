@@ -14,7 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Binds `addr` (failing at once if it cannot), then serves until the process ends.
 pub async fn serve(addr: SocketAddr, state: Arc<State>) -> Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Serve { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Serve { addr, source })?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     loop {
         let (stream, _) = match listener.accept().await {
@@ -26,7 +28,10 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> Result<()> {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(10), handle(stream, &state)).await.unwrap_or(Ok(())) {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(10), handle(stream, &state))
+                .await
+                .unwrap_or(Ok(()))
+            {
                 tracing::debug!(error = %e, "admin endpoint: connection failed");
             }
         });
@@ -37,11 +42,23 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> Result<()> {
 pub fn route(method: &str, path: &str, state: &State) -> (u16, &'static str, String) {
     let text = "text/plain; charset=utf-8";
     match (method, path.split('?').next().unwrap_or_default()) {
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", state.render_metrics()),
+        ("GET", "/metrics") => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.render_metrics(),
+        ),
         ("GET", "/healthz") => (200, text, "ok\n".into()),
         ("GET", "/readyz") if state.is_ready() => (200, text, "ok\n".into()),
-        ("GET", "/readyz") => (503, text, "not ready: leader election or the controller's watches are still starting\n".into()),
-        ("GET", _) => (404, text, "not found: try /metrics, /healthz or /readyz\n".into()),
+        ("GET", "/readyz") => (
+            503,
+            text,
+            "not ready: leader election or the controller's watches are still starting\n".into(),
+        ),
+        ("GET", _) => (
+            404,
+            text,
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
         _ => (405, text, "only GET\n".into()),
     }
 }
@@ -59,7 +76,10 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
     }
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or("/"));
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or("/"),
+    );
     let (code, content_type, body) = route(method, path, state);
     let reason = match code {
         200 => "OK",
@@ -67,7 +87,10 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
-    let response = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
@@ -101,7 +124,10 @@ mod tests {
             }
             tokio::task::yield_now().await;
         };
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         stream.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");

@@ -13,29 +13,56 @@ use kube::{Api, Client, ResourceExt};
 pub async fn apply(client: &Client, cj: &CompressionJob, job: Job) -> Result<(Job, bool)> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     let name = job.name_any();
-    if let Some(existing) = jobs.get_opt(&name).await.map_err(|source| Error::GetJob { name: name.clone(), source })? {
+    if let Some(existing) = jobs.get_opt(&name).await.map_err(|source| Error::GetJob {
+        name: name.clone(),
+        source,
+    })? {
         return Ok((existing, false));
     }
     stop_superseded(&jobs, cj, &name).await?;
     let created = jobs
-        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&job))
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&job),
+        )
         .await
-        .map_err(|source| Error::ApplyJob { name: name.clone(), source })?;
+        .map_err(|source| Error::ApplyJob {
+            name: name.clone(),
+            source,
+        })?;
     Ok((created, true))
 }
 
 /// Deletes this CompressionJob's unfinished Jobs of earlier generations (their pods with
 /// them): their results would no longer describe the spec. Finished ones stay for their TTL.
 async fn stop_superseded(jobs: &Api<Job>, cj: &CompressionJob, current: &str) -> Result<()> {
-    let err = |source| Error::CleanupJobs { name: cj.name_any(), source };
-    let lp = ListParams::default().labels(&format!("{}={},{}", labels::JOB, super::build::label_value(&cj.name_any()), labels::MANAGED_SELECTOR));
+    let err = |source| Error::CleanupJobs {
+        name: cj.name_any(),
+        source,
+    };
+    let lp = ListParams::default().labels(&format!(
+        "{}={},{}",
+        labels::JOB,
+        super::build::label_value(&cj.name_any()),
+        labels::MANAGED_SELECTOR
+    ));
     let uid = cj.uid();
     for old in jobs.list(&lp).await.map_err(err)? {
-        let ours = old.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
-        let finished = matches!(super::observe::progress(&old), super::observe::Progress::Complete | super::observe::Progress::Failed { .. });
+        let ours = old
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+        let finished = matches!(
+            super::observe::progress(&old),
+            super::observe::Progress::Complete | super::observe::Progress::Failed { .. }
+        );
         if ours && !finished && old.name_any() != current {
             tracing::info!(job = %old.name_any(), "stopping the worker Job of a superseded generation");
-            match jobs.delete(&old.name_any(), &DeleteParams::background()).await {
+            match jobs
+                .delete(&old.name_any(), &DeleteParams::background())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.is_not_found() => {}
                 Err(e) => return Err(err(e)),

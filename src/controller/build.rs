@@ -36,9 +36,22 @@ const MAX_JOB_NAME: usize = 63;
 /// namespace/name/uid keeps truncated names of different objects apart.
 pub fn job_name(cj: &CompressionJob) -> String {
     let uid = cj.uid().unwrap_or_default();
-    let digest = Sha256::digest(format!("{}/{}/{uid}", cj.namespace().unwrap_or_default(), cj.name_any()));
-    let suffix = format!("-g{}-{}", cj.metadata.generation.unwrap_or(0), &hex::encode(digest)[..8]);
-    let mut prefix: String = cj.name_any().replace('.', "-").chars().take(MAX_JOB_NAME - suffix.len()).collect();
+    let digest = Sha256::digest(format!(
+        "{}/{}/{uid}",
+        cj.namespace().unwrap_or_default(),
+        cj.name_any()
+    ));
+    let suffix = format!(
+        "-g{}-{}",
+        cj.metadata.generation.unwrap_or(0),
+        &hex::encode(digest)[..8]
+    );
+    let mut prefix: String = cj
+        .name_any()
+        .replace('.', "-")
+        .chars()
+        .take(MAX_JOB_NAME - suffix.len())
+        .collect();
     while prefix.ends_with('-') {
         prefix.pop();
     }
@@ -48,7 +61,8 @@ pub fn job_name(cj: &CompressionJob) -> String {
 /// A label value (at most 63 characters, alphanumeric at both ends) from an object name.
 pub fn label_value(name: &str) -> String {
     let cut: String = name.chars().take(63).collect();
-    cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
 }
 
 /// What the worker reads from KOMPRESS_JOB: identity and spec, no status or managed fields.
@@ -71,7 +85,13 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
     let spec = &cj.spec;
     let res = spec.resources.clone().unwrap_or_default();
     let gpu = res.gpu > 0;
-    let image = spec.image.clone().unwrap_or_else(|| if gpu { cfg.gpu_image.clone() } else { cfg.worker_image.clone() });
+    let image = spec.image.clone().unwrap_or_else(|| {
+        if gpu {
+            cfg.gpu_image.clone()
+        } else {
+            cfg.worker_image.clone()
+        }
+    });
     let namespace = cj.namespace().unwrap_or_default();
     let generation = cj.metadata.generation.unwrap_or(0);
     let labels = json!({
@@ -101,16 +121,27 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
 
     // requests == limits: Guaranteed QoS, so latency is measured without CPU contention.
     let cpu = res.cpu.clone().unwrap_or_else(|| cfg.default_cpu.clone());
-    let memory = res.memory.clone().unwrap_or_else(|| cfg.default_memory.clone());
+    let memory = res
+        .memory
+        .clone()
+        .unwrap_or_else(|| cfg.default_memory.clone());
     let mut limits = json!({"cpu": cpu, "memory": memory});
     if gpu {
         limits["nvidia.com/gpu"] = json!(res.gpu.to_string());
     }
     let requests = json!({"cpu": cpu, "memory": memory});
 
-    let mut node_selector = if gpu { cfg.gpu_node_selector.clone() } else { Default::default() };
+    let mut node_selector = if gpu {
+        cfg.gpu_node_selector.clone()
+    } else {
+        Default::default()
+    };
     node_selector.extend(spec.node_selector.clone().unwrap_or_default());
-    let mut tolerations = if gpu { cfg.gpu_tolerations.clone() } else { Vec::new() };
+    let mut tolerations = if gpu {
+        cfg.gpu_tolerations.clone()
+    } else {
+        Vec::new()
+    };
     tolerations.extend(spec.tolerations.clone().unwrap_or_default());
 
     let seccomp = json!({"type": "RuntimeDefault"});
@@ -227,7 +258,11 @@ spec:
 
     fn config() -> ControllerConfig {
         ControllerConfig {
-            gpu_node_selector: [("nvidia.com/gpu.present".to_string(), "true".to_string()), ("pool".to_string(), "default".to_string())].into(),
+            gpu_node_selector: [
+                ("nvidia.com/gpu.present".to_string(), "true".to_string()),
+                ("pool".to_string(), "default".to_string()),
+            ]
+            .into(),
             ..ControllerConfig::default()
         }
     }
@@ -238,10 +273,19 @@ spec:
         let c = &job["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["image"], "ghcr.io/kompress/kompress:0.1.0");
         assert_eq!(c["command"], json!(["kompress", "worker"]));
-        assert_eq!(c["resources"]["limits"], json!({"cpu": "2", "memory": "4Gi"}));
-        assert_eq!(c["resources"]["requests"], json!({"cpu": "2", "memory": "4Gi"}));
+        assert_eq!(
+            c["resources"]["limits"],
+            json!({"cpu": "2", "memory": "4Gi"})
+        );
+        assert_eq!(
+            c["resources"]["requests"],
+            json!({"cpu": "2", "memory": "4Gi"})
+        );
         assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
-        assert_eq!(env(&job, "KOMPRESS_RUN_ID").as_deref(), Some("ml.resnet50-int8.g3"));
+        assert_eq!(
+            env(&job, "KOMPRESS_RUN_ID").as_deref(),
+            Some("ml.resnet50-int8.g3")
+        );
         assert_eq!(env(&job, "KOMPRESS_SCRATCH").as_deref(), Some("/scratch"));
         assert_eq!(env(&job, "KOMPRESS_EXECUTION_PROVIDER"), None);
         assert_eq!(env(&job, "KOMPRESS_TERMINATION_LOG"), None);
@@ -250,7 +294,10 @@ spec:
         assert_eq!(spec["automountServiceAccountToken"], false);
         assert_eq!(spec["volumes"][0]["emptyDir"]["sizeLimit"], "20Gi");
         assert_eq!(c["volumeMounts"][0]["mountPath"], "/scratch");
-        assert!(spec.get("nodeSelector").is_none() && spec.get("tolerations").is_none(), "CPU jobs get no GPU scheduling");
+        assert!(
+            spec.get("nodeSelector").is_none() && spec.get("tolerations").is_none(),
+            "CPU jobs get no GPU scheduling"
+        );
         assert_eq!(job["spec"]["activeDeadlineSeconds"], 1800);
         assert_eq!(job["spec"]["backoffLimit"], 2);
         assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600);
@@ -262,15 +309,22 @@ spec:
         m.spec.resources = None;
         let job = value(&build_job(&m, &config()));
         let c = &job["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["resources"]["limits"], json!({"cpu": "1", "memory": "2Gi"}));
-        assert_eq!(job["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "10Gi");
+        assert_eq!(
+            c["resources"]["limits"],
+            json!({"cpu": "1", "memory": "2Gi"})
+        );
+        assert_eq!(
+            job["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"],
+            "10Gi"
+        );
     }
 
     #[test]
     fn worker_reads_the_whole_job_identity_and_spec_from_kompress_job() {
         let m = cj(CPU);
         let job = value(&build_job(&m, &config()));
-        let parsed = crate::cli::parse_job(&env(&job, "KOMPRESS_JOB").unwrap(), "KOMPRESS_JOB").expect("the worker parses it");
+        let parsed = crate::cli::parse_job(&env(&job, "KOMPRESS_JOB").unwrap(), "KOMPRESS_JOB")
+            .expect("the worker parses it");
         assert_eq!(parsed.spec, m.spec);
         assert_eq!(parsed.metadata.generation, Some(3));
         assert_eq!(parsed.metadata.uid, m.metadata.uid);
@@ -280,9 +334,16 @@ spec:
     #[test]
     fn storage_secret_becomes_env_from_and_nothing_else_reads_secrets() {
         let job = value(&build_job(&cj(CPU), &config()));
-        assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["envFrom"], json!([{"secretRef": {"name": "s3-creds"}}]));
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["envFrom"],
+            json!([{"secretRef": {"name": "s3-creds"}}])
+        );
         let job = value(&build_job(&cj(GPU), &config()));
-        assert!(job["spec"]["template"]["spec"]["containers"][0].get("envFrom").is_none());
+        assert!(
+            job["spec"]["template"]["spec"]["containers"][0]
+                .get("envFrom")
+                .is_none()
+        );
     }
 
     #[test]
@@ -292,10 +353,17 @@ spec:
         let c = &spec["containers"][0];
         assert_eq!(c["image"], "ghcr.io/kompress/kompress:0.1.0-gpu");
         assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
-        assert_eq!(env(&job, "KOMPRESS_EXECUTION_PROVIDER").as_deref(), Some("cuda"));
+        assert_eq!(
+            env(&job, "KOMPRESS_EXECUTION_PROVIDER").as_deref(),
+            Some("cuda")
+        );
         // the spec's selector wins over the controller's default for the same key
-        assert_eq!(spec["nodeSelector"], json!({"nvidia.com/gpu.present": "true", "pool": "a100"}));
-        let tolerations: Vec<Toleration> = serde_json::from_value(spec["tolerations"].clone()).unwrap();
+        assert_eq!(
+            spec["nodeSelector"],
+            json!({"nvidia.com/gpu.present": "true", "pool": "a100"})
+        );
+        let tolerations: Vec<Toleration> =
+            serde_json::from_value(spec["tolerations"].clone()).unwrap();
         assert_eq!(tolerations.len(), 2);
         assert_eq!(tolerations[0].key.as_deref(), Some("nvidia.com/gpu"));
         assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
@@ -306,7 +374,10 @@ spec:
     fn spec_image_overrides_both_controller_images() {
         let mut m = cj(GPU);
         m.spec.image = Some("registry.local/kompress:dev".into());
-        assert_eq!(value(&build_job(&m, &config()))["spec"]["template"]["spec"]["containers"][0]["image"], "registry.local/kompress:dev");
+        assert_eq!(
+            value(&build_job(&m, &config()))["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.local/kompress:dev"
+        );
     }
 
     #[test]
@@ -363,8 +434,18 @@ spec:
         assert!(spec.pod_failure_policy.is_some() && spec.ttl_seconds_after_finished.is_some());
         let pod = spec.template.spec.unwrap();
         assert!(pod.security_context.unwrap().seccomp_profile.is_some());
-        assert_eq!(pod.containers[0].volume_mounts.as_ref().map(Vec::len), Some(1));
-        assert!(pod.containers[0].security_context.as_ref().unwrap().capabilities.is_some());
+        assert_eq!(
+            pod.containers[0].volume_mounts.as_ref().map(Vec::len),
+            Some(1)
+        );
+        assert!(
+            pod.containers[0]
+                .security_context
+                .as_ref()
+                .unwrap()
+                .capabilities
+                .is_some()
+        );
         assert_eq!(pod.automount_service_account_token, Some(false));
     }
 
@@ -389,7 +470,11 @@ spec:
         let (na, nb) = (job_name(&a), job_name(&b));
         assert!(na.len() <= 63 && nb.len() <= 63, "{na}");
         assert_ne!(na, nb);
-        assert!(na.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{na}");
+        assert!(
+            na.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{na}"
+        );
         assert!(label_value(a.metadata.name.as_deref().unwrap()).len() <= 63);
     }
 }

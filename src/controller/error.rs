@@ -4,7 +4,9 @@
 /// What went wrong in one reconcile, in the election or in serving the admin endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the CompressionJob has no metadata.{0}; objects read from the API server always have one")]
+    #[error(
+        "the CompressionJob has no metadata.{0}; objects read from the API server always have one"
+    )]
     MissingMetadata(&'static str),
     #[error("cannot read worker Job {name}")]
     GetJob {
@@ -12,7 +14,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot apply worker Job {name}; check the controller's RBAC for batch/jobs create and patch")]
+    #[error(
+        "cannot apply worker Job {name}; check the controller's RBAC for batch/jobs create and patch"
+    )]
     ApplyJob {
         name: String,
         #[source]
@@ -30,7 +34,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot update the status of CompressionJob {name}; check the controller's RBAC for compressionjobs/status patch")]
+    #[error(
+        "cannot update the status of CompressionJob {name}; check the controller's RBAC for compressionjobs/status patch"
+    )]
     UpdateStatus {
         name: String,
         #[source]
@@ -45,9 +51,13 @@ pub enum Error {
     },
     #[error("leadership of Lease {0} was lost; exiting so a fresh process can compete again")]
     LeadershipLost(String),
-    #[error("cannot connect to the Kubernetes API (in a pod: the service account; outside: KUBECONFIG)")]
+    #[error(
+        "cannot connect to the Kubernetes API (in a pod: the service account; outside: KUBECONFIG)"
+    )]
     Client(#[source] kube::Error),
-    #[error("cannot list CompressionJobs: is the CRD installed (`kompress crd | kubectl apply -f -`) and may the controller list them?")]
+    #[error(
+        "cannot list CompressionJobs: is the CRD installed (`kompress crd | kubectl apply -f -`) and may the controller list them?"
+    )]
     ListCompressionJobs(#[source] kube::Error),
     #[error("cannot serve the admin endpoint on {addr}")]
     Serve {

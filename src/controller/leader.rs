@@ -39,7 +39,12 @@ fn now() -> MicroTime {
 
 impl LeaseLock {
     pub fn new(client: Client, namespace: &str, identity: String) -> Self {
-        Self { api: Api::namespaced(client, namespace), namespace: namespace.into(), identity, observed: None }
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.into(),
+            identity,
+            observed: None,
+        }
     }
 
     pub fn identity(&self) -> &str {
@@ -47,16 +52,28 @@ impl LeaseLock {
     }
 
     fn err(&self, source: kube::Error) -> Error {
-        Error::Lease { namespace: self.namespace.clone(), name: LEASE_NAME.into(), source }
+        Error::Lease {
+            namespace: self.namespace.clone(),
+            name: LEASE_NAME.into(),
+            source,
+        }
     }
 
     /// One attempt: true when this process holds the Lease afterwards. Losing a race (409) is
     /// `Ok(false)`, not an error.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
         let lost_race = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.is_conflict() || s.is_already_exists());
-        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await.map_err(|e| self.err(e))? else {
+        let Some(mut lease) = self
+            .api
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(LEASE_NAME.into()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
@@ -73,13 +90,32 @@ impl LeaseLock {
             };
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
-        if self.observed.as_ref().is_none_or(|o| o.holder != spec.holder_identity || o.renew_time != spec.renew_time) {
-            self.observed = Some(Observed { holder: spec.holder_identity.clone(), renew_time: spec.renew_time.clone(), seen: Instant::now() });
+        if self
+            .observed
+            .as_ref()
+            .is_none_or(|o| o.holder != spec.holder_identity || o.renew_time != spec.renew_time)
+        {
+            self.observed = Some(Observed {
+                holder: spec.holder_identity.clone(),
+                renew_time: spec.renew_time.clone(),
+                seen: Instant::now(),
+            });
         }
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let free = spec.holder_identity.as_deref().unwrap_or_default().is_empty();
-        let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(LEASE_DURATION.as_secs() as i32).max(1) as u64);
-        let expired = self.observed.as_ref().is_some_and(|o| o.seen.elapsed() > duration);
+        let free = spec
+            .holder_identity
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty();
+        let duration = Duration::from_secs(
+            spec.lease_duration_seconds
+                .unwrap_or(LEASE_DURATION.as_secs() as i32)
+                .max(1) as u64,
+        );
+        let expired = self
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.seen.elapsed() > duration);
         if !(ours || free || expired) {
             return Ok(false);
         }
@@ -91,7 +127,11 @@ impl LeaseLock {
         spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
         spec.renew_time = Some(now());
         // replace carries metadata.resourceVersion: a concurrent writer makes this a 409
-        match self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if lost_race(&e) => Ok(false),
             Err(e) => Err(self.err(e)),
@@ -100,7 +140,9 @@ impl LeaseLock {
 
     /// Gives the Lease up (on shutdown) so the next leader need not wait for it to expire.
     pub async fn release(&mut self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await else { return };
+        let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await else {
+            return;
+        };
         let spec = lease.spec.get_or_insert_with(Default::default);
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return;
@@ -108,7 +150,11 @@ impl LeaseLock {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
-        if let Err(e) = self.api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
+        if let Err(e) = self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
             tracing::warn!(error = %e, "could not release the leader Lease; it expires on its own");
         }
     }
@@ -127,7 +173,9 @@ impl LeaseLock {
                     }
                     on_standby();
                 }
-                Err(e) => tracing::warn!(error = %crate::pipeline::error_chain(&e), "leader election attempt failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::pipeline::error_chain(&e), "leader election attempt failed; retrying")
+                }
             }
             tokio::time::sleep(RETRY_PERIOD).await;
         }
@@ -141,11 +189,22 @@ impl LeaseLock {
             tokio::time::sleep(RENEW_PERIOD).await;
             match self.try_acquire_or_renew().await {
                 Ok(true) => renewed = Instant::now(),
-                Ok(false) => return Error::LeadershipLost(format!("{}/{LEASE_NAME} (taken by another replica)", self.namespace)),
-                Err(e) => tracing::warn!(error = %crate::pipeline::error_chain(&e), "renewing the leader Lease failed"),
+                Ok(false) => {
+                    return Error::LeadershipLost(format!(
+                        "{}/{LEASE_NAME} (taken by another replica)",
+                        self.namespace
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::pipeline::error_chain(&e), "renewing the leader Lease failed")
+                }
             }
             if renewed.elapsed() > RENEW_DEADLINE {
-                return Error::LeadershipLost(format!("{}/{LEASE_NAME} (not renewed for {}s)", self.namespace, RENEW_DEADLINE.as_secs()));
+                return Error::LeadershipLost(format!(
+                    "{}/{LEASE_NAME} (not renewed for {}s)",
+                    self.namespace,
+                    RENEW_DEADLINE.as_secs()
+                ));
             }
         }
     }
@@ -153,8 +212,13 @@ impl LeaseLock {
 
 /// POD_NAME where the Downward API gives it; else hostname and pid.
 pub fn default_identity() -> String {
-    std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "kompress".into());
-        format!("{host}-{}", std::process::id())
-    })
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "kompress".into());
+            format!("{host}-{}", std::process::id())
+        })
 }

@@ -3,7 +3,10 @@
 //! `baseline`/`candidate`; never error text or pod names.
 
 use crate::api::{CompressionJob, Phase};
-use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,32 +36,102 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("kompress".into()), None).expect("valid prefix");
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone())).expect("metric names are unique");
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
             c
         }
         let job = &["namespace", "name"];
         let model = &["namespace", "name", "model"];
-        let g = |name: &str, help: &str, labels: &[&str]| reg(&registry, GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"));
-        Self {
-            reconciliations: reg(&registry, IntCounterVec::new(Opts::new("reconciliations_total", "Reconciles by result: ok or the error category"), &["result"]).unwrap()),
-            reconcile_duration: reg(
+        let g = |name: &str, help: &str, labels: &[&str]| {
+            reg(
                 &registry,
-                HistogramVec::new(
-                    HistogramOpts::new("reconcile_duration_seconds", "Time of one reconcile by result").buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+            )
+        };
+        Self {
+            reconciliations: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "reconciliations_total",
+                        "Reconciles by result: ok or the error category",
+                    ),
                     &["result"],
                 )
                 .unwrap(),
             ),
-            jobs: reg(&registry, IntGaugeVec::new(Opts::new("jobs", "CompressionJobs by status phase"), &["phase"]).unwrap()),
+            reconcile_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "reconcile_duration_seconds",
+                        "Time of one reconcile by result",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            jobs: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("jobs", "CompressionJobs by status phase"),
+                    &["phase"],
+                )
+                .unwrap(),
+            ),
             original_bytes: g("job_original_bytes", "Size of the original model", job),
-            compressed_bytes: g("job_compressed_bytes", "Size of the compressed candidate", job),
-            ratio: g("job_compression_ratio", "original_bytes / compressed_bytes", job),
-            accuracy: g("job_accuracy_ratio", "Top-1 accuracy on the evaluation data (0..1)", model),
-            latency_p50: g("job_latency_p50_seconds", "Median inference latency of one timed batch", model),
-            run_duration: g("job_run_duration_seconds", "Start to completion of the worker Job", job),
-            promotions: reg(&registry, IntCounterVec::new(Opts::new("promotions_total", "Candidates promoted"), &["namespace"]).unwrap()),
-            rejections: reg(&registry, IntCounterVec::new(Opts::new("rejections_total", "Candidates rejected by a threshold"), &["namespace"]).unwrap()),
-            leader: reg(&registry, IntGauge::new("leader", "1 while this process holds the leader Lease (or runs without election)").unwrap()),
+            compressed_bytes: g(
+                "job_compressed_bytes",
+                "Size of the compressed candidate",
+                job,
+            ),
+            ratio: g(
+                "job_compression_ratio",
+                "original_bytes / compressed_bytes",
+                job,
+            ),
+            accuracy: g(
+                "job_accuracy_ratio",
+                "Top-1 accuracy on the evaluation data (0..1)",
+                model,
+            ),
+            latency_p50: g(
+                "job_latency_p50_seconds",
+                "Median inference latency of one timed batch",
+                model,
+            ),
+            run_duration: g(
+                "job_run_duration_seconds",
+                "Start to completion of the worker Job",
+                job,
+            ),
+            promotions: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("promotions_total", "Candidates promoted"),
+                    &["namespace"],
+                )
+                .unwrap(),
+            ),
+            rejections: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("rejections_total", "Candidates rejected by a threshold"),
+                    &["namespace"],
+                )
+                .unwrap(),
+            ),
+            leader: reg(
+                &registry,
+                IntGauge::new(
+                    "leader",
+                    "1 while this process holds the leader Lease (or runs without election)",
+                )
+                .unwrap(),
+            ),
             registry,
         }
     }
@@ -66,7 +139,11 @@ impl Metrics {
     /// Starts timing one reconcile; it is recorded when the guard drops, with the result
     /// set by [`ReconcileTimer::set_result`] (`cancelled` if it never was).
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
-        ReconcileTimer { metrics: self, start: Instant::now(), result: "cancelled" }
+        ReconcileTimer {
+            metrics: self,
+            start: Instant::now(),
+            result: "cancelled",
+        }
     }
 
     pub fn promoted(&self, namespace: &str) {
@@ -84,10 +161,23 @@ impl Metrics {
     /// Rebuilds the per-phase and per-job gauges from the controller's cache, so deleted
     /// CompressionJobs disappear from the metrics too.
     pub fn refresh_jobs(&self, jobs: &[Arc<CompressionJob>]) {
-        for v in [&self.original_bytes, &self.compressed_bytes, &self.ratio, &self.accuracy, &self.latency_p50, &self.run_duration] {
+        for v in [
+            &self.original_bytes,
+            &self.compressed_bytes,
+            &self.ratio,
+            &self.accuracy,
+            &self.latency_p50,
+            &self.run_duration,
+        ] {
             v.reset();
         }
-        for p in [Phase::Pending, Phase::Running, Phase::Succeeded, Phase::Rejected, Phase::Failed] {
+        for p in [
+            Phase::Pending,
+            Phase::Running,
+            Phase::Succeeded,
+            Phase::Rejected,
+            Phase::Failed,
+        ] {
             self.jobs.with_label_values(&[p.as_str()]).set(0);
         }
         for cj in jobs {
@@ -95,19 +185,30 @@ impl Metrics {
             if let Some(p) = status.phase {
                 self.jobs.with_label_values(&[p.as_str()]).inc();
             }
-            let (ns, name) = (cj.metadata.namespace.as_deref().unwrap_or_default(), cj.metadata.name.as_deref().unwrap_or_default());
+            let (ns, name) = (
+                cj.metadata.namespace.as_deref().unwrap_or_default(),
+                cj.metadata.name.as_deref().unwrap_or_default(),
+            );
             if let (Some(s), Some(c)) = (&status.start_time, &status.completion_time) {
-                self.run_duration.with_label_values(&[ns, name]).set((c.0.as_millisecond() - s.0.as_millisecond()) as f64 / 1000.0);
+                self.run_duration
+                    .with_label_values(&[ns, name])
+                    .set((c.0.as_millisecond() - s.0.as_millisecond()) as f64 / 1000.0);
             }
             let Some(r) = &status.result else { continue };
-            self.original_bytes.with_label_values(&[ns, name]).set(r.original_bytes as f64);
-            self.compressed_bytes.with_label_values(&[ns, name]).set(r.compressed_bytes as f64);
+            self.original_bytes
+                .with_label_values(&[ns, name])
+                .set(r.original_bytes as f64);
+            self.compressed_bytes
+                .with_label_values(&[ns, name])
+                .set(r.compressed_bytes as f64);
             self.ratio.with_label_values(&[ns, name]).set(r.ratio);
             for (model, m) in [("baseline", &r.baseline), ("candidate", &r.candidate)] {
                 if let Some(a) = m.accuracy {
                     self.accuracy.with_label_values(&[ns, name, model]).set(a);
                 }
-                self.latency_p50.with_label_values(&[ns, name, model]).set(m.latency_p50_ms / 1000.0);
+                self.latency_p50
+                    .with_label_values(&[ns, name, model])
+                    .set(m.latency_p50_ms / 1000.0);
             }
         }
     }
@@ -115,7 +216,9 @@ impl Metrics {
     /// The Prometheus text exposition of everything registered.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding of gathered metrics");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics");
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
 }
@@ -138,7 +241,9 @@ impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         let m = self.metrics;
         m.reconciliations.with_label_values(&[self.result]).inc();
-        m.reconcile_duration.with_label_values(&[self.result]).observe(self.start.elapsed().as_secs_f64());
+        m.reconcile_duration
+            .with_label_values(&[self.result])
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -155,7 +260,10 @@ mod tests {
         }
         drop(m.reconcile_timer());
         let text = m.encode();
-        assert!(text.contains(r#"kompress_reconciliations_total{result="ok"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"kompress_reconciliations_total{result="ok"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"kompress_reconciliations_total{result="cancelled"} 1"#));
         assert!(text.contains(r#"kompress_reconcile_duration_seconds_count{result="ok"} 1"#));
     }

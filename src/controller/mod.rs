@@ -75,7 +75,9 @@ impl Default for ControllerConfig {
             worker_image: DEFAULT_WORKER_IMAGE.into(),
             gpu_image: DEFAULT_WORKER_GPU_IMAGE.into(),
             gpu_node_selector: BTreeMap::new(),
-            gpu_tolerations: vec![parse_toleration("nvidia.com/gpu:NoSchedule").expect("valid default")],
+            gpu_tolerations: vec![
+                parse_toleration("nvidia.com/gpu:NoSchedule").expect("valid default"),
+            ],
             namespace: None,
             default_cpu: "1".into(),
             default_memory: "2Gi".into(),
@@ -96,8 +98,14 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 /// without an effect every effect is tolerated.
 pub fn parse_toleration(s: &str) -> Result<Toleration, String> {
     let (kv, effect) = match s.rsplit_once(':') {
-        Some((kv, e)) if ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e) => (kv, Some(e.to_string())),
-        Some(_) => return Err(format!("`{s}`: the effect must be NoSchedule, PreferNoSchedule or NoExecute")),
+        Some((kv, e)) if ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e) => {
+            (kv, Some(e.to_string()))
+        }
+        Some(_) => {
+            return Err(format!(
+                "`{s}`: the effect must be NoSchedule, PreferNoSchedule or NoExecute"
+            ));
+        }
         None => (s, None),
     };
     let (key, value) = match kv.split_once('=') {
@@ -107,7 +115,13 @@ pub fn parse_toleration(s: &str) -> Result<Toleration, String> {
     if key.is_empty() {
         return Err(format!("`{s}` has no key; expected key[=value][:Effect]"));
     }
-    Ok(Toleration { key: Some(key.into()), operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()), value, effect, ..Default::default() })
+    Ok(Toleration {
+        key: Some(key.into()),
+        operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()),
+        value,
+        effect,
+        ..Default::default()
+    })
 }
 
 /// A JSON list of core/v1 Tolerations (the Helm chart passes `worker.gpu.tolerations` so).
@@ -115,7 +129,9 @@ pub fn parse_toleration(s: &str) -> Result<Toleration, String> {
 pub struct TolerationList(pub Vec<Toleration>);
 
 pub fn parse_tolerations_json(s: &str) -> Result<TolerationList, String> {
-    serde_json::from_str(s).map(TolerationList).map_err(|e| format!("not a JSON list of tolerations: {e}"))
+    serde_json::from_str(s)
+        .map(TolerationList)
+        .map_err(|e| format!("not a JSON list of tolerations: {e}"))
 }
 
 /// What the admin endpoint reads: metrics, readiness, and the controller's cache once this
@@ -166,7 +182,10 @@ pub async fn run(opts: Options) -> Result<()> {
             state.metrics.set_leader(true);
             return run_controller(client, opts.config, state.clone()).await;
         }
-        let namespace = opts.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        let namespace = opts
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
         let mut lease = leader::LeaseLock::new(client.clone(), &namespace, opts.identity.clone());
         // standby replicas are ready: they serve metrics and wait for the Lease
         lease.acquire(|| state.set_ready()).await;
@@ -189,15 +208,29 @@ pub async fn run(opts: Options) -> Result<()> {
 
 /// The kube-runtime Controller on CompressionJobs owning batch/v1 Jobs; returns after a
 /// shutdown signal (SIGTERM, ctrl-c) once in-flight reconciles have finished.
-pub async fn run_controller(client: Client, config: ControllerConfig, state: Arc<State>) -> Result<()> {
+pub async fn run_controller(
+    client: Client,
+    config: ControllerConfig,
+    state: Arc<State>,
+) -> Result<()> {
     let (cjs, jobs): (Api<CompressionJob>, Api<Job>) = match &config.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     // fail fast with a clear error when the CRD is missing or RBAC forbids the watch
-    cjs.list(&kube::api::ListParams::default().limit(1)).await.map_err(Error::ListCompressionJobs)?;
+    cjs.list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(Error::ListCompressionJobs)?;
     let controller = Controller::new(cjs, watcher::Config::default().any_semantic())
-        .owns(jobs, watcher::Config::default().labels(build::labels::MANAGED_SELECTOR).any_semantic())
+        .owns(
+            jobs,
+            watcher::Config::default()
+                .labels(build::labels::MANAGED_SELECTOR)
+                .any_semantic(),
+        )
         .shutdown_on_signal();
     let store = controller.store();
     let _ = state.store.set(store.clone());
@@ -210,7 +243,10 @@ pub async fn run_controller(client: Client, config: ControllerConfig, state: Arc
             }
         }
     };
-    let reporter = Reporter { controller: "kompress".into(), instance: std::env::var("POD_NAME").ok() };
+    let reporter = Reporter {
+        controller: "kompress".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let ctx = Arc::new(reconcile::Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -218,13 +254,15 @@ pub async fn run_controller(client: Client, config: ControllerConfig, state: Arc
         state,
         failures: Default::default(),
     });
-    let run = controller.run(reconcile::reconcile, reconcile::error_policy, ctx).for_each(|r| async move {
-        match r {
-            Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
-            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by the error policy
-            Err(e) => tracing::warn!(error = %crate::pipeline::error_chain(&e), "controller"),
-        }
-    });
+    let run = controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|r| async move {
+            match r {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by the error policy
+                Err(e) => tracing::warn!(error = %crate::pipeline::error_chain(&e), "controller"),
+            }
+        });
     futures::join!(run, ready);
     Ok(())
 }
@@ -236,9 +274,29 @@ mod tests {
     #[test]
     fn tolerations_parse_like_kubectl_taints() {
         let t = parse_toleration("nvidia.com/gpu:NoSchedule").unwrap();
-        assert_eq!((t.key.as_deref(), t.operator.as_deref(), t.value.as_deref(), t.effect.as_deref()), (Some("nvidia.com/gpu"), Some("Exists"), None, Some("NoSchedule")));
+        assert_eq!(
+            (
+                t.key.as_deref(),
+                t.operator.as_deref(),
+                t.value.as_deref(),
+                t.effect.as_deref()
+            ),
+            (
+                Some("nvidia.com/gpu"),
+                Some("Exists"),
+                None,
+                Some("NoSchedule")
+            )
+        );
         let t = parse_toleration("dedicated=ml:NoExecute").unwrap();
-        assert_eq!((t.operator.as_deref(), t.value.as_deref(), t.effect.as_deref()), (Some("Equal"), Some("ml"), Some("NoExecute")));
+        assert_eq!(
+            (
+                t.operator.as_deref(),
+                t.value.as_deref(),
+                t.effect.as_deref()
+            ),
+            (Some("Equal"), Some("ml"), Some("NoExecute"))
+        );
         assert_eq!(parse_toleration("gpu").unwrap().effect, None);
         assert!(parse_toleration("gpu:Sometimes").is_err());
         assert!(parse_toleration(":NoSchedule").is_err());
@@ -246,14 +304,20 @@ mod tests {
 
     #[test]
     fn node_selector_entries_are_key_value() {
-        assert_eq!(parse_key_value("pool=a100").unwrap(), ("pool".to_string(), "a100".to_string()));
+        assert_eq!(
+            parse_key_value("pool=a100").unwrap(),
+            ("pool".to_string(), "a100".to_string())
+        );
         assert!(parse_key_value("pool").is_err());
         assert!(parse_key_value("=x").is_err());
     }
 
     #[test]
     fn tolerations_json_is_what_the_chart_passes() {
-        let list = parse_tolerations_json(r#"[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]"#).unwrap();
+        let list = parse_tolerations_json(
+            r#"[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]"#,
+        )
+        .unwrap();
         assert_eq!(list.0, ControllerConfig::default().gpu_tolerations);
         assert!(parse_tolerations_json("nvidia.com/gpu").is_err());
     }

@@ -19,11 +19,23 @@ pub enum Progress {
     Complete,
     /// The Job's Failed condition: reason (BackoffLimitExceeded, DeadlineExceeded,
     /// PodFailurePolicy, ...) and message.
-    Failed { reason: String, message: String, at: Option<Time> },
+    Failed {
+        reason: String,
+        message: String,
+        at: Option<Time>,
+    },
 }
 
-fn true_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
-    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
+fn true_condition<'a>(
+    job: &'a Job,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// Complete and Failed are terminal (FailureTarget and SuccessCriteriaMet come first, while
@@ -50,7 +62,10 @@ pub fn termination_message(pods: &[Pod]) -> Option<(String, Option<Time>)> {
     pods.iter()
         .filter_map(|p| {
             let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
-            let s = statuses.iter().find(|s| s.name == super::build::CONTAINER).or(statuses.first())?;
+            let s = statuses
+                .iter()
+                .find(|s| s.name == super::build::CONTAINER)
+                .or(statuses.first())?;
             let t = s.state.as_ref()?.terminated.as_ref()?;
             Some((t.message.clone().unwrap_or_default(), t.finished_at.clone()))
         })
@@ -65,20 +80,34 @@ pub fn outcome(progress: &Progress, message: Option<&str>) -> WorkerMessage {
         return m;
     }
     let (reason, why) = match progress {
-        Progress::Failed { reason, message, .. } => (reason.clone(), message.clone()),
-        _ => ("WorkerFailed".to_string(), "the worker Job completed".to_string()),
+        Progress::Failed {
+            reason, message, ..
+        } => (reason.clone(), message.clone()),
+        _ => (
+            "WorkerFailed".to_string(),
+            "the worker Job completed".to_string(),
+        ),
     };
     let tail = message.map(str::trim).filter(|m| !m.is_empty()).map(|m| {
         let start = m.len().saturating_sub(1000);
-        let start = (start..m.len()).find(|&i| m.is_char_boundary(i)).unwrap_or(m.len());
+        let start = (start..m.len())
+            .find(|&i| m.is_char_boundary(i))
+            .unwrap_or(m.len());
         format!("; its last output: {}", &m[start..])
     });
     WorkerMessage {
         phase: Phase::Failed,
         result: None,
-        reason: Some(if reason.is_empty() { "WorkerFailed".into() } else { reason }),
+        reason: Some(if reason.is_empty() {
+            "WorkerFailed".into()
+        } else {
+            reason
+        }),
         permanent: None,
-        message: Some(format!("{why} without a readable result{}", tail.unwrap_or_default())),
+        message: Some(format!(
+            "{why} without a readable result{}",
+            tail.unwrap_or_default()
+        )),
     }
 }
 
@@ -86,25 +115,39 @@ pub fn outcome(progress: &Progress, message: Option<&str>) -> WorkerMessage {
 pub async fn observe(client: &Client, job: &Job) -> Result<(Run, Observed)> {
     let name = job.name_any();
     let status = job.status.clone().unwrap_or_default();
-    let mut run = Run { job_name: name.clone(), start_time: status.start_time, completion_time: status.completion_time };
+    let mut run = Run {
+        job_name: name.clone(),
+        start_time: status.start_time,
+        completion_time: status.completion_time,
+    };
     let progress = progress(job);
     let observed = match &progress {
         Progress::Pending => Observed::Pending,
         Progress::Running => Observed::Running,
         Progress::Complete | Progress::Failed { .. } => {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+            let pods: Api<Pod> =
+                Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
             // the Job's uid, not its name: a deleted and re-created Job of the same name has other pods
             let selector = match job.uid() {
                 Some(uid) => format!("batch.kubernetes.io/controller-uid={uid}"),
                 None => format!("batch.kubernetes.io/job-name={name}"),
             };
             let lp = ListParams::default().labels(&selector);
-            let list = pods.list(&lp).await.map_err(|source| Error::ListPods { name: name.clone(), source })?;
+            let list = pods.list(&lp).await.map_err(|source| Error::ListPods {
+                name: name.clone(),
+                source,
+            })?;
             let found = termination_message(&list.items);
             if let Progress::Failed { at, .. } = &progress {
-                run.completion_time = run.completion_time.or(at.clone()).or(found.as_ref().and_then(|f| f.1.clone()));
+                run.completion_time = run
+                    .completion_time
+                    .or(at.clone())
+                    .or(found.as_ref().and_then(|f| f.1.clone()));
             }
-            Observed::Finished(Box::new(outcome(&progress, found.as_ref().map(|f| f.0.as_str()))))
+            Observed::Finished(Box::new(outcome(
+                &progress,
+                found.as_ref().map(|f| f.0.as_str()),
+            )))
         }
     };
     Ok((run, observed))
@@ -116,7 +159,10 @@ mod tests {
     use serde_json::json;
 
     fn job(status: serde_json::Value) -> Job {
-        serde_json::from_value(json!({"metadata": {"name": "j", "namespace": "ns"}, "status": status})).unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "j", "namespace": "ns"}, "status": status}),
+        )
+        .unwrap()
     }
 
     fn pod(message: &str, finished: &str) -> Pod {
@@ -130,36 +176,73 @@ mod tests {
     #[test]
     fn job_progress_follows_its_terminal_conditions_and_ready_pods() {
         assert_eq!(progress(&job(json!({}))), Progress::Pending);
-        assert_eq!(progress(&job(json!({"active": 1, "ready": 0}))), Progress::Pending);
-        assert_eq!(progress(&job(json!({"active": 1, "ready": 1}))), Progress::Running);
+        assert_eq!(
+            progress(&job(json!({"active": 1, "ready": 0}))),
+            Progress::Pending
+        );
+        assert_eq!(
+            progress(&job(json!({"active": 1, "ready": 1}))),
+            Progress::Running
+        );
         let failing = json!({"active": 1, "ready": 1, "conditions": [{"type": "FailureTarget", "status": "True"}]});
-        assert_eq!(progress(&job(failing)), Progress::Running, "FailureTarget is not terminal yet");
-        assert_eq!(progress(&job(json!({"conditions": [{"type": "Complete", "status": "True"}]}))), Progress::Complete);
-        let failed = progress(&job(json!({"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 65"}]})));
-        assert!(matches!(failed, Progress::Failed { ref reason, .. } if reason == "PodFailurePolicy"), "{failed:?}");
+        assert_eq!(
+            progress(&job(failing)),
+            Progress::Running,
+            "FailureTarget is not terminal yet"
+        );
+        assert_eq!(
+            progress(&job(
+                json!({"conditions": [{"type": "Complete", "status": "True"}]})
+            )),
+            Progress::Complete
+        );
+        let failed = progress(&job(
+            json!({"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit code 65"}]}),
+        ));
+        assert!(
+            matches!(failed, Progress::Failed { ref reason, .. } if reason == "PodFailurePolicy"),
+            "{failed:?}"
+        );
     }
 
     #[test]
     fn the_last_finished_worker_speaks() {
-        let pods = [pod("first", "2026-01-01T00:00:00Z"), pod("last", "2026-01-01T00:05:00Z"), pod("middle", "2026-01-01T00:01:00Z")];
+        let pods = [
+            pod("first", "2026-01-01T00:00:00Z"),
+            pod("last", "2026-01-01T00:05:00Z"),
+            pod("middle", "2026-01-01T00:01:00Z"),
+        ];
         assert_eq!(termination_message(&pods).unwrap().0, "last");
         assert_eq!(termination_message(&[]), None);
     }
 
     #[test]
     fn worker_json_is_the_outcome() {
-        let m = WorkerMessage { phase: Phase::Rejected, result: Some(Default::default()), reason: None, permanent: None, message: None };
+        let m = WorkerMessage {
+            phase: Phase::Rejected,
+            result: Some(Default::default()),
+            reason: None,
+            permanent: None,
+            message: None,
+        };
         assert_eq!(outcome(&Progress::Complete, Some(&m.to_json())), m);
     }
 
     #[test]
     fn a_crash_log_in_the_message_fails_with_the_job_reason_and_the_log_tail() {
-        let failed = Progress::Failed { reason: "BackoffLimitExceeded".into(), message: "Job has reached the specified backoff limit".into(), at: None };
+        let failed = Progress::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "Job has reached the specified backoff limit".into(),
+            at: None,
+        };
         let m = outcome(&failed, Some("thread 'main' panicked at src/x.rs:1"));
         assert_eq!(m.phase, Phase::Failed);
         assert_eq!(m.reason.as_deref(), Some("BackoffLimitExceeded"));
         assert!(m.message.as_deref().unwrap().contains("panicked"), "{m:?}");
         let lost = outcome(&Progress::Complete, None);
-        assert_eq!((lost.phase, lost.reason.as_deref()), (Phase::Failed, Some("WorkerFailed")));
+        assert_eq!(
+            (lost.phase, lost.reason.as_deref()),
+            (Phase::Failed, Some("WorkerFailed"))
+        );
     }
 }

@@ -31,7 +31,9 @@ pub struct Context {
 
 /// `BACKOFF_BASE * 2^(failures-1)`, capped at BACKOFF_MAX.
 pub fn backoff(failures: u32) -> Duration {
-    BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX)
+    BACKOFF_BASE
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
 }
 
 pub fn error_policy(cj: Arc<CompressionJob>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -57,7 +59,10 @@ pub async fn reconcile(cj: Arc<CompressionJob>, ctx: Arc<Context>) -> Result<Act
         Err(e) => e.category(),
     });
     if result.is_ok() {
-        ctx.failures.lock().expect("failure map lock").remove(&ObjectRef::from_obj(&*cj));
+        ctx.failures
+            .lock()
+            .expect("failure map lock")
+            .remove(&ObjectRef::from_obj(&*cj));
     }
     result
 }
@@ -65,7 +70,10 @@ pub async fn reconcile(cj: Arc<CompressionJob>, ctx: Arc<Context>) -> Result<Act
 /// Now, at the second precision metav1.Time keeps, so a status compares equal after the
 /// round trip through the API.
 fn now() -> Time {
-    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is a valid timestamp"))
+    Time(
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+            .expect("now is a valid timestamp"),
+    )
 }
 
 async fn steps(cj: &CompressionJob, ctx: &Context) -> Result<Action> {
@@ -77,7 +85,13 @@ async fn steps(cj: &CompressionJob, ctx: &Context) -> Result<Action> {
 
     // validate: an invalid spec waits for a change; nothing to retry
     if let Err(invalid) = super::validate::validate(cj) {
-        let status = desired(generation, old, None, &Observed::Invalid(invalid.to_string()), &now());
+        let status = desired(
+            generation,
+            old,
+            None,
+            &Observed::Invalid(invalid.to_string()),
+            &now(),
+        );
         update_status(ctx, &api, cj, old, status).await?;
         return Ok(Action::await_change());
     }
@@ -96,8 +110,22 @@ async fn steps(cj: &CompressionJob, ctx: &Context) -> Result<Action> {
     let (job, created) = apply::apply(&ctx.client, cj, build::build_job(cj, &ctx.config)).await?;
     if created {
         tracing::info!(%namespace, name = %cj.name_any(), job = %job_name, ?generation, "created worker Job");
-        let note = format!("created worker Job {job_name} for generation {}", generation.unwrap_or(0));
-        publish(ctx, cj, Event { type_: EventType::Normal, reason: "JobCreated".into(), note: Some(note), action: "CreateJob".into(), secondary: Some(job.object_ref(&())) }).await;
+        let note = format!(
+            "created worker Job {job_name} for generation {}",
+            generation.unwrap_or(0)
+        );
+        publish(
+            ctx,
+            cj,
+            Event {
+                type_: EventType::Normal,
+                reason: "JobCreated".into(),
+                note: Some(note),
+                action: "CreateJob".into(),
+                secondary: Some(job.object_ref(&())),
+            },
+        )
+        .await;
     }
 
     // observe + update_status
@@ -105,11 +133,21 @@ async fn steps(cj: &CompressionJob, ctx: &Context) -> Result<Action> {
     let status = desired(generation, old, Some(&run), &observed, &now());
     let terminal = status.phase.is_some_and(Phase::is_terminal);
     update_status(ctx, &api, cj, old, status).await?;
-    Ok(if terminal { Action::await_change() } else { Action::requeue(REQUEUE_RUNNING) })
+    Ok(if terminal {
+        Action::await_change()
+    } else {
+        Action::requeue(REQUEUE_RUNNING)
+    })
 }
 
 /// Writes the status when it changed; on a phase transition also the Event and counters.
-async fn update_status(ctx: &Context, api: &Api<CompressionJob>, cj: &CompressionJob, old: Option<&CompressionJobStatus>, status: CompressionJobStatus) -> Result<()> {
+async fn update_status(
+    ctx: &Context,
+    api: &Api<CompressionJob>,
+    cj: &CompressionJob,
+    old: Option<&CompressionJobStatus>,
+    status: CompressionJobStatus,
+) -> Result<()> {
     if old == Some(&status) {
         return Ok(());
     }
@@ -117,7 +155,11 @@ async fn update_status(ctx: &Context, api: &Api<CompressionJob>, cj: &Compressio
     if let Some(event) = transition_event(old, &status) {
         let namespace = cj.namespace().unwrap_or_default();
         match status.phase {
-            Some(Phase::Succeeded) if status.result.as_ref().is_some_and(|r| r.promoted.is_some()) => ctx.state.metrics.promoted(&namespace),
+            Some(Phase::Succeeded)
+                if status.result.as_ref().is_some_and(|r| r.promoted.is_some()) =>
+            {
+                ctx.state.metrics.promoted(&namespace)
+            }
             Some(Phase::Rejected) => ctx.state.metrics.rejected(&namespace),
             _ => {}
         }

@@ -35,21 +35,47 @@ pub struct Run {
 /// the worker's category always is, anything else falls back.
 fn valid_reason(r: Option<&str>, fallback: &'static str) -> String {
     match r {
-        Some(r) if r.len() <= 128 && r.starts_with(|c: char| c.is_ascii_alphabetic()) && r.chars().all(|c| c.is_ascii_alphanumeric() || "_,:".contains(c)) && !r.ends_with([',', ':']) => r.into(),
+        Some(r)
+            if r.len() <= 128
+                && r.starts_with(|c: char| c.is_ascii_alphabetic())
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_,:".contains(c))
+                && !r.ends_with([',', ':']) =>
+        {
+            r.into()
+        }
         _ => fallback.into(),
     }
 }
 
 /// Why a run failed, for people: the failing checks of a rejected candidate.
 fn rejection(r: &JobResult) -> String {
-    let failed: Vec<String> = r.checks.iter().filter(|c| !c.passed).map(|c| format!("{} {} (limit {})", c.name, c.value, c.limit)).collect();
-    format!("candidate rejected, nothing promoted: {}", if failed.is_empty() { "a threshold failed".into() } else { failed.join(", ") })
+    let failed: Vec<String> = r
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{} {} (limit {})", c.name, c.value, c.limit))
+        .collect();
+    format!(
+        "candidate rejected, nothing promoted: {}",
+        if failed.is_empty() {
+            "a threshold failed".into()
+        } else {
+            failed.join(", ")
+        }
+    )
 }
 
 /// The status for `observed` at `generation`. Conditions keep their `lastTransitionTime` from
 /// `old` while their status stays the same, so an unchanged observation yields an equal status
 /// (and no write).
-pub fn desired(generation: Option<i64>, old: Option<&CompressionJobStatus>, run: Option<&Run>, observed: &Observed, now: &Time) -> CompressionJobStatus {
+pub fn desired(
+    generation: Option<i64>,
+    old: Option<&CompressionJobStatus>,
+    run: Option<&Run>,
+    observed: &Observed,
+    now: &Time,
+) -> CompressionJobStatus {
     let job = run.map(|r| r.job_name.as_str()).unwrap_or_default();
     let (t, f, u) = ("True", "False", "Unknown");
     let result = match observed {
@@ -60,36 +86,99 @@ pub fn desired(generation: Option<i64>, old: Option<&CompressionJobStatus>, run:
     let (message, conds): (String, [(&str, &str, String); 5]) = match observed {
         Observed::Invalid(msg) => {
             let r = reason::INVALID_SPEC.to_string();
-            (msg.clone(), [(condition::READY, f, r.clone()), (condition::RECONCILING, f, r.clone()), (condition::STALLED, t, r.clone()), (condition::EVALUATED, f, r.clone()), (condition::PROMOTED, f, r)])
+            (
+                msg.clone(),
+                [
+                    (condition::READY, f, r.clone()),
+                    (condition::RECONCILING, f, r.clone()),
+                    (condition::STALLED, t, r.clone()),
+                    (condition::EVALUATED, f, r.clone()),
+                    (condition::PROMOTED, f, r),
+                ],
+            )
         }
         Observed::Pending | Observed::Running => {
             let (r, msg) = if *observed == Observed::Pending {
-                (reason::PENDING, format!("worker Job {job} created; waiting for its pod to run"))
+                (
+                    reason::PENDING,
+                    format!("worker Job {job} created; waiting for its pod to run"),
+                )
             } else {
                 (reason::RUNNING, format!("worker Job {job} is running"))
             };
             let r = r.to_string();
-            (msg, [(condition::READY, f, r.clone()), (condition::RECONCILING, t, r.clone()), (condition::STALLED, f, r.clone()), (condition::EVALUATED, u, r.clone()), (condition::PROMOTED, u, r)])
+            (
+                msg,
+                [
+                    (condition::READY, f, r.clone()),
+                    (condition::RECONCILING, t, r.clone()),
+                    (condition::STALLED, f, r.clone()),
+                    (condition::EVALUATED, u, r.clone()),
+                    (condition::PROMOTED, u, r),
+                ],
+            )
         }
         Observed::Finished(m) => match (m.phase, &m.result) {
             (Phase::Succeeded, Some(res)) => {
                 let p = reason::PASSED.to_string();
                 let (promoted, msg) = match &res.promoted {
-                    Some(a) => ((t, reason::PROMOTED), format!("candidate passed every threshold ({:.2}x smaller) and was promoted to {}", res.ratio, a.uri)),
-                    None => ((f, reason::NO_PROMOTE_TARGET), format!("candidate passed every threshold ({:.2}x smaller); no promoteTo set, nothing promoted", res.ratio)),
+                    Some(a) => (
+                        (t, reason::PROMOTED),
+                        format!(
+                            "candidate passed every threshold ({:.2}x smaller) and was promoted to {}",
+                            res.ratio, a.uri
+                        ),
+                    ),
+                    None => (
+                        (f, reason::NO_PROMOTE_TARGET),
+                        format!(
+                            "candidate passed every threshold ({:.2}x smaller); no promoteTo set, nothing promoted",
+                            res.ratio
+                        ),
+                    ),
                 };
-                (msg, [(condition::READY, t, p.clone()), (condition::RECONCILING, f, p.clone()), (condition::STALLED, f, p.clone()), (condition::EVALUATED, t, p), (condition::PROMOTED, promoted.0, promoted.1.into())])
+                (
+                    msg,
+                    [
+                        (condition::READY, t, p.clone()),
+                        (condition::RECONCILING, f, p.clone()),
+                        (condition::STALLED, f, p.clone()),
+                        (condition::EVALUATED, t, p),
+                        (condition::PROMOTED, promoted.0, promoted.1.into()),
+                    ],
+                )
             }
             (Phase::Rejected, Some(res)) => {
                 let r = reason::REJECTED.to_string();
-                (rejection(res), [(condition::READY, f, r.clone()), (condition::RECONCILING, f, r.clone()), (condition::STALLED, f, r.clone()), (condition::EVALUATED, t, r), (condition::PROMOTED, f, reason::NOT_PROMOTED.into())])
+                (
+                    rejection(res),
+                    [
+                        (condition::READY, f, r.clone()),
+                        (condition::RECONCILING, f, r.clone()),
+                        (condition::STALLED, f, r.clone()),
+                        (condition::EVALUATED, t, r),
+                        (condition::PROMOTED, f, reason::NOT_PROMOTED.into()),
+                    ],
+                )
             }
             // Failed, or a message claiming success without a result: a failed run.
             _ => {
                 let r = valid_reason(m.reason.as_deref(), reason::WORKER_FAILED);
-                let msg = m.message.clone().unwrap_or_else(|| format!("worker Job {job} failed"));
+                let msg = m
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("worker Job {job} failed"));
                 let evaluated = if m.result.is_some() { t } else { f };
-                (msg, [(condition::READY, f, r.clone()), (condition::RECONCILING, f, r.clone()), (condition::STALLED, t, r.clone()), (condition::EVALUATED, evaluated, r), (condition::PROMOTED, f, reason::NOT_PROMOTED.into())])
+                (
+                    msg,
+                    [
+                        (condition::READY, f, r.clone()),
+                        (condition::RECONCILING, f, r.clone()),
+                        (condition::STALLED, t, r.clone()),
+                        (condition::EVALUATED, evaluated, r),
+                        (condition::PROMOTED, f, reason::NOT_PROMOTED.into()),
+                    ],
+                )
             }
         },
     };
@@ -107,9 +196,16 @@ pub fn desired(generation: Option<i64>, old: Option<&CompressionJobStatus>, run:
     let conditions = conds
         .into_iter()
         .map(|(type_, status, reason)| {
-            let kept = old_conditions.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
+            let kept = old_conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone());
             // the why goes on Ready and on conditions that hold, not five copies of it
-            let message = if type_ == condition::READY || status == t { message.clone() } else { String::new() };
+            let message = if type_ == condition::READY || status == t {
+                message.clone()
+            } else {
+                String::new()
+            };
             Condition {
                 type_: type_.into(),
                 status: status.into(),
@@ -126,7 +222,11 @@ pub fn desired(generation: Option<i64>, old: Option<&CompressionJobStatus>, run:
         conditions,
         job_name: run.map(|r| r.job_name.clone()),
         start_time: run.and_then(|r| r.start_time.clone()),
-        completion_time: if phase.is_terminal() { run.and_then(|r| r.completion_time.clone()) } else { None },
+        completion_time: if phase.is_terminal() {
+            run.and_then(|r| r.completion_time.clone())
+        } else {
+            None
+        },
         message: Some(message),
         result,
     }
@@ -134,8 +234,15 @@ pub fn desired(generation: Option<i64>, old: Option<&CompressionJobStatus>, run:
 
 /// The Event for a change from `old` to `new` (a new phase, or the same phase for a new
 /// generation); None when nothing changed. Pending has none: apply records JobCreated.
-pub fn transition_event(old: Option<&CompressionJobStatus>, new: &CompressionJobStatus) -> Option<Event> {
-    let same = old.is_some_and(|o| o.phase == new.phase && o.observed_generation == new.observed_generation && o.job_name == new.job_name);
+pub fn transition_event(
+    old: Option<&CompressionJobStatus>,
+    new: &CompressionJobStatus,
+) -> Option<Event> {
+    let same = old.is_some_and(|o| {
+        o.phase == new.phase
+            && o.observed_generation == new.observed_generation
+            && o.job_name == new.job_name
+    });
     if same {
         return None;
     }
@@ -143,32 +250,59 @@ pub fn transition_event(old: Option<&CompressionJobStatus>, new: &CompressionJob
     let (type_, reason) = match new.phase? {
         Phase::Pending => return None,
         Phase::Running => (EventType::Normal, "Running".to_string()),
-        Phase::Succeeded if new.result.as_ref().is_some_and(|r| r.promoted.is_some()) => (EventType::Normal, "Promoted".into()),
+        Phase::Succeeded if new.result.as_ref().is_some_and(|r| r.promoted.is_some()) => {
+            (EventType::Normal, "Promoted".into())
+        }
         Phase::Succeeded => (EventType::Normal, "Succeeded".into()),
         Phase::Rejected => (EventType::Warning, "Rejected".into()),
         // the static category: InvalidSpec, the worker's (StorageError, InvalidModel, ...) or the Job's
-        Phase::Failed => (EventType::Warning, ready.map(|c| c.reason.clone()).unwrap_or_else(|| reason::WORKER_FAILED.into())),
+        Phase::Failed => (
+            EventType::Warning,
+            ready
+                .map(|c| c.reason.clone())
+                .unwrap_or_else(|| reason::WORKER_FAILED.into()),
+        ),
     };
     let mut note = new.message.clone().unwrap_or_default();
     if note.len() > 1000 {
-        let cut = (0..=1000).rev().find(|&i| note.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=1000)
+            .rev()
+            .find(|&i| note.is_char_boundary(i))
+            .unwrap_or(0);
         note.truncate(cut);
     }
-    Some(Event { type_, reason, note: Some(note), action: "Reconcile".into(), secondary: None })
+    Some(Event {
+        type_,
+        reason,
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    })
 }
 
 /// Writes `status` with server-side apply on the status subresource (field manager
 /// "kompress"): fields it no longer sets, like an earlier generation's result, go away.
-pub async fn apply_status(api: &Api<CompressionJob>, cj: &CompressionJob, status: &CompressionJobStatus) -> Result<()> {
+pub async fn apply_status(
+    api: &Api<CompressionJob>,
+    cj: &CompressionJob,
+    status: &CompressionJobStatus,
+) -> Result<()> {
     let body = json!({
         "apiVersion": CompressionJob::api_version(&()),
         "kind": CompressionJob::kind(&()),
         "status": status,
     });
-    api.patch_status(&cj.name_any(), &PatchParams::apply(super::build::FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map(drop)
-        .map_err(|source| Error::UpdateStatus { name: cj.name_any(), source })
+    api.patch_status(
+        &cj.name_any(),
+        &PatchParams::apply(super::build::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(drop)
+    .map_err(|source| Error::UpdateStatus {
+        name: cj.name_any(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -182,7 +316,11 @@ mod tests {
     }
 
     fn run() -> Run {
-        Run { job_name: "digits-g2-0123abcd".into(), start_time: Some(at(100)), completion_time: Some(at(160)) }
+        Run {
+            job_name: "digits-g2-0123abcd".into(),
+            start_time: Some(at(100)),
+            completion_time: Some(at(160)),
+        }
     }
 
     fn result(verdict: Verdict, promoted: bool) -> JobResult {
@@ -192,61 +330,163 @@ mod tests {
             compressed_bytes: 1000,
             ratio: 4.0,
             accuracy_drop: Some(0.002),
-            checks: vec![Check { name: "maxAccuracyDrop".into(), value: 0.002, limit: if verdict == Verdict::Passed { 0.01 } else { 0.001 }, passed: verdict == Verdict::Passed }],
-            promoted: promoted.then(|| ArtifactRef { uri: "s3://m/production/".into(), sha256: "ab".repeat(32) }),
+            checks: vec![Check {
+                name: "maxAccuracyDrop".into(),
+                value: 0.002,
+                limit: if verdict == Verdict::Passed {
+                    0.01
+                } else {
+                    0.001
+                },
+                passed: verdict == Verdict::Passed,
+            }],
+            promoted: promoted.then(|| ArtifactRef {
+                uri: "s3://m/production/".into(),
+                sha256: "ab".repeat(32),
+            }),
             ..Default::default()
         }
     }
 
     fn finished(phase: Phase, result: Option<JobResult>) -> Observed {
-        Observed::Finished(Box::new(WorkerMessage { phase, result, reason: None, permanent: None, message: None }))
+        Observed::Finished(Box::new(WorkerMessage {
+            phase,
+            result,
+            reason: None,
+            permanent: None,
+            message: None,
+        }))
     }
 
     fn cond<'a>(s: &'a CompressionJobStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} condition"))
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t} condition"))
     }
 
     fn statuses(s: &CompressionJobStatus) -> Vec<(&str, &str)> {
-        s.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect()
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str()))
+            .collect()
     }
 
     #[test]
     fn promoted_candidate_is_ready_evaluated_and_promoted() {
-        let s = desired(Some(2), None, Some(&run()), &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))), &at(200));
+        let s = desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
+            &at(200),
+        );
         assert_eq!(s.phase, Some(Phase::Succeeded));
-        assert_eq!(statuses(&s), [("Ready", "True"), ("Reconciling", "False"), ("Stalled", "False"), ("Evaluated", "True"), ("Promoted", "True")]);
+        assert_eq!(
+            statuses(&s),
+            [
+                ("Ready", "True"),
+                ("Reconciling", "False"),
+                ("Stalled", "False"),
+                ("Evaluated", "True"),
+                ("Promoted", "True")
+            ]
+        );
         assert_eq!(cond(&s, "Promoted").reason, "Promoted");
-        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(2)));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
         assert_eq!(s.result.as_ref().unwrap().ratio, 4.0);
-        assert_eq!((s.start_time.clone(), s.completion_time.clone()), (Some(at(100)), Some(at(160))));
+        assert_eq!(
+            (s.start_time.clone(), s.completion_time.clone()),
+            (Some(at(100)), Some(at(160)))
+        );
         assert_eq!(s.job_name.as_deref(), Some("digits-g2-0123abcd"));
         assert!(s.message.as_deref().unwrap().contains("s3://m/production/"));
         assert_eq!(cond(&s, "Ready").message, *s.message.as_ref().unwrap());
-        assert_eq!(cond(&s, "Stalled").message, "", "a False Stalled needs no story");
+        assert_eq!(
+            cond(&s, "Stalled").message,
+            "",
+            "a False Stalled needs no story"
+        );
     }
 
     #[test]
     fn passing_candidate_without_promote_target_is_ready_but_not_promoted() {
-        let s = desired(Some(2), None, Some(&run()), &finished(Phase::Succeeded, Some(result(Verdict::Passed, false))), &at(200));
+        let s = desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &finished(Phase::Succeeded, Some(result(Verdict::Passed, false))),
+            &at(200),
+        );
         assert_eq!(cond(&s, "Ready").status, "True");
-        assert_eq!((cond(&s, "Promoted").status.as_str(), cond(&s, "Promoted").reason.as_str()), ("False", "NoPromoteTarget"));
+        assert_eq!(
+            (
+                cond(&s, "Promoted").status.as_str(),
+                cond(&s, "Promoted").reason.as_str()
+            ),
+            ("False", "NoPromoteTarget")
+        );
     }
 
     #[test]
     fn rejected_candidate_is_evaluated_not_ready_not_stalled_and_never_promoted() {
-        let s = desired(Some(2), None, Some(&run()), &finished(Phase::Rejected, Some(result(Verdict::Rejected, false))), &at(200));
+        let s = desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &finished(Phase::Rejected, Some(result(Verdict::Rejected, false))),
+            &at(200),
+        );
         assert_eq!(s.phase, Some(Phase::Rejected));
-        assert_eq!(statuses(&s), [("Ready", "False"), ("Reconciling", "False"), ("Stalled", "False"), ("Evaluated", "True"), ("Promoted", "False")]);
+        assert_eq!(
+            statuses(&s),
+            [
+                ("Ready", "False"),
+                ("Reconciling", "False"),
+                ("Stalled", "False"),
+                ("Evaluated", "True"),
+                ("Promoted", "False")
+            ]
+        );
         assert_eq!(cond(&s, "Ready").reason, "ThresholdsFailed");
-        assert!(s.message.as_deref().unwrap().contains("maxAccuracyDrop 0.002 (limit 0.001)"), "{:?}", s.message);
+        assert!(
+            s.message
+                .as_deref()
+                .unwrap()
+                .contains("maxAccuracyDrop 0.002 (limit 0.001)"),
+            "{:?}",
+            s.message
+        );
     }
 
     #[test]
     fn worker_failure_stalls_with_the_worker_category() {
-        let m = WorkerMessage { phase: Phase::Failed, result: None, reason: Some("InvalidModel".into()), permanent: Some(true), message: Some("model.onnx: not an ONNX model".into()) };
-        let s = desired(Some(2), None, Some(&run()), &Observed::Finished(Box::new(m)), &at(200));
+        let m = WorkerMessage {
+            phase: Phase::Failed,
+            result: None,
+            reason: Some("InvalidModel".into()),
+            permanent: Some(true),
+            message: Some("model.onnx: not an ONNX model".into()),
+        };
+        let s = desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &Observed::Finished(Box::new(m)),
+            &at(200),
+        );
         assert_eq!(s.phase, Some(Phase::Failed));
-        assert_eq!((cond(&s, "Stalled").status.as_str(), cond(&s, "Stalled").reason.as_str()), ("True", "InvalidModel"));
+        assert_eq!(
+            (
+                cond(&s, "Stalled").status.as_str(),
+                cond(&s, "Stalled").reason.as_str()
+            ),
+            ("True", "InvalidModel")
+        );
         assert_eq!(cond(&s, "Ready").status, "False");
         assert_eq!(s.message.as_deref(), Some("model.onnx: not an ONNX model"));
         assert_eq!(transition_event(None, &s).unwrap().reason, "InvalidModel");
@@ -254,34 +494,79 @@ mod tests {
 
     #[test]
     fn unreadable_reason_falls_back_to_worker_failed() {
-        let m = WorkerMessage { phase: Phase::Failed, result: None, reason: Some("oom killed!".into()), permanent: None, message: None };
-        let s = desired(Some(1), None, Some(&run()), &Observed::Finished(Box::new(m)), &at(200));
+        let m = WorkerMessage {
+            phase: Phase::Failed,
+            result: None,
+            reason: Some("oom killed!".into()),
+            permanent: None,
+            message: None,
+        };
+        let s = desired(
+            Some(1),
+            None,
+            Some(&run()),
+            &Observed::Finished(Box::new(m)),
+            &at(200),
+        );
         assert_eq!(cond(&s, "Stalled").reason, "WorkerFailed");
     }
 
     #[test]
     fn success_without_a_result_is_a_failure() {
-        let s = desired(Some(1), None, Some(&run()), &finished(Phase::Succeeded, None), &at(200));
+        let s = desired(
+            Some(1),
+            None,
+            Some(&run()),
+            &finished(Phase::Succeeded, None),
+            &at(200),
+        );
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(cond(&s, "Stalled").status, "True");
     }
 
     #[test]
     fn invalid_spec_stalls_without_a_job() {
-        let s = desired(Some(5), None, None, &Observed::Invalid("invalid CompressionJob spec: spec.passes: at least one".into()), &at(200));
+        let s = desired(
+            Some(5),
+            None,
+            None,
+            &Observed::Invalid("invalid CompressionJob spec: spec.passes: at least one".into()),
+            &at(200),
+        );
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(s.job_name, None);
-        assert_eq!(statuses(&s), [("Ready", "False"), ("Reconciling", "False"), ("Stalled", "True"), ("Evaluated", "False"), ("Promoted", "False")]);
+        assert_eq!(
+            statuses(&s),
+            [
+                ("Ready", "False"),
+                ("Reconciling", "False"),
+                ("Stalled", "True"),
+                ("Evaluated", "False"),
+                ("Promoted", "False")
+            ]
+        );
         assert!(s.conditions.iter().all(|c| c.reason == "InvalidSpec"));
         let ev = transition_event(None, &s).unwrap();
-        assert_eq!((ev.type_, ev.reason.as_str()), (EventType::Warning, "InvalidSpec"));
+        assert_eq!(
+            (ev.type_, ev.reason.as_str()),
+            (EventType::Warning, "InvalidSpec")
+        );
     }
 
     #[test]
     fn work_in_progress_is_reconciling_and_has_no_completion_time() {
         let s = desired(Some(1), None, Some(&run()), &Observed::Running, &at(200));
         assert_eq!(s.phase, Some(Phase::Running));
-        assert_eq!(statuses(&s), [("Ready", "False"), ("Reconciling", "True"), ("Stalled", "False"), ("Evaluated", "Unknown"), ("Promoted", "Unknown")]);
+        assert_eq!(
+            statuses(&s),
+            [
+                ("Ready", "False"),
+                ("Reconciling", "True"),
+                ("Stalled", "False"),
+                ("Evaluated", "Unknown"),
+                ("Promoted", "Unknown")
+            ]
+        );
         assert_eq!(s.completion_time, None);
         assert_eq!(s.result, None);
     }
@@ -289,7 +574,13 @@ mod tests {
     #[test]
     fn unchanged_observation_keeps_every_transition_time_and_equals_the_old_status() {
         let first = desired(Some(1), None, Some(&run()), &Observed::Pending, &at(200));
-        let again = desired(Some(1), Some(&first), Some(&run()), &Observed::Pending, &at(300));
+        let again = desired(
+            Some(1),
+            Some(&first),
+            Some(&run()),
+            &Observed::Pending,
+            &at(300),
+        );
         assert_eq!(first, again, "no write and no Event when nothing changed");
         assert!(transition_event(Some(&first), &again).is_none());
     }
@@ -297,30 +588,77 @@ mod tests {
     #[test]
     fn only_conditions_whose_status_changes_get_a_new_transition_time() {
         let pending = desired(Some(1), None, Some(&run()), &Observed::Pending, &at(200));
-        let running = desired(Some(1), Some(&pending), Some(&run()), &Observed::Running, &at(300));
+        let running = desired(
+            Some(1),
+            Some(&pending),
+            Some(&run()),
+            &Observed::Running,
+            &at(300),
+        );
         // Pending -> Running: every status stays the same, only reasons change
-        assert!(running.conditions.iter().all(|c| c.last_transition_time == at(200)));
+        assert!(
+            running
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time == at(200))
+        );
         assert_eq!(cond(&running, "Ready").reason, "Running");
-        let done = desired(Some(1), Some(&running), Some(&run()), &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))), &at(400));
+        let done = desired(
+            Some(1),
+            Some(&running),
+            Some(&run()),
+            &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
+            &at(400),
+        );
         assert_eq!(cond(&done, "Ready").last_transition_time, at(400));
-        assert_eq!(cond(&done, "Stalled").last_transition_time, at(200), "Stalled stayed False");
-        assert_eq!(transition_event(Some(&running), &done).unwrap().reason, "Promoted");
+        assert_eq!(
+            cond(&done, "Stalled").last_transition_time,
+            at(200),
+            "Stalled stayed False"
+        );
+        assert_eq!(
+            transition_event(Some(&running), &done).unwrap().reason,
+            "Promoted"
+        );
     }
 
     #[test]
     fn a_new_generation_is_a_transition_even_in_the_same_phase() {
-        let old = desired(Some(1), None, None, &Observed::Invalid("bad".into()), &at(200));
-        let new = desired(Some(2), Some(&old), None, &Observed::Invalid("still bad".into()), &at(300));
+        let old = desired(
+            Some(1),
+            None,
+            None,
+            &Observed::Invalid("bad".into()),
+            &at(200),
+        );
+        let new = desired(
+            Some(2),
+            Some(&old),
+            None,
+            &Observed::Invalid("still bad".into()),
+            &at(300),
+        );
         assert!(transition_event(Some(&old), &new).is_some());
-        assert!(new.conditions.iter().all(|c| c.observed_generation == Some(2)));
+        assert!(
+            new.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
     }
 
     #[test]
     fn status_survives_the_api_round_trip_unchanged() {
         // the old status comes back through JSON: equality must hold across it, or every
         // reconcile would write
-        let s = desired(Some(2), None, Some(&run()), &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))), &at(200));
-        let back: CompressionJobStatus = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        let s = desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
+            &at(200),
+        );
+        let back: CompressionJobStatus =
+            serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(s, back);
     }
 }
