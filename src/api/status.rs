@@ -79,6 +79,9 @@ pub mod reason {
     pub const NO_PROMOTE_TARGET: &str = "NoPromoteTarget";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const PENDING: &str = "Pending";
+    /// Event reasons of the terminal transitions (the conditions carry the reasons above).
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const CANDIDATE_REJECTED: &str = "Rejected";
 }
 
 /// The outcome of one run: what the gate decided and why.

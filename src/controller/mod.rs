@@ -23,6 +23,15 @@
 //! | coordination.k8s.io | leases | get, create, update, patch |
 //!
 //! The worker pod itself gets no token (`automountServiceAccountToken: false`).
+//!
+//! # Metrics (`/metrics` on `--metrics-addr`, prefix `kompress_`)
+//! `reconciliations_total{result}` and `reconcile_duration_seconds{result}` (result: `ok` or
+//! an error category), `jobs{phase}`, per CompressionJob `{namespace,name}`:
+//! `job_original_bytes`, `job_compressed_bytes`, `job_compression_ratio`,
+//! `job_run_duration_seconds`, and with `model="baseline"|"candidate"`: `job_accuracy_ratio`,
+//! `job_latency_p50_seconds`; `promotions_total{namespace}`, `rejections_total{namespace}`,
+//! `leader`. `/healthz` is liveness; `/readyz` turns 200 once leadership is known (standby)
+//! or the leader's CompressionJob cache has synced.
 
 pub mod admin;
 pub mod apply;
@@ -141,6 +150,8 @@ pub struct State {
     pub metrics: metrics::Metrics,
     ready: AtomicBool,
     store: OnceLock<Store<CompressionJob>>,
+    /// One scrape at a time rebuilds the job gauges (reset, then fill).
+    scrape: std::sync::Mutex<()>,
 }
 
 impl State {
@@ -153,6 +164,7 @@ impl State {
     }
 
     pub fn render_metrics(&self) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(store) = self.store.get() {
             self.metrics.refresh_jobs(&store.state());
         }

@@ -3,7 +3,7 @@
 
 use super::error::{Error, Result};
 use super::status::{Observed, Run};
-use crate::api::Phase;
+use crate::api::{Phase, reason};
 use crate::cli::WorkerMessage;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -84,7 +84,7 @@ pub fn outcome(progress: &Progress, message: Option<&str>) -> WorkerMessage {
             reason, message, ..
         } => (reason.clone(), message.clone()),
         _ => (
-            "WorkerFailed".to_string(),
+            reason::WORKER_FAILED.to_string(),
             "the worker Job completed".to_string(),
         ),
     };
@@ -99,7 +99,7 @@ pub fn outcome(progress: &Progress, message: Option<&str>) -> WorkerMessage {
         phase: Phase::Failed,
         result: None,
         reason: Some(if reason.is_empty() {
-            "WorkerFailed".into()
+            reason::WORKER_FAILED.into()
         } else {
             reason
         }),

@@ -119,7 +119,7 @@ async fn steps(cj: &CompressionJob, ctx: &Context) -> Result<Action> {
             cj,
             Event {
                 type_: EventType::Normal,
-                reason: "JobCreated".into(),
+                reason: crate::api::reason::JOB_CREATED.into(),
                 note: Some(note),
                 action: "CreateJob".into(),
                 secondary: Some(job.object_ref(&())),

@@ -249,12 +249,12 @@ pub fn transition_event(
     let ready = new.conditions.iter().find(|c| c.type_ == condition::READY);
     let (type_, reason) = match new.phase? {
         Phase::Pending => return None,
-        Phase::Running => (EventType::Normal, "Running".to_string()),
+        Phase::Running => (EventType::Normal, reason::RUNNING.to_string()),
         Phase::Succeeded if new.result.as_ref().is_some_and(|r| r.promoted.is_some()) => {
-            (EventType::Normal, "Promoted".into())
+            (EventType::Normal, reason::PROMOTED.into())
         }
-        Phase::Succeeded => (EventType::Normal, "Succeeded".into()),
-        Phase::Rejected => (EventType::Warning, "Rejected".into()),
+        Phase::Succeeded => (EventType::Normal, reason::SUCCEEDED.into()),
+        Phase::Rejected => (EventType::Warning, reason::CANDIDATE_REJECTED.into()),
         // the static category: InvalidSpec, the worker's (StorageError, InvalidModel, ...) or the Job's
         Phase::Failed => (
             EventType::Warning,
