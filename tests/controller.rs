@@ -16,7 +16,7 @@ use kompress::controller::{ControllerConfig, State, leader::LeaseLock, run_contr
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,7 @@ async fn client() -> Client {
 /// Installs the CRD (idempotent: server-side apply) and waits until it serves.
 async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = CompressionJob::crd();
+    let crd = kompress::api::crd();
     let name = crd.name_any();
     crds.patch(
         &name,

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
     version = "v1alpha1",
     kind = "CompressionJob",
     namespaced,
-    shortname = "cj",
+    // Not `cj`: that is CronJob's built-in short name, which kubectl resolves first.
+    shortname = "cmpj",
     doc = "A model compression run: pull an ONNX model, apply passes, evaluate original and candidate with ONNX Runtime on the same data, and promote the candidate only if every threshold passes.",
     category = "kompress",
     status = "CompressionJobStatus",
