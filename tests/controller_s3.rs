@@ -1,0 +1,215 @@
+//! The whole operator path with every part real: a CompressionJob whose model and dataset sit
+//! in the S3 server (Garage) and whose credentials come from a Secret -> the controller binary
+//! creates the Job -> the scheduler binds the pod to the test node -> the node agent runs
+//! `kompress worker` -> termination message -> status Succeeded, Ready=True, the promoted
+//! object in S3, Events, and the controller's /metrics.
+
+mod support;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kompress::api::{CompressionJob, Phase};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+use std::time::Duration;
+use support::*;
+
+/// Kills the controller process however the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and the S3 server: run via `make test`"]
+async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and_metrics() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: start hack/testenv/up (make test does)"
+    );
+    let env = s3_env();
+    let get = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .unwrap_or_else(|| panic!("{k} in the S3 env file"))
+            .1
+            .clone()
+    };
+    let client = Client::try_default().await.unwrap();
+    let p = unique("op");
+    let ns = format!("op-{}", std::process::id());
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "compressionjobs.kompress.dev",
+        &kube::api::PatchParams::apply("kompress-tests").force(),
+        &kube::api::Patch::Apply(kompress::api::crd()),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(
+            crds,
+            "compressionjobs.kompress.dev",
+            kube::runtime::wait::conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    let r = repo();
+    boto(
+        &env,
+        &[
+            "put",
+            r.join("examples/digits/model.onnx").to_str().unwrap(),
+            &format!("s3://models/{p}/model.onnx"),
+        ],
+    );
+    boto(
+        &env,
+        &[
+            "put",
+            r.join("examples/digits/eval.npz").to_str().unwrap(),
+            &format!("s3://datasets/{p}/eval.npz"),
+        ],
+    );
+    let secret_value = get("AWS_SECRET_ACCESS_KEY");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": get("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY": secret_value, "AWS_REGION": get("AWS_REGION")}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let _controller = Child(
+        std::process::Command::new(bin())
+            .args([
+                "controller",
+                "--leader-elect=false",
+                "--namespace",
+                &ns,
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap(),
+    );
+
+    let cj: CompressionJob = serde_yaml::from_str(&format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {{name: digits}}\nspec:\n  model: {{uri: 's3://models/{p}/model.onnx'}}\n  dataset: {{uri: 's3://datasets/{p}/eval.npz'}}\n  storage: {{secretRef: {{name: s3-credentials}}, endpoint: '{}', allowHttp: true}}\n  passes: [{{quantize: {{perChannel: true}}}}]\n  thresholds: {{maxAccuracyDrop: 0.01, minCompressionRatio: 3.5}}\n  output: {{uri: 's3://models/{p}/candidates', promoteTo: 's3://models/{p}/production'}}\n  evaluation: {{latency: {{warmup: 1, iterations: 5}}}}\n",
+        get("AWS_ENDPOINT_URL")
+    ))
+    .unwrap();
+    let cjs: Api<CompressionJob> = Api::namespaced(client.clone(), &ns);
+    cjs.create(&PostParams::default(), &cj).await.unwrap();
+    let done = |c: Option<&CompressionJob>| {
+        c.and_then(|c| c.status.as_ref())
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p.is_terminal())
+    };
+    tokio::time::timeout(
+        Duration::from_secs(240),
+        await_condition(cjs.clone(), "digits", done),
+    )
+    .await
+    .expect("finished in time")
+    .unwrap();
+    let cj = cjs.get("digits").await.unwrap();
+    let status = cj.status.clone().unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{:#?}", status);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True");
+    let result = status.result.clone().unwrap();
+    let digest = result.promoted.as_ref().expect("promoted").sha256.clone();
+    assert!(result.ratio >= 3.5);
+    let keys = boto(&env, &["list", &format!("s3://models/{p}/production/")]);
+    assert!(
+        keys.contains(&format!("sha256-{digest}/model.onnx")) && keys.contains("promoted.json"),
+        "{keys}"
+    );
+    assert!(
+        !serde_json::to_string(&cj).unwrap().contains(&secret_value),
+        "the secret never reaches status"
+    );
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("digits"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "JobCreated") && reasons.iter().any(|r| r == "Promoted"),
+        "{reasons:?}"
+    );
+
+    let metrics = http_get(port, "/metrics").expect("metrics endpoint");
+    let series = format!("kompress_job_compression_ratio{{name=\"digits\",namespace=\"{ns}\"}}");
+    assert!(
+        metrics.contains(&series),
+        "{series} missing from:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "kompress_promotions_total{{namespace=\"{ns}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        http_get(port, "/readyz")
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .ok();
+}
