@@ -391,3 +391,45 @@ fn spec_mistakes_name_the_field() {
     );
     assert!(e.contains("spec.model.uri") && e.contains("ftp"), "{e}");
 }
+
+#[test]
+fn fp16_storage_halves_the_model_and_keeps_its_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(
+        dir.path(),
+        &digits_job(
+            "digits",
+            "    - fp16: {}",
+            "    minAgreement: 0.99\n    minCompressionRatio: 1.9",
+            dir.path(),
+        ),
+    );
+    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        report["result"]["verdict"], "Passed",
+        "{}",
+        report["result"]
+    );
+    assert!(report["result"]["ratio"].as_f64().unwrap() > 1.9);
+    assert!(
+        report["result"]["candidate"]["cosineSimilarity"]
+            .as_f64()
+            .unwrap()
+            > 0.9999
+    );
+}
+
+#[test]
+fn fp16_and_int8_in_one_recipe_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = fails(
+        dir.path(),
+        &digits_job("x", "    - fp16: {}\n    - quantize: {}", GATE, dir.path()),
+    );
+    assert!(
+        e.contains("spec.passes[1].quantize") && e.contains("already quantized"),
+        "{e}"
+    );
+}

@@ -155,10 +155,10 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// One compression pass: set exactly one of `prune` or `quantize`.
+/// One compression pass: set exactly one of `prune`, `quantize` or `fp16`.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("[has(self.prune), has(self.quantize)].filter(x, x).size() == 1").message("set exactly one of prune or quantize"))]
+#[x_kube(validation = Rule::new("[has(self.prune), has(self.quantize), has(self.fp16)].filter(x, x).size() == 1").message("set exactly one of prune, quantize or fp16"))]
 pub struct PassSpec {
     /// Magnitude pruning of weights (unstructured or N:M).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +166,23 @@ pub struct PassSpec {
     /// int8 quantization of weights (and activations, dynamically).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<QuantizeSpec>,
+    /// float16 weight storage: weights stored as float16 and cast back to float32 when the
+    /// model loads (ONNX Runtime folds the casts), so the file is about half the size and
+    /// runs everywhere fp32 runs. Not combinable with quantize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp16: Option<Fp16Spec>,
+}
+
+/// float16 weight storage.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fp16Spec {
+    /// Initializers with fewer elements stay float32. Default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_elements: Option<u64>,
+    /// Initializer names left in float32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tensors: Vec<String>,
 }
 
 /// Magnitude pruning: set either `sparsity` (unstructured) or `pattern` (N:M).

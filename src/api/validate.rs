@@ -81,11 +81,30 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     let mut quantized = false;
     for (i, pass) in spec.passes.iter().enumerate() {
         let at = format!("spec.passes[{i}]");
-        match (&pass.prune, &pass.quantize) {
-            (Some(_), Some(_)) | (None, None) => {
-                err(at.clone(), "set exactly one of prune or quantize".into())
+        let set = [
+            pass.prune.is_some(),
+            pass.quantize.is_some(),
+            pass.fp16.is_some(),
+        ];
+        if set.iter().filter(|x| **x).count() != 1 {
+            err(
+                at.clone(),
+                "set exactly one of prune, quantize or fp16".into(),
+            );
+            continue;
+        }
+        if pass.fp16.is_some() {
+            if quantized {
+                err(
+                    format!("{at}.fp16"),
+                    "fp16 after int8 quantization is not supported: choose one".into(),
+                );
             }
-            (Some(p), None) => {
+            quantized = true;
+            continue;
+        }
+        match (&pass.prune, &pass.quantize) {
+            (Some(p), _) => {
                 let at = format!("{at}.prune");
                 if quantized {
                     err(
@@ -115,12 +134,13 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
                 }
                 check_ops(at, &p.ops, &mut err);
             }
+            (None, None) => {} // fp16, handled above
             (None, Some(q)) => {
                 let at = format!("{at}.quantize");
                 if quantized {
                     err(
                         at.clone(),
-                        "the model is already quantized by an earlier pass".into(),
+                        "the model is already quantized (int8 or fp16) by an earlier pass".into(),
                     );
                 }
                 quantized = true;

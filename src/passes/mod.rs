@@ -1,10 +1,12 @@
 //! Compression passes: each a typed unit (config in, model out, report back), registered in
 //! one place (`Pass`), applied in the spec's order.
 
+mod fp16;
 pub mod math;
 mod prune;
 mod quantize;
 
+pub use fp16::Fp16Config;
 pub use prune::{PruneConfig, PruneTarget};
 pub use quantize::QuantizeConfig;
 
@@ -39,6 +41,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Pass {
     Prune(PruneConfig),
     Quantize(QuantizeConfig),
+    Fp16(Fp16Config),
 }
 
 impl Pass {
@@ -67,6 +70,12 @@ impl Pass {
                 ),
             });
         }
+        if let Some(f) = &spec.fp16 {
+            return Pass::Fp16(Fp16Config {
+                min_elements: f.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
+                exclude_tensors: f.exclude_tensors.iter().cloned().collect(),
+            });
+        }
         let q = spec.quantize.clone().unwrap_or_default();
         Pass::Quantize(QuantizeConfig {
             weight_only: q.mode == QuantMode::WeightOnly,
@@ -85,6 +94,7 @@ impl Pass {
         match self {
             Pass::Prune(_) => "prune",
             Pass::Quantize(_) => "quantize",
+            Pass::Fp16(_) => "fp16",
         }
     }
 
@@ -92,6 +102,7 @@ impl Pass {
         match self {
             Pass::Prune(c) => prune::apply(c, model),
             Pass::Quantize(c) => quantize::apply(c, model),
+            Pass::Fp16(c) => fp16::apply(c, model),
         }
     }
 }
