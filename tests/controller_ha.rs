@@ -324,7 +324,7 @@ async fn controller_restarted_mid_job_completes_the_job_once() {
     let jobs = env.jobs.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(
         jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
-        [name.clone()],
+        std::slice::from_ref(&name),
         "exactly one Job for the CompressionJob"
     );
     assert_eq!(status.job_name.as_deref(), Some(name.as_str()));
