@@ -185,27 +185,38 @@ impl LeaseLock {
     /// successful renewal within RENEW_DEADLINE).
     pub async fn hold(&mut self) -> Error {
         let mut renewed = Instant::now();
+        let mut wait = RENEW_PERIOD;
         loop {
-            tokio::time::sleep(RENEW_PERIOD).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => renewed = Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(wait).await;
+            // Each attempt is bounded by the time left before the renew deadline: a request
+            // that hangs (kube's client has no read timeout by default) must not keep a
+            // leader acting after a standby may already have taken the Lease over.
+            let left = RENEW_DEADLINE.saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    renewed = Instant::now();
+                    wait = RENEW_PERIOD;
+                }
+                Ok(Ok(false)) => {
                     return Error::LeadershipLost(format!(
                         "{}/{LEASE_NAME} (taken by another replica)",
                         self.namespace
                     ));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %crate::pipeline::error_chain(&e), "renewing the leader Lease failed")
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %crate::pipeline::error_chain(&e), "renewing the leader Lease failed");
+                    wait = RETRY_PERIOD; // retry sooner than a routine renewal, as client-go does
                 }
+                Err(_) => tracing::warn!("renewing the leader Lease timed out"),
             }
-            if renewed.elapsed() > RENEW_DEADLINE {
+            if renewed.elapsed() >= RENEW_DEADLINE {
                 return Error::LeadershipLost(format!(
                     "{}/{LEASE_NAME} (not renewed for {}s)",
                     self.namespace,
                     RENEW_DEADLINE.as_secs()
                 ));
             }
+            wait = wait.min(RENEW_DEADLINE.saturating_sub(renewed.elapsed()));
         }
     }
 }
