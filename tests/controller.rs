@@ -8,58 +8,24 @@
 mod support;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kompress::api::{CompressionJob, Phase, condition};
 use kompress::controller::{ControllerConfig, State, leader::LeaseLock, run_controller};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use support::cluster::*;
 use support::*;
 
-const NEEDS: &str = "needs the test control plane: run via make test-cluster";
+const NEEDS: &str = "needs the test control plane: run via `make test`";
 /// A worker run of the digits example takes seconds; the margin is for a busy machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 const API_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn client() -> Client {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        panic!(
-            "KUBECONFIG is not set: these tests need the test control plane. Start it with \
-             `KOMPRESS_TESTENV_AGENT_PATH=$PWD/target/debug hack/testenv/up` (it prints the kubeconfig path) \
-             and run `KUBECONFIG=<that path> cargo test --test controller -- --ignored`"
-        );
-    }
-    Client::try_default()
-        .await
-        .expect("a client from KUBECONFIG")
-}
-
-/// Installs the CRD (idempotent: server-side apply) and waits until it serves.
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = kompress::api::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("kompress-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    tokio::time::timeout(
-        API_TIMEOUT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watching the CRD");
-}
 
 /// A fresh namespace with a controller watching only it.
 struct Env {
@@ -74,16 +40,7 @@ impl Env {
     async fn new(test: &str) -> Self {
         let client = client().await;
         install_crd(&client).await;
-        let ns = format!(
-            "kt-{test}-{:x}",
-            std::process::id() as u64 * 1000 + rand_suffix()
-        );
-        let nss: Api<Namespace> = Api::all(client.clone());
-        let namespace: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-        nss.create(&PostParams::default(), &namespace)
-            .await
-            .expect("create the test namespace");
+        let ns = create_namespace(&client, &format!("kt-{test}")).await;
         let config = ControllerConfig {
             namespace: Some(ns.clone()),
             worker_image: "kompress:test".into(),
@@ -186,10 +143,7 @@ impl Env {
     /// Deletes the namespace. Only passing tests call it: a failing one leaves its namespace
     /// (CompressionJob, Jobs, Events) for the post-mortem.
     async fn cleanup(self) {
-        Api::<Namespace>::all(self.client.clone())
-            .delete(&self.ns, &DeleteParams::background())
-            .await
-            .ok();
+        delete_namespace(&self.client, &self.ns).await;
     }
 
     /// Waits until an Event with `reason` regards the CompressionJob `name` (the controller
@@ -211,15 +165,6 @@ impl Env {
     }
 }
 
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        % 1000
-}
-
 fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
     let c = cj
         .status
@@ -236,7 +181,7 @@ const GATE: &str =
     "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
 
 #[tokio::test]
-#[ignore = "needs the test control plane: run via make test-cluster"]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn compression_job_gets_one_hardened_worker_job_per_generation() {
     let env = Env::new("shape").await;
     let cj = env.create(&env.digits("shape", GATE)).await;
@@ -295,7 +240,7 @@ async fn compression_job_gets_one_hardened_worker_job_per_generation() {
 }
 
 #[tokio::test]
-#[ignore = "needs the test control plane: run via make test-cluster"]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn digits_example_succeeds_is_promoted_and_records_events() {
     let env = Env::new("digits").await;
     env.create(&env.digits("digits", GATE)).await;
@@ -349,7 +294,7 @@ async fn digits_example_succeeds_is_promoted_and_records_events() {
 }
 
 #[tokio::test]
-#[ignore = "needs the test control plane: run via make test-cluster"]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
     let env = Env::new("invalid").await;
     // valid for the CRD's CEL rules, invalid for kompress: output on read-only https
@@ -404,7 +349,7 @@ async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
 }
 
 #[tokio::test]
-#[ignore = "needs the test control plane: run via make test-cluster"]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn gate_failing_candidate_is_rejected_and_its_job_is_not_retried() {
     let env = Env::new("reject").await;
     env.create(&env.digits("strict", "    minCompressionRatio: 100"))
@@ -453,7 +398,7 @@ async fn gate_failing_candidate_is_rejected_and_its_job_is_not_retried() {
 }
 
 #[tokio::test]
-#[ignore = "needs the test control plane: run via make test-cluster"]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn permanent_worker_error_fails_the_job_at_once_and_stalls() {
     let env = Env::new("permanent").await;
     let missing = Path::new("/nonexistent/model.onnx").display().to_string();
@@ -488,20 +433,10 @@ async fn permanent_worker_error_fails_the_job_at_once_and_stalls() {
 }
 
 #[tokio::test]
-#[ignore = "needs the test control plane: run via make test-cluster"]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn one_leader_at_a_time_and_a_released_lease_passes_on() {
     let client = client().await;
-    let ns = format!(
-        "kt-lease-{:x}",
-        std::process::id() as u64 * 1000 + rand_suffix()
-    );
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let ns = create_namespace(&client, "kt-lease").await;
     let mut a = LeaseLock::new(client.clone(), &ns, "replica-a".into());
     let mut b = LeaseLock::new(client.clone(), &ns, "replica-b".into());
     assert!(
@@ -519,5 +454,5 @@ async fn one_leader_at_a_time_and_a_released_lease_passes_on() {
         "a released Lease is free at once"
     );
     assert!(!a.try_acquire_or_renew().await.unwrap());
-    nss.delete(&ns, &DeleteParams::background()).await.ok();
+    delete_namespace(&client, &ns).await;
 }

@@ -11,12 +11,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kompress::api::{CompressionJob, Phase, reason};
 use kompress::controller::leader::LEASE_NAME;
 use kompress::controller::{ControllerConfig, State, job_name, run_controller};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use std::net::SocketAddr;
@@ -24,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use support::cluster::*;
 use support::*;
 
 /// A worker run of the digits example takes seconds; the margin is for a busy machine.
@@ -35,40 +35,6 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Timed latency runs that keep the worker busy for several seconds (about 10s on a dev
 /// machine), so the controller can be stopped while the worker pod runs.
 const SLOW_ITERATIONS: u32 = 200_000;
-
-async fn client() -> Client {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        panic!(
-            "KUBECONFIG is not set: these tests need the test control plane. Start it with \
-             `KOMPRESS_TESTENV_AGENT_PATH=$PWD/target/debug hack/testenv/up` (it prints the kubeconfig path) \
-             and run `KUBECONFIG=<that path> cargo test --test controller_ha -- --ignored`"
-        );
-    }
-    Client::try_default()
-        .await
-        .expect("a client from KUBECONFIG")
-}
-
-/// Installs the CRD (idempotent: server-side apply) and waits until it serves.
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = kompress::api::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("kompress-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    tokio::time::timeout(
-        API_TIMEOUT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watching the CRD");
-}
 
 /// A fresh namespace and a scratch directory for the workers' outputs; no controller: each
 /// test starts its own.
@@ -85,13 +51,7 @@ impl Env {
     async fn new(test: &str) -> Self {
         let client = client().await;
         install_crd(&client).await;
-        let ns = format!("kt-{test}-{}", unique_suffix());
-        let nss: Api<Namespace> = Api::all(client.clone());
-        let namespace: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-        nss.create(&PostParams::default(), &namespace)
-            .await
-            .expect("create the test namespace");
+        let ns = create_namespace(&client, &format!("kt-{test}")).await;
         // world-writable like /tmp: the worker pod runs as its own non-root user
         let dir = tempfile::tempdir().unwrap();
         Self {
@@ -230,17 +190,6 @@ impl Env {
             .await
             .ok();
     }
-}
-
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{:x}",
-        (std::process::id() as u128 * 1_000_000 + nanos % 1_000_000) % (1 << 40)
-    )
 }
 
 /// The run directories the worker wrote under `out/candidates/runs` (one per worker run).

@@ -9,10 +9,10 @@ mod support;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kompress::api::{CompressionJob, Phase};
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::runtime::wait::await_condition;
-use kube::{Api, Client};
 use std::time::Duration;
+use support::cluster::*;
 use support::*;
 
 /// Kills the controller process however the test ends.
@@ -61,35 +61,10 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
             .1
             .clone()
     };
-    let client = Client::try_default().await.unwrap();
+    let client = client().await;
     let p = unique("op");
-    let ns = format!("op-{}", std::process::id());
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "compressionjobs.kompress.dev",
-        &kube::api::PatchParams::apply("kompress-tests").force(),
-        &kube::api::Patch::Apply(kompress::api::crd()),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(
-            crds,
-            "compressionjobs.kompress.dev",
-            kube::runtime::wait::conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let ns = create_namespace(&client, "op").await;
+    install_crd(&client).await;
 
     let r = repo();
     boto(
@@ -147,13 +122,14 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
             .and_then(|s| s.phase)
             .is_some_and(|p| p.is_terminal())
     };
-    tokio::time::timeout(
+    await_for(
+        cjs.clone(),
+        "digits",
+        "finished",
         Duration::from_secs(240),
-        await_condition(cjs.clone(), "digits", done),
+        done,
     )
-    .await
-    .expect("finished in time")
-    .unwrap();
+    .await;
     let cj = cjs.get("digits").await.unwrap();
     let status = cj.status.clone().unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{:#?}", status);

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::cluster::*;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -13,38 +15,6 @@ use kube::{Api, Client};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn client() -> Client {
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "KUBECONFIG is not set: start the test control plane with `hack/testenv/up` (it prints the kubeconfig path); `make test` does this"
-    );
-    Client::try_default()
-        .await
-        .expect("a client from KUBECONFIG")
-}
-
-/// A fresh namespace per test.
-async fn namespace(client: &Client, prefix: &str) -> String {
-    let name = format!(
-        "{prefix}-{}",
-        std::process::id() as u64 * 1000 + rand_suffix() % 1000
-    );
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    name
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-}
 
 fn job(name: &str, script: &str) -> Job {
     serde_json::from_value(serde_json::json!({
@@ -89,7 +59,7 @@ fn terminated(p: &Pod) -> k8s_openapi::api::core::v1::ContainerStateTerminated {
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn a_job_runs_on_the_test_node_and_completes_with_its_termination_message() {
     let client = client().await;
-    let ns = namespace(&client, "testenv-ok").await;
+    let ns = create_namespace(&client, "testenv-ok").await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     jobs.create(
         &PostParams::default(),
@@ -124,7 +94,7 @@ async fn a_job_runs_on_the_test_node_and_completes_with_its_termination_message(
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn a_failing_command_gives_a_failed_job_with_its_exit_code() {
     let client = client().await;
-    let ns = namespace(&client, "testenv-fail").await;
+    let ns = create_namespace(&client, "testenv-fail").await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     jobs.create(
         &PostParams::default(),

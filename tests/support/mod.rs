@@ -1,6 +1,8 @@
 //! Fixtures the tests build themselves: small ONNX MLPs, npz files, job manifests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use kompress::onnx::{f32_tensor, pb};
 use std::io::Write;
 use std::path::{Path, PathBuf};
