@@ -4,7 +4,7 @@ use crate::api::{CompressionJob, JobResult, Phase, Verdict};
 use crate::pipeline::{self, JobRef, RunOptions, error_chain};
 use crate::ui::Ui;
 use clap::{Parser, Subcommand, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Exit code for errors that retrying cannot fix (bad spec, bad model, missing object,
@@ -202,8 +202,6 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, CliError> {
         }
     )))
 }
-
-use serde::Deserialize;
 
 /// Reads and parses a CompressionJob manifest file.
 pub fn read_job(file: &Path) -> Result<CompressionJob, CliError> {
