@@ -66,8 +66,9 @@ pub async fn promote(
     let dir = to.join(&format!("sha256-{digest}"));
     for (name, path, _) in files {
         let dest = dir.join(name);
+        // Same digest folder and same size: already promoted (objects appear only whole).
         let local = std::fs::metadata(path).map(|m| m.len()).ok();
-        if storage.size(&dest).await?.is_some() && storage.size(&dest).await? == local {
+        if local.is_some() && storage.size(&dest).await? == local {
             continue;
         }
         storage.put_file(path, &dest, &|_, _| {}).await?;
