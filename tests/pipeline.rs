@@ -433,3 +433,35 @@ fn fp16_and_int8_in_one_recipe_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_missing_onnx_runtime_library_says_what_to_do() {
+    // No ORT_DYLIB_PATH, no cache under HOME, no python3 on PATH: nothing to find.
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(
+        dir.path(),
+        &digits_job("digits", QUANTIZE, GATE, dir.path()),
+    );
+    let exe = dir.path().join("kompress");
+    std::fs::copy(bin(), &exe).unwrap(); // away from any library beside the build output
+    let o = std::process::Command::new(&exe)
+        .args(["run", "-f", &job])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(kompress::cli::EXIT_PERMANENT),
+        "{err}"
+    );
+    assert!(
+        err.contains("ONNX Runtime shared library not found")
+            && err.contains("ORT_DYLIB_PATH")
+            && err.contains("hack/ort-lib"),
+        "{err}"
+    );
+    assert!(files_under(&dir.path().join("production")).is_empty());
+}
