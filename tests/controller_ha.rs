@@ -108,29 +108,7 @@ impl Env {
         timeout: Duration,
         cond: impl Condition<CompressionJob>,
     ) -> CompressionJob {
-        match tokio::time::timeout(timeout, await_condition(self.cjs.clone(), name, cond)).await {
-            Ok(Ok(Some(cj))) => cj,
-            other => {
-                let cj = self.cjs.get_opt(name).await.ok().flatten();
-                let jobs = self
-                    .jobs
-                    .list(&ListParams::default())
-                    .await
-                    .map(|l| l.items)
-                    .unwrap_or_default();
-                panic!(
-                    "{name} never got {what} ({other:?} after {timeout:?}).\nstatus: {}\njobs: {}\n(worker logs: the node agent's state dir, $KOMPRESS_TESTENV_DIR/agents/*/logs)",
-                    serde_json::to_string_pretty(&cj.and_then(|c| c.status)).unwrap(),
-                    serde_json::to_string_pretty(
-                        &jobs
-                            .iter()
-                            .map(|j| (j.name_any(), j.status.clone()))
-                            .collect::<Vec<_>>()
-                    )
-                    .unwrap()
-                )
-            }
-        }
+        await_compression_job(&self.cjs, &self.jobs, name, what, timeout, cond).await
     }
 
     async fn wait_phase(&self, name: &str, phase: Phase, timeout: Duration) -> CompressionJob {

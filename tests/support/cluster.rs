@@ -92,6 +92,38 @@ where
     }
 }
 
+/// Waits for `cond` on a CompressionJob; on timeout fails with its status, the namespace's
+/// Jobs, and where the worker logs are.
+pub async fn await_compression_job(
+    cjs: &Api<kompress::api::CompressionJob>,
+    jobs: &Api<k8s_openapi::api::batch::v1::Job>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Condition<kompress::api::CompressionJob>,
+) -> kompress::api::CompressionJob {
+    match tokio::time::timeout(timeout, await_condition(cjs.clone(), name, cond)).await {
+        Ok(Ok(Some(cj))) => cj,
+        other => {
+            let cj = cjs.get_opt(name).await.ok().flatten();
+            let jobs = jobs
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            let jobs: Vec<_> = jobs
+                .iter()
+                .map(|j| (j.name_any(), j.status.clone()))
+                .collect();
+            panic!(
+                "{name} never got {what} ({other:?} after {timeout:?}).\nstatus: {}\njobs: {}\n(worker logs: the node agent's state dir, $KOMPRESS_TESTENV_DIR/agents/*/logs)",
+                serde_json::to_string_pretty(&cj.and_then(|c| c.status)).unwrap(),
+                serde_json::to_string_pretty(&jobs).unwrap()
+            )
+        }
+    }
+}
+
 /// The pinned binaries hack/testenv built (kubectl, helm, ...).
 pub fn testenv_bin(name: &str) -> String {
     let cache = std::env::var("KOMPRESS_TESTENV_CACHE").unwrap_or_else(|_| {
