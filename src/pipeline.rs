@@ -256,15 +256,17 @@ pub async fn run(
         which: "original",
         source,
     };
-    let prep = eval::prepare(&model_file.path, &dataset, &cfg).map_err(baseline_err)?;
+    let mut original = eval::open(&model_file.path, &cfg).map_err(baseline_err)?;
+    let prep = eval::prepare(&original, &dataset, &cfg).map_err(baseline_err)?;
     ui.stage(&format!(
         "baseline: {} samples through the original model",
         prep.samples()
     ));
     let bar = ui.bar("evaluate original", false);
     let (base_out, base_times) =
-        eval::evaluate(&model_file.path, &prep, &cfg, &|d, t| bar.set(d, Some(t)))
+        eval::evaluate(&mut original, &prep, &cfg, &|d, t| bar.set(d, Some(t)))
             .map_err(baseline_err)?;
+    drop(original); // release ORT's copy of the weights before the passes run
     bar.finish(prep.samples() as u64);
     let baseline = eval::score(
         &base_out,
@@ -325,8 +327,9 @@ pub async fn run(
         source,
     };
     let bar = ui.bar("evaluate candidate", false);
-    let (cand_out, cand_times) =
-        eval::evaluate(&cand_path, &prep, &cfg, &|d, t| bar.set(d, Some(t))).map_err(cand_err)?;
+    let (cand_out, cand_times) = eval::open(&cand_path, &cfg)
+        .and_then(|mut c| eval::evaluate(&mut c, &prep, &cfg, &|d, t| bar.set(d, Some(t))))
+        .map_err(cand_err)?;
     bar.finish(prep.samples() as u64);
     let candidate = eval::score(&cand_out, &cand_times, &prep, Some(&base_out), saved.bytes);
 

@@ -22,11 +22,16 @@ fn cfg() -> EvalConfig {
 
 fn outputs(model: &std::path::Path, data: &std::path::Path) -> Vec<f32> {
     let ds = Dataset::load(data).unwrap();
-    let prep = eval::prepare(model, &ds, &cfg()).unwrap();
-    eval::evaluate(model, &prep, &cfg(), &|_, _| {})
-        .unwrap()
-        .0
-        .values
+    let prep = eval::prepare(&eval::open(model, &cfg()).unwrap(), &ds, &cfg()).unwrap();
+    eval::evaluate(
+        &mut eval::open(model, &cfg()).unwrap(),
+        &prep,
+        &cfg(),
+        &|_, _| {},
+    )
+    .unwrap()
+    .0
+    .values
 }
 
 #[test]

@@ -61,15 +61,25 @@ fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
     let ds = Dataset::load(&data).unwrap();
-    let prep = eval::prepare(&src, &ds, &cfg()).unwrap();
-    let base = eval::evaluate(&src, &prep, &cfg(), &|_, _| {})
-        .unwrap()
-        .0
-        .values;
-    let cand = eval::evaluate(&out, &prep, &cfg(), &|_, _| {})
-        .unwrap()
-        .0
-        .values;
+    let prep = eval::prepare(&eval::open(&src, &cfg()).unwrap(), &ds, &cfg()).unwrap();
+    let base = eval::evaluate(
+        &mut eval::open(&src, &cfg()).unwrap(),
+        &prep,
+        &cfg(),
+        &|_, _| {},
+    )
+    .unwrap()
+    .0
+    .values;
+    let cand = eval::evaluate(
+        &mut eval::open(&out, &cfg()).unwrap(),
+        &prep,
+        &cfg(),
+        &|_, _| {},
+    )
+    .unwrap()
+    .0
+    .values;
     (onnx::load(&out).unwrap(), base, cand)
 }
 

@@ -80,7 +80,15 @@ pub struct Prepared<'d> {
     samples: usize,
 }
 
-fn session(path: &Path, cfg: &EvalConfig) -> Result<Session> {
+/// An ONNX Runtime session on one model file: opened once, then used to check the dataset
+/// against the model's inputs and to run the evaluation (a large model is loaded once).
+pub struct Opened {
+    sess: Session,
+    path: PathBuf,
+}
+
+/// Opens a session with the evaluation's settings.
+pub fn open(path: &Path, cfg: &EvalConfig) -> Result<Opened> {
     let env = runtime::environment()?;
     let err = |message: String| Error::Session {
         path: path.into(),
@@ -90,7 +98,11 @@ fn session(path: &Path, cfg: &EvalConfig) -> Result<Session> {
     if let Some(t) = cfg.threads {
         b = b.with_intra_threads(t).map_err(|e| err(e.to_string()))?;
     }
-    b.commit_from_file(path).map_err(|e| err(e.to_string()))
+    let sess = b.commit_from_file(path).map_err(|e| err(e.to_string()))?;
+    Ok(Opened {
+        sess,
+        path: path.into(),
+    })
 }
 
 fn element_name(t: &TensorElementType) -> &'static str {
@@ -108,8 +120,8 @@ fn element_name(t: &TensorElementType) -> &'static str {
 }
 
 /// Checks that the dataset has every input the model needs, with the right dtype and shape.
-pub fn prepare<'d>(model: &Path, ds: &'d Dataset, cfg: &EvalConfig) -> Result<Prepared<'d>> {
-    let sess = session(model, cfg)?;
+pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result<Prepared<'d>> {
+    let (sess, model) = (&opened.sess, opened.path.as_path());
     let mismatch = |what: String| Error::Mismatch {
         dataset: ds.path.clone(),
         model: model.into(),
@@ -272,12 +284,12 @@ fn run_batch(
 
 /// Runs the model over the dataset and measures latency. Progress gets (done, total) samples.
 pub fn evaluate(
-    model: &Path,
+    opened: &mut Opened,
     prep: &Prepared,
     cfg: &EvalConfig,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(Outputs, Vec<f64>)> {
-    let mut sess = session(model, cfg)?;
+    let (sess, model) = (&mut opened.sess, opened.path.as_path());
     let out_name = match &cfg.output {
         Some(o) => {
             if !sess.outputs().iter().any(|x| x.name() == o) {
@@ -300,7 +312,7 @@ pub fn evaluate(
     let mut start = 0;
     while start < prep.samples {
         let end = (start + cfg.batch_size).min(prep.samples);
-        let (shape, v) = run_batch(&mut sess, prep, &out_name, start, end, model)?;
+        let (shape, v) = run_batch(sess, prep, &out_name, start, end, model)?;
         out_shape = shape;
         values.extend(v);
         progress(end as u64, prep.samples as u64);
@@ -313,7 +325,7 @@ pub fn evaluate(
     let mut times = Vec::with_capacity(cfg.iterations);
     for i in 0..cfg.warmup + cfg.iterations {
         let t = Instant::now();
-        run_batch(&mut sess, prep, &out_name, 0, lb, model)?;
+        run_batch(sess, prep, &out_name, 0, lb, model)?;
         if i >= cfg.warmup {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
