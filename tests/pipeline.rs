@@ -22,12 +22,6 @@ fn digits_job(name: &str, passes: &str, thresholds: &str, out: &Path) -> String 
     )
 }
 
-fn write_job(dir: &Path, yaml: &str) -> String {
-    let p = dir.join("job.yaml");
-    std::fs::write(&p, yaml).unwrap();
-    p.display().to_string()
-}
-
 #[test]
 fn the_bundled_example_is_promoted_at_least_3_5x_smaller_within_one_point() {
     let dir = tempfile::tempdir().unwrap();

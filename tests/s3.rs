@@ -42,12 +42,6 @@ fn s3_job(
     )
 }
 
-fn write(dir: &std::path::Path, yaml: &str) -> String {
-    let p = dir.join("job.yaml");
-    std::fs::write(&p, yaml).unwrap();
-    p.display().to_string()
-}
-
 #[test]
 #[ignore = "needs the S3 server: run via `make test` (hack/s3/up)"]
 fn s3_to_s3_promotes_a_passing_candidate() {
@@ -55,7 +49,7 @@ fn s3_to_s3_promotes_a_passing_candidate() {
     let p = unique("pass");
     let (model, data) = upload_digits(&env, &p);
     let dir = tempfile::tempdir().unwrap();
-    let job = write(
+    let job = write_job(
         dir.path(),
         &s3_job(
             "digits",
@@ -125,7 +119,7 @@ fn s3_rejected_candidate_leaves_promote_to_empty() {
     let p = unique("reject");
     let (model, data) = upload_digits(&env, &p);
     let dir = tempfile::tempdir().unwrap();
-    let job = write(
+    let job = write_job(
         dir.path(),
         &s3_job(
             "digits",
@@ -155,7 +149,7 @@ fn permanent_failure(
     p: &str,
 ) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let job = write(
+    let job = write_job(
         dir.path(),
         &s3_job(
             "bad",
@@ -244,7 +238,7 @@ fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() 
         &format!("uri: {model}\n"),
         &format!("uri: {model}\n    sha256: {}\n", "0".repeat(64)),
     );
-    let r = run_with_env(&["run", "-f", &write(dir.path(), &yaml)], &env, &[]);
+    let r = run_with_env(&["run", "-f", &write_job(dir.path(), &yaml)], &env, &[]);
     assert_eq!(r.code, kompress::cli::EXIT_PERMANENT);
     assert!(
         r.stderr.contains("sha256") && r.stderr.contains(&"0".repeat(64)),
@@ -253,7 +247,7 @@ fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() 
     );
 
     // success path output and report carry no secret either
-    let job = write(
+    let job = write_job(
         dir.path(),
         &s3_job(
             "ok",

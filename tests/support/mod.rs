@@ -211,6 +211,13 @@ pub fn mlp_dataset(path: &Path, n: usize, din: usize, classes: usize) {
     );
 }
 
+/// Writes a manifest to `dir/job.yaml` and returns its path.
+pub fn write_job(dir: &Path, yaml: &str) -> String {
+    let p = dir.join("job.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p.display().to_string()
+}
+
 /// A CompressionJob manifest.
 pub fn job_yaml(
     name: &str,
