@@ -214,17 +214,18 @@ pub async fn run(
     .await?;
     let mut external_data = Vec::new();
     for location in onnx::external_locations(&model_file.path)? {
+        let src = model_loc.parent().join(&location);
         let f = fetch(
             &storage,
             ui,
-            &model_loc.parent().join(&location),
+            &src,
             &input_dir.join(&location),
             None,
             &location,
         )
         .await?;
         external_data.push(InputRef {
-            uri: model_loc.parent().join(&location).uri,
+            uri: src.uri,
             sha256: f.sha256,
             bytes: f.bytes,
         });
