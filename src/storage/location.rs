@@ -1,0 +1,403 @@
+//! Storage URIs: which store, and the object key in it. Parsing touches neither the network nor
+//! the file system.
+
+use super::{Error, Result};
+use object_store::path::Path as ObjPath;
+use std::path::{Component, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Local,
+    S3,
+    Gcs,
+    Azure,
+    Http,
+}
+
+/// A parsed storage URI: which store, and the object key in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub scheme: Scheme,
+    /// The URI as the user wrote it, normalised (no trailing slash). For local locations it
+    /// names the real file: nothing is percent-encoded.
+    pub uri: String,
+    /// What identifies the store: `s3://bucket`, `https://host`, ... (empty for local).
+    pub(super) store_url: String,
+    /// Object key inside the store (for local: the absolute path without its leading `/`),
+    /// exactly as stored: never percent-encoded.
+    pub(super) key: String,
+}
+
+const DOTDOT: &str = "`..` is not allowed in a storage path";
+
+/// Checks a `/`-separated key the way object stores need it, with plain messages.
+pub(super) fn check_key(key: &str) -> std::result::Result<(), &'static str> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err("empty path segment (`//`) in a storage path"),
+            "." => return Err("`.` segments are not allowed in a storage path"),
+            ".." => return Err(DOTDOT),
+            s if s.chars().any(|c| c.is_control()) => {
+                return Err("control characters are not allowed in a storage path");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `%XX` decoding of a URL path (http(s) locations); None when the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Location {
+    /// Parses a URI without touching the network or the file system.
+    pub fn parse(uri: &str) -> Result<Self> {
+        let uri = uri.trim();
+        let malformed = |what: &str| Error::Malformed {
+            uri: uri.into(),
+            what: what.into(),
+        };
+        if uri.is_empty() {
+            return Err(malformed("empty"));
+        }
+        let Some((scheme, rest)) = uri.split_once("://") else {
+            return Self::local(uri, uri);
+        };
+        let scheme_lc = scheme.to_ascii_lowercase();
+        let (scheme, store_url, key) = match scheme_lc.as_str() {
+            "file" => return Self::local(uri, rest),
+            "s3" | "s3a" | "gs" | "az" | "azure" => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(malformed("no bucket/container after the scheme"));
+                }
+                let s = match scheme_lc.as_str() {
+                    "s3" | "s3a" => Scheme::S3,
+                    "gs" => Scheme::Gcs,
+                    _ => Scheme::Azure,
+                };
+                (s, format!("{scheme_lc}://{bucket}"), key.to_string())
+            }
+            "abfs" | "abfss" => {
+                // abfss://container@account.dfs.core.windows.net/path
+                let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
+                if !authority.contains('@') {
+                    return Err(malformed(
+                        "expected abfss://<container>@<account>.dfs.core.windows.net/<path>",
+                    ));
+                }
+                (
+                    Scheme::Azure,
+                    format!("{scheme_lc}://{authority}"),
+                    key.to_string(),
+                )
+            }
+            "http" | "https" => {
+                let url = url::Url::parse(uri).map_err(|e| malformed(&e.to_string()))?;
+                let host = url
+                    .host_str()
+                    .ok_or_else(|| malformed("no host"))?
+                    .to_string();
+                // The URL path is percent-encoded; object keys are not.
+                let path = percent_decode(url.path().trim_start_matches('/'))
+                    .ok_or_else(|| malformed("the path is not UTF-8 after %-decoding"))?;
+                if host.ends_with(".blob.core.windows.net")
+                    || host.ends_with(".dfs.core.windows.net")
+                {
+                    let (container, key) = path.split_once('/').unwrap_or((path.as_str(), ""));
+                    if container.is_empty() {
+                        return Err(malformed("no container in the Azure URL"));
+                    }
+                    (
+                        Scheme::Azure,
+                        format!("https://{host}/{container}"),
+                        key.to_string(),
+                    )
+                } else {
+                    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                    (
+                        Scheme::Http,
+                        format!("{}://{host}{port}", url.scheme()),
+                        path,
+                    )
+                }
+            }
+            other => {
+                return Err(Error::UnsupportedScheme {
+                    uri: uri.into(),
+                    scheme: other.into(),
+                });
+            }
+        };
+        let key = key.trim_matches('/').to_string();
+        check_key(&key).map_err(malformed)?;
+        Ok(Self {
+            scheme,
+            uri: uri.trim_end_matches('/').to_string(),
+            store_url,
+            key,
+        })
+    }
+
+    pub(super) fn local(uri: &str, path: &str) -> Result<Self> {
+        let malformed = |what: &str| Error::Malformed {
+            uri: uri.into(),
+            what: what.into(),
+        };
+        let abs = std::path::absolute(path).map_err(|e| malformed(&e.to_string()))?;
+        // The key is the path's normal components: `.` and repeated `/` go, `..` is refused
+        // (as for every other scheme). Nothing is encoded: the key names the real file.
+        let mut parts = Vec::new();
+        for c in abs.components() {
+            match c {
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                Component::ParentDir => return Err(malformed(DOTDOT)),
+                Component::Normal(s) => parts.push(
+                    s.to_str()
+                        .ok_or_else(|| malformed("the path is not UTF-8"))?
+                        .to_string(),
+                ),
+            }
+        }
+        let key = parts.join("/");
+        check_key(&key).map_err(malformed)?;
+        Ok(Self {
+            scheme: Scheme::Local,
+            uri: uri.trim_end_matches('/').to_string(),
+            store_url: String::new(),
+            key,
+        })
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.scheme == Scheme::Http
+    }
+
+    /// The local file system path, for local locations.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        (self.scheme == Scheme::Local).then(|| PathBuf::from(format!("/{}", self.key)))
+    }
+
+    /// A location under this one (`rel` uses `/`). Nothing is encoded; a `..` segment makes
+    /// every later storage call on the result fail with a plain message.
+    pub fn join(&self, rel: &str) -> Self {
+        let rel = rel.trim_matches('/');
+        let join = |a: &str| {
+            if a.is_empty() {
+                rel.to_string()
+            } else {
+                format!("{a}/{rel}")
+            }
+        };
+        Self {
+            scheme: self.scheme,
+            uri: format!("{}/{rel}", self.uri),
+            store_url: self.store_url.clone(),
+            key: join(&self.key),
+        }
+    }
+
+    /// The location's directory (the key minus its last segment).
+    pub fn parent(&self) -> Self {
+        let cut = |s: &str| {
+            s.rsplit_once('/')
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default()
+        };
+        Self {
+            scheme: self.scheme,
+            uri: cut(&self.uri),
+            store_url: self.store_url.clone(),
+            key: cut(&self.key),
+        }
+    }
+
+    pub fn file_name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or("")
+    }
+
+    /// The object store path (remote stores): the key as it is, checked.
+    pub(super) fn path(&self) -> Result<ObjPath> {
+        check_key(&self.key).map_err(|what| Error::Malformed {
+            uri: self.uri.clone(),
+            what: what.into(),
+        })?;
+        ObjPath::parse(&self.key).map_err(|e| Error::Malformed {
+            uri: self.uri.clone(),
+            what: e.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_uris_map_to_their_store_and_key() {
+        let l = Location::parse("s3://models/resnet/model.onnx").unwrap();
+        assert_eq!(
+            (l.scheme, l.store_url.as_str(), l.key.as_str()),
+            (Scheme::S3, "s3://models", "resnet/model.onnx")
+        );
+        assert_eq!(Location::parse("gs://b/k").unwrap().scheme, Scheme::Gcs);
+        assert_eq!(
+            Location::parse("az://container/a/b").unwrap().scheme,
+            Scheme::Azure
+        );
+        let abfs = Location::parse("abfss://data@acct.dfs.core.windows.net/m/model.onnx").unwrap();
+        assert_eq!(
+            (abfs.scheme, abfs.key.as_str()),
+            (Scheme::Azure, "m/model.onnx")
+        );
+        let blob =
+            Location::parse("https://acct.blob.core.windows.net/models/x/model.onnx").unwrap();
+        assert_eq!(
+            (blob.scheme, blob.store_url.as_str(), blob.key.as_str()),
+            (
+                Scheme::Azure,
+                "https://acct.blob.core.windows.net/models",
+                "x/model.onnx"
+            )
+        );
+        let web = Location::parse("https://example.com:8443/files/model.onnx").unwrap();
+        assert_eq!(
+            (web.scheme, web.store_url.as_str(), web.key.as_str()),
+            (Scheme::Http, "https://example.com:8443", "files/model.onnx")
+        );
+        assert!(web.is_read_only());
+    }
+
+    #[test]
+    fn http_paths_are_decoded_into_keys() {
+        let web = Location::parse("https://example.com/my%20models/mod%C3%A8le.onnx").unwrap();
+        assert_eq!(web.key, "my models/modèle.onnx");
+        assert_eq!(web.path().unwrap().as_ref(), "my models/modèle.onnx");
+    }
+
+    #[test]
+    fn keys_are_never_percent_encoded() {
+        let l = Location::parse("s3://b/my dir/modèle #1.onnx").unwrap();
+        assert_eq!(l.path().unwrap().as_ref(), "my dir/modèle #1.onnx");
+    }
+
+    #[test]
+    fn local_paths_and_file_uris_are_absolute_keys() {
+        let l = Location::parse("file:///tmp/x/model.onnx").unwrap();
+        assert_eq!(l.local_path(), Some(PathBuf::from("/tmp/x/model.onnx")));
+        let rel = Location::parse("examples/m.onnx").unwrap();
+        assert!(rel.local_path().unwrap().is_absolute());
+        let dotted = Location::parse("/tmp//a/./b.onnx").unwrap();
+        assert_eq!(dotted.local_path(), Some(PathBuf::from("/tmp/a/b.onnx")));
+    }
+
+    #[test]
+    fn local_paths_with_spaces_and_letters_round_trip() {
+        for p in [
+            "/tmp/my models/modèle v1.onnx",
+            "/tmp/数据/模型.onnx",
+            "/tmp/a%20b/c#1.onnx",
+        ] {
+            let l = Location::parse(p).unwrap();
+            assert_eq!(l.local_path(), Some(PathBuf::from(p)), "{p}");
+            assert_eq!(l.uri, p);
+            let j = l.parent().join("runs/r 1/modèle.onnx");
+            let want = format!("{}/runs/r 1/modèle.onnx", p.rsplit_once('/').unwrap().0);
+            assert_eq!(j.uri, want);
+            assert_eq!(j.local_path(), Some(PathBuf::from(&want)));
+        }
+        let f = Location::parse("file:///tmp/my models/x.onnx").unwrap();
+        assert_eq!(
+            f.join("a b").local_path(),
+            Some(PathBuf::from("/tmp/my models/x.onnx/a b"))
+        );
+        assert_eq!(f.join("a b").uri, "file:///tmp/my models/x.onnx/a b");
+    }
+
+    #[test]
+    fn join_parent_and_file_name_compose() {
+        let l = Location::parse("s3://b/runs/")
+            .unwrap()
+            .join("r1/model.onnx");
+        assert_eq!(l.uri, "s3://b/runs/r1/model.onnx");
+        assert_eq!(l.file_name(), "model.onnx");
+        assert_eq!(
+            l.parent().join("model.onnx.data").key,
+            "runs/r1/model.onnx.data"
+        );
+    }
+
+    #[test]
+    fn bad_uris_say_what_is_wrong() {
+        let e = Location::parse("ftp://host/m.onnx")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unsupported URI scheme `ftp`") && e.contains("s3://"),
+            "{e}"
+        );
+        assert!(
+            Location::parse("s3:///key")
+                .unwrap_err()
+                .to_string()
+                .contains("no bucket")
+        );
+        assert!(
+            Location::parse("")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        assert!(
+            Location::parse("abfss://nocontainer/x")
+                .unwrap_err()
+                .to_string()
+                .contains("abfss://<container>@")
+        );
+        for uri in ["s3://b/a/../c", "/tmp/../etc/passwd", "gs://b/..", "x/../y"] {
+            let e = Location::parse(uri).unwrap_err();
+            assert!(e.is_permanent());
+            let e = e.to_string();
+            assert!(
+                e.contains("`..` is not allowed in a storage path") && e.contains(uri),
+                "{e}"
+            );
+        }
+        let e = Location::parse("s3://b/a//c").unwrap_err().to_string();
+        assert!(e.contains("empty path segment"), "{e}");
+        // A `..` joined later is refused when used, with the same words.
+        let j = Location::parse("s3://b/m/model.onnx")
+            .unwrap()
+            .parent()
+            .join("../secret");
+        let e = j.path().unwrap_err().to_string();
+        assert!(e.contains("`..` is not allowed"), "{e}");
+    }
+}
