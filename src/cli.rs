@@ -1,6 +1,6 @@
 //! Command-line faces of the one binary: run, worker, controller, crd, inspect.
 
-use crate::api::{CompressionJob, JobResult, Phase, Verdict};
+use crate::api::{CompressionJob, JobResult, Phase, Verdict, reason};
 use crate::pipeline::{self, JobRef, RunOptions, error_chain};
 use crate::ui::Ui;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 pub const EXIT_PERMANENT: i32 = 65;
 /// Exit code for errors worth retrying (network, storage unavailable): sysexits EX_TEMPFAIL.
 pub const EXIT_TRANSIENT: i32 = 75;
+/// Exit code of an internal error (a bug: a panic caught at the top): sysexits EX_SOFTWARE.
+pub const EXIT_INTERNAL: i32 = 70;
+/// Largest manifest read (the apiserver stores objects of at most 1.5 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// Deepest nesting of `[`/`{`/indentation a manifest may have (a CompressionJob needs < 10).
+pub const MAX_MANIFEST_DEPTH: usize = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,10 +41,12 @@ pub enum Command {
         /// Summary format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
-        /// Working directory (default: a temporary directory, removed afterwards).
+        /// Where the run's scratch folder is made (default: the system's temporary directory);
+        /// the folder is removed when the run ends, however it ends.
         #[arg(long)]
         scratch: Option<PathBuf>,
-        /// Folder name of this run under output.uri/runs/.
+        /// Prefix of this run's folder under output.uri/runs/ (default: the job's name); a UTC
+        /// time and a random suffix follow, so no two runs share a folder.
         #[arg(long)]
         run_id: Option<String>,
     },
@@ -81,6 +89,24 @@ pub enum Command {
     /// Copy a file between storage locations (s3://, gs://, az://, https://, local) through
     /// kompress's storage layer, printing bytes, seconds and sha256.
     Cp { src: String, dst: String },
+    /// Remove what a killed run (SIGKILL) left: stale scratch folders, and staging files under
+    /// a job's local output and promotion folders. Nothing at a final name is touched.
+    Gc {
+        /// Scratch base to clean (default: the system's temporary directory).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// A CompressionJob manifest: clean staging files under its local output.uri and
+        /// output.promoteTo.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Staging files younger than this are left alone (a run may still be writing them),
+        /// e.g. 30m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_age)]
+        min_age: std::time::Duration,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Summarise an ONNX model: ops, parameters, bytes by dtype, sparsity.
     Inspect {
         model: PathBuf,
@@ -138,6 +164,65 @@ pub enum Format {
     Json,
 }
 
+/// `30s`, `15m`, `1h`, `2d` (or plain seconds).
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not an age like 30m, 1h or 2d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{s}`: use the units s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// `kompress gc`.
+pub fn gc(
+    scratch: Option<PathBuf>,
+    file: Option<&Path>,
+    min_age: std::time::Duration,
+    dry_run: bool,
+) -> i32 {
+    use crate::gc;
+    let mut c = gc::Collected::default();
+    let base = scratch.unwrap_or_else(std::env::temp_dir);
+    gc::scratch(&base, SCRATCH_PREFIX, min_age, dry_run, &mut c);
+    if let Some(file) = file {
+        let job = match read_job(file) {
+            Ok(j) => j,
+            Err(e) => return fail(&e, EXIT_PERMANENT),
+        };
+        let out = &job.spec.output;
+        for uri in std::iter::once(&out.uri).chain(out.promote_to.as_ref()) {
+            match crate::storage::Location::parse(uri).map(|l| l.local_path()) {
+                Ok(Some(dir)) => gc::staging(&dir, min_age, dry_run, &mut c),
+                Ok(None) => eprintln!(
+                    "{uri}: object store: interrupted multipart uploads are invisible; let the bucket's AbortIncompleteMultipartUpload lifecycle rule remove them"
+                ),
+                Err(e) => return fail(&e, EXIT_PERMANENT),
+            }
+        }
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for p in c.scratch.iter().chain(&c.staging) {
+        println!("{verb} {}", p.display());
+    }
+    println!(
+        "{verb} {} scratch folder(s) and {} staging file(s); {} scratch folder(s) belong to running processes",
+        c.scratch.len(),
+        c.staging.len(),
+        c.live
+    );
+    0
+}
+
 /// Errors of the command layer itself (reading manifests).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -149,6 +234,14 @@ pub enum CliError {
     },
     #[error("{origin} is not a valid CompressionJob manifest: {message}")]
     Manifest { origin: String, message: String },
+    #[error(
+        "cannot make a scratch folder under {path}: free space or point --scratch / KOMPRESS_SCRATCH elsewhere"
+    )]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Parses a CompressionJob from YAML or JSON; with several YAML documents, the first
@@ -158,6 +251,17 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, CliError> {
         origin: origin.into(),
         message,
     };
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(bad(format!(
+            "it is {} bytes; a CompressionJob manifest may have at most {MAX_MANIFEST_BYTES}",
+            text.len()
+        )));
+    }
+    if let Some(line) = too_deep(text) {
+        return Err(bad(format!(
+            "line {line} is nested deeper than {MAX_MANIFEST_DEPTH} levels; a CompressionJob needs far fewer"
+        )));
+    }
     let mut seen = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
@@ -203,12 +307,40 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, CliError> {
     )))
 }
 
+/// The first line (1-based) where flow brackets or block indentation nest deeper than
+/// `MAX_MANIFEST_DEPTH`, if any: checked before the YAML parser, whose time and memory grow
+/// with nesting. Quoted strings and comments are skipped; the bound is loose on purpose.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_MANIFEST_DEPTH {
+                        return Some(i + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if indent / 2 > MAX_MANIFEST_DEPTH {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// Reads and parses a CompressionJob manifest file.
 pub fn read_job(file: &Path) -> Result<CompressionJob, CliError> {
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
-        path: file.into(),
-        source,
-    })?;
+    let text = read_capped(file)?;
     parse_job(&text, &file.display().to_string())
 }
 
@@ -224,38 +356,138 @@ fn job_ref(job: &CompressionJob) -> JobRef {
     }
 }
 
-/// A scratch directory, removed on drop unless the user chose it.
-struct Scratch {
-    path: PathBuf,
-    remove: bool,
+/// Reads a manifest file of at most `MAX_MANIFEST_BYTES`.
+fn read_capped(file: &Path) -> Result<String, CliError> {
+    use std::io::Read;
+    let read = |source| CliError::Read {
+        path: file.into(),
+        source,
+    };
+    let f = std::fs::File::open(file).map_err(read)?;
+    let mut text = String::new();
+    f.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    Ok(text)
 }
 
+/// The run's scratch folder, `kompress-<pid>-<random>` under `base` (default: the temporary
+/// directory): removed on drop, on a panic (hook) and on SIGINT/SIGTERM; `kompress gc`
+/// removes what a SIGKILL leaves (the pid says whether its owner is still running).
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+/// The live scratch folder, for the panic hook and the signal handler.
+static LIVE_SCRATCH: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
 impl Scratch {
-    fn new(chosen: Option<PathBuf>) -> std::io::Result<Self> {
-        Ok(match chosen {
-            Some(path) => Self {
-                path,
-                remove: false,
-            },
-            None => {
-                let path = std::env::temp_dir().join(format!(
-                    "kompress-{}-{}",
-                    std::process::id(),
-                    jiff::Timestamp::now().as_millisecond()
-                ));
-                std::fs::create_dir_all(&path)?;
-                Self { path, remove: true }
-            }
-        })
+    pub fn new(base: Option<PathBuf>) -> std::io::Result<Self> {
+        let base = base.unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+            .tempdir_in(base)?;
+        if let Ok(mut live) = LIVE_SCRATCH.lock() {
+            *live = Some(dir.path().to_path_buf());
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.remove {
-            let _ = std::fs::remove_dir_all(&self.path);
+        if let Ok(mut live) = LIVE_SCRATCH.lock() {
+            *live = None;
         }
     }
+}
+
+/// Prefix of scratch folder names: `kompress-<pid>-<random>`.
+pub const SCRATCH_PREFIX: &str = "kompress-";
+
+/// Removes the live scratch folder (from the panic hook or a signal handler).
+fn remove_live_scratch() {
+    // try_lock: a panic while the lock is held must not deadlock the hook.
+    if let Ok(mut live) = LIVE_SCRATCH.try_lock()
+        && let Some(p) = live.take()
+    {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+/// Runs the pipeline on its own task, so that a signal or a panic is handled while blocking
+/// work (ONNX Runtime, passes) runs: on SIGINT/SIGTERM the scratch folder is removed and
+/// `on_signal` says what to report before the process exits with `EXIT_TRANSIENT`.
+async fn run_guarded(
+    job: &CompressionJob,
+    opts: RunOptions,
+    ui: Ui,
+    on_signal: impl Fn(&str),
+) -> Result<Result<pipeline::Outcome, pipeline::Error>, String> {
+    let (job_ref, spec) = (job_ref(job), job.spec.clone());
+    let task = tokio::spawn(async move { pipeline::run(&job_ref, &spec, &opts, &ui).await });
+    let signal = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupt"
+        }
+    };
+    tokio::select! {
+        joined = task => joined.map_err(|e| {
+            if e.is_panic() {
+                "the pipeline panicked (a bug: please report it with the job and this message)".to_string()
+            } else {
+                "the pipeline task was cancelled".to_string()
+            }
+        }),
+        name = signal => {
+            on_signal(name);
+            remove_live_scratch();
+            std::process::exit(EXIT_TRANSIENT);
+        }
+    }
+}
+
+/// Installs a panic hook that removes the scratch folder and, for the worker, writes a
+/// termination message, before the default hook prints the panic.
+pub fn install_panic_hook(termination_log: Option<PathBuf>) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        remove_live_scratch();
+        if let Some(path) = &termination_log {
+            let m = WorkerMessage {
+                phase: Phase::Failed,
+                result: None,
+                reason: Some(reason::WORKER_PANICKED.into()),
+                permanent: Some(false),
+                message: Some(format!(
+                    "internal error (a bug: please report it with the job): {info}"
+                )),
+            };
+            let _ = std::fs::write(path, m.to_json());
+        }
+        default(info);
+    }));
 }
 
 fn exit_code(e: &pipeline::Error) -> i32 {
@@ -277,16 +509,12 @@ pub async fn run(
         Ok(j) => j,
         Err(e) => return fail(&e, EXIT_PERMANENT),
     };
+    install_panic_hook(None);
+    let base = scratch.clone().unwrap_or_else(std::env::temp_dir);
     let scratch = match Scratch::new(scratch) {
         Ok(s) => s,
         Err(source) => {
-            return fail(
-                &CliError::Read {
-                    path: std::env::temp_dir(),
-                    source,
-                },
-                EXIT_TRANSIENT,
-            );
+            return fail(&CliError::Scratch { path: base, source }, EXIT_TRANSIENT);
         }
     };
     let ui = if output == Format::Json {
@@ -295,11 +523,21 @@ pub async fn run(
         Ui::detect()
     };
     let opts = RunOptions {
-        scratch: scratch.path.clone(),
+        scratch: scratch.path().to_path_buf(),
         run_id,
     };
-    match pipeline::run(&job_ref(&job), &job.spec, &opts, &ui).await {
-        Ok(outcome) => {
+    let outcome = run_guarded(&job, opts, ui, |signal| {
+        eprintln!("error: interrupted by {signal}: scratch removed; nothing this run did is promoted unless promoted.json names it");
+    })
+    .await;
+    drop(scratch);
+    match outcome {
+        Err(internal) => {
+            eprintln!("error: {internal}");
+            EXIT_INTERNAL
+        }
+        Ok(Err(e)) => fail(&e, exit_code(&e)),
+        Ok(Ok(outcome)) => {
             match output {
                 Format::Json => println!(
                     "{}",
@@ -309,7 +547,6 @@ pub async fn run(
             }
             0
         }
-        Err(e) => fail(&e, exit_code(&e)),
     }
 }
 
@@ -388,19 +625,19 @@ pub async fn worker(
         permanent: Some(permanent),
         message: Some(message),
     };
+    install_panic_hook(Some(termination_log.clone()));
     let (text, origin) = match (spec_file, spec) {
-        (Some(p), _) => match std::fs::read_to_string(&p) {
+        (Some(p), _) => match read_capped(&p) {
             Ok(t) => (t, p.display().to_string()),
-            Err(source) => {
-                let e = CliError::Read { path: p, source };
-                write(&failed("InvalidSpec", true, error_chain(&e)));
+            Err(e) => {
+                write(&failed(reason::INVALID_SPEC, true, error_chain(&e)));
                 return EXIT_PERMANENT;
             }
         },
         (None, Some(s)) => (s, "KOMPRESS_JOB".to_string()),
         (None, None) => {
             write(&failed(
-                "InvalidSpec",
+                reason::INVALID_SPEC,
                 true,
                 "no job given: set --spec-file or KOMPRESS_JOB".into(),
             ));
@@ -410,23 +647,37 @@ pub async fn worker(
     let job = match parse_job(&text, &origin) {
         Ok(j) => j,
         Err(e) => {
-            write(&failed("InvalidSpec", true, error_chain(&e)));
+            write(&failed(reason::INVALID_SPEC, true, error_chain(&e)));
             return EXIT_PERMANENT;
         }
     };
+    let base = scratch.clone().unwrap_or_else(std::env::temp_dir);
     let scratch = match Scratch::new(scratch) {
         Ok(s) => s,
-        Err(e) => {
-            write(&failed("ScratchError", false, e.to_string()));
+        Err(source) => {
+            let e = CliError::Scratch { path: base, source };
+            write(&failed(reason::SCRATCH_ERROR, false, error_chain(&e)));
             return EXIT_TRANSIENT;
         }
     };
     let opts = RunOptions {
-        scratch: scratch.path.clone(),
+        scratch: scratch.path().to_path_buf(),
         run_id,
     };
-    match pipeline::run(&job_ref(&job), &job.spec, &opts, &Ui::plain()).await {
-        Ok(outcome) => {
+    let outcome = run_guarded(&job, opts, Ui::plain(), |signal| {
+        let message = format!("interrupted by {signal} (pod deleted or deadline reached); nothing of this run is promoted unless promoted.json names it");
+        eprintln!("error: {message}");
+        write(&failed(reason::INTERRUPTED, false, message));
+    })
+    .await;
+    drop(scratch);
+    match outcome {
+        Err(internal) => {
+            eprintln!("error: {internal}");
+            write(&failed(reason::WORKER_PANICKED, false, internal));
+            EXIT_INTERNAL
+        }
+        Ok(Ok(outcome)) => {
             let phase = if outcome.result.verdict == Verdict::Passed {
                 Phase::Succeeded
             } else {
@@ -441,7 +692,7 @@ pub async fn worker(
             });
             0
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             let chain = error_chain(&e);
             eprintln!("error: {chain}");
             write(&failed(e.category(), e.is_permanent(), chain));
@@ -705,5 +956,49 @@ pub async fn cp(src: &str, dst: &str) -> i32 {
             0
         }
         Err(e) => fail(&e, code(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: &str = "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {name: x}\nspec:\n  model: {uri: m.onnx}\n  dataset: {uri: d.npz}\n  output: {uri: out}\n  passes: [{quantize: {}}]\n";
+
+    #[test]
+    fn manifests_too_large_or_too_deep_are_refused_before_parsing() {
+        assert!(parse_job(JOB, "job.yaml").is_ok());
+        let big = format!("{JOB}# {}\n", "x".repeat(MAX_MANIFEST_BYTES));
+        let e = parse_job(&big, "job.yaml").unwrap_err().to_string();
+        assert!(e.contains("at most 1048576"), "{e}");
+        for depth in [65, 1000, 100_000] {
+            let flow = format!(
+                "{JOB}  labels: {}{}\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let t = std::time::Instant::now();
+            let e = parse_job(&flow, "job.yaml").unwrap_err().to_string();
+            assert!(e.contains("nested deeper than 64"), "{depth}: {e}");
+            assert!(t.elapsed().as_secs() < 1);
+        }
+        let mut block = JOB.to_string();
+        for i in 0..70 {
+            block.push_str(&format!("{}- a:\n", " ".repeat(4 + 2 * i)));
+        }
+        let e = parse_job(&block, "job.yaml").unwrap_err().to_string();
+        assert!(e.contains("nested deeper"), "{e}");
+        // Brackets inside quotes and comments do not count.
+        let quoted = format!("{JOB}# {}\n", "[".repeat(200));
+        assert!(parse_job(&quoted, "job.yaml").is_ok());
+    }
+
+    #[test]
+    fn ages_parse_with_units() {
+        assert_eq!(parse_age("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_age("30m").unwrap().as_secs(), 1800);
+        assert_eq!(parse_age("2d").unwrap().as_secs(), 172_800);
+        assert!(parse_age("1y").is_err() && parse_age("h").is_err());
+        assert!(parse_age("99999999999999999d").is_err());
     }
 }

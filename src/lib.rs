@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod eval;
 pub mod gate;
+pub mod gc;
 pub mod onnx;
 pub mod passes;
 pub mod pipeline;

@@ -5,7 +5,7 @@ use clap::Parser;
 use kompress::cli::{self, Cli, Command};
 
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -34,9 +34,16 @@ async fn main() {
             print!("{}", cli::crd_yaml());
             0
         }
+        Command::Gc {
+            scratch,
+            file,
+            min_age,
+            dry_run,
+        } => cli::gc(scratch, file.as_deref(), min_age, dry_run),
         Command::Inspect { model, output } => cli::inspect(&model, output),
         Command::Compress { model, out, file } => cli::compress(&model, &out, &file),
         Command::Cp { src, dst } => cli::cp(&src, &dst).await,
     };
-    std::process::exit(code);
+    // Exit codes are 0..=127 (sysexits and 0/1); anything else reads as a generic failure.
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

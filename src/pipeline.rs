@@ -1,12 +1,17 @@
-//! One CompressionJob, end to end: fetch -> baseline -> passes -> candidate -> gate -> publish.
-//! `kompress run` and `kompress worker` both call `run`.
+//! One CompressionJob, end to end, as typed stages:
+//! `fetch -> Inputs`, `baseline -> Baseline`, `build_candidate -> Candidate`,
+//! `evaluate -> Metrics`, `gate::decide`, `publish -> Published`.
+//! `kompress run` and `kompress worker` both call `run`; a later search calls
+//! `build_candidate` and `evaluate` many times against one `Inputs` and one `Baseline`.
+//!
+//! Scratch layout (nothing a model or dataset names can collide across these folders):
+//! `model/` holds the model file and its external data (as the model names them),
+//! `dataset/` the evaluation set, `candidate/` the compressed model.
 
-use crate::api::{
-    ArtifactRef, CompressionJobSpec, JobResult, Metrics, PassSpec, Thresholds, Verdict, validate,
-};
+use crate::api::{CompressionJobSpec, JobResult, Metrics, PassSpec, Thresholds, validate};
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::gate;
-use crate::onnx::{self, SaveOptions};
+use crate::onnx::{self, Model, SaveOptions};
 use crate::passes::{Pass, PassReport};
 use crate::publish;
 use crate::storage::{self, Location, Storage};
@@ -68,6 +73,7 @@ impl Error {
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::Storage(e) if e.is_permanent() => "StorageError",
             Self::Storage(_) => "StorageUnavailable",
+            Self::Model(onnx::Error::Write { .. }) => "ScratchError",
             Self::Model(_) => "InvalidModel",
             Self::Pass { .. } => "PassFailed",
             Self::Eval {
@@ -111,9 +117,10 @@ pub struct JobRef {
 }
 
 pub struct RunOptions {
-    /// Working directory for downloads and the candidate.
+    /// Working directory for downloads and the candidate (empty or new).
     pub scratch: PathBuf,
-    /// Folder name of this run under `output.uri/runs/`; defaults to `<name>-<UTC time>`.
+    /// Prefix of this run's folder under `output.uri/runs/` (default: the job's name). A UTC
+    /// time and a random suffix are always appended, so no two runs share a folder.
     pub run_id: Option<String>,
 }
 
@@ -159,6 +166,39 @@ pub struct Outcome {
     pub report: Report,
 }
 
+/// Fetched inputs, verified, in their own scratch folders.
+pub struct Inputs {
+    pub model_loc: Location,
+    /// The model file (its external data lies beside it, as the model names it).
+    pub model_path: PathBuf,
+    pub model: InputRef,
+    pub external_data: Vec<InputRef>,
+    pub dataset_path: PathBuf,
+    pub dataset: InputRef,
+}
+
+/// The original model measured once; every candidate is compared with it.
+pub struct Baseline {
+    /// The original model in memory (payloads shared with candidates until a pass replaces them).
+    pub model: Model,
+    pub dataset: Dataset,
+    pub cfg: EvalConfig,
+    pub outputs: eval::Outputs,
+    /// Metrics of the original (without the self-comparison fields).
+    pub metrics: Metrics,
+}
+
+/// A compressed model on disk, with what each pass did.
+pub struct Candidate {
+    pub path: PathBuf,
+    /// (file name, local path, sha256): the model file first, then its external data.
+    pub files: Vec<(String, PathBuf, String)>,
+    /// sha256 of the model (of its file list when it has external data).
+    pub digest: String,
+    pub bytes: u64,
+    pub passes: Vec<PassReport>,
+}
+
 fn scratch_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|source| Error::Scratch {
         path: path.into(),
@@ -166,7 +206,7 @@ fn scratch_dir(path: &Path) -> Result<()> {
     })
 }
 
-async fn fetch(
+async fn fetch_one(
     storage: &Storage,
     ui: &Ui,
     loc: &Location,
@@ -174,56 +214,66 @@ async fn fetch(
     sha: Option<&str>,
     label: &str,
 ) -> Result<storage::Fetched> {
+    if let Some(parent) = dest.parent() {
+        scratch_dir(parent)?;
+    }
     let bar = ui.bar(label, true);
     let f = storage.fetch(loc, dest, sha, &|n, t| bar.set(n, t)).await?;
     bar.finish(f.bytes);
     Ok(f)
 }
 
-/// Runs one job. A rejected candidate is an `Ok` outcome with `Verdict::Rejected`.
-pub async fn run(
-    job: &JobRef,
-    spec: &CompressionJobSpec,
-    opts: &RunOptions,
-    ui: &Ui,
-) -> Result<Outcome> {
-    let started = Instant::now();
-    let started_at = jiff::Timestamp::now();
-    validate(spec)?;
-    let storage = Storage::new(spec.storage.as_ref());
-    let input_dir = opts.scratch.join("input");
-    let cand_dir = opts.scratch.join("candidate");
-    scratch_dir(&input_dir)?;
-    scratch_dir(&cand_dir)?;
+/// A file name for scratch: the URI's last segment, or `fallback` when it has none.
+fn file_name_of(loc: &Location, fallback: &str) -> String {
+    match loc.file_name() {
+        "" | "." | ".." => fallback.into(),
+        n => n.into(),
+    }
+}
 
-    // 1. fetch
+/// Stage 1: the model, its external data and the dataset, each verified on the way.
+pub async fn fetch(
+    spec: &CompressionJobSpec,
+    storage: &Storage,
+    scratch: &Path,
+    ui: &Ui,
+) -> Result<Inputs> {
     let model_loc = Location::parse(&spec.model.uri)?;
-    let model_name = match model_loc.file_name() {
-        "" => "model.onnx",
-        n => n,
-    };
-    ui.stage(&format!("fetching {}", model_loc));
-    let model_file = fetch(
-        &storage,
+    let model_dir = scratch.join("model");
+    let model_path = model_dir.join(file_name_of(&model_loc, "model.onnx"));
+    ui.stage(&format!("fetching {model_loc}"));
+    let model_file = fetch_one(
+        storage,
         ui,
         &model_loc,
-        &input_dir.join(model_name),
+        &model_path,
         spec.model.sha256.as_deref(),
         "model",
     )
     .await?;
+    let shown = Path::new(&model_loc.uri);
     let mut external_data = Vec::new();
-    for location in onnx::external_locations(&model_file.path)? {
-        let src = model_loc.parent().join(&location);
-        let f = fetch(
-            &storage,
-            ui,
-            &src,
-            &input_dir.join(&location),
-            None,
-            &location,
-        )
-        .await?;
+    for ext in onnx::external_locations(&model_path, shown)? {
+        let src = model_loc.parent().join(&ext.location);
+        // External data must be regular files inside the model's directory: a symlink out of
+        // it (its bytes would be published), a device or a pipe is refused; no more is read than
+        // the tensors declare.
+        let dest = model_dir.join(&ext.location);
+        let confine = model_loc.parent().local_path();
+        let bar = ui.bar(&ext.location, true);
+        let f = storage
+            .fetch_with(
+                &src,
+                &dest,
+                &storage::FetchOptions {
+                    expected_sha256: None,
+                    max_bytes: Some(ext.max_bytes),
+                    confine_to: confine.as_deref(),
+                },
+                &|n, t| bar.set(n, t),
+            )
+            .await?;
+        bar.finish(f.bytes);
         external_data.push(InputRef {
             uri: src.uri,
             sha256: f.sha256,
@@ -231,55 +281,89 @@ pub async fn run(
         });
     }
     let data_loc = Location::parse(&spec.dataset.uri)?;
-    let data_file = fetch(
-        &storage,
+    let dataset_path = scratch
+        .join("dataset")
+        .join(file_name_of(&data_loc, "dataset.npz"));
+    let data_file = fetch_one(
+        storage,
         ui,
         &data_loc,
-        &input_dir.join("dataset.npz"),
+        &dataset_path,
         spec.dataset.sha256.as_deref(),
         "dataset",
     )
     .await?;
+    Ok(Inputs {
+        model: InputRef {
+            uri: model_loc.uri.clone(),
+            sha256: model_file.sha256,
+            bytes: model_file.bytes,
+        },
+        model_loc,
+        model_path,
+        external_data,
+        dataset_path,
+        dataset: InputRef {
+            uri: data_loc.uri,
+            sha256: data_file.sha256,
+            bytes: data_file.bytes,
+        },
+    })
+}
 
-    // 2. baseline
-    let mut model = onnx::load(&model_file.path)?;
-    let original_bytes = model.file_bytes;
-    let dataset = Dataset::load(&data_file.path).map_err(|e| Error::Eval {
+/// Stage 2: the original model through ONNX Runtime on the whole dataset.
+pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<Baseline> {
+    let model = onnx::load_as(&inputs.model_path, Path::new(&inputs.model.uri))?;
+    let eval_err = |source| Error::Eval {
         which: "original",
-        source: e.into(),
-    })?;
+        source,
+    };
+    let dataset =
+        Dataset::open(&inputs.dataset_path, &inputs.dataset.uri).map_err(|e| eval_err(e.into()))?;
     let cfg = EvalConfig::from_spec(
         &spec.evaluation(),
         spec.dataset.labels.clone(),
         spec.dataset.limit,
     );
-    let baseline_err = |source| Error::Eval {
-        which: "original",
-        source,
-    };
-    let mut original = eval::open(&model_file.path, &cfg).map_err(baseline_err)?;
-    let prep = eval::prepare(&original, &dataset, &cfg).map_err(baseline_err)?;
+    let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
+    let prep = eval::prepare(&original, &dataset, &cfg).map_err(eval_err)?;
     ui.stage(&format!(
         "baseline: {} samples through the original model",
         prep.samples()
     ));
     let bar = ui.bar("evaluate original", false);
-    let (base_out, base_times) =
-        eval::evaluate(&mut original, &prep, &cfg, &|d, t| bar.set(d, Some(t)))
-            .map_err(baseline_err)?;
-    drop(original); // release ORT's copy of the weights before the passes run
+    let (outputs, times) = eval::evaluate(&mut original, &prep, &cfg, &|d, t| bar.set(d, Some(t)))
+        .map_err(eval_err)?;
     bar.finish(prep.samples() as u64);
-    let baseline = eval::score(
-        &base_out,
-        &base_times,
+    let metrics = strip_self_comparison(eval::score(
+        &outputs,
+        &times,
         &prep,
-        Some(&base_out),
-        original_bytes,
-    );
+        Some(&outputs),
+        model.file_bytes,
+    ));
+    drop(prep);
+    drop(original); // release ORT's copy of the weights before the passes run
+    Ok(Baseline {
+        model,
+        dataset,
+        cfg,
+        outputs,
+        metrics,
+    })
+}
 
-    // 3. passes
-    let mut pass_reports = Vec::new();
-    for (index, p) in spec.passes.iter().enumerate() {
+/// Stage 3: the passes, in order, on a copy of the original; the candidate saved in `dir`.
+pub fn build_candidate(
+    original: &Model,
+    passes: &[PassSpec],
+    dir: &Path,
+    ui: &Ui,
+) -> Result<Candidate> {
+    scratch_dir(dir)?;
+    let mut model = original.clone(); // cheap: payloads are shared `Bytes`
+    let mut reports = Vec::new();
+    for (index, p) in passes.iter().enumerate() {
         let pass = Pass::from_spec(p);
         let report = pass.apply(&mut model).map_err(|source| Error::Pass {
             index,
@@ -293,17 +377,14 @@ pub async fn run(
             report.tensors.len(),
             report.skipped.len()
         ));
-        pass_reports.push(report);
+        reports.push(report);
     }
-
-    // 4. candidate
-    let cand_path = cand_dir.join("model.onnx");
-    let external = model.had_external_data.then_some(true);
+    let path = dir.join("model.onnx");
     let saved = onnx::save(
         &model.proto,
-        &cand_path,
+        &path,
         &SaveOptions {
-            external_data: external,
+            external_data: model.had_external_data.then_some(true),
         },
     )?;
     drop(model); // the candidate is on disk; free the weights before evaluating it
@@ -313,82 +394,124 @@ pub async fn run(
             path: f.clone(),
             source,
         })?;
-        files.push((
-            f.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("model.onnx")
-                .to_string(),
-            f.clone(),
-            sha,
-        ));
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model.onnx".into());
+        files.push((name, f.clone(), sha));
     }
-    let digest = publish::artifact_digest(&files);
+    Ok(Candidate {
+        digest: publish::artifact_digest(&files),
+        path,
+        files,
+        bytes: saved.bytes,
+        passes: reports,
+    })
+}
+
+/// Stage 4: the candidate through ONNX Runtime on the same data, compared with the baseline.
+pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<Metrics> {
     let cand_err = |source| Error::Eval {
         which: "candidate",
         source,
     };
+    let mut opened = eval::open(&candidate.path, &base.cfg).map_err(cand_err)?;
+    let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err)?;
     let bar = ui.bar("evaluate candidate", false);
-    let (cand_out, cand_times) = eval::open(&cand_path, &cfg)
-        .and_then(|mut c| eval::evaluate(&mut c, &prep, &cfg, &|d, t| bar.set(d, Some(t))))
+    let (out, times) = eval::evaluate(&mut opened, &prep, &base.cfg, &|d, t| bar.set(d, Some(t)))
         .map_err(cand_err)?;
     bar.finish(prep.samples() as u64);
-    let candidate = eval::score(&cand_out, &cand_times, &prep, Some(&base_out), saved.bytes);
+    Ok(eval::score(
+        &out,
+        &times,
+        &prep,
+        Some(&base.outputs),
+        candidate.bytes,
+    ))
+}
 
-    // 5. gate
-    let decision = gate::decide(&spec.thresholds, &baseline, &candidate)?;
-    let mut result = JobResult {
+/// A run folder name no other run shares: `<prefix>-<UTC time>-<random>`, one path segment.
+pub fn unique_run_id(prefix: &str, at: jiff::Timestamp) -> String {
+    let mut prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // A file name holds 255 bytes; leave room for the suffix.
+    prefix.truncate(200);
+    let prefix = prefix.trim_matches('.');
+    let mut random = [0u8; 4];
+    if getrandom::fill(&mut random).is_err() {
+        // No entropy source: the time in nanoseconds and the pid still separate runs.
+        random = (at.as_nanosecond() as u32 ^ std::process::id()).to_le_bytes();
+    }
+    format!(
+        "{}-{}-{}",
+        if prefix.is_empty() { "run" } else { prefix },
+        at.strftime("%Y%m%dT%H%M%S%.3fZ"),
+        hex::encode(random)
+    )
+}
+
+/// Runs one job. A rejected candidate is an `Ok` outcome with `Verdict::Rejected`.
+pub async fn run(
+    job: &JobRef,
+    spec: &CompressionJobSpec,
+    opts: &RunOptions,
+    ui: &Ui,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let started_at = jiff::Timestamp::now();
+    validate(spec)?;
+    let storage = Storage::new(spec.storage.as_ref());
+    let output = Location::parse(&spec.output.uri)?;
+    let promote_to = spec
+        .output
+        .promote_to
+        .as_deref()
+        .map(Location::parse)
+        .transpose()?;
+    let run_id = unique_run_id(opts.run_id.as_deref().unwrap_or(&job.name), started_at);
+
+    let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
+    let base = baseline(&inputs, spec, ui)?;
+    let candidate = build_candidate(
+        &base.model,
+        &spec.passes,
+        &opts.scratch.join("candidate"),
+        ui,
+    )?;
+    let metrics = evaluate(&candidate, &base, ui)?;
+    let decision = gate::decide(&spec.thresholds, &base.metrics, &metrics)?;
+    let result = JobResult {
         verdict: decision.verdict,
-        original_bytes,
-        compressed_bytes: saved.bytes,
+        original_bytes: base.model.file_bytes,
+        compressed_bytes: candidate.bytes,
         ratio: decision.ratio,
         accuracy_drop: decision.accuracy_drop,
-        baseline: strip_self_comparison(baseline),
-        candidate,
+        baseline: base.metrics.clone(),
+        candidate: metrics,
         checks: decision.checks,
         ..Default::default()
     };
-
-    // 6. publish: the candidate and report always; promotion only on a pass.
-    let run_id = opts
-        .run_id
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", job.name, started_at.strftime("%Y%m%dT%H%M%SZ")));
-    let run_loc = Location::parse(&spec.output.uri)?.join(&format!("runs/{run_id}"));
-    ui.stage(&format!("uploading candidate to {run_loc}"));
-    for (name, path, _) in &files {
-        let bar = ui.bar(&format!("upload {name}"), true);
-        let n = storage
-            .put_file(path, &run_loc.join(name), &|s, t| bar.set(s, t))
-            .await?;
-        bar.finish(n);
-    }
-    result.artifact = Some(ArtifactRef {
-        uri: run_loc.join("model.onnx").uri,
-        sha256: digest.clone(),
-    });
-    let report_loc = run_loc.join("report.json");
-    result.report = Some(report_loc.uri.clone());
-    let mut report = Report {
+    let report = |result: &JobResult, passes: &[PassReport]| Report {
         api_version: "kompress.dev/v1alpha1",
         kind: "CompressionReport",
         job: job.clone(),
-        run_id,
+        run_id: run_id.clone(),
         started_at: started_at.to_string(),
-        duration_seconds: 0.0,
-        model: InputRef {
-            uri: model_loc.uri.clone(),
-            sha256: model_file.sha256.clone(),
-            bytes: model_file.bytes,
-        },
-        external_data,
-        dataset: InputRef {
-            uri: data_loc.uri.clone(),
-            sha256: data_file.sha256.clone(),
-            bytes: data_file.bytes,
-        },
+        duration_seconds: started.elapsed().as_secs_f64(),
+        model: inputs.model.clone(),
+        external_data: inputs.external_data.clone(),
+        dataset: inputs.dataset.clone(),
         recipe: spec.passes.clone(),
         thresholds: spec.thresholds.clone(),
-        passes: pass_reports,
+        passes: passes.to_vec(),
         result: result.clone(),
         tools: Tools {
             kompress: env!("CARGO_PKG_VERSION"),
@@ -396,21 +519,32 @@ pub async fn run(
             ort_crate: "2.0.0-rc.15",
         },
     };
-    match (&decision.verdict, &spec.output.promote_to) {
-        (Verdict::Passed, Some(to)) => {
-            let to = Location::parse(to)?;
-            ui.stage(&format!("promoting sha256:{} to {to}", &digest[..12]));
-            let promoted = publish::promote(&storage, &to, &files, &digest, &report).await?;
-            result.promoted = Some(promoted);
-        }
-        (Verdict::Rejected, Some(_)) => ui.stage("candidate rejected: nothing promoted"),
-        _ => {}
-    }
-    report.result = result.clone();
-    report.duration_seconds = started.elapsed().as_secs_f64();
-    let json = serde_json::to_vec_pretty(&report).expect("report serialises");
-    storage.put_bytes(&report_loc, json.into()).await?;
-    Ok(Outcome { result, report })
+    let artifact = publish::Artifact {
+        files: &candidate.files,
+        digest: &candidate.digest,
+        source: publish::SourceRef {
+            uri: inputs.model.uri.clone(),
+            sha256: inputs.model.sha256.clone(),
+        },
+        job: serde_json::to_value(job).unwrap_or_default(),
+        recipe: serde_json::to_value(&spec.passes).unwrap_or_default(),
+    };
+    let published = publish::publish(
+        &storage,
+        &publish::Target {
+            run: output.join(&format!("runs/{run_id}")),
+            promote_to,
+        },
+        &artifact,
+        result,
+        &|r| serde_json::to_vec_pretty(&report(r, &candidate.passes)).unwrap_or_default(),
+        ui,
+    )
+    .await?;
+    Ok(Outcome {
+        report: report(&published, &candidate.passes),
+        result: published,
+    })
 }
 
 /// The baseline compared with itself says nothing; keep those fields empty.
@@ -420,4 +554,27 @@ fn strip_self_comparison(mut m: Metrics) -> Metrics {
     m.mean_abs_error = None;
     m.max_abs_error = None;
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_unique_single_segments_of_bounded_length() {
+        let at = jiff::Timestamp::now();
+        let a = unique_run_id("digits-int8", at);
+        let b = unique_run_id("digits-int8", at);
+        assert_ne!(a, b, "same name, same millisecond: still two folders");
+        assert!(a.starts_with("digits-int8-"), "{a}");
+        let long = unique_run_id(&"x".repeat(300), at);
+        assert!(long.len() <= 255, "{}", long.len());
+        for odd in ["a/b", "..", "../../etc", "ns.name.g3", "sp ace/ü"] {
+            let id = unique_run_id(odd, at);
+            assert!(
+                !id.contains('/') && !id.starts_with('.') && !id.contains(' '),
+                "{odd} -> {id}"
+            );
+        }
+    }
 }

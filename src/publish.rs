@@ -1,14 +1,20 @@
-//! Promotion that readers can trust: model bytes first under a content-addressed folder
-//! (`sha256-<digest>/`), then `promoted.json` written last. Object stores make each object
-//! visible only when complete, and readers follow the manifest, so nobody ever sees a partial
-//! or unchecked model; no conditional writes are needed (not every S3-compatible server has them).
+//! Publishing a run, and promotion that readers can trust.
+//!
+//! Every run: the candidate files, then `report.json`, under `output.uri/runs/<run-id>/` (the
+//! audit trail; run ids are unique, so runs never share a folder). A passing candidate is then
+//! promoted: its files under a content-addressed folder `promoteTo/sha256-<digest>/`, each one
+//! verified by reading back what the store holds (a file already there is re-verified, and
+//! replaced when its bytes differ: nothing is trusted by name or size), and `promoted.json`
+//! written last, so the manifest only ever points at verified bytes. Object stores make an
+//! object visible only when complete and local writes go through a rename, so nobody reads a
+//! partial file at a final name; no conditional writes are needed.
 
-use crate::api::ArtifactRef;
-use crate::pipeline::Report;
-use crate::storage::{Location, Result, Storage};
+use crate::api::{ArtifactRef, JobResult, Verdict};
+use crate::storage::{Error, Location, Result, Storage};
+use crate::ui::Ui;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The manifest at `<promoteTo>/promoted.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,8 +46,11 @@ pub struct SourceRef {
     pub sha256: String,
 }
 
+/// A local file to publish: (name in the folder, local path, sha256 computed when it was written).
+pub type File = (String, PathBuf, String);
+
 /// One file: sha256 of the file. Several (model + external data): sha256 over "name sha\n" lines.
-pub fn artifact_digest(files: &[(String, PathBuf, String)]) -> String {
+pub fn artifact_digest(files: &[File]) -> String {
     match files {
         [(_, _, sha)] => sha.clone(),
         _ => {
@@ -54,26 +63,120 @@ pub fn artifact_digest(files: &[(String, PathBuf, String)]) -> String {
     }
 }
 
-/// Promotes the candidate files. Idempotent: files already stored under their digest are not
-/// uploaded again, and a manifest already naming this digest is left as it is.
-pub async fn promote(
+/// Where a run goes.
+pub struct Target {
+    /// `output.uri/runs/<run-id>`.
+    pub run: Location,
+    /// `output.promoteTo`, if set.
+    pub promote_to: Option<Location>,
+}
+
+/// What is published: the candidate's files and digest, and what the manifest says about
+/// where the model came from.
+pub struct Artifact<'a> {
+    pub files: &'a [File],
+    pub digest: &'a str,
+    pub source: SourceRef,
+    pub job: serde_json::Value,
+    pub recipe: serde_json::Value,
+}
+
+/// Uploads the candidate and its report, and promotes it when the verdict is Passed. Returns
+/// the result with `artifact`, `report` and (when promoted) `promoted` set. `report` renders
+/// report.json for a result; it is written before promotion (so a failed promotion still leaves
+/// a report) and again after it.
+pub async fn publish(
+    storage: &Storage,
+    to: &Target,
+    artifact: &Artifact<'_>,
+    mut result: JobResult,
+    report: &(dyn Fn(&JobResult) -> Vec<u8> + Sync),
+    ui: &Ui,
+) -> Result<JobResult> {
+    let (files, digest) = (artifact.files, artifact.digest);
+    ui.stage(&format!("uploading candidate to {}", to.run));
+    for (name, path, sha) in files {
+        let bar = ui.bar(&format!("upload {name}"), true);
+        let n = upload_verified(storage, path, sha, &to.run.join(name), &|s, t| {
+            bar.set(s, t)
+        })
+        .await?;
+        bar.finish(n);
+    }
+    result.artifact = Some(ArtifactRef {
+        uri: to.run.join("model.onnx").uri,
+        sha256: digest.to_string(),
+    });
+    let report_loc = to.run.join("report.json");
+    result.report = Some(report_loc.uri.clone());
+    storage
+        .put_bytes(&report_loc, report(&result).into())
+        .await?;
+    match (&result.verdict, &to.promote_to) {
+        (Verdict::Passed, Some(dest)) => {
+            ui.stage(&format!("promoting sha256:{} to {dest}", &digest[..12]));
+            let promoted = promote(storage, dest, artifact, &result).await?;
+            result.promoted = Some(promoted);
+            storage
+                .put_bytes(&report_loc, report(&result).into())
+                .await?;
+        }
+        (Verdict::Rejected, Some(_)) => ui.stage("candidate rejected: nothing promoted"),
+        _ => {}
+    }
+    Ok(result)
+}
+
+/// Uploads a local file whose sha256 is `sha` (computed when it was written). The bytes are
+/// hashed as they are sent; if they differ (the file changed since), nothing becomes visible
+/// at `dest` and the upload fails.
+async fn upload_verified(
+    storage: &Storage,
+    path: &Path,
+    sha: &str,
+    dest: &Location,
+    progress: crate::storage::ProgressFn<'_>,
+) -> Result<u64> {
+    Ok(storage
+        .put_file_checked(path, dest, Some(sha), progress)
+        .await?
+        .bytes)
+}
+
+/// Whether the object at `loc` holds exactly the bytes whose sha256 is `sha` (read back whole
+/// and hashed). Missing -> false.
+async fn holds(storage: &Storage, loc: &Location, sha: &str) -> Result<bool> {
+    Ok(storage
+        .sha256_of(loc)
+        .await?
+        .is_some_and(|(_, actual)| actual == sha))
+}
+
+/// Promotes the candidate files. Idempotent: files already stored under their digest are
+/// verified and kept, and a manifest already naming this digest is left as it is.
+async fn promote(
     storage: &Storage,
     to: &Location,
-    files: &[(String, PathBuf, String)],
-    digest: &str,
-    report: &Report,
+    artifact: &Artifact<'_>,
+    result: &JobResult,
 ) -> Result<ArtifactRef> {
+    let (files, digest) = (artifact.files, artifact.digest);
     let dir = to.join(&format!("sha256-{digest}"));
-    for (name, path, _) in files {
+    for (name, path, sha) in files {
         let dest = dir.join(name);
-        // Same digest folder and same size: already promoted (objects appear only whole).
-        let local = std::fs::metadata(path).map(|m| m.len()).ok();
-        if local.is_some() && storage.size(&dest).await? == local {
+        if holds(storage, &dest, sha).await? {
             continue;
         }
-        storage.put_file(path, &dest, &|_, _| {}).await?;
+        upload_verified(storage, path, sha, &dest, &|_, _| {}).await?;
+        if !holds(storage, &dest, sha).await? {
+            return Err(Error::Checksum {
+                uri: dest.uri.clone(),
+                expected: sha.clone(),
+                actual: "different bytes after the upload (read back)".into(),
+            });
+        }
     }
-    let artifact = ArtifactRef {
+    let promoted = ArtifactRef {
         uri: dir.join("model.onnx").uri,
         sha256: digest.to_string(),
     };
@@ -81,13 +184,13 @@ pub async fn promote(
     if let Some(existing) = storage.get_bytes(&manifest_loc).await?
         && serde_json::from_slice::<PromotedManifest>(&existing).is_ok_and(|m| m.digest == digest)
     {
-        return Ok(artifact);
+        return Ok(promoted);
     }
     let manifest = PromotedManifest {
         api_version: "kompress.dev/v1alpha1".into(),
         kind: "PromotedModel".into(),
         digest: digest.into(),
-        uri: artifact.uri.clone(),
+        uri: promoted.uri.clone(),
         files: files
             .iter()
             .map(|(n, _, s)| PromotedFile {
@@ -95,28 +198,19 @@ pub async fn promote(
                 sha256: s.clone(),
             })
             .collect(),
-        source: SourceRef {
-            uri: report.model.uri.clone(),
-            sha256: report.model.sha256.clone(),
-        },
-        job: serde_json::to_value(&report.job).unwrap_or_default(),
-        recipe: serde_json::to_value(&report.recipe).unwrap_or_default(),
+        source: artifact.source.clone(),
+        job: artifact.job.clone(),
+        recipe: artifact.recipe.clone(),
         metrics: serde_json::json!({
-            "baseline": report.result.baseline,
-            "candidate": report.result.candidate,
-            "ratio": report.result.ratio,
-            "accuracyDrop": report.result.accuracy_drop,
-            "checks": report.result.checks,
+            "baseline": result.baseline,
+            "candidate": result.candidate,
+            "ratio": result.ratio,
+            "accuracyDrop": result.accuracy_drop,
+            "checks": result.checks,
         }),
         promoted_at: jiff::Timestamp::now().to_string(),
     };
-    storage
-        .put_bytes(
-            &manifest_loc,
-            serde_json::to_vec_pretty(&manifest)
-                .expect("manifest serialises")
-                .into(),
-        )
-        .await?;
-    Ok(artifact)
+    let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    storage.put_bytes(&manifest_loc, json.into()).await?;
+    Ok(promoted)
 }

@@ -154,7 +154,8 @@ fn the_worker_writes_a_compact_result_to_the_termination_log() {
             .artifact
             .unwrap()
             .uri
-            .contains("runs/ns.digits.g1/")
+            .contains("runs/ns.digits.g1-"),
+        "the run id is the folder's prefix; a time and a random suffix make it unique: {msg}"
     );
 }
 

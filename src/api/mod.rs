@@ -201,8 +201,8 @@ pub struct PruneSpec {
     /// Semi-structured N:M sparsity along the input dimension, e.g. "2:4": in every group of M
     /// consecutive weights at most N are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]*:[1-9][0-9]*$') && int(self.split(':')[0]) < int(self.split(':')[1])").message("must be N:M with 0 < N < M, e.g. 2:4"))]
+    #[schemars(length(max = 5))]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]?:[1-9][0-9]?$') && int(self.split(':')[0]) < int(self.split(':')[1]) && int(self.split(':')[1]) <= 64").message("must be N:M with 0 < N < M <= 64, e.g. 2:4"))]
     pub pattern: Option<String>,
     /// `layer`: each tensor reaches the sparsity; `global`: one magnitude threshold across all
     /// pruned tensors. Default layer.
@@ -253,10 +253,14 @@ pub struct QuantizeSpec {
     /// One scale per output channel instead of one per tensor: more accurate, slightly larger.
     #[serde(default)]
     pub per_channel: bool,
-    /// Quantize weights to 7 bits ([-63, 63]) to avoid int16 saturation in u8s8 kernels on CPUs
-    /// without VNNI. Default false.
-    #[serde(default)]
-    pub reduce_range: bool,
+    /// Quantize weights to 7 bits ([-63, 63]). In `dynamic` mode ONNX Runtime multiplies
+    /// uint8 activations by int8 weights; on x86 CPUs without VNNI (AVX2 only, many cloud
+    /// nodes) those kernels add pairs of products in int16 and saturate with 8-bit weights, so
+    /// the output depends on the serving CPU. Default: true in `dynamic` mode (safe on every
+    /// CPU), false in `weightOnly` mode (weights are dequantized to float, nothing saturates).
+    /// Set false only when the model is served on CPUs with VNNI/AMX or on ARM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_range: Option<bool>,
     /// Op types to quantize. Default MatMul and Gemm (Conv is supported: add it explicitly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<String>>,
@@ -337,16 +341,16 @@ pub struct OutputSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EvaluationSpec {
-    /// Samples per inference batch for the accuracy pass. Default 32.
+    /// Samples per inference batch for the accuracy pass, 1 to 4096. Default 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    #[schemars(range(min = 1, max = 4096))]
     pub batch_size: Option<u32>,
     /// Model output compared between original and candidate. Default: the first output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
-    /// ONNX Runtime intra-op threads. Default: ONNX Runtime's choice (all cores).
+    /// ONNX Runtime intra-op threads, 1 to 256. Default: ONNX Runtime's choice (all cores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    #[schemars(range(min = 1, max = 256))]
     pub threads: Option<u32>,
     /// Latency measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -357,16 +361,17 @@ pub struct EvaluationSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LatencySpec {
-    /// Batch size of the timed runs. Default 1.
+    /// Batch size of the timed runs, 1 to 4096. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    #[schemars(range(min = 1, max = 4096))]
     pub batch_size: Option<u32>,
-    /// Untimed runs first. Default 10.
+    /// Untimed runs first, 0 to 10000. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10000))]
     pub warmup: Option<u32>,
-    /// Timed runs. Default 100.
+    /// Timed runs, 1 to 1000000. Default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub iterations: Option<u32>,
 }
 

@@ -82,6 +82,10 @@ pub mod reason {
     /// Event reasons of the terminal transitions (the conditions carry the reasons above).
     pub const SUCCEEDED: &str = "Succeeded";
     pub const CANDIDATE_REJECTED: &str = "Rejected";
+    /// Worker failure reasons that are not a pipeline error category.
+    pub const WORKER_PANICKED: &str = "WorkerPanicked";
+    pub const INTERRUPTED: &str = "Interrupted";
+    pub const SCRATCH_ERROR: &str = "ScratchError";
 }
 
 /// The outcome of one run: what the gate decided and why.

@@ -18,10 +18,32 @@ pub struct InvalidSpec(pub Vec<FieldError>);
 
 pub const QUANTIZABLE_OPS: &[&str] = &["MatMul", "Gemm", "Conv"];
 
+// Upper bounds of numeric spec fields. The CRD schema states the same numbers (a test reads
+// them back from `crd()`), so the apiserver and `kompress run` refuse the same specs.
+/// Most passes in one recipe.
+pub const MAX_PASSES: usize = 16;
+/// Largest M of an N:M pattern (groups are scanned per row; 64 covers every sparse kernel).
+pub const MAX_PATTERN_M: usize = 64;
+/// Most ONNX Runtime intra-op threads (more only adds contention and memory per thread).
+pub const MAX_THREADS: u32 = 256;
+/// Largest evaluation and latency batch.
+pub const MAX_BATCH: u32 = 4096;
+/// Most untimed and timed latency runs.
+pub const MAX_WARMUP: u32 = 10_000;
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+
+/// `N:M` with 0 < N < M <= 64.
 pub fn parse_pattern(p: &str) -> Option<(usize, usize)> {
     let (n, m) = p.split_once(':')?;
+    // The CRD's pattern: one or two digits each, no leading zero.
+    let digits = |s: &str| {
+        (1..=2).contains(&s.len()) && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !digits(n) || !digits(m) {
+        return None;
+    }
     let (n, m) = (n.parse().ok()?, m.parse().ok()?);
-    (0 < n && n < m).then_some((n, m))
+    (0 < n && n < m && m <= MAX_PATTERN_M).then_some((n, m))
 }
 
 pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
@@ -62,6 +84,15 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         err(
             "spec.passes".into(),
             "at least one pass is required (prune or quantize)".into(),
+        );
+    }
+    if spec.passes.len() > MAX_PASSES {
+        err(
+            "spec.passes".into(),
+            format!(
+                "{} passes; at most {MAX_PASSES} are allowed",
+                spec.passes.len()
+            ),
         );
     }
     let check_ops =
@@ -122,7 +153,7 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
                     }
                     (None, Some(pat)) if parse_pattern(pat).is_none() => err(
                         format!("{at}.pattern"),
-                        format!("`{pat}` is not N:M with 0 < N < M (e.g. 2:4)"),
+                        format!("`{pat}` is not N:M with 0 < N < M <= {MAX_PATTERN_M} (e.g. 2:4)"),
                     ),
                     _ => {}
                 }
@@ -185,19 +216,21 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         }
     }
     if let Some(ev) = &spec.evaluation {
-        for (name, v) in [("batchSize", ev.batch_size), ("threads", ev.threads)] {
-            if v == Some(0) {
-                err(format!("spec.evaluation.{name}"), "must be positive".into());
-            }
-        }
-        if let Some(l) = &ev.latency {
-            for (name, v) in [("batchSize", l.batch_size), ("iterations", l.iterations)] {
-                if v == Some(0) {
-                    err(
-                        format!("spec.evaluation.latency.{name}"),
-                        "must be positive".into(),
-                    );
-                }
+        let lat = ev.latency.clone().unwrap_or_default();
+        for (name, v, lo, hi) in [
+            ("batchSize", ev.batch_size, 1, MAX_BATCH),
+            ("threads", ev.threads, 1, MAX_THREADS),
+            ("latency.batchSize", lat.batch_size, 1, MAX_BATCH),
+            ("latency.warmup", lat.warmup, 0, MAX_WARMUP),
+            ("latency.iterations", lat.iterations, 1, MAX_ITERATIONS),
+        ] {
+            if let Some(v) = v
+                && !(lo..=hi).contains(&v)
+            {
+                err(
+                    format!("spec.evaluation.{name}"),
+                    format!("{v} is outside [{lo}, {hi}]"),
+                );
             }
         }
     }
@@ -276,10 +309,64 @@ mod tests {
     }
 
     #[test]
-    fn patterns_parse_only_when_n_is_below_m() {
+    fn patterns_parse_only_when_n_is_below_m_and_m_is_bounded() {
         assert_eq!(parse_pattern("2:4"), Some((2, 4)));
-        assert_eq!(parse_pattern("4:4"), None);
-        assert_eq!(parse_pattern("0:4"), None);
-        assert_eq!(parse_pattern("x"), None);
+        assert_eq!(parse_pattern("63:64"), Some((63, 64)));
+        for bad in [
+            "4:4",
+            "0:4",
+            "x",
+            "1:65",
+            "1:99",
+            "1:99999999999999",
+            "1:4294967296",
+            "01:4",
+            "1:",
+            ":4",
+        ] {
+            assert_eq!(parse_pattern(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn numeric_fields_are_bounded_with_their_field_paths() {
+        let s = spec(&format!(
+            "{BASE}passes: [{{quantize: {{}}}}]\nevaluation: {{batchSize: 5000, threads: 1000, latency: {{batchSize: 0, warmup: 4294967295, iterations: 4294967295}}}}\n"
+        ));
+        let fields: Vec<String> = validate(&s)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.evaluation.batchSize",
+                "spec.evaluation.threads",
+                "spec.evaluation.latency.batchSize",
+                "spec.evaluation.latency.warmup",
+                "spec.evaluation.latency.iterations"
+            ]
+        );
+        let many = format!("{BASE}passes:\n{}", "- prune: {sparsity: 0.1}\n".repeat(17));
+        let e = validate(&spec(&many)).unwrap_err().to_string();
+        assert!(e.contains("spec.passes: 17 passes; at most 16"), "{e}");
+    }
+
+    /// The CRD states the same bounds as `validate`, so the apiserver refuses what `run` does.
+    #[test]
+    fn crd_schema_carries_the_same_bounds() {
+        let crd = serde_json::to_value(crate::api::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let ev = &spec["evaluation"]["properties"];
+        let lat = &ev["latency"]["properties"];
+        let max = |v: &serde_json::Value| v["maximum"].as_f64().unwrap_or(-1.0);
+        assert_eq!(max(&ev["batchSize"]), MAX_BATCH as f64);
+        assert_eq!(max(&ev["threads"]), MAX_THREADS as f64);
+        assert_eq!(max(&lat["batchSize"]), MAX_BATCH as f64);
+        assert_eq!(max(&lat["warmup"]), MAX_WARMUP as f64);
+        assert_eq!(max(&lat["iterations"]), MAX_ITERATIONS as f64);
+        assert_eq!(spec["passes"]["maxItems"].as_u64(), Some(MAX_PASSES as u64));
     }
 }

@@ -3,7 +3,7 @@
 //! Tensor payloads are `Bytes` slices of the file buffer, so loading copies no weights and a
 //! model of S bytes costs about S in memory until passes replace its tensors.
 
-use super::{Error, Result, pb};
+use super::{Error, Result, TensorData, checked_numel, pb};
 use bytes::Bytes;
 use prost::Message;
 use std::collections::HashMap;
@@ -59,17 +59,18 @@ pub struct Saved {
 }
 
 /// Reads and decodes a model file (payloads stay slices of the file buffer); returns its size.
-fn decode_file(path: &Path) -> Result<(pb::ModelProto, u64)> {
+/// `shown` is how errors name the file (the user's URI when it was fetched to scratch).
+fn decode_file(path: &Path, shown: &Path) -> Result<(pb::ModelProto, u64)> {
     let buf = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.into(),
+        path: shown.into(),
         source,
     })?;
     if buf.is_empty() {
-        return Err(Error::Empty { path: path.into() });
+        return Err(Error::Empty { path: shown.into() });
     }
     let len = buf.len() as u64;
     let proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode {
-        path: path.into(),
+        path: shown.into(),
         source,
     })?;
     Ok((proto, len))
@@ -77,34 +78,85 @@ fn decode_file(path: &Path) -> Result<(pb::ModelProto, u64)> {
 
 /// Reads an ONNX model, resolving external data relative to its directory.
 pub fn load(path: &Path) -> Result<Model> {
-    let (mut proto, mut file_bytes) = decode_file(path)?;
+    load_as(path, path)
+}
+
+/// `load`, with errors naming the model as `shown` (e.g. its storage URI) instead of `path`.
+///
+/// External data is confined to the model's directory (subfolders allowed; no symlink out of
+/// it, no special files), and no more of a file is read than its tensors declare. Every tensor's
+/// payload must match its dims and type, so the passes never size anything from a lying header.
+pub fn load_as(path: &Path, shown: &Path) -> Result<Model> {
+    let (mut proto, mut file_bytes) = decode_file(path, shown)?;
     let not_onnx = |what: &str| Error::NotOnnx {
-        path: path.into(),
+        path: shown.into(),
         what: what.into(),
     };
-    if proto.graph.is_none() {
+    let Some(graph) = proto.graph.as_mut() else {
         return Err(not_onnx("it has no graph"));
-    }
+    };
     if proto.opset_import.is_empty() {
         return Err(not_onnx("it imports no opset"));
     }
     if proto.ir_version.unwrap_or(0) <= 0 {
         return Err(not_onnx("ir_version is missing"));
     }
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut files: HashMap<String, Bytes> = HashMap::new();
-    let mut had_external_data = false;
-    let mut result = Ok(());
-    for_each_tensor_mut(proto.graph.as_mut().expect("checked above"), &mut |t| {
-        if result.is_err()
-            || t.data_location != Some(pb::tensor_proto::DataLocation::External as i32)
-        {
-            return;
+    let refs = external_refs(graph, shown)?;
+    let had_external_data = !refs.is_empty();
+    if had_external_data {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut files: HashMap<&str, Bytes> = HashMap::new();
+        for f in external_files(&refs) {
+            let data = read_confined(&dir, &f.location, f.max_bytes).map_err(|source| {
+                Error::ExternalData {
+                    model: shown.into(),
+                    tensor: refs
+                        .iter()
+                        .find(|r| r.location == f.location)
+                        .map(|r| r.tensor.clone())
+                        .unwrap_or_default(),
+                    location: f.location.clone(),
+                    source,
+                }
+            })?;
+            file_bytes += data.len() as u64;
+            let key = refs
+                .iter()
+                .find(|r| r.location == f.location)
+                .map(|r| r.location.as_str())
+                .unwrap_or_default();
+            files.insert(key, data);
         }
-        had_external_data = true;
-        result = resolve_external(t, path, &dir, &mut files, &mut file_bytes);
-    });
-    result?;
+        let mut next = refs.iter();
+        let mut result = Ok(());
+        for_each_tensor_mut(graph, &mut |t| {
+            if result.is_err() || !is_external(t) {
+                return;
+            }
+            let Some(r) = next.next() else { return };
+            let data = &files[r.location.as_str()];
+            let end = r.offset.saturating_add(r.bytes);
+            if end > data.len() as u64 {
+                result = Err(Error::BadExternalRef {
+                    model: shown.into(),
+                    tensor: r.tensor.clone(),
+                    what: format!(
+                        "bytes {}..{end} lie beyond the end of `{}` ({} bytes)",
+                        r.offset,
+                        r.location,
+                        data.len()
+                    ),
+                });
+                return;
+            }
+            // Both fit in usize: they are within a buffer in memory.
+            t.raw_data = Some(data.slice(r.offset as usize..end as usize));
+            t.external_data.clear();
+            t.data_location = None;
+        });
+        result?;
+    }
+    check_payloads(graph, shown)?;
     Ok(Model {
         proto,
         path: path.into(),
@@ -113,14 +165,52 @@ pub fn load(path: &Path) -> Result<Model> {
     })
 }
 
-fn resolve_external(
-    t: &mut pb::TensorProto,
-    model: &Path,
-    dir: &Path,
-    files: &mut HashMap<String, Bytes>,
-    file_bytes: &mut u64,
-) -> Result<()> {
-    let tensor = t.name.clone().unwrap_or_default();
+fn is_external(t: &pb::TensorProto) -> bool {
+    t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
+}
+
+/// One tensor's reference into an external data file.
+#[derive(Debug, Clone)]
+struct ExternalRef {
+    tensor: String,
+    /// Relative to the model's directory, `/`-separated, without `.` segments.
+    location: String,
+    offset: u64,
+    bytes: u64,
+}
+
+/// An external data file a model references, and the most bytes its tensors can need from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalFile {
+    /// Relative to the model's directory, `/`-separated (subfolders allowed).
+    pub location: String,
+    /// The largest `offset + length` of its tensors: nothing past it is read or fetched.
+    pub max_bytes: u64,
+}
+
+/// The external references of every tensor, in `for_each_tensor_mut` order, checked: the
+/// location is a relative path inside the model's directory that is not the model file itself,
+/// offset and length are integers, and the size follows from `length` or the tensor's dims.
+fn external_refs(graph: &mut pb::GraphProto, model: &Path) -> Result<Vec<ExternalRef>> {
+    let model_name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut refs = Vec::new();
+    let mut result = Ok(());
+    for_each_tensor_mut(graph, &mut |t| {
+        if result.is_ok() && is_external(t) {
+            match external_ref(t, model, &model_name) {
+                Ok(r) => refs.push(r),
+                Err(e) => result = Err(e),
+            }
+        }
+    });
+    result.map(|_| refs)
+}
+
+fn external_ref(t: &pb::TensorProto, model: &Path, model_name: &str) -> Result<ExternalRef> {
+    let tensor = t.label().to_string();
     let bad = |what: String| Error::BadExternalRef {
         model: model.into(),
         tensor: tensor.clone(),
@@ -132,48 +222,194 @@ fn resolve_external(
             .find(|e| e.key.as_deref() == Some(key))
             .and_then(|e| e.value.clone())
     };
-    let location = get("location").ok_or_else(|| bad("no `location` key".into()))?;
-    let rel = Path::new(&location);
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(bad(format!(
-            "location `{location}` must be a relative path inside the model's directory"
-        )));
+    let raw = get("location").ok_or_else(|| bad("no `location` key".into()))?;
+    let location = normalise_location(&raw).ok_or_else(|| {
+        bad(format!(
+            "location `{raw}` must be a relative path inside the model's directory (no `..`, not absolute)"
+        ))
+    })?;
+    if location == model_name {
+        return Err(bad(format!("location `{raw}` names the model file itself")));
     }
-    let parse = |key: &str| -> Result<Option<usize>> {
+    let parse = |key: &str| -> Result<Option<u64>> {
         get(key)
             .map(|v| {
-                v.parse::<usize>()
-                    .map_err(|_| bad(format!("`{key}` is not an integer: {v}")))
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("`{key}` is not a non-negative integer: {v}")))
             })
             .transpose()
     };
-    let (offset, length) = (parse("offset")?.unwrap_or(0), parse("length")?);
-    if !files.contains_key(&location) {
-        let data = std::fs::read(dir.join(rel)).map_err(|source| Error::ExternalData {
-            model: model.into(),
-            tensor: tensor.clone(),
-            location: location.clone(),
-            source,
-        })?;
-        *file_bytes += data.len() as u64;
-        files.insert(location.clone(), Bytes::from(data));
+    let offset = parse("offset")?.unwrap_or(0);
+    let declared = checked_numel(&t.dims)
+        .zip(t.dtype().size())
+        .and_then(|(n, s)| n.checked_mul(s))
+        .map(|b| b as u64);
+    let bytes = match (parse("length")?, declared) {
+        (Some(l), Some(d)) if l != d => {
+            return Err(bad(format!(
+                "`length` is {l} bytes but dims {:?} of {} need {d}",
+                t.dims,
+                t.dtype().name()
+            )));
+        }
+        (Some(l), _) => l,
+        (None, Some(d)) => d,
+        (None, None) => {
+            return Err(bad(format!(
+                "no `length`, and the size of dims {:?} of {} is unknown or overflows",
+                t.dims,
+                t.dtype().name()
+            )));
+        }
+    };
+    if offset.checked_add(bytes).is_none() {
+        return Err(bad(format!("offset {offset} + length {bytes} overflows")));
     }
-    let data = &files[&location];
-    let end = length.map_or(data.len(), |l| offset.saturating_add(l));
-    if offset > data.len() || end > data.len() {
-        return Err(bad(format!(
-            "bytes {offset}..{end} lie beyond the end of `{location}` ({} bytes)",
-            data.len()
-        )));
+    Ok(ExternalRef {
+        tensor,
+        location,
+        offset,
+        bytes,
+    })
+}
+
+/// `a/./b` -> `a/b`; None for absolute paths, `..`, empty paths or odd components.
+fn normalise_location(raw: &str) -> Option<String> {
+    let rel = Path::new(raw);
+    if raw.is_empty() || rel.is_absolute() || raw.contains('\\') {
+        return None;
     }
-    t.raw_data = Some(data.slice(offset..end));
-    t.external_data.clear();
-    t.data_location = None;
-    Ok(())
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+fn external_files(refs: &[ExternalRef]) -> Vec<ExternalFile> {
+    let mut out: Vec<ExternalFile> = Vec::new();
+    for r in refs {
+        let end = r.offset + r.bytes; // checked in external_ref
+        match out.iter_mut().find(|f| f.location == r.location) {
+            Some(f) => f.max_bytes = f.max_bytes.max(end),
+            None => out.push(ExternalFile {
+                location: r.location.clone(),
+                max_bytes: end,
+            }),
+        }
+    }
+    out
+}
+
+/// Reads at most `max_bytes` of `dir/rel`, which must be a regular file whose real path (all
+/// symlinks resolved) lies inside `dir`: a link to a secret elsewhere, `/dev/zero` or a FIFO is
+/// refused before anything is read.
+pub fn read_confined(dir: &Path, rel: &str, max_bytes: u64) -> std::io::Result<Bytes> {
+    use std::io::{Error as IoError, ErrorKind, Read};
+    let root = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })?;
+    let real = std::fs::canonicalize(root.join(rel))?;
+    if !real.starts_with(&root) {
+        return Err(IoError::new(
+            ErrorKind::PermissionDenied,
+            "it resolves (through a symlink) to a file outside the model's directory",
+        ));
+    }
+    let not_regular = || {
+        IoError::new(
+            ErrorKind::InvalidInput,
+            "it is not a regular file (a directory, device or pipe)",
+        )
+    };
+    if !std::fs::metadata(&real)?.is_file() {
+        return Err(not_regular());
+    }
+    let f = std::fs::File::open(&real)?;
+    let len = f.metadata()?.len();
+    if !f.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    let want = len.min(max_bytes);
+    let mut buf = Vec::with_capacity(usize::try_from(want).map_err(|_| not_regular())?);
+    f.take(want).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Every tensor's payload agrees with its dims and element type.
+fn check_payloads(graph: &mut pb::GraphProto, model: &Path) -> Result<()> {
+    let mut result = Ok(());
+    for_each_tensor_mut(graph, &mut |t| {
+        if result.is_ok()
+            && let Err(what) = payload_fits(t)
+        {
+            result = Err(Error::BadTensor {
+                model: model.into(),
+                tensor: t.label().into(),
+                what,
+            });
+        }
+    });
+    result
+}
+
+fn payload_fits(t: &pb::TensorProto) -> std::result::Result<(), String> {
+    use pb::tensor_proto::DataType as D;
+    let numel = checked_numel(&t.dims)
+        .ok_or_else(|| format!("dims {:?} are negative or their product overflows", t.dims))?;
+    let dtype = t.dtype();
+    if let Some(raw) = &t.raw_data {
+        if let Some(need) = dtype.size().and_then(|s| numel.checked_mul(s))
+            && raw.len() != need
+        {
+            return Err(format!(
+                "raw_data holds {} bytes but dims {:?} of {} need {need}",
+                raw.len(),
+                t.dims,
+                dtype.name()
+            ));
+        }
+        if dtype.size().is_some() && dtype.size().and_then(|s| numel.checked_mul(s)).is_none() {
+            return Err(format!("dims {:?} of {} overflow", t.dims, dtype.name()));
+        }
+        return Ok(());
+    }
+    let v = dtype.to_i32();
+    let (field, have, per) = match D::try_from(v) {
+        Ok(D::Float) => ("float_data", t.float_data.len(), 1),
+        Ok(D::Complex64) => ("float_data", t.float_data.len(), 2),
+        Ok(
+            D::Int32
+            | D::Int16
+            | D::Int8
+            | D::Uint16
+            | D::Uint8
+            | D::Bool
+            | D::Float16
+            | D::Bfloat16,
+        ) => ("int32_data", t.int32_data.len(), 1),
+        Ok(D::Int64) => ("int64_data", t.int64_data.len(), 1),
+        Ok(D::Double) => ("double_data", t.double_data.len(), 1),
+        Ok(D::Complex128) => ("double_data", t.double_data.len(), 2),
+        Ok(D::Uint32 | D::Uint64) => ("uint64_data", t.uint64_data.len(), 1),
+        Ok(D::String) => ("string_data", t.string_data.len(), 1),
+        _ => return Ok(()), // packed or exotic types: ONNX Runtime checks them
+    };
+    match numel.checked_mul(per) {
+        Some(need) if need == have => Ok(()),
+        _ => Err(format!(
+            "{field} holds {have} values but dims {:?} of {} need {numel}",
+            t.dims,
+            dtype.name()
+        )),
+    }
 }
 
 /// Visits every tensor a graph owns: initializers and tensor attributes, in subgraphs too.
@@ -278,40 +514,13 @@ pub fn write_atomic(path: &Path, chunks: &[Bytes]) -> Result<()> {
     })
 }
 
-/// The external data files a model file references (relative locations, deduplicated), read
-/// without resolving them: what must be fetched from beside the model.
-pub fn external_locations(path: &Path) -> Result<Vec<String>> {
-    let (mut proto, _) = decode_file(path)?;
-    let mut out: Vec<String> = Vec::new();
-    if let Some(g) = proto.graph.as_mut() {
-        for_each_tensor_mut(g, &mut |t| {
-            if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
-                && let Some(loc) = t
-                    .external_data
-                    .iter()
-                    .find(|e| e.key.as_deref() == Some("location"))
-                    .and_then(|e| e.value.clone())
-                && !out.contains(&loc)
-            {
-                out.push(loc);
-            }
-        });
+/// The external data files a model file references (relative locations, deduplicated, with
+/// the most bytes their tensors declare), read without resolving them: what must be fetched
+/// from beside the model. `shown` names the model in errors.
+pub fn external_locations(path: &Path, shown: &Path) -> Result<Vec<ExternalFile>> {
+    let (mut proto, _) = decode_file(path, shown)?;
+    match proto.graph.as_mut() {
+        Some(g) => Ok(external_files(&external_refs(g, shown)?)),
+        None => Ok(Vec::new()),
     }
-    for loc in &out {
-        let rel = Path::new(loc);
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(Error::BadExternalRef {
-                model: path.into(),
-                tensor: String::new(),
-                what: format!(
-                    "location `{loc}` must be a relative path inside the model's directory"
-                ),
-            });
-        }
-    }
-    Ok(out)
 }

@@ -12,10 +12,12 @@ mod tensor;
 
 pub use inspect::{Inspection, inspect};
 pub use io::{
-    Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load, save, write_atomic,
+    ExternalFile, Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load,
+    load_as, read_confined, save, write_atomic,
 };
 pub use tensor::{
-    DataType, TensorData, f32_tensor, int8_tensor, scalar_f32, set_f32_values, tensor_f32_values,
+    DataType, TensorData, checked_numel, f32_tensor, int8_tensor, scalar_f32, set_f32_values,
+    tensor_f32_values,
 };
 
 use std::path::PathBuf;
@@ -44,7 +46,8 @@ pub enum Error {
     NotOnnx { path: PathBuf, what: String },
     #[error(
         "tensor `{tensor}` in {model} stores its data in external file `{location}`, which \
-         cannot be read: copy the external data file(s) next to the model"
+         cannot be used: put the external data file(s) in the model's directory (subfolders are \
+         fine), as regular files"
     )]
     ExternalData {
         model: PathBuf,
@@ -55,6 +58,15 @@ pub enum Error {
     },
     #[error("tensor `{tensor}` in {model}: invalid external data reference: {what}")]
     BadExternalRef {
+        model: PathBuf,
+        tensor: String,
+        what: String,
+    },
+    #[error(
+        "tensor `{tensor}` in {model}: {what}: the model file is corrupt or its exporter wrote \
+         an invalid tensor"
+    )]
+    BadTensor {
         model: PathBuf,
         tensor: String,
         what: String,

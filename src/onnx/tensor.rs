@@ -75,6 +75,12 @@ impl DataType {
     }
 }
 
+/// The element count of `dims`, or None when a dim is negative or the product overflows.
+pub fn checked_numel(dims: &[i64]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+}
+
 /// Read access to a tensor's shape, element type and byte size.
 pub trait TensorData {
     fn dtype(&self) -> DataType;
@@ -90,7 +96,8 @@ impl TensorData for pb::TensorProto {
     }
 
     fn numel(&self) -> usize {
-        self.dims.iter().map(|&d| d.max(0) as usize).product()
+        // `load` refuses tensors whose dims overflow, so saturating only guards hand-built ones.
+        checked_numel(&self.dims).unwrap_or(usize::MAX)
     }
 
     fn payload_bytes(&self) -> usize {

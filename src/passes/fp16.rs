@@ -28,7 +28,7 @@ pub fn apply(cfg: &Fp16Config, model: &mut Model) -> Result<PassReport> {
     let mut converted: Vec<(usize, pb::TensorProto)> = Vec::new();
     for (i, t) in g.initializer.iter().enumerate() {
         let name = t.label().to_string();
-        if t.dtype() != DataType::Float || (t.numel() as u64) < cfg.min_elements {
+        if t.dtype() != DataType::Float || t.numel() == 0 || (t.numel() as u64) < cfg.min_elements {
             continue;
         }
         let skip = |reason: &str| Skipped {

@@ -80,7 +80,8 @@ impl Pass {
         Pass::Quantize(QuantizeConfig {
             weight_only: q.mode == QuantMode::WeightOnly,
             per_channel: q.per_channel,
-            reduce_range: q.reduce_range,
+            // Dynamic int8 is safe on every CPU only with 7-bit weights (see QuantizeSpec).
+            reduce_range: q.reduce_range.unwrap_or(q.mode == QuantMode::Dynamic),
             select: Selection::new(
                 q.ops
                     .unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into()]),
@@ -266,6 +267,12 @@ pub(crate) fn select_weights(
         };
         if !rank_ok {
             skip(format!("weight `{wname}` has rank {}", t.dims.len()));
+            continue;
+        }
+        if t.numel() == 0 {
+            // Nothing to compress; and a zero dim would leave the others unbounded by the
+            // payload (per-channel scales sized from them).
+            skip(format!("weight `{wname}` is empty (dims {:?})", t.dims));
             continue;
         }
         if (t.numel() as u64) < sel.min_elements {

@@ -50,10 +50,10 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
             } else {
                 "per-tensor"
             },
-            if cfg.reduce_range {
-                ", 7-bit range"
-            } else {
-                ""
+            match (cfg.reduce_range, cfg.weight_only) {
+                (true, _) => ", 7-bit weights (no int16 saturation on CPUs without VNNI)",
+                (false, false) => ", 8-bit weights (can saturate on x86 CPUs without VNNI)",
+                (false, true) => "",
             }
         ),
         ..Default::default()
