@@ -16,6 +16,9 @@ pub fn argmax(row: &[f32]) -> Option<usize> {
 
 /// Top-1 classes of `[n, classes]` outputs.
 pub fn top1(values: &[f32], classes: usize) -> Vec<Option<usize>> {
+    if classes == 0 {
+        return Vec::new();
+    }
     values.chunks_exact(classes).map(argmax).collect()
 }
 
@@ -41,6 +44,10 @@ pub fn agreement(a: &[Option<usize>], b: &[Option<usize>]) -> f64 {
 
 /// Output closeness per sample: mean cosine similarity, mean and max absolute error.
 pub fn closeness(reference: &[f32], candidate: &[f32], per_sample: usize) -> (f64, f64, f64) {
+    if per_sample == 0 {
+        // Empty outputs: nothing differs.
+        return (1.0, 0.0, 0.0);
+    }
     let (mut cos_sum, mut abs_sum, mut abs_max) = (0f64, 0f64, 0f64);
     let n = reference.len() / per_sample.max(1);
     for (r, c) in reference
@@ -109,6 +116,15 @@ mod tests {
         assert!((cos - 1.0).abs() < 1e-12 && mae == 0.0 && max == 0.0);
         let (cos, mae, max) = closeness(&[1.0, 0.0], &[0.0, 1.0], 2);
         assert_eq!((cos, mae, max), (0.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn empty_rows_do_not_panic() {
+        assert!(top1(&[1.0, 2.0], 0).is_empty());
+        assert_eq!(closeness(&[], &[], 0), (1.0, 0.0, 0.0));
+        assert_eq!(closeness(&[1.0], &[1.0], 0), (1.0, 0.0, 0.0));
+        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(accuracy(&[], &[]), 0.0);
     }
 
     #[test]

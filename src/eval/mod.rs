@@ -5,7 +5,7 @@ pub mod dataset;
 pub mod metrics;
 pub mod runtime;
 
-pub use dataset::{Array, ArrayData, Dataset};
+pub use dataset::{Archive, Array, ArrayData, Dataset, Dtype, Member, Rows};
 pub use runtime::{Provider, RuntimeError};
 
 use crate::api::{EvaluationSpec, Metrics};
@@ -14,6 +14,10 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Most ONNX Runtime intra-op threads a session gets, whatever the spec says (validation
+/// refuses more; this keeps a spec that skipped it from spawning thousands).
+pub const MAX_THREADS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,12 +29,16 @@ pub enum Error {
     Run { path: PathBuf, message: String },
     #[error(transparent)]
     Dataset(#[from] dataset::Error),
-    #[error("dataset {dataset} does not fit model {model}: {what}")]
+    /// The dataset (named as the user wrote it) and the model disagree. The model's file is
+    /// a scratch copy, so messages say "the model"; callers say which one.
+    #[error("dataset {dataset} does not fit the model: {what}")]
     Mismatch {
-        dataset: PathBuf,
+        dataset: String,
         model: PathBuf,
         what: String,
     },
+    #[error("the model cannot be evaluated: {what}")]
+    Model { model: PathBuf, what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,12 +60,12 @@ impl EvalConfig {
     pub fn from_spec(ev: &EvaluationSpec, labels: Option<String>, limit: Option<u32>) -> Self {
         let lat = ev.latency.clone().unwrap_or_default();
         Self {
-            batch_size: ev.batch_size.unwrap_or(32) as usize,
-            threads: ev.threads.map(|t| t as usize),
+            batch_size: (ev.batch_size.unwrap_or(32) as usize).max(1),
+            threads: ev.threads.map(|t| (t as usize).clamp(1, MAX_THREADS)),
             output: ev.output.clone(),
             labels,
             limit: limit.map(|l| l as usize),
-            latency_batch: lat.batch_size.unwrap_or(1) as usize,
+            latency_batch: (lat.batch_size.unwrap_or(1) as usize).max(1),
             warmup: lat.warmup.unwrap_or(10) as usize,
             iterations: lat.iterations.unwrap_or(100) as usize,
         }
@@ -73,9 +81,12 @@ pub struct Outputs {
     pub classes: Option<usize>,
 }
 
-/// The dataset checked against a model's inputs, ready for batching.
+/// The dataset checked against a model's inputs: which arrays feed which inputs, the labels,
+/// and how many samples. The input data stays on disk until [`evaluate`] reads it by batches.
 pub struct Prepared<'d> {
-    inputs: Vec<(String, &'d Array)>,
+    ds: &'d Dataset,
+    /// The array of each model input, in the model's input order (array name = input name).
+    inputs: Vec<&'d Member>,
     labels: Option<Vec<i64>>,
     samples: usize,
 }
@@ -96,7 +107,9 @@ pub fn open(path: &Path, cfg: &EvalConfig) -> Result<Opened> {
     };
     let mut b = Session::builder(env).map_err(|e| err(e.to_string()))?;
     if let Some(t) = cfg.threads {
-        b = b.with_intra_threads(t).map_err(|e| err(e.to_string()))?;
+        b = b
+            .with_intra_threads(t.clamp(1, MAX_THREADS))
+            .map_err(|e| err(e.to_string()))?;
     }
     let sess = b.commit_from_file(path).map_err(|e| err(e.to_string()))?;
     Ok(Opened {
@@ -119,19 +132,54 @@ fn element_name(t: &TensorElementType) -> &'static str {
     }
 }
 
-/// Checks that the dataset has every input the model needs, with the right dtype and shape.
+/// The output compared between the models: `spec.evaluation.output`, else the first.
+fn output_name(opened: &Opened, cfg: &EvalConfig) -> Result<String> {
+    let outs = opened.sess.outputs();
+    let model_err = |what: String| Error::Model {
+        model: opened.path.clone(),
+        what,
+    };
+    if outs.is_empty() {
+        return Err(model_err(
+            "the model has no graph outputs, so there is nothing to compare".into(),
+        ));
+    }
+    match &cfg.output {
+        Some(o) if !outs.iter().any(|x| x.name() == o) => {
+            let names: Vec<&str> = outs.iter().map(|x| x.name()).collect();
+            Err(model_err(format!(
+                "spec.evaluation.output `{o}` is not an output of the model (outputs: {})",
+                names.join(", ")
+            )))
+        }
+        Some(o) => Ok(o.clone()),
+        None if outs[0].name().is_empty() => Err(model_err(
+            "the model's first output has an empty name: name it, or choose an output with spec.evaluation.output".into(),
+        )),
+        None => Ok(outs[0].name().to_string()),
+    }
+}
+
+/// Checks that the dataset has every input the model needs, with the right dtype and shape,
+/// and reads the labels (the first `samples` of them). Input data is not read.
 pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result<Prepared<'d>> {
     let (sess, model) = (&opened.sess, opened.path.as_path());
     let mismatch = |what: String| Error::Mismatch {
-        dataset: ds.path.clone(),
+        dataset: ds.display_name().to_string(),
         model: model.into(),
         what,
     };
-    let mut inputs = Vec::new();
+    output_name(opened, cfg)?;
+    let mut inputs: Vec<&Member> = Vec::new();
     let mut samples: Option<usize> = None;
-    for inp in sess.inputs() {
+    for (i, inp) in sess.inputs().iter().enumerate() {
         let name = inp.name().to_string();
-        let arr = ds.arrays.get(&name).ok_or_else(|| {
+        if name.is_empty() {
+            return Err(mismatch(format!(
+                "model input {i} has an empty name; arrays are matched to inputs by name"
+            )));
+        }
+        let arr = ds.get(&name).ok_or_else(|| {
             mismatch(format!(
                 "no array named `{name}` for model input `{name}` (arrays: {})",
                 ds.names()
@@ -140,59 +188,91 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
         let ValueType::Tensor { ty, shape, .. } = inp.dtype() else {
             return Err(mismatch(format!("model input `{name}` is not a tensor")));
         };
-        if element_name(ty) != arr.data.dtype() {
+        if element_name(ty) != arr.dtype().name() {
             return Err(mismatch(format!(
                 "array `{name}` is {} but model input `{name}` expects {}: convert it, e.g. arr.astype(np.{})",
-                arr.data.dtype(),
+                arr.dtype().name(),
                 element_name(ty),
                 element_name(ty)
             )));
         }
         let want: Vec<i64> = shape.iter().copied().collect();
-        let fits = arr.shape.len() == want.len()
-            && want
-                .iter()
-                .zip(&arr.shape)
-                .skip(1)
-                .all(|(w, h)| *w < 0 || *w as usize == *h);
-        if !fits {
+        if want.is_empty() {
             return Err(mismatch(format!(
-                "array `{name}` has shape {:?} but model input `{name}` expects {:?} (-1 = any; axis 0 = samples)",
-                arr.shape, want
+                "model input `{name}` is a scalar (rank 0); kompress feeds samples along the first axis of every input, so it cannot batch this model"
             )));
         }
-        let n = arr.shape[0];
-        if samples.is_some_and(|s| s != n) {
+        let have = arr.shape();
+        let fits = have.len() == want.len()
+            && want
+                .iter()
+                .zip(have)
+                .skip(1)
+                .all(|(w, h)| *w < 0 || u64::try_from(*w).ok() == u64::try_from(*h).ok());
+        if !fits {
             return Err(mismatch(format!(
-                "array `{name}` has {n} samples, other inputs have {}",
-                samples.unwrap_or(0)
+                "array `{name}` has shape {have:?} but model input `{name}` expects {want:?} (-1 = any; axis 0 = samples)"
+            )));
+        }
+        // fits implies have.len() == want.len() > 0.
+        let n = have[0];
+        if let Some(s) = samples
+            && s != n
+        {
+            return Err(mismatch(format!(
+                "array `{name}` has {n} samples, other inputs have {s}"
             )));
         }
         samples = Some(n);
-        inputs.push((name, arr));
+        inputs.push(arr);
     }
-    let mut samples = samples.ok_or_else(|| mismatch("the model has no inputs".into()))?;
-    if let Some(l) = cfg.limit {
-        samples = samples.min(l);
+    let all = samples.ok_or_else(|| mismatch("the model has no inputs".into()))?;
+    if cfg.limit == Some(0) {
+        return Err(mismatch(
+            "spec.dataset.limit is 0, which leaves nothing to evaluate".into(),
+        ));
     }
-    let label_name = cfg.labels.clone().or_else(|| {
-        ds.arrays
-            .contains_key("labels")
-            .then(|| "labels".to_string())
-    });
+    let samples = cfg.limit.map_or(all, |l| all.min(l));
+    if samples == 0 {
+        let arrays: Vec<String> = inputs
+            .iter()
+            .map(|m| format!("`{}` {}", m.name, m.header.describe()))
+            .collect();
+        return Err(mismatch(format!(
+            "the dataset has no samples (input arrays: {})",
+            arrays.join(", ")
+        )));
+    }
+    let label_name = cfg
+        .labels
+        .clone()
+        .or_else(|| ds.get("labels").map(|_| "labels".to_string()));
     let labels = match label_name {
         None => None,
         Some(ln) => {
-            let arr = ds.arrays.get(&ln).ok_or_else(|| {
+            let arr = ds.get(&ln).ok_or_else(|| {
                 mismatch(format!(
                     "labels array `{ln}` (spec.dataset.labels) is missing (arrays: {})",
                     ds.names()
                 ))
             })?;
-            let l: Vec<i64> = match &arr.data {
-                ArrayData::I64(v) => v.clone(),
-                ArrayData::I32(v) => v.iter().map(|&x| x as i64).collect(),
-                ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            if !matches!(arr.dtype(), Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::I8) {
+                return Err(mismatch(format!(
+                    "labels array `{ln}` is {}; it must hold integer class indices",
+                    arr.dtype().name()
+                )));
+            }
+            if arr.shape().len() != 1 || arr.shape()[0] < samples {
+                return Err(mismatch(format!(
+                    "labels array `{ln}` has shape {:?}; expected [{samples}] (one class index per sample)",
+                    arr.shape()
+                )));
+            }
+            let l: Vec<i64> = match ds.read_rows(&ln, 0, samples)?.data {
+                ArrayData::I64(v) => v,
+                ArrayData::I32(v) => v.into_iter().map(i64::from).collect(),
+                ArrayData::U8(v) => v.into_iter().map(i64::from).collect(),
+                ArrayData::I8(v) => v.into_iter().map(i64::from).collect(),
                 other => {
                     return Err(mismatch(format!(
                         "labels array `{ln}` is {}; it must hold integer class indices",
@@ -200,32 +280,27 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
                     )));
                 }
             };
-            if arr.shape.len() != 1 || l.len() < samples {
-                return Err(mismatch(format!(
-                    "labels array `{ln}` has shape {:?}; expected [{samples}]",
-                    arr.shape
-                )));
-            }
-            Some(l[..samples].to_vec())
+            Some(l)
         }
     };
     Ok(Prepared {
+        ds,
         inputs,
         labels,
         samples,
     })
 }
 
-fn batch_value(arr: &Array, start: usize, end: usize) -> ort::Result<DynValue> {
-    let ps = arr.per_sample();
-    let mut shape: Vec<i64> = arr.shape.iter().map(|&d| d as i64).collect();
-    shape[0] = (end - start) as i64;
+/// An ORT tensor owning the array's data.
+fn tensor(arr: Array) -> ort::Result<DynValue> {
+    // Every dimension fits in i64 (checked when the header was parsed).
+    let shape: Vec<i64> = arr.shape.iter().map(|&d| d as i64).collect();
     macro_rules! t {
         ($v:expr) => {
-            Tensor::from_array((shape, $v[start * ps..end * ps].to_vec()))?.into_dyn()
+            Tensor::from_array((shape, $v))?.into_dyn()
         };
     }
-    Ok(match &arr.data {
+    Ok(match arr.data {
         ArrayData::F32(v) => t!(v),
         ArrayData::F64(v) => t!(v),
         ArrayData::F16(v) => t!(v),
@@ -237,12 +312,13 @@ fn batch_value(arr: &Array, start: usize, end: usize) -> ort::Result<DynValue> {
     })
 }
 
+/// Runs one batch (one array per model input, in `prep.inputs` order); returns the compared
+/// output's shape and values.
 fn run_batch(
     sess: &mut Session,
     prep: &Prepared,
+    batch: Vec<Array>,
     out_name: &str,
-    start: usize,
-    end: usize,
     path: &Path,
 ) -> Result<(Vec<i64>, Vec<f32>)> {
     let err = |e: ort::Error| Error::Run {
@@ -251,81 +327,98 @@ fn run_batch(
     };
     let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> =
         Vec::with_capacity(prep.inputs.len());
-    for (name, arr) in &prep.inputs {
-        feed.push((
-            Cow::Owned(name.clone()),
-            batch_value(arr, start, end).map_err(err)?.into(),
-        ));
+    for (m, arr) in prep.inputs.iter().zip(batch) {
+        feed.push((Cow::Owned(m.name.clone()), tensor(arr).map_err(err)?.into()));
     }
     let outputs = sess.run(feed).map_err(err)?;
     let v = outputs.get(out_name).ok_or_else(|| Error::Run {
         path: path.into(),
         message: format!("output `{out_name}` missing"),
     })?;
-    let as_f32 = |v: &DynValue| -> Result<(Vec<i64>, Vec<f32>)> {
-        if let Ok((s, d)) = v.try_extract_tensor::<f32>() {
-            return Ok((s.to_vec(), d.to_vec()));
-        }
-        if let Ok((s, d)) = v.try_extract_tensor::<half::f16>() {
-            return Ok((s.to_vec(), d.iter().map(|x| x.to_f32()).collect()));
-        }
-        if let Ok((s, d)) = v.try_extract_tensor::<f64>() {
-            return Ok((s.to_vec(), d.iter().map(|&x| x as f32).collect()));
-        }
-        Err(Error::Run {
-            path: path.into(),
-            message: format!(
-                "output `{out_name}` is not a float tensor; choose a float output with spec.evaluation.output"
-            ),
-        })
-    };
-    as_f32(v)
+    if let Ok((s, d)) = v.try_extract_tensor::<f32>() {
+        return Ok((s.to_vec(), d.to_vec()));
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<half::f16>() {
+        return Ok((s.to_vec(), d.iter().map(|x| x.to_f32()).collect()));
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<f64>() {
+        return Ok((s.to_vec(), d.iter().map(|&x| x as f32).collect()));
+    }
+    Err(Error::Run {
+        path: path.into(),
+        message: format!(
+            "output `{out_name}` is not a float tensor; choose a float output with spec.evaluation.output"
+        ),
+    })
 }
 
-/// Runs the model over the dataset and measures latency. Progress gets (done, total) samples.
+/// Runs the model over the dataset, a batch at a time (each batch's rows are read from the
+/// file as it is needed: memory holds one batch of inputs, plus the compared outputs), and
+/// measures latency. Progress gets (done, total) samples.
 pub fn evaluate(
     opened: &mut Opened,
     prep: &Prepared,
     cfg: &EvalConfig,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(Outputs, Vec<f64>)> {
+    let out_name = output_name(opened, cfg)?;
     let (sess, model) = (&mut opened.sess, opened.path.as_path());
-    let out_name = match &cfg.output {
-        Some(o) => {
-            if !sess.outputs().iter().any(|x| x.name() == o) {
-                let names: Vec<&str> = sess.outputs().iter().map(|x| x.name()).collect();
-                return Err(Error::Mismatch {
-                    dataset: PathBuf::new(),
-                    model: model.into(),
-                    what: format!(
-                        "spec.evaluation.output `{o}` is not an output of the model (outputs: {})",
-                        names.join(", ")
-                    ),
-                });
-            }
-            o.clone()
-        }
-        None => sess.outputs()[0].name().to_string(),
+    let ds = prep.ds;
+    let run_err = |message: String| Error::Run {
+        path: model.into(),
+        message,
     };
+    // One archive per input: a deflated member is inflated sequentially by its own reader.
+    let mut archives: Vec<Archive> = prep.inputs.iter().map(|_| Archive::default()).collect();
+    let mut readers = Vec::with_capacity(prep.inputs.len());
+    for (m, a) in prep.inputs.iter().zip(archives.iter_mut()) {
+        readers.push(ds.rows(&m.name, a)?);
+    }
+    let batch = cfg.batch_size.max(1);
     let mut values = Vec::new();
-    let mut out_shape = Vec::new();
+    let mut per_sample: Option<usize> = None;
+    let mut classes: Option<usize> = None;
     let mut start = 0;
     while start < prep.samples {
-        let end = (start + cfg.batch_size).min(prep.samples);
-        let (shape, v) = run_batch(sess, prep, &out_name, start, end, model)?;
-        out_shape = shape;
+        let rows = batch.min(prep.samples - start);
+        let arrays = readers
+            .iter_mut()
+            .map(|r| r.read(rows))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (shape, v) = run_batch(sess, prep, arrays, &out_name, model)?;
+        // The compared output must scale with the batch: the same size per sample each time.
+        let ps = v.len() / rows;
+        if v.len() % rows != 0 || per_sample.is_some_and(|p| p != ps) {
+            return Err(run_err(format!(
+                "output `{out_name}` has shape {shape:?} for a batch of {rows} samples; kompress compares outputs per sample, so its first axis must be the samples"
+            )));
+        }
+        per_sample = Some(ps);
+        if start == 0 {
+            classes = (shape.len() == 2 && shape[0] == rows as i64 && shape[1] > 1).then_some(ps);
+            check_labels(prep, classes, &out_name, model)?;
+        }
         values.extend(v);
-        progress(end as u64, prep.samples as u64);
-        start = end;
+        start += rows;
+        progress(start as u64, prep.samples as u64);
     }
-    let per_sample = values.len() / prep.samples.max(1);
-    let classes = (out_shape.len() == 2 && out_shape[1] > 1).then_some(out_shape[1] as usize);
-    // Latency: the first `latency_batch` samples, warm-up runs first.
-    let lb = cfg.latency_batch.min(prep.samples).max(1);
-    let mut times = Vec::with_capacity(cfg.iterations);
-    for i in 0..cfg.warmup + cfg.iterations {
+    // Where a member was read to its end, it must end there (a deflated member must not
+    // inflate further; its CRC is checked).
+    for r in readers {
+        r.finish()?;
+    }
+    drop(archives);
+    // Latency: the first `latency_batch` samples (only those are read), warm-up runs first.
+    let lb = cfg.latency_batch.clamp(1, prep.samples);
+    let lat: Vec<Array> = prep
+        .inputs
+        .iter()
+        .map(|m| ds.read_rows(&m.name, 0, lb))
+        .collect::<Result<_, _>>()?;
+    let mut times = Vec::with_capacity(cfg.iterations.min(1 << 16));
+    for i in 0..cfg.warmup.saturating_add(cfg.iterations) {
         let t = Instant::now();
-        run_batch(sess, prep, &out_name, 0, lb, model)?;
+        run_batch(sess, prep, lat.clone(), &out_name, model)?;
         if i >= cfg.warmup {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
@@ -333,11 +426,38 @@ pub fn evaluate(
     Ok((
         Outputs {
             values,
-            per_sample,
+            per_sample: per_sample.unwrap_or(0),
             classes,
         },
         times,
     ))
+}
+
+/// Labels must be classes of the compared output (checked once its width is known).
+fn check_labels(
+    prep: &Prepared,
+    classes: Option<usize>,
+    out_name: &str,
+    model: &Path,
+) -> Result<()> {
+    let (Some(c), Some(labels)) = (classes, &prep.labels) else {
+        return Ok(());
+    };
+    match labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| !(0..c as i64).contains(*l))
+    {
+        None => Ok(()),
+        Some((i, l)) => Err(Error::Mismatch {
+            dataset: prep.ds.display_name().to_string(),
+            model: model.into(),
+            what: format!(
+                "label {l} of sample {i} is not a class of output `{out_name}`, which has {c} classes (0 to {})",
+                c - 1
+            ),
+        }),
+    }
 }
 
 /// Metrics of a model's outputs, against the labels and (for a candidate) the reference.
@@ -380,5 +500,39 @@ impl Prepared<'_> {
 
     pub fn samples(&self) -> usize {
         self.samples
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::LatencySpec;
+
+    #[test]
+    fn spec_values_are_clamped_to_what_can_run() {
+        let ev = EvaluationSpec {
+            batch_size: Some(0),
+            threads: Some(100_000),
+            latency: Some(LatencySpec {
+                batch_size: Some(0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = EvalConfig::from_spec(&ev, None, Some(0));
+        assert_eq!(
+            (c.batch_size, c.threads, c.latency_batch),
+            (1, Some(256), 1)
+        );
+        assert_eq!(c.limit, Some(0), "refused by prepare with a message");
+        let ev = EvaluationSpec {
+            threads: Some(0),
+            ..Default::default()
+        };
+        let c = EvalConfig::from_spec(&ev, None, None);
+        assert_eq!(
+            (c.batch_size, c.threads, c.warmup, c.iterations),
+            (32, Some(1), 10, 100)
+        );
     }
 }
