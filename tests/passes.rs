@@ -22,21 +22,15 @@ fn cfg() -> EvalConfig {
 }
 
 fn quantize(mode: QuantMode, per_channel: bool) -> Pass {
-    Pass::from_spec(&PassSpec {
-        quantize: Some(QuantizeSpec {
-            mode,
-            per_channel,
-            ..Default::default()
-        }),
+    Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
+        mode,
+        per_channel,
         ..Default::default()
-    })
+    }))
 }
 
 fn prune(spec: PruneSpec) -> Pass {
-    Pass::from_spec(&PassSpec {
-        prune: Some(spec),
-        ..Default::default()
-    })
+    Pass::from_spec(&PassSpec::Prune(spec))
 }
 
 fn ops(m: &onnx::Model) -> Vec<String> {
@@ -132,14 +126,11 @@ fn weight_only_mode_dequantizes_in_front_of_float_matmul() {
 
 #[test]
 fn excluded_nodes_and_small_tensors_stay_float() {
-    let p = Pass::from_spec(&PassSpec {
-        quantize: Some(QuantizeSpec {
-            exclude_nodes: vec!["MatMul_0".into()],
-            min_elements: Some(2000),
-            ..Default::default()
-        }),
+    let p = Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
+        exclude_nodes: vec!["MatMul_0".into()],
+        min_elements: Some(2000),
         ..Default::default()
-    });
+    }));
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("m.onnx");
     write_model(&mlp(&[64, 128, 10], 5), &src);
@@ -215,7 +206,13 @@ fn global_pruning_reaches_the_target_across_tensors() {
     write_model(&mlp(&[64, 256, 128], 8), &src);
     let mut m = onnx::load(&src).unwrap();
     let r = p.apply(&mut m).unwrap();
+    assert_eq!(
+        r.tensors.len(),
+        2,
+        "both weights are pruned (an empty list would compare 0 == 0)"
+    );
     let total: u64 = r.tensors.iter().map(|t| t.elements).sum();
+    assert!(total > 0);
     let zeros: f64 = r
         .tensors
         .iter()

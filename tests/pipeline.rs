@@ -125,7 +125,10 @@ fn prune_then_quantize_runs_and_reports_sparsity() {
     let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    for t in report["passes"][0]["tensors"].as_array().unwrap() {
+    let tensors = report["passes"][0]["tensors"].as_array().unwrap();
+    // The digits MLP has three weight matrices (64x256, 256x256, 256x10): all are pruned.
+    assert_eq!(tensors.len(), 3, "{tensors:?}");
+    for t in tensors {
         assert_eq!(t["sparsity"].as_f64().unwrap(), 0.5, "{t}");
     }
 }

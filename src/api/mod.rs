@@ -2,11 +2,12 @@
 //!
 //! `///` docs on fields are user documentation: they become `kubectl explain` output.
 
+pub mod ops;
 mod status;
 mod validate;
 
 pub use status::*;
-pub use validate::{FieldError, InvalidSpec, QUANTIZABLE_OPS, parse_pattern, validate};
+pub use validate::{FieldError, InvalidSpec, parse_pattern, validate};
 
 use k8s_openapi::api::core::v1::Toleration;
 use kube::{CustomResource, KubeSchema};
@@ -45,6 +46,7 @@ pub struct CompressionJobSpec {
     // maxItems bounds the CEL cost estimate of the per-pass rules (the apiserver refuses the
     // CRD without it).
     #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("self.all(p, [has(p.prune), has(p.quantize), has(p.fp16)].filter(x, x).size() == 1)").message("each pass sets exactly one of prune, quantize or fp16"))]
     pub passes: Vec<PassSpec>,
     /// Every threshold set here must pass for the candidate to be promoted.
     #[serde(default)]
@@ -155,11 +157,30 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// One compression pass: set exactly one of `prune`, `quantize` or `fp16`.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+/// One compression pass: exactly one of `prune`, `quantize` or `fp16`, written as a map with
+/// one key (`- quantize: {mode: dynamic}`).
+// On the wire a pass is a map with one key (`RawPass`), in YAML and JSON alike (serde's
+// externally tagged enums would be YAML tags, `!quantize`, in serde_yaml).
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(try_from = "RawPass", into = "RawPass")]
+pub enum PassSpec {
+    /// Magnitude pruning of weights (unstructured or N:M).
+    Prune(PruneSpec),
+    /// int8 quantization of weights (and activations, dynamically).
+    Quantize(QuantizeSpec),
+    /// float16 weight storage: weights stored as float16 and cast back to float32 when the
+    /// model loads (ONNX Runtime folds the casts), so the file is about half the size and
+    /// runs everywhere fp32 runs. Not combinable with quantize.
+    Fp16(Fp16Spec),
+}
+
+/// A pass as written: exactly one of the keys is set (checked on conversion).
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("[has(self.prune), has(self.quantize), has(self.fp16)].filter(x, x).size() == 1").message("set exactly one of prune, quantize or fp16"))]
-pub struct PassSpec {
+#[schemars(
+    description = "One compression pass: exactly one of `prune`, `quantize` or `fp16`, written as a map with one key (`- quantize: {mode: dynamic}`)."
+)]
+pub struct RawPass {
     /// Magnitude pruning of weights (unstructured or N:M).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<PruneSpec>,
@@ -171,6 +192,49 @@ pub struct PassSpec {
     /// runs everywhere fp32 runs. Not combinable with quantize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp16: Option<Fp16Spec>,
+}
+
+impl TryFrom<RawPass> for PassSpec {
+    type Error = String;
+
+    fn try_from(r: RawPass) -> Result<Self, String> {
+        match (r.prune, r.quantize, r.fp16) {
+            (Some(p), None, None) => Ok(Self::Prune(p)),
+            (None, Some(q), None) => Ok(Self::Quantize(q)),
+            (None, None, Some(f)) => Ok(Self::Fp16(f)),
+            _ => Err("set exactly one of prune, quantize or fp16".into()),
+        }
+    }
+}
+
+impl From<PassSpec> for RawPass {
+    fn from(p: PassSpec) -> Self {
+        match p {
+            PassSpec::Prune(p) => Self {
+                prune: Some(p),
+                ..Default::default()
+            },
+            PassSpec::Quantize(q) => Self {
+                quantize: Some(q),
+                ..Default::default()
+            },
+            PassSpec::Fp16(f) => Self {
+                fp16: Some(f),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl PassSpec {
+    /// The key the pass is written with (`prune`, `quantize`, `fp16`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Prune(_) => "prune",
+            Self::Quantize(_) => "quantize",
+            Self::Fp16(_) => "fp16",
+        }
+    }
 }
 
 /// float16 weight storage.
@@ -208,7 +272,7 @@ pub struct PruneSpec {
     /// pruned tensors. Default layer.
     #[serde(default)]
     pub scope: PruneScope,
-    /// Op types whose weights are pruned. Default MatMul, Gemm, Conv.
+    /// Op types whose weights are pruned (MatMul, Gemm, Conv). Default all three.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<String>>,
     /// Node names left untouched.
@@ -261,7 +325,7 @@ pub struct QuantizeSpec {
     /// Set false only when the model is served on CPUs with VNNI/AMX or on ARM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce_range: Option<bool>,
-    /// Op types to quantize. Default MatMul and Gemm (Conv is supported: add it explicitly).
+    /// Op types to quantize (MatMul, Gemm, Conv). Default MatMul and Gemm (add Conv explicitly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<String>>,
     /// Node names left in float.

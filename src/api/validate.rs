@@ -1,7 +1,7 @@
 //! Spec validation (pure). The same rules as the CRD's CEL, plus what CEL cannot see (URI
 //! schemes, op names), so `kompress run` rejects what the apiserver would and more.
 
-use super::CompressionJobSpec;
+use super::{CompressionJobSpec, PassSpec, ops};
 use crate::storage::Location;
 
 /// One problem, with the field's path in the manifest.
@@ -15,8 +15,6 @@ pub struct FieldError {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid CompressionJob spec:{}", .0.iter().map(|e| format!("\n  - {}: {}", e.field, e.message)).collect::<String>())]
 pub struct InvalidSpec(pub Vec<FieldError>);
-
-pub const QUANTIZABLE_OPS: &[&str] = &["MatMul", "Gemm", "Conv"];
 
 // Upper bounds of numeric spec fields. The CRD schema states the same numbers (a test reads
 // them back from `crd()`), so the apiserver and `kompress run` refuse the same specs.
@@ -98,45 +96,29 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     let check_ops =
         |field: String, ops: &Option<Vec<String>>, err: &mut dyn FnMut(String, String)| {
             for (j, op) in ops.iter().flatten().enumerate() {
-                if !QUANTIZABLE_OPS.contains(&op.as_str()) {
+                if ops::weight_op(op).is_none() {
                     err(
                         format!("{field}.ops[{j}]"),
-                        format!(
-                            "unsupported op `{op}`; supported: {}",
-                            QUANTIZABLE_OPS.join(", ")
-                        ),
+                        format!("unsupported op `{op}`; supported: {}", ops::names()),
                     );
                 }
             }
         };
+    // Once weights are int8 or fp16 no later pass can prune or quantize them.
     let mut quantized = false;
     for (i, pass) in spec.passes.iter().enumerate() {
-        let at = format!("spec.passes[{i}]");
-        let set = [
-            pass.prune.is_some(),
-            pass.quantize.is_some(),
-            pass.fp16.is_some(),
-        ];
-        if set.iter().filter(|x| **x).count() != 1 {
-            err(
-                at.clone(),
-                "set exactly one of prune, quantize or fp16".into(),
-            );
-            continue;
-        }
-        if pass.fp16.is_some() {
-            if quantized {
-                err(
-                    format!("{at}.fp16"),
-                    "fp16 after int8 quantization is not supported: choose one".into(),
-                );
+        let at = format!("spec.passes[{i}].{}", pass.key());
+        match pass {
+            PassSpec::Fp16(_) => {
+                if quantized {
+                    err(
+                        at,
+                        "fp16 after int8 quantization is not supported: choose one".into(),
+                    );
+                }
+                quantized = true;
             }
-            quantized = true;
-            continue;
-        }
-        match (&pass.prune, &pass.quantize) {
-            (Some(p), _) => {
-                let at = format!("{at}.prune");
+            PassSpec::Prune(p) => {
                 if quantized {
                     err(
                         at.clone(),
@@ -165,9 +147,7 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
                 }
                 check_ops(at, &p.ops, &mut err);
             }
-            (None, None) => {} // fp16, handled above
-            (None, Some(q)) => {
-                let at = format!("{at}.quantize");
+            PassSpec::Quantize(q) => {
                 if quantized {
                     err(
                         at.clone(),
@@ -265,7 +245,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_field_path() {
         let s = spec(&format!(
-            "{BASE}passes:\n- quantize: {{}}\n- prune: {{sparsity: 0.5}}\n- {{}}\nthresholds: {{minAgreement: 2, maxLatencyRatio: 0}}\n"
+            "{BASE}passes:\n- quantize: {{}}\n- prune: {{sparsity: 0.5}}\n- prune: {{}}\nthresholds: {{minAgreement: 2, maxLatencyRatio: 0}}\n"
         ));
         let fields: Vec<String> = validate(&s)
             .unwrap_err()
@@ -277,7 +257,8 @@ mod tests {
             fields,
             [
                 "spec.passes[1].prune",
-                "spec.passes[2]",
+                "spec.passes[2].prune",
+                "spec.passes[2].prune",
                 "spec.thresholds.minAgreement",
                 "spec.thresholds.maxLatencyRatio"
             ]

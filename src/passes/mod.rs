@@ -10,7 +10,7 @@ pub use fp16::Fp16Config;
 pub use prune::{PruneConfig, PruneTarget};
 pub use quantize::QuantizeConfig;
 
-use crate::api::{PassSpec, PruneScope, QuantMode, parse_pattern};
+use crate::api::{PassSpec, PruneScope, QuantMode, ops, parse_pattern};
 use crate::onnx::{self, DataType, Model, TensorData, pb};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -45,50 +45,41 @@ pub enum Pass {
 }
 
 impl Pass {
-    /// Builds a pass from a validated spec entry.
+    /// Builds a pass from a spec entry. Unvalidated values cannot panic here: an N:M pattern
+    /// that does not parse is refused by `validate`, and is treated as no pruning here.
     pub fn from_spec(spec: &PassSpec) -> Self {
         const DEFAULT_MIN_ELEMENTS: u64 = 1024;
-        if let Some(p) = &spec.prune {
-            let target = match (&p.pattern, p.sparsity) {
-                (Some(pat), _) => {
-                    let (n, m) = parse_pattern(pat).expect("validated");
-                    PruneTarget::NM { n, m }
-                }
-                (None, s) => PruneTarget::Sparsity {
-                    sparsity: s.unwrap_or(0.0),
-                    global: p.scope == PruneScope::Global,
+        match spec {
+            PassSpec::Prune(p) => Pass::Prune(PruneConfig {
+                target: match (p.pattern.as_deref().map(parse_pattern), p.sparsity) {
+                    (Some(Some((n, m))), _) => PruneTarget::NM { n, m },
+                    (_, s) => PruneTarget::Sparsity {
+                        sparsity: s.unwrap_or(0.0),
+                        global: p.scope == PruneScope::Global,
+                    },
                 },
-            };
-            return Pass::Prune(PruneConfig {
-                target,
                 select: Selection::new(
-                    p.ops
-                        .clone()
-                        .unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into(), "Conv".into()]),
+                    p.ops.clone().unwrap_or_else(|| ops::defaults(false)),
                     &p.exclude_nodes,
                     p.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
                 ),
-            });
-        }
-        if let Some(f) = &spec.fp16 {
-            return Pass::Fp16(Fp16Config {
+            }),
+            PassSpec::Fp16(f) => Pass::Fp16(Fp16Config {
                 min_elements: f.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
                 exclude_tensors: f.exclude_tensors.iter().cloned().collect(),
-            });
+            }),
+            PassSpec::Quantize(q) => Pass::Quantize(QuantizeConfig {
+                weight_only: q.mode == QuantMode::WeightOnly,
+                per_channel: q.per_channel,
+                // Dynamic int8 is safe on every CPU only with 7-bit weights (see QuantizeSpec).
+                reduce_range: q.reduce_range.unwrap_or(q.mode == QuantMode::Dynamic),
+                select: Selection::new(
+                    q.ops.clone().unwrap_or_else(|| ops::defaults(true)),
+                    &q.exclude_nodes,
+                    q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
+                ),
+            }),
         }
-        let q = spec.quantize.clone().unwrap_or_default();
-        Pass::Quantize(QuantizeConfig {
-            weight_only: q.mode == QuantMode::WeightOnly,
-            per_channel: q.per_channel,
-            // Dynamic int8 is safe on every CPU only with 7-bit weights (see QuantizeSpec).
-            reduce_range: q.reduce_range.unwrap_or(q.mode == QuantMode::Dynamic),
-            select: Selection::new(
-                q.ops
-                    .unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into()]),
-                &q.exclude_nodes,
-                q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
-            ),
-        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -186,9 +177,9 @@ impl Weight {
     }
 }
 
-/// The weight slot of each supported op.
+/// The weight slot of each supported op (from the one table, `api::ops`).
 fn weight_slot(op: &str) -> Option<usize> {
-    matches!(op, "MatMul" | "Gemm" | "Conv").then_some(1)
+    ops::weight_op(op).map(|w| w.weight_input)
 }
 
 pub(crate) fn node_label(n: &pb::NodeProto, i: usize) -> String {
@@ -261,10 +252,8 @@ pub(crate) fn select_weights(
             ));
             continue;
         }
-        let rank_ok = match op {
-            "Conv" => t.dims.len() >= 3,
-            _ => t.dims.len() == 2,
-        };
+        let rank_ok =
+            ops::weight_op(op).is_some_and(|w| (w.ranks.0..=w.ranks.1).contains(&t.dims.len()));
         if !rank_ok {
             skip(format!("weight `{wname}` has rank {}", t.dims.len()));
             continue;
