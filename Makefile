@@ -21,6 +21,7 @@ fmt:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
+	hack/check-msrv
 
 crd:
 	cargo run --quiet -- crd > crds/compressionjob.yaml
