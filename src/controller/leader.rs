@@ -27,10 +27,67 @@ pub struct LeaseLock {
 }
 
 /// The last holder record seen and when this process first saw it.
-struct Observed {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
     holder: Option<String>,
     renew_time: Option<MicroTime>,
     seen: Instant,
+}
+
+/// Who may write the Lease now, as this process sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nobody holds it: take it.
+    Free,
+    /// We hold it: renew it.
+    Ours,
+    /// Another holder's record has not changed for longer than its lease duration (on our
+    /// clock): take it over.
+    Expired,
+    /// Another holder renews it: stand by.
+    Held,
+}
+
+impl Decision {
+    pub fn may_write(&self) -> bool {
+        !matches!(self, Self::Held)
+    }
+}
+
+/// The pure election rule: the Lease's holder record, our identity, the record we saw before
+/// (with when we first saw it) and the time now give the decision and the record to remember.
+/// Expiry is measured from when the record last changed on this process's clock, never from
+/// the holder's renewTime, so clock skew between replicas cannot make a live leader look dead.
+pub fn decide(
+    spec: &LeaseSpec,
+    identity: &str,
+    before: Option<&Observed>,
+    now: Instant,
+) -> (Decision, Observed) {
+    let observed = match before {
+        Some(o) if o.holder == spec.holder_identity && o.renew_time == spec.renew_time => o.clone(),
+        _ => Observed {
+            holder: spec.holder_identity.clone(),
+            renew_time: spec.renew_time.clone(),
+            seen: now,
+        },
+    };
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
+    let duration = Duration::from_secs(
+        spec.lease_duration_seconds
+            .unwrap_or(LEASE_DURATION.as_secs() as i32)
+            .max(1) as u64,
+    );
+    let decision = if holder.is_empty() {
+        Decision::Free
+    } else if holder == identity {
+        Decision::Ours
+    } else if now.saturating_duration_since(observed.seen) > duration {
+        Decision::Expired
+    } else {
+        Decision::Held
+    };
+    (decision, observed)
 }
 
 fn now() -> MicroTime {
@@ -90,36 +147,13 @@ impl LeaseLock {
             };
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
-        if self
-            .observed
-            .as_ref()
-            .is_none_or(|o| o.holder != spec.holder_identity || o.renew_time != spec.renew_time)
-        {
-            self.observed = Some(Observed {
-                holder: spec.holder_identity.clone(),
-                renew_time: spec.renew_time.clone(),
-                seen: Instant::now(),
-            });
-        }
-        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let free = spec
-            .holder_identity
-            .as_deref()
-            .unwrap_or_default()
-            .is_empty();
-        let duration = Duration::from_secs(
-            spec.lease_duration_seconds
-                .unwrap_or(LEASE_DURATION.as_secs() as i32)
-                .max(1) as u64,
-        );
-        let expired = self
-            .observed
-            .as_ref()
-            .is_some_and(|o| o.seen.elapsed() > duration);
-        if !(ours || free || expired) {
+        let (decision, observed) =
+            decide(spec, &self.identity, self.observed.as_ref(), Instant::now());
+        self.observed = Some(observed);
+        if !decision.may_write() {
             return Ok(false);
         }
-        if !ours {
+        if decision != Decision::Ours {
             spec.holder_identity = Some(self.identity.clone());
             spec.acquire_time = Some(now());
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
@@ -174,7 +208,7 @@ impl LeaseLock {
                     on_standby();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::pipeline::error_chain(&e), "leader election attempt failed; retrying")
+                    tracing::warn!(error = %crate::error::error_chain(&e), "leader election attempt failed; retrying")
                 }
             }
             tokio::time::sleep(RETRY_PERIOD).await;
@@ -204,7 +238,7 @@ impl LeaseLock {
                     ));
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %crate::pipeline::error_chain(&e), "renewing the leader Lease failed");
+                    tracing::warn!(error = %crate::error::error_chain(&e), "renewing the leader Lease failed");
                     wait = RETRY_PERIOD; // retry sooner than a routine renewal, as client-go does
                 }
                 Err(_) => tracing::warn!("renewing the leader Lease timed out"),
@@ -232,4 +266,112 @@ pub fn default_identity() -> String {
                 .unwrap_or_else(|_| "kompress".into());
             format!("{host}-{}", std::process::id())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: Option<&str>, renewed_secs: i64, duration: Option<i32>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(str::to_string),
+            renew_time: Some(MicroTime(
+                jiff::Timestamp::from_second(1_700_000_000 + renewed_secs).unwrap(),
+            )),
+            lease_duration_seconds: duration,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_without_a_holder_is_free_and_ours_is_renewed() {
+        let t0 = Instant::now();
+        assert_eq!(
+            decide(&spec(None, 0, None), "a", None, t0).0,
+            Decision::Free
+        );
+        assert_eq!(
+            decide(&spec(Some(""), 0, None), "a", None, t0).0,
+            Decision::Free
+        );
+        assert_eq!(
+            decide(&spec(Some("a"), 0, None), "a", None, t0).0,
+            Decision::Ours
+        );
+    }
+
+    #[test]
+    fn another_holder_is_held_until_its_record_stops_changing_for_a_lease_duration() {
+        let t0 = Instant::now();
+        let s = spec(Some("b"), 0, Some(15));
+        let (d, seen) = decide(&s, "a", None, t0);
+        assert_eq!(
+            d,
+            Decision::Held,
+            "first sight starts the clock: never expired at once"
+        );
+        let (d, seen) = decide(&s, "a", Some(&seen), t0 + Duration::from_secs(15));
+        assert_eq!(d, Decision::Held, "exactly the duration: not yet");
+        let (d, _) = decide(&s, "a", Some(&seen), t0 + Duration::from_secs(16));
+        assert_eq!(d, Decision::Expired);
+    }
+
+    #[test]
+    fn a_renewal_restarts_the_clock_whatever_the_holders_clock_says() {
+        let t0 = Instant::now();
+        // The holder's renewTime is far in the past (skewed clock): irrelevant.
+        let (_, seen) = decide(&spec(Some("b"), -86_400, Some(15)), "a", None, t0);
+        let later = t0 + Duration::from_secs(14);
+        let (d, seen) = decide(&spec(Some("b"), -86_399, Some(15)), "a", Some(&seen), later);
+        assert_eq!(d, Decision::Held);
+        assert_eq!(seen.seen, later, "a changed record is seen anew");
+        let (d, _) = decide(
+            &spec(Some("b"), -86_399, Some(15)),
+            "a",
+            Some(&seen),
+            later + Duration::from_secs(14),
+        );
+        assert_eq!(
+            d,
+            Decision::Held,
+            "14s after the renewal, not 28s after the first sight"
+        );
+        // A new holder is a new record too.
+        let (d, _) = decide(
+            &spec(Some("c"), -86_399, Some(15)),
+            "a",
+            Some(&seen),
+            later + Duration::from_secs(60),
+        );
+        assert_eq!(d, Decision::Held);
+    }
+
+    #[test]
+    fn missing_or_zero_durations_fall_back_safely() {
+        let t0 = Instant::now();
+        let (_, seen) = decide(&spec(Some("b"), 0, None), "a", None, t0);
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(
+            decide(&spec(Some("b"), 0, None), "a", Some(&seen), at(15)).0,
+            Decision::Held
+        );
+        assert_eq!(
+            decide(&spec(Some("b"), 0, None), "a", Some(&seen), at(16)).0,
+            Decision::Expired
+        );
+        let (_, seen) = decide(&spec(Some("b"), 0, Some(0)), "a", None, t0);
+        assert_eq!(
+            decide(&spec(Some("b"), 0, Some(0)), "a", Some(&seen), at(1)).0,
+            Decision::Held
+        );
+        assert_eq!(
+            decide(&spec(Some("b"), 0, Some(0)), "a", Some(&seen), at(2)).0,
+            Decision::Expired
+        );
+        // A clock that goes backwards never expires anyone.
+        assert_eq!(
+            decide(&spec(Some("b"), 0, Some(15)), "a", Some(&seen), t0).0,
+            Decision::Held
+        );
+    }
 }
