@@ -8,15 +8,16 @@
 //! `model/` holds the model file and its external data (as the model names them),
 //! `dataset/` the evaluation set, `candidate/` the compressed model.
 
-use crate::api::{CompressionJobSpec, JobResult, Metrics, PassSpec, Thresholds, validate};
+use crate::api::{CompressionJobSpec, JobResult, Metrics, PassSpec, reason, validate};
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::gate;
 use crate::onnx::{self, Model, SaveOptions};
-use crate::passes::{Pass, PassReport};
+use crate::passes::Pass;
 use crate::publish;
+use crate::report::{InputRef, JobRef, PassReport, Report, Tools};
 use crate::storage::{self, Location, Storage};
 use crate::ui::Ui;
-use serde::Serialize;
+use kube::Resource;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -58,6 +59,12 @@ impl From<storage::Error> for Error {
     }
 }
 
+impl From<crate::uri::Error> for Error {
+    fn from(e: crate::uri::Error) -> Self {
+        storage::Error::from(e).into()
+    }
+}
+
 impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
@@ -67,54 +74,28 @@ impl Error {
         }
     }
 
-    /// A short, static category: metric label values and Event reasons.
+    /// A short, static category (an `api::reason` constant): metric label values, Event
+    /// reasons and the worker's termination message.
     pub fn category(&self) -> &'static str {
         match self {
-            Self::InvalidSpec(_) => "InvalidSpec",
-            Self::Storage(e) if e.is_permanent() => "StorageError",
-            Self::Storage(_) => "StorageUnavailable",
-            Self::Model(onnx::Error::Write { .. }) => "ScratchError",
-            Self::Model(_) => "InvalidModel",
-            Self::Pass { .. } => "PassFailed",
+            Self::InvalidSpec(_) => reason::INVALID_SPEC,
+            Self::Storage(e) if e.is_permanent() => reason::STORAGE_ERROR,
+            Self::Storage(_) => reason::STORAGE_UNAVAILABLE,
+            Self::Model(onnx::Error::Write { .. }) => reason::SCRATCH_ERROR,
+            Self::Model(_) => reason::INVALID_MODEL,
+            Self::Pass { .. } => reason::PASS_FAILED,
             Self::Eval {
                 source: eval::Error::Runtime(_),
                 ..
-            } => "RuntimeUnavailable",
-            Self::Eval { .. } => "EvaluationFailed",
-            Self::Gate(_) => "ThresholdUnmeasurable",
-            Self::Scratch { .. } => "ScratchError",
+            } => reason::RUNTIME_UNAVAILABLE,
+            Self::Eval { .. } => reason::EVALUATION_FAILED,
+            Self::Gate(_) => reason::THRESHOLD_UNMEASURABLE,
+            Self::Scratch { .. } => reason::SCRATCH_ERROR,
         }
     }
-}
-
-/// Full error text: the error and each cause, joined. Causes whose text an outer message
-/// already includes (object_store's errors embed their sources) are not repeated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Who the run is for.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobRef {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation: Option<i64>,
-}
 
 pub struct RunOptions {
     /// Working directory for downloads and the candidate (empty or new).
@@ -122,43 +103,6 @@ pub struct RunOptions {
     /// Prefix of this run's folder under `output.uri/runs/` (default: the job's name). A UTC
     /// time and a random suffix are always appended, so no two runs share a folder.
     pub run_id: Option<String>,
-}
-
-/// Input provenance for the report.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InputRef {
-    pub uri: String,
-    pub sha256: String,
-    pub bytes: u64,
-}
-
-/// report.json: everything needed to audit the decision.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub api_version: &'static str,
-    pub kind: &'static str,
-    pub job: JobRef,
-    pub run_id: String,
-    pub started_at: String,
-    pub duration_seconds: f64,
-    pub model: InputRef,
-    pub external_data: Vec<InputRef>,
-    pub dataset: InputRef,
-    pub recipe: Vec<PassSpec>,
-    pub thresholds: Thresholds,
-    pub passes: Vec<PassReport>,
-    pub result: JobResult,
-    pub tools: Tools,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Tools {
-    pub kompress: &'static str,
-    pub onnxruntime_library: Option<String>,
-    pub ort_crate: &'static str,
 }
 
 pub struct Outcome {
@@ -311,12 +255,37 @@ pub async fn fetch(
     })
 }
 
+/// ONNX Runtime's messages name the file it was given, a scratch copy: name the model as the
+/// user knows it instead.
+fn named(e: eval::Error, scratch: &Path, shown: &str) -> eval::Error {
+    let fix = |path: PathBuf, message: String| {
+        let message = message.replace(&scratch.display().to_string(), shown);
+        let path = if path == scratch {
+            PathBuf::from(shown)
+        } else {
+            path
+        };
+        (path, message)
+    };
+    match e {
+        eval::Error::Session { path, message } => {
+            let (path, message) = fix(path, message);
+            eval::Error::Session { path, message }
+        }
+        eval::Error::Run { path, message } => {
+            let (path, message) = fix(path, message);
+            eval::Error::Run { path, message }
+        }
+        e => e,
+    }
+}
+
 /// Stage 2: the original model through ONNX Runtime on the whole dataset.
 pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<Baseline> {
     let model = onnx::load_as(&inputs.model_path, Path::new(&inputs.model.uri))?;
     let eval_err = |source| Error::Eval {
         which: "original",
-        source,
+        source: named(source, &inputs.model_path, &inputs.model.uri),
     };
     let dataset =
         Dataset::open(&inputs.dataset_path, &inputs.dataset.uri).map_err(|e| eval_err(e.into()))?;
@@ -413,7 +382,7 @@ pub fn build_candidate(
 pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<Metrics> {
     let cand_err = |source| Error::Eval {
         which: "candidate",
-        source,
+        source: named(source, &candidate.path, "candidate model.onnx"),
     };
     let mut opened = eval::open(&candidate.path, &base.cfg).map_err(cand_err)?;
     let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err)?;
@@ -500,8 +469,8 @@ pub async fn run(
         ..Default::default()
     };
     let report = |result: &JobResult, passes: &[PassReport]| Report {
-        api_version: "kompress.dev/v1alpha1",
-        kind: "CompressionReport",
+        api_version: crate::api::CompressionJob::api_version(&()).into_owned(),
+        kind: Report::KIND,
         job: job.clone(),
         run_id: run_id.clone(),
         started_at: started_at.to_string(),
@@ -513,11 +482,7 @@ pub async fn run(
         thresholds: spec.thresholds.clone(),
         passes: passes.to_vec(),
         result: result.clone(),
-        tools: Tools {
-            kompress: env!("CARGO_PKG_VERSION"),
-            onnxruntime_library: eval::runtime::library_path().map(|p| p.display().to_string()),
-            ort_crate: "2.0.0-rc.15",
-        },
+        tools: Tools::this_binary(eval::runtime::library_path().map(|p| p.display().to_string())),
     };
     let artifact = publish::Artifact {
         files: &candidate.files,
