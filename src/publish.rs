@@ -187,7 +187,7 @@ async fn promote(
         return Ok(promoted);
     }
     let manifest = PromotedManifest {
-        api_version: "kompress.dev/v1alpha1".into(),
+        api_version: <crate::api::CompressionJob as kube::Resource>::api_version(&()).into_owned(),
         kind: "PromotedModel".into(),
         digest: digest.into(),
         uri: promoted.uri.clone(),

@@ -1,9 +1,29 @@
-//! Storage URIs: which store, and the object key in it. Parsing touches neither the network nor
-//! the file system.
+//! Storage URIs (s3://, gs://, az://, abfss://, https://, file://, plain paths): which store,
+//! and the object key in it. Pure: parsing touches neither the network nor the file system, and
+//! this module imports nothing of the crate, so the API layer (spec validation) and the storage
+//! layer (clients) both use it without depending on each other. `storage` re-exports it.
 
-use super::{Error, Result};
-use object_store::path::Path as ObjPath;
 use std::path::{Component, PathBuf};
+
+/// A URI that names no storage location. Always permanent: retrying cannot fix a URI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "unsupported URI scheme `{scheme}` in `{uri}`: use s3://, gs://, az://, https://, file:// or a local path"
+    )]
+    UnsupportedScheme { uri: String, scheme: String },
+    #[error("malformed URI `{uri}`: {what}")]
+    Malformed { uri: String, what: String },
+}
+
+impl Error {
+    /// Always true: a malformed URI stays malformed.
+    pub fn is_permanent(&self) -> bool {
+        true
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -22,16 +42,16 @@ pub struct Location {
     /// names the real file: nothing is percent-encoded.
     pub uri: String,
     /// What identifies the store: `s3://bucket`, `https://host`, ... (empty for local).
-    pub(super) store_url: String,
+    store_url: String,
     /// Object key inside the store (for local: the absolute path without its leading `/`),
     /// exactly as stored: never percent-encoded.
-    pub(super) key: String,
+    key: String,
 }
 
 const DOTDOT: &str = "`..` is not allowed in a storage path";
 
 /// Checks a `/`-separated key the way object stores need it, with plain messages.
-pub(super) fn check_key(key: &str) -> std::result::Result<(), &'static str> {
+fn check_key(key: &str) -> std::result::Result<(), &'static str> {
     if key.is_empty() {
         return Ok(());
     }
@@ -160,7 +180,7 @@ impl Location {
         })
     }
 
-    pub(super) fn local(uri: &str, path: &str) -> Result<Self> {
+    fn local(uri: &str, path: &str) -> Result<Self> {
         let malformed = |what: &str| Error::Malformed {
             uri: uri.into(),
             what: what.into(),
@@ -237,15 +257,24 @@ impl Location {
         self.key.rsplit('/').next().unwrap_or("")
     }
 
-    /// The object store path (remote stores): the key as it is, checked.
-    pub(super) fn path(&self) -> Result<ObjPath> {
+    /// What identifies the store (`s3://bucket`, `https://host`, ...; empty for local): one
+    /// client per store.
+    pub fn store_url(&self) -> &str {
+        &self.store_url
+    }
+
+    /// The object key inside the store, never percent-encoded (for local locations: the
+    /// absolute path without its leading `/`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Checks the key again: a `..` segment that `join` let in is refused here, with the same
+    /// words as `parse`.
+    pub fn check(&self) -> Result<()> {
         check_key(&self.key).map_err(|what| Error::Malformed {
             uri: self.uri.clone(),
             what: what.into(),
-        })?;
-        ObjPath::parse(&self.key).map_err(|e| Error::Malformed {
-            uri: self.uri.clone(),
-            what: e.to_string(),
         })
     }
 }
@@ -298,14 +327,13 @@ mod tests {
     #[test]
     fn http_paths_are_decoded_into_keys() {
         let web = Location::parse("https://example.com/my%20models/mod%C3%A8le.onnx").unwrap();
-        assert_eq!(web.key, "my models/modèle.onnx");
-        assert_eq!(web.path().unwrap().as_ref(), "my models/modèle.onnx");
+        assert_eq!(web.key(), "my models/modèle.onnx");
     }
 
     #[test]
     fn keys_are_never_percent_encoded() {
         let l = Location::parse("s3://b/my dir/modèle #1.onnx").unwrap();
-        assert_eq!(l.path().unwrap().as_ref(), "my dir/modèle #1.onnx");
+        assert_eq!(l.key(), "my dir/modèle #1.onnx");
     }
 
     #[test]
@@ -397,7 +425,7 @@ mod tests {
             .unwrap()
             .parent()
             .join("../secret");
-        let e = j.path().unwrap_err().to_string();
+        let e = j.check().unwrap_err().to_string();
         assert!(e.contains("`..` is not allowed"), "{e}");
     }
 }

@@ -62,7 +62,7 @@ impl Env {
     }
 
     async fn create(&self, yaml: &str) -> CompressionJob {
-        let cj: CompressionJob = serde_yaml::from_str(yaml).expect("test manifest parses");
+        let cj: CompressionJob = serde_saphyr::from_str(yaml).expect("test manifest parses");
         self.cjs
             .create(&PostParams::default(), &cj)
             .await

@@ -70,7 +70,7 @@ impl Env {
     fn example(&self, name: &str, iterations: Option<u32>) -> CompressionJob {
         let text = std::fs::read_to_string(repo().join("examples/digits-int8.yaml"))
             .expect("read examples/digits-int8.yaml");
-        let mut cj: CompressionJob = serde_yaml::from_str(&text).expect("the example parses");
+        let mut cj: CompressionJob = serde_saphyr::from_str(&text).expect("the example parses");
         cj.metadata.name = Some(name.into());
         cj.metadata.namespace = Some(self.ns.clone());
         let mut spec = serde_json::to_value(&cj.spec).unwrap();

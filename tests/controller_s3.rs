@@ -110,7 +110,7 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
             .unwrap(),
     );
 
-    let cj: CompressionJob = serde_yaml::from_str(&format!(
+    let cj: CompressionJob = serde_saphyr::from_str(&format!(
         "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {{name: digits}}\nspec:\n  model: {{uri: 's3://models/{p}/model.onnx'}}\n  dataset: {{uri: 's3://datasets/{p}/eval.npz'}}\n  storage: {{secretRef: {{name: s3-credentials}}, endpoint: '{}', allowHttp: true}}\n  passes: [{{quantize: {{perChannel: true}}}}]\n  thresholds: {{maxAccuracyDrop: 0.01, minCompressionRatio: 3.5}}\n  output: {{uri: 's3://models/{p}/candidates', promoteTo: 's3://models/{p}/production'}}\n  evaluation: {{latency: {{warmup: 1, iterations: 5}}}}\n",
         get("AWS_ENDPOINT_URL")
     ))

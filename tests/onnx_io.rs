@@ -229,7 +229,7 @@ fn externalize(
 }
 
 fn load_err(path: &std::path::Path) -> String {
-    kompress::pipeline::error_chain(&onnx::load(path).unwrap_err())
+    kompress::error::error_chain(&onnx::load(path).unwrap_err())
 }
 
 #[test]

@@ -149,7 +149,7 @@ fn the_worker_writes_a_compact_result_to_the_termination_log() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let msg = std::fs::read_to_string(&log).unwrap();
     assert!(msg.len() <= 4096, "{} bytes", msg.len());
-    let m: kompress::cli::WorkerMessage = serde_json::from_str(&msg).unwrap();
+    let m: kompress::api::wire::WorkerMessage = serde_json::from_str(&msg).unwrap();
     assert_eq!(m.phase, kompress::api::Phase::Succeeded);
     assert!(
         m.result
@@ -181,8 +181,8 @@ fn the_worker_marks_permanent_errors_with_their_own_exit_code() {
             ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap()),
         ],
     );
-    assert_eq!(r.code, kompress::cli::EXIT_PERMANENT);
-    let m: kompress::cli::WorkerMessage =
+    assert_eq!(r.code, kompress::api::wire::EXIT_PERMANENT);
+    let m: kompress::api::wire::WorkerMessage =
         serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
     assert_eq!(m.phase, kompress::api::Phase::Failed);
     assert_eq!(m.permanent, Some(true));
@@ -195,7 +195,7 @@ fn fails(dir: &Path, yaml: &str) -> String {
     let r = run_kompress(&["run", "-f", &job], &[]);
     assert_eq!(
         r.code,
-        kompress::cli::EXIT_PERMANENT,
+        kompress::api::wire::EXIT_PERMANENT,
         "stdout {} stderr {}",
         r.stdout,
         r.stderr
@@ -452,7 +452,7 @@ fn a_missing_onnx_runtime_library_says_what_to_do() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         o.status.code(),
-        Some(kompress::cli::EXIT_PERMANENT),
+        Some(kompress::api::wire::EXIT_PERMANENT),
         "{err}"
     );
     assert!(

@@ -163,7 +163,7 @@ fn permanent_failure(
     let r = run_with_env(&["run", "-f", &job], env, extra);
     assert_eq!(
         r.code,
-        kompress::cli::EXIT_PERMANENT,
+        kompress::api::wire::EXIT_PERMANENT,
         "expected a permanent error; stderr: {}",
         r.stderr
     );
@@ -239,7 +239,7 @@ fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() 
         &format!("uri: {model}\n    sha256: {}\n", "0".repeat(64)),
     );
     let r = run_with_env(&["run", "-f", &write_job(dir.path(), &yaml)], &env, &[]);
-    assert_eq!(r.code, kompress::cli::EXIT_PERMANENT);
+    assert_eq!(r.code, kompress::api::wire::EXIT_PERMANENT);
     assert!(
         r.stderr.contains("sha256") && r.stderr.contains(&"0".repeat(64)),
         "{}",

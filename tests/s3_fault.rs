@@ -102,7 +102,7 @@ fn server_stopped_during_candidate_upload_fails_transiently_and_promotes_nothing
     let env = s3_env(); // start rewrites the env file (new pid, same port)
     assert_eq!(
         status.code(),
-        Some(kompress::cli::EXIT_TRANSIENT),
+        Some(kompress::api::wire::EXIT_TRANSIENT),
         "a storage outage is transient: {seen}{rest}"
     );
     assert!(

@@ -2,9 +2,11 @@
 //!
 //! `///` docs on fields are user documentation: they become `kubectl explain` output.
 
+pub mod manifest;
 pub mod ops;
 mod status;
 mod validate;
+pub mod wire;
 
 pub use status::*;
 pub use validate::{FieldError, InvalidSpec, parse_pattern, validate};

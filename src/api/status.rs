@@ -82,10 +82,23 @@ pub mod reason {
     /// Event reasons of the terminal transitions (the conditions carry the reasons above).
     pub const SUCCEEDED: &str = "Succeeded";
     pub const CANDIDATE_REJECTED: &str = "Rejected";
-    /// Worker failure reasons that are not a pipeline error category.
+    /// Worker failure reasons (the termination message's `reason`, then the Stalled
+    /// condition's and the Event's). First those that are not a pipeline error category:
     pub const WORKER_PANICKED: &str = "WorkerPanicked";
     pub const INTERRUPTED: &str = "Interrupted";
     pub const SCRATCH_ERROR: &str = "ScratchError";
+    /// The pipeline's error categories (`pipeline::Error::category`), besides INVALID_SPEC
+    /// and SCRATCH_ERROR above. Permanent storage errors (missing object, denied, bad URI):
+    pub const STORAGE_ERROR: &str = "StorageError";
+    /// Storage errors worth retrying (unavailable, 5xx, refused connection, full disk).
+    pub const STORAGE_UNAVAILABLE: &str = "StorageUnavailable";
+    pub const INVALID_MODEL: &str = "InvalidModel";
+    pub const PASS_FAILED: &str = "PassFailed";
+    /// The ONNX Runtime library could not be loaded.
+    pub const RUNTIME_UNAVAILABLE: &str = "RuntimeUnavailable";
+    pub const EVALUATION_FAILED: &str = "EvaluationFailed";
+    /// A threshold is set whose metric cannot be measured (e.g. accuracy without labels).
+    pub const THRESHOLD_UNMEASURABLE: &str = "ThresholdUnmeasurable";
 }
 
 /// The outcome of one run: what the gate decided and why.

@@ -2,7 +2,7 @@
 //! schemes, op names), so `kompress run` rejects what the apiserver would and more.
 
 use super::{CompressionJobSpec, PassSpec, ops};
-use crate::storage::Location;
+use crate::uri::Location;
 
 /// One problem, with the field's path in the manifest.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,7 +229,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> CompressionJobSpec {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     const BASE: &str = "model: {uri: s3://m/model.onnx}\ndataset: {uri: s3://d/eval.npz}\noutput: {uri: s3://m/out, promoteTo: s3://m/prod}\n";

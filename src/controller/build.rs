@@ -2,6 +2,7 @@
 
 use super::ControllerConfig;
 use crate::api::CompressionJob;
+use crate::api::wire::{self, EXIT_PERMANENT};
 use k8s_openapi::api::batch::v1::Job;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -103,13 +104,13 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
     });
 
     let mut env = vec![
-        json!({"name": "KOMPRESS_JOB", "value": worker_manifest(cj).to_string()}),
-        json!({"name": "KOMPRESS_RUN_ID", "value": format!("{namespace}.{}.g{generation}", cj.name_any())}),
-        json!({"name": "KOMPRESS_SCRATCH", "value": SCRATCH}),
+        json!({"name": wire::env::JOB, "value": worker_manifest(cj).to_string()}),
+        json!({"name": wire::env::RUN_ID, "value": format!("{namespace}.{}.g{generation}", cj.name_any())}),
+        json!({"name": wire::env::SCRATCH, "value": SCRATCH}),
         json!({"name": "TMPDIR", "value": SCRATCH}),
     ];
     if gpu {
-        env.push(json!({"name": "KOMPRESS_EXECUTION_PROVIDER", "value": "cuda"}));
+        env.push(json!({"name": wire::env::EXECUTION_PROVIDER, "value": "cuda"}));
     }
     let env_from: Vec<_> = spec
         .storage
@@ -161,7 +162,7 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
             // A permanent error (bad spec, bad model) fails the Job at once; a node drain or
             // preemption does not count against backoffLimit.
             "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [crate::cli::EXIT_PERMANENT]}},
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PERMANENT]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
             "template": {
@@ -212,7 +213,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Toleration;
 
     fn cj(yaml: &str) -> CompressionJob {
-        serde_yaml::from_str(yaml).expect("test manifest parses")
+        serde_saphyr::from_str(yaml).expect("test manifest parses")
     }
 
     const CPU: &str = r#"
@@ -271,7 +272,7 @@ spec:
     fn cpu_job_runs_the_worker_in_the_cpu_image_with_the_spec_resources() {
         let job = value(&build_job(&cj(CPU), &config()));
         let c = &job["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["image"], "ghcr.io/kompress/kompress:0.1.0");
+        assert_eq!(c["image"], crate::controller::DEFAULT_WORKER_IMAGE);
         assert_eq!(c["command"], json!(["kompress", "worker"]));
         assert_eq!(
             c["resources"]["limits"],
@@ -309,13 +310,16 @@ spec:
         m.spec.resources = None;
         let job = value(&build_job(&m, &config()));
         let c = &job["spec"]["template"]["spec"]["containers"][0];
+        use crate::controller::{
+            DEFAULT_WORKER_CPU, DEFAULT_WORKER_MEMORY, DEFAULT_WORKER_SCRATCH,
+        };
         assert_eq!(
             c["resources"]["limits"],
-            json!({"cpu": "1", "memory": "2Gi"})
+            json!({"cpu": DEFAULT_WORKER_CPU, "memory": DEFAULT_WORKER_MEMORY})
         );
         assert_eq!(
             job["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"],
-            "10Gi"
+            DEFAULT_WORKER_SCRATCH
         );
     }
 
@@ -323,8 +327,9 @@ spec:
     fn worker_reads_the_whole_job_identity_and_spec_from_kompress_job() {
         let m = cj(CPU);
         let job = value(&build_job(&m, &config()));
-        let parsed = crate::cli::parse_job(&env(&job, "KOMPRESS_JOB").unwrap(), "KOMPRESS_JOB")
-            .expect("the worker parses it");
+        let parsed =
+            crate::api::manifest::parse_job(&env(&job, "KOMPRESS_JOB").unwrap(), "KOMPRESS_JOB")
+                .expect("the worker parses it");
         assert_eq!(parsed.spec, m.spec);
         assert_eq!(parsed.metadata.generation, Some(3));
         assert_eq!(parsed.metadata.uid, m.metadata.uid);
@@ -351,7 +356,7 @@ spec:
         let job = value(&build_job(&cj(GPU), &config()));
         let spec = &job["spec"]["template"]["spec"];
         let c = &spec["containers"][0];
-        assert_eq!(c["image"], "ghcr.io/kompress/kompress:0.1.0-gpu");
+        assert_eq!(c["image"], crate::controller::DEFAULT_WORKER_GPU_IMAGE);
         assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
         assert_eq!(
             env(&job, "KOMPRESS_EXECUTION_PROVIDER").as_deref(),

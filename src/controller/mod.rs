@@ -59,8 +59,28 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-pub const DEFAULT_WORKER_IMAGE: &str = "ghcr.io/kompress/kompress:0.1.0";
-pub const DEFAULT_WORKER_GPU_IMAGE: &str = "ghcr.io/kompress/kompress:0.1.0-gpu";
+// The defaults below are the binary's and the Helm chart's: `tests/defaults.rs` fails when
+// charts/kompress/values.yaml (or Chart.yaml's appVersion) says otherwise.
+macro_rules! image_repository {
+    () => {
+        "ghcr.io/kompress-dev/kompress"
+    };
+}
+/// Repository of the kompress image (the chart's `image.repository`).
+pub const IMAGE_REPOSITORY: &str = image_repository!();
+/// Image of CPU workers: this version of kompress.
+pub const DEFAULT_WORKER_IMAGE: &str = concat!(image_repository!(), ":", env!("CARGO_PKG_VERSION"));
+/// Image of GPU workers (built with `--build-arg VARIANT=gpu`).
+pub const DEFAULT_WORKER_GPU_IMAGE: &str =
+    concat!(image_repository!(), ":", env!("CARGO_PKG_VERSION"), "-gpu");
+/// CPU request and limit of a worker whose spec sets none.
+pub const DEFAULT_WORKER_CPU: &str = "2";
+/// Memory request and limit of a worker whose spec sets none.
+pub const DEFAULT_WORKER_MEMORY: &str = "4Gi";
+/// Scratch (emptyDir) size limit of a worker whose spec sets none.
+pub const DEFAULT_WORKER_SCRATCH: &str = "10Gi";
+/// Toleration of GPU workers, as `kubectl taint` writes it (key only: operator Exists).
+pub const DEFAULT_GPU_TOLERATION: &str = "nvidia.com/gpu:NoSchedule";
 
 /// What the worker Jobs look like where the spec leaves it open.
 #[derive(Debug, Clone)]
@@ -84,13 +104,11 @@ impl Default for ControllerConfig {
             worker_image: DEFAULT_WORKER_IMAGE.into(),
             gpu_image: DEFAULT_WORKER_GPU_IMAGE.into(),
             gpu_node_selector: BTreeMap::new(),
-            gpu_tolerations: vec![
-                parse_toleration("nvidia.com/gpu:NoSchedule").expect("valid default"),
-            ],
+            gpu_tolerations: vec![parse_toleration(DEFAULT_GPU_TOLERATION).expect("valid default")],
             namespace: None,
-            default_cpu: "1".into(),
-            default_memory: "2Gi".into(),
-            default_scratch: "10Gi".into(),
+            default_cpu: DEFAULT_WORKER_CPU.into(),
+            default_memory: DEFAULT_WORKER_MEMORY.into(),
+            default_scratch: DEFAULT_WORKER_SCRATCH.into(),
         }
     }
 }
@@ -281,7 +299,7 @@ pub async fn run_controller(
             match r {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by the error policy
-                Err(e) => tracing::warn!(error = %crate::pipeline::error_chain(&e), "controller"),
+                Err(e) => tracing::warn!(error = %crate::error::error_chain(&e), "controller"),
             }
         });
     futures::join!(run, ready);

@@ -3,8 +3,8 @@
 
 use super::error::{Error, Result};
 use super::status::{Observed, Run};
+use crate::api::wire::WorkerMessage;
 use crate::api::{Phase, reason};
-use crate::cli::WorkerMessage;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

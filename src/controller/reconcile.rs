@@ -46,7 +46,7 @@ pub fn error_policy(cj: Arc<CompressionJob>, error: &Error, ctx: Arc<Context>) -
     let delay = backoff(failures);
     tracing::warn!(
         namespace = cj.namespace().unwrap_or_default(), name = %cj.name_any(), category = error.category(), failures, retry_in_s = delay.as_secs(),
-        error = %crate::pipeline::error_chain(error), "reconcile failed"
+        error = %crate::error::error_chain(error), "reconcile failed"
     );
     Action::requeue(delay)
 }

@@ -2,8 +2,8 @@
 //! for a phase transition (pure), and the server-side apply that writes the status.
 
 use super::error::{Error, Result};
+use crate::api::wire::WorkerMessage;
 use crate::api::{CompressionJob, CompressionJobStatus, JobResult, Phase, condition, reason};
-use crate::cli::WorkerMessage;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt, api::Patch, api::PatchParams};

@@ -12,7 +12,6 @@ pub use quantize::QuantizeConfig;
 
 use crate::api::{PassSpec, PruneScope, QuantMode, ops, parse_pattern};
 use crate::onnx::{self, DataType, Model, TensorData, pb};
-use serde::Serialize;
 use std::collections::HashSet;
 
 /// Errors a pass can hit on a given model (all permanent: the same model fails the same way).
@@ -117,39 +116,9 @@ impl Selection {
     }
 }
 
-/// What a pass did, for the report.
-#[derive(Debug, Clone, Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct PassReport {
-    pub pass: String,
-    pub description: String,
-    pub tensors: Vec<TensorReport>,
-    /// Weights left alone, and why.
-    pub skipped: Vec<Skipped>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct TensorReport {
-    pub tensor: String,
-    pub node: String,
-    pub op: String,
-    pub elements: u64,
-    /// Fraction of exact zeros after the pass.
-    pub sparsity: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scales: Option<usize>,
-    /// Largest |w - dequant(quant(w))| over the tensor.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_abs_error: Option<f32>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Skipped {
-    pub node: String,
-    pub reason: String,
-}
+// What a pass did lives with the report it goes into (a leaf module the pipeline and
+// publish share); the passes fill it.
+pub use crate::report::{PassReport, Skipped, TensorReport};
 
 /// A float32 weight initializer consumed by exactly the selected nodes in their weight slot.
 #[derive(Debug, Clone)]

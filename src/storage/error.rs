@@ -2,6 +2,7 @@
 //! code, transport error kind, or object_store's own error variant.
 
 use super::Location;
+use crate::error::error_chain;
 use object_store::client::{HttpError, HttpErrorKind};
 use std::io;
 use std::path::PathBuf;
@@ -9,12 +10,9 @@ use std::path::PathBuf;
 /// Storage failures. `is_permanent` says whether retrying can help.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "unsupported URI scheme `{scheme}` in `{uri}`: use s3://, gs://, az://, https://, file:// or a local path"
-    )]
-    UnsupportedScheme { uri: String, scheme: String },
-    #[error("malformed URI `{uri}`: {what}")]
-    Malformed { uri: String, what: String },
+    /// The URI names no location (unsupported scheme, malformed).
+    #[error(transparent)]
+    Uri(#[from] crate::uri::Error),
     #[error("`{uri}` cannot be written: https:// locations are read-only")]
     ReadOnly { uri: String },
     #[error("cannot configure storage for `{uri}` ({credentials})")]
@@ -193,7 +191,7 @@ impl std::fmt::Debug for Cause {
 
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&redact(&chain(&self.0)))
+        f.write_str(&redact(&error_chain(&*self.0)))
     }
 }
 
@@ -203,20 +201,6 @@ impl From<object_store::Error> for Cause {
     fn from(e: object_store::Error) -> Self {
         Self::new(e)
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Removes URL query strings (SAS tokens, presigned signatures) and the values of credential

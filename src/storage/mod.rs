@@ -12,9 +12,9 @@ mod error;
 mod local;
 mod location;
 
+pub use crate::uri::{Location, Scheme};
 pub use error::{Cause, Error};
 pub use local::{STAGING_MARKER, is_staging_name};
-pub use location::{Location, Scheme};
 
 use crate::api::StorageSpec;
 use bytes::Bytes;
@@ -201,11 +201,11 @@ impl Storage {
     /// The client for a remote location's store, built on first use.
     fn store(&self, loc: &Location) -> Result<Store> {
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = stores.get(&loc.store_url) {
+        if let Some(s) = stores.get(loc.store_url()) {
             return Ok(s.clone());
         }
         let s = self.build(loc)?;
-        stores.insert(loc.store_url.clone(), s.clone());
+        stores.insert(loc.store_url().to_string(), s.clone());
         Ok(s)
     }
 
@@ -243,7 +243,7 @@ impl Storage {
                     apply,
                 );
                 b = apply_options(b, &self.options, apply)
-                    .with_url(&loc.store_url)
+                    .with_url(loc.store_url())
                     .with_retry(retry);
                 if b.get_config_value(&K::Region).is_none() {
                     b = b.with_region("us-east-1");
@@ -299,7 +299,7 @@ impl Storage {
                     apply,
                 );
                 let b = apply_options(b, &self.options, apply)
-                    .with_url(&loc.store_url)
+                    .with_url(loc.store_url())
                     .with_retry(retry);
                 (Arc::new(b.build().map_err(config)?), StoreInfo::default())
             }
@@ -315,7 +315,7 @@ impl Storage {
                     apply,
                 );
                 let mut b = apply_options(b, &self.options, apply)
-                    .with_url(&loc.store_url)
+                    .with_url(loc.store_url())
                     .with_retry(retry);
                 if let Some(e) = &self.spec.endpoint {
                     b = b.with_endpoint(e.clone());
@@ -337,7 +337,7 @@ impl Storage {
             Scheme::Http => (
                 Arc::new(
                     object_store::http::HttpBuilder::new()
-                        .with_url(&loc.store_url)
+                        .with_url(loc.store_url())
                         .with_retry(retry)
                         .with_client_options(opts.with_allow_http(true))
                         .build()

@@ -1,0 +1,31 @@
+//! `kompress inspect`: ops, parameters, bytes by dtype and sparsity of an ONNX model.
+
+use super::{Format, fail};
+use crate::api::wire::EXIT_PERMANENT;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    pub model: PathBuf,
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+impl InspectArgs {
+    pub fn run(self) -> ExitCode {
+        match crate::onnx::load(&self.model) {
+            Ok(m) => {
+                let i = crate::onnx::inspect(&m);
+                match self.output {
+                    Format::Json => {
+                        println!("{}", serde_json::to_string_pretty(&i).expect("serialises"))
+                    }
+                    Format::Table => print!("{i}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e, EXIT_PERMANENT),
+        }
+    }
+}

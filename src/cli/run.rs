@@ -1,0 +1,81 @@
+//! `kompress run`: one CompressionJob on this machine, with progress bars on a terminal and a
+//! summary table (or the full report as JSON) at the end.
+
+use super::scratch::{Scratch, install_panic_hook, run_guarded};
+use super::{CliError, Format, exit, fail, summary};
+use crate::api::manifest::read_job;
+use crate::api::wire::{EXIT_INTERNAL, EXIT_PERMANENT, EXIT_TRANSIENT, exit_code};
+use crate::pipeline::RunOptions;
+use crate::report::JobRef;
+use crate::ui::Ui;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The CompressionJob manifest (the same YAML you would `kubectl apply`).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Summary format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Where the run's scratch folder is made (default: the system's temporary directory);
+    /// the folder is removed when the run ends, however it ends.
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// Prefix of this run's folder under output.uri/runs/ (default: the job's name); a UTC
+    /// time and a random suffix follow, so no two runs share a folder.
+    #[arg(long)]
+    pub run_id: Option<String>,
+}
+
+impl RunArgs {
+    pub async fn run(self) -> ExitCode {
+        let job = match read_job(&self.file) {
+            Ok(j) => j,
+            Err(e) => return fail(&e, EXIT_PERMANENT),
+        };
+        install_panic_hook(None);
+        let base = self.scratch.clone().unwrap_or_else(std::env::temp_dir);
+        let scratch = match Scratch::new(self.scratch) {
+            Ok(s) => s,
+            Err(source) => {
+                return fail(&CliError::Scratch { path: base, source }, EXIT_TRANSIENT);
+            }
+        };
+        let ui = if self.output == Format::Json {
+            Ui::plain()
+        } else {
+            Ui::detect()
+        };
+        let opts = RunOptions {
+            scratch: scratch.path().to_path_buf(),
+            run_id: self.run_id,
+        };
+        let outcome = run_guarded(&job, opts, ui, |signal| {
+            eprintln!("error: interrupted by {signal}: scratch removed; nothing this run did is promoted unless promoted.json names it");
+        })
+        .await;
+        drop(scratch);
+        match outcome {
+            Err(internal) => {
+                eprintln!("error: {internal}");
+                exit(EXIT_INTERNAL)
+            }
+            Ok(Err(e)) => fail(&e, exit_code(e.is_permanent())),
+            Ok(Ok(outcome)) => {
+                match self.output {
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&outcome.report).expect("report serialises")
+                    ),
+                    Format::Table => print!(
+                        "{}",
+                        summary::summary(&JobRef::of(&job).name, &outcome.result)
+                    ),
+                }
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The run's scratch folder, and what removes it on every exit the process survives: drop,
+//! the panic hook, and the SIGINT/SIGTERM guard around the pipeline.
+
+use crate::api::CompressionJob;
+use crate::api::reason;
+use crate::api::wire::{EXIT_TRANSIENT, WorkerMessage};
+use crate::pipeline::{self, RunOptions};
+use crate::report::JobRef;
+use crate::ui::Ui;
+use std::path::{Path, PathBuf};
+
+/// Prefix of scratch folder names: `kompress-<pid>-<random>`.
+pub const SCRATCH_PREFIX: &str = "kompress-";
+
+/// The run's scratch folder, `kompress-<pid>-<random>` under `base` (default: the temporary
+/// directory): removed on drop, on a panic (hook) and on SIGINT/SIGTERM; `kompress gc`
+/// removes what a SIGKILL leaves (the pid says whether its owner is still running).
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+/// The live scratch folder, for the panic hook and the signal handler.
+static LIVE_SCRATCH: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+impl Scratch {
+    pub fn new(base: Option<PathBuf>) -> std::io::Result<Self> {
+        let base = base.unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+            .tempdir_in(base)?;
+        if let Ok(mut live) = LIVE_SCRATCH.lock() {
+            *live = Some(dir.path().to_path_buf());
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(mut live) = LIVE_SCRATCH.lock() {
+            *live = None;
+        }
+    }
+}
+
+/// Removes the live scratch folder (from the panic hook or a signal handler).
+fn remove_live_scratch() {
+    // try_lock: a panic while the lock is held must not deadlock the hook.
+    if let Ok(mut live) = LIVE_SCRATCH.try_lock()
+        && let Some(p) = live.take()
+    {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+/// Installs a panic hook that removes the scratch folder and, for the worker, writes a
+/// termination message, before the default hook prints the panic.
+pub fn install_panic_hook(termination_log: Option<PathBuf>) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        remove_live_scratch();
+        if let Some(path) = &termination_log {
+            let m = WorkerMessage::failed(
+                reason::WORKER_PANICKED,
+                false,
+                format!("internal error (a bug: please report it with the job): {info}"),
+            );
+            let _ = std::fs::write(path, m.to_json());
+        }
+        default(info);
+    }));
+}
+
+/// What the guarded pipeline ended with: `Err` is an internal failure (a panic), with the
+/// message to show.
+pub type Guarded = Result<pipeline::Result<pipeline::Outcome>, String>;
+
+/// Runs the pipeline on its own task, so that a signal or a panic is handled while blocking
+/// work (ONNX Runtime, passes) runs: on SIGINT/SIGTERM the scratch folder is removed and
+/// `on_signal` says what to report before the process exits with `EXIT_TRANSIENT`.
+pub async fn run_guarded(
+    job: &CompressionJob,
+    opts: RunOptions,
+    ui: Ui,
+    on_signal: impl Fn(&str),
+) -> Guarded {
+    let (job_ref, spec) = (JobRef::of(job), job.spec.clone());
+    let task = tokio::spawn(async move { pipeline::run(&job_ref, &spec, &opts, &ui).await });
+    let signal = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupt"
+        }
+    };
+    tokio::select! {
+        joined = task => joined.map_err(|e| {
+            if e.is_panic() {
+                "the pipeline panicked (a bug: please report it with the job and this message)".to_string()
+            } else {
+                "the pipeline task was cancelled".to_string()
+            }
+        }),
+        name = signal => {
+            on_signal(name);
+            remove_live_scratch();
+            // The pipeline's blocking work cannot be cancelled: leave now, with the status
+            // that says "retry".
+            std::process::exit(EXIT_TRANSIENT);
+        }
+    }
+}

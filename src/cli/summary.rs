@@ -1,0 +1,118 @@
+//! The end-of-run table of `kompress run`: original vs candidate, every check, and where the
+//! candidate, the promoted model and the report went.
+
+use crate::api::{JobResult, Verdict};
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// The end-of-run table: original vs candidate, and every check.
+pub fn summary(name: &str, r: &JobResult) -> String {
+    use std::fmt::Write;
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:.2}%", v * 100.0))
+            .unwrap_or_else(|| "—".into())
+    };
+    let num = |v: Option<f64>| v.map(|v| format!("{v:.5}")).unwrap_or_else(|| "—".into());
+    let (b, c) = (&r.baseline, &r.candidate);
+    let mut s = String::new();
+    let verdict = match (r.verdict, &r.promoted) {
+        (Verdict::Passed, Some(_)) => "PASSED, promoted",
+        (Verdict::Passed, None) => "PASSED (no promoteTo set)",
+        (Verdict::Rejected, _) => "REJECTED, nothing promoted",
+    };
+    let _ = writeln!(s, "\nCompressionJob {name}: {verdict}\n");
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "", "original", "candidate");
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}   {:.2}x smaller",
+        "size",
+        human_bytes(r.original_bytes),
+        human_bytes(r.compressed_bytes),
+        r.ratio
+    );
+    let drop = r
+        .accuracy_drop
+        .map(|d| format!("   {:+.2} points", if d == 0.0 { 0.0 } else { -d * 100.0 }))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}{drop}",
+        "accuracy",
+        pct(b.accuracy),
+        pct(c.accuracy)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}",
+        "agreement",
+        "—",
+        pct(c.agreement)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}",
+        "cosine",
+        "—",
+        num(c.cosine_similarity)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>14} {:>14}",
+        "max |error|",
+        "—",
+        num(c.max_abs_error)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>11.3} ms {:>11.3} ms",
+        "latency p50", b.latency_p50_ms, c.latency_p50_ms
+    );
+    let _ = writeln!(
+        s,
+        "  {:<14} {:>11.3} ms {:>11.3} ms",
+        "latency p95", b.latency_p95_ms, c.latency_p95_ms
+    );
+    let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "samples", b.samples, c.samples);
+    if r.checks.is_empty() {
+        let _ = writeln!(s, "\n  no thresholds set: nothing was checked");
+    } else {
+        let _ = writeln!(s, "\n  checks");
+    }
+    for ch in &r.checks {
+        let op = if ch.name.starts_with("max") {
+            "<="
+        } else {
+            ">="
+        };
+        let _ = writeln!(
+            s,
+            "  {} {:<26} {:>10.5} {op} {}",
+            if ch.passed { "✓" } else { "✗" },
+            ch.name,
+            ch.value,
+            ch.limit
+        );
+    }
+    s.push('\n');
+    if let Some(a) = &r.artifact {
+        let _ = writeln!(s, "  candidate  {}  sha256:{}", a.uri, a.sha256);
+    }
+    if let Some(p) = &r.promoted {
+        let _ = writeln!(s, "  promoted   {}", p.uri);
+    }
+    if let Some(rep) = &r.report {
+        let _ = writeln!(s, "  report     {rep}");
+    }
+    s
+}
