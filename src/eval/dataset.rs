@@ -207,9 +207,9 @@ impl Header {
 
     /// Header plus data: the member's whole size.
     pub fn total_bytes(&self) -> u64 {
-        // Both fit in u64 (checked when parsed); the sum cannot overflow: header_len is
-        // at most 12 + MAX_HEADER_BYTES and data_bytes at most usize::MAX.
-        self.header_len.saturating_add(self.data_bytes as u64)
+        // Cannot overflow: header_len is at most 12 + MAX_HEADER_BYTES and data_bytes at most
+        // i64::MAX (checked when parsed).
+        self.header_len + self.data_bytes as u64
     }
 
     pub fn describe(&self) -> String {
@@ -285,7 +285,9 @@ fn read_header(r: &mut impl Read) -> Result<Header, Fault> {
     .ok_or_else(|| format!("shape {shape:?} has more elements than can be addressed"))?;
     let data_bytes = elements
         .checked_mul(dtype.size())
-        .filter(|b| u64::try_from(*b).is_ok())
+        // No file holds more than i64::MAX bytes (numpy's own limit too); this keeps every
+        // offset and header + data sum below u64::MAX.
+        .filter(|&b| b <= i64::MAX as usize)
         .ok_or_else(|| {
             format!(
                 "shape {shape:?} of {} holds more bytes than can be addressed",
@@ -809,19 +811,22 @@ impl Dataset {
             crc.update(&header);
             Src::Stored(f)
         } else {
-            if archive.zip.is_none() {
-                let f = File::open(&self.path).map_err(|source| Error::Read {
-                    dataset: self.display.clone(),
-                    source,
-                })?;
-                archive.zip = Some(zip::ZipArchive::new(BufReader::new(f)).map_err(|source| {
-                    Error::NotNpz {
+            let zip = match archive.zip.take() {
+                Some(zip) => archive.zip.insert(zip),
+                None => {
+                    let f = File::open(&self.path).map_err(|source| Error::Read {
                         dataset: self.display.clone(),
                         source,
-                    }
-                })?);
-            }
-            let zip = archive.zip.as_mut().expect("opened above");
+                    })?;
+                    let zip = zip::ZipArchive::new(BufReader::new(f)).map_err(|source| {
+                        Error::NotNpz {
+                            dataset: self.display.clone(),
+                            source,
+                        }
+                    })?;
+                    archive.zip.insert(zip)
+                }
+            };
             let mut e = zip
                 .by_index(m.index)
                 .map_err(|e| member_error(e, &self.display, &m.name))?;
@@ -1446,10 +1451,12 @@ pub(crate) mod tests {
                 vec![1 << 21, 1 << 21, 1 << 21],
                 vec![3, 6148914691236517206],
                 vec![1 << 32, 1 << 32, 0], // zero elements: accepted, 0 bytes
+                vec![1 << 61, 3],
+                vec![(1 << 60) - 1, 4],
             ] {
                 let total: u128 = shape.iter().map(|&d| d as u128).product::<u128>() * size;
                 let r = parse_header(&npy(descr, &shape, &[]));
-                if total <= usize::MAX as u128 {
+                if total <= i64::MAX as u128 {
                     let h = r.unwrap();
                     assert_eq!(h.data_bytes as u128, total, "{shape:?}");
                 } else {
