@@ -8,6 +8,7 @@
 //! - a hidden staging file `.<name>.kompress-tmp-<pid>-<random>` beside a local output or
 //!   promotion target: never at a final name, removed when older than the age limit (the
 //!   output may be shared between hosts, so the pid says nothing).
+//!
 //! On object stores a killed multipart upload is invisible and is cleaned by the bucket's
 //! lifecycle rule (`AbortIncompleteMultipartUpload`, see the README); a run folder without
 //! `report.json` is an interrupted run's audit trail, never read by anyone following
