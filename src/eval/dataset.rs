@@ -672,8 +672,7 @@ impl Dataset {
     ) -> Result<Option<Member>, Error> {
         // Member data lies before the central directory (and within the file).
         let data_end = file_len.min(zip.central_directory_start());
-        let name_of = |zip: &Zip| zip.name_for_index(index).unwrap_or("").to_string();
-        let raw_name = name_of(zip);
+        let raw_name = zip.name_for_index(index).unwrap_or("");
         let Some(name) = raw_name.strip_suffix(".npy").map(str::to_string) else {
             return Ok(None);
         };
@@ -850,12 +849,14 @@ impl Dataset {
     }
 
     /// Rows `[start, start + count)` of `name` (seeks in a stored member; inflates a deflated
-    /// one from its start).
+    /// one from its start). Rows that reach the end are checked as [`Rows::finish`] does.
     pub fn read_rows(&self, name: &str, start: usize, count: usize) -> Result<Array, Error> {
         let mut archive = Archive::default();
         let mut rows = self.rows(name, &mut archive)?;
         rows.skip(start)?;
-        rows.read(count)
+        let a = rows.read(count)?;
+        rows.finish()?;
+        Ok(a)
     }
 
     /// The whole array (a rank-0 array too), checked to be exactly its declared size.
