@@ -432,6 +432,37 @@ fn externalize(
 mod scratch_collisions {
     use super::*;
 
+    /// The digits evaluation set plus a 1 MiB `padding` array (not a model input, so unused):
+    /// larger than the model's weights, so weights read from it by mistake would load and
+    /// give a garbage model, as in the issue, instead of failing to load.
+    fn padded_digits_dataset(path: &Path) {
+        use std::io::Write;
+        let src = std::fs::File::open(digits_data()).unwrap();
+        let mut src = zip::ZipArchive::new(src).unwrap();
+        let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        for i in 0..src.len() {
+            z.raw_copy_file(src.by_index_raw(i).unwrap()).unwrap();
+        }
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("padding.npy", opts).unwrap();
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let mut h = "{'descr': '<f4', 'fortran_order': False, 'shape': (262144,), }".to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        npy.extend((h.len() as u16).to_le_bytes());
+        npy.extend(h.as_bytes());
+        npy.extend(
+            lcg(262_144, 8)
+                .iter()
+                .flat_map(|v| (v * 0.01).to_le_bytes()),
+        );
+        z.write_all(&npy).unwrap();
+        z.finish().unwrap();
+    }
+
     /// (model file name, external location for each tensor kind, dataset file name, offsets)
     struct Layout {
         model_file: &'static str,
@@ -540,7 +571,7 @@ mod scratch_collisions {
                 encode(&m, &model);
                 let data = case.path().join("d").join(l.dataset_file);
                 std::fs::create_dir_all(data.parent().unwrap()).unwrap();
-                std::fs::copy(digits_data(), &data).unwrap();
+                padded_digits_dataset(&data);
                 let mut job = case.digits();
                 job.model = s(&model);
                 job.dataset = s(&data);
