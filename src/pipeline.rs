@@ -45,8 +45,14 @@ pub enum Error {
     },
     #[error(transparent)]
     Gate(#[from] gate::MissingMetric),
-    #[error("scratch directory {path}")]
+    // The path is kept for debugging but not shown: it is a folder of this run, not a name
+    // the user wrote.
+    #[error(
+        "{what} in the scratch folder failed: free space or give the job more scratch \
+         (spec.resources.scratch; --scratch or KOMPRESS_SCRATCH locally)"
+    )]
     Scratch {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -144,7 +150,16 @@ pub struct Candidate {
 }
 
 fn scratch_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|source| Error::Scratch {
+    let made = if storage::shutting_down() {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "the process is shutting down",
+        ))
+    } else {
+        std::fs::create_dir_all(path)
+    };
+    made.map_err(|source| Error::Scratch {
+        what: "making a folder",
         path: path.into(),
         source,
     })
@@ -355,11 +370,20 @@ pub fn build_candidate(
         &SaveOptions {
             external_data: model.had_external_data.then_some(true),
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        onnx::Error::Write { path, source } => Error::Scratch {
+            what: "saving the candidate model",
+            path,
+            source,
+        },
+        e => Error::Model(e),
+    })?;
     drop(model); // the candidate is on disk; free the weights before evaluating it
     let mut files = Vec::new();
     for f in &saved.files {
         let sha = storage::sha256_file(f).map_err(|source| Error::Scratch {
+            what: "hashing the candidate",
             path: f.clone(),
             source,
         })?;

@@ -17,11 +17,10 @@ use support::*;
 
 const PERMANENT: i32 = kompress::cli::EXIT_PERMANENT;
 const TRANSIENT: i32 = kompress::cli::EXIT_TRANSIENT;
-/// What a write under a regular file (ENOTDIR) or an over-long name (ENAMETOOLONG) exits with.
-/// The brief these tests were written to says 75 (transient, `permanent: false`); the issue's
-/// rule ("everything retrying cannot fix -> 65") would say 65. One constant, so the decision is
-/// made in one place.
-const NOT_A_DIRECTORY_EXIT: i32 = TRANSIENT;
+/// What a write under a regular file (ENOTDIR) or an over-long name (ENAMETOOLONG) exits with:
+/// 65, as the rule says ("everything retrying cannot fix -> 65"); a retry would meet
+/// the same file in the way.
+const NOT_A_DIRECTORY_EXIT: i32 = PERMANENT;
 
 const INT8: &str = "    - quantize:\n        perChannel: true";
 const FP16: &str = "    - fp16: {}";

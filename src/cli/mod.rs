@@ -94,13 +94,15 @@ pub enum Format {
 /// Errors of the command layer itself.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    // The base is not shown (the rule: messages name what the user wrote in the job, never a
+    // scratch path); the flag and variable that set it are.
     #[error(
-        "cannot make a scratch folder under {path}: free space or point --scratch / KOMPRESS_SCRATCH elsewhere"
+        "cannot make the run's scratch folder ({}): free space, or point --scratch / KOMPRESS_SCRATCH at a writable disk",
+        without_path(cause)
     )]
     Scratch {
         path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Usage(&'static str),
@@ -129,4 +131,12 @@ fn exit(code: i32) -> ExitCode {
 fn fail(e: &dyn std::error::Error, code: i32) -> ExitCode {
     eprintln!("error: {}", error_chain(e));
     exit(code)
+}
+
+/// An I/O error's own words, without the path some libraries append (tempfile's "at path").
+fn without_path(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.kind().to_string(),
+    }
 }

@@ -1,7 +1,7 @@
 //! `kompress run`: one CompressionJob on this machine, with progress bars on a terminal and a
 //! summary table (or the full report as JSON) at the end.
 
-use super::scratch::{Scratch, install_panic_hook, run_guarded};
+use super::scratch::{Scratch, Signals, install_panic_hook, run_guarded};
 use super::{CliError, Format, exit, fail, summary};
 use crate::api::manifest::read_job;
 use crate::api::wire::{EXIT_INTERNAL, EXIT_PERMANENT, EXIT_TRANSIENT, exit_code};
@@ -31,6 +31,8 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub async fn run(self) -> ExitCode {
+        // First: a signal from here on is handled (scratch removed), never the default exit.
+        let signals = Signals::listen();
         let job = match read_job(&self.file) {
             Ok(j) => j,
             Err(e) => return fail(&e, EXIT_PERMANENT),
@@ -40,7 +42,13 @@ impl RunArgs {
         let scratch = match Scratch::new(self.scratch) {
             Ok(s) => s,
             Err(source) => {
-                return fail(&CliError::Scratch { path: base, source }, EXIT_TRANSIENT);
+                return fail(
+                    &CliError::Scratch {
+                        path: base,
+                        cause: source,
+                    },
+                    EXIT_TRANSIENT,
+                );
             }
         };
         let ui = if self.output == Format::Json {
@@ -52,7 +60,7 @@ impl RunArgs {
             scratch: scratch.path().to_path_buf(),
             run_id: self.run_id,
         };
-        let outcome = run_guarded(&job, opts, ui, |signal| {
+        let outcome = run_guarded(&job, opts, ui, signals, |signal| {
             eprintln!("error: interrupted by {signal}: scratch removed; nothing this run did is promoted unless promoted.json names it");
         })
         .await;

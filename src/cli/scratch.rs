@@ -58,6 +58,72 @@ fn remove_live_scratch() {
     }
 }
 
+/// SIGINT and SIGTERM, listened for from the start of a command (before its scratch folder
+/// exists), so a signal at any point is handled by the guard instead of killing the process
+/// with its scratch left behind.
+pub struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Starts listening (replaces the default action, which would exit at once).
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                streams: signal(SignalKind::terminate())
+                    .ok()
+                    .zip(signal(SignalKind::interrupt()).ok()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    /// The next signal's name.
+    async fn next(self) -> &'static str {
+        #[cfg(unix)]
+        {
+            match self.streams {
+                Some((mut term, mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                None => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupt"
+        }
+    }
+}
+
+/// Leaves on a signal: no new local files, staging files and the scratch folder removed
+/// (twice: work still running on another thread may have been making a folder in between),
+/// then exit with the status that says "retry".
+fn shut_down() -> ! {
+    crate::storage::begin_shutdown();
+    remove_live_scratch_now();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    remove_live_scratch_now();
+    std::process::exit(EXIT_TRANSIENT);
+}
+
+/// Like `remove_live_scratch`, but keeps the path registered for a second pass.
+fn remove_live_scratch_now() {
+    if let Ok(live) = LIVE_SCRATCH.try_lock()
+        && let Some(p) = live.as_ref()
+    {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
 /// Installs a panic hook that removes the scratch folder and, for the worker, writes a
 /// termination message, before the default hook prints the panic.
 pub fn install_panic_hook(termination_log: Option<PathBuf>) {
@@ -87,32 +153,18 @@ pub async fn run_guarded(
     job: &CompressionJob,
     opts: RunOptions,
     ui: Ui,
+    signals: Signals,
     on_signal: impl Fn(&str),
 ) -> Guarded {
     let (job_ref, spec) = (JobRef::of(job), job.spec.clone());
     let task = tokio::spawn(async move { pipeline::run(&job_ref, &spec, &opts, &ui).await });
-    let signal = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                },
-                _ => std::future::pending().await,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            "interrupt"
-        }
-    };
     tokio::select! {
+        // A signal already pending when the run starts wins over the run.
+        biased;
+        name = signals.next() => {
+            on_signal(name);
+            shut_down();
+        }
         joined = task => joined.map_err(|e| {
             if e.is_panic() {
                 "the pipeline panicked (a bug: please report it with the job and this message)".to_string()
@@ -120,12 +172,5 @@ pub async fn run_guarded(
                 "the pipeline task was cancelled".to_string()
             }
         }),
-        name = signal => {
-            on_signal(name);
-            remove_live_scratch();
-            // The pipeline's blocking work cannot be cancelled: leave now, with the status
-            // that says "retry".
-            std::process::exit(EXIT_TRANSIENT);
-        }
     }
 }

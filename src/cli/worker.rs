@@ -4,7 +4,7 @@
 
 use super::CliError;
 use super::exit;
-use super::scratch::{Scratch, install_panic_hook, run_guarded};
+use super::scratch::{Scratch, Signals, install_panic_hook, run_guarded};
 use crate::api::manifest::{parse_job, read_capped};
 use crate::api::reason;
 use crate::api::wire::{self, EXIT_INTERNAL, EXIT_PERMANENT, EXIT_TRANSIENT, WorkerMessage};
@@ -48,6 +48,8 @@ fn report(termination_log: &Path, m: &WorkerMessage) {
 
 impl WorkerArgs {
     pub async fn run(self) -> ExitCode {
+        // First: a signal from here on is handled (scratch removed), never the default exit.
+        let signals = Signals::listen();
         let log = self.termination_log;
         let failed = |reason: &str, permanent: bool, message: String| {
             report(&log, &WorkerMessage::failed(reason, permanent, message));
@@ -82,7 +84,10 @@ impl WorkerArgs {
         let scratch = match Scratch::new(self.scratch) {
             Ok(s) => s,
             Err(source) => {
-                let e = CliError::Scratch { path: base, source };
+                let e = CliError::Scratch {
+                    path: base,
+                    cause: source,
+                };
                 failed(reason::SCRATCH_ERROR, false, error_chain(&e));
                 return exit(EXIT_TRANSIENT);
             }
@@ -91,7 +96,7 @@ impl WorkerArgs {
             scratch: scratch.path().to_path_buf(),
             run_id: self.run_id,
         };
-        let outcome = run_guarded(&job, opts, Ui::plain(), |signal| {
+        let outcome = run_guarded(&job, opts, Ui::plain(), signals, |signal| {
             let message = format!("interrupted by {signal} (pod deleted or deadline reached); nothing of this run is promoted unless promoted.json names it");
             eprintln!("error: {message}");
             failed(reason::INTERRUPTED, false, message);

@@ -113,7 +113,10 @@ impl TensorData for pb::TensorProto {
     }
 
     fn label(&self) -> &str {
-        self.name.as_deref().unwrap_or("<unnamed>")
+        self.name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("<unnamed>")
     }
 }
 

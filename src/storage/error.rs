@@ -100,7 +100,7 @@ pub enum Error {
     },
     /// A local source that resolves outside the directory it must stay in (a symlink out).
     #[error(
-        "`{uri}` resolves to `{}`, outside `{}`: it must stay inside that directory (no symlinks out of it)",
+        "`{uri}` resolves to `{}`, outside the model's directory `{}`: external data must stay inside it (no symlinks out of it)",
         resolved.display(),
         root.display()
     )]
@@ -134,7 +134,11 @@ pub enum Error {
         source: io::Error,
     },
     /// Writing the local copy of a fetched object failed (scratch disk full, ...).
-    #[error("cannot store the copy of `{uri}` at {}: {source}", path.display())]
+    // The scratch path is not shown: it is a folder of this run that the user never named.
+    #[error(
+        "cannot store the copy of `{uri}` in the scratch folder: {source}: free space or give the \
+         job more scratch (spec.resources.scratch; --scratch or KOMPRESS_SCRATCH locally)"
+    )]
     Scratch {
         uri: String,
         path: PathBuf,

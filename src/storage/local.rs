@@ -58,17 +58,71 @@ pub(super) struct Staging {
     armed: bool,
 }
 
+/// Every staging file this process has open: a signal handler removes them before exiting
+/// (an exit does not run the destructors that would).
+static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl Staging {
+    fn new(path: PathBuf) -> Self {
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(path.clone());
+        }
+        Self { path, armed: true }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|p| p != &self.path);
+        }
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if self.armed {
             let _ = std::fs::remove_file(&self.path);
+            self.disarm();
+            // An upload that failed leaves no empty folder (e.g. `promoteTo/sha256-<d>/` on a
+            // full disk); a folder holding anything else stays.
+            if let Some(parent) = self.path.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
+}
+
+/// Set when the process is about to exit on a signal: no new local file or folder is made.
+static SHUTTING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `begin_shutdown` was called: writers refuse to start, so that work still running on
+/// another thread does not re-create what the signal handler is removing.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// For a signal handler, just before the process exits: refuse new local writes and remove
+/// every staging file this process is writing (an exit runs no destructors). Uses `try_lock`:
+/// it must not wait on a thread that will never run again.
+pub fn begin_shutdown() {
+    SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Ok(mut live) = LIVE.try_lock() {
+        for p in live.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn interrupted() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "the process is shutting down")
 }
 
 /// Creates `dir` and its parents. When something in the way is not a directory, the error
 /// says which path that is.
 pub(super) async fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if shutting_down() {
+        return Err(interrupted());
+    }
     match tokio::fs::create_dir_all(dir).await {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -101,6 +155,18 @@ impl Writer {
         if let Some(parent) = dest.parent() {
             ensure_dir(parent).await?;
         }
+        Self::create_in_existing(dest).await.inspect_err(|_| {
+            // Leave no empty folder behind (e.g. `promoteTo/sha256-<d>/` on a full disk).
+            if let Some(parent) = dest.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        })
+    }
+
+    async fn create_in_existing(dest: &Path) -> io::Result<Self> {
+        if shutting_down() {
+            return Err(interrupted());
+        }
         let path = staging_path(dest);
         let file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -109,7 +175,7 @@ impl Writer {
             .await?;
         Ok(Self {
             file,
-            staging: Staging { path, armed: true },
+            staging: Staging::new(path),
             dest: dest.into(),
             written: 0,
         })
@@ -139,7 +205,7 @@ impl Writer {
     /// Renames the staging file onto the final name and fsyncs the directory.
     pub async fn commit(mut self) -> io::Result<()> {
         tokio::fs::rename(&self.staging.path, &self.dest).await?;
-        self.staging.armed = false;
+        self.staging.disarm();
         if let Some(dir) = self.dest.parent() {
             sync_dir(dir).await?;
         }

@@ -14,7 +14,7 @@ mod location;
 
 pub use crate::uri::{Location, Scheme};
 pub use error::{Cause, Error};
-pub use local::{STAGING_MARKER, is_staging_name};
+pub use local::{STAGING_MARKER, begin_shutdown, is_staging_name, shutting_down};
 
 use crate::api::StorageSpec;
 use bytes::Bytes;
