@@ -161,8 +161,8 @@ pub struct SecretRef {
 
 /// One compression pass: exactly one of `prune`, `quantize` or `fp16`, written as a map with
 /// one key (`- quantize: {mode: dynamic}`).
-// On the wire a pass is a map with one key (`RawPass`), in YAML and JSON alike (serde's
-// externally tagged enums would be YAML tags, `!quantize`, in serde_yaml).
+// On the wire a pass is a map with one key (`RawPass`), in YAML and JSON alike, whatever
+// each format's own convention for enums (YAML libraries differ: some use `!quantize` tags).
 #[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(try_from = "RawPass", into = "RawPass")]
 pub enum PassSpec {
