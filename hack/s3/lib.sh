@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for hack/s3/{up,down,start,stop}. Sourced, not executed.
+# Shared helpers for hack/s3/{build,up,down,start,stop}. Sourced, not executed.
 #
 # Env (all optional):
 #   KOMPRESS_S3_DIR       state dir (config, data, logs, env file); default hack/s3/.run
@@ -17,6 +17,16 @@ set -euo pipefail
 
 S3_HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 GARAGE_VERSION=2.5.0
+# How hack/s3/build compiles Garage: only what the tests use. One db engine (sqlite, the
+# `db_engine` written into garage.toml below; bundled so no system libsqlite3 is needed); no
+# lmdb, k2v or metrics. opt-level 1: a loopback test server needs no -O3, and the build is the
+# slowest step of a cold `make test`.
+GARAGE_FEATURES=sqlite,bundled-libs
+GARAGE_OPT_LEVEL=1
+# The cache key: a different version or build setting gets a new folder (never a stale binary).
+GARAGE_BUILD_ID="$GARAGE_VERSION-$(printf 'garage %s features=%s opt-level=%s' "$GARAGE_VERSION" "$GARAGE_FEATURES" "$GARAGE_OPT_LEVEL" | sha256sum | cut -c1-10)"
+S3_CACHE="${KOMPRESS_S3_CACHE:-$HOME/.cache/kompress-s3}"
+GARAGE_CACHED_BIN="$S3_CACHE/garage-$GARAGE_BUILD_ID/bin/garage"
 S3_DIR="${KOMPRESS_S3_DIR:-$S3_HACK_DIR/.run}"
 S3_CONF="$S3_DIR/garage.toml"
 S3_STATE="$S3_DIR/state"
@@ -34,13 +44,13 @@ S3_SECRET="${KOMPRESS_S3_SECRET:-831ea933a73d01348c031a3b1038b87f289163ef339cb38
 log() { echo "hack/s3: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# Path of the garage binary (builds it on first use; that takes ~20+ minutes).
+# Path of the garage binary (builds it on first use: the slowest step of a cold test run).
 garage_bin() {
   if [[ -n "${KOMPRESS_S3_GARAGE:-}" ]]; then
     echo "$KOMPRESS_S3_GARAGE"
     return
   fi
-  local cached="${KOMPRESS_S3_CACHE:-$HOME/.cache/kompress-s3}/garage-$GARAGE_VERSION/bin/garage"
+  local cached="$GARAGE_CACHED_BIN"
   if [[ -x "$cached" ]]; then
     echo "$cached"
     return
@@ -49,7 +59,7 @@ garage_bin() {
     log "garage $GARAGE_VERSION is not built ($cached) and KOMPRESS_S3_NO_BUILD=1; run hack/s3/build"
     exit 3
   fi
-  log "garage $GARAGE_VERSION not built yet; running hack/s3/build (cold build takes ~20+ minutes)"
+  log "garage $GARAGE_VERSION not built yet; running hack/s3/build (a cold build takes minutes: see hack/s3/README.md)"
   "$S3_HACK_DIR/build" | tail -n 1
 }
 
