@@ -22,7 +22,17 @@ pub struct MissingMetric {
 // Metrics are computed in f64 from counts; a tolerance keeps 0.01 == 1 - 0.99 a pass.
 const EPS: f64 = 1e-9;
 
-pub fn decide(t: &Thresholds, base: &Metrics, cand: &Metrics) -> Result<Decision, MissingMetric> {
+/// Name of the check every run has: a candidate no pass changed is the original re-encoded,
+/// and is never promoted as a compressed model.
+pub const TENSORS_COMPRESSED: &str = "tensorsCompressed";
+
+/// `tensors_changed`: weight tensors the passes changed.
+pub fn decide(
+    t: &Thresholds,
+    base: &Metrics,
+    cand: &Metrics,
+    tensors_changed: usize,
+) -> Result<Decision, MissingMetric> {
     let ratio = if cand.bytes == 0 {
         0.0
     } else {
@@ -77,6 +87,7 @@ pub fn decide(t: &Thresholds, base: &Metrics, cand: &Metrics) -> Result<Decision
             passed: value + EPS >= limit,
         })
     };
+    min(TENSORS_COMPRESSED, tensors_changed as f64, 1.0);
     if let Some(limit) = t.min_agreement {
         let v = cand.agreement.ok_or(MissingMetric {
             threshold: "minAgreement",
@@ -133,8 +144,8 @@ mod tests {
             min_compression_ratio: Some(3.5),
             max_latency_ratio: Some(1.0),
         };
-        let d = decide(&t, &m(400, 0.98, 1.0, 1.0), &m(100, 0.975, 0.99, 0.5)).unwrap();
-        assert_eq!(d.checks.len(), 6);
+        let d = decide(&t, &m(400, 0.98, 1.0, 1.0), &m(100, 0.975, 0.99, 0.5), 3).unwrap();
+        assert_eq!(d.checks.len(), 7, "six thresholds and tensorsCompressed");
         assert_eq!(d.verdict, Verdict::Passed, "{:?}", d.checks);
         assert_eq!(d.ratio, 4.0);
     }
@@ -146,7 +157,7 @@ mod tests {
             max_accuracy_drop: Some(0.5),
             ..Default::default()
         };
-        let d = decide(&t, &m(400, 0.9, 1.0, 1.0), &m(100, 0.9, 1.0, 1.0)).unwrap();
+        let d = decide(&t, &m(400, 0.9, 1.0, 1.0), &m(100, 0.9, 1.0, 1.0), 3).unwrap();
         assert_eq!(d.verdict, Verdict::Rejected);
         let c = d
             .checks
@@ -162,7 +173,7 @@ mod tests {
             max_accuracy_drop: Some(0.01),
             ..Default::default()
         };
-        let d = decide(&t, &m(1, 0.99, 1.0, 1.0), &m(1, 0.98, 1.0, 1.0)).unwrap();
+        let d = decide(&t, &m(1, 0.99, 1.0, 1.0), &m(1, 0.98, 1.0, 1.0), 1).unwrap();
         assert_eq!(d.verdict, Verdict::Passed);
     }
 
@@ -174,20 +185,39 @@ mod tests {
         };
         let mut b = m(1, 0.9, 1.0, 1.0);
         b.accuracy = None;
-        let e = decide(&t, &b, &m(1, 0.9, 1.0, 1.0)).unwrap_err();
+        let e = decide(&t, &b, &m(1, 0.9, 1.0, 1.0), 1).unwrap_err();
         assert_eq!(e.threshold, "maxAccuracyDrop");
         assert!(e.to_string().contains("labels"));
     }
 
     #[test]
-    fn no_thresholds_pass_with_no_checks() {
+    fn no_thresholds_pass_with_only_the_change_check() {
         let d = decide(
             &Thresholds::default(),
             &m(2, 0.9, 1.0, 1.0),
             &m(1, 0.1, 0.1, 9.0),
+            2,
         )
         .unwrap();
-        assert!(d.checks.is_empty());
+        assert_eq!(d.checks.len(), 1);
+        assert_eq!(d.checks[0].name, TENSORS_COMPRESSED);
         assert_eq!(d.verdict, Verdict::Passed);
+    }
+
+    #[test]
+    fn a_candidate_no_pass_changed_is_rejected_whatever_the_thresholds() {
+        let t = Thresholds {
+            max_accuracy_drop: Some(0.01),
+            ..Default::default()
+        };
+        let same = m(400, 0.9, 1.0, 1.0);
+        let d = decide(&t, &same, &same, 0).unwrap();
+        assert_eq!(d.verdict, Verdict::Rejected);
+        let c = d
+            .checks
+            .iter()
+            .find(|c| c.name == TENSORS_COMPRESSED)
+            .unwrap();
+        assert!(!c.passed && c.value == 0.0 && c.limit == 1.0);
     }
 }

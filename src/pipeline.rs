@@ -146,7 +146,16 @@ pub struct Candidate {
     /// sha256 of the model (of its file list when it has external data).
     pub digest: String,
     pub bytes: u64,
+    /// `Constant` weights folded into initializers before the passes.
+    pub folded_constants: usize,
     pub passes: Vec<PassReport>,
+}
+
+impl Candidate {
+    /// Weight tensors the passes changed (0: the candidate is the original, re-encoded).
+    pub fn tensors_changed(&self) -> usize {
+        self.passes.iter().map(|p| p.tensors.len()).sum()
+    }
 }
 
 fn scratch_dir(path: &Path) -> Result<()> {
@@ -346,6 +355,18 @@ pub fn build_candidate(
 ) -> Result<Candidate> {
     scratch_dir(dir)?;
     let mut model = original.clone(); // cheap: payloads are shared `Bytes`
+    // Weights some exporters keep in Constant nodes become initializers first (lossless);
+    // IR < 4 would also need them listed as graph inputs, so those models are left as they are.
+    let folded = if model.proto.ir_version.unwrap_or(0) >= 4 {
+        onnx::fold_constants(model.graph_mut()).constants
+    } else {
+        0
+    };
+    if folded > 0 {
+        ui.stage(&format!(
+            "{folded} weights held in Constant nodes folded into initializers"
+        ));
+    }
     let mut reports = Vec::new();
     for (index, p) in passes.iter().enumerate() {
         let pass = Pass::from_spec(p);
@@ -398,6 +419,7 @@ pub fn build_candidate(
         path,
         files,
         bytes: saved.bytes,
+        folded_constants: folded,
         passes: reports,
     })
 }
@@ -480,7 +502,15 @@ pub async fn run(
         ui,
     )?;
     let metrics = evaluate(&candidate, &base, ui)?;
-    let decision = gate::decide(&spec.thresholds, &base.metrics, &metrics)?;
+    if candidate.tensors_changed() == 0 {
+        ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
+    }
+    let decision = gate::decide(
+        &spec.thresholds,
+        &base.metrics,
+        &metrics,
+        candidate.tensors_changed(),
+    )?;
     let result = JobResult {
         verdict: decision.verdict,
         original_bytes: base.model.file_bytes,
@@ -504,6 +534,7 @@ pub async fn run(
         dataset: inputs.dataset.clone(),
         recipe: spec.passes.clone(),
         thresholds: spec.thresholds.clone(),
+        folded_constants: candidate.folded_constants,
         passes: passes.to_vec(),
         result: result.clone(),
         tools: Tools::this_binary(eval::runtime::library_path().map(|p| p.display().to_string())),

@@ -60,6 +60,10 @@ pub struct Report {
     pub dataset: InputRef,
     pub recipe: Vec<PassSpec>,
     pub thresholds: Thresholds,
+    /// `Constant` nodes holding weights, folded into initializers (losslessly) before the
+    /// passes ran, so that the passes see them as weights.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub folded_constants: usize,
     pub passes: Vec<PassReport>,
     pub result: JobResult,
     pub tools: Tools,
@@ -67,6 +71,10 @@ pub struct Report {
 
 impl Report {
     pub const KIND: &str = "CompressionReport";
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The software that made the decision.

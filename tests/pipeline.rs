@@ -463,3 +463,73 @@ fn a_missing_onnx_runtime_library_says_what_to_do() {
     );
     assert!(files_under(&dir.path().join("production")).is_empty());
 }
+
+/// The digits model with every weight moved into a `Constant` node, as some exporters
+/// (paddle2onnx) write models.
+fn digits_with_constant_weights(path: &Path) {
+    use prost::Message;
+    let bytes = std::fs::read(repo().join("examples/digits/model.onnx")).unwrap();
+    let mut m = kompress::onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    for t in std::mem::take(&mut g.initializer).into_iter().rev() {
+        let name = t.name.clone().unwrap();
+        let mut n = kompress::onnx::node(
+            "Constant",
+            format!("const_{name}"),
+            vec![],
+            vec![name],
+            vec![],
+        );
+        n.attribute.push(kompress::onnx::pb::AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(kompress::onnx::pb::attribute_proto::AttributeType::Tensor as i32),
+            t: Some(t),
+            ..Default::default()
+        });
+        g.node.insert(0, n);
+    }
+    write_model(&m, path);
+}
+
+#[test]
+fn weights_held_in_constant_nodes_are_folded_and_quantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("constants.onnx");
+    digits_with_constant_weights(&model);
+    let job = write_job(dir.path(), &model_job(dir.path(), &model));
+    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["foldedConstants"], 6, "3 weights and 3 biases");
+    assert_eq!(
+        report["passes"][0]["tensors"].as_array().unwrap().len(),
+        3,
+        "the three MatMul weights are quantized"
+    );
+    assert_eq!(report["result"]["verdict"], "Passed", "{}", r.stdout);
+}
+
+#[test]
+fn a_recipe_that_changes_no_weight_is_rejected_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // Conv only, on a model without Conv: nothing to quantize.
+    let passes = "    - quantize:\n        ops: [Conv]";
+    let job = write_job(
+        dir.path(),
+        &digits_job("nothing", passes, "    maxAccuracyDrop: 0.01", dir.path()),
+    );
+    let r = run_kompress(&["run", "-f", &job], &[]);
+    assert_eq!(r.code, 0, "a rejection is a normal outcome: {}", r.stderr);
+    assert!(r.stdout.contains("REJECTED"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("✗ tensorsCompressed"),
+        "the summary names the failed check: {}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("no pass changed any weight"),
+        "{}",
+        r.stderr
+    );
+    assert!(files_under(&dir.path().join("production")).is_empty());
+}

@@ -6,10 +6,12 @@ pub mod pb {
     include!("onnx.rs");
 }
 
+mod fold;
 mod inspect;
 mod io;
 mod tensor;
 
+pub use fold::{Folded, fold_constants};
 pub use inspect::{Inspection, inspect};
 pub use io::{
     ExternalFile, Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load,
