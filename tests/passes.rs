@@ -272,3 +272,177 @@ fn pruning_an_already_sparse_model_keeps_existing_zeros() {
         "already sparser than the target: untouched"
     );
 }
+
+/// Quantizes a generated embedding model (table [v, d], ids [n, seq]) and runs both in ORT.
+/// Returns (candidate model, report, fp32 table, ids, fp32 outputs, candidate outputs,
+/// fp32 file bytes, candidate file bytes).
+#[allow(clippy::type_complexity)]
+fn run_embedding(
+    pass: &Pass,
+    v: usize,
+    d: usize,
+) -> (
+    onnx::Model,
+    kompress::passes::PassReport,
+    Vec<f32>,
+    Vec<i64>,
+    Vec<f32>,
+    Vec<f32>,
+    u64,
+    u64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    let model = embedding(v, d, 0, false, 21);
+    let table = onnx::tensor_f32_values(&model.graph.as_ref().unwrap().initializer[0]).unwrap();
+    write_model(&model, &src);
+    let data = dir.path().join("data.npz");
+    let ids = embedding_dataset(&data, 16, 12, v);
+    let mut m = onnx::load(&src).unwrap();
+    let report = pass.apply(&mut m).unwrap();
+    let out = dir.path().join("candidate.onnx");
+    onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
+    let ds = Dataset::load(&data).unwrap();
+    let prep = eval::prepare(&eval::open(&src, &cfg()).unwrap(), &ds, &cfg()).unwrap();
+    let outputs = |p: &std::path::Path| {
+        eval::evaluate(
+            &mut eval::open(p, &cfg()).unwrap(),
+            &prep,
+            &cfg(),
+            &|_, _| {},
+        )
+        .unwrap()
+        .0
+        .values
+    };
+    let (base, cand) = (outputs(&src), outputs(&out));
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let (a, b) = (size(&src), size(&out));
+    (
+        onnx::load(&out).unwrap(),
+        report,
+        table,
+        ids,
+        base,
+        cand,
+        a,
+        b,
+    )
+}
+
+/// |cand - base| <= scale(row)/2 for every gathered element (plus float rounding).
+fn assert_within_half_step(
+    base: &[f32],
+    cand: &[f32],
+    ids: &[i64],
+    d: usize,
+    scale: impl Fn(usize) -> f32,
+) -> f32 {
+    assert_eq!(base.len(), ids.len() * d);
+    assert_eq!(cand.len(), base.len());
+    let mut worst = 0f32;
+    for (i, (b, c)) in base.iter().zip(cand).enumerate() {
+        let row = ids[i / d] as usize;
+        let bound = scale(row) / 2.0 * (1.0 + 1e-4) + 1e-7;
+        let err = (b - c).abs();
+        assert!(
+            err <= bound,
+            "element {i} (row {row}): |{b} - {c}| = {err} > {bound}"
+        );
+        worst = worst.max(err);
+    }
+    worst
+}
+
+#[test]
+fn embedding_table_per_tensor_int8_runs_in_ort_within_half_a_step() {
+    let (v, d) = (1000, 64);
+    let (m, report, table, ids, base, cand, before, after) =
+        run_embedding(&quantize(QuantMode::Dynamic, false), v, d);
+    let ops = ops(&m);
+    assert_eq!(ops, ["Gather", "DequantizeLinear"], "{ops:?}");
+    let t = &report.tensors[0];
+    assert_eq!(
+        (t.op.as_str(), t.elements, t.scales),
+        ("Gather", 64_000, Some(1))
+    );
+    // Always 8-bit: reduceRange (on by default in dynamic mode) does not apply to lookups.
+    let scale = table.iter().fold(0f32, |a, x| a.max(x.abs())) / 127.0;
+    assert!(t.max_abs_error.unwrap() <= scale / 2.0 * 1.0001);
+    let worst = assert_within_half_step(&base, &cand, &ids, d, |_| scale);
+    assert!(worst > 0.0, "outputs identical: nothing was quantized?");
+    let ratio = before as f64 / after as f64;
+    assert!(ratio > 3.8, "{before} -> {after} bytes: {ratio:.2}x");
+    eprintln!(
+        "per-tensor: max |err| {worst:.3e} (bound {:.3e}), {before} -> {after} bytes ({ratio:.2}x)",
+        scale / 2.0
+    );
+}
+
+#[test]
+fn embedding_table_per_row_has_v_scales_and_each_row_within_half_its_step() {
+    let (v, d) = (1000, 64);
+    for mode in [QuantMode::Dynamic, QuantMode::WeightOnly] {
+        let (m, report, table, ids, base, cand, before, after) =
+            run_embedding(&quantize(mode, true), v, d);
+        let ops = ops(&m);
+        assert_eq!(ops, ["Gather", "Cast", "Gather", "Mul"], "{ops:?}");
+        let scales = m
+            .graph()
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some("table_scale"))
+            .unwrap();
+        assert_eq!(scales.dims, vec![v as i64, 1]);
+        assert_eq!(report.tensors[0].scales, Some(v));
+        let q = m
+            .graph()
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some("table_quantized"))
+            .unwrap();
+        assert_eq!(q.dtype(), onnx::DataType::Int8);
+        assert_eq!(q.dims, vec![v as i64, d as i64]);
+        let row_scale = |r: usize| {
+            table[r * d..(r + 1) * d]
+                .iter()
+                .fold(0f32, |a, x| a.max(x.abs()))
+                / 127.0
+        };
+        let worst = assert_within_half_step(&base, &cand, &ids, d, row_scale);
+        assert!(worst > 0.0);
+        let ratio = before as f64 / after as f64;
+        assert!(ratio > 3.6, "{before} -> {after} bytes: {ratio:.2}x");
+        eprintln!(
+            "per-row ({mode:?}): max |err| {worst:.3e}, {before} -> {after} bytes ({ratio:.2}x)"
+        );
+    }
+}
+
+#[test]
+fn gather_on_axis_1_or_on_a_computed_table_is_skipped_with_a_reason() {
+    for (axis, computed, reason) in [
+        (1, false, "axis=1"),
+        (0, true, "computed, not an initializer"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("m.onnx");
+        write_model(&embedding(100, 32, axis, computed, 3), &src);
+        let mut m = onnx::load(&src).unwrap();
+        let before = m.proto.clone();
+        let report = quantize(QuantMode::Dynamic, true).apply(&mut m).unwrap();
+        assert!(report.tensors.is_empty(), "{:?}", report.tensors);
+        assert!(
+            report
+                .skipped
+                .iter()
+                .any(|s| s.node == "embed" && s.reason.contains(reason)),
+            "{:?}",
+            report.skipped
+        );
+        assert_eq!(
+            m.proto, before,
+            "a skipped Gather leaves the model unchanged"
+        );
+    }
+}

@@ -327,7 +327,10 @@ pub struct QuantizeSpec {
     /// Set false only when the model is served on CPUs with VNNI/AMX or on ARM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce_range: Option<bool>,
-    /// Op types to quantize (MatMul, Gemm, Conv). Default MatMul and Gemm (add Conv explicitly).
+    /// Op types to quantize (MatMul, Gemm, Conv, Gather). Default MatMul, Gemm and Gather (add
+    /// Conv explicitly). `Gather` quantizes embedding tables (float data [V, D] read along axis
+    /// 0) in either mode: int8 rows, always 8-bit (`reduceRange` does not apply), dequantized
+    /// after the lookup; `perChannel` gives one scale per row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<String>>,
     /// Node names left in float.

@@ -41,6 +41,16 @@ pub const WEIGHT_OPS: &[WeightOp] = &[
         quantize_default: false,
         prune_default: true,
     },
+    // Embedding tables (`Gather` data [V, D], axis 0): most of a transformer's bytes. Stored
+    // int8 with the gathered rows dequantized (no integer Gather kernel helps speed: the
+    // point is size). Not pruned by default: zeroed rows change every token that reads them.
+    WeightOp {
+        op: "Gather",
+        weight_input: 0,
+        ranks: (2, 2),
+        quantize_default: true,
+        prune_default: false,
+    },
 ];
 
 /// The row of `op`, if passes support it.

@@ -4,6 +4,12 @@
 //! emits, which ORT's graph optimizer fuses into one integer kernel:
 //! `DynamicQuantizeLinear(A) -> MatMulInteger(A_q, W_q, A_zp, W_zp) -> Cast -> Mul(·, A_scale·W_scale)`.
 //! Weight-only mode stores `W_q` and puts `DequantizeLinear` in front of the float op.
+//!
+//! Embedding tables (`Y = Gather(W, ids)`, axis 0) are stored int8 in both modes and the
+//! gathered rows are dequantized after the lookup, so only the rows read become float:
+//! per tensor `DequantizeLinear(Gather(W_q, ids), scale)`, per row
+//! `Mul(Cast(Gather(W_q, ids)), Gather(scales[V, 1], ids))` (the gathered scales have shape
+//! ids.shape + [1], which broadcasts over the row).
 
 use super::{
     PassReport, Result, Selection, Skipped, TensorReport, Weight, math, node_label, select_weights,
@@ -28,6 +34,8 @@ enum Plan {
         transpose: bool,
     },
     WeightOnly,
+    /// Embedding lookup (`Gather` on axis 0): int8 table, rows dequantized after the lookup.
+    Gather,
 }
 
 pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
@@ -83,6 +91,12 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         let plan = plan_for(cfg, g, w, &mut report.skipped);
         let Some(plan) = plan else { continue };
         let (_, mut out_axis) = w.axes(g);
+        let gather = matches!(plan, Plan::Gather);
+        if gather {
+            out_axis = 0; // one scale per table row
+        }
+        // No integer matmul follows a lookup, so nothing can saturate: always 8-bit.
+        let qmax = if gather { 127 } else { qmax };
         let mut dims = w.dims.clone();
         let qmax_layout = |dims: &[usize], axis: usize| {
             if cfg.per_channel {
@@ -95,7 +109,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         let q = match (&plan, &t.raw_data) {
             // The common case reads the weights straight from the file buffer: no float copy
             // of the tensor, which keeps peak memory near the model's size.
-            (Plan::Integer { transpose: false } | Plan::WeightOnly, Some(raw))
+            (Plan::Integer { transpose: false } | Plan::WeightOnly | Plan::Gather, Some(raw))
                 if raw.len() == w.numel() * 4 =>
             {
                 let at = |i: usize| {
@@ -141,9 +155,70 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         let zeros = vec![0i8; q.scales.len()];
         drop_inits.insert(w.init);
         new_inits.push(int8_tensor(&qname, &idims, q.values));
-        new_inits.push(int8_tensor(&zname, &sdims, zeros));
+        if !(gather && cfg.per_channel) {
+            new_inits.push(int8_tensor(&zname, &sdims, zeros));
+        }
 
         match plan {
+            Plan::Gather => {
+                if cfg.per_channel {
+                    // [V, 1]: gathered with the ids it becomes ids.shape + [1].
+                    new_inits.push(f32_tensor(&sname, &[q.scales.len() as i64, 1], &q.scales));
+                } else {
+                    new_inits.push(f32_tensor(&sname, &[], &q.scales));
+                }
+                for &(ni, _) in &w.users {
+                    let node = &g.node[ni];
+                    let base = node_label(node, ni);
+                    let ids = node.input[1].clone();
+                    let y = node.output[0].clone();
+                    let gq = namer.fresh(&format!("{y}_quantized"));
+                    let mut nodes = vec![onnx::node(
+                        "Gather",
+                        namer.fresh(&format!("{base}_quantized")),
+                        vec![qname.clone(), ids.clone()],
+                        vec![gq.clone()],
+                        vec![attr_int("axis", 0)],
+                    )];
+                    if cfg.per_channel {
+                        let cast = namer.fresh(&format!("{y}_cast"));
+                        let gs = namer.fresh(&format!("{y}_scales"));
+                        nodes.push(onnx::node(
+                            "Cast",
+                            namer.fresh(&format!("{base}_cast")),
+                            vec![gq],
+                            vec![cast.clone()],
+                            vec![attr_int(
+                                "to",
+                                pb::tensor_proto::DataType::Float as i32 as i64,
+                            )],
+                        ));
+                        nodes.push(onnx::node(
+                            "Gather",
+                            namer.fresh(&format!("{base}_scales")),
+                            vec![sname.clone(), ids],
+                            vec![gs.clone()],
+                            vec![attr_int("axis", 0)],
+                        ));
+                        nodes.push(onnx::node(
+                            "Mul",
+                            namer.fresh(&format!("{base}_scales_mul")),
+                            vec![cast, gs],
+                            vec![y],
+                            vec![],
+                        ));
+                    } else {
+                        nodes.push(onnx::node(
+                            "DequantizeLinear",
+                            namer.fresh(&format!("{base}_DequantizeLinear")),
+                            vec![gq, sname.clone(), zname.clone()],
+                            vec![y],
+                            vec![],
+                        ));
+                    }
+                    replace.insert(ni, nodes);
+                }
+            }
             Plan::WeightOnly => {
                 new_inits.push(f32_tensor(&sname, &sdims, &q.scales));
                 let dq = namer.fresh(&format!("{}_dequantized", w.name));
@@ -276,6 +351,11 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         }
     }
 
+    if report.tensors.iter().any(|t| t.op == "Gather") {
+        report
+            .description
+            .push_str("; embedding tables (Gather): 8-bit rows, dequantized after the lookup");
+    }
     let graph = model.graph_mut();
     let old_nodes = std::mem::take(&mut graph.node);
     for (i, mut node) in old_nodes.into_iter().enumerate() {
@@ -309,10 +389,27 @@ fn plan_for(
     w: &Weight,
     skipped: &mut Vec<Skipped>,
 ) -> Option<Plan> {
+    let op = w.users[0].1.as_str();
+    if op == "Gather" {
+        for &(ni, _) in &w.users {
+            let n = &g.node[ni];
+            let axis = onnx::get_attr_int(n, "axis", 0);
+            // The table is [V, D]: axis -2 is axis 0.
+            if axis != 0 && axis != -2 {
+                skipped.push(Skipped {
+                    node: node_label(n, ni),
+                    reason: format!(
+                        "Gather with axis={axis} is left in float: only row lookups (axis 0, embeddings) are quantized"
+                    ),
+                });
+                return None;
+            }
+        }
+        return Some(Plan::Gather);
+    }
     if cfg.weight_only {
         return Some(Plan::WeightOnly);
     }
-    let op = w.users[0].1.as_str();
     match op {
         // ConvInteger on ORT's CPU provider takes uint8 weights only; symmetric int8 conv
         // weights are stored and dequantized instead (smaller, float math).

@@ -587,3 +587,94 @@ pub fn check_promote_dir(prod: &Path) -> Result<Option<String>, String> {
     }
     Ok(Some(digest))
 }
+
+/// An embedding lookup `ids int64 [batch, seq] -> Gather(table [v, d], axis) -> emb`, table
+/// from the seeded generator with rows of different magnitudes (so per-row scales differ).
+/// `computed` feeds the table through an `Identity`, so the Gather's data is not an initializer.
+pub fn embedding(v: usize, d: usize, axis: i64, computed: bool, seed: u64) -> pb::ModelProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    let vi = |name: &str, ty: pb::tensor_proto::DataType, dims: &[Option<i64>]| {
+        let mut i = value_info(name, dims);
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            i.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.elem_type = Some(ty as i32);
+            if let Some(s) = t.shape.as_mut() {
+                for (k, dim) in s.dim.iter_mut().enumerate() {
+                    if k == 1 && dims[k].is_none() {
+                        *dim = Dimension {
+                            value: Some(Value::DimParam("seq".into())),
+                            ..Default::default()
+                        };
+                    }
+                }
+            }
+        }
+        i
+    };
+    let table: Vec<f32> = lcg(v * d, seed)
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x * (0.05 + (i / d % 7) as f32 * 0.1))
+        .collect();
+    let mut nodes = Vec::new();
+    let data = if computed {
+        nodes.push(kompress::onnx::node(
+            "Identity",
+            "table_identity".to_string(),
+            vec!["table".into()],
+            vec!["table_copy".into()],
+            vec![],
+        ));
+        "table_copy"
+    } else {
+        "table"
+    };
+    nodes.push(kompress::onnx::node(
+        "Gather",
+        "embed".to_string(),
+        vec![data.into(), "ids".into()],
+        vec!["emb".into()],
+        vec![kompress::onnx::attr_int("axis", axis)],
+    ));
+    pb::ModelProto {
+        ir_version: Some(9),
+        producer_name: Some("kompress-tests".into()),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(pb::GraphProto {
+            name: Some("embedding".into()),
+            node: nodes,
+            initializer: vec![f32_tensor("table", &[v as i64, d as i64], &table)],
+            input: vec![vi("ids", pb::tensor_proto::DataType::Int64, &[None, None])],
+            output: vec![vi(
+                "emb",
+                pb::tensor_proto::DataType::Float,
+                &[None, None, Some(d as i64)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Token ids [n, seq] for `embedding(v, ..)`, every id in range, including 0 and v - 1.
+pub fn embedding_dataset(path: &Path, n: usize, seq: usize, v: usize) -> Vec<i64> {
+    let ids: Vec<i64> = (0..n * seq)
+        .map(|i| ((i * 7919 + i / seq) % v) as i64)
+        .collect();
+    write_npz(
+        path,
+        &[(
+            "ids",
+            Npy {
+                descr: "<i8",
+                shape: vec![n, seq],
+                bytes: ids.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            },
+        )],
+    );
+    ids
+}
