@@ -17,6 +17,8 @@ ARG GPU_BASE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG ORT_VERSION=1.31.1
 
 # ---- build: the kompress binary ------------------------------------------------------------
+# The `dist` profile (Cargo.toml): release, stripped, thin LTO; every worker pod pulls this binary.
+# RUST_IMAGE follows rust-toolchain.toml (hack/check-dockerfile checks both).
 FROM ${RUST_IMAGE} AS build
 ARG VARIANT
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -31,8 +33,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
       gpu) features=(--features cuda) ;; \
       *) echo "VARIANT must be cpu or gpu, not '${VARIANT}'" >&2; exit 1 ;; \
     esac \
-    && cargo build --release --locked "${features[@]}" \
-    && install -D -m 0755 target/release/kompress /out/kompress
+    && cargo build --profile dist --locked "${features[@]}" \
+    && install -D -m 0755 target/dist/kompress /out/kompress
 
 # ---- ort: the ONNX Runtime shared library from the PyPI wheel (same script as local dev) ----
 FROM ${PYTHON_IMAGE} AS ort
