@@ -36,7 +36,11 @@ fn the_bundled_example_is_promoted_at_least_3_5x_smaller_within_one_point() {
     assert_eq!(res["verdict"], "Passed");
     assert!(res["ratio"].as_f64().unwrap() >= 3.5, "{res}");
     assert!(res["accuracyDrop"].as_f64().unwrap() <= 0.01, "{res}");
-    assert_eq!(res["checks"].as_array().unwrap().len(), 4, "three thresholds and tensorsCompressed");
+    assert_eq!(
+        res["checks"].as_array().unwrap().len(),
+        4,
+        "three thresholds and tensorsCompressed"
+    );
     // provenance in the report
     assert_eq!(report["model"]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(report["passes"][0]["tensors"].as_array().unwrap().len(), 3);
