@@ -44,12 +44,18 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, ManifestErr
     }
     // One line per error (no source snippet): the message goes to a termination log and a
     // status condition.
-    let options = serde_saphyr::options! { with_snippet: false };
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple_with_options(text, options)
-        .map_err(|e| bad(e.to_string()))?;
+    let options = || serde_saphyr::options! { with_snippet: false };
     let (kind, api_version) = (CompressionJob::kind(&()), CompressionJob::api_version(&()));
     let mut seen = Vec::new();
-    for value in docs {
+    for doc in documents(text) {
+        // The untyped view picks the document; the typed parse reads it, so that a scalar
+        // such as `sha256: 0000...` or `cpu: 2` stays the string the field wants (an untyped
+        // YAML value would make it a number).
+        let value: serde_json::Value =
+            serde_saphyr::from_str_with_options(doc, options()).map_err(|e| bad(e.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
         let doc_kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         if doc_kind != kind {
             seen.push(if doc_kind.is_empty() {
@@ -68,15 +74,21 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, ManifestErr
                 "apiVersion is `{api}`; expected {api_version}"
             )));
         }
-        // serde_path_to_error names the field (spec.passes[0]) that serde's message lacks.
-        return serde_path_to_error::deserialize::<_, CompressionJob>(value).map_err(|e| {
-            let path = e.path().to_string();
-            bad(if path == "." {
-                e.inner().to_string()
-            } else {
-                format!("{path}: {}", e.inner())
-            })
-        });
+        let typed = serde_saphyr::from_str_with_options::<CompressionJob>(doc, options());
+        return match typed {
+            Ok(job) => Ok(job),
+            // serde_path_to_error names the field (spec.passes[0]) that the YAML parser's
+            // message lacks; it reads the untyped view, so it is only used for the message.
+            Err(typed) => Err(bad(
+                match serde_path_to_error::deserialize::<_, CompressionJob>(value) {
+                    Err(e) if e.path().to_string() != "." => {
+                        format!("{}: {}", e.path(), e.inner())
+                    }
+                    Err(e) => e.inner().to_string(),
+                    Ok(_) => typed.to_string(),
+                },
+            )),
+        };
     }
     Err(bad(format!(
         "no document has kind: {kind} (found: {})",
@@ -86,6 +98,24 @@ pub fn parse_job(text: &str, origin: &str) -> Result<CompressionJob, ManifestErr
             seen.join(", ")
         }
     )))
+}
+
+/// The YAML documents of a stream: split at `---` lines (a JSON manifest is one document).
+fn documents(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_end();
+        if l == "---" || l.starts_with("--- ") || l == "..." {
+            docs.push(&text[start..at]);
+            start = at + line.len();
+        }
+        at += line.len();
+    }
+    docs.push(&text[start..]);
+    docs.retain(|d| !d.trim().is_empty());
+    docs
 }
 
 /// The first line (1-based) where flow brackets or block indentation nest deeper than
@@ -220,5 +250,32 @@ mod tests {
         );
         let e = parse_job("kind: [\n", "job.yaml").unwrap_err().to_string();
         assert!(!e.contains('\n') && e.contains("line"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod scalar_tests {
+    use super::*;
+
+    #[test]
+    fn digit_only_strings_stay_strings_and_documents_are_picked_by_kind() {
+        let zeros = "0".repeat(64);
+        let text = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\n---\napiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {{name: x}}\nspec:\n  model: {{uri: m.onnx, sha256: {zeros}}}\n  dataset: {{uri: d.npz}}\n  output: {{uri: out}}\n  passes: [{{quantize: {{}}}}]\n  resources: {{cpu: 2, memory: 4Gi}}\n"
+        );
+        let job = parse_job(&text, "job.yaml").unwrap();
+        assert_eq!(job.spec.model.sha256.as_deref(), Some(zeros.as_str()));
+        assert_eq!(
+            job.spec.resources.unwrap().cpu.as_deref(),
+            Some("2"),
+            "`cpu: 2` is the quantity \"2\""
+        );
+    }
+
+    #[test]
+    fn type_errors_still_name_the_field() {
+        let text = "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {name: x}\nspec:\n  model: {uri: m.onnx}\n  dataset: {uri: d.npz, limit: many}\n  output: {uri: out}\n  passes: [{quantize: {}}]\n";
+        let e = parse_job(text, "job.yaml").unwrap_err().to_string();
+        assert!(e.contains("spec.dataset.limit"), "{e}");
     }
 }
