@@ -2,10 +2,11 @@
 .PHONY: demo test bench fmt lint crd manifests
 
 # Runs the embedded default: the bundled digits model, int8, gated, promoted locally.
+# The release profile (optimized, line tables); the image ships the stripped `dist` profile.
 demo:
 	@hack/ort-lib >/dev/null
 	cargo build --release --locked
-	./target/release/kompress run -f examples/digits-int8.yaml
+	"$${CARGO_TARGET_DIR:-target}/release/kompress" run -f examples/digits-int8.yaml
 
 # Everything CI runs: lint, drift checks, real S3 server, real control plane, all tests.
 test:
