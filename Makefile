@@ -23,6 +23,7 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
 	hack/check-msrv
+	hack/dev-profile-overrides --check
 
 crd:
 	cargo run --quiet -- crd > crds/compressionjob.yaml
