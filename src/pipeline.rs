@@ -174,21 +174,29 @@ fn scratch_dir(path: &Path) -> Result<()> {
     })
 }
 
+/// Fetches `loc` to `dest` (its folders are made by the storage layer) with a progress bar.
 async fn fetch_one(
     storage: &Storage,
     ui: &Ui,
     loc: &Location,
     dest: &Path,
-    sha: Option<&str>,
+    opts: &storage::FetchOptions<'_>,
     label: &str,
 ) -> Result<storage::Fetched> {
-    if let Some(parent) = dest.parent() {
-        scratch_dir(parent)?;
-    }
     let bar = ui.bar(label, true);
-    let f = storage.fetch(loc, dest, sha, &|n, t| bar.set(n, t)).await?;
+    let f = storage
+        .fetch_with(loc, dest, opts, &|n, t| bar.set(n, t))
+        .await?;
     bar.finish(f.bytes);
     Ok(f)
+}
+
+/// Fetch options that check a digest when the spec gives one.
+fn expecting(sha256: Option<&str>) -> storage::FetchOptions<'_> {
+    storage::FetchOptions {
+        expected_sha256: sha256,
+        ..Default::default()
+    }
 }
 
 /// A file name for scratch: the URI's last segment, or `fallback` when it has none.
@@ -215,7 +223,7 @@ pub async fn fetch(
         ui,
         &model_loc,
         &model_path,
-        spec.model.sha256.as_deref(),
+        &expecting(spec.model.sha256.as_deref()),
         "model",
     )
     .await?;
@@ -226,22 +234,14 @@ pub async fn fetch(
         // External data must be regular files inside the model's directory: a symlink out of
         // it (its bytes would be published), a device or a pipe is refused; no more is read than
         // the tensors declare.
-        let dest = model_dir.join(&ext.location);
         let confine = model_loc.parent().local_path();
-        let bar = ui.bar(&ext.location, true);
-        let f = storage
-            .fetch_with(
-                &src,
-                &dest,
-                &storage::FetchOptions {
-                    expected_sha256: None,
-                    max_bytes: Some(ext.max_bytes),
-                    confine_to: confine.as_deref(),
-                },
-                &|n, t| bar.set(n, t),
-            )
-            .await?;
-        bar.finish(f.bytes);
+        let opts = storage::FetchOptions {
+            expected_sha256: None,
+            max_bytes: Some(ext.max_bytes),
+            confine_to: confine.as_deref(),
+        };
+        let dest = model_dir.join(&ext.location);
+        let f = fetch_one(storage, ui, &src, &dest, &opts, &ext.location).await?;
         external_data.push(InputRef {
             uri: src.uri,
             sha256: f.sha256,
@@ -257,7 +257,7 @@ pub async fn fetch(
         ui,
         &data_loc,
         &dataset_path,
-        spec.dataset.sha256.as_deref(),
+        &expecting(spec.dataset.sha256.as_deref()),
         "dataset",
     )
     .await?;

@@ -738,32 +738,6 @@ fn cfg(batch: usize) -> EvalConfig {
     }
 }
 
-fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{Dimension, dimension::Value};
-    pb::ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: Some(pb::tensor_proto::DataType::Float as i32),
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| Dimension {
-                            value: Some(
-                                d.map(Value::DimValue)
-                                    .unwrap_or_else(|| Value::DimParam("batch".into())),
-                            ),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// A one-node model `input -> Identity -> output` with the given input and output shapes
 /// (`None` outputs: a graph without outputs).
 fn identity_model(path: &Path, input: &[Option<i64>], output: Option<&[Option<i64>]>) {
@@ -782,9 +756,9 @@ fn identity_model(path: &Path, input: &[Option<i64>], output: Option<&[Option<i6
                 vec!["output".into()],
                 vec![],
             )],
-            input: vec![value_info("input", input)],
+            input: vec![support::value_info("input", input)],
             output: output
-                .map(|o| vec![value_info("output", o)])
+                .map(|o| vec![support::value_info("output", o)])
                 .unwrap_or_default(),
             ..Default::default()
         }),

@@ -232,6 +232,16 @@ mod tests {
         serde_saphyr::from_str(yaml).unwrap()
     }
 
+    /// The field paths `validate` reports for a spec that must fail.
+    fn failed_fields(s: &CompressionJobSpec) -> Vec<String> {
+        validate(s)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
     const BASE: &str = "model: {uri: s3://m/model.onnx}\ndataset: {uri: s3://d/eval.npz}\noutput: {uri: s3://m/out, promoteTo: s3://m/prod}\n";
 
     #[test]
@@ -247,12 +257,7 @@ mod tests {
         let s = spec(&format!(
             "{BASE}passes:\n- quantize: {{}}\n- prune: {{sparsity: 0.5}}\n- prune: {{}}\nthresholds: {{minAgreement: 2, maxLatencyRatio: 0}}\n"
         ));
-        let fields: Vec<String> = validate(&s)
-            .unwrap_err()
-            .0
-            .into_iter()
-            .map(|e| e.field)
-            .collect();
+        let fields = failed_fields(&s);
         assert_eq!(
             fields,
             [
@@ -314,12 +319,7 @@ mod tests {
         let s = spec(&format!(
             "{BASE}passes: [{{quantize: {{}}}}]\nevaluation: {{batchSize: 5000, threads: 1000, latency: {{batchSize: 0, warmup: 4294967295, iterations: 4294967295}}}}\n"
         ));
-        let fields: Vec<String> = validate(&s)
-            .unwrap_err()
-            .0
-            .into_iter()
-            .map(|e| e.field)
-            .collect();
+        let fields = failed_fields(&s);
         assert_eq!(
             fields,
             [

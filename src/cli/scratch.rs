@@ -48,11 +48,12 @@ impl Drop for Scratch {
     }
 }
 
-/// Removes the live scratch folder (from the panic hook or a signal handler).
+/// Removes the live scratch folder (from the panic hook or a signal handler). The path stays
+/// registered, so a second pass can remove what another thread re-created in between.
 fn remove_live_scratch() {
     // try_lock: a panic while the lock is held must not deadlock the hook.
-    if let Ok(mut live) = LIVE_SCRATCH.try_lock()
-        && let Some(p) = live.take()
+    if let Ok(live) = LIVE_SCRATCH.try_lock()
+        && let Some(p) = live.as_ref()
     {
         let _ = std::fs::remove_dir_all(p);
     }
@@ -109,19 +110,10 @@ impl Signals {
 /// then exit with the status that says "retry".
 fn shut_down() -> ! {
     crate::storage::begin_shutdown();
-    remove_live_scratch_now();
+    remove_live_scratch();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    remove_live_scratch_now();
+    remove_live_scratch();
     std::process::exit(EXIT_TRANSIENT);
-}
-
-/// Like `remove_live_scratch`, but keeps the path registered for a second pass.
-fn remove_live_scratch_now() {
-    if let Ok(live) = LIVE_SCRATCH.try_lock()
-        && let Some(p) = live.as_ref()
-    {
-        let _ = std::fs::remove_dir_all(p);
-    }
 }
 
 /// Installs a panic hook that removes the scratch folder and, for the worker, writes a

@@ -28,7 +28,7 @@ pub fn lcg(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+pub fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension::Value};
     pb::ValueInfoProto {
         name: Some(name.into()),
