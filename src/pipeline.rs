@@ -8,7 +8,7 @@
 //! `model/` holds the model file and its external data (as the model names them),
 //! `dataset/` the evaluation set, `candidate/` the compressed model.
 
-use crate::api::{CompressionJobSpec, JobResult, Metrics, PassSpec, reason, validate};
+use crate::api::{CompressionJobSpec, JobResult, Metrics, PassSpec, TargetCpu, reason, validate};
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::gate;
 use crate::onnx::{self, Model, SaveOptions};
@@ -350,6 +350,7 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
 pub fn build_candidate(
     original: &Model,
     passes: &[PassSpec],
+    target: TargetCpu,
     dir: &Path,
     ui: &Ui,
 ) -> Result<Candidate> {
@@ -369,7 +370,7 @@ pub fn build_candidate(
     }
     let mut reports = Vec::new();
     for (index, p) in passes.iter().enumerate() {
-        let pass = Pass::from_spec(p);
+        let pass = Pass::for_target(p, target);
         let report = pass.apply(&mut model).map_err(|source| Error::Pass {
             index,
             name: pass.name(),
@@ -498,6 +499,7 @@ pub async fn run(
     let candidate = build_candidate(
         &base.model,
         &spec.passes,
+        spec.target.clone().unwrap_or_default().cpu,
         &opts.scratch.join("candidate"),
         ui,
     )?;

@@ -48,7 +48,7 @@ pub struct CompressionJobSpec {
     // maxItems bounds the CEL cost estimate of the per-pass rules (the apiserver refuses the
     // CRD without it).
     #[schemars(length(min = 1, max = 16))]
-    #[x_kube(validation = Rule::new("self.all(p, [has(p.prune), has(p.quantize), has(p.fp16)].filter(x, x).size() == 1)").message("each pass sets exactly one of prune, quantize or fp16"))]
+    #[x_kube(validation = Rule::new("self.all(p, [has(p.prune), has(p.quantize), has(p.fp16), has(p.lowRank), has(p.optimize)].filter(x, x).size() == 1)").message("each pass sets exactly one of prune, quantize, fp16, lowRank or optimize"))]
     pub passes: Vec<PassSpec>,
     /// Every threshold set here must pass for the candidate to be promoted.
     #[serde(default)]
@@ -58,6 +58,12 @@ pub struct CompressionJobSpec {
     /// How the evaluation runs (batch size, latency measurement, threads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<EvaluationSpec>,
+    /// Static quantization's calibration samples (default: set aside from the dataset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSource>,
+    /// Where the compressed model will be served; it picks integer forms that are exact there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetSpec>,
     /// Compute for the worker pod (in a cluster). `gpu > 0` runs the GPU image with the CUDA
     /// execution provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,8 +165,8 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// One compression pass: exactly one of `prune`, `quantize` or `fp16`, written as a map with
-/// one key (`- quantize: {mode: dynamic}`).
+/// One compression pass: exactly one of `prune`, `quantize`, `fp16`, `lowRank` or `optimize`,
+/// written as a map with one key (`- quantize: {mode: dynamic}`).
 // On the wire a pass is a map with one key (`RawPass`), in YAML and JSON alike, whatever
 // each format's own convention for enums (YAML libraries differ: some use `!quantize` tags).
 #[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -174,13 +180,19 @@ pub enum PassSpec {
     /// model loads (ONNX Runtime folds the casts), so the file is about half the size and
     /// runs everywhere fp32 runs. Not combinable with quantize.
     Fp16(Fp16Spec),
+    /// Low-rank factorisation of MatMul/Gemm weights: W (m×n) becomes two factors of rank r
+    /// from a truncated SVD, only where that is smaller (r < m·n/(m+n)).
+    LowRank(LowRankSpec),
+    /// ONNX Runtime's own offline graph optimisation (constant folding, node fusions), saved
+    /// as a plain ONNX model before the other passes. Only as the first pass.
+    Optimize(OptimizeSpec),
 }
 
 /// A pass as written: exactly one of the keys is set (checked on conversion).
 #[derive(schemars::JsonSchema, Deserialize, Serialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(
-    description = "One compression pass: exactly one of `prune`, `quantize` or `fp16`, written as a map with one key (`- quantize: {mode: dynamic}`)."
+    description = "One compression pass: exactly one of `prune`, `quantize`, `fp16`, `lowRank` or `optimize`, written as a map with one key (`- quantize: {mode: dynamic}`)."
 )]
 pub struct RawPass {
     /// Magnitude pruning of weights (unstructured or N:M).
@@ -194,17 +206,27 @@ pub struct RawPass {
     /// runs everywhere fp32 runs. Not combinable with quantize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp16: Option<Fp16Spec>,
+    /// Low-rank factorisation of MatMul/Gemm weights (truncated SVD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_rank: Option<LowRankSpec>,
+    /// ONNX Runtime's offline graph optimisation, before the other passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimize: Option<OptimizeSpec>,
 }
 
 impl TryFrom<RawPass> for PassSpec {
     type Error = String;
 
     fn try_from(r: RawPass) -> Result<Self, String> {
-        match (r.prune, r.quantize, r.fp16) {
-            (Some(p), None, None) => Ok(Self::Prune(p)),
-            (None, Some(q), None) => Ok(Self::Quantize(q)),
-            (None, None, Some(f)) => Ok(Self::Fp16(f)),
-            _ => Err("set exactly one of prune, quantize or fp16".into()),
+        match (r.prune, r.quantize, r.fp16, r.low_rank, r.optimize) {
+            (Some(p), None, None, None, None) => Ok(Self::Prune(p)),
+            (None, Some(q), None, None, None) => Ok(Self::Quantize(q)),
+            (None, None, Some(f), None, None) => Ok(Self::Fp16(f)),
+            (None, None, None, Some(l), None) => Ok(Self::LowRank(l)),
+            (None, None, None, None, Some(o)) => Ok(Self::Optimize(o)),
+            _ => Err(
+                "set exactly one of prune, quantize, fp16, lowRank or optimize".into(),
+            ),
         }
     }
 }
@@ -224,6 +246,14 @@ impl From<PassSpec> for RawPass {
                 fp16: Some(f),
                 ..Default::default()
             },
+            PassSpec::LowRank(l) => Self {
+                low_rank: Some(l),
+                ..Default::default()
+            },
+            PassSpec::Optimize(o) => Self {
+                optimize: Some(o),
+                ..Default::default()
+            },
         }
     }
 }
@@ -235,6 +265,8 @@ impl PassSpec {
             Self::Prune(_) => "prune",
             Self::Quantize(_) => "quantize",
             Self::Fp16(_) => "fp16",
+            Self::LowRank(_) => "lowRank",
+            Self::Optimize(_) => "optimize",
         }
     }
 }
@@ -304,33 +336,66 @@ pub enum PruneScope {
     Global,
 }
 
-/// int8 quantization.
+/// Weight quantization: int8 (dynamic, static with calibration, or weight-only) or 4-bit
+/// weight-only.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuantizeSpec {
     /// `dynamic`: int8 weights, activations quantized at run time (DynamicQuantizeLinear +
-    /// MatMulInteger/ConvInteger), which ONNX Runtime executes as integer math: smaller AND
-    /// faster on CPU. `weightOnly`: int8 weights dequantized at load (QDQ): smaller, float math.
+    /// MatMulInteger), which ONNX Runtime executes as integer math: smaller and usually faster
+    /// on CPU. `static`: int8 weights and activations with scales calibrated ahead of time on
+    /// sample data (QDQ pairs ONNX Runtime fuses into QLinear kernels; needs `calibration`
+    /// data, see `spec.calibration`). `weightOnly`: weights stored int8 (or 4-bit, see
+    /// `weights`) and dequantized, float math: smaller, runs wherever fp32 runs.
     #[serde(default)]
     pub mode: QuantMode,
-    /// Weight element type. Only `int8` (symmetric).
+    /// Weight element type. `int8` (symmetric, all modes) or `int4` (blocked 4-bit,
+    /// `mode: weightOnly` only: MatMul weights become `MatMulNBits`, embedding tables
+    /// `GatherBlockQuantized`, both com.microsoft ops ONNX Runtime runs on CPU and GPU).
     #[serde(default)]
     pub weights: WeightType,
     /// One scale per output channel instead of one per tensor: more accurate, slightly larger.
+    /// (4-bit weights always have one scale per block.)
     #[serde(default)]
     pub per_channel: bool,
-    /// Quantize weights to 7 bits ([-63, 63]). In `dynamic` mode ONNX Runtime multiplies
-    /// uint8 activations by int8 weights; on x86 CPUs without VNNI (AVX2 only, many cloud
-    /// nodes) those kernels add pairs of products in int16 and saturate with 8-bit weights, so
-    /// the output depends on the serving CPU. Default: true in `dynamic` mode (safe on every
-    /// CPU), false in `weightOnly` mode (weights are dequantized to float, nothing saturates).
-    /// Set false only when the model is served on CPUs with VNNI/AMX or on ARM.
+    /// Quantize int8 weights to 7 bits ([-63, 63]). ONNX Runtime multiplies 8-bit activations
+    /// by int8 weights; on x86 CPUs without VNNI (AVX2 only, many cloud nodes) those kernels
+    /// add pairs of products in int16 and saturate with 8-bit weights, so the output depends on
+    /// the serving CPU. Default: chosen from `spec.target.cpu` for the integer modes (`dynamic`,
+    /// `static`): true unless the target is known to have VNNI or to be ARM; false in
+    /// `weightOnly` mode (weights are dequantized to float, nothing saturates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce_range: Option<bool>,
+    /// 4-bit weights: elements per block sharing one scale (16, 32, 64, 128 or 256).
+    /// Default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in [16, 32, 64, 128, 256]").message("must be 16, 32, 64, 128 or 256"))]
+    pub block_size: Option<u32>,
+    /// 4-bit weights: symmetric blocks (no zero points) or asymmetric (a zero point per
+    /// block, better for skewed blocks, slightly larger). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<bool>,
+    /// 4-bit MatMul weights: `MatMulNBits` `accuracy_level`, the precision of the
+    /// activations in the matmul: 0 (unset, fp32), 1 fp32, 2 fp16, 3 bf16, 4 int8 (faster
+    /// on some CPUs, less accurate). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 4").message("must be between 0 and 4"))]
+    pub accuracy_level: Option<u32>,
+    /// Static mode: the activation element type. `int8` (S8S8, ONNX Runtime's default
+    /// form) or `uint8` (U8S8). Default int8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_type: Option<ActivationType>,
+    /// Static mode: symmetric activation ranges (zero point 0). Default false (asymmetric:
+    /// the full observed [min, max] range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_activations: Option<bool>,
+    /// Static mode: how activation ranges are chosen from the calibration samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationMethodSpec>,
     /// Op types to quantize (MatMul, Gemm, Conv, Gather). Default MatMul, Gemm and Gather (add
     /// Conv explicitly). `Gather` quantizes embedding tables (float data [V, D] read along axis
-    /// 0) in either mode: int8 rows, always 8-bit (`reduceRange` does not apply), dequantized
-    /// after the lookup; `perChannel` gives one scale per row.
+    /// 0) in every mode: int8 rows with one scale per row (or 4-bit blocks), dequantized after
+    /// the lookup; `reduceRange` does not apply (no integer matmul follows a lookup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<String>>,
     /// Node names left in float.
@@ -348,6 +413,7 @@ pub struct QuantizeSpec {
 pub enum QuantMode {
     #[default]
     Dynamic,
+    Static,
     WeightOnly,
 }
 
@@ -358,6 +424,152 @@ pub enum QuantMode {
 pub enum WeightType {
     #[default]
     Int8,
+    Int4,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ActivationType {
+    #[default]
+    Int8,
+    Uint8,
+}
+
+/// How static quantization turns observed activations into ranges.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CalibrationMethodSpec {
+    /// `minMax`: the observed range; `percentile`: clip to the given percentile of |x| (robust
+    /// to outliers); `entropy`: the clip that minimises the KL divergence between the float
+    /// and quantized histograms (TensorRT's method). Default minMax.
+    #[serde(default)]
+    pub method: CalibrationMethod,
+    /// Calibration samples to run, 1 to 100000. Default 128. Statistics are streamed
+    /// (running min/max and fixed-size histograms), so memory does not grow with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("must be between 1 and 100000"))]
+    pub samples: Option<u32>,
+    /// `percentile` method: the percentile of |x| kept, in (50, 100]. Default 99.999.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 50.0 && self <= 100.0").message("must be in (50, 100]"))]
+    pub percentile: Option<f64>,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum CalibrationMethod {
+    #[default]
+    MinMax,
+    Percentile,
+    Entropy,
+}
+
+/// Where static quantization's calibration samples come from.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CalibrationSource {
+    /// A separate calibration set (`.npz`, one array per model input, like the dataset). Unset:
+    /// the last `samples` rows of the evaluation dataset are set aside for calibration and
+    /// are not scored (the report says which rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<CalibrationDataset>,
+}
+
+/// A calibration `.npz`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CalibrationDataset {
+    /// URI of the `.npz`: s3://, gs://, az://, https://, file:// or a plain path.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
+    pub uri: String,
+    /// Expected sha256 of the file (64 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
+    pub sha256: Option<String>,
+}
+
+/// Where the compressed model will be served: it decides integer forms that differ by CPU.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The serving CPU. `auto` (unknown: the form that is exact on every CPU), `x86-vnni`
+    /// (AVX512-VNNI, AVX-VNNI or AMX), `x86-avx2` (AVX2 without VNNI), `arm64`. Default auto.
+    #[serde(default)]
+    pub cpu: TargetCpu,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum TargetCpu {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "x86-vnni")]
+    X86Vnni,
+    #[serde(rename = "x86-avx2")]
+    X86Avx2,
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+impl TargetCpu {
+    /// Whether 8-bit weights multiply 8-bit activations without int16 saturation there.
+    pub fn integer_matmul_exact(self) -> bool {
+        matches!(self, TargetCpu::X86Vnni | TargetCpu::Arm64)
+    }
+}
+
+/// Low-rank factorisation by truncated SVD.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LowRankSpec {
+    /// Keep the smallest rank whose singular values hold this fraction of the weight's energy
+    /// (sum of squared singular values), in (0, 1]. Default 0.95 when `ratio` is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("must be in (0, 1]"))]
+    pub energy: Option<f64>,
+    /// Or: the rank that makes each factorised weight this fraction of its original elements,
+    /// in (0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self < 1.0").message("must be in (0, 1)"))]
+    pub ratio: Option<f64>,
+    /// Op types whose weights are factorised (MatMul, Gemm). Default both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<String>>,
+    /// Node names left untouched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_nodes: Vec<String>,
+    /// Weights with fewer elements are left untouched. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_elements: Option<u64>,
+}
+
+/// ONNX Runtime's offline graph optimisation.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OptimizeSpec {
+    /// `basic`: constant folding and redundant-node removal, portable ONNX. `extended`: also
+    /// fusions into ONNX Runtime (com.microsoft) ops, which only ONNX Runtime runs. Default
+    /// basic.
+    #[serde(default)]
+    pub level: OptimizeLevel,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum OptimizeLevel {
+    #[default]
+    Basic,
+    Extended,
 }
 
 /// Gate thresholds. Unset thresholds are not checked; every set one must pass.

@@ -44,6 +44,94 @@ pub fn parse_pattern(p: &str) -> Option<(usize, usize)> {
     (0 < n && n < m && m <= MAX_PATTERN_M).then_some((n, m))
 }
 
+/// The quantize pass's own combinations.
+fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String, String)) {
+    use super::{QuantMode, WeightType};
+    let int4 = q.weights == WeightType::Int4;
+    if int4 && q.mode != QuantMode::WeightOnly {
+        err(
+            format!("{at}.weights"),
+            "int4 weights are weight-only (MatMulNBits / GatherBlockQuantized): set mode: weightOnly".into(),
+        );
+    }
+    if int4 && q.per_channel {
+        err(
+            format!("{at}.perChannel"),
+            "int4 weights have one scale per block (blockSize); remove perChannel".into(),
+        );
+    }
+    if let Some(b) = q.block_size
+        && !(b.is_power_of_two() && (16..=256).contains(&b))
+    {
+        err(
+            format!("{at}.blockSize"),
+            format!("{b} is not one of 16, 32, 64, 128, 256"),
+        );
+    }
+    for (name, set) in [
+        ("blockSize", q.block_size.is_some()),
+        ("symmetric", q.symmetric.is_some()),
+        ("accuracyLevel", q.accuracy_level.is_some()),
+    ] {
+        if set && !int4 {
+            err(
+                format!("{at}.{name}"),
+                "applies to 4-bit weights only (weights: int4)".into(),
+            );
+        }
+    }
+    if let Some(l) = q.accuracy_level
+        && l > 4
+    {
+        err(format!("{at}.accuracyLevel"), format!("{l} is outside [0, 4]"));
+    }
+    for (name, set) in [
+        ("activationType", q.activation_type.is_some()),
+        ("symmetricActivations", q.symmetric_activations.is_some()),
+        ("calibration", q.calibration.is_some()),
+    ] {
+        if set && q.mode != QuantMode::Static {
+            err(
+                format!("{at}.{name}"),
+                "applies to mode: static only".into(),
+            );
+        }
+    }
+    if q.reduce_range.is_some() && (q.mode == QuantMode::WeightOnly) {
+        err(
+            format!("{at}.reduceRange"),
+            "applies to the integer modes (dynamic, static); weight-only weights are dequantized to float".into(),
+        );
+    }
+    if let Some(c) = &q.calibration {
+        if let Some(n) = c.samples
+            && !(1..=MAX_CALIBRATION_SAMPLES).contains(&n)
+        {
+            err(
+                format!("{at}.calibration.samples"),
+                format!("{n} is outside [1, {MAX_CALIBRATION_SAMPLES}]"),
+            );
+        }
+        if let Some(p) = c.percentile
+            && !(p > 50.0 && p <= 100.0)
+        {
+            err(
+                format!("{at}.calibration.percentile"),
+                format!("{p} is outside (50, 100]"),
+            );
+        }
+        if c.percentile.is_some() && c.method != super::CalibrationMethod::Percentile {
+            err(
+                format!("{at}.calibration.percentile"),
+                "applies to method: percentile only".into(),
+            );
+        }
+    }
+}
+
+/// Most calibration samples a static pass may ask for.
+pub const MAX_CALIBRATION_SAMPLES: u32 = 100_000;
+
 pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     let mut errs = Vec::new();
     let mut err = |field: String, message: String| errs.push(FieldError { field, message });
@@ -58,6 +146,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     };
     uri("spec.model.uri", &spec.model.uri, false);
     uri("spec.dataset.uri", &spec.dataset.uri, false);
+    let calib_data = spec.calibration.as_ref().and_then(|c| c.dataset.as_ref());
+    if let Some(c) = calib_data {
+        uri("spec.calibration.dataset.uri", &c.uri, false);
+    }
     uri("spec.output.uri", &spec.output.uri, true);
     if let Some(p) = &spec.output.promote_to {
         uri("spec.output.promoteTo", p, true);
@@ -65,6 +157,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     for (field, sha) in [
         ("spec.model.sha256", &spec.model.sha256),
         ("spec.dataset.sha256", &spec.dataset.sha256),
+        (
+            "spec.calibration.dataset.sha256",
+            &calib_data.and_then(|c| c.sha256.clone()),
+        ),
     ] {
         if let Some(s) = sha
             && !(s.len() == 64
@@ -155,7 +251,45 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
                     );
                 }
                 quantized = true;
+                check_quantize(&at, q, &mut err);
                 check_ops(at, &q.ops, &mut err);
+            }
+            PassSpec::LowRank(l) => {
+                if quantized {
+                    err(
+                        at.clone(),
+                        "low-rank factorisation after quantization is not supported: put lowRank before quantize".into(),
+                    );
+                }
+                if l.energy.is_some() && l.ratio.is_some() {
+                    err(at.clone(), "set at most one of energy or ratio".into());
+                }
+                if let Some(e) = l.energy
+                    && !(e > 0.0 && e <= 1.0)
+                {
+                    err(format!("{at}.energy"), format!("{e} is outside (0, 1]"));
+                }
+                if let Some(r) = l.ratio
+                    && !(r > 0.0 && r < 1.0)
+                {
+                    err(format!("{at}.ratio"), format!("{r} is outside (0, 1)"));
+                }
+                for (j, op) in l.ops.iter().flatten().enumerate() {
+                    if op != "MatMul" && op != "Gemm" {
+                        err(
+                            format!("{at}.ops[{j}]"),
+                            format!("`{op}`: low-rank factorisation applies to MatMul and Gemm"),
+                        );
+                    }
+                }
+            }
+            PassSpec::Optimize(_) => {
+                if i != 0 {
+                    err(
+                        at,
+                        "optimize must be the first pass (it rewrites the graph the other passes read)".into(),
+                    );
+                }
             }
         }
     }
@@ -213,6 +347,15 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
                 );
             }
         }
+    }
+    let static_pass = spec.passes.iter().any(|p| {
+        matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static)
+    });
+    if calib_data.is_some() && !static_pass {
+        err(
+            "spec.calibration.dataset".into(),
+            "calibration data is only used by a `quantize: {mode: static}` pass; remove it or add one".into(),
+        );
     }
     if spec.dataset.limit == Some(0) {
         err("spec.dataset.limit".into(), "must be positive".into());

@@ -30,8 +30,9 @@ impl CompressArgs {
             Ok(m) => m,
             Err(e) => return fail(&e, EXIT_PERMANENT),
         };
+        let target = job.spec.target.clone().unwrap_or_default().cpu;
         for (i, p) in job.spec.passes.iter().enumerate() {
-            let pass = crate::passes::Pass::from_spec(p);
+            let pass = crate::passes::Pass::for_target(p, target);
             match pass.apply(&mut m) {
                 Ok(r) => eprintln!(
                     "pass {i} {}: {} ({} tensors, {} skipped)",

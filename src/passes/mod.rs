@@ -2,15 +2,19 @@
 //! one place (`Pass`), applied in the spec's order.
 
 mod fp16;
+mod lowrank;
 pub mod math;
+mod optimize;
 mod prune;
 mod quantize;
 
 pub use fp16::Fp16Config;
+pub use lowrank::{LowRankConfig, RankRule};
+pub use optimize::OptimizeConfig;
 pub use prune::{PruneConfig, PruneTarget};
 pub use quantize::QuantizeConfig;
 
-use crate::api::{PassSpec, PruneScope, QuantMode, ops, parse_pattern};
+use crate::api::{PassSpec, PruneScope, QuantMode, TargetCpu, WeightType, ops, parse_pattern};
 use crate::onnx::{self, DataType, Model, TensorData, pb};
 use std::collections::HashSet;
 
@@ -41,12 +45,20 @@ pub enum Pass {
     Prune(PruneConfig),
     Quantize(QuantizeConfig),
     Fp16(Fp16Config),
+    LowRank(LowRankConfig),
+    Optimize(OptimizeConfig),
 }
 
 impl Pass {
-    /// Builds a pass from a spec entry. Unvalidated values cannot panic here: an N:M pattern
-    /// that does not parse is refused by `validate`, and is treated as no pruning here.
+    /// Builds a pass from a spec entry for a model served on an unknown CPU.
     pub fn from_spec(spec: &PassSpec) -> Self {
+        Self::for_target(spec, TargetCpu::Auto)
+    }
+
+    /// Builds a pass from a spec entry for a model served on `target`. Unvalidated values
+    /// cannot panic here: an N:M pattern that does not parse is refused by `validate`, and is
+    /// treated as no pruning here.
+    pub fn for_target(spec: &PassSpec, target: TargetCpu) -> Self {
         const DEFAULT_MIN_ELEMENTS: u64 = 1024;
         match spec {
             PassSpec::Prune(p) => Pass::Prune(PruneConfig {
@@ -67,11 +79,30 @@ impl Pass {
                 min_elements: f.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
                 exclude_tensors: f.exclude_tensors.iter().cloned().collect(),
             }),
+            PassSpec::LowRank(l) => Pass::LowRank(LowRankConfig {
+                rule: match (l.ratio, l.energy) {
+                    (Some(r), _) => RankRule::Ratio(r),
+                    (None, e) => RankRule::Energy(e.unwrap_or(0.95)),
+                },
+                select: Selection::new(
+                    l.ops
+                        .clone()
+                        .unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into()]),
+                    &l.exclude_nodes,
+                    l.min_elements.unwrap_or(65536),
+                ),
+            }),
+            PassSpec::Optimize(o) => Pass::Optimize(OptimizeConfig { level: o.level }),
             PassSpec::Quantize(q) => Pass::Quantize(QuantizeConfig {
                 weight_only: q.mode == QuantMode::WeightOnly,
+                static_mode: q.mode == QuantMode::Static,
+                int4: q.weights == WeightType::Int4,
                 per_channel: q.per_channel,
-                // Dynamic int8 is safe on every CPU only with 7-bit weights (see QuantizeSpec).
-                reduce_range: q.reduce_range.unwrap_or(q.mode == QuantMode::Dynamic),
+                // Integer matmuls are exact on every CPU only with 7-bit weights (see
+                // QuantizeSpec); the target can say they are exact with 8.
+                reduce_range: q.reduce_range.unwrap_or(
+                    q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact(),
+                ),
                 select: Selection::new(
                     q.ops.clone().unwrap_or_else(|| ops::defaults(true)),
                     &q.exclude_nodes,
@@ -86,6 +117,8 @@ impl Pass {
             Pass::Prune(_) => "prune",
             Pass::Quantize(_) => "quantize",
             Pass::Fp16(_) => "fp16",
+            Pass::LowRank(_) => "lowRank",
+            Pass::Optimize(_) => "optimize",
         }
     }
 
@@ -94,6 +127,8 @@ impl Pass {
             Pass::Prune(c) => prune::apply(c, model),
             Pass::Quantize(c) => quantize::apply(c, model),
             Pass::Fp16(c) => fp16::apply(c, model),
+            Pass::LowRank(c) => lowrank::apply(c, model),
+            Pass::Optimize(c) => optimize::apply(c, model),
         }
     }
 }

@@ -22,6 +22,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeConfig {
     pub weight_only: bool,
+    /// Static int8 (QDQ with calibrated activation ranges).
+    pub static_mode: bool,
+    /// 4-bit blocked weights (weight-only).
+    pub int4: bool,
     pub per_channel: bool,
     pub reduce_range: bool,
     pub select: Selection,
@@ -43,6 +47,12 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         pass: "quantize",
         what,
     };
+    if cfg.static_mode || cfg.int4 {
+        return Err(unsupported(format!(
+            "{} is not available in this build yet",
+            if cfg.int4 { "weights: int4" } else { "mode: static" }
+        )));
+    }
     let opset = onnx::default_opset(&model.proto).unwrap_or(0);
     let mut report = PassReport {
         pass: "quantize".into(),
