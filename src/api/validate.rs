@@ -83,7 +83,10 @@ fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String,
     if let Some(l) = q.accuracy_level
         && l > 4
     {
-        err(format!("{at}.accuracyLevel"), format!("{l} is outside [0, 4]"));
+        err(
+            format!("{at}.accuracyLevel"),
+            format!("{l} is outside [0, 4]"),
+        );
     }
     for (name, set) in [
         ("activationType", q.activation_type.is_some()),
@@ -348,9 +351,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
             }
         }
     }
-    let static_pass = spec.passes.iter().any(|p| {
-        matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static)
-    });
+    let static_pass = spec
+        .passes
+        .iter()
+        .any(|p| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static));
     if calib_data.is_some() && !static_pass {
         err(
             "spec.calibration.dataset".into(),
@@ -421,6 +425,36 @@ mod tests {
         let e = validate(&s).unwrap_err();
         assert_eq!(e.0[0].field, "spec.output.promoteTo");
         assert!(e.0[0].message.contains("read-only"));
+    }
+
+    #[test]
+    fn the_forms_of_issue_10_are_checked_field_by_field() {
+        let s = spec(&format!(
+            "{BASE}passes:\n- lowRank: {{energy: 0.9, ratio: 0.5, ops: [Conv]}}\n- optimize: {{}}\n- quantize: {{mode: dynamic, weights: int4, blockSize: 48, perChannel: true, calibration: {{samples: 0, percentile: 99}}}}\ncalibration: {{dataset: {{uri: c.npz}}}}\n"
+        ));
+        let got = failed_fields(&s);
+        for want in [
+            "spec.passes[0].lowRank",
+            "spec.passes[0].lowRank.ops[0]",
+            "spec.passes[1].optimize",
+            "spec.passes[2].quantize.weights",
+            "spec.passes[2].quantize.perChannel",
+            "spec.passes[2].quantize.blockSize",
+            "spec.passes[2].quantize.calibration",
+            "spec.passes[2].quantize.calibration.samples",
+            "spec.passes[2].quantize.calibration.percentile",
+            "spec.calibration.dataset",
+        ] {
+            assert!(got.iter().any(|f| f == want), "{want} not in {got:?}");
+        }
+        let ok = spec(&format!(
+            "{BASE}passes:\n- optimize: {{level: extended}}\n- lowRank: {{ratio: 0.5}}\n- quantize: {{mode: weightOnly, weights: int4, blockSize: 64, symmetric: false, accuracyLevel: 4}}\ntarget: {{cpu: x86-avx2}}\n"
+        ));
+        assert!(validate(&ok).is_ok(), "{:?}", validate(&ok));
+        let st = spec(&format!(
+            "{BASE}passes:\n- quantize: {{mode: static, activationType: uint8, calibration: {{method: percentile, samples: 64, percentile: 99.99}}}}\ncalibration: {{dataset: {{uri: c.npz}}}}\ntarget: {{cpu: arm64}}\n"
+        ));
+        assert!(validate(&st).is_ok(), "{:?}", validate(&st));
     }
 
     #[test]

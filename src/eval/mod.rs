@@ -503,6 +503,36 @@ impl Prepared<'_> {
     }
 }
 
+/// ONNX Runtime's offline graph optimisation: `src` optimised at `level` (1 = basic, portable
+/// ONNX; 2 = extended, with ONNX Runtime's fused com.microsoft ops) and written to `dst`, on
+/// the CPU execution provider so the result runs on every provider that runs those ops.
+pub fn optimize_offline(src: &Path, dst: &Path, level: u8, threads: Option<usize>) -> Result<()> {
+    use ort::session::builder::GraphOptimizationLevel;
+    let env = runtime::environment()?;
+    let err = |message: String| Error::Session {
+        path: src.into(),
+        message,
+    };
+    let mut b = Session::builder(env).map_err(|e| err(e.to_string()))?;
+    if let Some(t) = threads {
+        b = b
+            .with_intra_threads(t.clamp(1, MAX_THREADS))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let mut b = b
+        .with_optimization_level(if level >= 2 {
+            GraphOptimizationLevel::Level2
+        } else {
+            GraphOptimizationLevel::Level1
+        })
+        .map_err(|e| err(e.to_string()))?
+        .with_optimized_model_path(dst)
+        .map_err(|e| err(e.to_string()))?;
+    let sess = b.commit_from_file(src).map_err(|e| err(e.to_string()))?;
+    drop(sess);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

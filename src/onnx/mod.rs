@@ -175,6 +175,15 @@ pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
+pub fn attr_float(name: &str, v: f32) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        f: Some(v),
+        r#type: Some(pb::attribute_proto::AttributeType::Float as i32),
+        ..Default::default()
+    }
+}
+
 /// Reads an int attribute, or `default` when absent.
 pub fn get_attr_int(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
     node.attribute

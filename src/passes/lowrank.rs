@@ -1,7 +1,14 @@
-//! Low-rank factorisation of MatMul/Gemm weights by truncated SVD.
+//! Low-rank factorisation of MatMul/Gemm weights by truncated SVD: `Y = X·W` with W [K, N]
+//! becomes `Y = (X·P)·Q` with P [K, r] and Q [r, N], only where that stores fewer numbers
+//! (r < K·N / (K + N)). Both factors are ordinary MatMul weights, so a later quantize pass
+//! compresses them too. Gemm (transA = 0) keeps its alpha, beta and bias: `Gemm(X·P, Q, C)`.
 
-use super::{PassReport, Result, Selection};
-use crate::onnx::Model;
+use super::{
+    PassReport, Result, Selection, Skipped, TensorReport, node_label, select_weights, svd,
+    weight_values,
+};
+use crate::onnx::{self, Model, Namer, f32_tensor, pb};
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RankRule {
@@ -17,9 +24,210 @@ pub struct LowRankConfig {
     pub select: Selection,
 }
 
-pub fn apply(_cfg: &LowRankConfig, _model: &mut Model) -> Result<PassReport> {
-    Err(super::Error::Unsupported {
-        pass: "lowRank",
-        what: "not available in this build yet".into(),
-    })
+/// Largest Gram side factorised: the eigensolver is O(k³) in f64 (k = 4096 is ~1 minute).
+const MAX_SIDE: usize = 4096;
+
+/// The rank a rule picks from the energies (descending), and the break-even rank.
+pub fn choose_rank(rule: &RankRule, energies: &[f64], rows: usize, cols: usize) -> usize {
+    let break_even = rows * cols / (rows + cols);
+    match *rule {
+        RankRule::Ratio(r) => ((r * (rows * cols) as f64) / (rows + cols) as f64).floor() as usize,
+        RankRule::Energy(e) => {
+            let total: f64 = energies.iter().sum();
+            if total <= 0.0 {
+                return 1;
+            }
+            let mut acc = 0.0;
+            for (i, x) in energies.iter().enumerate() {
+                acc += x;
+                if acc >= e * total * (1.0 - 1e-12) {
+                    return i + 1;
+                }
+            }
+            energies.len().max(break_even)
+        }
+    }
+    .max(1)
+}
+
+pub fn apply(cfg: &LowRankConfig, model: &mut Model) -> Result<PassReport> {
+    let mut report = PassReport {
+        pass: "lowRank".into(),
+        description: match cfg.rule {
+            RankRule::Energy(e) => format!(
+                "truncated SVD keeping {:.2}% of each weight's energy",
+                e * 100.0
+            ),
+            RankRule::Ratio(r) => format!(
+                "truncated SVD to {:.0}% of each weight's elements",
+                r * 100.0
+            ),
+        },
+        ..Default::default()
+    };
+    let weights = select_weights(model, &cfg.select, &mut report.skipped);
+    let g = model.graph();
+    let mut namer = Namer::new(g);
+    let mut new_inits = Vec::new();
+    let mut drop_inits = HashSet::new();
+    let mut replace: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
+    let mut min_kept = 1f64;
+    for w in &weights {
+        let (ni0, op) = (w.users[0].0, w.users[0].1.as_str());
+        let skip = |reason: String| Skipped {
+            node: node_label(&g.node[ni0], ni0),
+            reason,
+        };
+        if op == "Gemm"
+            && w.users
+                .iter()
+                .any(|&(ni, _)| onnx::get_attr_int(&g.node[ni], "transA", 0) != 0)
+        {
+            report
+                .skipped
+                .push(skip("Gemm with transA=1 is left as it is".into()));
+            continue;
+        }
+        let trans_b = |ni: usize| op == "Gemm" && onnx::get_attr_int(&g.node[ni], "transB", 0) != 0;
+        if w.users.iter().any(|&(ni, _)| trans_b(ni) != trans_b(ni0)) {
+            report
+                .skipped
+                .push(skip("weight shared by Gemms with different transB".into()));
+            continue;
+        }
+        // As stored: [K, N], or [N, K] for Gemm transB=1.
+        let (rows, cols) = (w.dims[0], w.dims[1]);
+        if rows.min(cols) > MAX_SIDE {
+            report.skipped.push(skip(format!(
+                "weight `{}` is {rows}x{cols}; factorising needs min side <= {MAX_SIDE}",
+                w.name
+            )));
+            continue;
+        }
+        let values = weight_values(model, w)?;
+        let spectrum = svd::gram_spectrum(&values, rows, cols);
+        let energies = spectrum.energies();
+        let rank = choose_rank(&cfg.rule, &energies, rows, cols);
+        let break_even = rows * cols / (rows + cols);
+        if rank >= break_even || rank == 0 {
+            report.skipped.push(skip(format!(
+                "weight `{}` ({rows}x{cols}) needs rank {rank} for the rule; factors are smaller only below rank {break_even}",
+                w.name
+            )));
+            continue;
+        }
+        let f = svd::factors(&values, rows, cols, &spectrum, rank);
+        let total: f64 = energies.iter().sum();
+        let kept: f64 = energies[..rank].iter().sum();
+        // Max |W - P·Q| for the report.
+        let mut max_err = 0f32;
+        for i in 0..rows {
+            for j in 0..cols {
+                let x: f32 = (0..rank)
+                    .map(|k| f.p[i * rank + k] * f.q[k * cols + j])
+                    .sum();
+                max_err = max_err.max((x - values[i * cols + j]).abs());
+            }
+        }
+        // In X·W order: first factor [K, r], second [r, N]. For transB=1 the stored matrix is
+        // Wᵀ = P·Q, so W = Qᵀ·Pᵀ and the factors swap and transpose.
+        let (first, second) = if trans_b(ni0) {
+            (
+                (transpose(&f.q, rank, cols), vec![cols as i64, rank as i64]),
+                (transpose(&f.p, rows, rank), vec![rank as i64, rows as i64]),
+            )
+        } else {
+            (
+                (f.p, vec![rows as i64, rank as i64]),
+                (f.q, vec![rank as i64, cols as i64]),
+            )
+        };
+        let pn = namer.fresh(&format!("{}_lowrank_a", w.name));
+        let qn = namer.fresh(&format!("{}_lowrank_b", w.name));
+        new_inits.push(f32_tensor(&pn, &first.1, &first.0));
+        new_inits.push(f32_tensor(&qn, &second.1, &second.0));
+        drop_inits.insert(w.init);
+        report.tensors.push(TensorReport {
+            tensor: w.name.clone(),
+            node: node_label(&g.node[ni0], ni0),
+            op: op.into(),
+            elements: w.numel() as u64,
+            sparsity: 0.0,
+            scales: None,
+            max_abs_error: Some(max_err),
+        });
+        let fraction = if total > 0.0 { kept / total } else { 1.0 };
+        min_kept = min_kept.min(fraction);
+        for &(ni, _) in &w.users {
+            let node = &g.node[ni];
+            let base = node_label(node, ni);
+            let mid = namer.fresh(&format!("{}_lowrank", node.output[0]));
+            let mut head = onnx::node(
+                "MatMul",
+                namer.fresh(&format!("{base}_lowrank_a")),
+                vec![node.input[0].clone(), pn.clone()],
+                vec![mid.clone()],
+                vec![],
+            );
+            head.domain = node.domain.clone();
+            let mut tail = node.clone();
+            tail.name = Some(namer.fresh(&format!("{base}_lowrank_b")));
+            tail.input[0] = mid;
+            tail.input[1] = qn.clone();
+            if op == "Gemm" {
+                tail.attribute
+                    .retain(|a| a.name.as_deref() != Some("transB"));
+            }
+            replace.insert(ni, vec![head, tail]);
+        }
+    }
+    if !report.tensors.is_empty() {
+        report
+            .description
+            .push_str(&format!("; least energy kept {:.2}%", min_kept * 100.0));
+    }
+    let graph = model.graph_mut();
+    let old = std::mem::take(&mut graph.node);
+    for (i, n) in old.into_iter().enumerate() {
+        match replace.remove(&i) {
+            Some(nodes) => graph.node.extend(nodes),
+            None => graph.node.push(n),
+        }
+    }
+    let inits = std::mem::take(&mut graph.initializer);
+    graph.initializer = inits
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop_inits.contains(i))
+        .map(|(_, t)| t)
+        .collect();
+    graph.initializer.extend(new_inits);
+    Ok(report)
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_follow_the_rule_and_the_break_even_point() {
+        // 100x100: break-even rank 50.
+        let e = vec![50.0, 30.0, 10.0, 5.0, 5.0];
+        assert_eq!(choose_rank(&RankRule::Energy(0.5), &e, 100, 100), 1);
+        assert_eq!(choose_rank(&RankRule::Energy(0.8), &e, 100, 100), 2);
+        assert_eq!(choose_rank(&RankRule::Energy(0.9), &e, 100, 100), 3);
+        assert_eq!(choose_rank(&RankRule::Energy(1.0), &e, 100, 100), 5);
+        assert_eq!(choose_rank(&RankRule::Ratio(0.5), &e, 100, 100), 25);
+        assert_eq!(choose_rank(&RankRule::Ratio(0.01), &e, 100, 100), 1);
+    }
 }

@@ -7,6 +7,7 @@ pub mod math;
 mod optimize;
 mod prune;
 mod quantize;
+mod svd;
 
 pub use fp16::Fp16Config;
 pub use lowrank::{LowRankConfig, RankRule};
@@ -100,9 +101,9 @@ impl Pass {
                 per_channel: q.per_channel,
                 // Integer matmuls are exact on every CPU only with 7-bit weights (see
                 // QuantizeSpec); the target can say they are exact with 8.
-                reduce_range: q.reduce_range.unwrap_or(
-                    q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact(),
-                ),
+                reduce_range: q
+                    .reduce_range
+                    .unwrap_or(q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact()),
                 select: Selection::new(
                     q.ops.clone().unwrap_or_else(|| ops::defaults(true)),
                     &q.exclude_nodes,

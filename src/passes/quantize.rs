@@ -50,7 +50,11 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
     if cfg.static_mode || cfg.int4 {
         return Err(unsupported(format!(
             "{} is not available in this build yet",
-            if cfg.int4 { "weights: int4" } else { "mode: static" }
+            if cfg.int4 {
+                "weights: int4"
+            } else {
+                "mode: static"
+            }
         )));
     }
     let opset = onnx::default_opset(&model.proto).unwrap_or(0);
@@ -81,9 +85,12 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
             "the model imports opset {opset}; dynamic quantization needs opset >= 11 (DynamicQuantizeLinear): re-export the model or use mode: weightOnly"
         )));
     }
-    if cfg.per_channel && opset < 13 {
+    // Per-channel scales need DequantizeLinear's `axis` (opset 13) only where a weight is
+    // dequantized whole (weight-only mode, and Conv in dynamic mode); MatMulInteger's
+    // per-column zero points and the per-row lookup form work from opset 10 / 1.
+    if cfg.per_channel && cfg.weight_only && opset < 13 {
         return Err(unsupported(format!(
-            "the model imports opset {opset}; per-channel scales need opset >= 13: set perChannel: false"
+            "the model imports opset {opset}; per-channel weight-only scales need opset >= 13 (DequantizeLinear axis): set perChannel: false or use mode: dynamic"
         )));
     }
     let weights = select_weights(model, &cfg.select, &mut report.skipped);
@@ -100,6 +107,17 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
     for w in &weights {
         let plan = plan_for(cfg, g, w, &mut report.skipped);
         let Some(plan) = plan else { continue };
+        if matches!(plan, Plan::WeightOnly) && cfg.per_channel && opset < 13 {
+            let (ni, _) = w.users[0];
+            report.skipped.push(Skipped {
+                node: node_label(&g.node[ni], ni),
+                reason: format!(
+                    "weight `{}` would be dequantized per channel, which needs opset >= 13 (the model imports {opset})",
+                    w.name
+                ),
+            });
+            continue;
+        }
         let (_, mut out_axis) = w.axes(g);
         let gather = matches!(plan, Plan::Gather);
         if gather {

@@ -1,0 +1,89 @@
+//! Which int8 forms each opset allows: per-channel dynamic int8 needs nothing newer than
+//! MatMulInteger (opset 10); only a per-channel DequantizeLinear (its `axis`) needs opset 13.
+
+mod support;
+
+use kompress::api::{PassSpec, QuantMode, QuantizeSpec};
+use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::onnx::{self, SaveOptions};
+use kompress::passes::Pass;
+use support::*;
+
+fn cfg() -> EvalConfig {
+    EvalConfig {
+        batch_size: 32,
+        threads: Some(1),
+        output: None,
+        labels: None,
+        limit: None,
+        latency_batch: 1,
+        warmup: 0,
+        iterations: 1,
+    }
+}
+
+fn at_opset(opset: i64) -> kompress::onnx::pb::ModelProto {
+    let mut m = mlp(&[64, 128, 10], 21);
+    m.opset_import[0].version = Some(opset);
+    m
+}
+
+fn quantize(mode: QuantMode) -> Pass {
+    Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
+        mode,
+        per_channel: true,
+        ..Default::default()
+    }))
+}
+
+#[test]
+fn per_channel_dynamic_int8_runs_on_an_opset_11_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(&at_opset(11), &src);
+    let data = dir.path().join("data.npz");
+    mlp_dataset(&data, 32, 64, 10);
+    let mut m = onnx::load(&src).unwrap();
+    let r = quantize(QuantMode::Dynamic).apply(&mut m).unwrap();
+    assert_eq!(r.tensors.len(), 2, "{r:#?}");
+    assert!(
+        r.tensors
+            .iter()
+            .all(|t| t.scales == Some(if t.tensor == "W0" { 128 } else { 10 }))
+    );
+    let out = dir.path().join("candidate.onnx");
+    onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
+    let ds = Dataset::load(&data).unwrap();
+    let run = |p: &std::path::Path| {
+        let mut s = eval::open(p, &cfg()).unwrap();
+        let prep = eval::prepare(&s, &ds, &cfg()).unwrap();
+        eval::evaluate(&mut s, &prep, &cfg(), &|_, _| {})
+            .unwrap()
+            .0
+            .values
+    };
+    let (a, b) = (run(&src), run(&out));
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+    assert!(max < 0.05 * scale, "max |fp32 - int8| {max} of {scale}");
+}
+
+#[test]
+fn per_channel_weight_only_below_opset_13_is_refused_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(&at_opset(12), &src);
+    let mut m = onnx::load(&src).unwrap();
+    let e = quantize(QuantMode::WeightOnly)
+        .apply(&mut m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("opset 12") && e.contains("perChannel: false"),
+        "{e}"
+    );
+}
