@@ -291,3 +291,25 @@ fn ort_basic_optimisation_removes_redundant_nodes_and_keeps_the_outputs() {
     let d = max_abs_diff(&base, &cand);
     assert!(d < 1e-5, "max |fp32 - optimised| = {d}");
 }
+
+#[test]
+fn inspect_coverage_counts_the_bytes_each_pass_would_touch() {
+    // An embedding table [500, 64] (128 KB) read by Gather, then whatever the fixture adds.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.onnx");
+    write_model(&embedding(500, 64, 0, false, 3), &p);
+    let m = onnx::load(&p).unwrap();
+    let c = kompress::passes::coverage(&m);
+    assert_eq!(c.by_op["Gather"].weights, 1, "{c:#?}");
+    assert_eq!(c.by_op["Gather"].bytes, 500 * 64 * 4);
+    let int8 = &c.modes[0];
+    assert!(int8.ops.contains(&"Gather".to_string()));
+    assert!(int8.bytes >= 500 * 64 * 4, "{c:#?}");
+    let prune = c.modes.iter().find(|m| m.mode == "prune").unwrap();
+    assert_eq!(prune.bytes, int8.bytes - 500 * 64 * 4, "{c:#?}");
+    let text = c.to_string();
+    assert!(
+        text.contains("Gather") && text.contains("0.13 MB"),
+        "{text}"
+    );
+}

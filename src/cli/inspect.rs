@@ -1,4 +1,5 @@
-//! `kompress inspect`: ops, parameters, bytes by dtype and sparsity of an ONNX model.
+//! `kompress inspect`: ops, parameters, bytes by dtype and sparsity of an ONNX model, and
+//! which weight bytes each pass would touch.
 
 use super::{Format, fail};
 use crate::api::wire::EXIT_PERMANENT;
@@ -17,11 +18,14 @@ impl InspectArgs {
         match crate::onnx::load(&self.model) {
             Ok(m) => {
                 let i = crate::onnx::inspect(&m);
+                let c = crate::passes::coverage(&m);
                 match self.output {
                     Format::Json => {
-                        println!("{}", serde_json::to_string_pretty(&i).expect("serialises"))
+                        let mut v = serde_json::to_value(&i).expect("serialises");
+                        v["compressible"] = serde_json::to_value(&c).expect("serialises");
+                        println!("{}", serde_json::to_string_pretty(&v).expect("serialises"))
                     }
-                    Format::Table => print!("{i}"),
+                    Format::Table => print!("{i}{c}"),
                 }
                 ExitCode::SUCCESS
             }

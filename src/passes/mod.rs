@@ -1,6 +1,7 @@
 //! Compression passes: each a typed unit (config in, model out, report back), registered in
 //! one place (`Pass`), applied in the spec's order.
 
+mod coverage;
 mod fp16;
 mod lowrank;
 pub mod math;
@@ -9,6 +10,7 @@ mod prune;
 mod quantize;
 mod svd;
 
+pub use coverage::{Coverage, ModeCoverage, OpWeights, coverage};
 pub use fp16::Fp16Config;
 pub use lowrank::{LowRankConfig, RankRule};
 pub use optimize::OptimizeConfig;
