@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 
-ORDER = ["native", "qemu-Cascadelake-Server", "qemu-Haswell", "qemu-Skylake-Client", "qemu-Nehalem"]
+ORDER = ["native", "qemu-Cascadelake-Server", "qemu-Haswell", "qemu-Skylake-Client", "qemu-Nehalem",
+         "qemu-aarch64-cortex-a57", "qemu-aarch64-neoverse-n1", "qemu-aarch64-max"]
 
 
 def main():
@@ -23,14 +24,14 @@ def main():
     labels += sorted(l for l in os.listdir(outd) if l not in labels and os.path.exists(os.path.join(outd, l, "result.json")))
     res = {l: json.load(open(os.path.join(outd, l, "result.json"))) for l in labels}
     print("## CPU as seen by the process (numpy cpu features), time, integer-GEMM probe\n")
-    print("| CPU | AVX2 | AVX512F | AVX512VNNI | run s | probe u8s8: cells ≠ exact / = int16-pair-saturation model | probe u8u8 ≠ exact | probe s8s8 ≠ exact | probe ConvInteger u8s8 ≠ exact | probe ConvInteger u8u8 ≠ exact |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| CPU | AVX2 | AVX512F | AVX512VNNI | ASIMDDP | SVE | run s | probe u8s8: cells ≠ exact / = int16-pair-saturation model | probe u8u8 ≠ exact | probe s8s8 ≠ exact | probe ConvInteger u8s8 ≠ exact | probe ConvInteger u8u8 ≠ exact |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for l in labels:
         r = res[l]
         f = r["numpy_cpu_features"]
         p = r["probe"]
         u = p["u8s8"]
-        print(f"| {l} | {int(f['AVX2'])} | {int(f['AVX512F'])} | {int(f['AVX512VNNI'])} | {r['seconds']} | "
+        print(f"| {l} | {int(f['AVX2'])} | {int(f['AVX512F'])} | {int(f['AVX512VNNI'])} | {int(f.get('ASIMDDP', 0))} | {int(f.get('SVE', 0))} | {r['seconds']} | "
               f"{u.get('n_cells_differ_from_exact')}/512, max Δ {u.get('max_abs_vs_exact')} / {u.get('equals_pairwise_int16_saturation_model')} | "
               f"{p['u8u8'].get('n_cells_differ_from_exact')} | {p['s8s8'].get('n_cells_differ_from_exact')} | "
               f"{p['conv_u8s8'].get('n_cells_differ_from_exact', p['conv_u8s8'].get('error'))}/{p['conv_u8s8'].get('n_cells')} | "

@@ -33,7 +33,8 @@ def cpu_features():
         from numpy._core._multiarray_umath import __cpu_features__ as f
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as f
-    return {k: bool(f.get(k)) for k in ("AVX", "AVX2", "FMA3", "AVX512F", "AVX512BW", "AVX512VNNI")}
+    keys = ("AVX", "AVX2", "FMA3", "AVX512F", "AVX512BW", "AVX512VNNI", "ASIMD", "ASIMDDP", "SVE")
+    return {k: bool(f.get(k)) for k in keys}
 
 
 def session(path, opt_path=None):
