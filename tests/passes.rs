@@ -24,7 +24,7 @@ fn cfg() -> EvalConfig {
 fn quantize(mode: QuantMode, per_channel: bool) -> Pass {
     Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
         mode,
-        per_channel,
+        per_channel: Some(per_channel),
         ..Default::default()
     }))
 }

@@ -31,7 +31,7 @@ fn at_opset(opset: i64) -> kompress::onnx::pb::ModelProto {
 fn quantize(mode: QuantMode) -> Pass {
     Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
         mode,
-        per_channel: true,
+        per_channel: Some(true),
         ..Default::default()
     }))
 }

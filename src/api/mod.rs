@@ -352,10 +352,13 @@ pub struct QuantizeSpec {
     /// `GatherBlockQuantized`, both com.microsoft ops ONNX Runtime runs on CPU and GPU).
     #[serde(default)]
     pub weights: WeightType,
-    /// One scale per output channel instead of one per tensor: more accurate, slightly larger.
-    /// (4-bit weights always have one scale per block.)
-    #[serde(default)]
-    pub per_channel: bool,
+    /// One scale per output channel (per row for embedding tables) instead of one per tensor:
+    /// more accurate (with 7-bit weights, much more), a fraction of a percent larger. Default
+    /// true, except where the model's opset cannot express it: below opset 13 a weight that
+    /// is dequantized whole (weight-only mode, Conv) falls back to one scale per tensor; set
+    /// true explicitly to make that an error instead. (4-bit weights have one scale per block.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_channel: Option<bool>,
     /// Quantize int8 weights to 7 bits ([-63, 63]). ONNX Runtime multiplies 8-bit activations
     /// by int8 weights; on x86 CPUs without VNNI (AVX2 only, many cloud nodes) those kernels
     /// add pairs of products in int16 and saturate with 8-bit weights, so the output depends on

@@ -54,7 +54,7 @@ fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String,
             "int4 weights are weight-only (MatMulNBits / GatherBlockQuantized): set mode: weightOnly".into(),
         );
     }
-    if int4 && q.per_channel {
+    if int4 && q.per_channel == Some(true) {
         err(
             format!("{at}.perChannel"),
             "int4 weights have one scale per block (blockSize); remove perChannel".into(),

@@ -100,7 +100,8 @@ impl Pass {
                 weight_only: q.mode == QuantMode::WeightOnly,
                 static_mode: q.mode == QuantMode::Static,
                 int4: q.weights == WeightType::Int4,
-                per_channel: q.per_channel,
+                per_channel: q.per_channel.unwrap_or(true),
+                per_channel_required: q.per_channel == Some(true),
                 // Integer matmuls are exact on every CPU only with 7-bit weights (see
                 // QuantizeSpec); the target can say they are exact with 8.
                 reduce_range: q

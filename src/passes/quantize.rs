@@ -27,6 +27,9 @@ pub struct QuantizeConfig {
     /// 4-bit blocked weights (weight-only).
     pub int4: bool,
     pub per_channel: bool,
+    /// Per-channel was asked for explicitly: where the opset cannot express it, fail (or
+    /// skip the weight) instead of falling back to one scale per tensor.
+    pub per_channel_required: bool,
     pub reduce_range: bool,
     pub select: Selection,
 }
@@ -88,7 +91,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
     // Per-channel scales need DequantizeLinear's `axis` (opset 13) only where a weight is
     // dequantized whole (weight-only mode, and Conv in dynamic mode); MatMulInteger's
     // per-column zero points and the per-row lookup form work from opset 10 / 1.
-    if cfg.per_channel && cfg.weight_only && opset < 13 {
+    if cfg.per_channel_required && cfg.weight_only && opset < 13 {
         return Err(unsupported(format!(
             "the model imports opset {opset}; per-channel weight-only scales need opset >= 13 (DequantizeLinear axis): set perChannel: false or use mode: dynamic"
         )));
@@ -103,11 +106,18 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
     let mut replace: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
     let mut renames: HashMap<usize, (usize, String)> = HashMap::new();
     let mut activations: HashMap<String, [String; 3]> = HashMap::new();
+    let mut fallbacks = 0usize;
 
     for w in &weights {
         let plan = plan_for(cfg, g, w, &mut report.skipped);
         let Some(plan) = plan else { continue };
-        if matches!(plan, Plan::WeightOnly) && cfg.per_channel && opset < 13 {
+        // Per channel where the opset allows it (see the check above).
+        let whole_dq = matches!(plan, Plan::WeightOnly);
+        let pc = cfg.per_channel && !(whole_dq && opset < 13);
+        if cfg.per_channel && !pc && !cfg.per_channel_required {
+            fallbacks += 1;
+        }
+        if whole_dq && cfg.per_channel_required && opset < 13 {
             let (ni, _) = w.users[0];
             report.skipped.push(Skipped {
                 node: node_label(&g.node[ni], ni),
@@ -127,7 +137,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         let qmax = if gather { 127 } else { qmax };
         let mut dims = w.dims.clone();
         let qmax_layout = |dims: &[usize], axis: usize| {
-            if cfg.per_channel {
+            if pc {
                 ChannelLayout::along(dims, axis)
             } else {
                 ChannelLayout::PER_TENSOR
@@ -175,7 +185,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         let qname = namer.fresh(&format!("{}_quantized", w.name));
         let sname = namer.fresh(&format!("{}_scale", w.name));
         let zname = namer.fresh(&format!("{}_zero_point", w.name));
-        let sdims: Vec<i64> = if cfg.per_channel {
+        let sdims: Vec<i64> = if pc {
             vec![q.scales.len() as i64]
         } else {
             vec![]
@@ -183,13 +193,13 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         let zeros = vec![0i8; q.scales.len()];
         drop_inits.insert(w.init);
         new_inits.push(int8_tensor(&qname, &idims, q.values));
-        if !(gather && cfg.per_channel) {
+        if !(gather && pc) {
             new_inits.push(int8_tensor(&zname, &sdims, zeros));
         }
 
         match plan {
             Plan::Gather => {
-                if cfg.per_channel {
+                if pc {
                     // [V, 1]: gathered with the ids it becomes ids.shape + [1].
                     new_inits.push(f32_tensor(&sname, &[q.scales.len() as i64, 1], &q.scales));
                 } else {
@@ -208,7 +218,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
                         vec![gq.clone()],
                         vec![attr_int("axis", 0)],
                     )];
-                    if cfg.per_channel {
+                    if pc {
                         let cast = namer.fresh(&format!("{y}_cast"));
                         let gs = namer.fresh(&format!("{y}_scales"));
                         nodes.push(onnx::node(
@@ -251,7 +261,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
                 new_inits.push(f32_tensor(&sname, &sdims, &q.scales));
                 let dq = namer.fresh(&format!("{}_dequantized", w.name));
                 let mut attrs = vec![];
-                if cfg.per_channel {
+                if pc {
                     attrs.push(attr_int("axis", out_axis as i64));
                 }
                 let name = namer.fresh(&format!("{}_DequantizeLinear", w.name));
@@ -379,6 +389,11 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         }
     }
 
+    if fallbacks > 0 {
+        report.description.push_str(&format!(
+            "; {fallbacks} weights dequantized whole are per-tensor (per-channel DequantizeLinear needs opset >= 13, the model imports {opset})"
+        ));
+    }
     if report.tensors.iter().any(|t| t.op == "Gather") {
         report
             .description
