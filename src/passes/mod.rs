@@ -4,12 +4,14 @@
 mod fp16;
 mod lowrank;
 pub mod math;
+pub mod nbits;
 mod optimize;
 mod prune;
 mod quantize;
 
 pub use fp16::Fp16Config;
 pub use lowrank::{LowRankConfig, RankRule};
+pub use nbits::Int4Config;
 pub use optimize::OptimizeConfig;
 pub use prune::{PruneConfig, PruneTarget};
 pub use quantize::QuantizeConfig;
@@ -96,13 +98,18 @@ impl Pass {
             PassSpec::Quantize(q) => Pass::Quantize(QuantizeConfig {
                 weight_only: q.mode == QuantMode::WeightOnly,
                 static_mode: q.mode == QuantMode::Static,
-                int4: q.weights == WeightType::Int4,
+                int4: (q.weights == WeightType::Int4).then(|| Int4Config {
+                    block_size: q.block_size.map_or(32, |b| b as usize),
+                    symmetric: q.symmetric.unwrap_or(true),
+                    accuracy_level: q.accuracy_level.unwrap_or(0),
+                    refine: true,
+                }),
                 per_channel: q.per_channel,
                 // Integer matmuls are exact on every CPU only with 7-bit weights (see
                 // QuantizeSpec); the target can say they are exact with 8.
-                reduce_range: q.reduce_range.unwrap_or(
-                    q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact(),
-                ),
+                reduce_range: q
+                    .reduce_range
+                    .unwrap_or(q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact()),
                 select: Selection::new(
                     q.ops.clone().unwrap_or_else(|| ops::defaults(true)),
                     &q.exclude_nodes,
