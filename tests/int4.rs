@@ -773,7 +773,7 @@ fn weights_int4_in_a_spec_builds_the_int4_config() {
             block_size: 64,
             symmetric: false,
             accuracy_level: 4,
-            refine: true,
+            refine: false,
         })
     );
     assert!(c.weight_only);
