@@ -831,3 +831,53 @@ fn an_invalid_block_size_that_skipped_validation_is_refused_not_a_panic() {
         .to_string();
     assert!(e.contains("blockSize 48"), "{e}");
 }
+
+fn digits_int4_job(dir: &Path, quantize: &str) -> String {
+    let r = repo();
+    write_job(
+        dir,
+        &job_yaml(
+            "digits-int4",
+            &r.join("examples/digits/model.onnx").display().to_string(),
+            &r.join("examples/digits/eval.npz").display().to_string(),
+            &format!("    - quantize: {quantize}"),
+            "    maxAccuracyDrop: 0.02\n    minAgreement: 0.95\n    minCompressionRatio: 3",
+            dir,
+        ),
+    )
+}
+
+#[test]
+fn kompress_run_evaluates_gates_and_promotes_an_int4_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = digits_int4_job(
+        dir.path(),
+        "{mode: weightOnly, weights: int4, blockSize: 16, symmetric: false}",
+    );
+    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let res = &report["result"];
+    eprintln!("digits int4: {res}");
+    assert_eq!(res["verdict"], "Passed", "{res}");
+    let pass = &report["passes"][0];
+    let desc = pass["description"].as_str().unwrap();
+    assert!(
+        desc.contains("int4") && desc.contains("blocks of 16") && desc.contains("asymmetric"),
+        "{desc}"
+    );
+    assert!(!pass["tensors"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn int4_outside_weight_only_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = digits_int4_job(dir.path(), "{mode: dynamic, weights: int4}");
+    let r = run_kompress(&["run", "-f", &job], &[]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("weights") && r.stderr.contains("weightOnly"),
+        "{}",
+        r.stderr
+    );
+}
