@@ -11,6 +11,7 @@
 //! `Mul(Cast(Gather(W_q, ids)), Gather(scales[V, 1], ids))` (the gathered scales have shape
 //! ids.shape + [1], which broadcasts over the row).
 
+use super::nbits::Int4Config;
 use super::{
     PassReport, Result, Selection, Skipped, TensorReport, Weight, math, node_label, select_weights,
     weight_values,
@@ -24,8 +25,8 @@ pub struct QuantizeConfig {
     pub weight_only: bool,
     /// Static int8 (QDQ with calibrated activation ranges).
     pub static_mode: bool,
-    /// 4-bit blocked weights (weight-only).
-    pub int4: bool,
+    /// 4-bit blocked weights (weight-only), with their settings; None for int8.
+    pub int4: Option<Int4Config>,
     pub per_channel: bool,
     /// Per-channel was asked for explicitly: where the opset cannot express it, fail (or
     /// skip the weight) instead of falling back to one scale per tensor.
@@ -50,15 +51,13 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         pass: "quantize",
         what,
     };
-    if cfg.static_mode || cfg.int4 {
-        return Err(unsupported(format!(
-            "{} is not available in this build yet",
-            if cfg.int4 {
-                "weights: int4"
-            } else {
-                "mode: static"
-            }
-        )));
+    if let Some(int4) = &cfg.int4 {
+        return super::nbits::apply(int4, &cfg.select, model);
+    }
+    if cfg.static_mode {
+        return Err(unsupported(
+            "mode: static is not available in this build yet".into(),
+        ));
     }
     let opset = onnx::default_opset(&model.proto).unwrap_or(0);
     let mut report = PassReport {
