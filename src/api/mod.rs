@@ -382,6 +382,12 @@ pub struct QuantizeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 4").message("must be between 0 and 4"))]
     pub accuracy_level: Option<u32>,
+    /// 4-bit weights: refine each block's scale (and zero point) by a small search against
+    /// the block's squared error after round-to-nearest. Default false: measured on
+    /// paraphrase-MiniLM-L3 it lowered the weights' error by about 5% but moved the output
+    /// cosine by under 0.002, for 6-10x the compress time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<bool>,
     /// Static mode: the activation element type. `int8` (S8S8, ONNX Runtime's default
     /// form) or `uint8` (U8S8). Default int8.
     #[serde(default, skip_serializing_if = "Option::is_none")]

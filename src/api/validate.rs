@@ -72,6 +72,7 @@ fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String,
         ("blockSize", q.block_size.is_some()),
         ("symmetric", q.symmetric.is_some()),
         ("accuracyLevel", q.accuracy_level.is_some()),
+        ("refine", q.refine.is_some()),
     ] {
         if set && !int4 {
             err(
