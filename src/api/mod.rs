@@ -304,7 +304,9 @@ pub struct PruneSpec {
     /// pruned tensors. Default layer.
     #[serde(default)]
     pub scope: PruneScope,
-    /// Op types whose weights are pruned (MatMul, Gemm, Conv). Default all three.
+    /// Op types whose weights are pruned (MatMul, Gemm, Conv, Gather). Default MatMul, Gemm
+    /// and Conv: embedding rows (Gather) are not pruned unless listed, since a zeroed row
+    /// changes every token that reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<String>>,
     /// Node names left untouched.
