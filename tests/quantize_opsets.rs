@@ -87,3 +87,93 @@ fn per_channel_weight_only_below_opset_13_is_refused_with_what_to_change() {
         "{e}"
     );
 }
+
+/// ConvTranspose weights [C_in, C_out, k, k] are stored int8 and dequantized (no integer
+/// ConvTranspose kernel on CPU), per channel along the output axis, and ORT runs the result.
+#[test]
+fn conv_transpose_weights_are_int8_weight_only_and_run_in_ort() {
+    use kompress::onnx::{f32_tensor, pb};
+    let (cin, cout, k) = (16usize, 16usize, 3usize);
+    let w: Vec<f32> = lcg(cin * cout * k * k, 5).iter().map(|v| v * 0.2).collect();
+    let model = pb::ModelProto {
+        ir_version: Some(9),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(pb::GraphProto {
+            name: Some("deconv".into()),
+            node: vec![
+                onnx::node(
+                    "ConvTranspose",
+                    "up".into(),
+                    vec!["x".into(), "W".into()],
+                    vec!["y".into()],
+                    vec![onnx::attr_ints("strides", &[2, 2])],
+                ),
+                onnx::node(
+                    "Flatten",
+                    "flat".into(),
+                    vec!["y".into()],
+                    vec!["logits".into()],
+                    vec![],
+                ),
+            ],
+            initializer: vec![f32_tensor(
+                "W",
+                &[cin as i64, cout as i64, k as i64, k as i64],
+                &w,
+            )],
+            input: vec![value_info("x", &[None, Some(16), Some(4), Some(4)])],
+            output: vec![value_info("logits", &[None, None])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(&model, &src);
+    let x = lcg(8 * 16 * 4 * 4, 9);
+    let data = dir.path().join("data.npz");
+    write_npz(&data, &[("x", f32_array(&[8, 16, 4, 4], &x))]);
+    for mode in [QuantMode::WeightOnly, QuantMode::Dynamic] {
+        let mut m = onnx::load(&src).unwrap();
+        let r = Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
+            mode,
+            ops: Some(vec!["ConvTranspose".into()]),
+            ..Default::default()
+        }))
+        .apply(&mut m)
+        .unwrap();
+        assert_eq!(r.tensors.len(), 1, "{r:#?}");
+        assert_eq!(r.tensors[0].scales, Some(cout), "per channel along axis 1");
+        let ops: Vec<&str> = m
+            .graph()
+            .node
+            .iter()
+            .map(|n| n.op_type.as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(ops, ["DequantizeLinear", "ConvTranspose", "Flatten"]);
+        let out = dir.path().join("candidate.onnx");
+        onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
+        let ds = Dataset::load(&data).unwrap();
+        let run = |p: &std::path::Path| {
+            let mut s = eval::open(p, &cfg()).unwrap();
+            let prep = eval::prepare(&s, &ds, &cfg()).unwrap();
+            eval::evaluate(&mut s, &prep, &cfg(), &|_, _| {})
+                .unwrap()
+                .0
+                .values
+        };
+        let (a, b) = (run(&src), run(&out));
+        // Each output sums at most cin*k*k products of |x| <= 1 and a weight error <= half a
+        // step (max |w| / 127 / 2 per channel, |w| <= 0.2 here).
+        let bound = (cin * k * k) as f32 * 0.2 / 127.0 / 2.0;
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max <= bound, "{mode:?}: max |fp32 - int8| {max} > {bound}");
+    }
+}

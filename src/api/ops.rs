@@ -41,6 +41,16 @@ pub const WEIGHT_OPS: &[WeightOp] = &[
         quantize_default: false,
         prune_default: true,
     },
+    // Transposed convolution (decoders, upsampling heads): weight [C_in, C_out/group, k...].
+    // ONNX Runtime has no integer ConvTranspose kernel on CPU, so quantize stores it int8 and
+    // dequantizes it (size, not speed); asked for explicitly, like Conv.
+    WeightOp {
+        op: "ConvTranspose",
+        weight_input: 1,
+        ranks: (3, 5),
+        quantize_default: false,
+        prune_default: false,
+    },
     // Embedding tables (`Gather` data [V, D], axis 0): most of a transformer's bytes. Stored
     // int8 with the gathered rows dequantized (no integer Gather kernel helps speed: the
     // point is size). Not pruned by default: zeroed rows change every token that reads them.

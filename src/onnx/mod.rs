@@ -175,6 +175,15 @@ pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
+pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+        ..Default::default()
+    }
+}
+
 pub fn attr_float(name: &str, v: f32) -> pb::AttributeProto {
     pb::AttributeProto {
         name: Some(name.into()),

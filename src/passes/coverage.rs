@@ -94,9 +94,10 @@ pub fn coverage(model: &Model) -> Coverage {
     let prune: Vec<&str> = prune.iter().map(String::as_str).collect();
     let modes_ops: [(&'static str, Vec<&str>); 5] = [
         ("quantize int8 (dynamic, static, weightOnly)", quant.clone()),
-        ("quantize int8 with ops: [.., Conv]", {
+        ("quantize int8 with ops: [.., Conv, ConvTranspose]", {
             let mut v = quant.clone();
             v.push("Conv");
+            v.push("ConvTranspose");
             v
         }),
         (

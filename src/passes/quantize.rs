@@ -456,6 +456,8 @@ fn plan_for(
         // ConvInteger on ORT's CPU provider takes uint8 weights only; symmetric int8 conv
         // weights are stored and dequantized instead (smaller, float math).
         "Conv" => Some(Plan::WeightOnly),
+        // No integer ConvTranspose kernel in ONNX Runtime's CPU provider: weight-only.
+        "ConvTranspose" => Some(Plan::WeightOnly),
         "Gemm" => {
             for &(ni, _) in &w.users {
                 let n = &g.node[ni];
