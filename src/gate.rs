@@ -72,11 +72,15 @@ pub fn decide(
         );
     }
     if let Some(limit) = t.max_latency_ratio {
-        let v = if base.latency_p50_ms > 0.0 {
-            cand.latency_p50_ms / base.latency_p50_ms
-        } else {
-            1.0
-        };
+        // The high end of the interleaved measurement's 95% interval when there is one: a
+        // candidate passes only when it is that fast with confidence, not by a lucky median.
+        let v = cand
+            .latency_ratio_high
+            .unwrap_or(if base.latency_p50_ms > 0.0 {
+                cand.latency_p50_ms / base.latency_p50_ms
+            } else {
+                1.0
+            });
         max("maxLatencyRatio", v, limit);
     }
     let mut min = |name: &str, value: f64, limit: f64| {
@@ -165,6 +169,29 @@ mod tests {
             .find(|c| c.name == "minCompressionRatio")
             .unwrap();
         assert!(!c.passed && c.value == 4.0 && c.limit == 5.0);
+    }
+
+    #[test]
+    fn latency_is_judged_on_the_high_end_of_the_interleaved_interval() {
+        let t = Thresholds {
+            max_latency_ratio: Some(1.0),
+            ..Default::default()
+        };
+        // Median says faster (0.95), but the interval reaches 1.08: not faster with confidence.
+        let mut c = m(100, 0.9, 1.0, 0.95);
+        c.latency_ratio = Some(0.95);
+        c.latency_ratio_low = Some(0.85);
+        c.latency_ratio_high = Some(1.08);
+        let d = decide(&t, &m(400, 0.9, 1.0, 1.0), &c, 3).unwrap();
+        let check = d
+            .checks
+            .iter()
+            .find(|c| c.name == "maxLatencyRatio")
+            .unwrap();
+        assert!(!check.passed && check.value == 1.08, "{check:?}");
+        c.latency_ratio_high = Some(0.99);
+        let d = decide(&t, &m(400, 0.9, 1.0, 1.0), &c, 3).unwrap();
+        assert_eq!(d.verdict, Verdict::Passed, "{:?}", d.checks);
     }
 
     #[test]

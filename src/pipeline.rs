@@ -320,13 +320,21 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
     );
     let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
     let prep = eval::prepare(&original, &dataset, &cfg).map_err(eval_err)?;
+    // Outputs only: latency is measured later, interleaved with the candidate's.
+    let outputs_only = EvalConfig {
+        warmup: 0,
+        iterations: 0,
+        ..cfg.clone()
+    };
     ui.stage(&format!(
         "baseline: {} samples through the original model",
         prep.samples()
     ));
     let bar = ui.bar("evaluate original", false);
-    let (outputs, times) = eval::evaluate(&mut original, &prep, &cfg, &|d, t| bar.set(d, Some(t)))
-        .map_err(eval_err)?;
+    let (outputs, times) = eval::evaluate(&mut original, &prep, &outputs_only, &|d, t| {
+        bar.set(d, Some(t))
+    })
+    .map_err(eval_err)?;
     bar.finish(prep.samples() as u64);
     let metrics = strip_self_comparison(eval::score(
         &outputs,
@@ -425,25 +433,54 @@ pub fn build_candidate(
     })
 }
 
-/// Stage 4: the candidate through ONNX Runtime on the same data, compared with the baseline.
-pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<Metrics> {
+/// Stage 4: the candidate through ONNX Runtime on the same data, compared with the baseline;
+/// then the latency of both, interleaved in one process. Returns the candidate's metrics and
+/// the baseline's with its latency filled in.
+pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<(Metrics, Metrics)> {
     let cand_err = |source| Error::Eval {
         which: "candidate",
         source: named(source, &candidate.path, "candidate model.onnx"),
     };
+    let outputs_only = EvalConfig {
+        warmup: 0,
+        iterations: 0,
+        ..base.cfg.clone()
+    };
     let mut opened = eval::open(&candidate.path, &base.cfg).map_err(cand_err)?;
     let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err)?;
     let bar = ui.bar("evaluate candidate", false);
-    let (out, times) = eval::evaluate(&mut opened, &prep, &base.cfg, &|d, t| bar.set(d, Some(t)))
-        .map_err(cand_err)?;
+    let (out, _) = eval::evaluate(&mut opened, &prep, &outputs_only, &|d, t| {
+        bar.set(d, Some(t))
+    })
+    .map_err(cand_err)?;
     bar.finish(prep.samples() as u64);
-    Ok(eval::score(
+
+    let orig_err = |source| Error::Eval {
+        which: "original",
+        source: named(source, &base.model.path, "original model"),
+    };
+    let mut original = eval::open(&base.model.path, &base.cfg).map_err(orig_err)?;
+    let prep_o = eval::prepare(&original, &base.dataset, &base.cfg).map_err(orig_err)?;
+    ui.stage(&format!(
+        "latency: {} rounds of original and candidate, interleaved",
+        base.cfg.iterations.max(1)
+    ));
+    let lat = eval::latency::interleaved((&mut original, &prep_o), (&mut opened, &prep), &base.cfg)
+        .map_err(cand_err)?;
+    let mut metrics = eval::score(
         &out,
-        &times,
+        &lat.candidate_ms,
         &prep,
         Some(&base.outputs),
         candidate.bytes,
-    ))
+    );
+    metrics.latency_ratio = Some(lat.ratio);
+    metrics.latency_ratio_low = Some(lat.ratio_low);
+    metrics.latency_ratio_high = Some(lat.ratio_high);
+    let mut baseline = base.metrics.clone();
+    baseline.latency_p50_ms = eval::metrics::percentile(&lat.original_ms, 50.0);
+    baseline.latency_p95_ms = eval::metrics::percentile(&lat.original_ms, 95.0);
+    Ok((metrics, baseline))
 }
 
 /// A run folder name no other run shares: `<prefix>-<UTC time>-<random>`, one path segment.
@@ -503,13 +540,13 @@ pub async fn run(
         &opts.scratch.join("candidate"),
         ui,
     )?;
-    let metrics = evaluate(&candidate, &base, ui)?;
+    let (metrics, base_metrics) = evaluate(&candidate, &base, ui)?;
     if candidate.tensors_changed() == 0 {
         ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
     }
     let decision = gate::decide(
         &spec.thresholds,
-        &base.metrics,
+        &base_metrics,
         &metrics,
         candidate.tensors_changed(),
     )?;
@@ -519,7 +556,7 @@ pub async fn run(
         compressed_bytes: candidate.bytes,
         ratio: decision.ratio,
         accuracy_drop: decision.accuracy_drop,
-        baseline: base.metrics.clone(),
+        baseline: base_metrics,
         candidate: metrics,
         checks: decision.checks,
         ..Default::default()

@@ -157,6 +157,17 @@ pub struct Metrics {
     pub max_abs_error: Option<f64>,
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
+    /// Candidate only: median latency candidate/original, from rounds interleaved with the
+    /// original in the same process (so machine noise hits both alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio: Option<f64>,
+    /// Candidate only: 95% bootstrap interval of `latencyRatio`, low end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio_low: Option<f64>,
+    /// Candidate only: 95% bootstrap interval of `latencyRatio`, high end; `maxLatencyRatio`
+    /// is judged on it, so a candidate passes only when it is that fast with confidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio_high: Option<f64>,
 }
 
 /// One threshold check.

@@ -83,6 +83,17 @@ pub fn summary(name: &str, r: &JobResult) -> String {
         "  {:<14} {:>11.3} ms {:>11.3} ms",
         "latency p95", b.latency_p95_ms, c.latency_p95_ms
     );
+    if let (Some(r), Some(lo), Some(hi)) =
+        (c.latency_ratio, c.latency_ratio_low, c.latency_ratio_high)
+    {
+        let _ = writeln!(
+            s,
+            "  {:<14} {:>14} {:>14}   95% [{lo:.2}, {hi:.2}], interleaved",
+            "latency ratio",
+            "—",
+            format!("{r:.2}x")
+        );
+    }
     let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "samples", b.samples, c.samples);
     if r.checks
         .iter()

@@ -2,6 +2,7 @@
 //! metrics against labels and against the original's outputs, and latency after warm-up.
 
 pub mod dataset;
+pub mod latency;
 pub mod metrics;
 pub mod runtime;
 
