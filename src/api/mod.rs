@@ -224,9 +224,7 @@ impl TryFrom<RawPass> for PassSpec {
             (None, None, Some(f), None, None) => Ok(Self::Fp16(f)),
             (None, None, None, Some(l), None) => Ok(Self::LowRank(l)),
             (None, None, None, None, Some(o)) => Ok(Self::Optimize(o)),
-            _ => Err(
-                "set exactly one of prune, quantize, fp16, lowRank or optimize".into(),
-            ),
+            _ => Err("set exactly one of prune, quantize, fp16, lowRank or optimize".into()),
         }
     }
 }

@@ -83,7 +83,10 @@ fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String,
     if let Some(l) = q.accuracy_level
         && l > 4
     {
-        err(format!("{at}.accuracyLevel"), format!("{l} is outside [0, 4]"));
+        err(
+            format!("{at}.accuracyLevel"),
+            format!("{l} is outside [0, 4]"),
+        );
     }
     for (name, set) in [
         ("activationType", q.activation_type.is_some()),
@@ -348,9 +351,24 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
             }
         }
     }
-    let static_pass = spec.passes.iter().any(|p| {
-        matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static)
-    });
+    let static_pass = spec
+        .passes
+        .iter()
+        .any(|p| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static));
+    // One calibration per run: its rows are set aside once and the report names one.
+    for (i, p) in spec
+        .passes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static))
+        .skip(1)
+    {
+        let _ = p;
+        err(
+            format!("spec.passes[{i}].quantize.mode"),
+            "only one `mode: static` pass per recipe (calibration runs once)".into(),
+        );
+    }
     if calib_data.is_some() && !static_pass {
         err(
             "spec.calibration.dataset".into(),

@@ -7,14 +7,18 @@ pub mod math;
 mod optimize;
 mod prune;
 mod quantize;
+mod static_q;
 
 pub use fp16::Fp16Config;
 pub use lowrank::{LowRankConfig, RankRule};
 pub use optimize::OptimizeConfig;
 pub use prune::{PruneConfig, PruneTarget};
 pub use quantize::QuantizeConfig;
+pub use static_q::{ActivationRanges, Activations, Calibrated};
 
-use crate::api::{PassSpec, PruneScope, QuantMode, TargetCpu, WeightType, ops, parse_pattern};
+use crate::api::{
+    ActivationType, PassSpec, PruneScope, QuantMode, TargetCpu, WeightType, ops, parse_pattern,
+};
 use crate::onnx::{self, DataType, Model, TensorData, pb};
 use std::collections::HashSet;
 
@@ -100,15 +104,40 @@ impl Pass {
                 per_channel: q.per_channel,
                 // Integer matmuls are exact on every CPU only with 7-bit weights (see
                 // QuantizeSpec); the target can say they are exact with 8.
-                reduce_range: q.reduce_range.unwrap_or(
-                    q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact(),
-                ),
+                reduce_range: q
+                    .reduce_range
+                    .unwrap_or(q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact()),
                 select: Selection::new(
                     q.ops.clone().unwrap_or_else(|| ops::defaults(true)),
                     &q.exclude_nodes,
                     q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
                 ),
+                activations: Activations {
+                    uint8: q.activation_type == Some(ActivationType::Uint8),
+                    symmetric: q.symmetric_activations.unwrap_or(false),
+                    reduce_range_default: q.reduce_range.is_none(),
+                    calibrated: None,
+                },
             }),
+        }
+    }
+
+    /// The activation tensors a static quantization pass needs calibrated ranges for (the
+    /// inputs of the ops it quantizes, and the outputs its QDQ form quantizes); `None` for
+    /// any other pass.
+    pub fn calibration_tensors(&self, model: &Model) -> Option<Vec<String>> {
+        match self {
+            Pass::Quantize(c) if c.static_mode => Some(static_q::calibration_tensors(c, model)),
+            _ => None,
+        }
+    }
+
+    /// Hands a static quantization pass its calibrated ranges (other passes ignore them).
+    pub fn set_calibration(&mut self, calibrated: std::sync::Arc<Calibrated>) {
+        if let Pass::Quantize(c) = self
+            && c.static_mode
+        {
+            c.activations.calibrated = Some(calibrated);
         }
     }
 

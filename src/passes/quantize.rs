@@ -29,6 +29,8 @@ pub struct QuantizeConfig {
     pub per_channel: bool,
     pub reduce_range: bool,
     pub select: Selection,
+    /// Static mode: activation form and the calibrated ranges.
+    pub activations: super::static_q::Activations,
 }
 
 /// What to do with one weight.
@@ -47,11 +49,13 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         pass: "quantize",
         what,
     };
-    if cfg.static_mode || cfg.int4 {
-        return Err(unsupported(format!(
-            "{} is not available in this build yet",
-            if cfg.int4 { "weights: int4" } else { "mode: static" }
-        )));
+    if cfg.int4 {
+        return Err(unsupported(
+            "weights: int4 is not available in this build yet".into(),
+        ));
+    }
+    if cfg.static_mode {
+        return super::static_q::apply(cfg, model);
     }
     let opset = onnx::default_opset(&model.proto).unwrap_or(0);
     let mut report = PassReport {
