@@ -577,7 +577,10 @@ mod tests {
         // asymmetric uint8 over [-1, 1]
         let (s, z) = activation_qparams(-1.0, 1.0, true, false);
         // (0 - (-1)/scale is 127.5 up to float rounding)
-        assert!((s - 2.0 / 255.0).abs() < 1e-7 && (127..=128).contains(&z), "{s} {z}");
+        assert!(
+            (s - 2.0 / 255.0).abs() < 1e-7 && (127..=128).contains(&z),
+            "{s} {z}"
+        );
         // symmetric int8: [-127, 127], zero point 0
         let (s, z) = activation_qparams(-0.5, 1.27, false, true);
         assert!((s - 0.01).abs() < 1e-7 && z == 0, "{s} {z}");
