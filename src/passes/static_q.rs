@@ -94,6 +94,8 @@ pub fn calibration_tensors(cfg: &QuantizeConfig, model: &Model) -> Vec<String> {
         .iter()
         .filter_map(|t| t.name.as_deref())
         .collect();
+    let consumers = onnx::consumers(g);
+    let graph_outputs: HashSet<&str> = g.output.iter().filter_map(|v| v.name.as_deref()).collect();
     let mut out: Vec<String> = Vec::new();
     let mut seen = HashSet::new();
     let mut skipped = Vec::new();
@@ -101,10 +103,12 @@ pub fn calibration_tensors(cfg: &QuantizeConfig, model: &Model) -> Vec<String> {
         for (ni, op) in &w.users {
             let n = &g.node[*ni];
             let mut names = vec![n.input[0].clone()];
-            if op == "Conv"
-                && let Some(y) = n.output.first()
-            {
-                names.push(y.clone());
+            if op == "Conv" && !n.output.is_empty() {
+                let relu = following_relu(g, &consumers, &graph_outputs, *ni, &cfg.activations);
+                names.push(match relu {
+                    Some(ri) => g.node[ri].output[0].clone(),
+                    None => n.output[0].clone(),
+                });
             }
             for t in names {
                 if !t.is_empty() && !inits.contains(t.as_str()) && seen.insert(t.clone()) {
@@ -229,6 +233,7 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
     let mut set_beta_one: Vec<usize> = Vec::new();
     let mut acts: HashMap<String, Act> = HashMap::new();
     let mut bias_rewired: HashMap<usize, usize> = HashMap::new();
+    let mut removed: HashSet<usize> = HashSet::new();
     let ranges = &cal.ranges;
 
     // Q -> DQ on `t`, whose float values come from `src`; the DQ writes `out`.
@@ -274,7 +279,12 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
             let x = &n.input[0];
             if !ranges.contains_key(x) {
                 why = Some(format!("no calibrated range for its input `{x}`"));
-            } else if op == "Conv" && !n.output.first().is_some_and(|y| ranges.contains_key(y)) {
+            } else if op == "Conv"
+                && !n.output.first().is_some_and(|y| {
+                    let relu = following_relu(g, &consumers, &graph_outputs, *ni, a);
+                    ranges.contains_key(relu.map_or(y, |ri| &g.node[ri].output[0]))
+                })
+            {
                 why = Some("no calibrated range for its output".into());
             } else if op == "Gemm" && onnx::get_attr_float(n, "alpha", 1.0) != 1.0 {
                 why = Some("Gemm with alpha != 1 is left in float".into());
@@ -425,9 +435,29 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
                 *bias_rewired.entry(bi).or_default() += 1;
             }
             // Conv's output: quantized in place (consumers and graph outputs read the DQ).
+            // A Relu right after it goes: the pair takes the Relu's range, whose zero point
+            // is the type's minimum, so quantizing clamps negatives as the Relu did, and ORT
+            // chains QLinearConvs without a float requantization between them.
             if op == "Conv" {
-                let y = n.output[0].clone();
+                let relu = following_relu(g, &consumers, &graph_outputs, ni, a);
+                let y = relu
+                    .map_or(&n.output[0], |ri| &g.node[ri].output[0])
+                    .clone();
                 if !acts.contains_key(&y) {
+                    if let Some(ri) = relu {
+                        let c = n.output[0].clone();
+                        let (scale, nodes) = pair(&mut namer, &mut new_inits, &y, &c, &y);
+                        after.entry(ni).or_default().extend(nodes);
+                        removed.insert(ri);
+                        acts.insert(
+                            y.clone(),
+                            Act {
+                                scale,
+                                read: y.clone(),
+                            },
+                        );
+                        continue;
+                    }
                     let pre = namer.fresh(&format!("{y}_float"));
                     let (scale, nodes) = pair(&mut namer, &mut new_inits, &y, &pre, &y);
                     after.entry(ni).or_default().extend(nodes);
@@ -476,7 +506,9 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
         if let Some(pre) = before.remove(&i) {
             graph.node.extend(pre);
         }
-        graph.node.push(node);
+        if !removed.contains(&i) {
+            graph.node.push(node);
+        }
         if let Some(post) = after.remove(&i) {
             graph.node.extend(post);
         }
@@ -490,6 +522,33 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
         .collect();
     graph.initializer.extend(new_inits);
     Ok(report)
+}
+
+/// The Relu that alone reads Conv node `ni`'s output (which is no graph output), when
+/// activations are asymmetric (a Relu's range then has its zero point at the type's minimum,
+/// so the output's quantization can stand in for it).
+fn following_relu(
+    g: &pb::GraphProto,
+    consumers: &HashMap<&str, Vec<(usize, usize)>>,
+    graph_outputs: &HashSet<&str>,
+    ni: usize,
+    a: &Activations,
+) -> Option<usize> {
+    if a.symmetric {
+        return None;
+    }
+    let y = g.node[ni].output.first()?;
+    if graph_outputs.contains(y.as_str()) {
+        return None;
+    }
+    let [(ri, 0)] = consumers.get(y.as_str())?.as_slice() else {
+        return None;
+    };
+    let r = &g.node[*ri];
+    (r.op_type.as_deref() == Some("Relu")
+        && r.domain.as_deref().is_none_or(|d| d.is_empty())
+        && r.output.len() == 1)
+        .then_some(*ri)
 }
 
 /// The bias Add after MatMul node `ni`: its output's only reader is an `Add` whose other
