@@ -23,11 +23,11 @@ prints one JSON object:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import sys
-import tempfile
 import time
 
 
@@ -89,7 +89,8 @@ def main() -> int:
 
     baseline = _maxrss_bytes()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    # quantize_static prints progress on stdout; keep stdout for the JSON.
+    with contextlib.redirect_stdout(sys.stderr):
         quantize_static(
             args.input,
             args.output,

@@ -15,7 +15,8 @@ use std::path::Path;
 /// at zero).
 pub const BINS: usize = 2048;
 
-/// Quantized magnitude levels the entropy search compares against (int8: |q| in 0..128).
+/// Quantized magnitude levels the entropy search compares against (int8: |q| in 0..128;
+/// twice that for one-sided values with asymmetric ranges).
 pub const ENTROPY_LEVELS: usize = 128;
 
 /// Streamed statistics of one tensor.
@@ -168,7 +169,15 @@ impl TensorStats {
                 clamp(l, r)
             }
             CalibrationMethod::Entropy => {
-                let t = entropy_threshold(&self.abs_histogram(), self.range, ENTROPY_LEVELS);
+                // One-sided values (a Relu's) get all 256 asymmetric levels on [0, t], not
+                // the 128 a side gets when values straddle 0.
+                let one_sided = !symmetric && (self.min >= 0.0 || self.max <= 0.0);
+                let levels = if one_sided {
+                    2 * ENTROPY_LEVELS
+                } else {
+                    ENTROPY_LEVELS
+                };
+                let t = entropy_threshold(&self.abs_histogram(), self.range, levels);
                 clamp(-t, t)
             }
         }
