@@ -312,3 +312,29 @@ fn calibration_memory_stays_flat_at_eight_times_the_samples() {
         "peak RSS grew with the samples: {small} kB at 64, {large} kB at 512"
     );
 }
+
+#[test]
+fn entropy_on_one_sided_values_compares_against_all_256_asymmetric_levels() {
+    // Relu-like: |x| of the batches, so every value is >= 0
+    let b: Vec<Vec<f32>> = batches()
+        .into_iter()
+        .map(|v| v.into_iter().map(f32::abs).collect())
+        .collect();
+    let s = streamed(&b);
+    let (_, range) = s.histogram();
+    let abs = s.abs_histogram();
+    let (_, hi) = s.range_for(CalibrationMethod::Entropy, 0.0, false);
+    let want = reference_entropy(&abs, range, 2 * ENTROPY_LEVELS);
+    assert!(
+        (f64::from(hi) - want).abs() < 1e-4 * want,
+        "asymmetric one-sided: {hi}, reference with 256 levels {want}"
+    );
+    // symmetric ranges spend half the levels on negatives: 128 levels for |x|
+    let (_, hi128) = s.range_for(CalibrationMethod::Entropy, 0.0, true);
+    let want128 = reference_entropy(&abs, range, ENTROPY_LEVELS);
+    assert!(
+        (f64::from(hi128) - want128).abs() < 1e-4 * want128,
+        "{hi128} vs {want128}"
+    );
+    assert!(hi > hi128, "more levels, less clipping: {hi} vs {hi128}");
+}
