@@ -478,3 +478,124 @@ fn per_channel_needs_opset_13() {
     let e = p.apply(&mut model).unwrap_err().to_string();
     assert!(e.contains("opset >= 13") && e.contains("perChannel"), "{e}");
 }
+
+#[test]
+fn embedding_tables_keep_the_int8_row_form_and_the_matmul_after_them_is_static() {
+    // ids [N, 8] -> Gather(table [500, 64]) -> emb [N, 8, 64] -> MatMul(W [64, 32]) -> y
+    let mut m = embedding(500, 64, 0, false, 3);
+    let g = m.graph.as_mut().unwrap();
+    g.initializer
+        .push(f32_tensor("W", &[64, 32], &weights(64 * 32, 4, 64)));
+    g.node.push(node("MatMul", &["emb", "W"], "y", vec![]));
+    g.output = vec![pb::ValueInfoProto {
+        name: Some("y".into()),
+        ..g.output[0].clone()
+    }];
+    if let Some(pb::type_proto::Value::TensorType(t)) =
+        g.output[0].r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(&m, &src);
+    let calib = dir.path().join("calib.npz");
+    embedding_dataset(&calib, 40, 8, 500);
+    let ds = Dataset::open(&calib, "calib.npz").unwrap();
+    let passes = vec![spec(
+        &["Gather", "MatMul"],
+        ActivationType::Int8,
+        false,
+        CalibrationMethod::MinMax,
+    )];
+    let original = onnx::load(&src).unwrap();
+    let c = calibrate_with(
+        &original,
+        &passes,
+        0,
+        TargetCpu::Auto,
+        &CalibrationData {
+            dataset: &ds,
+            rows: None,
+            uri: "calib.npz".into(),
+            sha256: None,
+            kind: "calibration",
+        },
+        &cfg(),
+        &dir.path().join("calibration"),
+        &kompress::ui::Ui::plain(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.report.tensors, 1,
+        "only the MatMul's input (the Gather's output)"
+    );
+    assert_eq!(c.report.samples, 40);
+    let mut p = Pass::for_target(&passes[0], TargetCpu::Auto);
+    p.set_calibration(c.calibrated.clone());
+    let mut q = original.clone();
+    let report = p.apply(&mut q).unwrap();
+    let ops: Vec<&str> = report.tensors.iter().map(|t| t.op.as_str()).collect();
+    assert_eq!(ops, ["Gather", "MatMul"], "{report:?}");
+    assert!(
+        report.description.contains("embedding tables"),
+        "{}",
+        report.description
+    );
+    let out = dir.path().join("candidate.onnx");
+    onnx::save(&q.proto, &out, &SaveOptions::default()).unwrap();
+    let optimized = optimized_ops(&out, dir.path());
+    assert_eq!(
+        count(&optimized, "MatMulIntegerToFloat"),
+        1,
+        "{optimized:?}"
+    );
+    let run = |path: &Path| {
+        let mut o = eval::open(path, &cfg()).unwrap();
+        let prep = eval::prepare(&o, &ds, &cfg()).unwrap();
+        eval::evaluate(&mut o, &prep, &cfg(), &|_, _| {})
+            .unwrap()
+            .0
+            .values
+    };
+    let (base, cand) = (run(&src), run(&out));
+    let cos = eval::metrics::closeness(&base, &cand, base.len()).0;
+    assert!(cos > 0.999, "cosine {cos}");
+}
+
+#[test]
+fn compress_without_calibration_data_says_how_to_give_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = matmul_model();
+    let src = dir.path().join("model.onnx");
+    write_model(&m, &src);
+    let job = write_job(
+        dir.path(),
+        &job_yaml(
+            "s",
+            &src.display().to_string(),
+            "unused.npz",
+            "    - quantize:\n        mode: static",
+            "    {}",
+            dir.path(),
+        ),
+    );
+    let out = dir.path().join("q.onnx");
+    let r = run_kompress(
+        &[
+            "compress",
+            src.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "-f",
+            &job,
+        ],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("--calibration") && r.stderr.contains("spec.passes[0]"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}

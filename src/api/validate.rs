@@ -356,14 +356,11 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         .iter()
         .any(|p| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static));
     // One calibration per run: its rows are set aside once and the report names one.
-    for (i, p) in spec
-        .passes
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static))
-        .skip(1)
-    {
-        let _ = p;
+    let statics =
+        spec.passes.iter().enumerate().filter(
+            |(_, p)| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static),
+        );
+    for (i, _) in statics.skip(1) {
         err(
             format!("spec.passes[{i}].quantize.mode"),
             "only one `mode: static` pass per recipe (calibration runs once)".into(),
@@ -428,6 +425,26 @@ mod tests {
                 "spec.thresholds.minAgreement",
                 "spec.thresholds.maxLatencyRatio"
             ]
+        );
+    }
+
+    #[test]
+    fn one_static_quantization_per_recipe() {
+        let s = spec(&format!(
+            "{BASE}passes:\n- quantize: {{mode: static}}\n- prune: {{sparsity: 0.5}}\n- quantize: {{mode: static}}\n"
+        ));
+        let e = validate(&s).unwrap_err();
+        let mode =
+            e.0.iter()
+                .find(|f| f.field == "spec.passes[2].quantize.mode");
+        assert!(
+            mode.is_some_and(|f| f.message.contains("only one `mode: static`")),
+            "{e:?}"
+        );
+        assert!(
+            !e.0.iter()
+                .any(|f| f.field == "spec.passes[0].quantize.mode"),
+            "{e:?}"
         );
     }
 
