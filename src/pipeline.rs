@@ -547,9 +547,16 @@ pub fn calibrate_with(
         method_name(method)
     ));
     let bar = ui.bar("calibrate", false);
-    let stats = calib::run(&mut opened, data.dataset, rows, &tensors, cfg, &|d, t| {
-        bar.set(d, Some(t))
-    })
+    let histograms = method != CalibrationMethod::MinMax;
+    let stats = calib::run(
+        &mut opened,
+        data.dataset,
+        rows,
+        &tensors,
+        histograms,
+        cfg,
+        &|d, t| bar.set(d, Some(t)),
+    )
     .map_err(cal_err)?;
     bar.finish(rows.count as u64);
     drop(opened);

@@ -48,6 +48,14 @@ impl Default for TensorStats {
 }
 
 impl TensorStats {
+    /// Statistics without the histogram (minMax needs none): min, max and counts only.
+    pub fn min_max_only() -> Self {
+        Self {
+            hist: Vec::new(),
+            ..Self::default()
+        }
+    }
+
     /// The histogram: `BINS` counts over `[-range, range]`, equal widths.
     pub fn histogram(&self) -> (&[u64], f64) {
         (&self.hist, self.range)
@@ -76,6 +84,9 @@ impl TensorStats {
             self.max = self.max.max(hi);
         }
         self.count += finite;
+        if self.hist.is_empty() {
+            return;
+        }
         if f64::from(amax) > self.range {
             self.grow(f64::from(amax));
         }
@@ -128,7 +139,8 @@ impl TensorStats {
     }
 
     /// The range to quantize to, `[lo, hi]`, inside the observed `[min, max]`.
-    /// `symmetric` picks how `percentile` cuts (|x|, or both tails).
+    /// `symmetric` picks how `percentile` cuts (|x|, or both tails). Without a histogram
+    /// ([`TensorStats::min_max_only`]) every method gives `[min, max]`.
     pub fn range_for(
         &self,
         method: CalibrationMethod,
@@ -137,6 +149,9 @@ impl TensorStats {
     ) -> (f32, f32) {
         if self.count == 0 {
             return (0.0, 0.0);
+        }
+        if self.hist.is_empty() {
+            return (self.min, self.max);
         }
         let clamp = |lo: f64, hi: f64| {
             let lo = (lo as f32).max(self.min);
@@ -300,13 +315,15 @@ pub fn with_outputs(model: &Model, tensors: &[String]) -> Model {
 }
 
 /// Runs `opened` (a model from [`with_outputs`]) over `rows` of `ds`, a batch of
-/// `cfg.batch_size` rows at a time, and folds each of `tensors` into its statistics.
-/// `progress` gets (done, total) rows.
+/// `cfg.batch_size` rows at a time, and folds each of `tensors` into its statistics (with
+/// histograms when `histograms`). `progress` gets (done, total) rows.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     opened: &mut Opened,
     ds: &super::Dataset,
     rows: RowRange,
     tensors: &[String],
+    histograms: bool,
     cfg: &EvalConfig,
     progress: &dyn Fn(u64, u64),
 ) -> Result<BTreeMap<String, TensorStats>> {
@@ -348,7 +365,14 @@ pub fn run(
     }
     let mut stats: BTreeMap<String, TensorStats> = tensors
         .iter()
-        .map(|t| (t.clone(), TensorStats::default()))
+        .map(|t| {
+            let s = if histograms {
+                TensorStats::default()
+            } else {
+                TensorStats::min_max_only()
+            };
+            (t.clone(), s)
+        })
         .collect();
     let batch = cfg.batch_size.max(1);
     let mut done = 0;
@@ -428,6 +452,18 @@ mod tests {
         assert_eq!(h.iter().sum::<u64>(), 13);
         assert_eq!(h[BINS / 2], 10, "zeros stay in the bin starting at 0");
         assert_eq!((s.min, s.max, s.count), (-1.0, 5.0, 13));
+    }
+
+    #[test]
+    fn min_max_only_statistics_keep_no_histogram() {
+        let mut s = TensorStats::min_max_only();
+        s.update(&[1.0, -2.0, 3.0]);
+        assert_eq!((s.min, s.max, s.count), (-2.0, 3.0, 3));
+        assert!(s.histogram().0.is_empty());
+        assert_eq!(
+            s.range_for(CalibrationMethod::Entropy, 99.0, false),
+            (-2.0, 3.0)
+        );
     }
 
     #[test]
