@@ -6,19 +6,33 @@
 //!
 //! Scratch layout (nothing a model or dataset names can collide across these folders):
 //! `model/` holds the model file and its external data (as the model names them),
-//! `dataset/` the evaluation set, `candidate/` the compressed model.
+//! `dataset/` the evaluation set (and a separate calibration set), `calibration/` the
+//! original model with the calibrated activations as extra outputs, `candidate/` the
+//! compressed model.
+//!
+//! A static quantization pass adds a stage between baseline and build_candidate:
+//! `calibrate -> Calibration` runs the original model over the calibration rows (a separate
+//! set, or the evaluation set's last rows, which the baseline and candidate then never
+//! score) and folds the activations into fixed-size statistics.
 
-use crate::api::{CompressionJobSpec, JobResult, Metrics, PassSpec, TargetCpu, reason, validate};
+use crate::api::{
+    CalibrationMethod, CompressionJobSpec, FieldError, InvalidSpec, JobResult, Metrics, PassSpec,
+    QuantMode, QuantizeSpec, TargetCpu, reason, validate,
+};
+use crate::eval::calibrate::{self as calib, RowRange};
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::gate;
 use crate::onnx::{self, Model, SaveOptions};
-use crate::passes::Pass;
+use crate::passes::{Calibrated, Pass};
 use crate::publish;
-use crate::report::{InputRef, JobRef, PassReport, Report, Tools};
+use crate::report::{
+    CalibrationReport, CalibrationSourceRef, InputRef, JobRef, PassReport, Report, Tools,
+};
 use crate::storage::{self, Location, Storage};
 use crate::ui::Ui;
 use kube::Resource;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why a run failed. `is_permanent` decides retries; `category` labels metrics and Events.
@@ -125,6 +139,8 @@ pub struct Inputs {
     pub external_data: Vec<InputRef>,
     pub dataset_path: PathBuf,
     pub dataset: InputRef,
+    /// `spec.calibration.dataset`, fetched beside the dataset.
+    pub calibration: Option<(PathBuf, InputRef)>,
 }
 
 /// The original model measured once; every candidate is compared with it.
@@ -136,6 +152,15 @@ pub struct Baseline {
     pub outputs: eval::Outputs,
     /// Metrics of the original (without the self-comparison fields).
     pub metrics: Metrics,
+    /// The dataset's last rows, set aside for calibration (never scored).
+    pub calibration_rows: Option<RowRange>,
+}
+
+/// Calibrated activation ranges for the static quantization pass.
+pub struct Calibration {
+    pub pass: usize,
+    pub calibrated: Arc<Calibrated>,
+    pub report: CalibrationReport,
 }
 
 /// A compressed model on disk, with what each pass did.
@@ -261,6 +286,34 @@ pub async fn fetch(
         "dataset",
     )
     .await?;
+    let calibration = match spec.calibration.as_ref().and_then(|c| c.dataset.as_ref()) {
+        None => None,
+        Some(c) => {
+            let loc = Location::parse(&c.uri)?;
+            let mut name = file_name_of(&loc, "calibration.npz");
+            if dataset_path.file_name() == Some(std::ffi::OsStr::new(&name)) {
+                name = format!("calibration-{name}");
+            }
+            let path = scratch.join("dataset").join(name);
+            let f = fetch_one(
+                storage,
+                ui,
+                &loc,
+                &path,
+                &expecting(c.sha256.as_deref()),
+                "calibration",
+            )
+            .await?;
+            Some((
+                path,
+                InputRef {
+                    uri: loc.uri,
+                    sha256: f.sha256,
+                    bytes: f.bytes,
+                },
+            ))
+        }
+    };
     Ok(Inputs {
         model: InputRef {
             uri: model_loc.uri.clone(),
@@ -276,6 +329,7 @@ pub async fn fetch(
             sha256: data_file.sha256,
             bytes: data_file.bytes,
         },
+        calibration,
     })
 }
 
@@ -313,12 +367,45 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
     };
     let dataset =
         Dataset::open(&inputs.dataset_path, &inputs.dataset.uri).map_err(|e| eval_err(e.into()))?;
-    let cfg = EvalConfig::from_spec(
+    let mut cfg = EvalConfig::from_spec(
         &spec.evaluation(),
         spec.dataset.labels.clone(),
         spec.dataset.limit,
     );
     let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
+    // Static quantization without a calibration set: the last rows are set aside and the
+    // evaluation scores only the rows before them.
+    let calibration_rows = match static_pass(spec) {
+        Some((index, q)) if inputs.calibration.is_none() => {
+            let samples = calibration_samples(q);
+            let all = eval::prepare(
+                &original,
+                &dataset,
+                &EvalConfig {
+                    limit: None,
+                    ..cfg.clone()
+                },
+            )
+            .map_err(eval_err)?
+            .samples();
+            if all <= samples {
+                return Err(InvalidSpec(vec![FieldError {
+                    field: format!("spec.passes[{index}].quantize.calibration.samples"),
+                    message: format!(
+                        "{samples} calibration samples set aside from the dataset's {all} rows leave none to evaluate: lower it, or give a separate calibration set (spec.calibration.dataset)"
+                    ),
+                }])
+                .into());
+            }
+            let start = all - samples;
+            cfg.limit = Some(cfg.limit.map_or(start, |l| l.min(start)));
+            Some(RowRange {
+                start,
+                count: samples,
+            })
+        }
+        _ => None,
+    };
     let prep = eval::prepare(&original, &dataset, &cfg).map_err(eval_err)?;
     // Outputs only: latency is measured later, interleaved with the candidate's.
     let outputs_only = EvalConfig {
@@ -351,7 +438,228 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
         cfg,
         outputs,
         metrics,
+        calibration_rows,
     })
+}
+
+/// The recipe's static quantization pass (validation allows one).
+pub fn static_pass(spec: &CompressionJobSpec) -> Option<(usize, &QuantizeSpec)> {
+    spec.passes.iter().enumerate().find_map(|(i, p)| match p {
+        PassSpec::Quantize(q) if q.mode == QuantMode::Static => Some((i, q)),
+        _ => None,
+    })
+}
+
+/// Calibration samples a static pass asks for (default 128).
+pub fn calibration_samples(q: &QuantizeSpec) -> usize {
+    q.calibration
+        .as_ref()
+        .and_then(|c| c.samples)
+        .unwrap_or(128) as usize
+}
+
+/// Where calibration rows come from.
+pub struct CalibrationData<'a> {
+    pub dataset: &'a Dataset,
+    /// `None`: the first `samples` rows (all of them when there are fewer).
+    pub rows: Option<RowRange>,
+    pub uri: String,
+    pub sha256: Option<String>,
+    /// `dataset` or `calibration` (see [`CalibrationSourceRef`]).
+    pub kind: &'static str,
+}
+
+/// The original model with `Constant` weights folded, as `build_candidate` sees it.
+fn folded(original: &Model) -> (Model, usize) {
+    let mut model = original.clone(); // cheap: payloads are shared `Bytes`
+    // IR < 4 would also need them listed as graph inputs, so those models are left as they are.
+    let folded = if model.proto.ir_version.unwrap_or(0) >= 4 {
+        onnx::fold_constants(model.graph_mut()).constants
+    } else {
+        0
+    };
+    (model, folded)
+}
+
+/// Calibrates pass `index` of `passes` (a static quantization pass) on `data`: the original
+/// model (Constant weights folded) runs with the pass's activations as extra outputs, saved
+/// in `dir`; statistics are streamed; the spec's method picks each tensor's range.
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate_with(
+    original: &Model,
+    passes: &[PassSpec],
+    index: usize,
+    target: TargetCpu,
+    data: &CalibrationData,
+    cfg: &EvalConfig,
+    dir: &Path,
+    ui: &Ui,
+) -> Result<Calibration> {
+    let started = Instant::now();
+    let PassSpec::Quantize(q) = &passes[index] else {
+        unreachable!("static_pass returns quantize passes")
+    };
+    let pass = Pass::for_target(&passes[index], target);
+    let (model, _) = folded(original);
+    let tensors = pass.calibration_tensors(&model).unwrap_or_default();
+    let method = q.calibration.as_ref().map(|c| c.method).unwrap_or_default();
+    let percentile = q
+        .calibration
+        .as_ref()
+        .and_then(|c| c.percentile)
+        .unwrap_or(99.999);
+    let symmetric = q.symmetric_activations.unwrap_or(false);
+    let samples = calibration_samples(q);
+    let cal_err = |source| Error::Eval {
+        which: "original (calibration)",
+        source,
+    };
+    scratch_dir(dir)?;
+    let path = dir.join("model.onnx");
+    let with = calib::with_outputs(&model, &tensors);
+    drop(model);
+    onnx::save(
+        &with.proto,
+        &path,
+        &SaveOptions {
+            external_data: with.had_external_data.then_some(true),
+        },
+    )
+    .map_err(|e| match e {
+        onnx::Error::Write { path, source } => Error::Scratch {
+            what: "saving the calibration model",
+            path,
+            source,
+        },
+        e => Error::Model(e),
+    })?;
+    drop(with);
+    let mut opened = calib::open(&path, cfg).map_err(cal_err)?;
+    let rows = match data.rows {
+        Some(r) => r,
+        None => {
+            let all = calib::rows(&opened, data.dataset, cfg).map_err(cal_err)?;
+            RowRange {
+                start: 0,
+                count: samples.min(all),
+            }
+        }
+    };
+    ui.stage(&format!(
+        "calibration: {} samples (rows {}..{} of {}), {} activation tensors, {}",
+        rows.count,
+        rows.start,
+        rows.start + rows.count,
+        data.uri,
+        tensors.len(),
+        method_name(method)
+    ));
+    let bar = ui.bar("calibrate", false);
+    let histograms = method != CalibrationMethod::MinMax;
+    let stats = calib::run(
+        &mut opened,
+        data.dataset,
+        rows,
+        &tensors,
+        histograms,
+        cfg,
+        &|d, t| bar.set(d, Some(t)),
+    )
+    .map_err(cal_err)?;
+    bar.finish(rows.count as u64);
+    drop(opened);
+    let _ = std::fs::remove_dir_all(dir);
+    let ranges = stats
+        .iter()
+        .map(|(name, s)| (name.clone(), s.range_for(method, percentile, symmetric)))
+        .collect();
+    let summary = format!(
+        "{}{} over {} samples (rows {}..{} of {})",
+        method_name(method),
+        if method == CalibrationMethod::Percentile {
+            format!(" {percentile}")
+        } else {
+            String::new()
+        },
+        rows.count,
+        rows.start,
+        rows.start + rows.count,
+        data.uri
+    );
+    Ok(Calibration {
+        pass: index,
+        calibrated: Arc::new(Calibrated { ranges, summary }),
+        report: CalibrationReport {
+            pass: index,
+            method,
+            percentile: (method == CalibrationMethod::Percentile).then_some(percentile),
+            samples: rows.count as u64,
+            source: CalibrationSourceRef {
+                uri: data.uri.clone(),
+                sha256: data.sha256.clone(),
+                kind: data.kind,
+                rows: [rows.start as u64, (rows.start + rows.count) as u64],
+            },
+            tensors: tensors.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+fn method_name(m: CalibrationMethod) -> &'static str {
+    match m {
+        CalibrationMethod::MinMax => "minMax",
+        CalibrationMethod::Percentile => "percentile",
+        CalibrationMethod::Entropy => "entropy",
+    }
+}
+
+/// Stage 2b: calibration for a static quantization pass (none without one).
+pub fn calibrate(
+    inputs: &Inputs,
+    base: &Baseline,
+    spec: &CompressionJobSpec,
+    dir: &Path,
+    ui: &Ui,
+) -> Result<Option<Calibration>> {
+    let Some((index, _)) = static_pass(spec) else {
+        return Ok(None);
+    };
+    let target = spec.target.clone().unwrap_or_default().cpu;
+    let separate;
+    let data = match &inputs.calibration {
+        Some((path, r)) => {
+            separate = Dataset::open(path, &r.uri).map_err(|e| Error::Eval {
+                which: "original (calibration)",
+                source: e.into(),
+            })?;
+            CalibrationData {
+                dataset: &separate,
+                rows: None,
+                uri: r.uri.clone(),
+                sha256: Some(r.sha256.clone()),
+                kind: "calibration",
+            }
+        }
+        None => CalibrationData {
+            dataset: &base.dataset,
+            rows: base.calibration_rows,
+            uri: inputs.dataset.uri.clone(),
+            sha256: Some(inputs.dataset.sha256.clone()),
+            kind: "dataset",
+        },
+    };
+    calibrate_with(
+        &base.model,
+        &spec.passes,
+        index,
+        target,
+        &data,
+        &base.cfg,
+        dir,
+        ui,
+    )
+    .map(Some)
 }
 
 /// Stage 3: the passes, in order, on a copy of the original; the candidate saved in `dir`.
@@ -359,18 +667,13 @@ pub fn build_candidate(
     original: &Model,
     passes: &[PassSpec],
     target: TargetCpu,
+    calibration: Option<&Calibration>,
     dir: &Path,
     ui: &Ui,
 ) -> Result<Candidate> {
     scratch_dir(dir)?;
-    let mut model = original.clone(); // cheap: payloads are shared `Bytes`
-    // Weights some exporters keep in Constant nodes become initializers first (lossless);
-    // IR < 4 would also need them listed as graph inputs, so those models are left as they are.
-    let folded = if model.proto.ir_version.unwrap_or(0) >= 4 {
-        onnx::fold_constants(model.graph_mut()).constants
-    } else {
-        0
-    };
+    // Weights some exporters keep in Constant nodes become initializers first (lossless).
+    let (mut model, folded) = folded(original);
     if folded > 0 {
         ui.stage(&format!(
             "{folded} weights held in Constant nodes folded into initializers"
@@ -378,7 +681,10 @@ pub fn build_candidate(
     }
     let mut reports = Vec::new();
     for (index, p) in passes.iter().enumerate() {
-        let pass = Pass::for_target(p, target);
+        let mut pass = Pass::for_target(p, target);
+        if let Some(c) = calibration.filter(|c| c.pass == index) {
+            pass.set_calibration(c.calibrated.clone());
+        }
         let report = pass.apply(&mut model).map_err(|source| Error::Pass {
             index,
             name: pass.name(),
@@ -533,10 +839,12 @@ pub async fn run(
 
     let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
     let base = baseline(&inputs, spec, ui)?;
+    let calibration = calibrate(&inputs, &base, spec, &opts.scratch.join("calibration"), ui)?;
     let candidate = build_candidate(
         &base.model,
         &spec.passes,
         spec.target.clone().unwrap_or_default().cpu,
+        calibration.as_ref(),
         &opts.scratch.join("candidate"),
         ui,
     )?;
@@ -575,6 +883,7 @@ pub async fn run(
         thresholds: spec.thresholds.clone(),
         folded_constants: candidate.folded_constants,
         passes: passes.to_vec(),
+        calibration: calibration.as_ref().map(|c| c.report.clone()),
         result: result.clone(),
         tools: Tools::this_binary(eval::runtime::library_path().map(|p| p.display().to_string())),
     };

@@ -65,8 +65,43 @@ pub struct Report {
     #[serde(skip_serializing_if = "is_zero")]
     pub folded_constants: usize,
     pub passes: Vec<PassReport>,
+    /// How static quantization's activation ranges were calibrated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationReport>,
     pub result: JobResult,
     pub tools: Tools,
+}
+
+/// The calibration of a static quantization pass.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CalibrationReport {
+    /// Index of the pass in `recipe`.
+    pub pass: usize,
+    /// `minMax`, `percentile` or `entropy`.
+    pub method: crate::api::CalibrationMethod,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// Samples run through the original model.
+    pub samples: u64,
+    /// The file they came from and which rows (`[start, end)`); rows set aside from the
+    /// evaluation dataset are never scored.
+    pub source: CalibrationSourceRef,
+    /// Activation tensors whose ranges were calibrated.
+    pub tensors: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CalibrationSourceRef {
+    pub uri: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `dataset` (the last rows of the evaluation set, set aside) or `calibration`
+    /// (spec.calibration.dataset, or `--calibration`).
+    pub kind: &'static str,
+    pub rows: [u64; 2],
 }
 
 impl Report {

@@ -537,3 +537,95 @@ fn a_recipe_that_changes_no_weight_is_rejected_and_says_why() {
     );
     assert!(files_under(&dir.path().join("production")).is_empty());
 }
+
+const STATIC: &str = "    - quantize:\n        mode: static\n        perChannel: true";
+const STATIC_GATE: &str = "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98";
+
+#[test]
+fn static_quantization_sets_the_last_rows_aside_for_calibration_and_never_scores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(
+        dir.path(),
+        &digits_job("digits-static", STATIC, STATIC_GATE, dir.path()),
+    );
+    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let res = &report["result"];
+    assert_eq!(res["verdict"], "Passed", "{res}");
+    // eval.npz has 540 rows: the last 128 (the default) calibrate, the first 412 are scored.
+    assert_eq!(res["baseline"]["samples"], 412, "{res}");
+    assert_eq!(res["candidate"]["samples"], 412, "{res}");
+    let cal = &report["calibration"];
+    assert_eq!(cal["method"], "minMax", "{cal}");
+    assert_eq!(cal["samples"], 128);
+    assert_eq!(cal["source"]["kind"], "dataset");
+    assert_eq!(cal["source"]["rows"], serde_json::json!([412, 540]));
+    assert_eq!(cal["source"]["sha256"], report["dataset"]["sha256"]);
+    assert_eq!(cal["tensors"], 3, "the inputs of the three MatMuls");
+    let pass = &report["passes"][0];
+    let d = pass["description"].as_str().unwrap();
+    assert!(
+        d.contains("S8S8") && d.contains("7-bit weights") && d.contains("minMax over 128 samples"),
+        "{d}"
+    );
+    assert_eq!(pass["tensors"].as_array().unwrap().len(), 3, "{pass}");
+}
+
+#[test]
+fn static_quantization_with_a_calibration_set_scores_every_dataset_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = repo().join("examples/digits/calib.npz");
+    let passes = format!(
+        "{STATIC}\n        activationType: uint8\n        calibration:\n          method: entropy\n          samples: 200"
+    );
+    let yaml = format!(
+        "{}  calibration:\n    dataset:\n      uri: {}\n",
+        digits_job("digits-static", &passes, STATIC_GATE, dir.path()),
+        calib.display()
+    );
+    let job = write_job(dir.path(), &yaml);
+    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let res = &report["result"];
+    assert_eq!(res["verdict"], "Passed", "{res}");
+    assert_eq!(res["candidate"]["samples"], 540);
+    let cal = &report["calibration"];
+    assert_eq!(cal["method"], "entropy");
+    assert_eq!(cal["samples"], 200);
+    assert_eq!(cal["source"]["kind"], "calibration");
+    assert_eq!(cal["source"]["rows"], serde_json::json!([0, 200]));
+    assert_eq!(
+        cal["source"]["sha256"].as_str().unwrap(),
+        sha256_hex(&calib)
+    );
+    assert!(
+        report["passes"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("U8S8"),
+        "{}",
+        report["passes"][0]
+    );
+}
+
+#[test]
+fn calibration_samples_that_leave_nothing_to_score_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let passes = format!("{STATIC}\n        calibration:\n          samples: 540");
+    let job = write_job(
+        dir.path(),
+        &digits_job("digits-static", &passes, STATIC_GATE, dir.path()),
+    );
+    let r = run_kompress(&["run", "-f", &job], &[]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("spec.passes[0].quantize.calibration.samples")
+            && r.stderr.contains("540"),
+        "{}",
+        r.stderr
+    );
+    assert!(files_under(&dir.path().join("production")).is_empty());
+}

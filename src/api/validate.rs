@@ -356,6 +356,17 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         .passes
         .iter()
         .any(|p| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static));
+    // One calibration per run: its rows are set aside once and the report names one.
+    let statics =
+        spec.passes.iter().enumerate().filter(
+            |(_, p)| matches!(p, PassSpec::Quantize(q) if q.mode == super::QuantMode::Static),
+        );
+    for (i, _) in statics.skip(1) {
+        err(
+            format!("spec.passes[{i}].quantize.mode"),
+            "only one `mode: static` pass per recipe (calibration runs once)".into(),
+        );
+    }
     if calib_data.is_some() && !static_pass {
         err(
             "spec.calibration.dataset".into(),
@@ -415,6 +426,26 @@ mod tests {
                 "spec.thresholds.minAgreement",
                 "spec.thresholds.maxLatencyRatio"
             ]
+        );
+    }
+
+    #[test]
+    fn one_static_quantization_per_recipe() {
+        let s = spec(&format!(
+            "{BASE}passes:\n- quantize: {{mode: static}}\n- prune: {{sparsity: 0.5}}\n- quantize: {{mode: static}}\n"
+        ));
+        let e = validate(&s).unwrap_err();
+        let mode =
+            e.0.iter()
+                .find(|f| f.field == "spec.passes[2].quantize.mode");
+        assert!(
+            mode.is_some_and(|f| f.message.contains("only one `mode: static`")),
+            "{e:?}"
+        );
+        assert!(
+            !e.0.iter()
+                .any(|f| f.field == "spec.passes[0].quantize.mode"),
+            "{e:?}"
         );
     }
 

@@ -3,6 +3,7 @@
 use super::fail;
 use crate::api::manifest::read_job;
 use crate::api::wire::{EXIT_PERMANENT, EXIT_TRANSIENT};
+use crate::pipeline;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,9 +16,59 @@ pub struct CompressArgs {
     /// A CompressionJob manifest whose `spec.passes` are applied.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
+    /// Calibration samples (`.npz`, one array per model input) for a `mode: static` pass:
+    /// its first `calibration.samples` rows are run through the model.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 impl CompressArgs {
+    /// Calibrates the static pass, if the recipe has one, on `--calibration` (required then).
+    fn calibrate(
+        &self,
+        spec: &crate::api::CompressionJobSpec,
+        model: &crate::onnx::Model,
+        target: crate::api::TargetCpu,
+    ) -> Result<Option<pipeline::Calibration>, Box<dyn std::error::Error>> {
+        let Some((index, _)) = pipeline::static_pass(spec) else {
+            return Ok(None);
+        };
+        let Some(path) = &self.calibration else {
+            return Err(format!(
+                "spec.passes[{index}] is a `mode: static` quantization: give calibration samples with --calibration DATA.npz"
+            )
+            .into());
+        };
+        let shown = path.display().to_string();
+        let ds = crate::eval::Dataset::open(path, &shown)?;
+        let cfg = crate::eval::EvalConfig::from_spec(&spec.evaluation(), None, None);
+        let scratch = tempfile::Builder::new()
+            .prefix("kompress-calibration-")
+            .tempdir()?;
+        let data = pipeline::CalibrationData {
+            dataset: &ds,
+            rows: None,
+            uri: shown,
+            sha256: None,
+            kind: "calibration",
+        };
+        let c = pipeline::calibrate_with(
+            model,
+            &spec.passes,
+            index,
+            target,
+            &data,
+            &cfg,
+            &scratch.path().join("calibration"),
+            &crate::ui::Ui::plain(),
+        )?;
+        eprintln!(
+            "calibration: {} samples, {} tensors, {:.2}s",
+            c.report.samples, c.report.tensors, c.report.seconds
+        );
+        Ok(Some(c))
+    }
+
     pub fn run(self) -> ExitCode {
         let job = match read_job(&self.file) {
             Ok(j) => j,
@@ -31,8 +82,15 @@ impl CompressArgs {
             Err(e) => return fail(&e, EXIT_PERMANENT),
         };
         let target = job.spec.target.clone().unwrap_or_default().cpu;
+        let calibration = match self.calibrate(&job.spec, &m, target) {
+            Ok(c) => c,
+            Err(e) => return fail(e.as_ref(), EXIT_PERMANENT),
+        };
         for (i, p) in job.spec.passes.iter().enumerate() {
-            let pass = crate::passes::Pass::for_target(p, target);
+            let mut pass = crate::passes::Pass::for_target(p, target);
+            if let Some(c) = calibration.as_ref().filter(|c| c.pass == i) {
+                pass.set_calibration(c.calibrated.clone());
+            }
             match pass.apply(&mut m) {
                 Ok(r) => eprintln!(
                     "pass {i} {}: {} ({} tensors, {} skipped)",

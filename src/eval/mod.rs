@@ -1,6 +1,7 @@
 //! Evaluation with ONNX Runtime: the same dataset through the original and the candidate,
 //! metrics against labels and against the original's outputs, and latency after warm-up.
 
+pub mod calibrate;
 pub mod dataset;
 pub mod latency;
 pub mod metrics;

@@ -72,7 +72,17 @@ fn candidates() -> Vec<PathBuf> {
                 .map(|d| d.join("lib/libonnxruntime.so")),
         );
     }
-    // An installed `onnxruntime` wheel; find_spec locates it without importing it.
+    // An installed `onnxruntime` wheel: only asked when nothing above is a file (starting
+    // python3 costs 30 ms to over 0.5 s on a busy node, on every kompress process).
+    if !out.iter().any(|p| p.is_file()) {
+        out.extend(python_wheel());
+    }
+    out
+}
+
+/// The library in an installed `onnxruntime` wheel; find_spec locates it without importing it.
+fn python_wheel() -> Vec<PathBuf> {
+    let mut out = Vec::new();
     if let Ok(o) = std::process::Command::new("python3")
         .args(["-c", "import importlib.util as u; s=u.find_spec('onnxruntime'); print(s.submodule_search_locations[0] if s else '')"])
         .output()

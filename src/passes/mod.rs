@@ -9,6 +9,7 @@ pub mod nbits;
 mod optimize;
 mod prune;
 mod quantize;
+mod static_q;
 mod svd;
 
 pub use coverage::{Coverage, ModeCoverage, OpWeights, coverage};
@@ -18,8 +19,11 @@ pub use nbits::Int4Config;
 pub use optimize::OptimizeConfig;
 pub use prune::{PruneConfig, PruneTarget};
 pub use quantize::QuantizeConfig;
+pub use static_q::{ActivationRanges, Activations, Calibrated};
 
-use crate::api::{PassSpec, PruneScope, QuantMode, TargetCpu, WeightType, ops, parse_pattern};
+use crate::api::{
+    ActivationType, PassSpec, PruneScope, QuantMode, TargetCpu, WeightType, ops, parse_pattern,
+};
 use crate::onnx::{self, DataType, Model, TensorData, pb};
 use std::collections::HashSet;
 
@@ -119,7 +123,32 @@ impl Pass {
                     &q.exclude_nodes,
                     q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
                 ),
+                activations: Activations {
+                    uint8: q.activation_type == Some(ActivationType::Uint8),
+                    symmetric: q.symmetric_activations.unwrap_or(false),
+                    reduce_range_default: q.reduce_range.is_none(),
+                    calibrated: None,
+                },
             }),
+        }
+    }
+
+    /// The activation tensors a static quantization pass needs calibrated ranges for (the
+    /// inputs of the ops it quantizes, and the outputs its QDQ form quantizes); `None` for
+    /// any other pass.
+    pub fn calibration_tensors(&self, model: &Model) -> Option<Vec<String>> {
+        match self {
+            Pass::Quantize(c) if c.static_mode => Some(static_q::calibration_tensors(c, model)),
+            _ => None,
+        }
+    }
+
+    /// Hands a static quantization pass its calibrated ranges (other passes ignore them).
+    pub fn set_calibration(&mut self, calibrated: std::sync::Arc<Calibrated>) {
+        if let Pass::Quantize(c) = self
+            && c.static_mode
+        {
+            c.activations.calibrated = Some(calibrated);
         }
     }
 

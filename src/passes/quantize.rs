@@ -33,6 +33,8 @@ pub struct QuantizeConfig {
     pub per_channel_required: bool,
     pub reduce_range: bool,
     pub select: Selection,
+    /// Static mode: activation form and the calibrated ranges.
+    pub activations: super::static_q::Activations,
 }
 
 /// What to do with one weight.
@@ -55,9 +57,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
         return super::nbits::apply(int4, &cfg.select, model);
     }
     if cfg.static_mode {
-        return Err(unsupported(
-            "mode: static is not available in this build yet".into(),
-        ));
+        return super::static_q::apply(cfg, model);
     }
     let opset = onnx::default_opset(&model.proto).unwrap_or(0);
     let mut report = PassReport {

@@ -1,0 +1,475 @@
+//! Calibration for static quantization: the original model runs over the calibration rows
+//! with the activations a pass will quantize added as graph outputs, a batch at a time, and
+//! every batch is folded into fixed-size statistics per tensor (exact min/max and a histogram
+//! of `BINS` bins over a symmetric range that doubles as values grow). No activation is kept,
+//! so memory does not grow with the number of samples.
+
+use super::{Archive, ArrayData, Error, EvalConfig, Opened, Result, tensor};
+use crate::api::CalibrationMethod;
+use crate::onnx::{self, Model, pb};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Histogram bins per tensor, over `[-range, range]` (an even number: bin `BINS / 2` starts
+/// at zero).
+pub const BINS: usize = 2048;
+
+/// Quantized magnitude levels the entropy search compares against (int8: |q| in 0..128;
+/// twice that for one-sided values with asymmetric ranges).
+pub const ENTROPY_LEVELS: usize = 128;
+
+/// Streamed statistics of one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorStats {
+    /// Smallest and largest finite value seen (0 before any).
+    pub min: f32,
+    pub max: f32,
+    /// Finite values seen.
+    pub count: u64,
+    /// NaN and infinities seen (left out of every statistic).
+    pub non_finite: u64,
+    /// Half-width of the histogram's range; 0 while every value seen was 0.
+    range: f64,
+    hist: Vec<u64>,
+}
+
+impl Default for TensorStats {
+    fn default() -> Self {
+        Self {
+            min: 0.0,
+            max: 0.0,
+            count: 0,
+            non_finite: 0,
+            range: 0.0,
+            hist: vec![0; BINS],
+        }
+    }
+}
+
+impl TensorStats {
+    /// Statistics without the histogram (minMax needs none): min, max and counts only.
+    pub fn min_max_only() -> Self {
+        Self {
+            hist: Vec::new(),
+            ..Self::default()
+        }
+    }
+
+    /// The histogram: `BINS` counts over `[-range, range]`, equal widths.
+    pub fn histogram(&self) -> (&[u64], f64) {
+        (&self.hist, self.range)
+    }
+
+    /// Folds a batch of values in.
+    pub fn update(&mut self, values: &[f32]) {
+        let (mut lo, mut hi, mut amax) = (f32::INFINITY, f32::NEG_INFINITY, 0f32);
+        let mut finite = 0u64;
+        for &v in values {
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+                amax = amax.max(v.abs());
+                finite += 1;
+            }
+        }
+        self.non_finite += values.len() as u64 - finite;
+        if finite == 0 {
+            return;
+        }
+        if self.count == 0 {
+            (self.min, self.max) = (lo, hi);
+        } else {
+            self.min = self.min.min(lo);
+            self.max = self.max.max(hi);
+        }
+        self.count += finite;
+        if self.hist.is_empty() {
+            return;
+        }
+        if f64::from(amax) > self.range {
+            self.grow(f64::from(amax));
+        }
+        if self.range == 0.0 {
+            // Every value so far is 0: zero's bin is BINS / 2 whatever the range becomes.
+            self.hist[BINS / 2] += finite;
+            return;
+        }
+        let per = BINS as f64 / (2.0 * self.range);
+        for &v in values {
+            if v.is_finite() {
+                let i = ((f64::from(v) + self.range) * per) as usize;
+                self.hist[i.min(BINS - 1)] += 1;
+            }
+        }
+    }
+
+    /// Widens the range to cover `amax`: by a power of two, so old bins merge exactly.
+    fn grow(&mut self, amax: f64) {
+        if self.range == 0.0 {
+            self.range = amax;
+            return;
+        }
+        let mut k = 0u32;
+        while self.range * 2f64.powi(k as i32) < amax {
+            k += 1;
+        }
+        let old = std::mem::replace(&mut self.hist, vec![0; BINS]);
+        let half = (BINS / 2) as u128;
+        for (j, c) in old.into_iter().enumerate() {
+            // Old bin j starts j units above -range; the new bins are 2^k units wide and
+            // start (2^k - 1) * BINS/2 units below it.
+            let n = if k >= 100 {
+                if (j as u128) < half { half - 1 } else { half }
+            } else {
+                let f = 1u128 << k;
+                ((f - 1) * half + j as u128) / f
+            };
+            self.hist[n as usize] += c;
+        }
+        self.range *= 2f64.powi(k as i32);
+    }
+
+    /// |x| histogram: `BINS / 2` bins over `[0, range]`.
+    pub fn abs_histogram(&self) -> Vec<u64> {
+        let h = BINS / 2;
+        (0..h)
+            .map(|k| self.hist[h + k] + self.hist[h - 1 - k])
+            .collect()
+    }
+
+    /// The range to quantize to, `[lo, hi]`, inside the observed `[min, max]`.
+    /// `symmetric` picks how `percentile` cuts (|x|, or both tails). Without a histogram
+    /// ([`TensorStats::min_max_only`]) every method gives `[min, max]`.
+    pub fn range_for(
+        &self,
+        method: CalibrationMethod,
+        percentile: f64,
+        symmetric: bool,
+    ) -> (f32, f32) {
+        if self.count == 0 {
+            return (0.0, 0.0);
+        }
+        if self.hist.is_empty() {
+            return (self.min, self.max);
+        }
+        let clamp = |lo: f64, hi: f64| {
+            let lo = (lo as f32).max(self.min);
+            (lo, (hi as f32).min(self.max).max(lo))
+        };
+        match method {
+            CalibrationMethod::MinMax => (self.min, self.max),
+            CalibrationMethod::Percentile if symmetric => {
+                let t = abs_percentile(&self.abs_histogram(), self.range, percentile);
+                clamp(-t, t)
+            }
+            CalibrationMethod::Percentile => {
+                let cut = (100.0 - percentile) / 200.0;
+                let total = self.hist.iter().sum::<u64>() as f64;
+                let w = 2.0 * self.range / BINS as f64;
+                let mut cum = 0u64;
+                let (mut left, mut right) = (None, None);
+                for (i, &c) in self.hist.iter().enumerate() {
+                    cum += c;
+                    let frac = cum as f64 / total;
+                    if left.is_none() && frac >= cut {
+                        left = Some(i);
+                    }
+                    if right.is_none() && frac >= 1.0 - cut {
+                        right = Some(i);
+                    }
+                }
+                let l = left.unwrap_or(0) as f64 * w - self.range;
+                let r = (right.unwrap_or(BINS - 1) + 1) as f64 * w - self.range;
+                clamp(l, r)
+            }
+            CalibrationMethod::Entropy => {
+                // One-sided values (a Relu's) get all 256 asymmetric levels on [0, t], not
+                // the 128 a side gets when values straddle 0.
+                let one_sided = !symmetric && (self.min >= 0.0 || self.max <= 0.0);
+                let levels = if one_sided {
+                    2 * ENTROPY_LEVELS
+                } else {
+                    ENTROPY_LEVELS
+                };
+                let t = entropy_threshold(&self.abs_histogram(), self.range, levels);
+                clamp(-t, t)
+            }
+        }
+    }
+}
+
+/// The upper edge of the first |x| bin whose cumulative share reaches `percentile`.
+pub fn abs_percentile(abs_hist: &[u64], range: f64, percentile: f64) -> f64 {
+    let total: u64 = abs_hist.iter().sum();
+    let w = range / abs_hist.len() as f64;
+    let want = percentile / 100.0 * total as f64;
+    let mut cum = 0u64;
+    for (k, &c) in abs_hist.iter().enumerate() {
+        cum += c;
+        if cum as f64 >= want {
+            return (k + 1) as f64 * w;
+        }
+    }
+    range
+}
+
+/// TensorRT's entropy calibration on an |x| histogram: for each candidate clip of `i` bins
+/// (from `levels` to all), the clipped distribution P (outliers added to its last bin) and
+/// its quantization Q to `levels` levels (each level's mass spread over its non-empty bins)
+/// are compared by KL(P || Q); the clip with the least divergence wins. Returns the clip
+/// value (the upper edge of bin `i - 1`).
+pub fn entropy_threshold(abs_hist: &[u64], range: f64, levels: usize) -> f64 {
+    let n = abs_hist.len();
+    let w = range / n as f64;
+    if n <= levels {
+        return range;
+    }
+    let mut best = (f64::INFINITY, n);
+    let mut outliers: u64 = abs_hist[levels..].iter().sum();
+    let mut p = vec![0f64; n];
+    let mut q = vec![0f64; n];
+    for i in levels..=n {
+        let hist = &abs_hist[..i];
+        for (pj, &h) in p.iter_mut().zip(hist) {
+            *pj = h as f64;
+        }
+        p[i - 1] += outliers as f64;
+        if i < n {
+            outliers -= abs_hist[i];
+        }
+        // Q: level l covers bins [l*i/levels, (l+1)*i/levels).
+        for l in 0..levels {
+            let (s, e) = (l * i / levels, (l + 1) * i / levels);
+            let mass: u64 = hist[s..e].iter().sum();
+            let nonzero = hist[s..e].iter().filter(|&&h| h > 0).count();
+            for j in s..e {
+                q[j] = if hist[j] > 0 {
+                    mass as f64 / nonzero as f64
+                } else {
+                    0.0
+                };
+            }
+        }
+        let kl = kl_divergence(&p[..i], &q[..i]);
+        if kl < best.0 {
+            best = (kl, i);
+        }
+    }
+    best.1 as f64 * w
+}
+
+/// KL(P || Q) of two unnormalised distributions; a bin where P has mass and Q none costs as
+/// if Q held a tiny share there (the usual smoothing).
+pub fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
+    const EPS: f64 = 1e-10;
+    let (ps, qs): (f64, f64) = (p.iter().sum(), q.iter().sum());
+    if ps == 0.0 {
+        return 0.0;
+    }
+    let mut kl = 0.0;
+    for (&a, &b) in p.iter().zip(q) {
+        if a > 0.0 {
+            let pa = a / ps;
+            let qb = if qs > 0.0 { (b / qs).max(EPS) } else { EPS };
+            kl += pa * (pa / qb).ln();
+        }
+    }
+    kl
+}
+
+/// Where the calibration rows are: `count` rows from `start` of every model input's array.
+#[derive(Debug, Clone, Copy)]
+pub struct RowRange {
+    pub start: usize,
+    pub count: usize,
+}
+
+/// A copy of `model` that also outputs `tensors` (float32 values of any shape). Graph inputs
+/// are not added: [`run`] reads them from the rows it feeds (an output that is an input
+/// would alias the fed buffer, which the `ort` crate frees after the run).
+pub fn with_outputs(model: &Model, tensors: &[String]) -> Model {
+    let mut m = model.clone();
+    let g = m.graph_mut();
+    for t in tensors {
+        if g.output
+            .iter()
+            .chain(&g.input)
+            .any(|o| o.name.as_deref() == Some(t.as_str()))
+        {
+            continue;
+        }
+        g.output.push(pb::ValueInfoProto {
+            name: Some(t.clone()),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: Some(onnx::DataType::Float.to_i32()),
+                    shape: None,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    m
+}
+
+/// Runs `opened` (a model from [`with_outputs`]) over `rows` of `ds`, a batch of
+/// `cfg.batch_size` rows at a time, and folds each of `tensors` into its statistics (with
+/// histograms when `histograms`). `progress` gets (done, total) rows.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    opened: &mut Opened,
+    ds: &super::Dataset,
+    rows: RowRange,
+    tensors: &[String],
+    histograms: bool,
+    cfg: &EvalConfig,
+    progress: &dyn Fn(u64, u64),
+) -> Result<BTreeMap<String, TensorStats>> {
+    // The inputs are matched to arrays as for evaluation; labels play no part.
+    let check = EvalConfig {
+        labels: None,
+        output: None,
+        limit: None,
+        ..cfg.clone()
+    };
+    let prep = super::prepare(opened, ds, &check)?;
+    let model = opened.path.clone();
+    let run_err = |message: String| Error::Run {
+        path: model.clone(),
+        message,
+    };
+    if rows
+        .start
+        .checked_add(rows.count)
+        .is_none_or(|end| end > prep.samples)
+    {
+        return Err(Error::Mismatch {
+            dataset: ds.display_name().to_string(),
+            model: model.clone(),
+            what: format!(
+                "calibration rows {}..{} asked for, the arrays have {} rows",
+                rows.start,
+                rows.start.saturating_add(rows.count),
+                prep.samples
+            ),
+        });
+    }
+    let mut archives: Vec<Archive> = prep.inputs.iter().map(|_| Archive::default()).collect();
+    let mut readers = Vec::with_capacity(prep.inputs.len());
+    for (m, a) in prep.inputs.iter().zip(archives.iter_mut()) {
+        let mut r = ds.rows(&m.name, a)?;
+        r.skip(rows.start)?;
+        readers.push(r);
+    }
+    let mut stats: BTreeMap<String, TensorStats> = tensors
+        .iter()
+        .map(|t| {
+            let s = if histograms {
+                TensorStats::default()
+            } else {
+                TensorStats::min_max_only()
+            };
+            (t.clone(), s)
+        })
+        .collect();
+    let batch = cfg.batch_size.max(1);
+    let mut done = 0;
+    while done < rows.count {
+        let n = batch.min(rows.count - done);
+        let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> =
+            Vec::with_capacity(readers.len());
+        for (m, r) in prep.inputs.iter().zip(readers.iter_mut()) {
+            let arr = r.read(n)?;
+            if let Some(s) = stats.get_mut(&m.name) {
+                match &arr.data {
+                    ArrayData::F32(v) => s.update(v),
+                    other => {
+                        return Err(run_err(format!(
+                            "input `{}` is {}, so it cannot be calibrated",
+                            m.name,
+                            other.dtype()
+                        )));
+                    }
+                }
+            }
+            let t = tensor(arr).map_err(|e| run_err(e.to_string()))?;
+            feed.push((Cow::Owned(m.name.clone()), t.into()));
+        }
+        let outputs = opened.sess.run(feed).map_err(|e| run_err(e.to_string()))?;
+        for (name, s) in stats.iter_mut() {
+            if prep.inputs.iter().any(|m| &m.name == name) {
+                continue;
+            }
+            let v = outputs
+                .get(name.as_str())
+                .ok_or_else(|| run_err(format!("calibration output `{name}` missing")))?;
+            let (_, data) = v.try_extract_tensor::<f32>().map_err(|_| {
+                run_err(format!(
+                    "tensor `{name}` is not float32, so it cannot be calibrated"
+                ))
+            })?;
+            s.update(data);
+        }
+        done += n;
+        progress(done as u64, rows.count as u64);
+    }
+    for r in readers {
+        r.finish()?;
+    }
+    Ok(stats)
+}
+
+/// Rows of the arrays feeding `opened`'s inputs.
+pub fn rows(opened: &Opened, ds: &super::Dataset, cfg: &EvalConfig) -> Result<usize> {
+    let check = EvalConfig {
+        labels: None,
+        output: None,
+        limit: None,
+        ..cfg.clone()
+    };
+    Ok(super::prepare(opened, ds, &check)?.samples)
+}
+
+/// Opens a calibration session on a model file (from [`with_outputs`], saved).
+pub fn open(path: &Path, cfg: &EvalConfig) -> Result<Opened> {
+    super::open(path, cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_then_values_keep_zero_in_the_zero_bin() {
+        let mut s = TensorStats::default();
+        s.update(&[0.0; 10]);
+        s.update(&[1.0, -1.0]);
+        s.update(&[5.0]);
+        let (h, r) = s.histogram();
+        assert_eq!(r, 8.0);
+        assert_eq!(h.iter().sum::<u64>(), 13);
+        assert_eq!(h[BINS / 2], 10, "zeros stay in the bin starting at 0");
+        assert_eq!((s.min, s.max, s.count), (-1.0, 5.0, 13));
+    }
+
+    #[test]
+    fn min_max_only_statistics_keep_no_histogram() {
+        let mut s = TensorStats::min_max_only();
+        s.update(&[1.0, -2.0, 3.0]);
+        assert_eq!((s.min, s.max, s.count), (-2.0, 3.0, 3));
+        assert!(s.histogram().0.is_empty());
+        assert_eq!(
+            s.range_for(CalibrationMethod::Entropy, 99.0, false),
+            (-2.0, 3.0)
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_and_left_out() {
+        let mut s = TensorStats::default();
+        s.update(&[f32::NAN, 2.0, f32::INFINITY, -3.0]);
+        assert_eq!((s.min, s.max, s.count, s.non_finite), (-3.0, 2.0, 2, 2));
+    }
+}

@@ -1,0 +1,674 @@
+//! Static int8 quantization: weights and activations int8 with activation ranges calibrated
+//! ahead of time, written in the QDQ form ONNX Runtime's graph optimizer fuses into integer
+//! kernels (checked on ORT 1.31.1's saved optimized model, CPU provider, S8S8 and U8S8):
+//!
+//! - `MatMul`: `DQ(Q(A)) x DQ(W_q)`, output float: fused into `MatMulIntegerToFloat`.
+//! - `Gemm`: `DQ(Q(A))`, `DQ(W_q)`, bias as `DQ(C_q int32, scale_A·scale_W)`, output float:
+//!   fused into `QGemm` (with a float bias and no output Q ORT leaves it float).
+//! - `Conv`: `DQ(Q(X))`, `DQ(W_q)`, int32 bias, and `Q -> DQ` on the output: fused into
+//!   `QLinearConv` (without an output Q ORT runs float Conv).
+//!
+//! Weights are symmetric int8 (zero point 0), per output channel or per tensor, 7-bit when
+//! `reduce_range`. Activation pairs use the calibrated `[lo, hi]` (widened to hold 0),
+//! int8 or uint8, asymmetric or symmetric. A tensor quantized once is read dequantized by
+//! every quantized consumer (one pair per tensor). Embedding tables (`Gather`) keep the int8
+//! per-row form of the other modes.
+
+use super::quantize::QuantizeConfig;
+use super::{PassReport, Result, Selection, Skipped, TensorReport, math, node_label};
+use super::{select_weights, weight_values};
+use crate::onnx::{
+    self, DataType, Model, Namer, TensorData, attr_int, f32_tensor, int8_tensor, pb,
+};
+use bytes::Bytes;
+use math::ChannelLayout;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Calibrated `[lo, hi]` of each activation tensor, by name.
+pub type ActivationRanges = BTreeMap<String, (f32, f32)>;
+
+/// What calibration produced, for one static pass.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Calibrated {
+    pub ranges: ActivationRanges,
+    /// How they were obtained (method, samples, source), for the pass report.
+    pub summary: String,
+}
+
+/// The activation side of a static pass.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Activations {
+    /// uint8 activations (U8S8) instead of int8 (S8S8).
+    pub uint8: bool,
+    /// Zero point at the middle of the type (range `[-max|x|, max|x|]`).
+    pub symmetric: bool,
+    /// `reduce_range` was chosen from the target, not set in the spec (for the report).
+    pub reduce_range_default: bool,
+    /// Filled by the calibration stage before the pass runs.
+    pub calibrated: Option<Arc<Calibrated>>,
+}
+
+/// Scale and zero point of an activation range (ONNX Runtime's rule): asymmetric widens
+/// `[lo, hi]` to hold 0 and maps it onto the whole type; symmetric maps `[-m, m]`,
+/// `m = max(|lo|, |hi|)`, onto [-127, 127] (int8, zero point 0) or [0, 255] (uint8, zero
+/// point 128). An empty range gets scale 1.
+pub fn activation_qparams(lo: f32, hi: f32, uint8: bool, symmetric: bool) -> (f32, i32) {
+    let (qmin, qmax) = match (uint8, symmetric) {
+        (true, _) => (0i32, 255i32),
+        (false, true) => (-127, 127),
+        (false, false) => (-128, 127),
+    };
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    if symmetric {
+        let m = lo.abs().max(hi.abs());
+        let scale = 2.0 * m / (qmax - qmin) as f32;
+        let zp = if uint8 { 128 } else { 0 };
+        return if scale > 0.0 && scale.is_normal() {
+            (scale, zp)
+        } else {
+            (1.0, zp)
+        };
+    }
+    let scale = (hi - lo) / (qmax - qmin) as f32;
+    if !(scale > 0.0 && scale.is_normal()) {
+        return (1.0, 0);
+    }
+    let zp = (qmin as f32 - lo / scale).round() as i32;
+    (scale, zp.clamp(qmin, qmax))
+}
+
+fn without_gather(sel: &Selection) -> Selection {
+    Selection {
+        ops: sel.ops.iter().filter(|o| *o != "Gather").cloned().collect(),
+        ..sel.clone()
+    }
+}
+
+/// The activations the pass will quantize on `model`: each selected node's data input and
+/// each Conv's output, in graph order, without repeats.
+pub fn calibration_tensors(cfg: &QuantizeConfig, model: &Model) -> Vec<String> {
+    let g = model.graph();
+    let inits: HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let consumers = onnx::consumers(g);
+    let graph_outputs: HashSet<&str> = g.output.iter().filter_map(|v| v.name.as_deref()).collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut skipped = Vec::new();
+    for w in select_weights(model, &without_gather(&cfg.select), &mut skipped) {
+        for (ni, op) in &w.users {
+            let n = &g.node[*ni];
+            let mut names = vec![n.input[0].clone()];
+            if op == "Conv" && !n.output.is_empty() {
+                let relu = following_relu(g, &consumers, &graph_outputs, *ni, &cfg.activations);
+                names.push(match relu {
+                    Some(ri) => g.node[ri].output[0].clone(),
+                    None => n.output[0].clone(),
+                });
+            }
+            for t in names {
+                if !t.is_empty() && !inits.contains(t.as_str()) && seen.insert(t.clone()) {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn raw_tensor(name: &str, dims: &[i64], dtype: DataType, raw: Vec<u8>) -> pb::TensorProto {
+    pb::TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.to_vec(),
+        data_type: Some(dtype.to_i32()),
+        raw_data: Some(Bytes::from(raw)),
+        ..Default::default()
+    }
+}
+
+fn int32_tensor(name: &str, dims: &[i64], values: &[i32]) -> pb::TensorProto {
+    let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_tensor(name, dims, DataType::Int32, raw)
+}
+
+/// A scalar zero point of the activation type.
+fn zero_point(name: &str, zp: i32, uint8: bool) -> pb::TensorProto {
+    if uint8 {
+        raw_tensor(name, &[], DataType::Uint8, vec![zp as u8])
+    } else {
+        int8_tensor(name, &[], vec![zp as i8])
+    }
+}
+
+/// One quantized activation: its scale, and the name quantized consumers read.
+#[derive(Clone)]
+struct Act {
+    scale: f32,
+    read: String,
+}
+
+pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
+    let unsupported = |what: String| super::Error::Unsupported {
+        pass: "quantize",
+        what,
+    };
+    let a = &cfg.activations;
+    let Some(cal) = a.calibrated.clone() else {
+        return Err(unsupported(
+            "mode: static needs calibrated activation ranges: `kompress run` calibrates on \
+             spec.calibration.dataset (or rows set aside from the dataset); `kompress compress` \
+             needs --calibration DATA.npz"
+                .into(),
+        ));
+    };
+    let opset = onnx::default_opset(&model.proto).unwrap_or(0);
+    if opset < 10 {
+        return Err(unsupported(format!(
+            "the model imports opset {opset}; static quantization needs opset >= 10 \
+             (QuantizeLinear, DequantizeLinear): re-export the model"
+        )));
+    }
+    if cfg.per_channel_required && opset < 13 {
+        return Err(unsupported(format!(
+            "the model imports opset {opset}; per-channel scales need opset >= 13: set perChannel: false"
+        )));
+    }
+    // perChannel left to its default: one scale per tensor where the opset cannot say more.
+    let fallback = cfg.per_channel && opset < 13;
+    // Embedding rows keep one scale each: the lookup form needs no opset 13.
+    let rows_per_channel = cfg.per_channel;
+    let per_tensor;
+    let cfg = if fallback {
+        per_tensor = QuantizeConfig {
+            per_channel: false,
+            ..cfg.clone()
+        };
+        &per_tensor
+    } else {
+        cfg
+    };
+    let mut report = PassReport {
+        pass: "quantize".into(),
+        description: describe(cfg, &cal),
+        ..Default::default()
+    };
+    if fallback {
+        report.description.push_str(&format!(
+            "; per-tensor weights: per-channel DequantizeLinear needs opset >= 13, the model imports {opset}"
+        ));
+    }
+
+    // Embedding tables first, in the form every mode uses.
+    let gather: Vec<String> = cfg
+        .select
+        .ops
+        .iter()
+        .filter(|o| *o == "Gather")
+        .cloned()
+        .collect();
+    if !gather.is_empty() {
+        let sub = QuantizeConfig {
+            weight_only: true,
+            static_mode: false,
+            int4: None,
+            select: Selection {
+                ops: gather,
+                ..cfg.select.clone()
+            },
+            activations: Activations::default(),
+            per_channel: rows_per_channel,
+            ..cfg.clone()
+        };
+        let r = super::quantize::apply(&sub, model)?;
+        if !r.tensors.is_empty() {
+            report
+                .description
+                .push_str("; embedding tables (Gather): 8-bit rows, dequantized after the lookup");
+        }
+        report.tensors.extend(r.tensors);
+        report.skipped.extend(r.skipped);
+    }
+
+    let weights = select_weights(model, &without_gather(&cfg.select), &mut report.skipped);
+    let qmax: i8 = if cfg.reduce_range { 63 } else { 127 };
+    let g = model.graph();
+    let consumers = onnx::consumers(g);
+    let graph_outputs: HashSet<&str> = g.output.iter().filter_map(|v| v.name.as_deref()).collect();
+    let init_of = |name: &str| {
+        g.initializer
+            .iter()
+            .position(|t| t.name.as_deref() == Some(name))
+    };
+    let mut namer = Namer::new(g);
+    let mut new_inits: Vec<pb::TensorProto> = Vec::new();
+    let mut drop_inits: HashSet<usize> = HashSet::new();
+    let mut before: BTreeMap<usize, Vec<pb::NodeProto>> = BTreeMap::new();
+    let mut after: BTreeMap<usize, Vec<pb::NodeProto>> = BTreeMap::new();
+    let mut input_renames: Vec<(usize, usize, String)> = Vec::new();
+    let mut output_renames: Vec<(usize, String)> = Vec::new();
+    let mut set_beta_one: Vec<usize> = Vec::new();
+    let mut acts: HashMap<String, Act> = HashMap::new();
+    let mut bias_rewired: HashMap<usize, usize> = HashMap::new();
+    let mut removed: HashSet<usize> = HashSet::new();
+    let ranges = &cal.ranges;
+
+    // Q -> DQ on `t`, whose float values come from `src`; the DQ writes `out`.
+    let pair = |namer: &mut Namer,
+                new_inits: &mut Vec<pb::TensorProto>,
+                t: &str,
+                src: &str,
+                out: &str|
+     -> (f32, Vec<pb::NodeProto>) {
+        let (lo, hi) = ranges[t];
+        let (scale, zp) = activation_qparams(lo, hi, a.uint8, a.symmetric);
+        let s = namer.fresh(&format!("{t}_scale"));
+        let z = namer.fresh(&format!("{t}_zero_point"));
+        let q = namer.fresh(&format!("{t}_quantized"));
+        new_inits.push(f32_tensor(&s, &[], &[scale]));
+        new_inits.push(zero_point(&z, zp, a.uint8));
+        let nodes = vec![
+            onnx::node(
+                "QuantizeLinear",
+                namer.fresh(&format!("{t}_QuantizeLinear")),
+                vec![src.to_string(), s.clone(), z.clone()],
+                vec![q.clone()],
+                vec![],
+            ),
+            onnx::node(
+                "DequantizeLinear",
+                namer.fresh(&format!("{t}_DequantizeLinear")),
+                vec![q, s, z],
+                vec![out.to_string()],
+                vec![],
+            ),
+        ];
+        (scale, nodes)
+    };
+
+    for w in &weights {
+        let (_, out_axis) = w.axes(g);
+        let channels = w.dims[out_axis];
+        // Every user must be expressible; otherwise the weight stays float.
+        let mut why: Option<String> = None;
+        for (ni, op) in &w.users {
+            let n = &g.node[*ni];
+            let x = &n.input[0];
+            if !ranges.contains_key(x) {
+                why = Some(format!("no calibrated range for its input `{x}`"));
+            } else if op == "Conv"
+                && !n.output.first().is_some_and(|y| {
+                    let relu = following_relu(g, &consumers, &graph_outputs, *ni, a);
+                    ranges.contains_key(relu.map_or(y, |ri| &g.node[ri].output[0]))
+                })
+            {
+                why = Some("no calibrated range for its output".into());
+            } else if op == "Gemm" && onnx::get_attr_float(n, "alpha", 1.0) != 1.0 {
+                why = Some("Gemm with alpha != 1 is left in float".into());
+            } else if let Some(b) = bias_of(n) {
+                let ok = init_of(&b).is_some_and(|i| {
+                    let t = &g.initializer[i];
+                    let d: Vec<i64> = t.dims.clone();
+                    t.dtype() == DataType::Float
+                        && (d == [channels as i64] || (op == "Gemm" && d == [1, channels as i64]))
+                });
+                if !ok {
+                    why = Some(format!(
+                        "bias `{b}` is computed or not one float per output channel"
+                    ));
+                }
+            }
+            if why.is_some() {
+                break;
+            }
+        }
+        if let Some(reason) = why {
+            let (ni, _) = w.users[0];
+            report.skipped.push(Skipped {
+                node: node_label(&g.node[ni], ni),
+                reason,
+            });
+            continue;
+        }
+
+        let values = weight_values(model, w)?;
+        let layout = if cfg.per_channel {
+            ChannelLayout::along(&w.dims, out_axis)
+        } else {
+            ChannelLayout::PER_TENSOR
+        };
+        let q = math::quantize_symmetric(&values, layout, qmax);
+        drop(values);
+        let (first, _) = w.users[0];
+        report.tensors.push(TensorReport {
+            tensor: w.name.clone(),
+            node: node_label(&g.node[first], first),
+            op: w.users[0].1.clone(),
+            elements: w.numel() as u64,
+            sparsity: q.values.iter().filter(|v| **v == 0).count() as f64
+                / q.values.len().max(1) as f64,
+            scales: Some(q.scales.len()),
+            max_abs_error: Some(q.max_abs_error),
+        });
+        let sdims: Vec<i64> = if cfg.per_channel {
+            vec![q.scales.len() as i64]
+        } else {
+            vec![]
+        };
+        let axis_attr = || {
+            if cfg.per_channel {
+                vec![attr_int("axis", out_axis as i64)]
+            } else {
+                vec![]
+            }
+        };
+        let idims: Vec<i64> = w.dims.iter().map(|&d| d as i64).collect();
+        let wq = namer.fresh(&format!("{}_quantized", w.name));
+        let ws = namer.fresh(&format!("{}_scale", w.name));
+        let wz = namer.fresh(&format!("{}_zero_point", w.name));
+        let wd = namer.fresh(&format!("{}_dequantized", w.name));
+        drop_inits.insert(w.init);
+        new_inits.push(int8_tensor(&wq, &idims, q.values));
+        new_inits.push(f32_tensor(&ws, &sdims, &q.scales));
+        new_inits.push(int8_tensor(&wz, &sdims, vec![0; q.scales.len()]));
+        before.entry(first).or_default().push(onnx::node(
+            "DequantizeLinear",
+            namer.fresh(&format!("{}_DequantizeLinear", w.name)),
+            vec![wq, ws, wz],
+            vec![wd.clone()],
+            axis_attr(),
+        ));
+
+        for (ni, op) in &w.users {
+            let ni = *ni;
+            let n = &g.node[ni];
+            input_renames.push((ni, 1, wd.clone()));
+            // The data input.
+            let x = n.input[0].clone();
+            let act = match acts.get(&x) {
+                Some(act) => act.clone(),
+                None => {
+                    let read = namer.fresh(&format!("{x}_dequantized"));
+                    let (scale, nodes) = pair(&mut namer, &mut new_inits, &x, &x, &read);
+                    before.entry(ni).or_default().extend(nodes);
+                    let act = Act { scale, read };
+                    acts.insert(x.clone(), act.clone());
+                    act
+                }
+            };
+            if act.read != x {
+                input_renames.push((ni, 0, act.read.clone()));
+            }
+            // The bias, int32 at scale_x · scale_w (beta folded in): Conv's and Gemm's input
+            // C, or the Add of a constant after a MatMul (ORT fuses MatMul + that Add into
+            // QGemm for 2-D inputs; with a float bias it would run float Gemm).
+            let bias = match op.as_str() {
+                "MatMul" => matmul_bias(g, &consumers, &graph_outputs, ni, channels),
+                _ => bias_of(n).map(|b| (ni, 2, b)),
+            };
+            if let Some((bn, slot, b)) = bias {
+                let bi = init_of(&b).expect("checked above");
+                let beta = if op == "Gemm" {
+                    onnx::get_attr_float(n, "beta", 1.0)
+                } else {
+                    1.0
+                };
+                let bv = onnx::tensor_f32_values(&g.initializer[bi])?;
+                let scales: Vec<f32> = q.scales.iter().map(|s| s * act.scale).collect();
+                let bq: Vec<i32> = bv
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| {
+                        let s = scales[if scales.len() == 1 { 0 } else { c }];
+                        let r = f64::from(v * beta) / f64::from(s);
+                        if r.is_finite() {
+                            r.round().clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let bqn = namer.fresh(&format!("{b}_quantized"));
+                let bsn = namer.fresh(&format!("{b}_scale"));
+                let bdn = namer.fresh(&format!("{b}_dequantized"));
+                new_inits.push(int32_tensor(&bqn, &[channels as i64], &bq));
+                new_inits.push(f32_tensor(&bsn, &sdims, &scales));
+                // No zero point: 0 by default, and ORT fuses without it (4 bytes a channel).
+                before.entry(bn).or_default().push(onnx::node(
+                    "DequantizeLinear",
+                    namer.fresh(&format!("{b}_DequantizeLinear")),
+                    vec![bqn, bsn],
+                    vec![bdn.clone()],
+                    if cfg.per_channel {
+                        vec![attr_int("axis", 0)]
+                    } else {
+                        vec![]
+                    },
+                ));
+                input_renames.push((bn, slot, bdn));
+                if op == "Gemm" && beta != 1.0 {
+                    set_beta_one.push(ni);
+                }
+                *bias_rewired.entry(bi).or_default() += 1;
+            }
+            // Conv's output: quantized in place (consumers and graph outputs read the DQ).
+            // A Relu right after it goes: the pair takes the Relu's range, whose zero point
+            // is the type's minimum, so quantizing clamps negatives as the Relu did, and ORT
+            // chains QLinearConvs without a float requantization between them.
+            if op == "Conv" {
+                let relu = following_relu(g, &consumers, &graph_outputs, ni, a);
+                let y = relu
+                    .map_or(&n.output[0], |ri| &g.node[ri].output[0])
+                    .clone();
+                if !acts.contains_key(&y) {
+                    if let Some(ri) = relu {
+                        let c = n.output[0].clone();
+                        let (scale, nodes) = pair(&mut namer, &mut new_inits, &y, &c, &y);
+                        after.entry(ni).or_default().extend(nodes);
+                        removed.insert(ri);
+                        acts.insert(
+                            y.clone(),
+                            Act {
+                                scale,
+                                read: y.clone(),
+                            },
+                        );
+                        continue;
+                    }
+                    let pre = namer.fresh(&format!("{y}_float"));
+                    let (scale, nodes) = pair(&mut namer, &mut new_inits, &y, &pre, &y);
+                    after.entry(ni).or_default().extend(nodes);
+                    output_renames.push((ni, pre));
+                    acts.insert(
+                        y.clone(),
+                        Act {
+                            scale,
+                            read: y.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    // A float bias no node reads any more goes.
+    for (bi, n) in bias_rewired {
+        let name = g.initializer[bi].name.as_deref().unwrap_or("");
+        if consumers.get(name).map_or(0, |u| u.len()) == n && !graph_outputs.contains(name) {
+            drop_inits.insert(bi);
+        }
+    }
+    report
+        .description
+        .push_str(&format!("; {} activation tensors quantized", acts.len()));
+
+    let graph = model.graph_mut();
+    for (ni, slot, name) in input_renames {
+        graph.node[ni].input[slot] = name;
+    }
+    for (ni, name) in output_renames {
+        graph.node[ni].output[0] = name;
+    }
+    for ni in set_beta_one {
+        let n = &mut graph.node[ni];
+        n.attribute.retain(|a| a.name.as_deref() != Some("beta"));
+        n.attribute.push(pb::AttributeProto {
+            name: Some("beta".into()),
+            f: Some(1.0),
+            r#type: Some(pb::attribute_proto::AttributeType::Float as i32),
+            ..Default::default()
+        });
+    }
+    let old_nodes = std::mem::take(&mut graph.node);
+    for (i, node) in old_nodes.into_iter().enumerate() {
+        if let Some(pre) = before.remove(&i) {
+            graph.node.extend(pre);
+        }
+        if !removed.contains(&i) {
+            graph.node.push(node);
+        }
+        if let Some(post) = after.remove(&i) {
+            graph.node.extend(post);
+        }
+    }
+    let old_inits = std::mem::take(&mut graph.initializer);
+    graph.initializer = old_inits
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !drop_inits.contains(i))
+        .map(|(_, t)| t)
+        .collect();
+    graph.initializer.extend(new_inits);
+    Ok(report)
+}
+
+/// The Relu that alone reads Conv node `ni`'s output (which is no graph output), when
+/// activations are asymmetric (a Relu's range then has its zero point at the type's minimum,
+/// so the output's quantization can stand in for it).
+fn following_relu(
+    g: &pb::GraphProto,
+    consumers: &HashMap<&str, Vec<(usize, usize)>>,
+    graph_outputs: &HashSet<&str>,
+    ni: usize,
+    a: &Activations,
+) -> Option<usize> {
+    if a.symmetric {
+        return None;
+    }
+    let y = g.node[ni].output.first()?;
+    if graph_outputs.contains(y.as_str()) {
+        return None;
+    }
+    let [(ri, 0)] = consumers.get(y.as_str())?.as_slice() else {
+        return None;
+    };
+    let r = &g.node[*ri];
+    (r.op_type.as_deref() == Some("Relu")
+        && r.domain.as_deref().is_none_or(|d| d.is_empty())
+        && r.output.len() == 1)
+        .then_some(*ri)
+}
+
+/// The bias Add after MatMul node `ni`: its output's only reader is an `Add` whose other
+/// input is a float initializer of shape `[channels]`. Returns (Add node, slot, bias name).
+fn matmul_bias(
+    g: &pb::GraphProto,
+    consumers: &HashMap<&str, Vec<(usize, usize)>>,
+    graph_outputs: &HashSet<&str>,
+    ni: usize,
+    channels: usize,
+) -> Option<(usize, usize, String)> {
+    let y = g.node[ni].output.first()?;
+    if graph_outputs.contains(y.as_str()) {
+        return None;
+    }
+    let [(ai, slot)] = consumers.get(y.as_str())?.as_slice() else {
+        return None;
+    };
+    let add = &g.node[*ai];
+    if add.op_type.as_deref() != Some("Add")
+        || add.domain.as_deref().is_some_and(|d| !d.is_empty())
+        || add.input.len() != 2
+    {
+        return None;
+    }
+    let other = 1 - *slot;
+    let b = &add.input[other];
+    let t = g.initializer.iter().find(|t| t.name.as_ref() == Some(b))?;
+    (t.dtype() == DataType::Float && t.dims == [channels as i64]).then(|| (*ai, other, b.clone()))
+}
+
+/// The bias input of a Conv or Gemm that contributes (Gemm's C with beta != 0).
+fn bias_of(n: &pb::NodeProto) -> Option<String> {
+    let op = n.op_type.as_deref().unwrap_or("");
+    if op == "Gemm" && onnx::get_attr_float(n, "beta", 1.0) == 0.0 {
+        return None;
+    }
+    if op != "Gemm" && op != "Conv" {
+        return None;
+    }
+    n.input.get(2).filter(|b| !b.is_empty()).cloned()
+}
+
+fn describe(cfg: &QuantizeConfig, cal: &Calibrated) -> String {
+    let a = &cfg.activations;
+    let bits = match (cfg.reduce_range, a.reduce_range_default) {
+        (true, true) => {
+            "7-bit weights (default for spec.target.cpu auto/x86-avx2: no int16 saturation on x86 CPUs without VNNI)"
+        }
+        (true, false) => "7-bit weights (reduceRange: true)",
+        (false, true) => {
+            "8-bit weights (default for spec.target.cpu x86-vnni/arm64, where 8-bit products do not saturate)"
+        }
+        (false, false) => {
+            "8-bit weights (reduceRange: false; can saturate on x86 CPUs without VNNI)"
+        }
+    };
+    format!(
+        "int8 static (QDQ), {} ({} activations, {}), {} weights, {bits}; calibration: {}",
+        if a.uint8 { "U8S8" } else { "S8S8" },
+        if a.uint8 { "uint8" } else { "int8" },
+        if a.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        },
+        if cfg.per_channel {
+            "per-channel"
+        } else {
+            "per-tensor"
+        },
+        cal.summary
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_qparams_follow_onnx_runtime() {
+        // asymmetric int8 over [0, 2.55]: the whole [-128, 127]
+        let (s, z) = activation_qparams(0.0, 2.55, false, false);
+        assert!((s - 0.01).abs() < 1e-7 && z == -128, "{s} {z}");
+        // asymmetric uint8 over [-1, 1]
+        let (s, z) = activation_qparams(-1.0, 1.0, true, false);
+        // (0 - (-1)/scale is 127.5 up to float rounding)
+        assert!(
+            (s - 2.0 / 255.0).abs() < 1e-7 && (127..=128).contains(&z),
+            "{s} {z}"
+        );
+        // symmetric int8: [-127, 127], zero point 0
+        let (s, z) = activation_qparams(-0.5, 1.27, false, true);
+        assert!((s - 0.01).abs() < 1e-7 && z == 0, "{s} {z}");
+        // symmetric uint8: zero point 128
+        assert_eq!(activation_qparams(-1.0, 1.0, true, true).1, 128);
+        // a range not holding 0 is widened to hold it
+        let (s, z) = activation_qparams(1.0, 2.0, false, false);
+        assert!((s - 2.0 / 255.0).abs() < 1e-7 && z == -128, "{s} {z}");
+        // empty range
+        assert_eq!(activation_qparams(0.0, 0.0, false, false), (1.0, 0));
+    }
+}

@@ -1,0 +1,597 @@
+//! Static int8 quantization (QDQ) on generated MatMul, Gemm and Conv models: calibrated on
+//! sample rows, run by ONNX Runtime close to fp32, and fused by ORT's optimizer into the
+//! integer kernels the pass's form is chosen for.
+
+mod support;
+
+use kompress::api::{
+    ActivationType, CalibrationMethod, CalibrationMethodSpec, PassSpec, QuantMode, QuantizeSpec,
+    TargetCpu,
+};
+use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::onnx::{self, SaveOptions, f32_tensor, pb};
+use kompress::passes::Pass;
+use kompress::pipeline::{CalibrationData, calibrate_with};
+use std::path::Path;
+use support::*;
+
+fn cfg() -> EvalConfig {
+    EvalConfig {
+        batch_size: 16,
+        threads: Some(1),
+        output: None,
+        labels: None,
+        limit: None,
+        latency_batch: 1,
+        warmup: 0,
+        iterations: 1,
+    }
+}
+
+fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        f: Some(v),
+        r#type: Some(pb::attribute_proto::AttributeType::Float as i32),
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+        ..Default::default()
+    }
+}
+
+fn model(
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    input: &[Option<i64>],
+) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: Some(9),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(pb::GraphProto {
+            name: Some("g".into()),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info("input", input)],
+            output: vec![pb::ValueInfoProto {
+                name: Some("y".into()),
+                r#type: value_info("y", &[None]).r#type.map(|mut t| {
+                    if let Some(pb::type_proto::Value::TensorType(tt)) = &mut t.value {
+                        tt.shape = None;
+                    }
+                    t
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn weights(n: usize, seed: u64, fan_in: usize) -> Vec<f32> {
+    let s = (2.0 / fan_in as f32).sqrt();
+    lcg(n, seed).iter().map(|v| v * s).collect()
+}
+
+fn node(op: &str, i: &[&str], o: &str, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+    onnx::node(
+        op,
+        format!("{op}_{o}"),
+        i.iter().map(|s| s.to_string()).collect(),
+        vec![o.into()],
+        attrs,
+    )
+}
+
+/// input [N, 64] -> MatMul + Add -> Relu -> MatMul + Add -> y [N, 16]
+fn matmul_model() -> (pb::ModelProto, Vec<usize>) {
+    let inits = vec![
+        f32_tensor("W0", &[64, 128], &weights(64 * 128, 1, 64)),
+        f32_tensor("B0", &[128], &lcg(128, 2)),
+        f32_tensor("W1", &[128, 16], &weights(128 * 16, 3, 128)),
+        f32_tensor("B1", &[16], &lcg(16, 4)),
+    ];
+    let nodes = vec![
+        node("MatMul", &["input", "W0"], "m0", vec![]),
+        node("Add", &["m0", "B0"], "a0", vec![]),
+        node("Relu", &["a0"], "h0", vec![]),
+        node("MatMul", &["h0", "W1"], "m1", vec![]),
+        node("Add", &["m1", "B1"], "y", vec![]),
+    ];
+    (model(nodes, inits, &[None, Some(64)]), vec![64])
+}
+
+/// input [N, 4, 64] (3-D, as in transformers) -> MatMul + Add -> y
+fn matmul_3d_model() -> (pb::ModelProto, Vec<usize>) {
+    let inits = vec![
+        f32_tensor("W0", &[64, 96], &weights(64 * 96, 5, 64)),
+        f32_tensor("B0", &[96], &lcg(96, 6)),
+    ];
+    let nodes = vec![
+        node("MatMul", &["input", "W0"], "m0", vec![]),
+        node("Add", &["m0", "B0"], "y", vec![]),
+    ];
+    (model(nodes, inits, &[None, Some(4), Some(64)]), vec![4, 64])
+}
+
+/// input [N, 64] -> Gemm(transB, bias C, beta) -> Relu -> Gemm(no bias) -> y
+fn gemm_model(trans_b: bool, beta: f32) -> (pb::ModelProto, Vec<usize>) {
+    let w0 = weights(64 * 128, 7, 64);
+    let w0_dims: [i64; 2] = if trans_b { [128, 64] } else { [64, 128] };
+    let inits = vec![
+        f32_tensor("W0", &w0_dims, &w0),
+        f32_tensor("C0", &[128], &lcg(128, 8)),
+        f32_tensor("W1", &[128, 16], &weights(128 * 16, 9, 128)),
+    ];
+    let mut a0 = vec![attr_f("beta", beta)];
+    if trans_b {
+        a0.push(onnx::attr_int("transB", 1));
+    }
+    let nodes = vec![
+        node("Gemm", &["input", "W0", "C0"], "g0", a0),
+        node("Relu", &["g0"], "h0", vec![]),
+        node("Gemm", &["h0", "W1"], "y", vec![]),
+    ];
+    (model(nodes, inits, &[None, Some(64)]), vec![64])
+}
+
+/// input [N, 3, 12, 12] -> Conv(16, 3x3, bias) -> Relu -> Conv(16, 3x3, bias) -> y
+fn conv_model() -> (pb::ModelProto, Vec<usize>) {
+    let inits = vec![
+        f32_tensor("K0", &[16, 3, 3, 3], &weights(16 * 27, 10, 27)),
+        f32_tensor("C0", &[16], &lcg(16, 11)),
+        f32_tensor("K1", &[16, 16, 3, 3], &weights(16 * 144, 12, 144)),
+        f32_tensor("C1", &[16], &lcg(16, 13)),
+    ];
+    let pads = || vec![attr_ints("pads", &[1, 1, 1, 1])];
+    let nodes = vec![
+        node("Conv", &["input", "K0", "C0"], "c0", pads()),
+        node("Relu", &["c0"], "h0", vec![]),
+        node("Conv", &["h0", "K1", "C1"], "y", pads()),
+    ];
+    (
+        model(nodes, inits, &[None, Some(3), Some(12), Some(12)]),
+        vec![3, 12, 12],
+    )
+}
+
+fn spec(ops: &[&str], act: ActivationType, symmetric: bool, method: CalibrationMethod) -> PassSpec {
+    PassSpec::Quantize(QuantizeSpec {
+        mode: QuantMode::Static,
+        per_channel: Some(true),
+        ops: Some(ops.iter().map(|s| s.to_string()).collect()),
+        min_elements: Some(1),
+        activation_type: Some(act),
+        symmetric_activations: Some(symmetric),
+        calibration: Some(CalibrationMethodSpec {
+            method,
+            samples: Some(48),
+            percentile: None,
+        }),
+        ..Default::default()
+    })
+}
+
+struct Quantized {
+    ops: Vec<String>,
+    optimized_ops: Vec<String>,
+    /// max |y - y_fp32| / max |y_fp32|, and the cosine similarity, over held-out rows.
+    rel_max_err: f64,
+    cosine: f64,
+    report: kompress::report::PassReport,
+}
+
+fn ops_of(m: &onnx::Model) -> Vec<String> {
+    m.graph()
+        .node
+        .iter()
+        .map(|n| n.op_type.clone().unwrap_or_default())
+        .collect()
+}
+
+/// ORT's own optimized graph of `path` (what it will actually run).
+fn optimized_ops(path: &Path, dir: &Path) -> Vec<String> {
+    let out = dir.join("optimized.onnx");
+    let env = eval::runtime::environment().unwrap();
+    let _sess = ort::session::Session::builder(env)
+        .unwrap()
+        .with_optimized_model_path(&out)
+        .unwrap()
+        .commit_from_file(path)
+        .unwrap();
+    ops_of(&onnx::load(&out).unwrap())
+}
+
+/// Calibrates on 48 rows, quantizes, and compares with fp32 on 64 other rows.
+fn quantize(m: &pb::ModelProto, sample: &[usize], pass: &PassSpec) -> Quantized {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(m, &src);
+    let per: usize = sample.iter().product();
+    let write = |name: &str, n: usize, seed: u64| {
+        let p = dir.path().join(name);
+        // inputs in [0, 1.5): skewed like image pixels or post-ReLU features
+        let x: Vec<f32> = lcg(n * per, seed)
+            .iter()
+            .map(|v| (v + 1.0) * 0.75)
+            .collect();
+        let mut shape = vec![n];
+        shape.extend(sample);
+        write_npz(&p, &[("input", f32_array(&shape, &x))]);
+        p
+    };
+    let calib = write("calib.npz", 48, 100);
+    let held_out = write("eval.npz", 64, 200);
+    let original = onnx::load(&src).unwrap();
+    let ds = Dataset::open(&calib, "calib.npz").unwrap();
+    let passes = vec![pass.clone()];
+    let c = calibrate_with(
+        &original,
+        &passes,
+        0,
+        TargetCpu::Auto,
+        &CalibrationData {
+            dataset: &ds,
+            rows: None,
+            uri: "calib.npz".into(),
+            sha256: None,
+            kind: "calibration",
+        },
+        &cfg(),
+        &dir.path().join("calibration"),
+        &kompress::ui::Ui::plain(),
+    )
+    .unwrap();
+    assert_eq!(c.report.samples, 48);
+    let mut p = Pass::for_target(&passes[0], TargetCpu::Auto);
+    p.set_calibration(c.calibrated.clone());
+    let mut q = original.clone();
+    let report = p.apply(&mut q).unwrap();
+    let out = dir.path().join("candidate.onnx");
+    onnx::save(&q.proto, &out, &SaveOptions::default()).unwrap();
+    let ds = Dataset::open(&held_out, "eval.npz").unwrap();
+    let run = |path: &Path| {
+        let mut o = eval::open(path, &cfg()).unwrap();
+        let prep = eval::prepare(&o, &ds, &cfg()).unwrap();
+        eval::evaluate(&mut o, &prep, &cfg(), &|_, _| {})
+            .unwrap()
+            .0
+            .values
+    };
+    let (base, cand) = (run(&src), run(&out));
+    let amax = base.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let err = base
+        .iter()
+        .zip(&cand)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
+    Quantized {
+        ops: ops_of(&q),
+        optimized_ops: optimized_ops(&out, dir.path()),
+        rel_max_err: err / amax,
+        cosine: eval::metrics::closeness(&base, &cand, base.len()).0,
+        report,
+    }
+}
+
+fn count(ops: &[String], op: &str) -> usize {
+    ops.iter().filter(|o| *o == op).count()
+}
+
+/// The stated bound: outputs within 5% of the fp32 output's largest magnitude, cosine
+/// similarity above 0.999. (Percentile and entropy may clip the largest values, where the
+/// largest errors then are; on these models they stay inside the same bound.)
+fn assert_close(q: &Quantized, method: CalibrationMethod) {
+    let (err, cos) = (0.05, 0.999);
+    assert!(
+        q.rel_max_err < err && q.cosine > cos,
+        "{method:?}: max error {:.4} of max|y|, cosine {:.6}",
+        q.rel_max_err,
+        q.cosine
+    );
+}
+
+#[test]
+fn matmul_with_bias_add_fuses_into_qgemm_and_stays_close_to_fp32() {
+    let (m, s) = matmul_model();
+    let q = quantize(
+        &m,
+        &s,
+        &spec(
+            &["MatMul"],
+            ActivationType::Int8,
+            false,
+            CalibrationMethod::MinMax,
+        ),
+    );
+    assert_eq!(count(&q.ops, "QuantizeLinear"), 2, "{:?}", q.ops);
+    assert_eq!(q.report.tensors.len(), 2);
+    assert_eq!(
+        count(&q.optimized_ops, "QGemm"),
+        2,
+        "ORT ran {:?}",
+        q.optimized_ops
+    );
+    for float in ["MatMul", "Gemm", "Add"] {
+        assert_eq!(count(&q.optimized_ops, float), 0, "{:?}", q.optimized_ops);
+    }
+    assert_close(&q, CalibrationMethod::MinMax);
+}
+
+#[test]
+fn matmul_on_3d_inputs_fuses_into_matmul_integer_to_float() {
+    let (m, s) = matmul_3d_model();
+    let q = quantize(
+        &m,
+        &s,
+        &spec(
+            &["MatMul"],
+            ActivationType::Uint8,
+            false,
+            CalibrationMethod::Percentile,
+        ),
+    );
+    assert_eq!(
+        count(&q.optimized_ops, "MatMulIntegerToFloat"),
+        1,
+        "ORT ran {:?}",
+        q.optimized_ops
+    );
+    assert_eq!(count(&q.optimized_ops, "MatMul"), 0);
+    assert_close(&q, CalibrationMethod::Percentile);
+}
+
+#[test]
+fn gemm_with_and_without_trans_b_and_bias_fuses_into_qgemm() {
+    for (trans_b, beta) in [(false, 1.0), (true, 1.0), (true, 0.5)] {
+        let (m, s) = gemm_model(trans_b, beta);
+        let q = quantize(
+            &m,
+            &s,
+            &spec(
+                &["Gemm"],
+                ActivationType::Int8,
+                false,
+                CalibrationMethod::MinMax,
+            ),
+        );
+        assert_eq!(
+            q.report.tensors.len(),
+            2,
+            "transB {trans_b}: {:?}",
+            q.report
+        );
+        assert_eq!(
+            count(&q.optimized_ops, "QGemm"),
+            2,
+            "transB {trans_b} beta {beta}: ORT ran {:?}",
+            q.optimized_ops
+        );
+        assert_eq!(count(&q.optimized_ops, "Gemm"), 0);
+        assert_close(&q, CalibrationMethod::MinMax);
+    }
+}
+
+#[test]
+fn conv_fuses_into_qlinearconv_in_s8s8_and_u8s8() {
+    for (act, symmetric, method) in [
+        (ActivationType::Int8, false, CalibrationMethod::MinMax),
+        (ActivationType::Uint8, false, CalibrationMethod::Entropy),
+        (ActivationType::Int8, true, CalibrationMethod::Percentile),
+    ] {
+        let (m, s) = conv_model();
+        let q = quantize(&m, &s, &spec(&["Conv"], act, symmetric, method));
+        assert_eq!(q.report.tensors.len(), 2);
+        // input, the first Conv's output, the Relu's output (the second's input), the
+        // second's output; with asymmetric activations the Relu goes and its range
+        // quantizes the first Conv's output (the zero point at the minimum clamps as it did)
+        let pairs = if symmetric { 4 } else { 3 };
+        assert_eq!(count(&q.ops, "QuantizeLinear"), pairs, "{:?}", q.ops);
+        assert_eq!(count(&q.ops, "Relu"), pairs - 3, "{:?}", q.ops);
+        if !symmetric {
+            // one Q in front, one DQ behind: the QLinearConvs chain in integers
+            assert_eq!(
+                count(&q.optimized_ops, "QuantizeLinear")
+                    + count(&q.optimized_ops, "DequantizeLinear"),
+                2,
+                "ORT ran {:?}",
+                q.optimized_ops
+            );
+        }
+        assert_eq!(
+            count(&q.optimized_ops, "QLinearConv"),
+            2,
+            "{act:?} symmetric {symmetric}: ORT ran {:?}",
+            q.optimized_ops
+        );
+        assert_eq!(count(&q.optimized_ops, "Conv"), 0);
+        assert!(
+            q.report
+                .description
+                .contains(if act == ActivationType::Uint8 {
+                    "U8S8"
+                } else {
+                    "S8S8"
+                }),
+            "{}",
+            q.report.description
+        );
+        eprintln!(
+            "conv {act:?} symmetric {symmetric} {method:?}: max error {:.4}, cosine {:.6}",
+            q.rel_max_err, q.cosine
+        );
+        assert_close(&q, method);
+    }
+}
+
+#[test]
+fn without_calibrated_ranges_the_pass_refuses_with_what_to_do() {
+    let (m, _) = matmul_model();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(&m, &src);
+    let mut model = onnx::load(&src).unwrap();
+    let p = Pass::for_target(
+        &spec(
+            &["MatMul"],
+            ActivationType::Int8,
+            false,
+            CalibrationMethod::MinMax,
+        ),
+        TargetCpu::Auto,
+    );
+    let e = p.apply(&mut model).unwrap_err().to_string();
+    assert!(e.contains("--calibration"), "{e}");
+}
+
+#[test]
+fn per_channel_needs_opset_13() {
+    let (mut m, _) = matmul_model();
+    m.opset_import[0].version = Some(12);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(&m, &src);
+    let mut model = onnx::load(&src).unwrap();
+    let mut p = Pass::for_target(
+        &spec(
+            &["MatMul"],
+            ActivationType::Int8,
+            false,
+            CalibrationMethod::MinMax,
+        ),
+        TargetCpu::Auto,
+    );
+    p.set_calibration(Default::default());
+    let e = p.apply(&mut model).unwrap_err().to_string();
+    assert!(e.contains("opset >= 13") && e.contains("perChannel"), "{e}");
+}
+
+#[test]
+fn embedding_tables_keep_the_int8_row_form_and_the_matmul_after_them_is_static() {
+    // ids [N, 8] -> Gather(table [500, 64]) -> emb [N, 8, 64] -> MatMul(W [64, 32]) -> y
+    let mut m = embedding(500, 64, 0, false, 3);
+    let g = m.graph.as_mut().unwrap();
+    g.initializer
+        .push(f32_tensor("W", &[64, 32], &weights(64 * 32, 4, 64)));
+    g.node.push(node("MatMul", &["emb", "W"], "y", vec![]));
+    g.output = vec![pb::ValueInfoProto {
+        name: Some("y".into()),
+        ..g.output[0].clone()
+    }];
+    if let Some(pb::type_proto::Value::TensorType(t)) =
+        g.output[0].r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    write_model(&m, &src);
+    let calib = dir.path().join("calib.npz");
+    embedding_dataset(&calib, 40, 8, 500);
+    let ds = Dataset::open(&calib, "calib.npz").unwrap();
+    let passes = vec![spec(
+        &["Gather", "MatMul"],
+        ActivationType::Int8,
+        false,
+        CalibrationMethod::MinMax,
+    )];
+    let original = onnx::load(&src).unwrap();
+    let c = calibrate_with(
+        &original,
+        &passes,
+        0,
+        TargetCpu::Auto,
+        &CalibrationData {
+            dataset: &ds,
+            rows: None,
+            uri: "calib.npz".into(),
+            sha256: None,
+            kind: "calibration",
+        },
+        &cfg(),
+        &dir.path().join("calibration"),
+        &kompress::ui::Ui::plain(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.report.tensors, 1,
+        "only the MatMul's input (the Gather's output)"
+    );
+    assert_eq!(c.report.samples, 40);
+    let mut p = Pass::for_target(&passes[0], TargetCpu::Auto);
+    p.set_calibration(c.calibrated.clone());
+    let mut q = original.clone();
+    let report = p.apply(&mut q).unwrap();
+    let ops: Vec<&str> = report.tensors.iter().map(|t| t.op.as_str()).collect();
+    assert_eq!(ops, ["Gather", "MatMul"], "{report:?}");
+    assert!(
+        report.description.contains("embedding tables"),
+        "{}",
+        report.description
+    );
+    let out = dir.path().join("candidate.onnx");
+    onnx::save(&q.proto, &out, &SaveOptions::default()).unwrap();
+    let optimized = optimized_ops(&out, dir.path());
+    assert_eq!(
+        count(&optimized, "MatMulIntegerToFloat"),
+        1,
+        "{optimized:?}"
+    );
+    let run = |path: &Path| {
+        let mut o = eval::open(path, &cfg()).unwrap();
+        let prep = eval::prepare(&o, &ds, &cfg()).unwrap();
+        eval::evaluate(&mut o, &prep, &cfg(), &|_, _| {})
+            .unwrap()
+            .0
+            .values
+    };
+    let (base, cand) = (run(&src), run(&out));
+    let cos = eval::metrics::closeness(&base, &cand, base.len()).0;
+    assert!(cos > 0.999, "cosine {cos}");
+}
+
+#[test]
+fn compress_without_calibration_data_says_how_to_give_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = matmul_model();
+    let src = dir.path().join("model.onnx");
+    write_model(&m, &src);
+    let job = write_job(
+        dir.path(),
+        &job_yaml(
+            "s",
+            &src.display().to_string(),
+            "unused.npz",
+            "    - quantize:\n        mode: static",
+            "    {}",
+            dir.path(),
+        ),
+    );
+    let out = dir.path().join("q.onnx");
+    let r = run_kompress(
+        &[
+            "compress",
+            src.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "-f",
+            &job,
+        ],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("--calibration") && r.stderr.contains("spec.passes[0]"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}
