@@ -398,8 +398,10 @@ def measure_child(cmd, env=None):
     return SPAWNER.run(cmd, env)
 
 
-def job_yaml(path: Path, mode: str, n: int, calib: Path | None, calib_flag: bool) -> None:
+def job_yaml(path: Path, mode: str, n: int, calib: Path | None, calib_flag: bool, eight_bit: bool = False) -> None:
     pass_line = MODES[mode]["job"].format(n=n)
+    if eight_bit:  # kompress's default for target cpu auto is 7-bit weights; ORT's is 8-bit
+        pass_line = pass_line.replace("}", ", reduceRange: false}", 1)
     extra = f"  calibration: {{dataset: {{uri: {calib}}}}}\n" if (mode == "static" and not calib_flag) else ""
     path.write_text(
         "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {name: bench-compare}\n"
@@ -421,9 +423,10 @@ def short_error(err: str) -> str:
     return last[:160]
 
 
-def run_kompress(model: Path, out: Path, mode: str, n: int, calib: Path, tmp: Path, calib_flag: bool, env) -> dict:
-    job = tmp / f"job-{mode}.yaml"
-    job_yaml(job, mode, n, calib, calib_flag)
+def run_kompress(model: Path, out: Path, mode: str, n: int, calib: Path, tmp: Path, calib_flag: bool, env,
+                 eight_bit: bool = False) -> dict:
+    job = tmp / f"job-{mode}{'-8' if eight_bit else ''}.yaml"
+    job_yaml(job, mode, n, calib, calib_flag, eight_bit)
     cmd = [KOMPRESS, "compress", model, out, "-f", job]
     if mode == "static" and calib_flag:
         cmd += ["--calibration", calib]
@@ -531,6 +534,9 @@ def session(path: Path, threads: int):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    # Several sessions take turns here: without this, the threads of the session that just ran
+    # spin-wait for more work and take the cores from the next one.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -552,12 +558,15 @@ def outputs(sess, spec: dict, feed: dict, chunk: int = 16):
             m = feed["attention_mask"][:, :, None].astype(np.float32)
             y = (y * m).sum(1) / np.maximum(m.sum(1), 1e-9)
         y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    if spec["kind"] == "ocr":
+        y = y.argmax(-1)  # [N, steps]: all the metrics need
     return y
 
 
-def ctc_decode(probs, chars):
+def ctc_decode(steps, chars):
+    """Greedy CTC decode of per-step argmax classes [N, T] (0 is the blank)."""
     out = []
-    for seq in probs.argmax(-1):
+    for seq in steps:
         prev, s = -1, []
         for c in seq:
             if c != prev and c != 0:
@@ -580,7 +589,7 @@ def quality(spec: dict, ref, y, ctx: dict) -> dict:
         text = ctc_decode(y, ctx["chars"])
         return {"exact_vs_fp32": float(np.mean([a == b for a, b in zip(text, ctx["fp32_text"])])),
                 "exact_vs_truth": float(np.mean([a == b for a, b in zip(text, ctx["truth"])])),
-                "step_agreement": float((y.argmax(-1) == ref.argmax(-1)).mean())}
+                "step_agreement": float((y == ref).mean())}
     pred = y.argmax(1)
     return {"accuracy": float((pred == ctx["labels"]).mean()), "agreement": float((pred == ref.argmax(1)).mean())}
 
@@ -681,11 +690,12 @@ def compare(args) -> None:
             # not: on models with Conv, the reference also runs limited to kompress's op types.
             has_conv = "Conv" in op_summary(model)
             for mode in model_modes:
-                tools = ["kompress", "ORT"] + (["ORT kops"] if has_conv and mode.startswith("dynamic") else [])
+                tools = ["kompress"] + (["kompress8"] if mode.startswith("dynamic") else []) + ["ORT"]
+                tools += ["ORT kops"] if has_conv and mode.startswith("dynamic") else []
                 for tool in tools:
                     out = tmp / f"{mode}-{tool.replace(' ', '-')}.onnx"
-                    if tool == "kompress":
-                        r = run_kompress(model, out, mode, n_cal, calib, tmp, calib_flag, env)
+                    if tool.startswith("kompress"):
+                        r = run_kompress(model, out, mode, n_cal, calib, tmp, calib_flag, env, tool == "kompress8")
                     else:
                         r = run_reference(py, model, out, mode, calib, args.threads, env,
                                           KOMPRESS_DEFAULT_OPS if tool == "ORT kops" else None)
@@ -702,6 +712,7 @@ def compare(args) -> None:
             # Quality on the evaluation slice.
             feed = load_inputs(spec, d / "eval.npz", n_eval)
             sessions = {n: session(p, args.threads) for n, p in variants.items()}
+            timed = {**sessions, "fp32 again": session(model, args.threads)}  # same model: the noise gauge
             ctx = {}
             if spec["kind"] == "classifier":
                 with np.load(d / "eval.npz") as z:
@@ -715,13 +726,15 @@ def compare(args) -> None:
             qual = {n: quality(spec, ys["fp32"], y, ctx) for n, y in ys.items()}
             # Latency, interleaved.
             rounds1, roundsb = (15, 6) if args.quick else (25, 10)
-            lat1 = interleaved_latency(sessions, spec, feed, 1, rounds1)
-            latb = interleaved_latency(sessions, spec, feed, spec["batch"], roundsb)
-            del sessions
+            lat1 = interleaved_latency(timed, spec, feed, 1, rounds1)
+            latb = interleaved_latency(timed, spec, feed, spec["batch"], roundsb)
+            del sessions, timed
             base = {"model": key, "title": spec["title"], "fp32_bytes": fp32_bytes, "n_eval": n_eval, "n_calib": n_cal,
                     "batch": spec["batch"]}
             rows.append({**base, "mode": "fp32", "tool": "-", "status": "ok", "bytes": fp32_bytes,
                          "quality": qual["fp32"], "latency_b1": lat1["fp32"], "latency_bN": latb["fp32"]})
+            rows.append({**base, "mode": "fp32", "tool": "again", "status": "ok", "bytes": fp32_bytes,
+                         "latency_b1": lat1["fp32 again"], "latency_bN": latb["fp32 again"]})
             for (mode, tool), r in results.items():
                 name = f"{mode}/{tool}"
                 row = {**base, "mode": mode, "tool": tool, **r}
@@ -762,10 +775,10 @@ def print_section(rows, key, spec, modes, n_cal) -> None:
     print("-" * len(head))
     for r in rs:
         if r["mode"] == "fp32":
-            line = f"{'fp32':10} {'-':9} {r['bytes'] / 1e6:>8.2f} {1.0:>7.2f} "
+            line = f"{'fp32':10} {r['tool']:9} {r['bytes'] / 1e6:>8.2f} {1.0:>7.2f} "
         elif r["status"] != "ok":
             print(f"{r['mode']:10} {r['tool']:9} {r['status']}"
-                  + (f"  (compress {r['seconds']:.2f} s)" if r["tool"] == "kompress" and "n/a" not in r["status"] else ""))
+                  + (f"  (compress {r['seconds']:.2f} s)" if r["tool"].startswith("kompress") and "n/a" not in r["status"] else ""))
             continue
         else:
             line = f"{r['mode']:10} {r['tool']:9} {r['bytes'] / 1e6:>8.2f} {r['fp32_bytes'] / r['bytes']:>7.2f} "
@@ -778,8 +791,9 @@ def print_section(rows, key, spec, modes, n_cal) -> None:
             print(line)
             continue
         line += f" {r['seconds']:>10.2f} {r['peak_rss'] / 1e6:>11.1f}"
-        if r["tool"] == "kompress":
-            o = next((x for x in rs if x["mode"] == r["mode"] and x["tool"] == "ORT" and x["status"] == "ok"), None)
+        if r["tool"].startswith("kompress"):
+            o = next((x for t in ("ORT", "ORT kops") for x in rs
+                      if x["mode"] == r["mode"] and x["tool"] == t and x["status"] == "ok"), None)
             if o:
                 line += f" {fmt_ratio(r['seconds'], o['seconds']):>10} {fmt_ratio(r['bytes'], o['bytes']):>10}"
                 line += f" {fmt_ratio(r['peak_rss'], o['peak_rss']):>9}"
@@ -789,16 +803,21 @@ def print_section(rows, key, spec, modes, n_cal) -> None:
         if r.get("ops"):
             notes.append(f"{r['mode']}/{r['tool']}: " + ", ".join(f"{k} {v}" for k, v in r["ops"].items()))
         for line in r.get("passes", []):
-            notes.append(f"{r['mode']}/kompress: {line}")
+            notes.append(f"{r['mode']}/{r['tool']}: {line}")
         c = r.get("child", {})
         if c.get("note"):
             notes.append(f"{r['mode']}/{r['tool']}: {c['note']}; tool call alone {c['tool_seconds']:.2f} s, "
                          f"python+onnxruntime import RSS {c['import_peak_rss'] / 1e6:.0f} MB")
+    if any(r["tool"] == "kompress8" for r in rs):
+        notes.insert(0, "kompress8: kompress with reduceRange: false (8-bit weights, as ORT's default); kompress's own "
+                        "default for spec.target.cpu auto is 7-bit weights (exact on CPUs without VNNI)")
     if any(r["tool"] == "ORT kops" for r in rs):
         notes.insert(0, "ORT kops: the reference limited to kompress's default op types "
                         f"(op_types_to_quantize={KOMPRESS_DEFAULT_OPS}); ORT's default adds Conv (ConvInteger)")
+    notes.insert(0, "fp32 again: a second session of the fp32 model in the same latency rounds; its /fp32 "
+                    "ratios show how much of a latency ratio is noise from other load on the machine")
     if notes:
-        print("  ops in the outputs (quantized forms and the float MatMul/Gemm/Conv/Gather/LSTM left):")
+        print("  notes, and the ops in the outputs (quantized forms and the float MatMul/Gemm/Conv/Gather/LSTM left):")
         for n in notes:
             print("   ", n)
     sys.stdout.flush()
