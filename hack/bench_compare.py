@@ -749,7 +749,8 @@ def compare(args) -> None:
     wall = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     out_dir = ROOT / "target/bench"
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"compare-{started.strftime('%Y-%m-%d')}{'-quick' if args.quick else ''}.json"
+    # One file per run (a later run on the same day does not overwrite it).
+    path = out_dir / f"compare-{started.strftime('%Y-%m-%dT%H%MZ')}{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps({**header, "wall_seconds": wall, "rows": rows}, indent=1))
     print(f"\n# bench wall time {wall:.0f} s; rows written to {path.relative_to(ROOT)}")
 
