@@ -106,7 +106,7 @@ MODES = {
                    "ref": "quantize_dynamic(QInt8, per_channel=False)"},
     "static": {"title": "static int8 (QDQ), minMax, {n} samples",
                "job": "quantize: {{mode: static, calibration: {{method: minMax, samples: {n}}}}}",
-               "ref": "quantize_static(QDQ, MinMax, {n} samples)"},
+               "ref": "quantize_static(QDQ, per_channel=True, MinMax, {n} samples)"},
     "int4": {"title": "int4 weight-only, block 32, symmetric",
              "job": "quantize: {{mode: weightOnly, weights: int4, blockSize: 32}}",
              "ref": "MatMulNBitsQuantizer(4, 32, sym, MatMul+Gather)"},
@@ -494,7 +494,7 @@ def reference_main(argv: list[str]) -> int:
                     return None
                 self.i += 1
                 return {k: v[self.i - 1:self.i] for k, v in arrays.items()}
-        q.quantize_static(a.model, a.out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=False,
+        q.quantize_static(a.model, a.out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                           activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
                           calibrate_method=q.CalibrationMethod.MinMax)
         note = f"{n} samples, one per calibration run"
