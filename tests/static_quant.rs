@@ -595,3 +595,45 @@ fn compress_without_calibration_data_says_how_to_give_it() {
     );
     assert!(!out.exists());
 }
+
+/// `--calibration` without a static pass is a mistake the user should hear about, not a flag
+/// silently ignored; and a static pass without it names the flag.
+#[test]
+fn compress_refuses_calibration_data_it_would_not_use_and_asks_for_it_when_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let data = dir.path().join("calib.npz");
+    mlp_dataset(&data, 8, 64, 10);
+    let r = run_kompress(
+        &[
+            "compress",
+            "examples/digits/model.onnx",
+            out.to_str().unwrap(),
+            "-f",
+            "examples/digits-int8.yaml",
+            "--calibration",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 65, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--calibration") && r.stderr.contains("mode: static"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    let r = run_kompress(
+        &[
+            "compress",
+            "examples/digits/model.onnx",
+            out.to_str().unwrap(),
+            "-f",
+            "examples/digits-static.yaml",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 65, "{}", r.stderr);
+    assert!(r.stderr.contains("--calibration DATA.npz"), "{}", r.stderr);
+    assert!(!out.exists());
+}

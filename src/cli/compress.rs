@@ -31,6 +31,13 @@ impl CompressArgs {
         target: crate::api::TargetCpu,
     ) -> Result<Option<pipeline::Calibration>, Box<dyn std::error::Error>> {
         let Some((index, _)) = pipeline::static_pass(spec) else {
+            if let Some(path) = &self.calibration {
+                return Err(format!(
+                    "--calibration {} is only used by a `quantize: {{mode: static}}` pass, and the recipe has none: drop the flag or add the pass",
+                    path.display()
+                )
+                .into());
+            }
             return Ok(None);
         };
         let Some(path) = &self.calibration else {
