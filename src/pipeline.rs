@@ -23,7 +23,7 @@ use crate::eval::calibrate::{self as calib, RowRange};
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::gate;
 use crate::onnx::{self, Model, SaveOptions};
-use crate::passes::{Calibrated, Pass};
+use crate::passes::{self, Calibrated, Pass};
 use crate::publish;
 use crate::report::{
     CalibrationReport, CalibrationSourceRef, InputRef, JobRef, PassReport, Report, Tools,
@@ -469,18 +469,6 @@ pub struct CalibrationData<'a> {
     pub kind: &'static str,
 }
 
-/// The original model with `Constant` weights folded, as `build_candidate` sees it.
-fn folded(original: &Model) -> (Model, usize) {
-    let mut model = original.clone(); // cheap: payloads are shared `Bytes`
-    // IR < 4 would also need them listed as graph inputs, so those models are left as they are.
-    let folded = if model.proto.ir_version.unwrap_or(0) >= 4 {
-        onnx::fold_constants(model.graph_mut()).constants
-    } else {
-        0
-    };
-    (model, folded)
-}
-
 /// Calibrates pass `index` of `passes` (a static quantization pass) on `data`: the original
 /// model (Constant weights folded) runs with the pass's activations as extra outputs, saved
 /// in `dir`; statistics are streamed; the spec's method picks each tensor's range.
@@ -500,7 +488,7 @@ pub fn calibrate_with(
         unreachable!("static_pass returns quantize passes")
     };
     let pass = Pass::for_target(&passes[index], target);
-    let (model, _) = folded(original);
+    let (model, _) = passes::with_constants_folded(original);
     let tensors = pass.calibration_tensors(&model).unwrap_or_default();
     let method = q.calibration.as_ref().map(|c| c.method).unwrap_or_default();
     let percentile = q
@@ -673,7 +661,7 @@ pub fn build_candidate(
 ) -> Result<Candidate> {
     scratch_dir(dir)?;
     // Weights some exporters keep in Constant nodes become initializers first (lossless).
-    let (mut model, folded) = folded(original);
+    let (mut model, folded) = passes::with_constants_folded(original);
     if folded > 0 {
         ui.stage(&format!(
             "{folded} weights held in Constant nodes folded into initializers"

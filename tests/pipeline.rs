@@ -513,6 +513,35 @@ fn weights_held_in_constant_nodes_are_folded_and_quantized() {
     assert_eq!(report["result"]["verdict"], "Passed", "{}", r.stdout);
 }
 
+/// `kompress compress` sees the same weights `kompress run` does: Constant weights folded.
+#[test]
+fn compress_folds_constant_weights_before_the_passes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("constants.onnx");
+    digits_with_constant_weights(&model);
+    let out = dir.path().join("out.onnx");
+    let r = run_kompress(
+        &[
+            "compress",
+            model.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "-f",
+            "examples/digits-int8.yaml",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("6 weights held in Constant nodes folded"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("(3 tensors, 0 skipped)"), "{}", r.stderr);
+    let ratio = std::fs::metadata(&model).unwrap().len() as f64
+        / std::fs::metadata(&out).unwrap().len() as f64;
+    assert!(ratio > 3.0, "ratio {ratio}");
+}
+
 #[test]
 fn a_recipe_that_changes_no_weight_is_rejected_and_says_why() {
     let dir = tempfile::tempdir().unwrap();

@@ -84,10 +84,16 @@ impl CompressArgs {
         if let Err(e) = crate::api::validate(&job.spec) {
             return fail(&e, EXIT_PERMANENT);
         }
-        let mut m = match crate::onnx::load(&self.model) {
+        let loaded = match crate::onnx::load(&self.model) {
             Ok(m) => m,
             Err(e) => return fail(&e, EXIT_PERMANENT),
         };
+        // As `kompress run` does: weights held in Constant nodes become initializers first.
+        let (mut m, folded) = crate::passes::with_constants_folded(&loaded);
+        drop(loaded);
+        if folded > 0 {
+            eprintln!("{folded} weights held in Constant nodes folded into initializers");
+        }
         let target = job.spec.target.clone().unwrap_or_default().cpu;
         let calibration = match self.calibrate(&job.spec, &m, target) {
             Ok(c) => c,

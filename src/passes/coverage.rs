@@ -43,12 +43,7 @@ pub struct Coverage {
 
 /// What each mode would touch in `model` (which is not changed).
 pub fn coverage(model: &Model) -> Coverage {
-    let mut m = model.clone();
-    let folded = if m.proto.ir_version.unwrap_or(0) >= 4 {
-        onnx::fold_constants(m.graph_mut()).constants
-    } else {
-        0
-    };
+    let (m, folded) = super::with_constants_folded(model);
     let g = m.graph();
     let float_bytes: u64 = g
         .initializer

@@ -173,6 +173,19 @@ impl Pass {
     }
 }
 
+/// The model as every pass sees it: weights that exporters keep in `Constant` nodes (or
+/// behind an Identity of one) folded into initializers, losslessly; with how many. IR < 4
+/// would also need them listed as graph inputs, so those models are left as they are.
+pub fn with_constants_folded(original: &Model) -> (Model, usize) {
+    let mut model = original.clone(); // cheap: payloads are shared `Bytes`
+    let folded = if model.proto.ir_version.unwrap_or(0) >= 4 {
+        onnx::fold_constants(model.graph_mut()).constants
+    } else {
+        0
+    };
+    (model, folded)
+}
+
 /// Which weights a pass touches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
