@@ -68,8 +68,92 @@ pub struct Report {
     /// How static quantization's activation ranges were calibrated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationReport>,
+    /// With `spec.search`: every trial and probe, in order, and what was chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchReport>,
     pub result: JobResult,
     pub tools: Tools,
+}
+
+/// A search's full log: enough to see why each form won or lost, and to reproduce it.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchReport {
+    pub objective: crate::api::SearchObjective,
+    /// The forms in the order they were tried.
+    pub forms: Vec<&'static str>,
+    pub max_trials: u32,
+    pub max_seconds: u32,
+    /// Candidates evaluated on the whole dataset, in order.
+    pub trials: Vec<TrialReport>,
+    /// Per form with a fallback: each quantized layer's sensitivity, worst first.
+    pub sensitivity: Vec<FormSensitivity>,
+    /// Index of the chosen trial (one that passed every check), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<usize>,
+    /// When none passed: the trial that came closest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closest: Option<usize>,
+    /// `maxTrials` or `maxSeconds` when the budget ended the search early.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+    pub seconds: f64,
+}
+
+/// One candidate of a search.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialReport {
+    pub index: usize,
+    pub form: &'static str,
+    /// `form` (the form as a whole), `fallback` (layers reverted to float by sensitivity),
+    /// `latency` (Conv left in float because the integer form was slower), or `skipped`.
+    pub kind: &'static str,
+    /// Layers left in float (node names; tensor names for fp16).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub float_layers: Vec<String>,
+    pub tensors_compressed: usize,
+    pub bytes: u64,
+    pub ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_drop: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosine_similarity: Option<f64>,
+    /// Median latency ratio and its 95% interval, when latency was measured for this trial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ratio: Option<[f64; 3]>,
+    /// Every check, with its value, limit and verdict (latency only where measured).
+    pub checks: Vec<crate::api::Check>,
+    pub passed: bool,
+    /// Why it was skipped, or what it shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub seconds: f64,
+}
+
+/// A form's quantized layers ranked by measured sensitivity.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FormSensitivity {
+    pub form: &'static str,
+    /// Rows each probe ran on (the evaluation set's first).
+    pub samples: usize,
+    pub layers: Vec<LayerSensitivity>,
+}
+
+/// The output error when only this layer is quantized (the rest float).
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerSensitivity {
+    pub layer: String,
+    pub op: String,
+    /// Signal-to-noise ratio of the compared output, in dB (lower: more sensitive).
+    pub output_sqnr_db: f64,
+    /// Fraction of the probe rows whose top-1 class changed (classification outputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flips: Option<f64>,
 }
 
 /// The calibration of a static quantization pass.
@@ -89,6 +173,9 @@ pub struct CalibrationReport {
     pub source: CalibrationSourceRef,
     /// Activation tensors whose ranges were calibrated.
     pub tensors: usize,
+    /// Each one's range and its estimated int8 quantization error on the calibration samples,
+    /// worst first.
+    pub activations: Vec<ActivationError>,
     pub seconds: f64,
 }
 
@@ -102,6 +189,18 @@ pub struct CalibrationSourceRef {
     /// (spec.calibration.dataset, or `--calibration`).
     pub kind: &'static str,
     pub rows: [u64; 2],
+}
+
+/// A calibrated activation: the range chosen and the error it costs on the calibration data.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivationError {
+    pub tensor: String,
+    pub range: [f32; 2],
+    /// Estimated signal-to-quantization-noise ratio in dB (rounding plus clipping), from the
+    /// streamed statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqnr_db: Option<f64>,
 }
 
 impl Report {
@@ -157,6 +256,10 @@ pub struct TensorReport {
     /// Largest |w - dequant(quant(w))| over the tensor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_abs_error: Option<f32>,
+    /// Signal-to-quantization-noise ratio of the weight, 10·log10(Σw² / Σ(w − ŵ)²) in dB
+    /// (int8 per channel on trained weights: typically 35-45 dB; 4-bit: 18-25 dB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqnr_db: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 #[derive(Clone)]
 pub struct Ui {
     bars: Option<MultiProgress>,
+    quiet: bool,
 }
 
 impl Ui {
@@ -14,6 +15,7 @@ impl Ui {
         if std::io::stderr().is_terminal() {
             Self {
                 bars: Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+                quiet: false,
             }
         } else {
             Self::plain()
@@ -22,10 +24,32 @@ impl Ui {
 
     /// Log lines only.
     pub fn plain() -> Self {
-        Self { bars: None }
+        Self {
+            bars: None,
+            quiet: false,
+        }
+    }
+
+    /// Nothing at all (inner steps of a search, which reports them as one line each).
+    pub fn quiet() -> Self {
+        Self {
+            bars: None,
+            quiet: true,
+        }
+    }
+
+    /// For inner steps: their progress bars on a terminal, none of their log lines.
+    pub fn inner(&self) -> Self {
+        Self {
+            bars: self.bars.clone(),
+            quiet: true,
+        }
     }
 
     pub fn stage(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.bars {
             Some(m) => {
                 let _ = m.println(format!("» {msg}"));
@@ -58,6 +82,7 @@ impl Ui {
             pb,
             label: label.to_string(),
             bytes,
+            quiet: self.quiet,
         }
     }
 }
@@ -66,6 +91,7 @@ pub struct Bar {
     pb: Option<ProgressBar>,
     label: String,
     bytes: bool,
+    quiet: bool,
 }
 
 impl Bar {
@@ -81,6 +107,7 @@ impl Bar {
     pub fn finish(&self, pos: u64) {
         match &self.pb {
             Some(pb) => pb.finish_and_clear(),
+            None if self.quiet => {}
             None if self.bytes => tracing::info!("{}: {} bytes", self.label, pos),
             None => tracing::info!("{}: {} done", self.label, pos),
         }

@@ -273,6 +273,32 @@ async fn digits_example_succeeds_is_promoted_and_records_events() {
 
 #[tokio::test]
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn a_search_job_ends_with_its_chosen_form_in_status_and_a_search_event() {
+    let env = Env::new("search").await;
+    // The recipe replaced by a search over two forms; the digits gate passes with int8.
+    let yaml = env.digits("search", GATE).replacen(
+        "  passes:\n    - quantize:\n        perChannel: true\n",
+        "  passes: []\n  search:\n    forms: [dynamic, fp16]\n",
+        1,
+    );
+    assert!(yaml.contains("search:"), "{yaml}");
+    env.create(&yaml).await;
+    let cj = env.wait_phase("search", Phase::Succeeded, 1).await;
+    let result = cj.status.as_ref().unwrap().result.as_ref().unwrap();
+    let search = result
+        .search
+        .as_ref()
+        .expect("the search summary in status");
+    assert_eq!(search.form.as_deref(), Some("dynamic"), "{search:?}");
+    assert!(search.trials >= 1, "{search:?}");
+    assert!(result.promoted.is_some(), "{result:?}");
+    env.wait_event("search", "SearchFinished").await;
+    env.wait_event("search", "Promoted").await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
     let env = Env::new("invalid").await;
     // valid for the CRD's CEL rules, invalid for kompress: output on read-only https

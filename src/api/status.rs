@@ -82,6 +82,8 @@ pub mod reason {
     /// Event reasons of the terminal transitions (the conditions carry the reasons above).
     pub const SUCCEEDED: &str = "Succeeded";
     pub const CANDIDATE_REJECTED: &str = "Rejected";
+    /// The Event of a finished `spec.search` (beside the terminal one).
+    pub const SEARCH_FINISHED: &str = "SearchFinished";
     /// Worker failure reasons (the termination message's `reason`, then the Stalled
     /// condition's and the Event's). First those that are not a pipeline error category:
     pub const WORKER_PANICKED: &str = "WorkerPanicked";
@@ -127,6 +129,33 @@ pub struct JobResult {
     /// URI of the full report.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// With `spec.search`: what the search tried and chose (the trial log is in the report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchSummary>,
+}
+
+/// A search's outcome, bounded in size (the full trial log is in report.json).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSummary {
+    /// Candidates evaluated on the whole dataset.
+    pub trials: u32,
+    /// Layers whose sensitivity was measured (one probe each, on a few rows).
+    pub probes: u32,
+    /// The chosen form (the closest trial's when nothing passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<String>,
+    /// The trial the result comes from (index into the report's trial log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<u32>,
+    /// Layers that trial leaves in float.
+    pub float_layers: u32,
+    /// Why the search stopped before trying everything (`maxTrials`, `maxSeconds`), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+    /// The most sensitive layers measured (at most 5), worst first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive_layers: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Spec validation (pure). The same rules as the CRD's CEL, plus what CEL cannot see (URI
 //! schemes, op names), so `kompress run` rejects what the apiserver would and more.
 
-use super::{CompressionJobSpec, PassSpec, ops};
+use super::{CompressionJobSpec, PassSpec, SearchForm, ops};
 use crate::uri::Location;
 
 /// One problem, with the field's path in the manifest.
@@ -178,10 +178,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         }
     }
 
-    if spec.passes.is_empty() {
+    if spec.passes.is_empty() && spec.search.is_none() {
         err(
             "spec.passes".into(),
-            "at least one pass is required (prune or quantize)".into(),
+            "at least one pass is required (prune or quantize), or a spec.search".into(),
         );
     }
     if spec.passes.len() > MAX_PASSES {
@@ -298,6 +298,53 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         }
     }
 
+    if let Some(search) = &spec.search {
+        for (i, pass) in spec.passes.iter().enumerate() {
+            if matches!(pass, PassSpec::Quantize(_) | PassSpec::Fp16(_)) {
+                err(
+                    format!("spec.passes[{i}].{}", pass.key()),
+                    "with spec.search the search chooses the quantization: remove this pass (keep prune, lowRank and optimize passes, which run before every form), or remove spec.search".into(),
+                );
+            }
+        }
+        let forms = search
+            .forms
+            .clone()
+            .unwrap_or_else(|| SearchForm::ALL.to_vec());
+        if forms.is_empty() {
+            err(
+                "spec.search.forms".into(),
+                "name at least one form, or leave it unset for all".into(),
+            );
+        }
+        for (j, f) in forms.iter().enumerate() {
+            if forms[..j].contains(f) {
+                err(
+                    format!("spec.search.forms[{j}]"),
+                    format!("`{}` is listed twice", f.name()),
+                );
+            }
+        }
+        check_ops("spec.search".into(), &search.ops, &mut err);
+        if let PassSpec::Quantize(q) = SearchForm::Static.pass(search, &[]) {
+            check_quantize("spec.search", &q, &mut err);
+        }
+        for (name, v, lo, hi) in [
+            ("maxTrials", search.max_trials, 1, 1000),
+            ("maxSeconds", search.max_seconds, 1, u32::MAX),
+            ("sensitivitySamples", search.sensitivity_samples, 1, 100_000),
+        ] {
+            if let Some(v) = v
+                && !(lo..=hi).contains(&v)
+            {
+                err(
+                    format!("spec.search.{name}"),
+                    format!("{v} is outside [{lo}, {hi}]"),
+                );
+            }
+        }
+    }
+
     let t = &spec.thresholds;
     let unit = [
         ("maxAccuracyDrop", t.max_accuracy_drop, 0.0, 1.0),
@@ -367,7 +414,12 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
             "only one `mode: static` pass per recipe (calibration runs once)".into(),
         );
     }
-    if calib_data.is_some() && !static_pass {
+    let static_form = spec.search.as_ref().is_some_and(|s| {
+        s.forms
+            .as_ref()
+            .is_none_or(|f| f.contains(&SearchForm::Static))
+    });
+    if calib_data.is_some() && !static_pass && !static_form {
         err(
             "spec.calibration.dataset".into(),
             "calibration data is only used by a `quantize: {mode: static}` pass; remove it or add one".into(),

@@ -109,6 +109,14 @@ impl WorkerMessage {
             r.baseline = Default::default();
             r.candidate = Default::default();
         }
+        let s = serde_json::to_string(&m).expect("message serialises");
+        if s.len() <= TERMINATION_LIMIT {
+            return s;
+        }
+        // Then a search's layer names (the report has them all).
+        if let Some(search) = m.result.as_mut().and_then(|r| r.search.as_mut()) {
+            search.sensitive_layers.clear();
+        }
         serde_json::to_string(&m).expect("message serialises")
     }
 }

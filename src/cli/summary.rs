@@ -121,6 +121,28 @@ pub fn summary(name: &str, r: &JobResult) -> String {
             ch.limit
         );
     }
+    if let Some(sr) = &r.search {
+        let from = match (r.verdict, sr.trial) {
+            (Verdict::Passed, Some(t)) => format!("chose trial {t}"),
+            (_, Some(t)) => format!("none passed; closest was trial {t}"),
+            _ => "no trial".into(),
+        };
+        let _ = writeln!(
+            s,
+            "\n  search: {} trials, {} sensitivity probes{}; {from}: {} with {} layers in float",
+            sr.trials,
+            sr.probes,
+            sr.stopped_by
+                .as_deref()
+                .map(|b| format!(", stopped by {b}"))
+                .unwrap_or_default(),
+            sr.form.as_deref().unwrap_or("-"),
+            sr.float_layers
+        );
+        if !sr.sensitive_layers.is_empty() {
+            let _ = writeln!(s, "  most sensitive: {}", sr.sensitive_layers.join(", "));
+        }
+    }
     s.push('\n');
     if let Some(a) = &r.artifact {
         let _ = writeln!(s, "  candidate  {}  sha256:{}", a.uri, a.sha256);

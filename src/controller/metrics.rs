@@ -23,6 +23,7 @@ pub struct Metrics {
     run_duration: GaugeVec,
     promotions: IntCounterVec,
     rejections: IntCounterVec,
+    search_trials: IntCounterVec,
     leader: IntGauge,
 }
 
@@ -124,6 +125,17 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            search_trials: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "search_trials_total",
+                        "Candidates evaluated by finished searches (spec.search), by outcome",
+                    ),
+                    &["namespace", "outcome"],
+                )
+                .unwrap(),
+            ),
             leader: reg(
                 &registry,
                 IntGauge::new(
@@ -152,6 +164,18 @@ impl Metrics {
 
     pub fn rejected(&self, namespace: &str) {
         self.rejections.with_label_values(&[namespace]).inc();
+    }
+
+    /// A search ended: its trials, labelled by how it ended (`passed`, `rejected`, `failed`).
+    pub fn search_finished(&self, namespace: &str, phase: Option<crate::api::Phase>, trials: u32) {
+        let outcome = match phase {
+            Some(crate::api::Phase::Succeeded) => "passed",
+            Some(crate::api::Phase::Rejected) => "rejected",
+            _ => "failed",
+        };
+        self.search_trials
+            .with_label_values(&[namespace, outcome])
+            .inc_by(u64::from(trials));
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -2,7 +2,7 @@
 //! and the per-object exponential backoff of the error policy.
 
 use super::error::{Error, Result};
-use super::status::{Observed, apply_status, desired, transition_event};
+use super::status::{Observed, apply_status, desired, search_event, transition_event};
 use super::{ControllerConfig, State, apply, build, observe};
 use crate::api::{CompressionJob, CompressionJobStatus, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -152,6 +152,19 @@ async fn update_status(
         return Ok(());
     }
     apply_status(api, cj, &status).await?;
+    if let Some(event) = search_event(old, &status) {
+        let trials = status
+            .result
+            .as_ref()
+            .and_then(|r| r.search.as_ref())
+            .map_or(0, |s| s.trials);
+        ctx.state.metrics.search_finished(
+            &cj.namespace().unwrap_or_default(),
+            status.phase,
+            trials,
+        );
+        publish(ctx, cj, event).await;
+    }
     if let Some(event) = transition_event(old, &status) {
         let namespace = cj.namespace().unwrap_or_default();
         match status.phase {

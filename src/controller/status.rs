@@ -280,6 +280,71 @@ pub fn transition_event(
     })
 }
 
+/// The Event of a finished search, on the same transition as [`transition_event`]'s terminal
+/// one: what it tried and chose, or which trial came closest and the most sensitive layers.
+pub fn search_event(
+    old: Option<&CompressionJobStatus>,
+    new: &CompressionJobStatus,
+) -> Option<Event> {
+    let phase = new.phase.filter(|p| p.is_terminal())?;
+    transition_event(old, new)?;
+    let result = new.result.as_ref()?;
+    let s = result.search.as_ref()?;
+    let chosen = format!(
+        "{} trials and {} sensitivity probes{}",
+        s.trials,
+        s.probes,
+        s.stopped_by
+            .as_deref()
+            .map(|b| format!(", stopped by its budget ({b})"))
+            .unwrap_or_default()
+    );
+    let form = s.form.as_deref().unwrap_or("none");
+    let trial = s.trial.map_or("-".into(), |t| t.to_string());
+    let mut note = if phase == Phase::Succeeded {
+        format!(
+            "search: {chosen}; chose trial {trial}: {form} with {} layers in float, {:.2}x smaller",
+            s.float_layers, result.ratio
+        )
+    } else {
+        let missed: Vec<String> = result
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{} {:.4} (limit {})", c.name, c.value, c.limit))
+            .collect();
+        format!(
+            "search: {chosen}; nothing passed. Closest: trial {trial} ({form}, {} layers in float), missed {}",
+            s.float_layers,
+            missed.join(", ")
+        )
+    };
+    if !s.sensitive_layers.is_empty() {
+        note.push_str(&format!(
+            "; most sensitive: {}",
+            s.sensitive_layers.join(", ")
+        ));
+    }
+    if note.len() > 1000 {
+        let cut = (0..=1000)
+            .rev()
+            .find(|&i| note.is_char_boundary(i))
+            .unwrap_or(0);
+        note.truncate(cut);
+    }
+    Some(Event {
+        type_: if phase == Phase::Succeeded {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: reason::SEARCH_FINISHED.into(),
+        note: Some(note),
+        action: "Search".into(),
+        secondary: None,
+    })
+}
+
 /// Writes `status` with server-side apply on the status subresource (field manager
 /// "kompress"): fields it no longer sets, like an earlier generation's result, go away.
 pub async fn apply_status(

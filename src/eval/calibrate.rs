@@ -29,6 +29,8 @@ pub struct TensorStats {
     pub count: u64,
     /// NaN and infinities seen (left out of every statistic).
     pub non_finite: u64,
+    /// Σ x² over the finite values (the signal of [`TensorStats::estimated_sqnr_db`]).
+    pub sum_sq: f64,
     /// Half-width of the histogram's range; 0 while every value seen was 0.
     range: f64,
     hist: Vec<u64>,
@@ -41,6 +43,7 @@ impl Default for TensorStats {
             max: 0.0,
             count: 0,
             non_finite: 0,
+            sum_sq: 0.0,
             range: 0.0,
             hist: vec![0; BINS],
         }
@@ -65,14 +68,17 @@ impl TensorStats {
     pub fn update(&mut self, values: &[f32]) {
         let (mut lo, mut hi, mut amax) = (f32::INFINITY, f32::NEG_INFINITY, 0f32);
         let mut finite = 0u64;
+        let mut sum_sq = 0f64;
         for &v in values {
             if v.is_finite() {
                 lo = lo.min(v);
                 hi = hi.max(v);
                 amax = amax.max(v.abs());
+                sum_sq += f64::from(v) * f64::from(v);
                 finite += 1;
             }
         }
+        self.sum_sq += sum_sq;
         self.non_finite += values.len() as u64 - finite;
         if finite == 0 {
             return;
@@ -136,6 +142,40 @@ impl TensorStats {
         (0..h)
             .map(|k| self.hist[h + k] + self.hist[h - 1 - k])
             .collect()
+    }
+
+    /// The activation's quantization error over the calibration samples, estimated from the
+    /// statistics for the range `[lo, hi]` on 256 levels: rounding noise of step²/12 per value
+    /// inside it, plus the squared distance to the range of every value outside it (from the
+    /// histogram, at bin centres; without one the range is `[min, max]` and nothing clips).
+    /// In dB of signal (Σx²) over noise; None with no signal or no noise.
+    pub fn estimated_sqnr_db(&self, lo: f32, hi: f32) -> Option<f64> {
+        let (lo, hi) = (f64::from(lo), f64::from(hi));
+        let step = (hi - lo) / 255.0;
+        let mut clip = 0f64;
+        let mut clipped = 0u64;
+        if !self.hist.is_empty() && self.range > 0.0 {
+            let w = 2.0 * self.range / BINS as f64;
+            for (i, &c) in self.hist.iter().enumerate() {
+                if c == 0 {
+                    continue;
+                }
+                let x = -self.range + (i as f64 + 0.5) * w;
+                let d = if x < lo {
+                    lo - x
+                } else if x > hi {
+                    x - hi
+                } else {
+                    0.0
+                };
+                if d > 0.0 {
+                    clip += c as f64 * d * d;
+                    clipped += c;
+                }
+            }
+        }
+        let noise = (self.count - clipped.min(self.count)) as f64 * step * step / 12.0 + clip;
+        (self.sum_sq > 0.0 && noise > 0.0).then(|| 10.0 * (self.sum_sq / noise).log10())
     }
 
     /// The range to quantize to, `[lo, hi]`, inside the observed `[min, max]`.
@@ -471,5 +511,26 @@ mod tests {
         let mut s = TensorStats::default();
         s.update(&[f32::NAN, 2.0, f32::INFINITY, -3.0]);
         assert_eq!((s.min, s.max, s.count, s.non_finite), (-3.0, 2.0, 2, 2));
+    }
+
+    #[test]
+    fn estimated_activation_error_matches_the_rounding_and_clipping_it_stands_for() {
+        // Uniform on [-1, 1] over 256 levels: noise step²/12 per value, signal 1/3 per value.
+        let v: Vec<f32> = (0..=20_000).map(|i| i as f32 / 10_000.0 - 1.0).collect();
+        let mut s = TensorStats::min_max_only();
+        s.update(&v);
+        let step = 2.0f64 / 255.0;
+        let expected = 10.0 * ((1.0 / 3.0) / (step * step / 12.0)).log10();
+        let got = s.estimated_sqnr_db(-1.0, 1.0).unwrap();
+        assert!((got - expected).abs() < 0.05, "{got} vs {expected}");
+        // Clipping to half the range costs far more than rounding saves.
+        let mut h = TensorStats::default();
+        h.update(&v);
+        let clipped = h.estimated_sqnr_db(-0.5, 0.5).unwrap();
+        assert!(clipped < got - 20.0, "{clipped} vs {got}");
+        // All zeros: no signal, no estimate.
+        let mut z = TensorStats::default();
+        z.update(&[0.0; 8]);
+        assert_eq!(z.estimated_sqnr_db(0.0, 0.0), None);
     }
 }

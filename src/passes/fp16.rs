@@ -47,6 +47,7 @@ pub fn apply(cfg: &Fp16Config, model: &mut Model) -> Result<PassReport> {
         }
         let values = onnx::tensor_f32_values(t)?;
         let mut max_abs_error = 0f32;
+        let (mut signal, mut noise) = (0f64, 0f64);
         let mut raw = Vec::with_capacity(values.len() * 2);
         for (index, &v) in values.iter().enumerate() {
             let h = f16::from_f32(v);
@@ -58,7 +59,10 @@ pub fn apply(cfg: &Fp16Config, model: &mut Model) -> Result<PassReport> {
                     ),
                 });
             }
-            max_abs_error = max_abs_error.max((h.to_f32() - v).abs());
+            let e = h.to_f32() - v;
+            max_abs_error = max_abs_error.max(e.abs());
+            signal += f64::from(v) * f64::from(v);
+            noise += f64::from(e) * f64::from(e);
             raw.extend_from_slice(&h.to_le_bytes());
         }
         let stored = namer.fresh(&format!("{name}_fp16"));
@@ -85,6 +89,7 @@ pub fn apply(cfg: &Fp16Config, model: &mut Model) -> Result<PassReport> {
             elements: values.len() as u64,
             sparsity: super::sparsity(&values),
             max_abs_error: Some(max_abs_error),
+            sqnr_db: super::math::sqnr_db((signal, noise)),
             ..Default::default()
         });
     }

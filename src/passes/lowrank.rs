@@ -155,6 +155,7 @@ pub fn apply(cfg: &LowRankConfig, model: &mut Model) -> Result<PassReport> {
             sparsity: 0.0,
             scales: None,
             max_abs_error: Some(max_err),
+            sqnr_db: None,
         });
         let fraction = if total > 0.0 { kept / total } else { 1.0 };
         min_kept = min_kept.min(fraction);

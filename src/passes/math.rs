@@ -8,6 +8,14 @@ pub struct Quantized {
     pub scales: Vec<f32>,
     /// Largest |w - q·scale| over the tensor.
     pub max_abs_error: f32,
+    /// Σ w² and Σ (w - q·scale)², for [`sqnr_db`].
+    pub energy: (f64, f64),
+}
+
+/// Signal-to-quantization-noise ratio in dB from (Σ w², Σ (w − ŵ)²): 10·log10 of their
+/// ratio; None when there is no noise (exact) or no signal.
+pub fn sqnr_db((signal, noise): (f64, f64)) -> Option<f64> {
+    (noise > 0.0 && signal > 0.0).then(|| 10.0 * (signal / noise).log10())
 }
 
 /// How elements map to channels: index i belongs to channel `(i / inner) % channels`.
@@ -75,11 +83,15 @@ pub fn quantize_symmetric_with(
         .collect();
     let inv: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
     let mut max_abs_error = 0f32;
+    let (mut signal, mut noise) = (0f64, 0f64);
     let values = (0..n)
         .map(|i| {
             let (v, c) = (w(i), layout.channel(i));
             let qv = (v * inv[c]).round().clamp(-q, q);
-            max_abs_error = max_abs_error.max((v - qv * scales[c]).abs());
+            let e = v - qv * scales[c];
+            max_abs_error = max_abs_error.max(e.abs());
+            signal += f64::from(v) * f64::from(v);
+            noise += f64::from(e) * f64::from(e);
             qv as i8
         })
         .collect();
@@ -87,6 +99,7 @@ pub fn quantize_symmetric_with(
         values,
         scales,
         max_abs_error,
+        energy: (signal, noise),
     }
 }
 

@@ -155,6 +155,7 @@ pub fn apply(cfg: &Int4Config, select: &super::Selection, model: &mut Model) -> 
             sparsity: q.zero_codes as f64 / w.numel().max(1) as f64,
             scales: Some(q.scales.len()),
             max_abs_error: Some(q.max_abs_error),
+            sqnr_db: super::math::sqnr_db(q.energy),
         });
         drop_inits.insert(w.init);
         let qname = namer.fresh(&format!("{}_q4", w.name));
@@ -473,6 +474,8 @@ pub struct Packed {
     pub max_abs_error: f32,
     /// Elements that dequantize to exactly 0.
     pub zero_codes: u64,
+    /// Σ w² and Σ (w - dequant(q))² (see `math::sqnr_db`).
+    pub energy: (f64, f64),
 }
 
 /// One block's result: codes (unpacked, 0..=15), scale, zero point.
@@ -650,7 +653,7 @@ pub fn quantize_blocks(
             .min(rows)
     };
     let per = rows.div_ceil(threads.max(1)).max(1);
-    let results: Vec<(f32, u64)> = std::thread::scope(|s| {
+    let results: Vec<(f32, u64, (f64, f64))> = std::thread::scope(|s| {
         let mut handles = Vec::new();
         let mut zp_chunks: Vec<&mut [u8]> = if numerics.symmetric {
             (0..rows.div_ceil(per)).map(|_| &mut [][..]).collect()
@@ -673,12 +676,16 @@ pub fn quantize_blocks(
     });
     let max_abs_error = results.iter().map(|r| r.0).fold(0f32, f32::max);
     let zero_codes = results.iter().map(|r| r.1).sum();
+    let energy = results
+        .iter()
+        .fold((0f64, 0f64), |(s, n), r| (s + r.2.0, n + r.2.1));
     Packed {
         data,
         scales,
         zero_points: (!numerics.symmetric).then_some(zps),
         max_abs_error,
         zero_codes,
+        energy,
     }
 }
 
@@ -691,7 +698,7 @@ fn rows_worker(
     data: &mut [u8],
     scales: &mut [f32],
     zps: &mut [u8],
-) -> (f32, u64) {
+) -> (f32, u64, (f64, f64)) {
     const TILE: usize = 32;
     let BlockLayout { len, block, .. } = layout;
     let nb = layout.blocks();
@@ -701,6 +708,7 @@ fn rows_worker(
     let mut codes = vec![0u8; nb * block];
     let mut zrow = vec![0u8; zb * 2];
     let (mut max_err, mut zeros) = (0f32, 0u64);
+    let (mut signal, mut noise) = (0f64, 0f64);
     let mut r = 0;
     while r < n {
         let t = TILE.min(n - r);
@@ -721,7 +729,10 @@ fn rows_worker(
                     *c = match x.get(k) {
                         Some(&v) => {
                             let c = code(v, is, q.zero_point);
-                            max_err = max_err.max((v - dequant(c, q)).abs());
+                            let e = v - dequant(c, q);
+                            max_err = max_err.max(e.abs());
+                            signal += f64::from(v) * f64::from(v);
+                            noise += f64::from(e) * f64::from(e);
                             zeros += u64::from(dequant(c, q) == 0.0);
                             c
                         }
@@ -740,7 +751,7 @@ fn rows_worker(
         }
         r += t;
     }
-    (max_err, zeros)
+    (max_err, zeros, (signal, noise))
 }
 
 /// Packs 4-bit codes two to a byte, element 2j in the low nibble and 2j+1 in the high one. An

@@ -178,6 +178,7 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
                 / q.values.len().max(1) as f64,
             scales: Some(q.scales.len()),
             max_abs_error: Some(max_abs_error),
+            sqnr_db: math::sqnr_db(q.energy),
         });
 
         let idims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();

@@ -352,6 +352,7 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
                 / q.values.len().max(1) as f64,
             scales: Some(q.scales.len()),
             max_abs_error: Some(q.max_abs_error),
+            sqnr_db: super::math::sqnr_db(q.energy),
         });
         let sdims: Vec<i64> = if cfg.per_channel {
             vec![q.scales.len() as i64]

@@ -17,20 +17,23 @@
 
 use crate::api::{
     CalibrationMethod, CompressionJobSpec, FieldError, InvalidSpec, JobResult, Metrics, PassSpec,
-    QuantMode, QuantizeSpec, TargetCpu, reason, validate,
+    QuantMode, QuantizeSpec, SearchForm, TargetCpu, reason, validate,
 };
 use crate::eval::calibrate::{self as calib, RowRange};
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::gate;
 use crate::onnx::{self, Model, SaveOptions};
-use crate::passes::{self, Calibrated, Pass};
+use crate::passes::{self, ActivationRanges, Calibrated, Pass};
 use crate::publish;
 use crate::report::{
-    CalibrationReport, CalibrationSourceRef, InputRef, JobRef, PassReport, Report, Tools,
+    ActivationError, CalibrationReport, CalibrationSourceRef, InputRef, JobRef, PassReport, Report,
+    Tools,
 };
 use crate::storage::{self, Location, Storage};
 use crate::ui::Ui;
 use kube::Resource;
+
+pub mod search;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -375,9 +378,8 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
     let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
     // Static quantization without a calibration set: the last rows are set aside and the
     // evaluation scores only the rows before them.
-    let calibration_rows = match static_pass(spec) {
-        Some((index, q)) if inputs.calibration.is_none() => {
-            let samples = calibration_samples(q);
+    let calibration_rows = match calibration_need(spec) {
+        Some((field, samples)) if inputs.calibration.is_none() => {
             let all = eval::prepare(
                 &original,
                 &dataset,
@@ -390,7 +392,7 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
             .samples();
             if all <= samples {
                 return Err(InvalidSpec(vec![FieldError {
-                    field: format!("spec.passes[{index}].quantize.calibration.samples"),
+                    field,
                     message: format!(
                         "{samples} calibration samples set aside from the dataset's {all} rows leave none to evaluate: lower it, or give a separate calibration set (spec.calibration.dataset)"
                     ),
@@ -456,6 +458,29 @@ pub fn calibration_samples(q: &QuantizeSpec) -> usize {
         .as_ref()
         .and_then(|c| c.samples)
         .unwrap_or(128) as usize
+}
+
+/// Whether the run calibrates (a static pass in the recipe, or the static form in a search):
+/// the field that sets the sample count, and the count.
+pub fn calibration_need(spec: &CompressionJobSpec) -> Option<(String, usize)> {
+    if let Some(s) = &spec.search {
+        let forms = s.forms.as_deref().unwrap_or(&SearchForm::ALL);
+        return forms.contains(&SearchForm::Static).then(|| {
+            (
+                "spec.search.calibration.samples".to_string(),
+                s.calibration
+                    .as_ref()
+                    .and_then(|c| c.samples)
+                    .unwrap_or(128) as usize,
+            )
+        });
+    }
+    static_pass(spec).map(|(index, q)| {
+        (
+            format!("spec.passes[{index}].quantize.calibration.samples"),
+            calibration_samples(q),
+        )
+    })
 }
 
 /// Where calibration rows come from.
@@ -557,10 +582,24 @@ pub fn calibrate_with(
     bar.finish(rows.count as u64);
     drop(opened);
     let _ = std::fs::remove_dir_all(dir);
-    let ranges = stats
+    let ranges: ActivationRanges = stats
         .iter()
         .map(|(name, s)| (name.clone(), s.range_for(method, percentile, symmetric)))
         .collect();
+    let mut activations: Vec<ActivationError> = ranges
+        .iter()
+        .map(|(name, &(lo, hi))| ActivationError {
+            tensor: name.clone(),
+            range: [lo, hi],
+            sqnr_db: stats.get(name).and_then(|s| s.estimated_sqnr_db(lo, hi)),
+        })
+        .collect();
+    activations.sort_by(|a, b| {
+        a.sqnr_db
+            .unwrap_or(f64::INFINITY)
+            .total_cmp(&b.sqnr_db.unwrap_or(f64::INFINITY))
+            .then_with(|| a.tensor.cmp(&b.tensor))
+    });
     let summary = format!(
         "{}{} over {} samples (rows {}..{} of {})",
         method_name(method),
@@ -589,6 +628,7 @@ pub fn calibrate_with(
                 rows: [rows.start as u64, (rows.start + rows.count) as u64],
             },
             tensors: tensors.len(),
+            activations,
             seconds: started.elapsed().as_secs_f64(),
         },
     })
@@ -613,6 +653,20 @@ pub fn calibrate(
     let Some((index, _)) = static_pass(spec) else {
         return Ok(None);
     };
+    calibrate_for(inputs, base, spec, &spec.passes, index, dir, ui).map(Some)
+}
+
+/// Calibrates pass `index` of `passes` (a static quantization pass) on the run's calibration
+/// data: the separate set when the spec names one, else the rows the baseline set aside.
+pub fn calibrate_for(
+    inputs: &Inputs,
+    base: &Baseline,
+    spec: &CompressionJobSpec,
+    passes: &[PassSpec],
+    index: usize,
+    dir: &Path,
+    ui: &Ui,
+) -> Result<Calibration> {
     let target = spec.target.clone().unwrap_or_default().cpu;
     let separate;
     let data = match &inputs.calibration {
@@ -639,7 +693,7 @@ pub fn calibrate(
     };
     calibrate_with(
         &base.model,
-        &spec.passes,
+        passes,
         index,
         target,
         &data,
@@ -647,7 +701,6 @@ pub fn calibrate(
         dir,
         ui,
     )
-    .map(Some)
 }
 
 /// Stage 3: the passes, in order, on a copy of the original; the candidate saved in `dir`.
@@ -731,24 +784,120 @@ pub fn build_candidate(
 /// then the latency of both, interleaved in one process. Returns the candidate's metrics and
 /// the baseline's with its latency filled in.
 pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<(Metrics, Metrics)> {
-    let cand_err = |source| Error::Eval {
+    let mut opened = open_candidate(candidate, base)?;
+    let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err(candidate))?;
+    let out = candidate_outputs(
+        &mut opened,
+        &prep,
+        candidate,
+        base,
+        ui,
+        "evaluate candidate",
+    )?;
+    let mut metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    let baseline = latency_with(&mut opened, &prep, candidate, base, &mut metrics, ui)?;
+    Ok((metrics, baseline))
+}
+
+/// Stage 4a: the candidate's outputs on every evaluation row, compared with the baseline's
+/// (no latency: a search measures it only for candidates that pass the other checks).
+pub fn evaluate_outputs(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<Metrics> {
+    let mut opened = open_candidate(candidate, base)?;
+    let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err(candidate))?;
+    let out = candidate_outputs(
+        &mut opened,
+        &prep,
+        candidate,
+        base,
+        ui,
+        "evaluate candidate",
+    )?;
+    Ok(eval::score(
+        &out,
+        &[],
+        &prep,
+        Some(&base.outputs),
+        candidate.bytes,
+    ))
+}
+
+/// The candidate's compared output on the evaluation set's first `rows` rows (a sensitivity
+/// probe), flattened like [`Baseline::outputs`].
+pub fn probe_outputs(
+    candidate: &Candidate,
+    base: &Baseline,
+    rows: usize,
+    ui: &Ui,
+) -> Result<eval::Outputs> {
+    let mut opened = open_candidate(candidate, base)?;
+    let cfg = EvalConfig {
+        limit: Some(base.cfg.limit.map_or(rows, |l| l.min(rows))),
+        ..base.cfg.clone()
+    };
+    let prep = eval::prepare(&opened, &base.dataset, &cfg).map_err(cand_err(candidate))?;
+    let outputs_only = EvalConfig {
+        warmup: 0,
+        iterations: 0,
+        ..cfg
+    };
+    let _ = ui;
+    let (out, _) = eval::evaluate(&mut opened, &prep, &outputs_only, &|_, _| {})
+        .map_err(cand_err(candidate))?;
+    Ok(out)
+}
+
+/// Stage 4b: latency of the original and the candidate, interleaved in one process; fills the
+/// candidate's latency fields in `metrics` and returns the baseline's metrics with its own.
+pub fn measure_latency(
+    candidate: &Candidate,
+    base: &Baseline,
+    metrics: &mut Metrics,
+    ui: &Ui,
+) -> Result<Metrics> {
+    let mut opened = open_candidate(candidate, base)?;
+    let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err(candidate))?;
+    latency_with(&mut opened, &prep, candidate, base, metrics, ui)
+}
+
+fn cand_err(candidate: &Candidate) -> impl Fn(eval::Error) -> Error + '_ {
+    move |source| Error::Eval {
         which: "candidate",
         source: named(source, &candidate.path, "candidate model.onnx"),
-    };
+    }
+}
+
+fn open_candidate(candidate: &Candidate, base: &Baseline) -> Result<eval::Opened> {
+    eval::open(&candidate.path, &base.cfg).map_err(cand_err(candidate))
+}
+
+fn candidate_outputs(
+    opened: &mut eval::Opened,
+    prep: &eval::Prepared,
+    candidate: &Candidate,
+    base: &Baseline,
+    ui: &Ui,
+    label: &str,
+) -> Result<eval::Outputs> {
     let outputs_only = EvalConfig {
         warmup: 0,
         iterations: 0,
         ..base.cfg.clone()
     };
-    let mut opened = eval::open(&candidate.path, &base.cfg).map_err(cand_err)?;
-    let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err)?;
-    let bar = ui.bar("evaluate candidate", false);
-    let (out, _) = eval::evaluate(&mut opened, &prep, &outputs_only, &|d, t| {
-        bar.set(d, Some(t))
-    })
-    .map_err(cand_err)?;
+    let bar = ui.bar(label, false);
+    let (out, _) = eval::evaluate(opened, prep, &outputs_only, &|d, t| bar.set(d, Some(t)))
+        .map_err(cand_err(candidate))?;
     bar.finish(prep.samples() as u64);
+    Ok(out)
+}
 
+fn latency_with(
+    opened: &mut eval::Opened,
+    prep: &eval::Prepared,
+    candidate: &Candidate,
+    base: &Baseline,
+    metrics: &mut Metrics,
+    ui: &Ui,
+) -> Result<Metrics> {
     let orig_err = |source| Error::Eval {
         which: "original",
         source: named(source, &base.model.path, "original model"),
@@ -759,22 +908,69 @@ pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<(Metr
         "latency: {} rounds of original and candidate, interleaved",
         base.cfg.iterations.max(1)
     ));
-    let lat = eval::latency::interleaved((&mut original, &prep_o), (&mut opened, &prep), &base.cfg)
-        .map_err(cand_err)?;
-    let mut metrics = eval::score(
-        &out,
-        &lat.candidate_ms,
-        &prep,
-        Some(&base.outputs),
-        candidate.bytes,
-    );
+    let lat = eval::latency::interleaved((&mut original, &prep_o), (opened, prep), &base.cfg)
+        .map_err(cand_err(candidate))?;
+    metrics.latency_p50_ms = eval::metrics::percentile(&lat.candidate_ms, 50.0);
+    metrics.latency_p95_ms = eval::metrics::percentile(&lat.candidate_ms, 95.0);
     metrics.latency_ratio = Some(lat.ratio);
     metrics.latency_ratio_low = Some(lat.ratio_low);
     metrics.latency_ratio_high = Some(lat.ratio_high);
     let mut baseline = base.metrics.clone();
     baseline.latency_p50_ms = eval::metrics::percentile(&lat.original_ms, 50.0);
     baseline.latency_p95_ms = eval::metrics::percentile(&lat.original_ms, 95.0);
-    Ok((metrics, baseline))
+    Ok(baseline)
+}
+
+/// The candidate a run publishes, with how it was judged.
+pub struct Chosen {
+    pub candidate: Candidate,
+    pub metrics: Metrics,
+    /// The baseline's metrics, with the latency measured beside this candidate.
+    pub baseline: Metrics,
+    pub decision: gate::Decision,
+    /// The passes that made it (for a search: the recipe's own and the chosen form's).
+    pub recipe: Vec<PassSpec>,
+    pub calibration: Option<CalibrationReport>,
+    /// With `spec.search`: the trial log and its summary for the status.
+    pub search: Option<(crate::report::SearchReport, crate::api::SearchSummary)>,
+}
+
+/// Stages 2b-4 and the gate for the spec's one recipe.
+fn fixed_recipe(
+    inputs: &Inputs,
+    base: &Baseline,
+    spec: &CompressionJobSpec,
+    scratch: &Path,
+    ui: &Ui,
+) -> Result<Chosen> {
+    let calibration = calibrate(inputs, base, spec, &scratch.join("calibration"), ui)?;
+    let candidate = build_candidate(
+        &base.model,
+        &spec.passes,
+        spec.target.clone().unwrap_or_default().cpu,
+        calibration.as_ref(),
+        &scratch.join("candidate"),
+        ui,
+    )?;
+    let (metrics, baseline) = evaluate(&candidate, base, ui)?;
+    if candidate.tensors_changed() == 0 {
+        ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
+    }
+    let decision = gate::decide(
+        &spec.thresholds,
+        &baseline,
+        &metrics,
+        candidate.tensors_changed(),
+    )?;
+    Ok(Chosen {
+        candidate,
+        metrics,
+        baseline,
+        decision,
+        recipe: spec.passes.clone(),
+        calibration: calibration.map(|c| c.report),
+        search: None,
+    })
 }
 
 /// A run folder name no other run shares: `<prefix>-<UTC time>-<random>`, one path segment.
@@ -827,25 +1023,19 @@ pub async fn run(
 
     let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
     let base = baseline(&inputs, spec, ui)?;
-    let calibration = calibrate(&inputs, &base, spec, &opts.scratch.join("calibration"), ui)?;
-    let candidate = build_candidate(
-        &base.model,
-        &spec.passes,
-        spec.target.clone().unwrap_or_default().cpu,
-        calibration.as_ref(),
-        &opts.scratch.join("candidate"),
-        ui,
-    )?;
-    let (metrics, base_metrics) = evaluate(&candidate, &base, ui)?;
-    if candidate.tensors_changed() == 0 {
-        ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
-    }
-    let decision = gate::decide(
-        &spec.thresholds,
-        &base_metrics,
-        &metrics,
-        candidate.tensors_changed(),
-    )?;
+    let chosen = match &spec.search {
+        Some(s) => search::search(&inputs, &base, spec, s, &opts.scratch, ui)?,
+        None => fixed_recipe(&inputs, &base, spec, &opts.scratch, ui)?,
+    };
+    let Chosen {
+        candidate,
+        metrics,
+        baseline: base_metrics,
+        decision,
+        recipe,
+        calibration,
+        search,
+    } = chosen;
     let result = JobResult {
         verdict: decision.verdict,
         original_bytes: base.model.file_bytes,
@@ -855,6 +1045,7 @@ pub async fn run(
         baseline: base_metrics,
         candidate: metrics,
         checks: decision.checks,
+        search: search.as_ref().map(|s| s.1.clone()),
         ..Default::default()
     };
     let report = |result: &JobResult, passes: &[PassReport]| Report {
@@ -867,11 +1058,12 @@ pub async fn run(
         model: inputs.model.clone(),
         external_data: inputs.external_data.clone(),
         dataset: inputs.dataset.clone(),
-        recipe: spec.passes.clone(),
+        recipe: recipe.clone(),
         thresholds: spec.thresholds.clone(),
         folded_constants: candidate.folded_constants,
         passes: passes.to_vec(),
-        calibration: calibration.as_ref().map(|c| c.report.clone()),
+        calibration: calibration.clone(),
+        search: search.as_ref().map(|s| s.0.clone()),
         result: result.clone(),
         tools: Tools::this_binary(eval::runtime::library_path().map(|p| p.display().to_string())),
     };
@@ -883,7 +1075,7 @@ pub async fn run(
             sha256: inputs.model.sha256.clone(),
         },
         job: serde_json::to_value(job).unwrap_or_default(),
-        recipe: serde_json::to_value(&spec.passes).unwrap_or_default(),
+        recipe: serde_json::to_value(&recipe).unwrap_or_default(),
     };
     let published = publish::publish(
         &storage,

@@ -1,0 +1,279 @@
+//! `spec.search` end to end through `kompress run`, on a generated MLP with one planted
+//! sensitive layer: a small MatMul whose weights carry an outlier row (1000x the rest, on an
+//! input the layer before keeps near zero), so that int8 with one scale per channel rounds
+//! the rest of its weights away. Labels are the fp32 model's own top-1 classes (measured
+//! with ONNX Runtime), so the baseline is 100% accurate and every flipped sample costs.
+
+mod support;
+
+use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::onnx::{f32_tensor, pb};
+use serde_json::Value;
+use std::path::Path;
+use support::*;
+
+const WIDTHS: [usize; 6] = [64, 160, 160, 16, 160, 10];
+/// The planted layer: MatMul_2 (160x16, 6% of the weights).
+const PLANTED: &str = "MatMul_2";
+const ROWS: usize = 1000;
+
+fn planted_model() -> pb::ModelProto {
+    let mut m = mlp(&WIDTHS, 7);
+    let g = m.graph.as_mut().unwrap();
+    let k = 5usize; // the input feature of MatMul_2 that carries the outlier row
+    let tensor = |g: &mut pb::GraphProto, name: &str| -> (Vec<i64>, Vec<f32>) {
+        let t = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+            .unwrap();
+        (
+            t.dims.clone(),
+            kompress::onnx::tensor_f32_values(t).unwrap(),
+        )
+    };
+    let set = |g: &mut pb::GraphProto, name: &str, dims: &[i64], v: &[f32]| {
+        let i = g
+            .initializer
+            .iter()
+            .position(|t| t.name.as_deref() == Some(name))
+            .unwrap();
+        g.initializer[i] = f32_tensor(name, dims, v);
+    };
+    // Feature k of the layer before stays near zero: its column scaled down, no bias.
+    let (d1, mut w1) = tensor(g, "W1");
+    let cols = d1[1] as usize;
+    for r in 0..d1[0] as usize {
+        w1[r * cols + k] *= 0.001;
+    }
+    set(g, "W1", &d1, &w1);
+    let (db, mut b1) = tensor(g, "B1");
+    b1[k] = 0.0;
+    set(g, "B1", &db, &b1);
+    // Row k of the planted layer: 1000x the others in every output channel.
+    let (d2, mut w2) = tensor(g, "W2");
+    let cols = d2[1] as usize;
+    for c in 0..cols {
+        w2[k * cols + c] *= 1000.0;
+    }
+    set(g, "W2", &d2, &w2);
+    m
+}
+
+fn fp32_outputs(model: &Path, data: &Path) -> eval::Outputs {
+    let cfg = EvalConfig {
+        batch_size: 100,
+        threads: Some(1),
+        output: None,
+        labels: None,
+        limit: None,
+        latency_batch: 1,
+        warmup: 0,
+        iterations: 0,
+    };
+    let ds = Dataset::open(data, "data.npz").unwrap();
+    let mut opened = eval::open(model, &cfg).unwrap();
+    let prep = eval::prepare(&opened, &ds, &cfg).unwrap();
+    eval::evaluate(&mut opened, &prep, &cfg, &|_, _| {}).unwrap().0
+}
+
+/// The model and a dataset labelled with the fp32 model's own classes. The last bias is
+/// shifted by the mean logit of each class first: a random ReLU MLP otherwise puts every
+/// input in the class whose weights sum highest.
+fn fixture(dir: &Path) -> (String, String) {
+    let mut m = planted_model();
+    let model = dir.join("planted.onnx");
+    write_model(&m, &model);
+    // Inputs around 20 prototypes (noise a fifth of their spread): classes with margins, as
+    // a trained classifier's data has, rather than points scattered over every boundary.
+    let protos = lcg(20 * WIDTHS[0], 11);
+    let noise = lcg(ROWS * WIDTHS[0], 12);
+    let inputs: Vec<f32> = (0..ROWS * WIDTHS[0])
+        .map(|i| {
+            let (row, col) = (i / WIDTHS[0], i % WIDTHS[0]);
+            protos[(row % 20) * WIDTHS[0] + col] + 0.2 * noise[i]
+        })
+        .collect();
+    let unlabelled = dir.join("unlabelled.npz");
+    write_npz(&unlabelled, &[("input", f32_array(&[ROWS, WIDTHS[0]], &inputs))]);
+    let out = fp32_outputs(&model, &unlabelled);
+    let classes = out.classes.unwrap();
+    let last = format!("B{}", WIDTHS.len() - 2);
+    let g = m.graph.as_mut().unwrap();
+    let i = g
+        .initializer
+        .iter()
+        .position(|t| t.name.as_deref() == Some(last.as_str()))
+        .unwrap();
+    let mut b = kompress::onnx::tensor_f32_values(&g.initializer[i]).unwrap();
+    for (c, bc) in b.iter_mut().enumerate() {
+        let mean: f32 =
+            out.values.iter().skip(c).step_by(classes).sum::<f32>() / ROWS as f32;
+        *bc -= mean;
+    }
+    g.initializer[i] = f32_tensor(&last, &[classes as i64], &b);
+    write_model(&m, &model);
+    let out = fp32_outputs(&model, &unlabelled);
+    // The evaluation set keeps the rows the fp32 model classifies with a margin (top-2 gap at
+    // least a tenth of the logits' norm), as a trained model's validation data mostly is:
+    // then only a real loss of precision flips a label, not rounding on a tie.
+    let mut keep = Vec::new();
+    let mut labels = Vec::new();
+    for (r, row) in out.values.chunks_exact(classes).enumerate() {
+        let mut sorted = row.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if sorted[0] - sorted[1] >= 0.1 * norm {
+            keep.push(r);
+            labels.push(kompress::eval::metrics::argmax(row).unwrap() as i64);
+        }
+    }
+    assert!(keep.len() >= 300, "{} rows with a margin", keep.len());
+    let inputs: Vec<f32> = keep
+        .iter()
+        .flat_map(|&r| inputs[r * WIDTHS[0]..(r + 1) * WIDTHS[0]].to_vec())
+        .collect();
+    let mut seen = vec![0; classes];
+    for &l in &labels {
+        seen[l as usize] += 1;
+    }
+    assert!(
+        seen.iter().filter(|&&n| n > 0).count() >= 4,
+        "the labels are not one class: {seen:?}"
+    );
+    let data = dir.join("data.npz");
+    write_npz(
+        &data,
+        &[
+            ("input", f32_array(&[keep.len(), WIDTHS[0]], &inputs)),
+            ("labels", i64_array(&labels)),
+        ],
+    );
+    (model.display().to_string(), data.display().to_string())
+}
+
+fn job(dir: &Path, name: &str, model: &str, data: &str, body: &str) -> String {
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: {name}\nspec:\n  model:\n    uri: {model}\n  dataset:\n    uri: {data}\n{body}\n  thresholds:\n    maxAccuracyDrop: 0.005\n  output:\n    uri: {}\n    promoteTo: {}\n  evaluation:\n    threads: 1\n    latency:\n      warmup: 2\n      iterations: 10\n",
+        dir.join("candidates").display(),
+        dir.join("production").display()
+    );
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).unwrap();
+    write_job(&sub, &yaml)
+}
+
+fn run_json(job: &str) -> Value {
+    let r = run_kompress(&["run", "-f", job, "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+#[test]
+fn the_search_reverts_the_planted_layer_first_and_meets_the_budget_plain_int8_misses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+
+    // The plain int8 candidate misses the 0.5-point budget.
+    let plain = run_json(&job(
+        dir.path(),
+        "plain",
+        &model,
+        &data,
+        "  passes:\n    - quantize: {}",
+    ));
+    assert_eq!(plain["result"]["verdict"], "Rejected", "{plain:#}");
+    let drop = plain["result"]["accuracyDrop"].as_f64().unwrap();
+    assert!(drop > 0.05, "the planted layer must hurt: drop {drop}");
+    let original = plain["result"]["originalBytes"].as_f64().unwrap();
+    let plain_saved = original - plain["result"]["compressedBytes"].as_f64().unwrap();
+
+    // The search ranks the planted layer worst, reverts it, and passes.
+    let body = "  passes: []\n  search:\n    forms: [dynamic]";
+    let searched = run_json(&job(dir.path(), "search", &model, &data, body));
+    let result = &searched["result"];
+    assert_eq!(result["verdict"], "Passed", "{searched:#}");
+    let s = &searched["search"];
+    let ranked = s["sensitivity"][0]["layers"].as_array().unwrap();
+    assert_eq!(
+        ranked.len(),
+        WIDTHS.len() - 1,
+        "one probe per quantized layer"
+    );
+    assert_eq!(ranked[0]["layer"], PLANTED, "{:#}", s["sensitivity"]);
+    let chosen = s["chosen"].as_u64().unwrap() as usize;
+    let trial = &s["trials"][chosen];
+    let float: Vec<&str> = trial["floatLayers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(float.first(), Some(&PLANTED), "{trial:#}");
+    assert!(result["accuracyDrop"].as_f64().unwrap() <= 0.005);
+    // The recipe in the report is the chosen form, with the reverted layers named.
+    assert_eq!(
+        searched["recipe"][0]["quantize"]["excludeNodes"][0], PLANTED,
+        "{:#}",
+        searched["recipe"]
+    );
+    let saved = original - result["compressedBytes"].as_f64().unwrap();
+    assert!(
+        saved >= 0.8 * plain_saved,
+        "keeps {:.0}% of the plain candidate's size reduction",
+        100.0 * saved / plain_saved
+    );
+    // Bisection: full trials stay near log2(layers) + 2, not one per layer.
+    let trials = result["search"]["trials"].as_u64().unwrap();
+    assert!(trials <= 5, "{trials} trials: {:#}", s["trials"]);
+    assert_eq!(result["search"]["probes"].as_u64().unwrap(), 5);
+    assert_eq!(result["search"]["sensitiveLayers"][0], PLANTED);
+    assert!(!files_under(&dir.path().join("production")).is_empty());
+
+    // Same inputs, same spec: the same trials and the same bytes.
+    let again = run_json(&job(dir.path(), "search-again", &model, &data, body));
+    assert_eq!(
+        again["search"]["trials"].as_array().unwrap().len(),
+        s["trials"].as_array().unwrap().len()
+    );
+    assert_eq!(again["search"]["chosen"], s["chosen"]);
+    assert_eq!(
+        again["result"]["artifact"]["sha256"], result["artifact"]["sha256"],
+        "the chosen candidate is byte-identical"
+    );
+}
+
+#[test]
+fn a_spent_budget_stops_the_search_rejects_and_promotes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let body = "  passes: []\n  search:\n    forms: [dynamic]\n    maxTrials: 1";
+    let r = run_json(&job(dir.path(), "budget", &model, &data, body));
+    assert_eq!(r["result"]["verdict"], "Rejected", "{r:#}");
+    assert_eq!(r["search"]["stoppedBy"], "maxTrials");
+    assert_eq!(r["result"]["search"]["stoppedBy"], "maxTrials");
+    assert_eq!(r["search"]["closest"], 0);
+    assert!(
+        r["result"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "maxAccuracyDrop" && c["passed"] == false),
+        "the closest trial's misses are reported"
+    );
+    assert!(files_under(&dir.path().join("production")).is_empty());
+}
+
+#[test]
+fn quantize_passes_beside_a_search_are_refused_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let body = "  passes:\n    - quantize: {}\n  search:\n    forms: [dynamic, dynamic]";
+    let r = run_kompress(
+        &["run", "-f", &job(dir.path(), "bad", &model, &data, body)],
+        &[],
+    );
+    assert_eq!(r.code, kompress::api::wire::EXIT_PERMANENT, "{}", r.stderr);
+    assert!(r.stderr.contains("spec.passes[0].quantize"), "{}", r.stderr);
+    assert!(r.stderr.contains("spec.search.forms[1]"), "{}", r.stderr);
+}
