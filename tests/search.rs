@@ -74,7 +74,9 @@ fn fp32_outputs(model: &Path, data: &Path) -> eval::Outputs {
     let ds = Dataset::open(data, "data.npz").unwrap();
     let mut opened = eval::open(model, &cfg).unwrap();
     let prep = eval::prepare(&opened, &ds, &cfg).unwrap();
-    eval::evaluate(&mut opened, &prep, &cfg, &|_, _| {}).unwrap().0
+    eval::evaluate(&mut opened, &prep, &cfg, &|_, _| {})
+        .unwrap()
+        .0
 }
 
 /// The model and a dataset labelled with the fp32 model's own classes. The last bias is
@@ -95,7 +97,10 @@ fn fixture(dir: &Path) -> (String, String) {
         })
         .collect();
     let unlabelled = dir.join("unlabelled.npz");
-    write_npz(&unlabelled, &[("input", f32_array(&[ROWS, WIDTHS[0]], &inputs))]);
+    write_npz(
+        &unlabelled,
+        &[("input", f32_array(&[ROWS, WIDTHS[0]], &inputs))],
+    );
     let out = fp32_outputs(&model, &unlabelled);
     let classes = out.classes.unwrap();
     let last = format!("B{}", WIDTHS.len() - 2);
@@ -107,8 +112,7 @@ fn fixture(dir: &Path) -> (String, String) {
         .unwrap();
     let mut b = kompress::onnx::tensor_f32_values(&g.initializer[i]).unwrap();
     for (c, bc) in b.iter_mut().enumerate() {
-        let mean: f32 =
-            out.values.iter().skip(c).step_by(classes).sum::<f32>() / ROWS as f32;
+        let mean: f32 = out.values.iter().skip(c).step_by(classes).sum::<f32>() / ROWS as f32;
         *bc -= mean;
     }
     g.initializer[i] = f32_tensor(&last, &[classes as i64], &b);
