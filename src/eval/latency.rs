@@ -10,6 +10,9 @@ use std::time::Instant;
 /// Resamples for the interval; fixed seed, so the same timings give the same interval.
 const BOOTSTRAP: usize = 2000;
 const SEED: u64 = 0x6b6f_6d70_7265_7373; // "kompress"
+/// Most element draws of one bootstrap (rounds × resamples), and the fewest resamples.
+const BOOTSTRAP_WORK: usize = 20_000_000;
+const MIN_RESAMPLES: usize = 200;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencyComparison {
@@ -84,10 +87,13 @@ pub fn compare(original_ms: Vec<f64>, candidate_ms: Vec<f64>) -> LatencyComparis
         rng ^= rng >> 27;
         rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
-    let mut ratios = Vec::with_capacity(BOOTSTRAP);
+    // Work grows with rounds × resamples: past BOOTSTRAP_WORK element draws, fewer resamples
+    // (never under MIN_RESAMPLES; with that many rounds the interval is narrow anyway).
+    let resamples = BOOTSTRAP.min((BOOTSTRAP_WORK / n.max(1)).max(MIN_RESAMPLES));
+    let mut ratios = Vec::with_capacity(resamples);
     if n > 1 {
         let (mut ra, mut rb) = (vec![0.0; n], vec![0.0; n]);
-        for _ in 0..BOOTSTRAP {
+        for _ in 0..resamples {
             for k in 0..n {
                 let j = (next() % n as u64) as usize;
                 ra[k] = original_ms[j];
@@ -114,17 +120,20 @@ pub fn compare(original_ms: Vec<f64>, candidate_ms: Vec<f64>) -> LatencyComparis
     }
 }
 
+/// The median, by selection (linear time: the bootstrap takes thousands of them).
 pub fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
     let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
+    let (low, mid, _) = s.select_nth_unstable_by(m, f64::total_cmp);
+    let mid = *mid;
+    if v.len() % 2 == 1 {
+        mid
     } else {
-        (s[m - 1] + s[m]) / 2.0
+        let below = low.iter().copied().max_by(f64::total_cmp).unwrap_or(mid);
+        (below + mid) / 2.0
     }
 }
 
