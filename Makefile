@@ -21,6 +21,10 @@ bench:
 bench-compare:
 	hack/bench --compare $(BENCH_ARGS)
 
+# kompress's spec.search next to NNCF's quantize_with_accuracy_control (hack/bench_search.py).
+bench-search:
+	python3 hack/bench_search.py $(BENCH_ARGS)
+
 fmt:
 	cargo fmt
 
