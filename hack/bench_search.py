@@ -185,9 +185,14 @@ def layer_census(path: Path) -> dict:
     import onnx
     m = onnx.load(str(path), load_external_data=False)
     g = m.graph
-    consts = {t.name: t.data_type for t in g.initializer}
+    # A Gather of a [V] or [V, 1] float table is a per-row scale lookup (kompress's int8
+    # embedding form), not a weight layer.
+    def weighty(dims) -> bool:
+        return len(dims) >= 2 and not (len(dims) == 2 and dims[1] == 1)
+    consts = {t.name: t.data_type for t in g.initializer if weighty(t.dims)}
     for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" \
+                and weighty(n.attribute[0].t.dims):
             consts[n.output[0]] = n.attribute[0].t.data_type
     floaty = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
     float_layers = [n.name or n.output[0] for n in g.node

@@ -422,7 +422,7 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     if calib_data.is_some() && !static_pass && !static_form {
         err(
             "spec.calibration.dataset".into(),
-            "calibration data is only used by a `quantize: {mode: static}` pass; remove it or add one".into(),
+            "calibration data is only used by a `quantize: {mode: static}` pass or a search with the static form; remove it or add one".into(),
         );
     }
     if spec.dataset.limit == Some(0) {

@@ -48,14 +48,18 @@ fn valid_reason(r: Option<&str>, fallback: &'static str) -> String {
     }
 }
 
-/// Why a run failed, for people: the failing checks of a rejected candidate.
-fn rejection(r: &JobResult) -> String {
-    let failed: Vec<String> = r
-        .checks
+/// The checks a candidate failed, each as `name value (limit L)`.
+fn failed_checks(r: &JobResult) -> Vec<String> {
+    r.checks
         .iter()
         .filter(|c| !c.passed)
         .map(|c| format!("{} {} (limit {})", c.name, c.value, c.limit))
-        .collect();
+        .collect()
+}
+
+/// Why a run failed, for people: the failing checks of a rejected candidate.
+fn rejection(r: &JobResult) -> String {
+    let failed = failed_checks(r);
     format!(
         "candidate rejected, nothing promoted: {}",
         if failed.is_empty() {
@@ -307,16 +311,10 @@ pub fn search_event(
             s.float_layers, result.ratio
         )
     } else {
-        let missed: Vec<String> = result
-            .checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| format!("{} {:.4} (limit {})", c.name, c.value, c.limit))
-            .collect();
         format!(
             "search: {chosen}; nothing passed. Closest: trial {trial} ({form}, {} layers in float), missed {}",
             s.float_layers,
-            missed.join(", ")
+            failed_checks(result).join(", ")
         )
     };
     if !s.sensitive_layers.is_empty() {

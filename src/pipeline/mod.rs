@@ -531,21 +531,7 @@ pub fn calibrate_with(
     let path = dir.join("model.onnx");
     let with = calib::with_outputs(&model, &tensors);
     drop(model);
-    onnx::save(
-        &with.proto,
-        &path,
-        &SaveOptions {
-            external_data: with.had_external_data.then_some(true),
-        },
-    )
-    .map_err(|e| match e {
-        onnx::Error::Write { path, source } => Error::Scratch {
-            what: "saving the calibration model",
-            path,
-            source,
-        },
-        e => Error::Model(e),
-    })?;
+    save_in_scratch(&with, &path, "saving the calibration model")?;
     drop(with);
     let mut opened = calib::open(&path, cfg).map_err(cal_err)?;
     let rows = match data.rows {
@@ -703,6 +689,22 @@ pub fn calibrate_for(
     )
 }
 
+/// Saves a model made in this run to scratch (its external data beside it when it had some);
+/// a failed write is a scratch error (retryable), naming `what`.
+fn save_in_scratch(model: &Model, path: &Path, what: &'static str) -> Result<onnx::Saved> {
+    onnx::save(
+        &model.proto,
+        path,
+        &SaveOptions {
+            external_data: model.had_external_data.then_some(true),
+        },
+    )
+    .map_err(|e| match e {
+        onnx::Error::Write { path, source } => Error::Scratch { what, path, source },
+        e => Error::Model(e),
+    })
+}
+
 /// Stage 3: the passes, in order, on a copy of the original; the candidate saved in `dir`.
 pub fn build_candidate(
     original: &Model,
@@ -741,21 +743,7 @@ pub fn build_candidate(
         reports.push(report);
     }
     let path = dir.join("model.onnx");
-    let saved = onnx::save(
-        &model.proto,
-        &path,
-        &SaveOptions {
-            external_data: model.had_external_data.then_some(true),
-        },
-    )
-    .map_err(|e| match e {
-        onnx::Error::Write { path, source } => Error::Scratch {
-            what: "saving the candidate model",
-            path,
-            source,
-        },
-        e => Error::Model(e),
-    })?;
+    let saved = save_in_scratch(&model, &path, "saving the candidate model")?;
     drop(model); // the candidate is on disk; free the weights before evaluating it
     let mut files = Vec::new();
     for f in &saved.files {

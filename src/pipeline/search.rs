@@ -37,6 +37,9 @@ pub const DEFAULT_MAX_SECONDS: u32 = 3600;
 pub const DEFAULT_SENSITIVITY_SAMPLES: u32 = 64;
 /// Sensitive layers named in the status (the report has them all).
 const SENSITIVE_IN_STATUS: usize = 5;
+/// Added to the miss of a trial that fails a quality check: any such trial ranks behind every
+/// trial that misses only latency.
+const QUALITY_MISS: f64 = 1e6;
 /// The checks a layer left in float can improve.
 const QUALITY_CHECKS: [&str; 4] = [
     "maxAccuracyDrop",
@@ -550,7 +553,9 @@ impl Search<'_> {
                 }
             }
         } else {
-            let m = miss(&t.decision);
+            // A trial that misses only latency is closer than one that misses quality (whose
+            // latency may not even have been measured): rank by that first, then by the miss.
+            let m = miss(&t.decision) + if t.acc_ok { 0.0 } else { QUALITY_MISS };
             match self.closest.take() {
                 Some((cm, c)) if cm <= m => {
                     discard(t);
