@@ -281,3 +281,27 @@ fn quantize_passes_beside_a_search_are_refused_by_field() {
     assert!(r.stderr.contains("spec.passes[0].quantize"), "{}", r.stderr);
     assert!(r.stderr.contains("spec.search.forms[1]"), "{}", r.stderr);
 }
+
+#[test]
+fn the_digits_search_example_runs_and_says_what_it_chose() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/digits-search.yaml")).unwrap();
+    let out = dir.path().display().to_string();
+    let text = text
+        .replace(
+            "examples/digits/",
+            &format!("{}/examples/digits/", repo().display()),
+        )
+        .replace("out/digits-search/", &format!("{out}/"));
+    let job = write_job(dir.path(), &text);
+    let r = run_kompress(&["run", "-f", &job], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The trial table as the trials finish, then the summary's search line.
+    assert!(r.stderr.contains("trial  form"), "{}", r.stderr);
+    assert!(r.stdout.contains("PASSED, promoted"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("search: ") && r.stdout.contains("chose trial 0: int4"),
+        "the smallest form passes at once and the others cannot beat it: {}",
+        r.stdout
+    );
+}

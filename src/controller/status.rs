@@ -268,13 +268,7 @@ pub fn transition_event(
         ),
     };
     let mut note = new.message.clone().unwrap_or_default();
-    if note.len() > 1000 {
-        let cut = (0..=1000)
-            .rev()
-            .find(|&i| note.is_char_boundary(i))
-            .unwrap_or(0);
-        note.truncate(cut);
-    }
+    cut_note(&mut note);
     Some(Event {
         type_,
         reason,
@@ -282,6 +276,17 @@ pub fn transition_event(
         action: "Reconcile".into(),
         secondary: None,
     })
+}
+
+/// Event notes stay under 1000 bytes (the API server's limit is 1 KiB), cut on a char boundary.
+fn cut_note(note: &mut String) {
+    if note.len() > 1000 {
+        let cut = (0..=1000)
+            .rev()
+            .find(|&i| note.is_char_boundary(i))
+            .unwrap_or(0);
+        note.truncate(cut);
+    }
 }
 
 /// The Event of a finished search, on the same transition as [`transition_event`]'s terminal
@@ -323,13 +328,7 @@ pub fn search_event(
             s.sensitive_layers.join(", ")
         ));
     }
-    if note.len() > 1000 {
-        let cut = (0..=1000)
-            .rev()
-            .find(|&i| note.is_char_boundary(i))
-            .unwrap_or(0);
-        note.truncate(cut);
-    }
+    cut_note(&mut note);
     Some(Event {
         type_: if phase == Phase::Succeeded {
             EventType::Normal

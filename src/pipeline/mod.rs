@@ -772,17 +772,7 @@ pub fn build_candidate(
 /// then the latency of both, interleaved in one process. Returns the candidate's metrics and
 /// the baseline's with its latency filled in.
 pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<(Metrics, Metrics)> {
-    let mut opened = open_candidate(candidate, base)?;
-    let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err(candidate))?;
-    let out = candidate_outputs(
-        &mut opened,
-        &prep,
-        candidate,
-        base,
-        ui,
-        "evaluate candidate",
-    )?;
-    let mut metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    let (mut opened, prep, mut metrics) = scored(candidate, base, ui)?;
     let baseline = latency_with(&mut opened, &prep, candidate, base, &mut metrics, ui)?;
     Ok((metrics, baseline))
 }
@@ -790,6 +780,16 @@ pub fn evaluate(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<(Metr
 /// Stage 4a: the candidate's outputs on every evaluation row, compared with the baseline's
 /// (no latency: a search measures it only for candidates that pass the other checks).
 pub fn evaluate_outputs(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Result<Metrics> {
+    scored(candidate, base, ui).map(|(_, _, metrics)| metrics)
+}
+
+/// The candidate's session, its prepared rows and its metrics against the baseline (latency
+/// fields empty).
+fn scored<'b>(
+    candidate: &Candidate,
+    base: &'b Baseline,
+    ui: &Ui,
+) -> Result<(eval::Opened, eval::Prepared<'b>, Metrics)> {
     let mut opened = open_candidate(candidate, base)?;
     let prep = eval::prepare(&opened, &base.dataset, &base.cfg).map_err(cand_err(candidate))?;
     let out = candidate_outputs(
@@ -800,13 +800,8 @@ pub fn evaluate_outputs(candidate: &Candidate, base: &Baseline, ui: &Ui) -> Resu
         ui,
         "evaluate candidate",
     )?;
-    Ok(eval::score(
-        &out,
-        &[],
-        &prep,
-        Some(&base.outputs),
-        candidate.bytes,
-    ))
+    let metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    Ok((opened, prep, metrics))
 }
 
 /// The candidate's compared output on the evaluation set's first `rows` rows (a sensitivity
