@@ -806,12 +806,7 @@ fn scored<'b>(
 
 /// The candidate's compared output on the evaluation set's first `rows` rows (a sensitivity
 /// probe), flattened like [`Baseline::outputs`].
-pub fn probe_outputs(
-    candidate: &Candidate,
-    base: &Baseline,
-    rows: usize,
-    ui: &Ui,
-) -> Result<eval::Outputs> {
+pub fn probe_outputs(candidate: &Candidate, base: &Baseline, rows: usize) -> Result<eval::Outputs> {
     let mut opened = open_candidate(candidate, base)?;
     let cfg = EvalConfig {
         limit: Some(base.cfg.limit.map_or(rows, |l| l.min(rows))),
@@ -823,7 +818,6 @@ pub fn probe_outputs(
         iterations: 0,
         ..cfg
     };
-    let _ = ui;
     let (out, _) = eval::evaluate(&mut opened, &prep, &outputs_only, &|_, _| {})
         .map_err(cand_err(candidate))?;
     Ok(out)

@@ -70,8 +70,6 @@ pub fn search(
         dir: scratch.join("search"),
         target: spec.target.clone().unwrap_or_default().cpu,
         started: Instant::now(),
-        max_trials: s.max_trials.unwrap_or(DEFAULT_MAX_TRIALS),
-        max_seconds: s.max_seconds.unwrap_or(DEFAULT_MAX_SECONDS),
         needs_latency: spec.thresholds.max_latency_ratio.is_some()
             || s.objective == SearchObjective::Fastest,
         calibration: None,
@@ -91,8 +89,8 @@ pub fn search(
         "search: forms {}, objective {}, budget {} trials / {} s",
         run.report.forms.join(", "),
         objective_name(s.objective),
-        run.max_trials,
-        run.max_seconds
+        run.report.max_trials,
+        run.report.max_seconds
     ));
     ui.stage(&format!(
         "{:>5}  {:<10} {:<9} {:>5} {:>7} {:>9} {:>9} {:>8}  verdict",
@@ -158,8 +156,6 @@ struct Search<'a> {
     dir: PathBuf,
     target: TargetCpu,
     started: Instant,
-    max_trials: u32,
-    max_seconds: u32,
     needs_latency: bool,
     calibration: Option<Calibration>,
     report: SearchReport,
@@ -173,7 +169,7 @@ struct Search<'a> {
 impl Search<'_> {
     fn out_of_time(&mut self) -> bool {
         if self.report.stopped_by.is_none()
-            && self.started.elapsed().as_secs_f64() >= f64::from(self.max_seconds)
+            && self.started.elapsed().as_secs_f64() >= f64::from(self.report.max_seconds)
         {
             self.report.stopped_by = Some("maxSeconds".into());
         }
@@ -185,7 +181,7 @@ impl Search<'_> {
         if self.out_of_time() {
             return false;
         }
-        if self.report.trials.len() >= self.max_trials as usize {
+        if self.report.trials.len() >= self.report.max_trials as usize {
             self.report.stopped_by = Some("maxTrials".into());
             return false;
         }
@@ -502,7 +498,7 @@ impl Search<'_> {
                 .collect();
             let dir = self.dir.join(format!("probe-{}", self.probes));
             let (candidate, _) = self.build(form, &float, &dir)?;
-            let out = probe_outputs(&candidate, self.base, rows, &Ui::quiet())?;
+            let out = probe_outputs(&candidate, self.base, rows)?;
             let _ = std::fs::remove_dir_all(&dir);
             let reference = &self.base.outputs.values[..out.values.len()];
             used_rows = out.values.len() / out.per_sample.max(1);
@@ -784,7 +780,8 @@ fn verdict_text(d: &gate::Decision) -> String {
     }
 }
 
-/// 10·log10(Σ r² / Σ (r − c)²) over the compared outputs, capped.
+/// 10·log10(Σ r² / Σ (r − c)²) over the compared outputs (`math::sqnr_db`), capped: an
+/// exact output is the cap, a silent reference with noise its negative.
 pub fn sqnr_db(reference: &[f32], candidate: &[f32]) -> f64 {
     let (mut signal, mut noise) = (0f64, 0f64);
     for (&r, &c) in reference.iter().zip(candidate) {
@@ -792,13 +789,11 @@ pub fn sqnr_db(reference: &[f32], candidate: &[f32]) -> f64 {
         signal += r * r;
         noise += (r - c) * (r - c);
     }
-    if noise == 0.0 {
-        return SQNR_CAP_DB;
+    match crate::passes::math::sqnr_db((signal, noise)) {
+        Some(db) => db.clamp(-SQNR_CAP_DB, SQNR_CAP_DB),
+        None if noise == 0.0 => SQNR_CAP_DB,
+        None => -SQNR_CAP_DB,
     }
-    if signal == 0.0 {
-        return -SQNR_CAP_DB;
-    }
-    (10.0 * (signal / noise).log10()).clamp(-SQNR_CAP_DB, SQNR_CAP_DB)
 }
 
 /// Fraction of rows whose top-1 class differs.
