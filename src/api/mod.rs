@@ -629,6 +629,11 @@ pub struct SearchSpec {
     /// The static form's calibration (method, samples, percentile). Default minMax, 128.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationMethodSpec>,
+    /// Weights with fewer elements stay float in the quantize forms. Default 1: every weight
+    /// of the ops above is a candidate, and the per-layer fallback reverts those that hurt (a
+    /// fixed `quantize` pass defaults to 1024, since nothing measures what it costs there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_elements: Option<u64>,
 }
 
 #[derive(
@@ -690,6 +695,7 @@ impl SearchForm {
                         .unwrap_or_else(|| ops.iter().map(|o| o.to_string()).collect()),
                 ),
                 exclude_nodes: float_layers.to_vec(),
+                min_elements: Some(s.min_elements.unwrap_or(1)),
                 calibration: (mode == QuantMode::Static)
                     .then(|| s.calibration.clone())
                     .flatten(),

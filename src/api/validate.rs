@@ -612,3 +612,35 @@ mod tests {
         assert_eq!(spec["passes"]["maxItems"].as_u64(), Some(MAX_PASSES as u64));
     }
 }
+
+#[cfg(test)]
+mod search_form_tests {
+    use super::*;
+    use crate::api::SearchSpec;
+
+    fn min_elements(p: PassSpec) -> Option<u64> {
+        match p {
+            PassSpec::Quantize(q) => q.min_elements,
+            PassSpec::Fp16(f) => f.min_elements,
+            other => panic!("unexpected pass {}", other.key()),
+        }
+    }
+
+    /// The search's quantize forms take every weight by default (the fallback reverts what
+    /// hurts), `search.minElements` overrides it, and fp16 keeps its own default.
+    #[test]
+    fn search_forms_carry_their_min_elements() {
+        let mut s = SearchSpec::default();
+        for form in [
+            SearchForm::Int4,
+            SearchForm::Static,
+            SearchForm::Dynamic,
+            SearchForm::WeightOnly,
+        ] {
+            assert_eq!(min_elements(form.pass(&s, &[])), Some(1), "{}", form.name());
+        }
+        assert_eq!(min_elements(SearchForm::Fp16.pass(&s, &[])), None);
+        s.min_elements = Some(4096);
+        assert_eq!(min_elements(SearchForm::Static.pass(&s, &[])), Some(4096));
+    }
+}
