@@ -28,6 +28,7 @@ pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod eval;
+pub mod evidence;
 pub mod gate;
 pub mod gc;
 pub mod onnx;

@@ -5,11 +5,14 @@
 //! promoted: its files under a content-addressed folder `promoteTo/sha256-<digest>/`, each one
 //! verified by reading back what the store holds (a file already there is re-verified, and
 //! replaced when its bytes differ: nothing is trusted by name or size), and `promoted.json`
-//! written last, so the manifest only ever points at verified bytes. Object stores make an
+//! written last, so the manifest only ever points at verified bytes. Each promotion's evidence
+//! (a DSSE envelope of an in-toto statement about those files, signed when a key is set, see
+//! `crate::evidence`) is sealed before anything is promoted, stored in the digest folder under
+//! `evidence/<run-id>.intoto.json` after the files and before the manifest, and named by it. Object stores make an
 //! object visible only when complete and local writes go through a rename, so nobody reads a
 //! partial file at a final name; no conditional writes are needed.
 
-use crate::api::{ArtifactRef, JobResult, Verdict};
+use crate::api::{ArtifactRef, EvidenceRef, JobResult, Verdict};
 use crate::storage::{Error, Location, Result, Storage};
 use crate::ui::Ui;
 use serde::{Deserialize, Serialize};
@@ -32,6 +35,9 @@ pub struct PromotedManifest {
     pub recipe: serde_json::Value,
     pub metrics: serde_json::Value,
     pub promoted_at: String,
+    /// The evidence of the promotion that wrote this manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,6 +69,16 @@ pub fn artifact_digest(files: &[File]) -> String {
     }
 }
 
+/// A promotion's evidence, sealed (and signed, when a key is set) before anything is promoted.
+pub struct Sealed {
+    /// The DSSE envelope's JSON.
+    pub bytes: Vec<u8>,
+    /// The signing key's id; None when unsigned.
+    pub keyid: Option<String>,
+    /// The run's id: the envelope is stored as `evidence/<run-id>.intoto.json`.
+    pub run_id: String,
+}
+
 /// Where a run goes.
 pub struct Target {
     /// `output.uri/runs/<run-id>`.
@@ -91,6 +107,7 @@ pub async fn publish(
     artifact: &Artifact<'_>,
     mut result: JobResult,
     report: &(dyn Fn(&JobResult) -> Vec<u8> + Sync),
+    evidence: Option<&Sealed>,
     ui: &Ui,
 ) -> Result<JobResult> {
     let (files, digest) = (artifact.files, artifact.digest);
@@ -115,8 +132,9 @@ pub async fn publish(
     match (&result.verdict, &to.promote_to) {
         (Verdict::Passed, Some(dest)) => {
             ui.stage(&format!("promoting sha256:{} to {dest}", &digest[..12]));
-            let promoted = promote(storage, dest, artifact, &result).await?;
+            let (promoted, evidence) = promote(storage, dest, artifact, &result, evidence).await?;
             result.promoted = Some(promoted);
+            result.evidence = evidence;
             storage
                 .put_bytes(&report_loc, report(&result).into())
                 .await?;
@@ -152,14 +170,17 @@ async fn holds(storage: &Storage, loc: &Location, sha: &str) -> Result<bool> {
         .is_some_and(|(_, actual)| actual == sha))
 }
 
-/// Promotes the candidate files. Idempotent: files already stored under their digest are
-/// verified and kept, and a manifest already naming this digest is left as it is.
+/// Promotes the candidate files, then the evidence, then the manifest. Idempotent: files
+/// already stored under their digest are verified and kept, and a manifest already naming this
+/// digest (and some evidence) is left as it is; this run's evidence is stored beside it either
+/// way.
 async fn promote(
     storage: &Storage,
     to: &Location,
     artifact: &Artifact<'_>,
     result: &JobResult,
-) -> Result<ArtifactRef> {
+    evidence: Option<&Sealed>,
+) -> Result<(ArtifactRef, Option<EvidenceRef>)> {
     let (files, digest) = (artifact.files, artifact.digest);
     let dir = to.join(&format!("sha256-{digest}"));
     for (name, path, sha) in files {
@@ -180,11 +201,36 @@ async fn promote(
         uri: dir.join("model.onnx").uri,
         sha256: digest.to_string(),
     };
+    let evidence = match evidence {
+        Some(sealed) => {
+            let loc = dir.join(&format!(
+                "evidence/{}{}",
+                sealed.run_id,
+                crate::evidence::FILE_SUFFIX
+            ));
+            let sha = hex::encode(Sha256::digest(&sealed.bytes));
+            storage.put_bytes(&loc, sealed.bytes.clone().into()).await?;
+            if !holds(storage, &loc, &sha).await? {
+                return Err(Error::Checksum {
+                    uri: loc.uri.clone(),
+                    expected: sha,
+                    actual: "different bytes after the upload (read back)".into(),
+                });
+            }
+            Some(EvidenceRef {
+                uri: loc.uri,
+                sha256: sha,
+                keyid: sealed.keyid.clone(),
+            })
+        }
+        None => None,
+    };
     let manifest_loc = to.join("promoted.json");
     if let Some(existing) = storage.get_bytes(&manifest_loc).await?
-        && serde_json::from_slice::<PromotedManifest>(&existing).is_ok_and(|m| m.digest == digest)
+        && serde_json::from_slice::<PromotedManifest>(&existing)
+            .is_ok_and(|m| m.digest == digest && (m.evidence.is_some() || evidence.is_none()))
     {
-        return Ok(promoted);
+        return Ok((promoted, evidence));
     }
     let manifest = PromotedManifest {
         api_version: <crate::api::CompressionJob as kube::Resource>::api_version(&()).into_owned(),
@@ -209,8 +255,9 @@ async fn promote(
             "checks": result.checks,
         }),
         promoted_at: jiff::Timestamp::now().to_string(),
+        evidence: evidence.clone(),
     };
     let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     storage.put_bytes(&manifest_loc, json.into()).await?;
-    Ok(promoted)
+    Ok((promoted, evidence))
 }

@@ -205,6 +205,38 @@ pub struct ActivationError {
 
 impl Report {
     pub const KIND: &str = "CompressionReport";
+
+    /// The predicate of the promotion's in-toto statement (`evidence::PREDICATE_TYPE`): what
+    /// was evaluated, against which thresholds, with which result, by which tools. Bounded:
+    /// the per-tensor pass details and the search's trial log stay in report.json.
+    pub fn evidence_predicate(&self) -> serde_json::Value {
+        let r = &self.result;
+        serde_json::json!({
+            "verdict": r.verdict,
+            "job": self.job,
+            "runId": self.run_id,
+            "startedAt": self.started_at,
+            "finishedAt": jiff::Timestamp::now().to_string(),
+            "inputs": {
+                "model": self.model,
+                "externalData": self.external_data,
+                "dataset": self.dataset,
+                "calibration": self.calibration.as_ref().map(|c| &c.source),
+            },
+            "recipe": self.recipe,
+            "thresholds": self.thresholds,
+            "checks": r.checks,
+            "baseline": r.baseline,
+            "candidate": r.candidate,
+            "originalBytes": r.original_bytes,
+            "compressedBytes": r.compressed_bytes,
+            "ratio": r.ratio,
+            "accuracyDrop": r.accuracy_drop,
+            "search": r.search,
+            "candidateUri": r.artifact.as_ref().map(|a| &a.uri),
+            "tools": self.tools,
+        })
+    }
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -216,6 +248,9 @@ fn is_zero(n: &usize) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct Tools {
     pub kompress: &'static str,
+    /// The ONNX Runtime release that evaluated the models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<String>,
     pub onnxruntime_library: Option<String>,
     pub ort_crate: &'static str,
 }
@@ -225,6 +260,7 @@ impl Tools {
     pub fn this_binary(onnxruntime_library: Option<String>) -> Self {
         Self {
             kompress: env!("CARGO_PKG_VERSION"),
+            onnxruntime: crate::eval::runtime::library_version(),
             onnxruntime_library,
             ort_crate: ORT_CRATE_VERSION,
         }

@@ -299,6 +299,95 @@ async fn a_search_job_ends_with_its_chosen_form_in_status_and_a_search_event() {
 
 #[tokio::test]
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn evidence_is_signed_with_the_key_from_a_secret_and_verifies() {
+    use k8s_openapi::api::core::v1::Secret;
+    let env = Env::new("signing").await;
+    let key = env.out().join("signer.pem");
+    let public = env.out().join("signer.pub");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let o = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "openssl {args:?}");
+    }
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "evidence-key"},
+        "stringData": {"signer.pem": std::fs::read_to_string(&key).unwrap()},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let signing = "    signing:\n      secretRef: {name: evidence-key, key: signer.pem}\n";
+    let yaml = env.digits("signed", GATE);
+    let yaml = yaml.replacen("  evaluation:\n", &format!("{signing}  evaluation:\n"), 1);
+    assert!(yaml.contains("secretRef"), "{yaml}");
+    env.create(&yaml).await;
+    let cj = env.wait_phase("signed", Phase::Succeeded, 1).await;
+    let result = cj.status.as_ref().unwrap().result.as_ref().unwrap();
+    let evidence = result.evidence.as_ref().expect("the evidence in status");
+    assert!(evidence.keyid.is_some(), "{evidence:?}");
+    let prod = env.out().join("production");
+    let r = run_kompress(
+        &[
+            "verify",
+            prod.to_str().unwrap(),
+            "--key",
+            public.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["keyid"].as_str(), evidence.keyid.as_deref());
+    assert_eq!(v["job"]["namespace"].as_str(), Some(env.ns.as_str()));
+
+    // A keyFile names a path on the machine that runs `kompress run`: refused in a cluster,
+    // naming the field, and no Job is made.
+    let local = env.digits("keyfile", GATE).replacen(
+        "  evaluation:\n",
+        &format!(
+            "    signing:\n      keyFile: {}\n  evaluation:\n",
+            key.display()
+        ),
+        1,
+    );
+    env.create(&local).await;
+    let cj = env.wait_phase("keyfile", Phase::Failed, 1).await;
+    assert_eq!(cond(&cj, condition::STALLED), ("True", "InvalidSpec"));
+    let msg = cj
+        .status
+        .as_ref()
+        .unwrap()
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(msg.contains("spec.output.signing.keyFile"), "{msg}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
     let env = Env::new("invalid").await;
     // valid for the CRD's CEL rules, invalid for kompress: output on read-only https

@@ -770,6 +770,48 @@ pub struct OutputSpec {
     /// written last. Unset: nothing is promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote_to: Option<String>,
+    /// Signs each promotion's evidence (an in-toto statement of the evaluation, in a DSSE
+    /// envelope beside the promoted model). Unset: the evidence is written unsigned. When set
+    /// and the key cannot be read or used, the job fails before anything is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
+}
+
+/// Where the evidence's signing key comes from: an unencrypted PKCS#8 PEM private key,
+/// Ed25519 or ECDSA P-256 (`openssl genpkey -algorithm ed25519 -out key.pem`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.keyFile)").message("set exactly one of secretRef or keyFile"))]
+pub struct SigningSpec {
+    /// In a cluster: a Secret in the job's namespace holding the key. The controller mounts
+    /// that one key read-only into the worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// With `kompress run`: a local file holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub key_file: Option<String>,
+}
+
+/// One key of a Secret.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within it. Default `key.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+impl SecretKeyRef {
+    pub const DEFAULT_KEY: &str = "key.pem";
+
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or(Self::DEFAULT_KEY)
+    }
 }
 
 /// How evaluation runs.

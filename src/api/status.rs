@@ -101,6 +101,8 @@ pub mod reason {
     pub const EVALUATION_FAILED: &str = "EvaluationFailed";
     /// A threshold is set whose metric cannot be measured (e.g. accuracy without labels).
     pub const THRESHOLD_UNMEASURABLE: &str = "ThresholdUnmeasurable";
+    /// `spec.output.signing` is set and the key cannot be read or used: nothing is promoted.
+    pub const SIGNING_FAILED: &str = "SigningFailed";
 }
 
 /// The outcome of one run: what the gate decided and why.
@@ -129,9 +131,26 @@ pub struct JobResult {
     /// URI of the full report.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// The promotion's evidence: a DSSE envelope (in-toto statement of this evaluation) beside
+    /// the promoted model; `kompress verify` checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceRef>,
     /// With `spec.search`: what the search tried and chose (the trial log is in the report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSummary>,
+}
+
+/// Where a promotion's evidence is, and who signed it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvidenceRef {
+    pub uri: String,
+    /// sha256 of the envelope's bytes.
+    pub sha256: String,
+    /// The signing key's id (sha256 of its public key, DER SubjectPublicKeyInfo); unset when
+    /// the evidence is unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyid: Option<String>,
 }
 
 /// A search's outcome, bounded in size (the full trial log is in report.json).

@@ -158,6 +158,22 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     if let Some(p) = &spec.output.promote_to {
         uri("spec.output.promoteTo", p, true);
     }
+    if let Some(s) = &spec.output.signing {
+        match (&s.secret_ref, &s.key_file) {
+            (Some(_), Some(_)) | (None, None) => err(
+                "spec.output.signing".into(),
+                "set exactly one of secretRef (in a cluster) or keyFile (kompress run)".into(),
+            ),
+            _ => {}
+        }
+        if spec.output.promote_to.is_none() {
+            err(
+                "spec.output.signing".into(),
+                "signs promotions, and spec.output.promoteTo is unset: set it, or remove signing"
+                    .into(),
+            );
+        }
+    }
     for (field, sha) in [
         ("spec.model.sha256", &spec.model.sha256),
         ("spec.dataset.sha256", &spec.dataset.sha256),

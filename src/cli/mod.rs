@@ -1,5 +1,5 @@
 //! Command-line faces of the one binary, one module each: `run`, `worker`, `controller`,
-//! `crd`, `inspect`, `compress`, `cp`, `gc`; plus the summary table and the run's scratch
+//! `crd`, `inspect`, `compress`, `cp`, `gc`, `verify`; plus the summary table and the run's scratch
 //! folder (with the panic hook and signal guard that remove it). Each subcommand is a clap
 //! `Args` struct whose `run(self)` returns the process exit status; `main` only parses and
 //! dispatches.
@@ -13,6 +13,7 @@ mod inspect;
 mod run;
 pub mod scratch;
 pub mod summary;
+mod verify;
 mod worker;
 
 pub use compress::CompressArgs;
@@ -23,6 +24,7 @@ pub use gc::GcArgs;
 pub use inspect::InspectArgs;
 pub use run::RunArgs;
 pub use scratch::SCRATCH_PREFIX;
+pub use verify::VerifyArgs;
 pub use worker::WorkerArgs;
 // The exit codes are the binary's interface as much as the worker's: scripts and tests that
 // run `kompress` compare against them.
@@ -66,6 +68,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Summarise an ONNX model: ops, parameters, bytes by dtype, sparsity.
     Inspect(InspectArgs),
+    /// Check a promotion's evidence: its signature, that the promoted files are the ones it
+    /// names, and that its verdict is Passed.
+    Verify(VerifyArgs),
 }
 
 impl Command {
@@ -80,6 +85,7 @@ impl Command {
             Self::Cp(a) => a.run().await,
             Self::Gc(a) => a.run(),
             Self::Inspect(a) => a.run(),
+            Self::Verify(a) => a.run().await,
         }
     }
 }

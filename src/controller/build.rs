@@ -14,6 +14,9 @@ pub const FIELD_MANAGER: &str = "kompress";
 pub const CONTAINER: &str = "worker";
 /// Where the scratch emptyDir is mounted; also TMPDIR, since the root filesystem is read-only.
 pub const SCRATCH: &str = "/scratch";
+/// Where the evidence signing key's Secret is mounted, and the file name of the key in it.
+pub const SIGNING_DIR: &str = "/var/run/secrets/kompress.dev/signing";
+pub const SIGNING_KEY_FILE: &str = "key.pem";
 /// The non-root user of the worker image (distroless `nonroot`).
 pub const WORKER_UID: i64 = 65532;
 
@@ -112,6 +115,26 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
     if gpu {
         env.push(json!({"name": wire::env::EXECUTION_PROVIDER, "value": "cuda"}));
     }
+    // The evidence's signing key: that one key of the Secret, mounted read-only; the worker
+    // finds it through KOMPRESS_SIGNING_KEY_FILE.
+    let mut volumes = vec![
+        json!({"name": "scratch", "emptyDir": {"sizeLimit": res.scratch.clone().unwrap_or_else(|| cfg.default_scratch.clone())}}),
+    ];
+    let mut mounts = vec![json!({"name": "scratch", "mountPath": SCRATCH})];
+    if let Some(r) = spec
+        .output
+        .signing
+        .as_ref()
+        .and_then(|s| s.secret_ref.as_ref())
+    {
+        volumes.push(json!({"name": "signing-key", "secret": {
+            "secretName": r.name,
+            "items": [{"key": r.key(), "path": SIGNING_KEY_FILE}],
+            "defaultMode": 0o440,
+        }}));
+        mounts.push(json!({"name": "signing-key", "mountPath": SIGNING_DIR, "readOnly": true}));
+        env.push(json!({"name": crate::pipeline::SIGNING_KEY_ENV, "value": format!("{SIGNING_DIR}/{SIGNING_KEY_FILE}")}));
+    }
     let env_from: Vec<_> = spec
         .storage
         .as_ref()
@@ -197,9 +220,9 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
                             "capabilities": {"drop": ["ALL"]},
                             "seccompProfile": seccomp,
                         },
-                        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+                        "volumeMounts": mounts,
                     }],
-                    "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": res.scratch.clone().unwrap_or_else(|| cfg.default_scratch.clone())}}],
+                    "volumes": volumes,
                 },
             },
         },

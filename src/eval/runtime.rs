@@ -167,6 +167,24 @@ pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeEr
         .map_err(Clone::clone)
 }
 
+/// The loaded library's release (`1.31.1`), from the versioned file its path resolves to
+/// (`libonnxruntime.so.1.31.1`, `libonnxruntime.1.31.1.dylib`, as the release archives and
+/// the PyPI wheel ship it; the build info string of those builds names no release). None
+/// before the library is loaded, or when the file name carries no version.
+pub fn library_version() -> Option<String> {
+    let real = std::fs::canonicalize(library_path()?).ok()?;
+    let name = real.file_name()?.to_str()?;
+    let rest = name
+        .strip_prefix("libonnxruntime.so.")
+        .or_else(|| name.strip_prefix("libonnxruntime.")?.strip_suffix(".dylib"))?;
+    let parts: Vec<&str> = rest.split('.').collect();
+    (parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then(|| rest.to_string())
+}
+
 /// Where the library was loaded from (for reports).
 pub fn library_path() -> Option<PathBuf> {
     RUNTIME

@@ -62,6 +62,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Gate(#[from] gate::MissingMetric),
+    /// The evidence's signing key (`field` says which setting named it) cannot be read or
+    /// used; checked before anything is fetched, and nothing is promoted.
+    #[error("{field}: {reason}")]
+    Signing { field: String, reason: String },
     // The path is kept for debugging but not shown: it is a folder of this run, not a name
     // the user wrote.
     #[error(
@@ -114,6 +118,7 @@ impl Error {
             Self::Eval { .. } => reason::EVALUATION_FAILED,
             Self::Gate(_) => reason::THRESHOLD_UNMEASURABLE,
             Self::Scratch { .. } => reason::SCRATCH_ERROR,
+            Self::Signing { .. } => reason::SIGNING_FAILED,
         }
     }
 }
@@ -978,6 +983,96 @@ pub fn unique_run_id(prefix: &str, at: jiff::Timestamp) -> String {
     )
 }
 
+/// The environment variable the controller sets in the worker pod: the path where it mounted
+/// `spec.output.signing.secretRef`'s key.
+pub const SIGNING_KEY_ENV: &str = "KOMPRESS_SIGNING_KEY_FILE";
+
+/// The evidence's signing key, read and parsed before any work starts (a bad key fails the
+/// job at once, not after an hour of search). None when `spec.output.signing` is unset.
+pub fn signing_key(spec: &CompressionJobSpec) -> Result<Option<crate::evidence::SigningKey>> {
+    let Some(signing) = &spec.output.signing else {
+        return Ok(None);
+    };
+    let (path, field, source_name) = match (&signing.key_file, &signing.secret_ref) {
+        (Some(f), _) => (
+            PathBuf::from(f),
+            "spec.output.signing.keyFile".to_string(),
+            f.clone(),
+        ),
+        (None, Some(r)) => match std::env::var_os(SIGNING_KEY_ENV) {
+            Some(p) => (
+                PathBuf::from(&p),
+                "spec.output.signing.secretRef".to_string(),
+                format!("key `{}` of Secret `{}`", r.key(), r.name),
+            ),
+            None => {
+                return Err(Error::Signing {
+                    field: "spec.output.signing.secretRef".into(),
+                    reason: format!(
+                        "Secret `{}` is mounted by the controller in a cluster; outside one set \
+                         spec.output.signing.keyFile, or {SIGNING_KEY_ENV} to the key's path",
+                        r.name
+                    ),
+                });
+            }
+        },
+        (None, None) => {
+            return Err(Error::Signing {
+                field: "spec.output.signing".into(),
+                reason: "set secretRef or keyFile".into(),
+            });
+        }
+    };
+    let text = std::fs::read(&path).map_err(|e| Error::Signing {
+        field: field.clone(),
+        reason: format!("cannot read {source_name} ({e})"),
+    })?;
+    crate::evidence::SigningKey::from_pem(&text, &source_name)
+        .map(Some)
+        .map_err(|e| Error::Signing {
+            field,
+            reason: e.to_string(),
+        })
+}
+
+/// Seals a passing result's evidence: an in-toto statement whose subjects are the candidate's
+/// files and whose predicate is `report`'s evaluation, in a DSSE envelope signed by `key` (or
+/// with no signature when none is set).
+fn seal(
+    report: &Report,
+    files: &[publish::File],
+    key: Option<&crate::evidence::SigningKey>,
+) -> Result<publish::Sealed> {
+    use crate::evidence::{Envelope, PAYLOAD_TYPE, Statement, Subject};
+    let statement = Statement::new(
+        files
+            .iter()
+            .map(|(name, _, sha)| Subject::sha256(name, sha))
+            .collect(),
+        report.evidence_predicate(),
+    );
+    let envelope = match key {
+        Some(k) => k.sign(&statement).map_err(|e| Error::Signing {
+            field: "spec.output.signing".into(),
+            reason: e.to_string(),
+        })?,
+        None => {
+            use base64::Engine;
+            Envelope {
+                payload_type: PAYLOAD_TYPE.into(),
+                payload: base64::engine::general_purpose::STANDARD
+                    .encode(serde_json::to_vec(&statement).unwrap_or_default()),
+                signatures: vec![],
+            }
+        }
+    };
+    Ok(publish::Sealed {
+        bytes: serde_json::to_vec_pretty(&envelope).unwrap_or_default(),
+        keyid: key.map(|k| k.keyid()),
+        run_id: report.run_id.clone(),
+    })
+}
+
 /// Runs one job. A rejected candidate is an `Ok` outcome with `Verdict::Rejected`.
 pub async fn run(
     job: &JobRef,
@@ -988,6 +1083,7 @@ pub async fn run(
     let started = Instant::now();
     let started_at = jiff::Timestamp::now();
     validate(spec)?;
+    let signer = signing_key(spec)?;
     let storage = Storage::new(spec.storage.as_ref());
     let output = Location::parse(&spec.output.uri)?;
     let promote_to = spec
@@ -1054,6 +1150,15 @@ pub async fn run(
         job: serde_json::to_value(job).unwrap_or_default(),
         recipe: serde_json::to_value(&recipe).unwrap_or_default(),
     };
+    // Sealed (and signed) before anything is promoted: a signing failure promotes nothing.
+    let sealed = match (&result.verdict, &promote_to) {
+        (crate::api::Verdict::Passed, Some(_)) => Some(seal(
+            &report(&result, &[]),
+            &candidate.files,
+            signer.as_ref(),
+        )?),
+        _ => None,
+    };
     let published = publish::publish(
         &storage,
         &publish::Target {
@@ -1063,6 +1168,7 @@ pub async fn run(
         &artifact,
         result,
         &|r| serde_json::to_vec_pretty(&report(r, &candidate.passes)).unwrap_or_default(),
+        sealed.as_ref(),
         ui,
     )
     .await?;

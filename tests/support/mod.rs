@@ -519,6 +519,8 @@ pub fn check_promote_dir(prod: &Path) -> Result<Option<String>, String> {
                 .flatten()
                 .filter(|e| !e.file_name().to_string_lossy().contains("kompress-tmp"))
                 .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+                // The promotions' evidence (DSSE envelopes) is kept beside the model files.
+                .filter(|e| e.file_name() != "evidence")
                 .collect();
             if siblings.len() == 1 {
                 let got = sha256_hex(&prod.join(&f));

@@ -1,0 +1,337 @@
+//! `kompress verify REF --key PUB`: checks a promotion's evidence. REF is a promotion folder
+//! (`output.promoteTo`) or its `promoted.json`. Every check reads what the store holds now:
+//!
+//! 1. the manifest names evidence, and the envelope's bytes are the ones it names (sha256);
+//! 2. a signature of the envelope verifies with the key, over DSSE's PAE (or, with
+//!    `--unsigned`, the envelope is read without checking one);
+//! 3. the payload is an in-toto Statement v1 with kompress's evaluation predicate;
+//! 4. its subjects are exactly the manifest's files, and each file in the promotion folder
+//!    hashes to its subject's digest (read back whole);
+//! 5. the predicate's verdict is Passed and every check in it passed.
+//!
+//! Exit 0 when all hold, 1 when one fails (the first failure is named), 65 on bad usage.
+
+use super::{Format, fail};
+use crate::api::wire::{EXIT_PERMANENT, exit_code};
+use crate::evidence::{self, PREDICATE_TYPE, STATEMENT_TYPE, Statement, VerifyingKey};
+use crate::publish::{PromotedFile, PromotedManifest, artifact_digest};
+use crate::storage::{Location, Storage};
+use sha2::{Digest, Sha256};
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// A promotion folder (`output.promoteTo`) or its `promoted.json`.
+    pub reference: String,
+    /// The signer's public key (SubjectPublicKeyInfo PEM: `openssl pkey -in key.pem -pubout`).
+    #[arg(long)]
+    pub key: Option<std::path::PathBuf>,
+    /// Accept evidence without checking a signature (for promotions made without
+    /// `spec.output.signing`); the digests and the verdict are still checked.
+    #[arg(long, conflicts_with = "key")]
+    pub unsigned: bool,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// Why verification failed: the first check that did not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("`{uri}` is not a promotion manifest ({reason})")]
+    Manifest { uri: String, reason: String },
+    #[error(
+        "`{0}` names no evidence: it was promoted by a kompress without evidence, or written by hand"
+    )]
+    NoEvidence(String),
+    #[error("evidence `{uri}` is missing")]
+    EvidenceMissing { uri: String },
+    #[error(
+        "evidence `{uri}` changed since it was promoted: sha256 {actual}, the manifest says {expected}"
+    )]
+    EvidenceChanged {
+        uri: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("evidence `{uri}`: {source}")]
+    Envelope {
+        uri: String,
+        #[source]
+        source: evidence::Error,
+    },
+    #[error("evidence `{uri}` is not kompress evaluation evidence: {what}")]
+    Statement { uri: String, what: String },
+    #[error("the statement's subjects ({subjects}) are not the manifest's files ({files})")]
+    Subjects { subjects: String, files: String },
+    #[error("`{uri}` is missing")]
+    FileMissing { uri: String },
+    #[error(
+        "`{uri}` does not hold the bytes the evidence names: sha256 {actual}, signed {expected}"
+    )]
+    FileChanged {
+        uri: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "the manifest's digest {manifest} is not the digest of the evidence's subjects ({subjects})"
+    )]
+    Digest { manifest: String, subjects: String },
+    #[error("the evidence records verdict {verdict}{failed}: this model did not pass its gate")]
+    Verdict { verdict: String, failed: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+}
+
+/// What a successful verification established.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verified {
+    pub manifest: String,
+    pub digest: String,
+    pub evidence: String,
+    /// The key that verified the signature; None with `--unsigned`.
+    pub keyid: Option<String>,
+    pub subjects: Vec<PromotedFile>,
+    pub verdict: String,
+    pub checks: serde_json::Value,
+    pub job: serde_json::Value,
+    pub run_id: serde_json::Value,
+    pub source_model: serde_json::Value,
+    pub dataset: serde_json::Value,
+}
+
+impl VerifyArgs {
+    pub async fn run(self) -> ExitCode {
+        let key = match (&self.key, self.unsigned) {
+            (Some(path), _) => {
+                let text = match std::fs::read(path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("error: --key {}: {e}", path.display());
+                        return super::exit(EXIT_PERMANENT);
+                    }
+                };
+                match VerifyingKey::from_pem(&text, &path.display().to_string()) {
+                    Ok(k) => Some(k),
+                    Err(e) => return fail(&e, EXIT_PERMANENT),
+                }
+            }
+            (None, true) => None,
+            (None, false) => {
+                eprintln!(
+                    "error: give the signer's public key with --key PUB.pem (or --unsigned to check an unsigned promotion's digests and verdict only)"
+                );
+                return super::exit(EXIT_PERMANENT);
+            }
+        };
+        let loc = match Location::parse(&self.reference) {
+            Ok(l) => l,
+            Err(e) => return fail(&e, EXIT_PERMANENT),
+        };
+        let manifest = if loc.uri.ends_with(".json") {
+            loc
+        } else {
+            loc.join("promoted.json")
+        };
+        match verify(&Storage::new(None), &manifest, key.as_ref()).await {
+            Ok(v) => {
+                match self.output {
+                    Format::Json => {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+                    }
+                    Format::Table => print_table(&v),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(Failure::Storage(e)) => fail(&e, exit_code(e.is_permanent())),
+            Err(e) => {
+                eprintln!("verification FAILED: {}", crate::error::error_chain(&e));
+                super::exit(1)
+            }
+        }
+    }
+}
+
+fn print_table(v: &Verified) {
+    println!("verified: {}", v.manifest);
+    println!("  model digest   sha256:{}", v.digest);
+    for f in &v.subjects {
+        println!("  subject        {} sha256:{}", f.name, f.sha256);
+    }
+    println!("  evidence       {}", v.evidence);
+    match &v.keyid {
+        Some(k) => println!("  signed by      keyid {k}"),
+        None => println!("  signed by      (not checked: --unsigned)"),
+    }
+    println!("  verdict        {}", v.verdict);
+    if let Some(checks) = v.checks.as_array() {
+        for c in checks {
+            println!(
+                "  check          {} = {} (limit {}): {}",
+                c["name"].as_str().unwrap_or("?"),
+                c["value"],
+                c["limit"],
+                if c["passed"].as_bool() == Some(true) {
+                    "passed"
+                } else {
+                    "FAILED"
+                }
+            );
+        }
+    }
+    println!("  job            {} run {}", v.job, v.run_id);
+    println!("  source model   {}", v.source_model);
+    println!("  dataset        {}", v.dataset);
+}
+
+/// Verifies the promotion whose manifest is at `manifest_loc`.
+pub async fn verify(
+    storage: &Storage,
+    manifest_loc: &Location,
+    key: Option<&VerifyingKey>,
+) -> Result<Verified, Failure> {
+    let bytes = storage
+        .get_bytes(manifest_loc)
+        .await?
+        .ok_or_else(|| Failure::Manifest {
+            uri: manifest_loc.uri.clone(),
+            reason: "it does not exist".into(),
+        })?;
+    let manifest: PromotedManifest =
+        serde_json::from_slice(&bytes).map_err(|e| Failure::Manifest {
+            uri: manifest_loc.uri.clone(),
+            reason: e.to_string(),
+        })?;
+    let ev_ref = manifest
+        .evidence
+        .as_ref()
+        .ok_or_else(|| Failure::NoEvidence(manifest_loc.uri.clone()))?;
+    let ev_loc = Location::parse(&ev_ref.uri)
+        .map_err(|e| Failure::Storage(crate::storage::Error::from(e)))?;
+    let env_bytes = storage
+        .get_bytes(&ev_loc)
+        .await?
+        .ok_or_else(|| Failure::EvidenceMissing {
+            uri: ev_ref.uri.clone(),
+        })?;
+    let actual = hex::encode(Sha256::digest(&env_bytes));
+    if actual != ev_ref.sha256 {
+        return Err(Failure::EvidenceChanged {
+            uri: ev_ref.uri.clone(),
+            expected: ev_ref.sha256.clone(),
+            actual,
+        });
+    }
+    let env_err = |source| Failure::Envelope {
+        uri: ev_ref.uri.clone(),
+        source,
+    };
+    let envelope = evidence::parse_envelope(&env_bytes).map_err(env_err)?;
+    let statement: Statement = match key {
+        Some(k) => k.verify(&envelope).map_err(env_err)?,
+        None => evidence::unverified_statement(&envelope).map_err(env_err)?,
+    };
+    let not_ours = |what: String| Failure::Statement {
+        uri: ev_ref.uri.clone(),
+        what,
+    };
+    if statement.type_ != STATEMENT_TYPE {
+        return Err(not_ours(format!("_type is `{}`", statement.type_)));
+    }
+    if statement.predicate_type != PREDICATE_TYPE {
+        return Err(not_ours(format!(
+            "predicateType is `{}`",
+            statement.predicate_type
+        )));
+    }
+
+    // Subjects: exactly the manifest's files, and each one's bytes as signed.
+    let mut subjects: Vec<PromotedFile> = Vec::new();
+    for s in &statement.subject {
+        let sha = s
+            .digest
+            .get("sha256")
+            .ok_or_else(|| not_ours(format!("subject `{}` has no sha256 digest", s.name)))?;
+        subjects.push(PromotedFile {
+            name: s.name.clone(),
+            sha256: sha.clone(),
+        });
+    }
+    let list = |fs: &[PromotedFile]| {
+        fs.iter()
+            .map(|f| format!("{} {}", f.name, &f.sha256[..f.sha256.len().min(12)]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if subjects != manifest.files {
+        return Err(Failure::Subjects {
+            subjects: list(&subjects),
+            files: list(&manifest.files),
+        });
+    }
+    let as_files: Vec<crate::publish::File> = subjects
+        .iter()
+        .map(|f| (f.name.clone(), Default::default(), f.sha256.clone()))
+        .collect();
+    let digest = artifact_digest(&as_files);
+    if digest != manifest.digest {
+        return Err(Failure::Digest {
+            manifest: manifest.digest.clone(),
+            subjects: digest,
+        });
+    }
+    let model_loc = Location::parse(&manifest.uri)
+        .map_err(|e| Failure::Storage(crate::storage::Error::from(e)))?;
+    let dir = model_loc.parent();
+    for f in &subjects {
+        let loc = dir.join(&f.name);
+        match storage.sha256_of(&loc).await? {
+            None => return Err(Failure::FileMissing { uri: loc.uri }),
+            Some((_, actual)) if actual != f.sha256 => {
+                return Err(Failure::FileChanged {
+                    uri: loc.uri,
+                    expected: f.sha256.clone(),
+                    actual,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+
+    // The verdict the evidence records.
+    let p = &statement.predicate;
+    let verdict = p["verdict"].as_str().unwrap_or("(none)").to_string();
+    let failed: Vec<&str> = p["checks"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c["passed"].as_bool() != Some(true))
+                .map(|c| c["name"].as_str().unwrap_or("?"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if verdict != "Passed" || !failed.is_empty() {
+        return Err(Failure::Verdict {
+            verdict,
+            failed: if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" with failed checks {}", failed.join(", "))
+            },
+        });
+    }
+    Ok(Verified {
+        manifest: manifest_loc.uri.clone(),
+        digest,
+        evidence: ev_ref.uri.clone(),
+        keyid: key.map(|k| k.keyid().to_string()),
+        subjects,
+        verdict,
+        checks: p["checks"].clone(),
+        job: p["job"].clone(),
+        run_id: p["runId"].clone(),
+        source_model: p["inputs"]["model"].clone(),
+        dataset: p["inputs"]["dataset"].clone(),
+    })
+}
