@@ -39,3 +39,4 @@ pub mod report;
 pub mod storage;
 pub mod ui;
 pub mod uri;
+pub mod usage;

@@ -111,6 +111,7 @@ pub async fn publish(
     ui: &Ui,
 ) -> Result<JobResult> {
     let (files, digest) = (artifact.files, artifact.digest);
+    let mut written = 0u64;
     ui.stage(&format!("uploading candidate to {}", to.run));
     for (name, path, sha) in files {
         let bar = ui.bar(&format!("upload {name}"), true);
@@ -119,6 +120,7 @@ pub async fn publish(
         })
         .await?;
         bar.finish(n);
+        written += n;
     }
     result.artifact = Some(ArtifactRef {
         uri: to.run.join("model.onnx").uri,
@@ -126,21 +128,27 @@ pub async fn publish(
     });
     let report_loc = to.run.join("report.json");
     result.report = Some(report_loc.uri.clone());
-    storage
-        .put_bytes(&report_loc, report(&result).into())
-        .await?;
+    let body = report(&result);
+    written += body.len() as u64;
+    storage.put_bytes(&report_loc, body.into()).await?;
     match (&result.verdict, &to.promote_to) {
         (Verdict::Passed, Some(dest)) => {
             ui.stage(&format!("promoting sha256:{} to {dest}", &digest[..12]));
-            let (promoted, evidence) = promote(storage, dest, artifact, &result, evidence).await?;
+            let (promoted, evidence, n) =
+                promote(storage, dest, artifact, &result, evidence).await?;
             result.promoted = Some(promoted);
             result.evidence = evidence;
-            storage
-                .put_bytes(&report_loc, report(&result).into())
-                .await?;
+            written += n;
+            let body = report(&result);
+            written += body.len() as u64;
+            storage.put_bytes(&report_loc, body.into()).await?;
         }
         (Verdict::Rejected, Some(_)) => ui.stage("candidate rejected: nothing promoted"),
         _ => {}
+    }
+    // (report.json holds the usage as of its writing: without this stage's bytes.)
+    if let Some(u) = result.usage.as_mut() {
+        u.bytes_written += written;
     }
     Ok(result)
 }
@@ -180,15 +188,16 @@ async fn promote(
     artifact: &Artifact<'_>,
     result: &JobResult,
     evidence: Option<&Sealed>,
-) -> Result<(ArtifactRef, Option<EvidenceRef>)> {
+) -> Result<(ArtifactRef, Option<EvidenceRef>, u64)> {
     let (files, digest) = (artifact.files, artifact.digest);
     let dir = to.join(&format!("sha256-{digest}"));
+    let mut written = 0u64;
     for (name, path, sha) in files {
         let dest = dir.join(name);
         if holds(storage, &dest, sha).await? {
             continue;
         }
-        upload_verified(storage, path, sha, &dest, &|_, _| {}).await?;
+        written += upload_verified(storage, path, sha, &dest, &|_, _| {}).await?;
         if !holds(storage, &dest, sha).await? {
             return Err(Error::Checksum {
                 uri: dest.uri.clone(),
@@ -210,6 +219,7 @@ async fn promote(
             ));
             let sha = hex::encode(Sha256::digest(&sealed.bytes));
             storage.put_bytes(&loc, sealed.bytes.clone().into()).await?;
+            written += sealed.bytes.len() as u64;
             if !holds(storage, &loc, &sha).await? {
                 return Err(Error::Checksum {
                     uri: loc.uri.clone(),
@@ -230,7 +240,7 @@ async fn promote(
         && serde_json::from_slice::<PromotedManifest>(&existing)
             .is_ok_and(|m| m.digest == digest && (m.evidence.is_some() || evidence.is_none()))
     {
-        return Ok((promoted, evidence));
+        return Ok((promoted, evidence, written));
     }
     let manifest = PromotedManifest {
         api_version: <crate::api::CompressionJob as kube::Resource>::api_version(&()).into_owned(),
@@ -258,6 +268,7 @@ async fn promote(
         evidence: evidence.clone(),
     };
     let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    written += json.len() as u64;
     storage.put_bytes(&manifest_loc, json.into()).await?;
-    Ok((promoted, evidence))
+    Ok((promoted, evidence, written))
 }

@@ -179,6 +179,58 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         )),
         "{metrics}"
     );
+    // The worker's own usage, labelled with its pod and node for cost tools, and the whole
+    // scrape as Prometheus's own checker reads it.
+    let status = cj.status.as_ref().unwrap();
+    let worker = status.worker.as_ref().expect("the worker pod in status");
+    let node = worker.node.as_deref().expect("the pod's node");
+    let usage = status
+        .result
+        .as_ref()
+        .unwrap()
+        .usage
+        .as_ref()
+        .expect("usage in the result");
+    assert!(
+        usage.cpu_seconds > 0.0 && usage.peak_memory_bytes > 1 << 20,
+        "{usage:?}"
+    );
+    assert!(usage.bytes_read > 0 && usage.bytes_written > 0, "{usage:?}");
+    let cpu = format!(
+        "kompress_job_cpu_seconds{{name=\"digits\",namespace=\"{ns}\",node=\"{node}\",pod=\"{}\"}}",
+        worker.pod
+    );
+    assert!(metrics.contains(&cpu), "{cpu} missing from:\n{metrics}");
+    assert!(
+        metrics.contains("kompress_job_cpu_request_cores{"),
+        "{metrics}"
+    );
+    let body = metrics
+        .split_once("\r\n\r\n")
+        .map_or(metrics.as_str(), |(_, b)| b);
+    let mut check = std::process::Command::new(tools_bin("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         http_get(port, "/readyz")
             .unwrap()

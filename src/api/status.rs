@@ -28,6 +28,10 @@ pub struct CompressionJobStatus {
     /// What happened, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The pod that ran the last finished run, its node and what it requested: what cost
+    /// tools (OpenCost) join the run's usage on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerRef>,
     /// Sizes, metrics, checks and artifacts of the last finished run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResult>,
@@ -135,9 +139,53 @@ pub struct JobResult {
     /// the promoted model; `kompress verify` checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<EvidenceRef>,
+    /// CPU, memory, wall time and bytes the run used (the worker's own measurement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
     /// With `spec.search`: what the search tried and chose (the trial log is in the report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSummary>,
+}
+
+/// The worker pod of a run, as the controller saw it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerRef {
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// CPU cores requested (= limit: the worker runs with Guaranteed QoS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<f64>,
+    /// Memory requested, bytes (= limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request_bytes: Option<f64>,
+}
+
+/// What a run used, measured by the worker process itself.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// CPU time of the process, user + system, all threads (getrusage).
+    pub cpu_seconds: f64,
+    /// Peak resident memory of the process (getrusage's max RSS).
+    pub peak_memory_bytes: u64,
+    /// Wall time from start to the result.
+    pub wall_seconds: f64,
+    /// Bytes read from storage (model, external data, datasets).
+    pub bytes_read: u64,
+    /// Bytes written to storage (candidate, reports, promoted files, evidence).
+    pub bytes_written: u64,
+    /// Wall time per stage, in order: fetch, baseline, compress (the passes and the
+    /// candidate's evaluation, or the whole search), publish.
+    pub stages: Vec<StageTime>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
 }
 
 /// Where a promotion's evidence is, and who signed it.

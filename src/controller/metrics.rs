@@ -1,6 +1,8 @@
 //! metrics: every controller metric, registered in this one place under the `kompress_` prefix.
-//! Labels are bounded: a result category, a phase, a namespace, a job's namespace/name and
-//! `baseline`/`candidate`; never error text or pod names.
+//! Labels are bounded: a result category, a phase, a namespace, a job's namespace/name,
+//! `baseline`/`candidate`, a stage, and on the usage gauges the job's last worker pod and its
+//! node (one series per CompressionJob, replaced by the next run: what OpenCost's series join
+//! on); never error text. Digests only appear on the one info series per promoted job.
 
 use crate::api::{CompressionJob, Phase};
 use prometheus::{
@@ -25,6 +27,16 @@ pub struct Metrics {
     rejections: IntCounterVec,
     search_trials: IntCounterVec,
     leader: IntGauge,
+    cpu_seconds: GaugeVec,
+    peak_memory: GaugeVec,
+    worker_wall: GaugeVec,
+    cpu_request: GaugeVec,
+    memory_request: GaugeVec,
+    stage_seconds: GaugeVec,
+    storage_bytes: GaugeVec,
+    bytes_saved: GaugeVec,
+    latency_ratio: GaugeVec,
+    promoted_info: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -43,6 +55,7 @@ impl Metrics {
         }
         let job = &["namespace", "name"];
         let model = &["namespace", "name", "model"];
+        let pod = &["namespace", "name", "pod", "node"];
         let g = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &registry,
@@ -144,6 +157,56 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            cpu_seconds: g(
+                "job_cpu_seconds",
+                "CPU time the last run's worker process used (user + system)",
+                pod,
+            ),
+            peak_memory: g(
+                "job_peak_memory_bytes",
+                "Peak resident memory of the last run's worker process",
+                pod,
+            ),
+            worker_wall: g(
+                "job_worker_seconds",
+                "Wall time of the last run's worker process, start to result",
+                pod,
+            ),
+            cpu_request: g(
+                "job_cpu_request_cores",
+                "CPU cores the last run's worker pod requested (= its limit)",
+                pod,
+            ),
+            memory_request: g(
+                "job_memory_request_bytes",
+                "Memory the last run's worker pod requested (= its limit)",
+                pod,
+            ),
+            stage_seconds: g(
+                "job_stage_seconds",
+                "Wall time of each stage of the last run (fetch, baseline, compress, publish)",
+                &["namespace", "name", "stage"],
+            ),
+            storage_bytes: g(
+                "job_storage_bytes",
+                "Bytes the last run read from and wrote to storage",
+                &["namespace", "name", "direction"],
+            ),
+            bytes_saved: g(
+                "job_bytes_saved",
+                "Promoted jobs: original_bytes - compressed_bytes, per served copy",
+                job,
+            ),
+            latency_ratio: g(
+                "job_latency_ratio",
+                "Candidate/original latency: the median and its 95% bootstrap interval",
+                &["namespace", "name", "bound"],
+            ),
+            promoted_info: g(
+                "job_promoted_info",
+                "1 for each promoted job, with the promoted model's sha256",
+                &["namespace", "name", "digest"],
+            ),
             registry,
         }
     }
@@ -192,6 +255,16 @@ impl Metrics {
             &self.accuracy,
             &self.latency_p50,
             &self.run_duration,
+            &self.cpu_seconds,
+            &self.peak_memory,
+            &self.worker_wall,
+            &self.cpu_request,
+            &self.memory_request,
+            &self.stage_seconds,
+            &self.storage_bytes,
+            &self.bytes_saved,
+            &self.latency_ratio,
+            &self.promoted_info,
         ] {
             v.reset();
         }
@@ -233,6 +306,50 @@ impl Metrics {
                 self.latency_p50
                     .with_label_values(&[ns, name, model])
                     .set(m.latency_p50_ms / 1000.0);
+            }
+            let c = &r.candidate;
+            for (bound, v) in [
+                ("median", c.latency_ratio),
+                ("low", c.latency_ratio_low),
+                ("high", c.latency_ratio_high),
+            ] {
+                if let Some(v) = v {
+                    self.latency_ratio
+                        .with_label_values(&[ns, name, bound])
+                        .set(v);
+                }
+            }
+            if let Some(p) = &r.promoted {
+                self.bytes_saved
+                    .with_label_values(&[ns, name])
+                    .set(r.original_bytes as f64 - r.compressed_bytes as f64);
+                self.promoted_info
+                    .with_label_values(&[ns, name, &p.sha256])
+                    .set(1.0);
+            }
+            let Some(u) = &r.usage else { continue };
+            for s in &u.stages {
+                self.stage_seconds
+                    .with_label_values(&[ns, name, &s.stage])
+                    .set(s.seconds);
+            }
+            for (dir, v) in [("read", u.bytes_read), ("written", u.bytes_written)] {
+                self.storage_bytes
+                    .with_label_values(&[ns, name, dir])
+                    .set(v as f64);
+            }
+            let Some(w) = &status.worker else { continue };
+            let l = [ns, name, w.pod.as_str(), w.node.as_deref().unwrap_or("")];
+            self.cpu_seconds.with_label_values(&l).set(u.cpu_seconds);
+            self.peak_memory
+                .with_label_values(&l)
+                .set(u.peak_memory_bytes as f64);
+            self.worker_wall.with_label_values(&l).set(u.wall_seconds);
+            if let Some(v) = w.cpu_request {
+                self.cpu_request.with_label_values(&l).set(v);
+            }
+            if let Some(v) = w.memory_request_bytes {
+                self.memory_request.with_label_values(&l).set(v);
             }
         }
     }
@@ -300,9 +417,14 @@ mod tests {
             "metadata": {"name": "digits", "namespace": "ml"},
             "spec": {"model": {"uri": "m.onnx"}, "dataset": {"uri": "d.npz"}, "passes": [], "output": {"uri": "out"}},
             "status": {"phase": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:30Z",
+                "worker": {"pod": "digits-g1-abc-x7", "node": "n1", "cpuRequest": 2.0, "memoryRequestBytes": 4294967296.0},
                 "result": {"verdict": "Passed", "originalBytes": 4000, "compressedBytes": 1000, "ratio": 4.0, "checks": [],
+                    "promoted": {"uri": "s3://p/sha256-ab/model.onnx", "sha256": "ab12"},
+                    "usage": {"cpuSeconds": 61.5, "peakMemoryBytes": 300000000, "wallSeconds": 42.0, "bytesRead": 5000,
+                        "bytesWritten": 2100, "stages": [{"stage": "fetch", "seconds": 1.5}, {"stage": "compress", "seconds": 30.0}]},
                     "baseline": {"bytes": 4000, "samples": 10, "accuracy": 0.97, "latencyP50Ms": 2.0, "latencyP95Ms": 3.0},
-                    "candidate": {"bytes": 1000, "samples": 10, "accuracy": 0.96, "latencyP50Ms": 1.0, "latencyP95Ms": 2.0}}},
+                    "candidate": {"bytes": 1000, "samples": 10, "accuracy": 0.96, "latencyP50Ms": 1.0, "latencyP95Ms": 2.0,
+                        "latencyRatio": 0.5, "latencyRatioLow": 0.45, "latencyRatioHigh": 0.56}}},
         }))
         .unwrap();
         m.refresh_jobs(&[Arc::new(cj)]);
@@ -315,6 +437,16 @@ mod tests {
             r#"kompress_job_accuracy_ratio{model="candidate",name="digits",namespace="ml"} 0.96"#,
             r#"kompress_job_latency_p50_seconds{model="baseline",name="digits",namespace="ml"} 0.002"#,
             r#"kompress_job_run_duration_seconds{name="digits",namespace="ml"} 90"#,
+            r#"kompress_job_cpu_seconds{name="digits",namespace="ml",node="n1",pod="digits-g1-abc-x7"} 61.5"#,
+            r#"kompress_job_peak_memory_bytes{name="digits",namespace="ml",node="n1",pod="digits-g1-abc-x7"} 300000000"#,
+            r#"kompress_job_worker_seconds{name="digits",namespace="ml",node="n1",pod="digits-g1-abc-x7"} 42"#,
+            r#"kompress_job_cpu_request_cores{name="digits",namespace="ml",node="n1",pod="digits-g1-abc-x7"} 2"#,
+            r#"kompress_job_memory_request_bytes{name="digits",namespace="ml",node="n1",pod="digits-g1-abc-x7"} 4294967296"#,
+            r#"kompress_job_stage_seconds{name="digits",namespace="ml",stage="compress"} 30"#,
+            r#"kompress_job_storage_bytes{direction="read",name="digits",namespace="ml"} 5000"#,
+            r#"kompress_job_bytes_saved{name="digits",namespace="ml"} 3000"#,
+            r#"kompress_job_latency_ratio{bound="high",name="digits",namespace="ml"} 0.56"#,
+            r#"kompress_job_promoted_info{digest="ab12",name="digits",namespace="ml"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -4,7 +4,7 @@
 use super::error::{Error, Result};
 use super::status::{Observed, Run};
 use crate::api::wire::WorkerMessage;
-use crate::api::{Phase, reason};
+use crate::api::{Phase, WorkerRef, reason};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -59,6 +59,11 @@ pub fn progress(job: &Job) -> Progress {
 
 /// The termination message of the worker container that finished last, with its finish time.
 pub fn termination_message(pods: &[Pod]) -> Option<(String, Option<Time>)> {
+    last_finished(pods).map(|(m, t, _)| (m, t))
+}
+
+/// The pod whose worker container finished last: its message, finish time and the pod.
+fn last_finished(pods: &[Pod]) -> Option<(String, Option<Time>, &Pod)> {
     pods.iter()
         .filter_map(|p| {
             let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
@@ -67,9 +72,67 @@ pub fn termination_message(pods: &[Pod]) -> Option<(String, Option<Time>)> {
                 .find(|s| s.name == super::build::CONTAINER)
                 .or(statuses.first())?;
             let t = s.state.as_ref()?.terminated.as_ref()?;
-            Some((t.message.clone().unwrap_or_default(), t.finished_at.clone()))
+            Some((
+                t.message.clone().unwrap_or_default(),
+                t.finished_at.clone(),
+                p,
+            ))
         })
         .max_by(|a, b| a.1.as_ref().map(|t| t.0).cmp(&b.1.as_ref().map(|t| t.0)))
+}
+
+/// A pod as cost tools see it: name, node, and the worker container's requests.
+pub fn worker_ref(pod: &Pod) -> WorkerRef {
+    let requests = pod
+        .spec
+        .as_ref()
+        .and_then(|s| {
+            s.containers
+                .iter()
+                .find(|c| c.name == super::build::CONTAINER)
+        })
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.requests.as_ref());
+    let q = |k: &str| {
+        requests
+            .and_then(|r| r.get(k))
+            .and_then(|q| parse_quantity(&q.0))
+    };
+    WorkerRef {
+        pod: pod.name_any(),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        cpu_request: q("cpu"),
+        memory_request_bytes: q("memory"),
+    }
+}
+
+/// A Kubernetes quantity as a number: `500m` -> 0.5, `2` -> 2, `4Gi` -> 4 * 2^30,
+/// `1.5G` -> 1.5e9, `1e3` -> 1000. None for anything else.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let binary = |n: i32| 1024f64.powi(n);
+    let suffixes: [(&str, f64); 14] = [
+        ("Ki", binary(1)),
+        ("Mi", binary(2)),
+        ("Gi", binary(3)),
+        ("Ti", binary(4)),
+        ("Pi", binary(5)),
+        ("Ei", binary(6)),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    let q = q.trim();
+    let (num, mult) = suffixes
+        .iter()
+        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
+        .unwrap_or((q, 1.0));
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some(v * mult)
 }
 
 /// What a finished Job means, from the Job's progress and the last worker's message. A
@@ -119,6 +182,7 @@ pub async fn observe(client: &Client, job: &Job) -> Result<(Run, Observed)> {
         job_name: name.clone(),
         start_time: status.start_time,
         completion_time: status.completion_time,
+        worker: None,
     };
     let progress = progress(job);
     let observed = match &progress {
@@ -137,7 +201,9 @@ pub async fn observe(client: &Client, job: &Job) -> Result<(Run, Observed)> {
                 name: name.clone(),
                 source,
             })?;
-            let found = termination_message(&list.items);
+            let last = last_finished(&list.items);
+            run.worker = last.as_ref().map(|(_, _, pod)| worker_ref(pod));
+            let found = last.map(|(m, t, _)| (m, t));
             if let Progress::Failed { at, .. } = &progress {
                 run.completion_time = run
                     .completion_time
@@ -171,6 +237,39 @@ mod tests {
             "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": finished}},
         }]}}))
         .unwrap()
+    }
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        for (q, v) in [
+            ("500m", 0.5),
+            ("2", 2.0),
+            ("4Gi", 4.0 * 1073741824.0),
+            ("1.5G", 1.5e9),
+            ("512Mi", 536870912.0),
+            ("1e3", 1000.0),
+            ("100k", 1e5),
+        ] {
+            assert_eq!(parse_quantity(q), Some(v), "{q}");
+        }
+        for bad in ["", "Gi", "-1", "abc", "1Xi"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_worker_ref_names_the_pod_its_node_and_its_requests() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "w-abc"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "worker",
+                "resources": {"requests": {"cpu": "1500m", "memory": "2Gi"}}}]},
+        }))
+        .unwrap();
+        let w = worker_ref(&pod);
+        assert_eq!(w.pod, "w-abc");
+        assert_eq!(w.node.as_deref(), Some("node-1"));
+        assert_eq!(w.cpu_request, Some(1.5));
+        assert_eq!(w.memory_request_bytes, Some(2.0 * 1073741824.0));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Run {
     pub job_name: String,
     pub start_time: Option<Time>,
     pub completion_time: Option<Time>,
+    /// The pod that finished last, once the Job has finished.
+    pub worker: Option<crate::api::WorkerRef>,
 }
 
 /// A condition reason must be CamelCase-ish (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`);
@@ -232,6 +234,11 @@ pub fn desired(
             None
         },
         message: Some(message),
+        worker: if phase.is_terminal() {
+            run.and_then(|r| r.worker.clone())
+        } else {
+            None
+        },
         result,
     }
 }
@@ -382,6 +389,7 @@ mod tests {
             job_name: "digits-g2-0123abcd".into(),
             start_time: Some(at(100)),
             completion_time: Some(at(160)),
+            worker: None,
         }
     }
 

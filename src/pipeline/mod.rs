@@ -1094,12 +1094,29 @@ pub async fn run(
         .transpose()?;
     let run_id = unique_run_id(opts.run_id.as_deref().unwrap_or(&job.name), started_at);
 
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, since: Instant| {
+        stages.push(crate::api::StageTime {
+            stage: name.into(),
+            seconds: since.elapsed().as_secs_f64(),
+        })
+    };
+    let t = Instant::now();
     let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
+    stage("fetch", t);
+    let t = Instant::now();
     let base = baseline(&inputs, spec, ui)?;
+    stage("baseline", t);
+    let t = Instant::now();
     let chosen = match &spec.search {
         Some(s) => search::search(&inputs, &base, spec, s, &opts.scratch, ui)?,
         None => fixed_recipe(&inputs, &base, spec, &opts.scratch, ui)?,
     };
+    stage("compress", t);
+    let bytes_read = inputs.model.bytes
+        + inputs.external_data.iter().map(|e| e.bytes).sum::<u64>()
+        + inputs.dataset.bytes
+        + inputs.calibration.as_ref().map_or(0, |c| c.1.bytes);
     let Chosen {
         candidate,
         metrics,
@@ -1119,6 +1136,11 @@ pub async fn run(
         candidate: metrics,
         checks: decision.checks,
         search: search.as_ref().map(|s| s.1.clone()),
+        usage: Some(crate::api::Usage {
+            bytes_read,
+            stages: stages.clone(),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let report = |result: &JobResult, passes: &[PassReport]| Report {
@@ -1159,7 +1181,8 @@ pub async fn run(
         )?),
         _ => None,
     };
-    let published = publish::publish(
+    let t = Instant::now();
+    let mut published = publish::publish(
         &storage,
         &publish::Target {
             run: output.join(&format!("runs/{run_id}")),
@@ -1172,6 +1195,15 @@ pub async fn run(
         ui,
     )
     .await?;
+    if let Some(u) = published.usage.as_mut() {
+        u.stages.push(crate::api::StageTime {
+            stage: "publish".into(),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        u.wall_seconds = started.elapsed().as_secs_f64();
+        u.cpu_seconds = crate::usage::cpu_seconds().unwrap_or_default();
+        u.peak_memory_bytes = crate::usage::peak_memory_bytes().unwrap_or_default();
+    }
     Ok(Outcome {
         report: report(&published, &candidate.passes),
         result: published,

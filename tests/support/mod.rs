@@ -680,3 +680,20 @@ pub fn embedding_dataset(path: &Path, n: usize, seq: usize, v: usize) -> Vec<i64
     );
     ids
 }
+
+/// A binary hack/tools/build made (promtool, oras, registry, crane, kstatus): under
+/// `KOMPRESS_TOOLS_BIN`, which `make test` sets.
+pub fn tools_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("KOMPRESS_TOOLS_BIN").unwrap_or_else(|| {
+        panic!(
+            "KOMPRESS_TOOLS_BIN is unset: run via `make test`, or export KOMPRESS_TOOLS_BIN=$(hack/tools/build | tail -n1)"
+        )
+    });
+    let p = PathBuf::from(dir).join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run hack/tools/build",
+        p.display()
+    );
+    p
+}
