@@ -31,6 +31,7 @@ pub mod eval;
 pub mod evidence;
 pub mod gate;
 pub mod gc;
+pub mod oci;
 pub mod onnx;
 pub mod passes;
 pub mod pipeline;

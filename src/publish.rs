@@ -79,12 +79,46 @@ pub struct Sealed {
     pub run_id: String,
 }
 
+/// Where a passing candidate is promoted.
+#[derive(Debug, Clone)]
+pub enum Promotion {
+    /// Object storage: `sha256-<digest>/` folder, then `promoted.json`.
+    Store(Location),
+    /// An OCI registry (`crate::oci`).
+    Oci {
+        target: crate::oci::Target,
+        plain_http: bool,
+    },
+}
+
+impl Promotion {
+    pub fn parse(uri: &str, registry: Option<&crate::api::RegistrySpec>) -> Result<Self> {
+        if crate::oci::Target::is_oci(uri) {
+            Ok(Self::Oci {
+                target: crate::oci::Target::parse(uri)?,
+                plain_http: registry.and_then(|r| r.plain_http).unwrap_or(false),
+            })
+        } else {
+            Ok(Self::Store(Location::parse(uri)?))
+        }
+    }
+}
+
+impl std::fmt::Display for Promotion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(l) => write!(f, "{l}"),
+            Self::Oci { target, .. } => write!(f, "{}:{}", target.repo_uri(), target.tag),
+        }
+    }
+}
+
 /// Where a run goes.
 pub struct Target {
     /// `output.uri/runs/<run-id>`.
     pub run: Location,
     /// `output.promoteTo`, if set.
-    pub promote_to: Option<Location>,
+    pub promote_to: Option<Promotion>,
 }
 
 /// What is published: the candidate's files and digest, and what the manifest says about
@@ -92,6 +126,8 @@ pub struct Target {
 pub struct Artifact<'a> {
     pub files: &'a [File],
     pub digest: &'a str,
+    /// With an OCI promotion: the manifest and config, built before the evidence was sealed.
+    pub oci: Option<&'a crate::oci::Prepared>,
     pub source: SourceRef,
     pub job: serde_json::Value,
     pub recipe: serde_json::Value,
@@ -132,7 +168,49 @@ pub async fn publish(
     written += body.len() as u64;
     storage.put_bytes(&report_loc, body.into()).await?;
     match (&result.verdict, &to.promote_to) {
-        (Verdict::Passed, Some(dest)) => {
+        (Verdict::Passed, Some(Promotion::Oci { target, plain_http })) => {
+            ui.stage(&format!(
+                "pushing sha256:{} to {}:{}",
+                &digest[..12],
+                target.repo_uri(),
+                target.tag
+            ));
+            let prepared = match artifact.oci {
+                Some(p) => p.clone(),
+                None => crate::oci::prepare(files, "model")?,
+            };
+            let session = crate::oci::Session::new(&target.registry, *plain_http).await?;
+            let pushed = crate::oci::push(
+                &session,
+                target,
+                &prepared,
+                evidence.map(|e| e.bytes.as_slice()),
+            )
+            .await?;
+            written += pushed.bytes_uploaded;
+            result.promoted = Some(ArtifactRef {
+                uri: pushed.reference.clone(),
+                sha256: digest.to_string(),
+            });
+            result.evidence = match (evidence, &pushed.evidence) {
+                (Some(e), Some(uri)) => Some(EvidenceRef {
+                    uri: uri.clone(),
+                    sha256: hex::encode(Sha256::digest(&e.bytes)),
+                    keyid: e.keyid.clone(),
+                }),
+                _ => None,
+            };
+            result.oci = Some(crate::api::OciPush {
+                manifest_digest: pushed.manifest_digest.clone(),
+                blobs_uploaded: pushed.blobs_uploaded,
+                blobs_reused: pushed.blobs_reused,
+                referrers: pushed.referrers.map(str::to_string),
+            });
+            let body = report(&result);
+            written += body.len() as u64;
+            storage.put_bytes(&report_loc, body.into()).await?;
+        }
+        (Verdict::Passed, Some(Promotion::Store(dest))) => {
             ui.stage(&format!("promoting sha256:{} to {dest}", &digest[..12]));
             let (promoted, evidence, n) =
                 promote(storage, dest, artifact, &result, evidence).await?;

@@ -765,11 +765,16 @@ pub struct OutputSpec {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
-    /// Prefix URI where a passing candidate is promoted: the model goes to a content-addressed
-    /// `sha256-<digest>/` folder first, then `promoted.json` (the manifest readers follow) is
-    /// written last. Unset: nothing is promoted.
+    /// Where a passing candidate is promoted. Object storage (a prefix URI): the model goes to
+    /// a content-addressed `sha256-<digest>/` folder first, then `promoted.json` (the manifest
+    /// readers follow) is written last. An OCI registry, `oci://REGISTRY/REPOSITORY:TAG`: the
+    /// model is pushed as a CNCF ModelPack artifact, blobs first, the manifest by digest, the
+    /// evidence as its referrer, and the tag moved last. Unset: nothing is promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote_to: Option<String>,
+    /// With an `oci://` promoteTo: how to reach the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
     /// Signs each promotion's evidence (an in-toto statement of the evaluation, in a DSSE
     /// envelope beside the promoted model). Unset: the evidence is written unsigned. When set
     /// and the key cannot be read or used, the job fails before anything is promoted.
@@ -791,6 +796,22 @@ pub struct SigningSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub key_file: Option<String>,
+}
+
+/// An OCI registry's connection settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// In a cluster: a `kubernetes.io/dockerconfigjson` Secret with the registry's
+    /// credentials, mounted into the worker as its Docker config. With `kompress run`: the
+    /// Docker config (`DOCKER_CONFIG`, else `~/.docker/config.json`). Unset: anonymous, or
+    /// the local Docker config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Talk plain HTTP instead of HTTPS (a registry on loopback or a private network).
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_http: Option<bool>,
 }
 
 /// One key of a Secret.

@@ -139,12 +139,30 @@ pub struct JobResult {
     /// the promoted model; `kompress verify` checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<EvidenceRef>,
+    /// With an `oci://` promoteTo: what the push did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciPush>,
     /// CPU, memory, wall time and bytes the run used (the worker's own measurement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// With `spec.search`: what the search tried and chose (the trial log is in the report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSummary>,
+}
+
+/// A promotion to an OCI registry.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OciPush {
+    /// The model manifest's digest (`sha256:...`); `promoted.uri` is `oci://...@` it.
+    pub manifest_digest: String,
+    /// Blobs sent, and blobs the registry already had (not sent again).
+    pub blobs_uploaded: u32,
+    pub blobs_reused: u32,
+    /// How the evidence referrer is found: `api` (the registry's referrers API) or
+    /// `tagSchema` (the `sha256-<hex>` index tag kompress maintains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<String>,
 }
 
 /// The worker pod of a run, as the controller saw it.

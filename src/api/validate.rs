@@ -155,8 +155,22 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         uri("spec.calibration.dataset.uri", &c.uri, false);
     }
     uri("spec.output.uri", &spec.output.uri, true);
-    if let Some(p) = &spec.output.promote_to {
-        uri("spec.output.promoteTo", p, true);
+    match &spec.output.promote_to {
+        Some(p) if crate::oci::Target::is_oci(p) => {
+            if let Err(e) = crate::oci::Target::parse(p) {
+                err("spec.output.promoteTo".into(), e.to_string());
+            }
+        }
+        Some(p) => {
+            uri("spec.output.promoteTo", p, true);
+            if spec.output.registry.is_some() {
+                err(
+                    "spec.output.registry".into(),
+                    "applies to an oci:// promoteTo only".into(),
+                );
+            }
+        }
+        None => {}
     }
     if let Some(s) = &spec.output.signing {
         match (&s.secret_ref, &s.key_file) {

@@ -30,6 +30,9 @@ pub struct VerifyArgs {
     /// `spec.output.signing`); the digests and the verdict are still checked.
     #[arg(long, conflicts_with = "key")]
     pub unsigned: bool,
+    /// `oci://` references: talk plain HTTP to the registry.
+    #[arg(long)]
+    pub plain_http: bool,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,
 }
@@ -81,6 +84,12 @@ pub enum Failure {
     Verdict { verdict: String, failed: String },
     #[error(transparent)]
     Storage(#[from] crate::storage::Error),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::Error),
+    #[error("`{reference}` is not a kompress model artifact: {what}")]
+    NotModel { reference: String, what: String },
+    #[error("`{reference}` has no evidence referrer that verifies: {why}")]
+    NoVerifiedReferrer { reference: String, why: String },
 }
 
 /// What a successful verification established.
@@ -125,16 +134,21 @@ impl VerifyArgs {
                 return super::exit(EXIT_PERMANENT);
             }
         };
-        let loc = match Location::parse(&self.reference) {
-            Ok(l) => l,
-            Err(e) => return fail(&e, EXIT_PERMANENT),
-        };
-        let manifest = if loc.uri.ends_with(".json") {
-            loc
+        let verified = if crate::oci::Target::is_oci(&self.reference) {
+            verify_oci(&self.reference, self.plain_http, key.as_ref()).await
         } else {
-            loc.join("promoted.json")
+            let loc = match Location::parse(&self.reference) {
+                Ok(l) => l,
+                Err(e) => return fail(&e, EXIT_PERMANENT),
+            };
+            let manifest = if loc.uri.ends_with(".json") {
+                loc
+            } else {
+                loc.join("promoted.json")
+            };
+            verify(&Storage::new(None), &manifest, key.as_ref()).await
         };
-        match verify(&Storage::new(None), &manifest, key.as_ref()).await {
+        match verified {
             Ok(v) => {
                 match self.output {
                     Format::Json => {
@@ -145,6 +159,7 @@ impl VerifyArgs {
                 ExitCode::SUCCESS
             }
             Err(Failure::Storage(e)) => fail(&e, exit_code(e.is_permanent())),
+            Err(Failure::Oci(e)) => fail(&e, exit_code(e.is_permanent())),
             Err(e) => {
                 eprintln!("verification FAILED: {}", crate::error::error_chain(&e));
                 super::exit(1)
@@ -299,7 +314,26 @@ pub async fn verify(
         }
     }
 
-    // The verdict the evidence records.
+    verified(
+        manifest_loc.uri.clone(),
+        digest,
+        ev_ref.uri.clone(),
+        key,
+        subjects,
+        &statement,
+    )
+}
+
+/// The verdict the evidence records must be Passed with every check passed; then what was
+/// verified.
+fn verified(
+    manifest: String,
+    digest: String,
+    evidence: String,
+    key: Option<&VerifyingKey>,
+    subjects: Vec<PromotedFile>,
+    statement: &Statement,
+) -> Result<Verified, Failure> {
     let p = &statement.predicate;
     let verdict = p["verdict"].as_str().unwrap_or("(none)").to_string();
     let failed: Vec<&str> = p["checks"]
@@ -322,9 +356,9 @@ pub async fn verify(
         });
     }
     Ok(Verified {
-        manifest: manifest_loc.uri.clone(),
+        manifest,
         digest,
-        evidence: ev_ref.uri.clone(),
+        evidence,
         keyid: key.map(|k| k.keyid().to_string()),
         subjects,
         verdict,
@@ -333,5 +367,166 @@ pub async fn verify(
         run_id: p["runId"].clone(),
         source_model: p["inputs"]["model"].clone(),
         dataset: p["inputs"]["dataset"].clone(),
+    })
+}
+
+/// Verifies a model pushed to an OCI registry (`oci://REGISTRY/REPOSITORY:TAG` or `@sha256:`):
+/// the manifest is a kompress ModelPack artifact; some evidence referrer's signature verifies
+/// with the key; its statement names this manifest's digest and exactly its layers; each layer,
+/// read back from the registry, hashes to its digest; the verdict is Passed.
+pub async fn verify_oci(
+    reference: &str,
+    plain_http: bool,
+    key: Option<&VerifyingKey>,
+) -> Result<Verified, Failure> {
+    use crate::oci::{self, EVIDENCE_ARTIFACT_TYPE, FILEPATH_ANNOTATION};
+    let not_model = |what: &str| Failure::NotModel {
+        reference: reference.into(),
+        what: what.into(),
+    };
+    let r: oci_client::Reference = reference
+        .strip_prefix(oci::SCHEME)
+        .unwrap_or(reference)
+        .parse()
+        .map_err(|e: oci_client::ParseError| not_model(&e.to_string()))?;
+    let s = oci::Session::new(r.registry(), plain_http).await?;
+    let (bytes, digest) = s
+        .manifest(&r)
+        .await?
+        .ok_or_else(|| not_model("no such manifest"))?;
+    let m: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| not_model(&e.to_string()))?;
+    if m["artifactType"].as_str() != Some(oci::ARTIFACT_TYPE) {
+        return Err(not_model(&format!(
+            "artifactType is {}, not {}",
+            m["artifactType"],
+            oci::ARTIFACT_TYPE
+        )));
+    }
+    let mut files = Vec::new();
+    for l in m["layers"].as_array().cloned().unwrap_or_default() {
+        let (Some(name), Some(d)) = (
+            l["annotations"][FILEPATH_ANNOTATION].as_str(),
+            l["digest"].as_str(),
+        ) else {
+            return Err(not_model("a layer without a digest or file path"));
+        };
+        files.push(PromotedFile {
+            name: name.into(),
+            sha256: d.strip_prefix("sha256:").unwrap_or(d).into(),
+        });
+    }
+    let by_digest = oci_client::Reference::with_digest(
+        r.registry().into(),
+        r.repository().into(),
+        digest.clone(),
+    );
+    let repo_uri = format!("{}{}/{}", oci::SCHEME, r.registry(), r.repository());
+    let mut why = String::from("none found");
+    for referrer in s.referrers(&by_digest, EVIDENCE_ARTIFACT_TYPE).await? {
+        let Some(rd) = referrer["digest"].as_str() else {
+            continue;
+        };
+        let at = oci_client::Reference::with_digest(
+            r.registry().into(),
+            r.repository().into(),
+            rd.into(),
+        );
+        let ev_uri = format!("{repo_uri}@{rd}");
+        let attempt = async {
+            let (rb, _) = s
+                .manifest(&at)
+                .await?
+                .ok_or_else(|| not_model("a listed referrer is missing"))?;
+            let rm: serde_json::Value =
+                serde_json::from_slice(&rb).map_err(|e| not_model(&e.to_string()))?;
+            let env_digest = rm["layers"][0]["digest"]
+                .as_str()
+                .ok_or_else(|| not_model("an evidence referrer without a layer"))?
+                .to_string();
+            let env_bytes = s.blob(&at, &env_digest).await?;
+            let env_err = |source| Failure::Envelope {
+                uri: ev_uri.clone(),
+                source,
+            };
+            let envelope = evidence::parse_envelope(&env_bytes).map_err(env_err)?;
+            let statement = match key {
+                Some(k) => k.verify(&envelope).map_err(env_err)?,
+                None => evidence::unverified_statement(&envelope).map_err(env_err)?,
+            };
+            if statement.predicate_type != PREDICATE_TYPE {
+                return Err(Failure::Statement {
+                    uri: ev_uri.clone(),
+                    what: format!("predicateType is `{}`", statement.predicate_type),
+                });
+            }
+            let mut subjects = statement.subject.clone();
+            let manifest_hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
+            let Some(at_repo) = subjects.iter().position(|x| {
+                x.name == repo_uri
+                    && x.digest.get("sha256").map(String::as_str) == Some(manifest_hex)
+            }) else {
+                return Err(Failure::Statement {
+                    uri: ev_uri.clone(),
+                    what: format!("no subject names {repo_uri}@{digest}"),
+                });
+            };
+            subjects.remove(at_repo);
+            let signed: Vec<PromotedFile> = subjects
+                .iter()
+                .map(|x| PromotedFile {
+                    name: x.name.clone(),
+                    sha256: x.digest.get("sha256").cloned().unwrap_or_default(),
+                })
+                .collect();
+            if signed != files {
+                return Err(Failure::Subjects {
+                    subjects: signed
+                        .iter()
+                        .map(|f| f.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    files: files
+                        .iter()
+                        .map(|f| f.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            Ok((statement, ev_uri.clone()))
+        };
+        match attempt.await {
+            Ok((statement, ev_uri)) => {
+                // The layers as the registry serves them now.
+                for f in &files {
+                    let want = format!("sha256:{}", f.sha256);
+                    let actual = s.blob_sha256(&by_digest, &want).await?;
+                    if actual != want {
+                        return Err(Failure::FileChanged {
+                            uri: format!("{repo_uri}@{want} ({})", f.name),
+                            expected: want,
+                            actual,
+                        });
+                    }
+                }
+                let files_as: Vec<crate::publish::File> = files
+                    .iter()
+                    .map(|f| (f.name.clone(), Default::default(), f.sha256.clone()))
+                    .collect();
+                return verified(
+                    format!("{repo_uri}@{digest}"),
+                    artifact_digest(&files_as),
+                    ev_uri,
+                    key,
+                    files,
+                    &statement,
+                );
+            }
+            Err(e) => why = crate::error::error_chain(&e),
+        }
+    }
+    Err(Failure::NoVerifiedReferrer {
+        reference: reference.into(),
+        why,
     })
 }

@@ -17,6 +17,8 @@ pub const SCRATCH: &str = "/scratch";
 /// Where the evidence signing key's Secret is mounted, and the file name of the key in it.
 pub const SIGNING_DIR: &str = "/var/run/secrets/kompress.dev/signing";
 pub const SIGNING_KEY_FILE: &str = "key.pem";
+/// Where an OCI registry's dockerconfigjson Secret is mounted (the worker's DOCKER_CONFIG).
+pub const REGISTRY_DIR: &str = "/var/run/secrets/kompress.dev/registry";
 /// The non-root user of the worker image (distroless `nonroot`).
 pub const WORKER_UID: i64 = 65532;
 
@@ -134,6 +136,21 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
         }}));
         mounts.push(json!({"name": "signing-key", "mountPath": SIGNING_DIR, "readOnly": true}));
         env.push(json!({"name": crate::pipeline::SIGNING_KEY_ENV, "value": format!("{SIGNING_DIR}/{SIGNING_KEY_FILE}")}));
+    }
+    // OCI registry credentials: the dockerconfigjson Secret as the worker's Docker config.
+    if let Some(r) = spec
+        .output
+        .registry
+        .as_ref()
+        .and_then(|r| r.secret_ref.as_ref())
+    {
+        volumes.push(json!({"name": "registry-auth", "secret": {
+            "secretName": r.name,
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+            "defaultMode": 0o440,
+        }}));
+        mounts.push(json!({"name": "registry-auth", "mountPath": REGISTRY_DIR, "readOnly": true}));
+        env.push(json!({"name": "DOCKER_CONFIG", "value": REGISTRY_DIR}));
     }
     let env_from: Vec<_> = spec
         .storage
@@ -325,6 +342,63 @@ spec:
         assert_eq!(job["spec"]["activeDeadlineSeconds"], 1800);
         assert_eq!(job["spec"]["backoffLimit"], 2);
         assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600);
+    }
+
+    #[test]
+    fn signing_key_and_registry_credentials_are_mounted_read_only_one_key_each() {
+        let mut m = cj(CPU);
+        m.spec.output.promote_to = Some("oci://registry.example:5000/models/resnet:prod".into());
+        m.spec.output.signing = Some(crate::api::SigningSpec {
+            secret_ref: Some(crate::api::SecretKeyRef {
+                name: "evidence-key".into(),
+                key: Some("ed25519.pem".into()),
+            }),
+            key_file: None,
+        });
+        m.spec.output.registry = Some(crate::api::RegistrySpec {
+            secret_ref: Some(crate::api::SecretRef {
+                name: "regcred".into(),
+            }),
+            plain_http: None,
+        });
+        let job = value(&build_job(&m, &config()));
+        let spec = &job["spec"]["template"]["spec"];
+        let volumes = spec["volumes"].as_array().unwrap();
+        let vol = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap().clone();
+        assert_eq!(
+            vol("signing-key")["secret"],
+            json!({"secretName": "evidence-key", "items": [{"key": "ed25519.pem", "path": "key.pem"}], "defaultMode": 0o440})
+        );
+        assert_eq!(
+            vol("registry-auth")["secret"],
+            json!({"secretName": "regcred", "items": [{"key": ".dockerconfigjson", "path": "config.json"}], "defaultMode": 0o440})
+        );
+        let mounts = spec["containers"][0]["volumeMounts"].as_array().unwrap();
+        for (name, path) in [
+            ("signing-key", SIGNING_DIR),
+            ("registry-auth", REGISTRY_DIR),
+        ] {
+            let mnt = mounts.iter().find(|x| x["name"] == name).unwrap();
+            assert_eq!(
+                (mnt["mountPath"].as_str(), mnt["readOnly"].as_bool()),
+                (Some(path), Some(true))
+            );
+        }
+        assert_eq!(
+            env(&job, crate::pipeline::SIGNING_KEY_ENV).as_deref(),
+            Some("/var/run/secrets/kompress.dev/signing/key.pem")
+        );
+        assert_eq!(env(&job, "DOCKER_CONFIG").as_deref(), Some(REGISTRY_DIR));
+        // Without them, neither appears.
+        let plain = value(&build_job(&cj(CPU), &config()));
+        assert_eq!(
+            plain["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(env(&plain, "DOCKER_CONFIG"), None);
     }
 
     #[test]

@@ -154,6 +154,10 @@ pub fn desired(
                     ],
                 )
             }
+            // Stalled=True: a rejection is terminal and nothing changes until the spec does,
+            // so kstatus (Flux, Argo CD, kpt) reads it Failed, with the reason, instead of
+            // falling back to Ready=False (InProgress) and waiting out its timeout. What is
+            // served does not change: the promotion target did not move.
             (Phase::Rejected, Some(res)) => {
                 let r = reason::REJECTED.to_string();
                 (
@@ -161,7 +165,7 @@ pub fn desired(
                     [
                         (condition::READY, f, r.clone()),
                         (condition::RECONCILING, f, r.clone()),
-                        (condition::STALLED, f, r.clone()),
+                        (condition::STALLED, t, r.clone()),
                         (condition::EVALUATED, t, r),
                         (condition::PROMOTED, f, reason::NOT_PROMOTED.into()),
                     ],
@@ -503,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn rejected_candidate_is_evaluated_not_ready_not_stalled_and_never_promoted() {
+    fn rejected_candidate_is_evaluated_not_ready_stalled_and_never_promoted() {
         let s = desired(
             Some(2),
             None,
@@ -517,12 +521,13 @@ mod tests {
             [
                 ("Ready", "False"),
                 ("Reconciling", "False"),
-                ("Stalled", "False"),
+                ("Stalled", "True"),
                 ("Evaluated", "True"),
                 ("Promoted", "False")
             ]
         );
         assert_eq!(cond(&s, "Ready").reason, "ThresholdsFailed");
+        assert_eq!(cond(&s, "Stalled").reason, "ThresholdsFailed");
         assert!(
             s.message
                 .as_deref()

@@ -1038,19 +1038,26 @@ pub fn signing_key(spec: &CompressionJobSpec) -> Result<Option<crate::evidence::
 /// Seals a passing result's evidence: an in-toto statement whose subjects are the candidate's
 /// files and whose predicate is `report`'s evaluation, in a DSSE envelope signed by `key` (or
 /// with no signature when none is set).
+/// With an OCI promotion, the model manifest (`oci://REGISTRY/REPOSITORY`, `sha256:<hex>`) is
+/// a subject too.
 fn seal(
     report: &Report,
     files: &[publish::File],
+    oci_manifest: Option<(&str, &str)>,
     key: Option<&crate::evidence::SigningKey>,
 ) -> Result<publish::Sealed> {
     use crate::evidence::{Envelope, PAYLOAD_TYPE, Statement, Subject};
-    let statement = Statement::new(
-        files
-            .iter()
-            .map(|(name, _, sha)| Subject::sha256(name, sha))
-            .collect(),
-        report.evidence_predicate(),
-    );
+    let mut subjects: Vec<Subject> = files
+        .iter()
+        .map(|(name, _, sha)| Subject::sha256(name, sha))
+        .collect();
+    if let Some((repo, digest)) = oci_manifest {
+        subjects.push(Subject::sha256(
+            repo,
+            digest.strip_prefix("sha256:").unwrap_or(digest),
+        ));
+    }
+    let statement = Statement::new(subjects, report.evidence_predicate());
     let envelope = match key {
         Some(k) => k.sign(&statement).map_err(|e| Error::Signing {
             field: "spec.output.signing".into(),
@@ -1090,7 +1097,7 @@ pub async fn run(
         .output
         .promote_to
         .as_deref()
-        .map(Location::parse)
+        .map(|p| publish::Promotion::parse(p, spec.output.registry.as_ref()))
         .transpose()?;
     let run_id = unique_run_id(opts.run_id.as_deref().unwrap_or(&job.name), started_at);
 
@@ -1162,24 +1169,37 @@ pub async fn run(
         result: result.clone(),
         tools: Tools::this_binary(eval::runtime::library_path().map(|p| p.display().to_string())),
     };
+    // An OCI promotion's manifest is built first: its digest is a subject of the evidence.
+    let passed = result.verdict == crate::api::Verdict::Passed;
+    let oci = match &promote_to {
+        Some(publish::Promotion::Oci { target, .. }) if passed => Some((
+            target.repo_uri(),
+            crate::oci::prepare(&candidate.files, &target.repository)
+                .map_err(storage::Error::from)?,
+        )),
+        _ => None,
+    };
+    // Sealed (and signed) before anything is promoted: a signing failure promotes nothing.
+    let sealed = match &promote_to {
+        Some(_) if passed => Some(seal(
+            &report(&result, &[]),
+            &candidate.files,
+            oci.as_ref()
+                .map(|(repo, p)| (repo.as_str(), p.manifest_digest.as_str())),
+            signer.as_ref(),
+        )?),
+        _ => None,
+    };
     let artifact = publish::Artifact {
         files: &candidate.files,
         digest: &candidate.digest,
+        oci: oci.as_ref().map(|(_, p)| p),
         source: publish::SourceRef {
             uri: inputs.model.uri.clone(),
             sha256: inputs.model.sha256.clone(),
         },
         job: serde_json::to_value(job).unwrap_or_default(),
         recipe: serde_json::to_value(&recipe).unwrap_or_default(),
-    };
-    // Sealed (and signed) before anything is promoted: a signing failure promotes nothing.
-    let sealed = match (&result.verdict, &promote_to) {
-        (crate::api::Verdict::Passed, Some(_)) => Some(seal(
-            &report(&result, &[]),
-            &candidate.files,
-            signer.as_ref(),
-        )?),
-        _ => None,
     };
     let t = Instant::now();
     let mut published = publish::publish(

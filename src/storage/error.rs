@@ -13,6 +13,9 @@ pub enum Error {
     /// The URI names no location (unsupported scheme, malformed).
     #[error(transparent)]
     Uri(#[from] crate::uri::Error),
+    /// Promotion to an OCI registry.
+    #[error(transparent)]
+    Oci(#[from] crate::oci::Error),
     #[error("`{uri}` cannot be written: https:// locations are read-only")]
     ReadOnly { uri: String },
     #[error("cannot configure storage for `{uri}` ({credentials})")]
@@ -158,6 +161,7 @@ impl Error {
             | Self::Read { source, .. }
             | Self::Write { source, .. }
             | Self::Scratch { source, .. } => io_is_permanent(source),
+            Self::Oci(e) => e.is_permanent(),
             _ => true,
         }
     }
