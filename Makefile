@@ -1,5 +1,5 @@
 # kompress: the two commands the README promises, and the rest of the developer loop.
-.PHONY: demo test bench bench-compare fmt lint crd manifests
+.PHONY: demo cluster-demo test bench bench-compare fmt lint crd manifests
 
 # Runs the embedded default: the bundled digits model, int8, gated, promoted locally.
 # The release profile (optimized, line tables); the image ships the stripped `dist` profile.
@@ -7,6 +7,10 @@ demo:
 	@hack/ort-lib >/dev/null
 	cargo build --release --locked
 	"$${CARGO_TARGET_DIR:-target}/release/kompress" run -f examples/digits-int8.yaml
+
+# The operator end to end without a cluster (test control plane, S3, registry); torn down on exit.
+cluster-demo:
+	hack/cluster-demo $(DEMO_ARGS)
 
 # Everything CI runs: lint, drift checks, real S3 server, real control plane, all tests.
 test:

@@ -13,7 +13,9 @@
 //! (`auths.<registry>.auth` or `username`/`password`); in a cluster the controller mounts a
 //! `kubernetes.io/dockerconfigjson` Secret there. Without an entry: anonymous.
 
-use crate::publish::File;
+/// A file to push: (name, local path, sha256 hex), as `publish::File`.
+pub type File = (String, PathBuf, String);
+pub use crate::uri::OciTarget as Target;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -21,7 +23,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-pub const SCHEME: &str = "oci://";
+pub use crate::uri::OCI_SCHEME as SCHEME;
 pub const ARTIFACT_TYPE: &str = "application/vnd.cncf.model.manifest.v1+json";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.cncf.model.config.v1+json";
 pub const WEIGHT_MEDIA_TYPE: &str = "application/vnd.cncf.model.weight.v1.raw";
@@ -37,8 +39,8 @@ const EMPTY: &[u8] = b"{}";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("`{uri}` is not an OCI reference: {why} (write oci://REGISTRY/REPOSITORY:TAG)")]
-    BadReference { uri: String, why: String },
+    #[error(transparent)]
+    Uri(#[from] crate::uri::Error),
     #[error("registry {registry}: {what}")]
     Registry {
         registry: String,
@@ -69,80 +71,6 @@ impl Error {
             },
             _ => true,
         }
-    }
-}
-
-/// `oci://REGISTRY/REPOSITORY:TAG`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub registry: String,
-    pub repository: String,
-    pub tag: String,
-}
-
-impl Target {
-    pub fn is_oci(uri: &str) -> bool {
-        uri.starts_with(SCHEME)
-    }
-
-    pub fn parse(uri: &str) -> Result<Self, Error> {
-        let bad = |why: &str| Error::BadReference {
-            uri: uri.into(),
-            why: why.into(),
-        };
-        let rest = uri
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| bad("no oci:// prefix"))?;
-        if rest.contains('@') {
-            return Err(bad(
-                "a digest names fixed content; promotion needs a tag to move",
-            ));
-        }
-        let (registry, path) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("no repository after the registry"))?;
-        let (repository, tag) = path
-            .rsplit_once(':')
-            .filter(|(_, t)| !t.contains('/'))
-            .ok_or_else(|| bad("no :TAG"))?;
-        let r: Reference = format!("{registry}/{repository}:{tag}")
-            .parse()
-            .map_err(|e: oci_client::ParseError| bad(&e.to_string()))?;
-        if r.registry() != registry || r.repository() != repository {
-            return Err(bad(
-                "the registry must be a host name (with a dot or a port)",
-            ));
-        }
-        Ok(Self {
-            registry: registry.into(),
-            repository: repository.into(),
-            tag: tag.into(),
-        })
-    }
-
-    pub fn tagged(&self) -> Reference {
-        Reference::with_tag(
-            self.registry.clone(),
-            self.repository.clone(),
-            self.tag.clone(),
-        )
-    }
-
-    pub fn at(&self, digest: &str) -> Reference {
-        Reference::with_digest(
-            self.registry.clone(),
-            self.repository.clone(),
-            digest.into(),
-        )
-    }
-
-    /// `oci://REGISTRY/REPOSITORY@DIGEST`.
-    pub fn uri_at(&self, digest: &str) -> String {
-        format!("{SCHEME}{}/{}@{digest}", self.registry, self.repository)
-    }
-
-    pub fn repo_uri(&self) -> String {
-        format!("{SCHEME}{}/{}", self.registry, self.repository)
     }
 }
 

@@ -257,10 +257,11 @@ pub struct Tools {
 
 impl Tools {
     /// This binary's versions, with the ONNX Runtime library it loaded (if known).
-    pub fn this_binary(onnxruntime_library: Option<String>) -> Self {
+    /// (`onnxruntime`: the release, `onnxruntime_library`: the file it was loaded from.)
+    pub fn this_binary(onnxruntime: Option<String>, onnxruntime_library: Option<String>) -> Self {
         Self {
             kompress: env!("CARGO_PKG_VERSION"),
-            onnxruntime: crate::eval::runtime::library_version(),
+            onnxruntime,
             onnxruntime_library,
             ort_crate: ORT_CRATE_VERSION,
         }

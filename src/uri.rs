@@ -3,6 +3,7 @@
 //! this module imports nothing of the crate, so the API layer (spec validation) and the storage
 //! layer (clients) both use it without depending on each other. `storage` re-exports it.
 
+use oci_client::Reference;
 use std::path::{Component, PathBuf};
 
 /// A URI that names no storage location. Always permanent: retrying cannot fix a URI.
@@ -282,6 +283,83 @@ impl Location {
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.uri)
+    }
+}
+
+/// The scheme of OCI registry references.
+pub const OCI_SCHEME: &str = "oci://";
+
+/// An OCI promotion target, `oci://REGISTRY/REPOSITORY:TAG` (pushed by `crate::oci`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciTarget {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+}
+
+impl OciTarget {
+    pub fn is_oci(uri: &str) -> bool {
+        uri.starts_with(OCI_SCHEME)
+    }
+
+    pub fn parse(uri: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::Malformed {
+            uri: uri.into(),
+            what: format!("{why} (write oci://REGISTRY/REPOSITORY:TAG)"),
+        };
+        let rest = uri
+            .strip_prefix(OCI_SCHEME)
+            .ok_or_else(|| bad("no oci:// prefix"))?;
+        if rest.contains('@') {
+            return Err(bad(
+                "a digest names fixed content; promotion needs a tag to move",
+            ));
+        }
+        let (registry, path) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("no repository after the registry"))?;
+        let (repository, tag) = path
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .ok_or_else(|| bad("no :TAG"))?;
+        let r: Reference = format!("{registry}/{repository}:{tag}")
+            .parse()
+            .map_err(|e: oci_client::ParseError| bad(&e.to_string()))?;
+        if r.registry() != registry || r.repository() != repository {
+            return Err(bad(
+                "the registry must be a host name (with a dot or a port)",
+            ));
+        }
+        Ok(Self {
+            registry: registry.into(),
+            repository: repository.into(),
+            tag: tag.into(),
+        })
+    }
+
+    pub fn tagged(&self) -> Reference {
+        Reference::with_tag(
+            self.registry.clone(),
+            self.repository.clone(),
+            self.tag.clone(),
+        )
+    }
+
+    pub fn at(&self, digest: &str) -> Reference {
+        Reference::with_digest(
+            self.registry.clone(),
+            self.repository.clone(),
+            digest.into(),
+        )
+    }
+
+    /// `oci://REGISTRY/REPOSITORY@DIGEST`.
+    pub fn uri_at(&self, digest: &str) -> String {
+        format!("{OCI_SCHEME}{}/{}@{digest}", self.registry, self.repository)
+    }
+
+    pub fn repo_uri(&self) -> String {
+        format!("{OCI_SCHEME}{}/{}", self.registry, self.repository)
     }
 }
 

@@ -302,31 +302,7 @@ async fn a_search_job_ends_with_its_chosen_form_in_status_and_a_search_event() {
 async fn evidence_is_signed_with_the_key_from_a_secret_and_verifies() {
     use k8s_openapi::api::core::v1::Secret;
     let env = Env::new("signing").await;
-    let key = env.out().join("signer.pem");
-    let public = env.out().join("signer.pub");
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            key.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let o = std::process::Command::new("openssl")
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "openssl {args:?}");
-    }
+    let (key, public) = keypair(&env.out(), "signer", "ed25519");
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "evidence-key"},
         "stringData": {"signer.pem": std::fs::read_to_string(&key).unwrap()},

@@ -10,49 +10,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use support::*;
 
-fn openssl(args: &[&str]) {
-    let o = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl (the test control plane needs it too)");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A private key (PKCS#8 PEM) and its public key (SPKI PEM), made by openssl.
-fn keypair(dir: &Path, name: &str, alg: &str) -> (PathBuf, PathBuf) {
-    let (key, public) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.pub")),
-    );
-    let key_s = key.to_str().unwrap();
-    match alg {
-        "ed25519" => openssl(&["genpkey", "-algorithm", "ed25519", "-out", key_s]),
-        "p256" => openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            key_s,
-        ]),
-        other => panic!("{other}"),
-    }
-    openssl(&[
-        "pkey",
-        "-in",
-        key_s,
-        "-pubout",
-        "-out",
-        public.to_str().unwrap(),
-    ]);
-    (key, public)
-}
-
 fn job(dir: &Path, name: &str, signing: &str) -> String {
     let repo = repo();
     let yaml = format!(

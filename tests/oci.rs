@@ -86,31 +86,6 @@ fn docker_config(dir: &Path, addr: &str, user: &str, pass: &str) -> PathBuf {
     d
 }
 
-fn keypair(dir: &Path) -> (PathBuf, PathBuf) {
-    let (key, public) = (dir.join("key.pem"), dir.join("key.pub"));
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            key.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let o = Command::new("openssl").args(&args).output().unwrap();
-        assert!(o.status.success(), "openssl {args:?}");
-    }
-    (key, public)
-}
-
 /// A digits job promoting to `promote_to`, signed with `key`; `passes` chooses the content.
 fn job(dir: &Path, name: &str, promote_to: &str, key: &Path, passes: &str) -> String {
     let r = repo();
@@ -183,12 +158,8 @@ fn blob_commits(log: &str) -> usize {
 #[test]
 fn promotion_to_both_registries_reads_back_verifies_and_never_sends_a_blob_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keypair(dir.path());
-    let (_, other_public) = {
-        let d = dir.path().join("other");
-        std::fs::create_dir_all(&d).unwrap();
-        keypair(&d)
-    };
+    let (key, public) = keypair(dir.path(), "key", "ed25519");
+    let (_, other_public) = keypair(dir.path(), "other", "ed25519");
     let with_auth = Registry::up(&["--kind", "distribution", "--auth", "kompress:s3cret"]);
     let referrers_api = Registry::up(&["--kind", "ggcr"]);
     let docker = docker_config(dir.path(), &with_auth.addr, "kompress", "s3cret");
@@ -382,7 +353,7 @@ fn restart(reg: &Registry) -> Killed {
 #[test]
 fn a_registry_killed_mid_push_leaves_the_tag_on_the_last_complete_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keypair(dir.path());
+    let (key, public) = keypair(dir.path(), "key", "ed25519");
     let reg = Registry::up(&["--kind", "distribution"]);
     let repo_ref = format!("{}/models/digits", reg.addr);
 

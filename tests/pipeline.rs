@@ -82,7 +82,13 @@ fn rerunning_an_identical_job_promotes_the_same_digest_once() {
         0
     );
     let prod = files_under(&dir.path().join("production"));
-    assert_eq!(prod.len(), 2, "one model folder and one manifest: {prod:?}");
+    let (evidence, rest): (Vec<_>, Vec<_>) = prod.iter().partition(|f| f.contains("/evidence/"));
+    assert_eq!(rest.len(), 2, "one model folder and one manifest: {prod:?}");
+    assert_eq!(
+        evidence.len(),
+        2,
+        "each promotion's evidence is kept: {prod:?}"
+    );
     assert_eq!(
         std::fs::read(dir.path().join("production/promoted.json")).unwrap(),
         manifest1,

@@ -70,8 +70,13 @@ fn s3_to_s3_promotes_a_passing_candidate() {
 
     let keys = boto(&env, &["list", &format!("s3://models/{p}/production/")]);
     let keys: Vec<&str> = keys.lines().collect();
+    let evidence = report["result"]["evidence"]["uri"].as_str().unwrap();
     let expected = [
         format!("{p}/production/promoted.json"),
+        evidence
+            .strip_prefix("s3://models/")
+            .unwrap_or(evidence)
+            .to_string(),
         format!("{p}/production/sha256-{digest}/model.onnx"),
     ];
     assert_eq!(

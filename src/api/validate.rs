@@ -156,8 +156,8 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     }
     uri("spec.output.uri", &spec.output.uri, true);
     match &spec.output.promote_to {
-        Some(p) if crate::oci::Target::is_oci(p) => {
-            if let Err(e) = crate::oci::Target::parse(p) {
+        Some(p) if crate::uri::OciTarget::is_oci(p) => {
+            if let Err(e) = crate::uri::OciTarget::parse(p) {
                 err("spec.output.promoteTo".into(), e.to_string());
             }
         }

@@ -39,7 +39,9 @@ fn true_condition<'a>(
 }
 
 /// Complete and Failed are terminal (FailureTarget and SuccessCriteriaMet come first, while
-/// pods may still be terminating); Running once a pod is ready.
+/// pods may still be terminating); Running once a pod is ready, and still Running after a pod
+/// finished until the Job is terminal (a finished pod is no longer ready: without this the
+/// phase stepped back to Pending for one status write between the pod's end and `Complete`).
 pub fn progress(job: &Job) -> Progress {
     if true_condition(job, "Complete").is_some() {
         return Progress::Complete;
@@ -51,9 +53,14 @@ pub fn progress(job: &Job) -> Progress {
             at: c.last_transition_time.clone(),
         };
     }
-    match job.status.as_ref().and_then(|s| s.ready) {
-        Some(n) if n > 0 => Progress::Running,
-        _ => Progress::Pending,
+    let started = job.status.as_ref().is_some_and(|s| {
+        s.ready.unwrap_or(0) > 0 || s.succeeded.unwrap_or(0) > 0 || s.failed.unwrap_or(0) > 0
+    }) || true_condition(job, "SuccessCriteriaMet").is_some()
+        || true_condition(job, "FailureTarget").is_some();
+    if started {
+        Progress::Running
+    } else {
+        Progress::Pending
     }
 }
 
@@ -237,6 +244,30 @@ mod tests {
             "state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": finished}},
         }]}}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_finished_pod_keeps_the_job_running_until_it_is_terminal() {
+        // The pod ended (not ready any more), the Job not yet Complete: still Running.
+        assert_eq!(
+            progress(&job(json!({"active": 0, "ready": 0, "succeeded": 1}))),
+            Progress::Running
+        );
+        assert_eq!(
+            progress(&job(
+                json!({"ready": 0, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]})
+            )),
+            Progress::Running
+        );
+        // A failed pod waiting for its retry is still work in progress.
+        assert_eq!(
+            progress(&job(json!({"active": 1, "ready": 0, "failed": 1}))),
+            Progress::Running
+        );
+        assert_eq!(
+            progress(&job(json!({"active": 1, "ready": 0}))),
+            Progress::Pending
+        );
     }
 
     #[test]

@@ -1167,7 +1167,10 @@ pub async fn run(
         calibration: calibration.clone(),
         search: search.as_ref().map(|s| s.0.clone()),
         result: result.clone(),
-        tools: Tools::this_binary(eval::runtime::library_path().map(|p| p.display().to_string())),
+        tools: Tools::this_binary(
+            eval::runtime::library_version(),
+            eval::runtime::library_path().map(|p| p.display().to_string()),
+        ),
     };
     // An OCI promotion's manifest is built first: its digest is a subject of the evidence.
     let passed = result.verdict == crate::api::Verdict::Passed;

@@ -697,3 +697,49 @@ pub fn tools_bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// A private key (PKCS#8 PEM) and its public key (SPKI PEM), made by openssl:
+/// `<dir>/<name>.pem` and `<dir>/<name>.pub`; `alg` is `ed25519` or `p256`.
+pub fn keypair(dir: &Path, name: &str, alg: &str) -> (PathBuf, PathBuf) {
+    let (key, public) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.pub")),
+    );
+    let key_s = key.to_str().unwrap();
+    let generate: Vec<&str> = match alg {
+        "ed25519" => vec!["genpkey", "-algorithm", "ed25519", "-out", key_s],
+        "p256" => vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            key_s,
+        ],
+        other => panic!("no key type {other}"),
+    };
+    openssl(&generate);
+    openssl(&[
+        "pkey",
+        "-in",
+        key_s,
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (key, public)
+}
+
+/// Runs openssl (the test control plane needs it too); panics with its stderr on failure.
+pub fn openssl(args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
