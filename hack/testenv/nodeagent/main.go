@@ -41,6 +41,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 )
 
@@ -116,7 +117,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	if err := a.registerNode(ctx, parseMap(*labels), parseTaints(*taints)); err != nil {
+	// The node lifecycle controller writes a new Node too (taints, annotations): a conflict
+	// only means our copy is stale, so register again from a fresh read.
+	register := func() error { return a.registerNode(ctx, parseMap(*labels), parseTaints(*taints)) }
+	if err := retry.RetryOnConflict(retry.DefaultRetry, register); err != nil {
 		klog.Fatalf("register node: %v", err)
 	}
 	go a.heartbeat(ctx)
