@@ -36,6 +36,10 @@ pub const EVIDENCE_ARTIFACT_TYPE: &str = "application/vnd.in-toto+json";
 pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const EMPTY: &[u8] = b"{}";
+/// Largest Docker config read.
+const MAX_DOCKER_CONFIG_BYTES: u64 = 4 << 20;
+/// Largest manifest, index or evidence envelope read from a registry (they are a few KiB).
+pub const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -147,7 +151,7 @@ pub fn auth_for(registry: &str) -> Result<RegistryAuth, Error> {
             None => return Ok(RegistryAuth::Anonymous),
         },
     };
-    let text = match std::fs::read(&path) {
+    let text = match crate::onnx::read_small(&path, MAX_DOCKER_CONFIG_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
         Err(source) => return Err(Error::Io { path, source }),
@@ -351,13 +355,33 @@ impl Session {
             .collect())
     }
 
-    /// A blob's bytes (small blobs: configs, envelopes).
+    /// A small blob's bytes (an envelope), at most [`MAX_METADATA_BYTES`]: a larger one is
+    /// refused without reading past the limit, and the bytes must hash to `digest`.
     pub async fn blob(&self, r: &Reference, digest: &str) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::new();
-        self.client
-            .pull_blob(r, digest, &mut out)
+        use futures::StreamExt;
+        let fail = |what: String| Error::Registry {
+            registry: self.registry.clone(),
+            what,
+            source: None,
+        };
+        let mut s = self
+            .client
+            .pull_blob_stream(r, digest)
             .await
             .map_err(self.err(format!("reading blob {digest}")))?;
+        let mut out = Vec::new();
+        while let Some(chunk) = s.stream.next().await {
+            let chunk = chunk.map_err(|e| fail(format!("reading blob {digest}: {e}")))?;
+            if (out.len() + chunk.len()) as u64 > MAX_METADATA_BYTES {
+                return Err(fail(format!(
+                    "blob {digest} is larger than {MAX_METADATA_BYTES} bytes: not an evidence envelope"
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        if sha256_of(&out) != digest {
+            return Err(fail(format!("blob {digest} does not hash to its digest")));
+        }
         Ok(out)
     }
 

@@ -177,7 +177,7 @@ pub async fn publish(
             ));
             let prepared = match artifact.oci {
                 Some(p) => p.clone(),
-                None => crate::oci::prepare(files, "model")?,
+                None => crate::oci::prepare(files, &target.repository)?,
             };
             let session = crate::oci::Session::new(&target.registry, *plain_http).await?;
             let pushed = crate::oci::push(

@@ -114,7 +114,7 @@ impl VerifyArgs {
     pub async fn run(self) -> ExitCode {
         let key = match (&self.key, self.unsigned) {
             (Some(path), _) => {
-                let text = match std::fs::read(path) {
+                let text = match crate::onnx::read_small(path, crate::pipeline::MAX_KEY_BYTES) {
                     Ok(t) => t,
                     Err(e) => {
                         eprintln!("error: --key {}: {e}", path.display());
@@ -200,14 +200,35 @@ fn print_table(v: &Verified) {
     println!("  dataset        {}", v.dataset);
 }
 
+/// A manifest or envelope from storage, None when missing. At most
+/// [`crate::oci::MAX_METADATA_BYTES`]: a larger object is refused without being read past
+/// that (`Storage::fetch_capped`, through a temporary file).
+async fn get_capped(storage: &Storage, loc: &Location) -> Result<Option<Vec<u8>>, Failure> {
+    use crate::storage::Error as E;
+    let dir = tempfile::tempdir().map_err(|source| E::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let path = dir.path().join("object");
+    match storage
+        .fetch_capped(loc, &path, None, crate::oci::MAX_METADATA_BYTES, &|_, _| {})
+        .await
+    {
+        Ok(_) => Ok(Some(
+            std::fs::read(&path).map_err(|source| E::Io { path, source })?,
+        )),
+        Err(E::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Verifies the promotion whose manifest is at `manifest_loc`.
 pub async fn verify(
     storage: &Storage,
     manifest_loc: &Location,
     key: Option<&VerifyingKey>,
 ) -> Result<Verified, Failure> {
-    let bytes = storage
-        .get_bytes(manifest_loc)
+    let bytes = get_capped(storage, manifest_loc)
         .await?
         .ok_or_else(|| Failure::Manifest {
             uri: manifest_loc.uri.clone(),
@@ -224,12 +245,12 @@ pub async fn verify(
         .ok_or_else(|| Failure::NoEvidence(manifest_loc.uri.clone()))?;
     let ev_loc = Location::parse(&ev_ref.uri)
         .map_err(|e| Failure::Storage(crate::storage::Error::from(e)))?;
-    let env_bytes = storage
-        .get_bytes(&ev_loc)
-        .await?
-        .ok_or_else(|| Failure::EvidenceMissing {
-            uri: ev_ref.uri.clone(),
-        })?;
+    let env_bytes =
+        get_capped(storage, &ev_loc)
+            .await?
+            .ok_or_else(|| Failure::EvidenceMissing {
+                uri: ev_ref.uri.clone(),
+            })?;
     let actual = hex::encode(Sha256::digest(&env_bytes));
     if actual != ev_ref.sha256 {
         return Err(Failure::EvidenceChanged {

@@ -310,7 +310,7 @@ fn external_files(refs: &[ExternalRef]) -> Vec<ExternalFile> {
 /// symlinks resolved) lies inside `dir`: a link to a secret elsewhere, `/dev/zero` or a FIFO is
 /// refused before anything is read.
 pub fn read_confined(dir: &Path, rel: &str, max_bytes: u64) -> std::io::Result<Bytes> {
-    use std::io::{Error as IoError, ErrorKind, Read};
+    use std::io::{Error as IoError, ErrorKind};
     let root = std::fs::canonicalize(if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -323,16 +323,24 @@ pub fn read_confined(dir: &Path, rel: &str, max_bytes: u64) -> std::io::Result<B
             "it resolves (through a symlink) to a file outside the model's directory",
         ));
     }
+    read_regular(&real, max_bytes)
+}
+
+/// A regular file's first `max_bytes` bytes (all of it when shorter): never reads more, and
+/// refuses directories, devices and pipes (checked before opening, and again on the opened
+/// file), so neither a huge file nor `/dev/zero` can size an allocation.
+pub fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Bytes> {
+    use std::io::{Error as IoError, ErrorKind, Read};
     let not_regular = || {
         IoError::new(
             ErrorKind::InvalidInput,
             "it is not a regular file (a directory, device or pipe)",
         )
     };
-    if !std::fs::metadata(&real)?.is_file() {
+    if !std::fs::metadata(path)?.is_file() {
         return Err(not_regular());
     }
-    let f = std::fs::File::open(&real)?;
+    let f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     if !f.metadata()?.is_file() {
         return Err(not_regular());
@@ -341,6 +349,19 @@ pub fn read_confined(dir: &Path, rel: &str, max_bytes: u64) -> std::io::Result<B
     let mut buf = Vec::with_capacity(usize::try_from(want).map_err(|_| not_regular())?);
     f.take(want).read_to_end(&mut buf)?;
     Ok(Bytes::from(buf))
+}
+
+/// A small regular file read whole (a key, a config): refused when larger than `max_bytes`,
+/// without reading past that.
+pub fn read_small(path: &Path, max_bytes: u64) -> std::io::Result<Bytes> {
+    let b = read_regular(path, max_bytes.saturating_add(1))?;
+    if b.len() as u64 > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max_bytes} bytes"),
+        ));
+    }
+    Ok(b)
 }
 
 /// Every tensor's payload agrees with its dims and element type.

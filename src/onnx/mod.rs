@@ -15,7 +15,7 @@ pub use fold::{Folded, fold_constants};
 pub use inspect::{Inspection, inspect};
 pub use io::{
     ExternalFile, Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load,
-    load_as, read_confined, save, write_atomic,
+    load_as, read_confined, read_small, save, write_atomic,
 };
 pub use tensor::{
     DataType, TensorData, checked_numel, f32_tensor, int8_tensor, scalar_f32, set_f32_values,

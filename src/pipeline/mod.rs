@@ -987,6 +987,9 @@ pub fn unique_run_id(prefix: &str, at: jiff::Timestamp) -> String {
 /// `spec.output.signing.secretRef`'s key.
 pub const SIGNING_KEY_ENV: &str = "KOMPRESS_SIGNING_KEY_FILE";
 
+/// Largest key file read (a PEM key is well under 1 KiB).
+pub const MAX_KEY_BYTES: u64 = 64 * 1024;
+
 /// The evidence's signing key, read and parsed before any work starts (a bad key fails the
 /// job at once, not after an hour of search). None when `spec.output.signing` is unset.
 pub fn signing_key(spec: &CompressionJobSpec) -> Result<Option<crate::evidence::SigningKey>> {
@@ -1023,7 +1026,7 @@ pub fn signing_key(spec: &CompressionJobSpec) -> Result<Option<crate::evidence::
             });
         }
     };
-    let text = std::fs::read(&path).map_err(|e| Error::Signing {
+    let text = onnx::read_small(&path, MAX_KEY_BYTES).map_err(|e| Error::Signing {
         field: field.clone(),
         reason: format!("cannot read {source_name} ({e})"),
     })?;
