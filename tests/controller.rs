@@ -7,141 +7,21 @@
 
 mod support;
 
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
 use kompress::api::{CompressionJob, Phase, condition};
-use kompress::controller::{ControllerConfig, State, leader::LeaseLock, run_controller};
+use kompress::controller::leader::LeaseLock;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{Condition, await_condition, conditions};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, ResourceExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use support::cluster::*;
 use support::*;
 
 const NEEDS: &str = "needs the test control plane: run via `make test`";
-/// A worker run of the digits example takes seconds; the margin is for a busy machine.
-const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A fresh namespace with a controller watching only it.
-struct Env {
-    client: Client,
-    ns: String,
-    cjs: Api<CompressionJob>,
-    jobs: Api<Job>,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    async fn new(test: &str) -> Self {
-        let client = client().await;
-        install_crd(&client).await;
-        let ns = create_namespace(&client, &format!("kt-{test}")).await;
-        let config = ControllerConfig {
-            namespace: Some(ns.clone()),
-            worker_image: "kompress:test".into(),
-            ..ControllerConfig::default()
-        };
-        tokio::spawn(run_controller(
-            client.clone(),
-            config,
-            Arc::new(State::default()),
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        Self {
-            cjs: Api::namespaced(client.clone(), &ns),
-            jobs: Api::namespaced(client.clone(), &ns),
-            client,
-            ns,
-            dir,
-        }
-    }
-
-    async fn create(&self, yaml: &str) -> CompressionJob {
-        let cj: CompressionJob = serde_saphyr::from_str(yaml).expect("test manifest parses");
-        self.cjs
-            .create(&PostParams::default(), &cj)
-            .await
-            .expect("create the CompressionJob")
-    }
-
-    /// Waits for `cond` on the CompressionJob; on timeout fails with its status, its Jobs and
-    /// where the worker logs are.
-    async fn wait(
-        &self,
-        name: &str,
-        what: &str,
-        timeout: Duration,
-        cond: impl Condition<CompressionJob>,
-    ) -> CompressionJob {
-        await_compression_job(&self.cjs, &self.jobs, name, what, timeout, cond).await
-    }
-
-    async fn wait_phase(&self, name: &str, phase: Phase, generation: i64) -> CompressionJob {
-        self.wait(
-            name,
-            &format!("phase {phase:?} for generation {generation}"),
-            RUN_TIMEOUT,
-            move |o: Option<&CompressionJob>| {
-                o.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                    s.phase == Some(phase) && s.observed_generation == Some(generation)
-                })
-            },
-        )
-        .await
-    }
-
-    fn digits(&self, name: &str, thresholds: &str) -> String {
-        let r = repo();
-        let model = r.join("examples/digits/model.onnx").display().to_string();
-        let data = r.join("examples/digits/eval.npz").display().to_string();
-        let yaml = job_yaml(
-            name,
-            &model,
-            &data,
-            "    - quantize:\n        perChannel: true",
-            thresholds,
-            &self.out(),
-        );
-        yaml.replacen(
-            "metadata:\n",
-            &format!("metadata:\n  namespace: {}\n", self.ns),
-            1,
-        )
-    }
-
-    fn out(&self) -> std::path::PathBuf {
-        self.dir.path().to_path_buf()
-    }
-
-    /// Deletes the namespace. Only passing tests call it: a failing one leaves its namespace
-    /// (CompressionJob, Jobs, Events) for the post-mortem.
-    async fn cleanup(self) {
-        delete_namespace(&self.client, &self.ns).await;
-    }
-
-    /// Waits until an Event with `reason` regards the CompressionJob `name` (the controller
-    /// records it right after the status write that the test awaited).
-    async fn wait_event(&self, name: &str, reason: &str) {
-        use futures::TryStreamExt;
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        let stream = watcher(events, watcher::Config::default()).applied_objects();
-        let found = stream.try_filter(|e| {
-            let hit = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                && e.reason.as_deref() == Some(reason);
-            std::future::ready(hit)
-        });
-        futures::pin_mut!(found);
-        match tokio::time::timeout(API_TIMEOUT, found.try_next()).await {
-            Ok(Ok(Some(_))) => {}
-            other => panic!("no {reason} Event for {name} ({other:?})"),
-        }
-    }
-}
+type Env = ControllerEnv;
 
 fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
     let c = cj

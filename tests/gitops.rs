@@ -13,130 +13,32 @@
 
 mod support;
 
-use k8s_openapi::api::batch::v1::Job;
-use kompress::api::{CompressionJob, Phase, condition};
-use kompress::controller::{ControllerConfig, State, run_controller};
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::wait::Condition;
-use kube::{Api, Client};
+use kompress::api::{Phase, condition};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
 use support::cluster::*;
 use support::*;
 
-/// A worker run of the digits example takes seconds; the margin is for a busy machine.
-const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 /// Timed latency runs that keep the worker busy for several seconds (as in controller_ha.rs),
 /// so the job is still running when the test looks.
 const SLOW_ITERATIONS: u32 = 200_000;
 const GATE: &str =
     "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
 
-/// A fresh namespace with a controller watching only it; the controller can be stopped, which
-/// freezes every status as it is (nothing else writes it).
-struct Env {
-    client: Client,
-    ns: String,
-    cjs: Api<CompressionJob>,
-    jobs: Api<Job>,
-    dir: tempfile::TempDir,
-    controller: tokio::task::JoinHandle<()>,
+type Env = ControllerEnv;
+
+/// Checks on a CompressionJob as GitOps tools see it.
+trait Kstatus {
+    /// `kubectl get cmpj NAME -o json | kstatus`: (the object kubectl printed, kstatus' verdict).
+    fn kstatus(&self, name: &str) -> (Value, Value);
+    fn expect_kstatus(&self, name: &str, want: &str) -> (Value, Value);
 }
 
-impl Env {
-    async fn new(test: &str) -> Self {
-        let client = client().await;
-        install_crd(&client).await;
-        let ns = create_namespace(&client, &format!("kt-{test}")).await;
-        let config = ControllerConfig {
-            namespace: Some(ns.clone()),
-            worker_image: "kompress:test".into(),
-            ..ControllerConfig::default()
-        };
-        let controller = tokio::spawn({
-            let client = client.clone();
-            async move {
-                let _ = run_controller(client, config, Arc::new(State::default())).await;
-            }
-        });
-        Self {
-            cjs: Api::namespaced(client.clone(), &ns),
-            jobs: Api::namespaced(client.clone(), &ns),
-            client,
-            ns,
-            dir: tempfile::tempdir().unwrap(),
-            controller,
-        }
-    }
-
-    async fn create(&self, yaml: &str) {
-        let cj: CompressionJob = serde_saphyr::from_str(yaml).expect("test manifest parses");
-        self.cjs
-            .create(&PostParams::default(), &cj)
-            .await
-            .expect("create the CompressionJob");
-    }
-
-    async fn wait(
-        &self,
-        name: &str,
-        what: &str,
-        cond: impl Condition<CompressionJob>,
-    ) -> CompressionJob {
-        await_compression_job(&self.cjs, &self.jobs, name, what, RUN_TIMEOUT, cond).await
-    }
-
-    async fn wait_phase(&self, name: &str, phase: Phase) -> CompressionJob {
-        self.wait(
-            name,
-            &format!("phase {phase:?}"),
-            move |o: Option<&CompressionJob>| {
-                o.and_then(|c| c.status.as_ref())
-                    .is_some_and(|s| s.phase == Some(phase) && s.observed_generation == Some(1))
-            },
-        )
-        .await
-    }
-
-    /// The digits example as `name` in this namespace (as in tests/controller.rs).
-    fn digits(&self, name: &str, thresholds: &str) -> String {
-        let r = repo();
-        let out = self.dir.path().join(name);
-        let yaml = job_yaml(
-            name,
-            &r.join("examples/digits/model.onnx").display().to_string(),
-            &r.join("examples/digits/eval.npz").display().to_string(),
-            "    - quantize:\n        perChannel: true",
-            thresholds,
-            &out,
-        );
-        yaml.replacen(
-            "metadata:\n",
-            &format!("metadata:\n  namespace: {}\n", self.ns),
-            1,
-        )
-    }
-
-    /// Stops the controller and waits until it has stopped: from then on no status changes.
-    async fn stop_controller(&mut self) {
-        self.controller.abort();
-        let stopped = (&mut self.controller).await;
-        assert!(
-            stopped.as_ref().is_err_and(|e| e.is_cancelled()),
-            "the controller was still running until stopped: {stopped:?}"
-        );
-    }
-
-    async fn cleanup(self) {
-        self.controller.abort();
-        delete_namespace(&self.client, &self.ns).await;
-    }
-
-    /// `kubectl get cmpj NAME -o json | kstatus`: (the object kubectl printed, kstatus' verdict).
+impl Kstatus for Env {
     fn kstatus(&self, name: &str) -> (Value, Value) {
         let got = kubectl(&["get", "cmpj", name, "-n", &self.ns, "-o", "json"]);
         assert!(got.ok, "kubectl get cmpj {name}: {}", got.stderr);
@@ -213,27 +115,35 @@ fn cond(obj: &Value, type_: &str) -> (String, String) {
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn kstatus_reads_finished_jobs_as_gitops_tools_do() {
     let mut env = Env::new("gitops-done").await;
-    let missing_model = env.digits("failed", GATE).replacen(
-        &repo()
-            .join("examples/digits/model.onnx")
-            .display()
-            .to_string(),
-        "/nonexistent/model.onnx",
-        1,
-    );
+    let missing_model = env
+        .digits_in("failed", &env.dir.path().join("failed"), GATE)
+        .replacen(
+            &repo()
+                .join("examples/digits/model.onnx")
+                .display()
+                .to_string(),
+            "/nonexistent/model.onnx",
+            1,
+        );
     // valid for the CRD, invalid for kompress: the controller marks it Failed, no Job
-    let invalid = env.digits("invalid", GATE).replacen(
-        &format!(
-            "uri: {}",
-            env.dir.path().join("invalid/candidates").display()
-        ),
-        "uri: https://example.com/out/",
-        1,
-    );
+    let invalid = env
+        .digits_in("invalid", &env.dir.path().join("invalid"), GATE)
+        .replacen(
+            &format!(
+                "uri: {}",
+                env.dir.path().join("invalid/candidates").display()
+            ),
+            "uri: https://example.com/out/",
+            1,
+        );
     assert!(invalid.contains("https://example.com/out/"), "{invalid}");
     for yaml in [
-        env.digits("passed", GATE),
-        env.digits("rejected", "    minCompressionRatio: 100"),
+        env.digits_in("passed", &env.dir.path().join("passed"), GATE),
+        env.digits_in(
+            "rejected",
+            &env.dir.path().join("rejected"),
+            "    minCompressionRatio: 100",
+        ),
         missing_model,
         invalid,
     ] {
@@ -241,7 +151,7 @@ async fn kstatus_reads_finished_jobs_as_gitops_tools_do() {
     }
 
     // Succeeded: Current, Ready=True
-    env.wait_phase("passed", Phase::Succeeded).await;
+    env.wait_phase("passed", Phase::Succeeded, 1).await;
     let (obj, _) = env.expect_kstatus("passed", "Current");
     assert_eq!(cond(&obj, condition::READY).0, "True");
 
@@ -249,7 +159,7 @@ async fn kstatus_reads_finished_jobs_as_gitops_tools_do() {
     // Stalled=True saying why. kstatus reads Failed: a GitOps tool shows the rejection at once
     // instead of waiting out its timeout (with Stalled=False it would fall back to Ready=False
     // and read InProgress forever: cli-utils since PR #109).
-    env.wait_phase("rejected", Phase::Rejected).await;
+    env.wait_phase("rejected", Phase::Rejected, 1).await;
     let (obj, verdict) = env.expect_kstatus("rejected", "Failed");
     assert!(
         verdict["message"]
@@ -274,13 +184,13 @@ async fn kstatus_reads_finished_jobs_as_gitops_tools_do() {
     );
 
     // Failed by the worker (a permanent error) and by an invalid spec: Failed (Stalled=True)
-    env.wait_phase("failed", Phase::Failed).await;
+    env.wait_phase("failed", Phase::Failed, 1).await;
     let (_, verdict) = env.expect_kstatus("failed", "Failed");
     assert!(
         !verdict["message"].as_str().unwrap_or_default().is_empty(),
         "{verdict}"
     );
-    env.wait_phase("invalid", Phase::Failed).await;
+    env.wait_phase("invalid", Phase::Failed, 1).await;
     let (_, verdict) = env.expect_kstatus("invalid", "Failed");
     assert!(
         verdict["message"]
@@ -321,14 +231,16 @@ async fn kstatus_reads_finished_jobs_as_gitops_tools_do() {
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn kstatus_reads_a_running_job_as_in_progress() {
     let mut env = Env::new("gitops-running").await;
-    let yaml = env.digits("slow", GATE).replacen(
-        "iterations: 5",
-        &format!("iterations: {SLOW_ITERATIONS}"),
-        1,
-    );
+    let yaml = env
+        .digits_in("slow", &env.dir.path().join("slow"), GATE)
+        .replacen(
+            "iterations: 5",
+            &format!("iterations: {SLOW_ITERATIONS}"),
+            1,
+        );
     assert!(yaml.contains(&SLOW_ITERATIONS.to_string()), "{yaml}");
     env.create(&yaml).await;
-    env.wait_phase("slow", Phase::Running).await;
+    env.wait_phase("slow", Phase::Running, 1).await;
     // freeze the status at Running: the test then reads what a GitOps tool would have read
     // at that moment, however long the check takes
     env.stop_controller().await;

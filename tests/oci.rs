@@ -323,6 +323,20 @@ impl Drop for Killed {
     }
 }
 
+/// What the `prod` tag of `repo_ref` names, as oras reads it (its descriptor).
+fn tag_descriptor(repo_ref: &str) -> (bool, String) {
+    oras(
+        &[
+            "manifest",
+            "fetch",
+            "--plain-http",
+            "--descriptor",
+            &format!("{repo_ref}:prod"),
+        ],
+        None,
+    )
+}
+
 /// Restarts a distribution registry killed by the proxy, on its own config and data.
 fn restart(reg: &Registry) -> Killed {
     let child = Killed(
@@ -397,16 +411,7 @@ fn a_registry_killed_mid_push_leaves_the_tag_on_the_last_complete_manifest() {
 
     let restarted = restart(&reg);
     // The tag still names M1, whose every blob is there: oras pulls it whole.
-    let (ok, text) = oras(
-        &[
-            "manifest",
-            "fetch",
-            "--plain-http",
-            "--descriptor",
-            &format!("{repo_ref}:prod"),
-        ],
-        None,
-    );
+    let (ok, text) = tag_descriptor(&repo_ref);
     assert!(ok, "{text}");
     assert!(text.contains(&m1), "the tag moved: {text}");
     let pulled = dir.path().join("after-kill");
@@ -444,16 +449,7 @@ fn a_registry_killed_mid_push_leaves_the_tag_on_the_last_complete_manifest() {
     assert_eq!(code, 0, "{err}");
     let m2 = second["result"]["oci"]["manifestDigest"].as_str().unwrap();
     assert_ne!(m2, m1);
-    let (ok, text) = oras(
-        &[
-            "manifest",
-            "fetch",
-            "--plain-http",
-            "--descriptor",
-            &format!("{repo_ref}:prod"),
-        ],
-        None,
-    );
+    let (ok, text) = tag_descriptor(&repo_ref);
     assert!(ok && text.contains(m2), "{text}");
     assert_eq!(
         verify(&format!("oci://{repo_ref}:prod"), &public, None).0,

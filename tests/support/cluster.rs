@@ -134,3 +134,149 @@ pub fn testenv_bin(name: &str) -> String {
     });
     format!("{cache}/v1.36.3/bin/{name}")
 }
+
+/// A fresh namespace with an in-process controller watching only it, so that cluster tests
+/// run in parallel (tests/controller.rs, tests/gitops.rs). Only passing tests call `cleanup`:
+/// a failing one leaves its namespace (CompressionJob, Jobs, Events) for the post-mortem.
+pub struct ControllerEnv {
+    pub client: Client,
+    pub ns: String,
+    pub cjs: Api<kompress::api::CompressionJob>,
+    pub jobs: Api<k8s_openapi::api::batch::v1::Job>,
+    pub dir: tempfile::TempDir,
+    controller: tokio::task::JoinHandle<()>,
+}
+
+/// A worker run of the digits example takes seconds; the margin is for a busy machine.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+impl ControllerEnv {
+    pub async fn new(test: &str) -> Self {
+        use kompress::controller::{ControllerConfig, State, run_controller};
+        let client = client().await;
+        install_crd(&client).await;
+        let ns = create_namespace(&client, &format!("kt-{test}")).await;
+        let config = ControllerConfig {
+            namespace: Some(ns.clone()),
+            worker_image: "kompress:test".into(),
+            ..ControllerConfig::default()
+        };
+        let controller = tokio::spawn({
+            let client = client.clone();
+            async move {
+                let _ = run_controller(client, config, std::sync::Arc::new(State::default())).await;
+            }
+        });
+        Self {
+            cjs: Api::namespaced(client.clone(), &ns),
+            jobs: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            dir: tempfile::tempdir().unwrap(),
+            controller,
+        }
+    }
+
+    pub async fn create(&self, yaml: &str) -> kompress::api::CompressionJob {
+        let cj: kompress::api::CompressionJob =
+            serde_saphyr::from_str(yaml).expect("test manifest parses");
+        self.cjs
+            .create(&PostParams::default(), &cj)
+            .await
+            .expect("create the CompressionJob")
+    }
+
+    /// Waits for `cond` on the CompressionJob; on timeout fails with its status, its Jobs and
+    /// where the worker logs are.
+    pub async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Condition<kompress::api::CompressionJob>,
+    ) -> kompress::api::CompressionJob {
+        await_compression_job(&self.cjs, &self.jobs, name, what, timeout, cond).await
+    }
+
+    pub async fn wait_phase(
+        &self,
+        name: &str,
+        phase: kompress::api::Phase,
+        generation: i64,
+    ) -> kompress::api::CompressionJob {
+        self.wait(
+            name,
+            &format!("phase {phase:?} for generation {generation}"),
+            RUN_TIMEOUT,
+            move |o: Option<&kompress::api::CompressionJob>| {
+                o.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                    s.phase == Some(phase) && s.observed_generation == Some(generation)
+                })
+            },
+        )
+        .await
+    }
+
+    pub fn out(&self) -> std::path::PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// The digits example as `name` in this namespace, writing under `out`.
+    pub fn digits_in(&self, name: &str, out: &std::path::Path, thresholds: &str) -> String {
+        let r = super::repo();
+        let yaml = super::job_yaml(
+            name,
+            &r.join("examples/digits/model.onnx").display().to_string(),
+            &r.join("examples/digits/eval.npz").display().to_string(),
+            "    - quantize:\n        perChannel: true",
+            thresholds,
+            out,
+        );
+        yaml.replacen(
+            "metadata:\n",
+            &format!("metadata:\n  namespace: {}\n", self.ns),
+            1,
+        )
+    }
+
+    /// The digits example as `name`, writing under [`out`](Self::out).
+    pub fn digits(&self, name: &str, thresholds: &str) -> String {
+        self.digits_in(name, &self.out(), thresholds)
+    }
+
+    /// Stops the controller and waits until it has stopped: from then on no status changes.
+    pub async fn stop_controller(&mut self) {
+        self.controller.abort();
+        let stopped = (&mut self.controller).await;
+        assert!(
+            stopped.as_ref().is_err_and(|e| e.is_cancelled()),
+            "the controller was still running until stopped: {stopped:?}"
+        );
+    }
+
+    /// Stops the controller and deletes the namespace.
+    pub async fn cleanup(self) {
+        self.controller.abort();
+        delete_namespace(&self.client, &self.ns).await;
+    }
+
+    /// Waits until an Event with `reason` regards the CompressionJob `name` (the controller
+    /// records it right after the status write that the test awaited).
+    pub async fn wait_event(&self, name: &str, reason: &str) {
+        use futures::TryStreamExt;
+        use k8s_openapi::api::events::v1::Event;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let stream = watcher(events, watcher::Config::default()).applied_objects();
+        let found = stream.try_filter(|e| {
+            let hit = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reason.as_deref() == Some(reason);
+            std::future::ready(hit)
+        });
+        futures::pin_mut!(found);
+        match tokio::time::timeout(Duration::from_secs(30), found.try_next()).await {
+            Ok(Ok(Some(_))) => {}
+            other => panic!("no {reason} Event for {name} ({other:?})"),
+        }
+    }
+}
