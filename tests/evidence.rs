@@ -215,6 +215,13 @@ fn unsigned_evidence_is_written_and_checked_only_when_asked_for() {
     assert_eq!(code, 0, "{text}");
     let (code, text) = verify(&prod, Some(&public));
     assert_eq!(code, 1, "a key given: an unsigned promotion fails: {text}");
+    // A manifest far larger than any kompress writes is refused without being read whole.
+    let huge = dir.path().join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    std::fs::write(huge.join("promoted.json"), vec![b' '; 5 << 20]).unwrap();
+    let r = run_kompress(&["verify", huge.to_str().unwrap(), "--unsigned"], &[]);
+    assert_eq!(r.code, 65, "{}", r.stderr);
+    assert!(r.stderr.contains("larger than"), "{}", r.stderr);
     // Without --key or --unsigned, verify says what to give.
     let r = run_kompress(&["verify", prod.to_str().unwrap()], &[]);
     assert_eq!(r.code, 65, "{}", r.stderr);
@@ -235,7 +242,8 @@ fn a_key_that_cannot_be_used_fails_the_job_before_anything_is_promoted() {
         "-out",
         rsa.to_str().unwrap(),
     ]);
-    let cases: [(&str, String, &str); 4] = [
+    let cases: [(&str, String, &str); 5] = [
+        ("device", "/dev/zero".to_string(), "not a regular file"),
         (
             "missing",
             dir.path().join("nope.pem").display().to_string(),
