@@ -40,6 +40,7 @@ lint:
 
 crd:
 	cargo run --quiet -- crd > crds/compressionjob.yaml
+	cargo run --quiet -- crd --reference > docs/src/reference.md
 	hack/render-manifests
 
 manifests:
