@@ -73,7 +73,7 @@ fn collect<'a>(path: &str, s: &'a Value, acc: &mut Vec<(String, &'a Value)>) {
 fn section(out: &mut String, path: &str, s: &Value) {
     let _ = write!(out, "\n## `{path}`\n\n");
     if let Some(d) = s.get("description").and_then(Value::as_str) {
-        let _ = writeln!(out, "{}\n", one_line(d));
+        let _ = writeln!(out, "{}", one_line(d));
     }
     for rule in validations(s) {
         let _ = writeln!(out, "- Rule: {rule}");
