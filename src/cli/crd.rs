@@ -84,7 +84,9 @@ fn section(out: &mut String, path: &str, s: &Value) {
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     out.push_str("\n| field | type | description | bounds |\n|---|---|---|---|\n");
-    let props = s["properties"].as_object().expect("collected objects have properties");
+    let props = s["properties"]
+        .as_object()
+        .expect("collected objects have properties");
     for (name, f) in props {
         let req = if required.contains(&name.as_str()) {
             " (required)"
