@@ -156,6 +156,8 @@ impl Http {
     }
 
     /// Sends a request for `repository` with the authorization the registry asks for.
+    // One request's parts, each needed: a struct for them would only be filled at each call.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn send(
         &self,
         method: Method,
