@@ -594,3 +594,32 @@ fn a_search_whose_every_form_fails_on_a_nan_weight_says_nan() {
     );
     assert!(!r.stderr.contains("budget (none)"), "{}", r.stderr);
 }
+
+#[test]
+fn a_huge_promoted_json_at_the_target_is_replaced_without_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let prod = dir.path().join("production");
+    std::fs::create_dir_all(&prod).unwrap();
+    // 16 GiB, sparse: read whole, it would not fit in the run's address space.
+    let huge = std::fs::File::create(prod.join("promoted.json")).unwrap();
+    huge.set_len(16 << 30).unwrap();
+    drop(huge);
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: huge\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n    labels: labels\n  passes:\n    - quantize: {{mode: dynamic}}\n  thresholds:\n    maxAccuracyDrop: 0.05\n  output:\n    uri: {}\n    promoteTo: {}\n",
+        repo().join("examples/digits/model.onnx").display(),
+        repo().join("examples/digits/eval.npz").display(),
+        dir.path().join("candidates").display(),
+        prod.display(),
+    );
+    let job = write_job(dir.path(), &yaml);
+    let r = support::hostile::run_capped(
+        &["run", "-f", &job],
+        &[],
+        std::time::Duration::from_secs(180),
+        8192,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(prod.join("promoted.json")).unwrap()).unwrap();
+    assert_eq!(m["kind"], "PromotedModel");
+}
