@@ -4,6 +4,8 @@
 
 /// Full error text: the error and each cause, joined with `: `. Causes whose text an outer
 /// message already includes (object_store's errors embed their sources) are not repeated.
+/// Every URI in it is redacted ([`crate::uri::redact_in`]): this text goes to logs, status,
+/// Events and termination messages, which must never carry a presigned URL's signature.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -15,7 +17,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         cur = c.source();
     }
-    s
+    crate::uri::redact_in(&s)
 }
 
 #[cfg(test)]
@@ -39,5 +41,17 @@ mod tests {
             Some(Box::new(E("connection refused", None))),
         );
         assert_eq!(error_chain(&repeats), "fetch failed: connection refused");
+    }
+
+    #[test]
+    fn error_text_never_carries_a_presigned_signature() {
+        let inner = E("403 from https://h/m.onnx?X-Amz-Signature=SECRET", None);
+        let outer = E(
+            "fetch https://h/m.onnx?X-Amz-Signature=SECRET",
+            Some(Box::new(inner)),
+        );
+        let text = error_chain(&outer);
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("https://h/m.onnx?<redacted>"), "{text}");
     }
 }

@@ -350,6 +350,10 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope, Error> {
 /// The statement an envelope carries, without checking any signature (for reading an
 /// unsigned envelope, or showing what a bad one claims).
 pub fn unverified_statement(envelope: &Envelope) -> Result<Statement, Error> {
+    // Unsigned is not untyped: the payload must still say it is an in-toto statement.
+    if envelope.payload_type != PAYLOAD_TYPE {
+        return Err(Error::PayloadType(envelope.payload_type.clone()));
+    }
     let payload = B64
         .decode(&envelope.payload)
         .map_err(|e| Error::Malformed(format!("payload is not base64 ({e})")))?;

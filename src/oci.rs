@@ -16,9 +16,12 @@
 /// A file to push: (name, local path, sha256 hex), as `publish::File`.
 pub type File = (String, PathBuf, String);
 pub use crate::uri::OciTarget as Target;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+mod http;
+
+use self::http::Access;
+pub use self::http::TIMEOUT_ENV;
+use oci_client::Reference;
+use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -49,8 +52,10 @@ pub enum Error {
     Registry {
         registry: String,
         what: String,
+        /// Whether a retry cannot help (401/403/404/4xx, a cap exceeded, a bad answer).
+        permanent: bool,
         #[source]
-        source: Option<oci_client::errors::OciDistributionError>,
+        source: Option<reqwest::Error>,
     },
     #[error("Docker config `{path}`: {why}")]
     DockerConfig { path: String, why: String },
@@ -63,16 +68,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// Bad references and config files need a person; registry errors may pass (5xx,
-    /// connection refused) and are retried by the Job.
+    /// Bad references, config files, credentials and answers need a person; 5xx, 408, 429,
+    /// timeouts and refused connections may pass and are retried by the Job.
     pub fn is_permanent(&self) -> bool {
-        use oci_client::errors::OciDistributionError as E;
         match self {
-            Error::Registry { source, .. } => match source {
-                Some(E::AuthenticationFailure(_) | E::UnauthorizedError { .. }) => true,
-                Some(E::ServerError { code, .. }) => (400..500).contains(code) && *code != 429,
-                _ => false,
-            },
+            Error::Registry { permanent, .. } => *permanent,
             _ => true,
         }
     }
@@ -142,18 +142,19 @@ pub fn prepare(files: &[File], name: &str) -> Result<Prepared, Error> {
 }
 
 /// The registry's credentials from the Docker config (`$DOCKER_CONFIG/config.json`, else
-/// `~/.docker/config.json`); anonymous when there is no config or no entry for it.
-pub fn auth_for(registry: &str) -> Result<RegistryAuth, Error> {
+/// `~/.docker/config.json`) as (user, password); None (anonymous) when there is no config or
+/// no entry for it.
+pub fn auth_for(registry: &str) -> Result<Option<(String, String)>, Error> {
     let path = match std::env::var_os("DOCKER_CONFIG") {
         Some(d) => PathBuf::from(d).join("config.json"),
         None => match std::env::var_os("HOME") {
             Some(h) => PathBuf::from(h).join(".docker/config.json"),
-            None => return Ok(RegistryAuth::Anonymous),
+            None => return Ok(None),
         },
     };
     let text = match crate::onnx::read_small(&path, MAX_DOCKER_CONFIG_BYTES) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(Error::Io { path, source }),
     };
     auth_from_config(&text, registry).map_err(|why| Error::DockerConfig {
@@ -162,11 +163,11 @@ pub fn auth_for(registry: &str) -> Result<RegistryAuth, Error> {
     })
 }
 
-fn auth_from_config(text: &[u8], registry: &str) -> Result<RegistryAuth, String> {
+fn auth_from_config(text: &[u8], registry: &str) -> Result<Option<(String, String)>, String> {
     use base64::Engine;
     let cfg: Value = serde_json::from_slice(text).map_err(|e| format!("not JSON ({e})"))?;
     let Some(auths) = cfg.get("auths").and_then(Value::as_object) else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(None);
     };
     let host = |k: &str| {
         let k = k
@@ -176,13 +177,13 @@ fn auth_from_config(text: &[u8], registry: &str) -> Result<RegistryAuth, String>
         k.split('/').next().unwrap_or(k).to_string()
     };
     let Some(entry) = auths.iter().find(|(k, _)| host(k) == registry).map(|e| e.1) else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(None);
     };
     if let (Some(u), Some(p)) = (
         entry.get("username").and_then(Value::as_str),
         entry.get("password").and_then(Value::as_str),
     ) {
-        return Ok(RegistryAuth::Basic(u.into(), p.into()));
+        return Ok(Some((u.into(), p.into())));
     }
     if let Some(a) = entry.get("auth").and_then(Value::as_str) {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -193,63 +194,84 @@ fn auth_from_config(text: &[u8], registry: &str) -> Result<RegistryAuth, String>
         let (u, p) = s
             .split_once(':')
             .ok_or_else(|| format!("auths.{registry}.auth is not user:password"))?;
-        return Ok(RegistryAuth::Basic(u.into(), p.into()));
+        return Ok(Some((u.into(), p.into())));
     }
     if entry.get("identitytoken").is_some() {
         return Err(format!(
             "auths.{registry} holds an identity token, which kompress does not use: give username and password (or auth)"
         ));
     }
-    Ok(RegistryAuth::Anonymous)
+    Ok(None)
 }
 
-/// A client and the credentials for one registry.
+/// The registry's HTTP for one registry ([`http`]: timeouts, caps, the token flow).
 pub struct Session {
-    client: Client,
-    auth: RegistryAuth,
-    registry: String,
+    http: http::Http,
+}
+
+fn valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 impl Session {
     /// `plain_http`: talk HTTP instead of HTTPS (a registry on a private network or loopback).
     pub async fn new(registry: &str, plain_http: bool) -> Result<Self, Error> {
-        let client = Client::new(ClientConfig {
-            protocol: if plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            // One streamed PUT per blob: every registry takes it (chunked PATCH uploads are
-            // where registries differ: go-containerregistry's answers without a Location).
-            use_monolithic_push: true,
-            ..Default::default()
-        });
-        let auth = auth_for(registry)?;
-        client.store_auth_if_needed(registry, &auth).await;
+        let credentials = auth_for(registry)?;
         Ok(Self {
-            client,
-            auth,
-            registry: registry.into(),
+            http: http::Http::new(registry, plain_http, credentials)?,
         })
     }
 
-    fn err(&self, what: String) -> impl FnOnce(oci_client::errors::OciDistributionError) -> Error {
-        let registry = self.registry.clone();
-        move |e| Error::Registry {
-            registry,
-            what,
-            source: Some(e),
+    fn url(&self, r: &Reference, tail: &str) -> String {
+        format!("{}/v2/{}/{tail}", self.http.base, r.repository())
+    }
+
+    /// A digest from a registry or a manifest must be `sha256:<64 hex>` before it becomes
+    /// part of a URL.
+    fn check_digest(&self, digest: &str) -> Result<(), Error> {
+        if valid_digest(digest) {
+            Ok(())
+        } else {
+            Err(self.http.fail(
+                &format!(
+                    "`{}` is not a sha256 digest (sha256:<64 hex>)",
+                    digest.chars().take(80).collect::<String>().escape_debug()
+                ),
+                true,
+            ))
         }
     }
 
     async fn exists(&self, r: &Reference, digest: &str) -> Result<bool, Error> {
-        self.client
-            .blob_exists(r, digest)
+        self.check_digest(digest)?;
+        let what = format!("looking up blob {digest}");
+        let url = self.url(r, &format!("blobs/{digest}"));
+        self.http
+            .within(self.http.deadline(), &what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::HEAD,
+                        &url,
+                        r.repository(),
+                        Access::Push,
+                        &[],
+                        None,
+                        &what,
+                    )
+                    .await?;
+                match resp.status() {
+                    StatusCode::OK => Ok(true),
+                    StatusCode::NOT_FOUND => Ok(false),
+                    s => Err(self.http.status_error(&what, s, &[])),
+                }
+            })
             .await
-            .map_err(self.err(format!("looking up blob {digest}")))
     }
 
-    /// Sends a blob unless the registry has it. Returns whether it was sent.
+    /// Sends a blob unless the registry has it (POST an upload, PUT the bytes with their
+    /// digest). Returns whether it was sent.
     async fn put_blob(
         &self,
         r: &Reference,
@@ -260,32 +282,84 @@ impl Session {
             return Ok(false);
         }
         let what = format!("uploading blob {digest}");
-        let sent = match data {
+        let started = self.url(r, "blobs/uploads/");
+        let location = self
+            .http
+            .within(self.http.deadline(), &what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::POST,
+                        &started,
+                        r.repository(),
+                        Access::Push,
+                        &[],
+                        None,
+                        &what,
+                    )
+                    .await?;
+                let resp = self
+                    .http
+                    .expect(resp, &[StatusCode::ACCEPTED], &what)
+                    .await?;
+                let loc = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| self.http.fail(&format!("{what}: no upload Location"), true))?;
+                url::Url::parse(&started)
+                    .and_then(|base| base.join(loc))
+                    .map_err(|_| {
+                        self.http
+                            .fail(&format!("{what}: a bad upload Location"), true)
+                    })
+            })
+            .await?;
+        let mut put = location;
+        put.query_pairs_mut().append_pair("digest", digest);
+        type Make = Box<dyn Fn() -> reqwest::Body + Send + Sync>;
+        let (size, body): (u64, Make) = match data {
             BlobSource::Bytes(b) => {
-                // The same streamed PUT as files (go-containerregistry's registry answers the
-                // one-request POST upload without a Location).
-                let chunk = bytes::Bytes::copy_from_slice(b);
-                let stream = futures::stream::once(async move { Ok(chunk) });
-                self.client
-                    .push_blob_stream(r, stream, digest, Some(b.len() as u64))
-                    .await
+                let b = bytes::Bytes::copy_from_slice(b);
+                let len = b.len() as u64;
+                let make: Make = Box::new(move || reqwest::Body::from(b.clone()));
+                (len, make)
             }
             BlobSource::File(path, size) => {
-                let stream = file_stream(path.to_path_buf());
-                self.client
-                    .push_blob_stream(r, stream, digest, Some(size))
-                    .await
+                let path = path.to_path_buf();
+                let make: Make =
+                    Box::new(move || reqwest::Body::wrap_stream(file_stream(path.clone())));
+                (size, make)
             }
         };
-        match sent {
-            Ok(_) => {}
-            // The upload was committed (the registry checks the digest when it commits) but the
-            // answer had no Location (go-containerregistry's registry, some cloud registries):
-            // the blob counts as sent once the registry says it holds that digest.
-            Err(oci_client::errors::OciDistributionError::RegistryNoLocationError)
-                if self.exists(r, digest).await? => {}
-            Err(e) => return Err(self.err(what)(e)),
-        }
+        let headers = [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ];
+        self.http
+            .within(self.http.upload_deadline(size), &what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::PUT,
+                        put.as_str(),
+                        r.repository(),
+                        Access::Push,
+                        &headers,
+                        Some(&*body),
+                        &what,
+                    )
+                    .await?;
+                self.http
+                    .expect(
+                        resp,
+                        &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT],
+                        &what,
+                    )
+                    .await
+                    .map(drop)
+            })
+            .await?;
         Ok(true)
     }
 
@@ -295,58 +369,147 @@ impl Session {
         body: &[u8],
         media_type: &str,
     ) -> Result<(), Error> {
-        // A digest reference goes as a tag-shaped one naming the digest: the URL is the same
-        // (`/manifests/sha256:...`), and oci-client 0.18 panics on a digest reference when the
-        // registry answers without a Location (it strips the tag from the URL).
-        let as_tag;
-        let r = match (r.digest(), r.tag()) {
-            (Some(d), None) => {
-                as_tag = Reference::with_tag(
-                    r.registry().to_string(),
-                    r.repository().to_string(),
-                    d.to_string(),
-                );
-                &as_tag
-            }
-            _ => r,
-        };
-        self.client
-            .push_manifest_raw(
-                r,
-                body.to_vec(),
-                media_type.parse().expect("a valid header value"),
-            )
+        let at = r.digest().or(r.tag()).unwrap_or("latest");
+        let what = format!("putting manifest {r}");
+        let url = self.url(r, &format!("manifests/{at}"));
+        let body = bytes::Bytes::copy_from_slice(body);
+        let make = move || reqwest::Body::from(body.clone());
+        let make: http::MakeBody<'_> = &make;
+        let headers = [(header::CONTENT_TYPE, media_type.to_string())];
+        self.http
+            .within(self.http.deadline(), &what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::PUT,
+                        &url,
+                        r.repository(),
+                        Access::Push,
+                        &headers,
+                        Some(make),
+                        &what,
+                    )
+                    .await?;
+                self.http
+                    .expect(
+                        resp,
+                        &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT],
+                        &what,
+                    )
+                    .await
+                    .map(drop)
+            })
             .await
-            .map_err(self.err(format!("putting manifest {r}")))?;
-        Ok(())
     }
 
-    /// The raw manifest a reference names and its digest; None when it does not exist.
+    /// The raw manifest a reference names and its digest; None when it does not exist. At
+    /// most [`MAX_METADATA_BYTES`]; a digest reference must be answered with those bytes.
     pub async fn manifest(&self, r: &Reference) -> Result<Option<(Vec<u8>, String)>, Error> {
-        match self
-            .client
-            .pull_manifest_raw(r, &self.auth, &[MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPE])
-            .await
-        {
-            Ok((b, d)) => Ok(Some((b.to_vec(), d))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.err(format!("reading manifest {r}"))(e)),
+        if let Some(d) = r.digest() {
+            self.check_digest(d)?;
         }
+        let at = r.digest().or(r.tag()).unwrap_or("latest");
+        let what = format!("reading manifest {r}");
+        let url = self.url(r, &format!("manifests/{at}"));
+        let accept = [(
+            header::ACCEPT,
+            format!("{MANIFEST_MEDIA_TYPE}, {INDEX_MEDIA_TYPE}"),
+        )];
+        let body = self
+            .http
+            .within(self.http.deadline(), &what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::GET,
+                        &url,
+                        r.repository(),
+                        Access::Pull,
+                        &accept,
+                        None,
+                        &what,
+                    )
+                    .await?;
+                if resp.status() == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let resp = self.http.expect(resp, &[StatusCode::OK], &what).await?;
+                self.http
+                    .read_capped(resp, MAX_METADATA_BYTES, &what)
+                    .await
+                    .map(Some)
+            })
+            .await?;
+        let Some(body) = body else {
+            return Ok(None);
+        };
+        let digest = sha256_of(&body);
+        if r.digest().is_some_and(|d| d != digest) {
+            return Err(self.http.fail(
+                &format!("{what}: the registry answered with bytes of digest {digest}"),
+                true,
+            ));
+        }
+        Ok(Some((body, digest)))
     }
 
-    /// The referrers of `subject` with `artifact_type` (the API, or the tag schema).
+    /// The referrers of `subject` (a digest reference) with `artifact_type`: the referrers
+    /// API, or the referrers tag schema where the registry has no API (it answers 404).
     pub async fn referrers(
         &self,
         subject: &Reference,
         artifact_type: &str,
     ) -> Result<Vec<Value>, Error> {
-        let index = self
-            .client
-            .pull_referrers(subject, Some(artifact_type))
-            .await
-            .map_err(self.err(format!("listing referrers of {subject}")))?;
-        let v = serde_json::to_value(&index).unwrap_or_default();
-        Ok(v["manifests"]
+        let digest = subject.digest().unwrap_or_default();
+        self.check_digest(digest)?;
+        let what = format!("listing referrers of {subject}");
+        let kind: String = url::form_urlencoded::byte_serialize(artifact_type.as_bytes()).collect();
+        let url = self.url(subject, &format!("referrers/{digest}?artifactType={kind}"));
+        let accept = [(header::ACCEPT, INDEX_MEDIA_TYPE.to_string())];
+        let body = self
+            .http
+            .within(self.http.deadline(), &what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::GET,
+                        &url,
+                        subject.repository(),
+                        Access::Pull,
+                        &accept,
+                        None,
+                        &what,
+                    )
+                    .await?;
+                if resp.status() == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let resp = self.http.expect(resp, &[StatusCode::OK], &what).await?;
+                self.http
+                    .read_capped(resp, MAX_METADATA_BYTES, &what)
+                    .await
+                    .map(Some)
+            })
+            .await?;
+        let body = match body {
+            Some(b) => b,
+            None => {
+                let tag = Reference::with_tag(
+                    subject.registry().into(),
+                    subject.repository().into(),
+                    digest.replace(':', "-"),
+                );
+                match self.manifest(&tag).await? {
+                    Some((b, _)) => b,
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        let index: Value = serde_json::from_slice(&body).map_err(|_| {
+            self.http
+                .fail(&format!("{what}: the answer is not a JSON index"), true)
+        })?;
+        Ok(index["manifests"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -355,66 +518,94 @@ impl Session {
             .collect())
     }
 
+    /// A GET of a blob, its answer checked.
+    async fn get_blob(
+        &self,
+        r: &Reference,
+        digest: &str,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        self.check_digest(digest)?;
+        let url = self.url(r, &format!("blobs/{digest}"));
+        self.http
+            .within(self.http.deadline(), what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::GET,
+                        &url,
+                        r.repository(),
+                        Access::Pull,
+                        &[],
+                        None,
+                        what,
+                    )
+                    .await?;
+                self.http.expect(resp, &[StatusCode::OK], what).await
+            })
+            .await
+    }
+
     /// A small blob's bytes (an envelope), at most [`MAX_METADATA_BYTES`]: a larger one is
     /// refused without reading past the limit, and the bytes must hash to `digest`.
     pub async fn blob(&self, r: &Reference, digest: &str) -> Result<Vec<u8>, Error> {
-        use futures::StreamExt;
-        let fail = |what: String| Error::Registry {
-            registry: self.registry.clone(),
-            what,
-            source: None,
-        };
-        let mut s = self
-            .client
-            .pull_blob_stream(r, digest)
-            .await
-            .map_err(self.err(format!("reading blob {digest}")))?;
-        let mut out = Vec::new();
-        while let Some(chunk) = s.stream.next().await {
-            let chunk = chunk.map_err(|e| fail(format!("reading blob {digest}: {e}")))?;
-            if (out.len() + chunk.len()) as u64 > MAX_METADATA_BYTES {
-                return Err(fail(format!(
-                    "blob {digest} is larger than {MAX_METADATA_BYTES} bytes: not an evidence envelope"
-                )));
-            }
-            out.extend_from_slice(&chunk);
-        }
+        let what = format!("reading blob {digest}");
+        let resp = self.get_blob(r, digest, &what).await?;
+        let out = self
+            .http
+            .within(
+                self.http.deadline(),
+                &what,
+                self.http.read_capped(resp, MAX_METADATA_BYTES, &what),
+            )
+            .await?;
         if sha256_of(&out) != digest {
-            return Err(fail(format!("blob {digest} does not hash to its digest")));
+            return Err(self
+                .http
+                .fail(&format!("blob {digest} does not hash to its digest"), true));
         }
         Ok(out)
     }
 
-    /// sha256 of a blob as the registry serves it, streamed (large blobs: the model).
-    pub async fn blob_sha256(&self, r: &Reference, digest: &str) -> Result<String, Error> {
-        use futures::StreamExt;
-        let mut s = self
-            .client
-            .pull_blob_stream(r, digest)
-            .await
-            .map_err(self.err(format!("reading blob {digest}")))?;
+    /// sha256 of a blob as the registry serves it, streamed (large blobs: the model), never
+    /// past its declared `size`: more bytes, or fewer, fail.
+    pub async fn blob_sha256(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<String, Error> {
+        let what = format!("reading blob {digest}");
+        let mut resp = self.get_blob(r, digest, &what).await?;
+        let wrong_size = |n: u64| {
+            self.http.fail(
+                &format!(
+                    "{what}: the registry sent {n} bytes or more where the manifest declares {size}"
+                ),
+                true,
+            )
+        };
+        if let Some(n) = resp.content_length().filter(|n| *n != size) {
+            return Err(wrong_size(n));
+        }
         let mut h = Sha256::new();
-        while let Some(chunk) = s.stream.next().await {
-            h.update(&chunk.map_err(|e| Error::Registry {
-                registry: self.registry.clone(),
-                what: format!("reading blob {digest}: {e}"),
-                source: None,
-            })?);
+        let mut n = 0u64;
+        // No overall deadline (a model may be large): the read timeout bounds each wait.
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.http.net_error(&what, e))?
+        {
+            n += chunk.len() as u64;
+            if n > size {
+                return Err(wrong_size(n));
+            }
+            h.update(&chunk);
+        }
+        if n != size {
+            return Err(wrong_size(n));
         }
         Ok(format!("sha256:{}", hex::encode(h.finalize())))
-    }
-}
-
-fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::OciDistributionError as E;
-    match e {
-        E::ImageManifestNotFoundError(_) => true,
-        E::ServerError { code, .. } => *code == 404,
-        E::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|x| matches!(x.code, oci_client::errors::OciErrorCode::ManifestUnknown)),
-        _ => false,
     }
 }
 
@@ -426,7 +617,7 @@ enum BlobSource<'a> {
 /// A file as a stream of 4 MiB chunks.
 fn file_stream(
     path: PathBuf,
-) -> impl futures::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     use tokio::io::AsyncReadExt;
     futures::stream::unfold(
         (None::<tokio::fs::File>, path, false),
@@ -438,7 +629,7 @@ fn file_stream(
                 Some(f) => f,
                 None => match tokio::fs::File::open(&path).await {
                     Ok(f) => f,
-                    Err(e) => return Some((Err(io_err(e)), (None, path, true))),
+                    Err(e) => return Some((Err(e), (None, path, true))),
                 },
             };
             let mut buf = vec![0u8; 4 << 20];
@@ -447,7 +638,7 @@ fn file_stream(
                 match f.read(&mut buf[filled..]).await {
                     Ok(0) => break,
                     Ok(n) => filled += n,
-                    Err(e) => return Some((Err(io_err(e)), (None, path, true))),
+                    Err(e) => return Some((Err(e), (None, path, true))),
                 }
             }
             if filled == 0 {
@@ -457,10 +648,6 @@ fn file_stream(
             Some((Ok(bytes::Bytes::from(buf)), (Some(f), path, false)))
         },
     )
-}
-
-fn io_err(e: std::io::Error) -> oci_client::errors::OciDistributionError {
-    oci_client::errors::OciDistributionError::IoError(e)
 }
 
 /// What a push did.
@@ -623,10 +810,7 @@ mod tests {
     #[test]
     fn docker_config_entries_become_credentials() {
         let cfg = br#"{"auths": {"https://reg.example:5000/v1/": {"auth": "dXNlcjpwYXNz"}, "other.io": {"username": "u", "password": "p"}}}"#;
-        let basic = |a: RegistryAuth| match a {
-            RegistryAuth::Basic(u, p) => (u, p),
-            other => panic!("{other:?}"),
-        };
+        let basic = |a: Option<(String, String)>| a.expect("credentials");
         assert_eq!(
             basic(auth_from_config(cfg, "reg.example:5000").unwrap()),
             ("user".into(), "pass".into())
@@ -635,10 +819,7 @@ mod tests {
             basic(auth_from_config(cfg, "other.io").unwrap()),
             ("u".into(), "p".into())
         );
-        assert!(matches!(
-            auth_from_config(cfg, "third.io").unwrap(),
-            RegistryAuth::Anonymous
-        ));
+        assert_eq!(auth_from_config(cfg, "third.io").unwrap(), None);
         assert!(
             auth_from_config(b"{", "x")
                 .unwrap_err()

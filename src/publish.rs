@@ -19,6 +19,31 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// The most of an existing `promoted.json` read (kompress writes a few KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// The `promoted.json` already at `loc`, read through a capped fetch: None when there is none,
+/// or when it is larger than [`MAX_MANIFEST_BYTES`] (not one kompress wrote: it is replaced,
+/// never read whole).
+async fn existing_manifest(storage: &Storage, loc: &Location) -> Result<Option<Vec<u8>>> {
+    use crate::storage::Error as E;
+    let dir = tempfile::tempdir().map_err(|source| E::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let path = dir.path().join("promoted.json");
+    match storage
+        .fetch_capped(loc, &path, None, MAX_MANIFEST_BYTES, &|_, _| {})
+        .await
+    {
+        Ok(_) => Ok(Some(
+            std::fs::read(&path).map_err(|source| E::Io { path, source })?,
+        )),
+        Err(E::NotFound { .. } | E::TooLarge { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The manifest at `<promoteTo>/promoted.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -314,7 +339,7 @@ async fn promote(
         None => None,
     };
     let manifest_loc = to.join("promoted.json");
-    if let Some(existing) = storage.get_bytes(&manifest_loc).await?
+    if let Some(existing) = existing_manifest(storage, &manifest_loc).await?
         && serde_json::from_slice::<PromotedManifest>(&existing)
             .is_ok_and(|m| m.digest == digest && (m.evidence.is_some() || evidence.is_none()))
     {

@@ -286,6 +286,67 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// What replaces a query string or userinfo in a recorded URI.
+pub const REDACTED: &str = "<redacted>";
+
+/// A URI as it may be recorded (status, Events, logs, report.json, promoted.json, evidence):
+/// what identifies, never what authorises. An http(s) URL loses its userinfo, query string and
+/// fragment (presigned `X-Amz-Signature=`, SAS `sig=`, `user:password@`); any other remote
+/// scheme loses what follows a `?`. Local paths and `file://` URIs are unchanged (`?` and `#`
+/// are file name characters there). The digest, not the URL, is what evidence binds.
+pub fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let scheme_lc = scheme.to_ascii_lowercase();
+    if scheme_lc == "file" || scheme.is_empty() {
+        return uri.to_string();
+    }
+    let web = matches!(scheme_lc.as_str(), "http" | "https" | "oci");
+    let cut = if web {
+        rest.find(['?', '#'])
+    } else {
+        rest.find('?')
+    };
+    let (kept, redacted_query) = match cut {
+        Some(i) => (&rest[..i], true),
+        None => (rest, false),
+    };
+    let (authority, path) = kept.split_at(kept.find('/').unwrap_or(kept.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) if web => format!("{REDACTED}@{host}"),
+        _ => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if redacted_query {
+        out.push('?');
+        out.push_str(REDACTED);
+    }
+    out
+}
+
+/// [`redact`] applied to every URI inside a free text (an error message, a log line): a URI
+/// starts at `scheme://` and runs to the next blank, quote, backtick or angle bracket.
+pub fn redact_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let start = rest[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |j| {
+                j + rest[j..].chars().next().map_or(1, char::len_utf8)
+            });
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .map_or(rest.len(), |j| i + j);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The scheme of OCI registry references.
 pub const OCI_SCHEME: &str = "oci://";
 
@@ -318,6 +379,7 @@ impl OciTarget {
         let (registry, path) = rest
             .split_once('/')
             .ok_or_else(|| bad("no repository after the registry"))?;
+        check_registry(registry).map_err(|why| bad(&why))?;
         let (repository, tag) = path
             .rsplit_once(':')
             .filter(|(_, t)| !t.contains('/'))
@@ -335,6 +397,37 @@ impl OciTarget {
             repository: repository.into(),
             tag: tag.into(),
         })
+    }
+
+    /// A reference to read (`kompress verify`): `oci://REGISTRY/REPOSITORY:TAG` or
+    /// `@sha256:<64 hex>`, the registry a host name or address with a port in 1..=65535.
+    pub fn reference(uri: &str) -> Result<Reference, Error> {
+        let bad = |why: &str| Error::Malformed {
+            uri: uri.into(),
+            what: format!("{why} (write oci://REGISTRY/REPOSITORY:TAG or @sha256:DIGEST)"),
+        };
+        let rest = uri
+            .strip_prefix(OCI_SCHEME)
+            .ok_or_else(|| bad("no oci:// prefix"))?;
+        let (registry, _) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("no repository after the registry"))?;
+        check_registry(registry).map_err(|why| bad(&why))?;
+        let r: Reference = rest
+            .parse()
+            .map_err(|e: oci_client::ParseError| bad(&e.to_string()))?;
+        if r.registry() != registry {
+            return Err(bad(
+                "the registry must be a host name (with a dot or a port)",
+            ));
+        }
+        if let Some(d) = r.digest() {
+            let hex = d.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(bad("the digest is not sha256:<64 lowercase hex>"));
+            }
+        }
+        Ok(r)
     }
 
     pub fn tagged(&self) -> Reference {
@@ -363,9 +456,145 @@ impl OciTarget {
     }
 }
 
+/// A registry as references write it: `host[:port]`, the host DNS labels, an IPv4 address
+/// or a bracketed IPv6 one, the port 1..=65535.
+pub fn check_registry(registry: &str) -> Result<(), String> {
+    let (host, port) = if let Some(v6) = registry.strip_prefix('[') {
+        let (addr, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("registry `{registry}`: an unclosed `[`"))?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("registry `{registry}`: not an IPv6 address"));
+        }
+        (None, after.strip_prefix(':'))
+    } else {
+        match registry.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(registry), None),
+        }
+    };
+    if let Some(host) = host {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(format!(
+                "registry host `{host}` is not a host name or address"
+            ));
+        }
+    }
+    if let Some(p) = port {
+        match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) && p.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => {
+                return Err(format!("registry port `{p}` is not a port (1 to 65535)"));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_hosts_and_ports_follow_the_reference_grammar() {
+        for ok in [
+            "ghcr.io",
+            "127.0.0.1:5000",
+            "localhost:1",
+            "reg.example:65535",
+            "[::1]:5000",
+        ] {
+            assert_eq!(check_registry(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "host:99999",
+            "host:0",
+            "host:",
+            "host:+80",
+            "ho_st:5000",
+            "-a.io",
+            "a..io",
+            "[zz]:1",
+        ] {
+            assert!(check_registry(bad).is_err(), "{bad}");
+        }
+        let e = OciTarget::parse("oci://host:99999/x:v1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("port `99999`") && e.contains("oci://host:99999/x:v1"),
+            "{e}"
+        );
+        let d = format!("oci://reg.example:5000/a/b@sha256:{}", "ab".repeat(32));
+        assert_eq!(OciTarget::reference(&d).unwrap().repository(), "a/b");
+        assert!(OciTarget::reference("oci://reg.example/a/b:v1").is_ok());
+        for bad in [
+            "oci://host:99999/x:v1",
+            "oci://reg.example/a@sha256:xyz",
+            "oci://reg.example/a@sha256:ééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé",
+            "oci://reg.example",
+            "reg.example/a:v1",
+        ] {
+            assert!(OciTarget::reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn recorded_uris_keep_no_signature_password_or_sas_token() {
+        let cases = [
+            (
+                "https://b.s3.amazonaws.com/m.onnx?X-Amz-Signature=abc&X-Amz-Credential=k",
+                "https://b.s3.amazonaws.com/m.onnx?<redacted>",
+            ),
+            (
+                "https://acct.blob.core.windows.net/c/d.npz?sv=1&sig=s3cr3t#frag",
+                "https://acct.blob.core.windows.net/c/d.npz?<redacted>",
+            ),
+            (
+                "https://user:pw@host:8443/m.onnx",
+                "https://<redacted>@host:8443/m.onnx",
+            ),
+            ("http://host/m.onnx#sig=x", "http://host/m.onnx?<redacted>"),
+            ("s3://b/k.onnx?sig=x", "s3://b/k.onnx?<redacted>"),
+            // What identifies stays as it was.
+            (
+                "s3://b/my dir/modèle #1.onnx",
+                "s3://b/my dir/modèle #1.onnx",
+            ),
+            (
+                "abfss://data@acct.dfs.core.windows.net/m.onnx",
+                "abfss://data@acct.dfs.core.windows.net/m.onnx",
+            ),
+            ("/tmp/a?b#c.onnx", "/tmp/a?b#c.onnx"),
+            ("file:///tmp/a?b.onnx", "file:///tmp/a?b.onnx"),
+            ("oci://reg:5000/m:v1", "oci://reg:5000/m:v1"),
+        ];
+        for (uri, want) in cases {
+            assert_eq!(redact(uri), want, "{uri}");
+        }
+    }
+
+    #[test]
+    fn every_uri_in_a_message_is_redacted() {
+        let msg = "fetching `https://h/m.onnx?sig=SECRET` failed (see https://u:p@h/x): \
+                   ERROR \"s3://b/k?X-Amz-Signature=SECRET2\" ü";
+        let r = redact_in(msg);
+        assert!(!r.contains("SECRET") && !r.contains("u:p@"), "{r}");
+        assert_eq!(
+            r,
+            "fetching `https://h/m.onnx?<redacted>` failed (see https://<redacted>@h/x): \
+             ERROR \"s3://b/k?<redacted>\" ü"
+        );
+        assert_eq!(redact_in("no uri here: a://"), "no uri here: a://");
+        assert_eq!(redact_in("ü://x?y"), "ü://x?y");
+    }
 
     #[test]
     fn cloud_uris_map_to_their_store_and_key() {

@@ -163,6 +163,7 @@ fn promotion_to_both_registries_reads_back_verifies_and_never_sends_a_blob_twice
     let with_auth = Registry::up(&["--kind", "distribution", "--auth", "kompress:s3cret"]);
     let referrers_api = Registry::up(&["--kind", "ggcr"]);
     let docker = docker_config(dir.path(), &with_auth.addr, "kompress", "s3cret");
+    let tagged_auth = format!("{}/models/digits:prod", with_auth.addr);
 
     for (reg, docker, expect_referrers) in [
         (&with_auth, Some(docker.as_path()), "tagSchema"),
@@ -254,11 +255,29 @@ fn promotion_to_both_registries_reads_back_verifies_and_never_sends_a_blob_twice
         assert_eq!(verify(&promote_to, &public, docker).0, 0);
     }
 
-    // Without credentials the authenticated registry refuses, and the job says so.
+    // Without credentials, or with a wrong password, the authenticated registry refuses: a
+    // permanent failure (a retry cannot fix it) that names the registry and the Docker config.
     let promote_to = format!("oci://{}/models/other:prod", with_auth.addr);
-    let (code, _, err) = run(&job(dir.path(), "noauth", &promote_to, &key, DYNAMIC), None);
-    assert_ne!(code, 0);
-    assert!(err.contains(&with_auth.addr), "{err}");
+    let wrong = dir.path().join("wrong");
+    let wrong = docker_config(&wrong, &with_auth.addr, "kompress", "not-the-password");
+    for (case, docker) in [
+        ("no credentials", None),
+        ("a wrong password", Some(wrong.as_path())),
+    ] {
+        let (code, _, err) = run(
+            &job(dir.path(), "noauth", &promote_to, &key, DYNAMIC),
+            docker,
+        );
+        assert_eq!(code, 65, "{case}: {err}");
+        assert!(
+            err.contains(&with_auth.addr)
+                && err.contains("HTTP 401")
+                && err.contains("Docker config"),
+            "{case}: {err}"
+        );
+        let (code, text) = verify(&format!("oci://{tagged_auth}"), &public, docker);
+        assert_eq!(code, 65, "{case}: {text}");
+    }
 }
 
 fn local(uri: &str) -> PathBuf {

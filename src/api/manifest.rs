@@ -163,6 +163,13 @@ pub fn read_capped(file: &Path) -> Result<String, ManifestError> {
         path: file.into(),
         source,
     };
+    // A regular file only: opening a FIFO would block, a device would never end.
+    if !std::fs::metadata(file).map_err(read)?.is_file() {
+        return Err(read(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file (a directory, device or pipe)",
+        )));
+    }
     let f = std::fs::File::open(file).map_err(read)?;
     let mut text = String::new();
     f.take(MAX_MANIFEST_BYTES as u64 + 1)

@@ -47,6 +47,13 @@ impl CompressArgs {
             .into());
         };
         let shown = path.display().to_string();
+        // A regular file only: a FIFO would block the open, a device would never end.
+        if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            return Err(format!(
+                "--calibration {shown}: not a regular file (missing, a directory, device or pipe): give an .npz file"
+            )
+            .into());
+        }
         let ds = crate::eval::Dataset::open(path, &shown)?;
         let cfg = crate::eval::EvalConfig::from_spec(&spec.evaluation(), None, None);
         let scratch = tempfile::Builder::new()
@@ -82,6 +89,10 @@ impl CompressArgs {
             Err(e) => return fail(&e, EXIT_PERMANENT),
         };
         if let Err(e) = crate::api::validate(&job.spec) {
+            return fail(&e, EXIT_PERMANENT);
+        }
+        // Before any work: the destination must be new or a regular file.
+        if let Err(e) = crate::onnx::check_destination(&self.out) {
             return fail(&e, EXIT_PERMANENT);
         }
         let loaded = match crate::onnx::load(&self.model) {
@@ -128,6 +139,7 @@ impl CompressArgs {
                 );
                 ExitCode::SUCCESS
             }
+            Err(e @ crate::onnx::Error::Destination { .. }) => fail(&e, EXIT_PERMANENT),
             Err(e) => fail(&e, EXIT_TRANSIENT),
         }
     }

@@ -18,13 +18,34 @@ impl CpArgs {
             (Ok(s), Ok(d)) => (s, d),
             (Err(e), _) | (_, Err(e)) => return fail(&e, EXIT_PERMANENT),
         };
+        // Never through or over a symlink, device node (`/dev/full`), FIFO or directory.
+        if let Some(path) = dst.local_path()
+            && let Err(e) = crate::onnx::check_destination(&path)
+        {
+            return fail(&e, EXIT_PERMANENT);
+        }
         let storage = Storage::new(None);
         let t = std::time::Instant::now();
         let result = match (src.scheme, dst.local_path()) {
             (_, Some(path)) => storage
                 .fetch(&src, &path, None, &|_, _| {})
                 .await
-                .map(|f| (f.bytes, f.sha256)),
+                .map(|f| (f.bytes, f.sha256))
+                .map_err(|e| match e {
+                    // The copy's folder is the destination here, not a run's scratch folder.
+                    storage::Error::Scratch { uri, path, source } => storage::Error::Write {
+                        uri: dst.uri.clone(),
+                        path,
+                        source: std::io::Error::new(
+                            source.kind(),
+                            format!(
+                                "copying `{uri}` there failed ({source}): free space on the \
+                                 destination's disk or choose another destination"
+                            ),
+                        ),
+                    },
+                    e => e,
+                }),
             (Scheme::Local, None) => {
                 let path = src.local_path().expect("local");
                 match storage.put_file(&path, &dst, &|_, _| {}).await {

@@ -76,6 +76,9 @@ pub enum Command {
 impl Command {
     /// Runs the subcommand; returns the process exit status.
     pub async fn run(self) -> ExitCode {
+        if !matches!(self, Self::Run(_) | Self::Worker(_) | Self::Controller(_)) {
+            exit_on_signal();
+        }
         match self {
             Self::Run(a) => a.run().await,
             Self::Worker(a) => a.run().await,
@@ -88,6 +91,28 @@ impl Command {
             Self::Verify(a) => a.run().await,
         }
     }
+}
+
+/// Commands without a signal guard of their own (`run`, `worker` and `controller` have one)
+/// end on SIGTERM or SIGINT with 128 + the signal's number, as a shell reports it, even as a
+/// container's PID 1 (where a signal's default action does not apply) and while blocked in a
+/// read. The handlers are installed before the command starts.
+fn exit_on_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let (name, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 143),
+            _ = int.recv() => ("SIGINT", 130),
+        };
+        eprintln!("kompress: stopped by {name}");
+        std::process::exit(code);
+    });
 }
 
 /// Output format of `run` and `inspect`.

@@ -9,7 +9,12 @@
 //!    hashes to its subject's digest (read back whole);
 //! 5. the predicate's verdict is Passed and every check in it passed.
 //!
-//! Exit 0 when all hold, 1 when one fails (the first failure is named), 65 on bad usage.
+//! Everything read is confined: the evidence and the model's files must be inside the folder
+//! that holds `promoted.json` (no `..`, no absolute or foreign name, no symlink out of it), and
+//! every string from the evidence is checked before it is used.
+//!
+//! Exit 0 when all hold, 1 when one fails (the first failure is named), 65 on bad usage (a
+//! malformed reference, a key that cannot be read).
 
 use super::{Format, fail};
 use crate::api::wire::{EXIT_PERMANENT, exit_code};
@@ -90,6 +95,17 @@ pub enum Failure {
     NotModel { reference: String, what: String },
     #[error("`{reference}` has no evidence referrer that verifies: {why}")]
     NoVerifiedReferrer { reference: String, why: String },
+    #[error(
+        "`{reference}` is not a reference to verify ({what}): give a promotion folder, its promoted.json, or oci://REGISTRY/REPOSITORY:TAG (or @sha256:DIGEST)"
+    )]
+    Reference { reference: String, what: String },
+    #[error("{what} `{name}` is not inside the promotion folder `{folder}`: {why}")]
+    Outside {
+        what: &'static str,
+        name: String,
+        folder: String,
+        why: String,
+    },
 }
 
 /// What a successful verification established.
@@ -159,6 +175,7 @@ impl VerifyArgs {
                 ExitCode::SUCCESS
             }
             Err(Failure::Storage(e)) => fail(&e, exit_code(e.is_permanent())),
+            Err(e @ Failure::Reference { .. }) => fail(&e, EXIT_PERMANENT),
             Err(Failure::Oci(e)) => fail(&e, exit_code(e.is_permanent())),
             Err(e) => {
                 eprintln!("verification FAILED: {}", crate::error::error_chain(&e));
@@ -243,8 +260,10 @@ pub async fn verify(
         .evidence
         .as_ref()
         .ok_or_else(|| Failure::NoEvidence(manifest_loc.uri.clone()))?;
+    let folder = manifest_loc.parent();
     let ev_loc = Location::parse(&ev_ref.uri)
         .map_err(|e| Failure::Storage(crate::storage::Error::from(e)))?;
+    inside(&folder, &ev_loc, "evidence")?;
     let env_bytes =
         get_capped(storage, &ev_loc)
             .await?
@@ -289,6 +308,19 @@ pub async fn verify(
             .digest
             .get("sha256")
             .ok_or_else(|| not_ours(format!("subject `{}` has no sha256 digest", s.name)))?;
+        if !is_sha256_hex(sha) {
+            return Err(not_ours(format!(
+                "subject `{}` has sha256 `{}`, not 64 lowercase hex digits",
+                s.name,
+                shown(sha)
+            )));
+        }
+        plain_name(&s.name).map_err(|why| Failure::Outside {
+            what: "subject",
+            name: shown(&s.name),
+            folder: folder.uri.clone(),
+            why: why.into(),
+        })?;
         subjects.push(PromotedFile {
             name: s.name.clone(),
             sha256: sha.clone(),
@@ -296,7 +328,13 @@ pub async fn verify(
     }
     let list = |fs: &[PromotedFile]| {
         fs.iter()
-            .map(|f| format!("{} {}", f.name, &f.sha256[..f.sha256.len().min(12)]))
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f.name,
+                    f.sha256.chars().take(12).collect::<String>()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -320,9 +358,22 @@ pub async fn verify(
     let model_loc = Location::parse(&manifest.uri)
         .map_err(|e| Failure::Storage(crate::storage::Error::from(e)))?;
     let dir = model_loc.parent();
+    inside(&folder, &dir, "the model's folder")?;
+    let root = folder.local_path();
     for f in &subjects {
         let loc = dir.join(&f.name);
-        match storage.sha256_of(&loc).await? {
+        let got = match storage.sha256_within(&loc, root.as_deref()).await {
+            Err(crate::storage::Error::Outside { resolved, .. }) => {
+                return Err(Failure::Outside {
+                    what: "subject",
+                    name: f.name.clone(),
+                    folder: folder.uri.clone(),
+                    why: format!("it resolves to `{}` (a symlink out)", resolved.display()),
+                });
+            }
+            r => r?,
+        };
+        match got {
             None => return Err(Failure::FileMissing { uri: loc.uri }),
             Some((_, actual)) if actual != f.sha256 => {
                 return Err(Failure::FileChanged {
@@ -345,6 +396,84 @@ pub async fn verify(
     )
 }
 
+/// At most 80 characters of an untrusted string, for a message (cut on a char boundary).
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out.escape_debug().to_string()
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A subject's name is a relative path of plain segments inside the promotion folder: no
+/// `..` or `.`, no empty segment, nothing absolute, no backslash or control character.
+fn plain_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("the name is empty");
+    }
+    if name.starts_with('/') || name.contains('\\') || name.contains(':') {
+        return Err("an absolute or foreign path");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a control character in the name");
+    }
+    if name.split('/').any(|s| matches!(s, "" | "." | "..")) {
+        return Err("`..`, `.` or an empty segment in the name");
+    }
+    Ok(())
+}
+
+/// `loc` must be `folder` itself or under it, in the same store.
+fn inside(folder: &Location, loc: &Location, what: &'static str) -> Result<(), Failure> {
+    let (f, k) = (folder.key(), loc.key());
+    let under = folder.store_url() == loc.store_url()
+        && (f.is_empty() || k == f || k.strip_prefix(f).is_some_and(|r| r.starts_with('/')));
+    if under {
+        Ok(())
+    } else {
+        Err(Failure::Outside {
+            what,
+            name: shown(&loc.uri),
+            folder: folder.uri.clone(),
+            why: "promoted.json may only name what the promotion folder holds".into(),
+        })
+    }
+}
+
+/// The predicate fields verify relies on: a verdict, the checks (each named, passed or not),
+/// the job, the run id and the inputs. A statement without them is not kompress's.
+fn required_fields(p: &serde_json::Value) -> Result<(), String> {
+    let missing = |f: &str| Err(format!("the predicate has no `{f}`"));
+    if !p["verdict"].is_string() {
+        return missing("verdict");
+    }
+    let Some(checks) = p["checks"].as_array() else {
+        return missing("checks");
+    };
+    if let Some(i) = checks
+        .iter()
+        .position(|c| !c["name"].is_string() || !c["passed"].is_boolean())
+    {
+        return Err(format!(
+            "the predicate's checks[{i}] has no `name` string or no `passed` boolean"
+        ));
+    }
+    if !p["job"].is_object() {
+        return missing("job");
+    }
+    if !p["runId"].is_string() {
+        return missing("runId");
+    }
+    if !p["inputs"]["model"].is_object() {
+        return missing("inputs.model");
+    }
+    Ok(())
+}
+
 /// The verdict the evidence records must be Passed with every check passed; then what was
 /// verified.
 fn verified(
@@ -356,6 +485,10 @@ fn verified(
     statement: &Statement,
 ) -> Result<Verified, Failure> {
     let p = &statement.predicate;
+    required_fields(p).map_err(|what| Failure::Statement {
+        uri: evidence.clone(),
+        what,
+    })?;
     let verdict = p["verdict"].as_str().unwrap_or("(none)").to_string();
     let failed: Vec<&str> = p["checks"]
         .as_array()
@@ -405,16 +538,17 @@ pub async fn verify_oci(
         reference: reference.into(),
         what: what.into(),
     };
-    let r: oci_client::Reference = reference
-        .strip_prefix(oci::SCHEME)
-        .unwrap_or(reference)
-        .parse()
-        .map_err(|e: oci_client::ParseError| not_model(&e.to_string()))?;
+    let r = oci::Target::reference(reference).map_err(|e| Failure::Reference {
+        reference: reference.into(),
+        what: e.to_string(),
+    })?;
     let s = oci::Session::new(r.registry(), plain_http).await?;
-    let (bytes, digest) = s
-        .manifest(&r)
-        .await?
-        .ok_or_else(|| not_model("no such manifest"))?;
+    let (bytes, digest) = s.manifest(&r).await?.ok_or_else(|| Failure::Reference {
+        reference: reference.into(),
+        what:
+            "the registry has no manifest for it (HTTP 404): check the repository and tag or digest"
+                .into(),
+    })?;
     let m: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| not_model(&e.to_string()))?;
     if m["artifactType"].as_str() != Some(oci::ARTIFACT_TYPE) {
@@ -425,17 +559,25 @@ pub async fn verify_oci(
         )));
     }
     let mut files = Vec::new();
+    let mut sizes = Vec::new();
     for l in m["layers"].as_array().cloned().unwrap_or_default() {
-        let (Some(name), Some(d)) = (
+        let (Some(name), Some(hex), Some(size)) = (
             l["annotations"][FILEPATH_ANNOTATION].as_str(),
-            l["digest"].as_str(),
+            l["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")),
+            l["size"].as_u64(),
         ) else {
-            return Err(not_model("a layer without a digest or file path"));
+            return Err(not_model(
+                "a layer without a file path, a sha256 digest or a size",
+            ));
         };
+        if !is_sha256_hex(hex) {
+            return Err(not_model("a layer digest that is not sha256:<64 hex>"));
+        }
         files.push(PromotedFile {
             name: name.into(),
-            sha256: d.strip_prefix("sha256:").unwrap_or(d).into(),
+            sha256: hex.into(),
         });
+        sizes.push(size);
     }
     let by_digest = oci_client::Reference::with_digest(
         r.registry().into(),
@@ -475,10 +617,14 @@ pub async fn verify_oci(
                 Some(k) => k.verify(&envelope).map_err(env_err)?,
                 None => evidence::unverified_statement(&envelope).map_err(env_err)?,
             };
-            if statement.predicate_type != PREDICATE_TYPE {
+            if statement.type_ != STATEMENT_TYPE || statement.predicate_type != PREDICATE_TYPE {
                 return Err(Failure::Statement {
                     uri: ev_uri.clone(),
-                    what: format!("predicateType is `{}`", statement.predicate_type),
+                    what: format!(
+                        "_type is `{}`, predicateType `{}`",
+                        shown(&statement.type_),
+                        shown(&statement.predicate_type)
+                    ),
                 });
             }
             let mut subjects = statement.subject.clone();
@@ -519,9 +665,9 @@ pub async fn verify_oci(
         match attempt.await {
             Ok((statement, ev_uri)) => {
                 // The layers as the registry serves them now.
-                for f in &files {
+                for (f, size) in files.iter().zip(&sizes) {
                     let want = format!("sha256:{}", f.sha256);
-                    let actual = s.blob_sha256(&by_digest, &want).await?;
+                    let actual = s.blob_sha256(&by_digest, &want, *size).await?;
                     if actual != want {
                         return Err(Failure::FileChanged {
                             uri: format!("{repo_uri}@{want} ({})", f.name),
@@ -543,6 +689,9 @@ pub async fn verify_oci(
                     &statement,
                 );
             }
+            // The registry failing (a timeout, a refusal, an answer over its cap) ends the
+            // verification with its own class; bad evidence moves on to the next referrer.
+            Err(Failure::Oci(e)) => return Err(Failure::Oci(e)),
             Err(e) => why = crate::error::error_chain(&e),
         }
     }

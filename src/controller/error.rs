@@ -56,6 +56,15 @@ pub enum Error {
     )]
     Client(#[source] kube::Error),
     #[error(
+        "kubeconfig {}: not a readable regular file of at most 16 MiB: point KUBECONFIG at a kubeconfig file",
+        path.display()
+    )]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "cannot list CompressionJobs: is the CRD installed (`kompress crd | kubectl apply -f -`) and may the controller list them?"
     )]
     ListCompressionJobs(#[source] kube::Error),
@@ -83,7 +92,7 @@ impl Error {
             Self::UpdateStatus { .. } => "UpdateStatusFailed",
             Self::Lease { .. } => "LeaseFailed",
             Self::LeadershipLost(_) => "LeadershipLost",
-            Self::Client(_) => "ClientFailed",
+            Self::Client(_) | Self::Kubeconfig { .. } => "ClientFailed",
             Self::ListCompressionJobs(_) => "ListFailed",
             Self::Serve { .. } => "ServeFailed",
             Self::Watch(_) => "WatchFailed",

@@ -190,6 +190,31 @@ impl State {
     }
 }
 
+/// The most of a kubeconfig file read (they are a few KiB; a large one holds many clusters).
+const MAX_KUBECONFIG_BYTES: u64 = 16 << 20;
+
+/// Each kubeconfig the client will read (`KUBECONFIG`'s list, else `~/.kube/config`) must be
+/// a regular file of at most [`MAX_KUBECONFIG_BYTES`]: the client reads them whole, so
+/// `/dev/zero` or a FIFO there would exhaust memory or hang start-up.
+fn check_kubeconfig() -> Result<()> {
+    let paths: Vec<std::path::PathBuf> = match std::env::var_os("KUBECONFIG") {
+        Some(v) if !v.is_empty() => std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        _ => std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(".kube/config"))
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect(),
+    };
+    for path in paths {
+        if let Err(source) = crate::onnx::read_small(&path, MAX_KUBECONFIG_BYTES) {
+            return Err(Error::Kubeconfig { path, source });
+        }
+    }
+    Ok(())
+}
+
 /// Everything `kompress controller` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -204,6 +229,7 @@ pub struct Options {
 /// Runs the admin endpoint and, once leader (or at once without election), the controller,
 /// until a signal stops it or leadership is lost.
 pub async fn run(opts: Options) -> Result<()> {
+    check_kubeconfig()?;
     let client = Client::try_default().await.map_err(Error::Client)?;
     let state = Arc::new(State::default());
     let admin = admin::serve(opts.metrics_addr, state.clone());

@@ -183,7 +183,8 @@ async fn update_status(
 }
 
 /// Events are best effort: a failure to record one is logged, never retried.
-async fn publish(ctx: &Context, cj: &CompressionJob, event: Event) {
+async fn publish(ctx: &Context, cj: &CompressionJob, mut event: Event) {
+    event.note = event.note.map(|n| crate::uri::redact_in(&n));
     if let Err(e) = ctx.recorder.publish(&event, &cj.object_ref(&())).await {
         tracing::warn!(name = %cj.name_any(), reason = %event.reason, error = %e, "could not record Event");
     }

@@ -192,6 +192,8 @@ pub fn desired(
             }
         },
     };
+    // Status and the Events made from it never carry a URI's query string or userinfo.
+    let message = crate::uri::redact_in(&message);
     // a finished run is Succeeded or Rejected only with a result; anything else failed
     let phase = match observed {
         Observed::Finished(m) => match (m.phase, &m.result) {

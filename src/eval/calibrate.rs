@@ -458,6 +458,32 @@ pub fn run(
     for r in readers {
         r.finish()?;
     }
+    // A tensor with no finite value has no range: calibrating it would invent one.
+    // An input is named before what it feeds.
+    let is_input = |name: &String| prep.inputs.iter().any(|m| &m.name == name);
+    if let Some((name, s)) = stats
+        .iter()
+        .filter(|(_, s)| s.count == 0 && s.non_finite > 0)
+        .min_by_key(|(name, _)| !is_input(name))
+    {
+        let input = is_input(name);
+        return Err(Error::Mismatch {
+            dataset: ds.display_name().to_string(),
+            model: model.clone(),
+            what: format!(
+                "{} `{name}` is NaN or infinite in all {} values of calibration rows {}..{}: {}",
+                if input { "input" } else { "tensor" },
+                s.non_finite,
+                rows.start,
+                rows.start + rows.count,
+                if input {
+                    "give calibration data with finite values"
+                } else {
+                    "the model computes no finite value from this data"
+                }
+            ),
+        });
+    }
     Ok(stats)
 }
 

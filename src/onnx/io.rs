@@ -60,8 +60,13 @@ pub struct Saved {
 
 /// Reads and decodes a model file (payloads stay slices of the file buffer); returns its size.
 /// `shown` is how errors name the file (the user's URI when it was fetched to scratch).
+/// The most a model file (one protobuf message) can hold.
+const MAX_MODEL_FILE_BYTES: u64 = (2 << 30) - 1;
+
 fn decode_file(path: &Path, shown: &Path) -> Result<(pb::ModelProto, u64)> {
-    let buf = std::fs::read(path).map_err(|source| Error::Read {
+    // A regular file only (a FIFO is refused before it is opened, `/dev/zero` before a byte
+    // is read), and never more than protobuf allows.
+    let buf = read_small(path, MAX_MODEL_FILE_BYTES).map_err(|source| Error::Read {
         path: shown.into(),
         source,
     })?;
@@ -69,7 +74,7 @@ fn decode_file(path: &Path, shown: &Path) -> Result<(pb::ModelProto, u64)> {
         return Err(Error::Empty { path: shown.into() });
     }
     let len = buf.len() as u64;
-    let proto = pb::ModelProto::decode(Bytes::from(buf)).map_err(|source| Error::Decode {
+    let proto = pb::ModelProto::decode(buf).map_err(|source| Error::Decode {
         path: shown.into(),
         source,
     })?;
@@ -516,13 +521,19 @@ pub fn write_atomic(path: &Path, chunks: &[Bytes]) -> Result<()> {
         path: path.into(),
         source,
     };
+    check_destination(path)?;
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|s| s.to_str()).unwrap_or("model"),
         std::process::id()
     ));
     let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        // A new file: never one planted at the temporary name (a symlink, a FIFO).
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let mut f = std::io::BufWriter::new(f);
         for c in chunks {
             f.write_all(c)?;
         }
@@ -532,6 +543,40 @@ pub fn write_atomic(path: &Path, chunks: &[Bytes]) -> Result<()> {
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(e)
+    })
+}
+
+/// A destination is written only when nothing is there or a regular file is: a symlink, a
+/// device node (`/dev/full`), a FIFO or a directory at that name is refused, never replaced
+/// or written through.
+pub fn check_destination(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = match std::fs::symlink_metadata(path) {
+        Ok(m) => m.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Write {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device node"
+    } else {
+        "a socket or other special file"
+    };
+    Err(Error::Destination {
+        path: path.into(),
+        kind,
     })
 }
 

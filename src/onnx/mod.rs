@@ -14,8 +14,8 @@ mod tensor;
 pub use fold::{Folded, fold_constants};
 pub use inspect::{Inspection, inspect};
 pub use io::{
-    ExternalFile, Model, SaveOptions, Saved, external_locations, for_each_tensor_mut, load,
-    load_as, read_confined, read_small, save, write_atomic,
+    ExternalFile, Model, SaveOptions, Saved, check_destination, external_locations,
+    for_each_tensor_mut, load, load_as, read_confined, read_small, save, write_atomic,
 };
 pub use tensor::{
     DataType, TensorData, checked_numel, f32_tensor, int8_tensor, scalar_f32, set_f32_values,
@@ -73,6 +73,11 @@ pub enum Error {
         tensor: String,
         what: String,
     },
+    #[error(
+        "{path} is {kind}: kompress writes only to a new or regular file there, never through or \
+         over anything else; remove it or choose another destination"
+    )]
+    Destination { path: PathBuf, kind: &'static str },
     #[error("cannot write model file {path}")]
     Write {
         path: PathBuf,

@@ -250,7 +250,7 @@ pub async fn fetch(
     let model_loc = Location::parse(&spec.model.uri)?;
     let model_dir = scratch.join("model");
     let model_path = model_dir.join(file_name_of(&model_loc, "model.onnx"));
-    ui.stage(&format!("fetching {model_loc}"));
+    ui.stage(&format!("fetching {}", crate::uri::redact(&model_loc.uri)));
     let model_file = fetch_one(
         storage,
         ui,
@@ -276,7 +276,7 @@ pub async fn fetch(
         let dest = model_dir.join(&ext.location);
         let f = fetch_one(storage, ui, &src, &dest, &opts, &ext.location).await?;
         external_data.push(InputRef {
-            uri: src.uri,
+            uri: crate::uri::redact(&src.uri),
             sha256: f.sha256,
             bytes: f.bytes,
         });
@@ -315,7 +315,7 @@ pub async fn fetch(
             Some((
                 path,
                 InputRef {
-                    uri: loc.uri,
+                    uri: crate::uri::redact(&loc.uri),
                     sha256: f.sha256,
                     bytes: f.bytes,
                 },
@@ -323,8 +323,9 @@ pub async fn fetch(
         }
     };
     Ok(Inputs {
+        // Recorded (report.json, promoted.json, the statement): without query or userinfo.
         model: InputRef {
-            uri: model_loc.uri.clone(),
+            uri: crate::uri::redact(&model_loc.uri),
             sha256: model_file.sha256,
             bytes: model_file.bytes,
         },
@@ -333,7 +334,7 @@ pub async fn fetch(
         external_data,
         dataset_path,
         dataset: InputRef {
-            uri: data_loc.uri,
+            uri: crate::uri::redact(&data_loc.uri),
             sha256: data_file.sha256,
             bytes: data_file.bytes,
         },

@@ -597,6 +597,31 @@ impl Search<'_> {
         });
     }
 
+    /// Why no candidate was scored: the budget ended, or every form failed (the first
+    /// failure named: a NaN weight says NaN).
+    fn nothing_scored(&self) -> String {
+        let failed: Vec<String> = self
+            .report
+            .trials
+            .iter()
+            .filter(|t| t.kind == "skipped")
+            .map(|t| format!("{} {}", t.form, t.note.as_deref().unwrap_or("failed")))
+            .collect();
+        match (&self.report.stopped_by, failed.first()) {
+            (None, Some(first)) => format!(
+                "every form failed before a candidate was scored; {first}{}",
+                match failed.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more forms failed)", n - 1),
+                }
+            ),
+            (stopped, _) => format!(
+                "the budget ({}) ended before any candidate was scored: raise spec.search.maxSeconds or maxTrials",
+                stopped.as_deref().unwrap_or("none")
+            ),
+        }
+    }
+
     /// The chosen (or closest) trial with latency measured and every check judged.
     fn finish(mut self) -> Result<Chosen> {
         let winner = match (self.best.take(), self.closest.take()) {
@@ -624,10 +649,7 @@ impl Search<'_> {
                         name: "search",
                         source: crate::passes::Error::Unsupported {
                             pass: "search",
-                            what: format!(
-                                "the budget ({}) ended before any candidate was scored: raise spec.search.maxSeconds or maxTrials",
-                                self.report.stopped_by.as_deref().unwrap_or("none")
-                            ),
+                            what: self.nothing_scored(),
                         },
                     });
                 };

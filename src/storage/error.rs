@@ -214,30 +214,7 @@ impl From<object_store::Error> for Cause {
 /// Removes URL query strings (SAS tokens, presigned signatures) and the values of credential
 /// variables from a message.
 pub(super) fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("http") {
-        let (before, from) = rest.split_at(i);
-        out.push_str(before);
-        if !(from.starts_with("http://") || from.starts_with("https://")) {
-            out.push_str("http");
-            rest = &from[4..];
-            continue;
-        }
-        let end = from
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '>' | '<' | ')'))
-            .unwrap_or(from.len());
-        let url = &from[..end];
-        match url.find('?') {
-            Some(q) => {
-                out.push_str(&url[..q]);
-                out.push_str("?<redacted>");
-            }
-            None => out.push_str(url),
-        }
-        rest = &from[end..];
-    }
-    out.push_str(rest);
+    let mut out = crate::uri::redact_in(text);
     for var in super::SECRET_VARS {
         if let Ok(v) = std::env::var(var)
             && v.len() >= 8

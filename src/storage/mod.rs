@@ -694,10 +694,20 @@ impl Storage {
     /// Length and sha256 of an existing object, streamed (nothing is kept); None when it does
     /// not exist. For re-verifying what is already stored instead of trusting its size.
     pub async fn sha256_of(&self, loc: &Location) -> Result<Option<(u64, String)>> {
+        self.sha256_within(loc, None).await
+    }
+
+    /// [`Storage::sha256_of`], a local file confined to `root`: a symlink out of it is refused
+    /// (`Error::Outside`) before a byte is read.
+    pub async fn sha256_within(
+        &self,
+        loc: &Location,
+        root: Option<&Path>,
+    ) -> Result<Option<(u64, String)>> {
         let mut h = Sha256::new();
         let mut n = 0u64;
         if let Some(path) = loc.local_path() {
-            let mut f = match local::open_source(loc, &path, None, None).await {
+            let mut f = match local::open_source(loc, &path, root, None).await {
                 Ok((f, _)) => f,
                 Err(Error::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e),

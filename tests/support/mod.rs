@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod hostile;
 
 use kompress::onnx::{f32_tensor, pb};
 use std::io::Write;
