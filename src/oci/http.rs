@@ -30,6 +30,9 @@ pub(super) enum Access {
 
 pub(super) struct Http {
     client: reqwest::Client,
+    /// For requests that send a body: reqwest's read timeout runs from the send to the
+    /// answer's head, which a large upload outlasts; the caller's deadline bounds these.
+    sender: reqwest::Client,
     pub(super) base: String,
     registry: String,
     credentials: Option<(String, String)>,
@@ -56,19 +59,22 @@ impl Http {
         credentials: Option<(String, String)>,
     ) -> Result<Self, Error> {
         let timeout = timeout_from_env();
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .read_timeout(timeout)
-            .user_agent(concat!("kompress/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Registry {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .user_agent(concat!("kompress/", env!("CARGO_PKG_VERSION")))
+        };
+        let built = |b: reqwest::Result<reqwest::Client>| {
+            b.map_err(|e| Error::Registry {
                 registry: registry.into(),
                 what: "cannot build an HTTP client".into(),
                 permanent: true,
                 source: Some(e),
-            })?;
+            })
+        };
         Ok(Self {
-            client,
+            client: built(builder().read_timeout(timeout).build())?,
+            sender: built(builder().build())?,
             base: format!("{}://{registry}", if plain_http { "http" } else { "https" }),
             registry: registry.into(),
             credentials,
@@ -171,7 +177,12 @@ impl Http {
         let key = (repository.to_string(), access);
         let mut retried = false;
         loop {
-            let mut req = self.client.request(method.clone(), url);
+            let client = if body.is_some() {
+                &self.sender
+            } else {
+                &self.client
+            };
+            let mut req = client.request(method.clone(), url);
             for (k, v) in headers {
                 req = req.header(k, v);
             }
