@@ -120,7 +120,8 @@ pub struct ModelSource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatasetSource {
     /// URI of a NumPy `.npz` file with one array per model input (named like the input, first
-    /// axis = samples) and optionally a labels array.
+    /// axis = samples; scalars, other batch axes and streaming state: see `inputs`) and
+    /// optionally a labels array.
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
@@ -137,6 +138,65 @@ pub struct DatasetSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
     pub limit: Option<u32>,
+    /// How model inputs that are not "one array, samples on axis 0" are fed: a scalar (one
+    /// value for every row, e.g. a sample rate), a batch axis other than 0 (e.g. a recurrent
+    /// state shaped [layers, batch, hidden]), or a state fed back from an output row after row
+    /// (a streaming model). Inputs not listed are fed from the array of their name, samples on
+    /// axis 0; a rank-0 input with a rank-0 array of its name needs no entry. The calibration
+    /// set is fed the same way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub inputs: Vec<InputFeed>,
+}
+
+/// How one model input is fed. Exactly one of: plain rows (only `batchAxis`), `scalar`, or
+/// `stateFrom` (with `initial`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.scalar) || !self.scalar || (!has(self.batchAxis) && !has(self.stateFrom))").message("a scalar input has no batch axis and no state: remove batchAxis and stateFrom, or scalar"),
+    validation = Rule::new("has(self.stateFrom) == has(self.initial)").message("a state input (stateFrom) needs initial, the array of its value at the start of each stream"),
+    validation = Rule::new("!has(self.value) || (has(self.scalar) && self.scalar)").message("value applies to scalar inputs only (scalar: true)"),
+    validation = Rule::new("!has(self.resetOn) || has(self.stateFrom)").message("resetOn applies to state inputs only (stateFrom)")
+)]
+pub struct InputFeed {
+    /// The model input's name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// The input has no batch axis: the same value is fed as is on every run, from `value` or
+    /// from the dataset's array of the input's name, which has exactly the input's shape (a
+    /// rank-0 array for a scalar input: `np.array(16000, dtype=np.int64)`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scalar: Option<bool>,
+    /// With `scalar`: the value itself (converted to the input's type; an integer input needs
+    /// a whole number in its range), instead of an array in the dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The input's axis that holds the rows of a batch, e.g. 1 for a state shaped
+    /// [2, batch, 128]. Default 0. The dataset's array always keeps samples on its first axis
+    /// (the input's shape with the batch axis moved first, e.g. [N, 2, 128]); kompress moves
+    /// them to this axis for every run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 32))]
+    pub batch_axis: Option<u32>,
+    /// A recurrent state: the model output fed back into this input on the next row. Rows run
+    /// in order, one at a time, each model (original and candidate) carrying its own state;
+    /// the input needs no array of its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub state_from: Option<String>,
+    /// With `stateFrom`: the dataset's array holding the state at the start of each stream,
+    /// shaped like the input without its batch axis (e.g. [2, 128] for a [2, batch, 128]
+    /// state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub initial: Option<String>,
+    /// With `stateFrom`: the dataset's per-row integer or bool array marking stream starts; at
+    /// a row where it is non-zero the state goes back to `initial`. Unset: one stream, from
+    /// the first row to the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub reset_on: Option<String>,
 }
 
 /// Object storage settings. Credentials come from the environment (AWS_*, GOOGLE_*, AZURE_*),

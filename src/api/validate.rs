@@ -30,6 +30,66 @@ pub const MAX_BATCH: u32 = 4096;
 pub const MAX_WARMUP: u32 = 10_000;
 pub const MAX_ITERATIONS: u32 = 1_000_000;
 
+/// Largest `spec.dataset.inputs[].batchAxis` (no ONNX tensor has more axes in practice).
+pub const MAX_BATCH_AXIS: u32 = 32;
+
+/// `spec.dataset.inputs`: the CRD's CEL rules, and one entry per input name.
+fn check_inputs(inputs: &[super::InputFeed], err: &mut dyn FnMut(String, String)) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, f) in inputs.iter().enumerate() {
+        let at = format!("spec.dataset.inputs[{i}]");
+        let scalar = f.scalar == Some(true);
+        if f.name.is_empty() {
+            err(format!("{at}.name"), "must name a model input".into());
+        } else if !seen.insert(f.name.as_str()) {
+            err(
+                format!("{at}.name"),
+                format!("input `{}` is listed twice: keep one entry", f.name),
+            );
+        }
+        if scalar && (f.batch_axis.is_some() || f.state_from.is_some()) {
+            err(
+                format!("{at}.scalar"),
+                "a scalar input has no batch axis and no state: remove batchAxis and stateFrom, or scalar".into(),
+            );
+        }
+        if f.value.is_some() && !scalar {
+            err(
+                format!("{at}.value"),
+                "applies to scalar inputs only (scalar: true)".into(),
+            );
+        }
+        if f.value.is_some_and(|v| !v.is_finite()) {
+            err(format!("{at}.value"), "must be a finite number".into());
+        }
+        match (&f.state_from, &f.initial) {
+            (Some(_), None) => err(
+                format!("{at}.initial"),
+                "a state input (stateFrom) needs initial: the dataset's array of its value at the start of each stream".into(),
+            ),
+            (None, Some(_)) => err(
+                format!("{at}.initial"),
+                "applies to state inputs only: set stateFrom to the output fed back".into(),
+            ),
+            _ => {}
+        }
+        if f.reset_on.is_some() && f.state_from.is_none() {
+            err(
+                format!("{at}.resetOn"),
+                "applies to state inputs only (stateFrom)".into(),
+            );
+        }
+        if let Some(a) = f.batch_axis
+            && a > MAX_BATCH_AXIS
+        {
+            err(
+                format!("{at}.batchAxis"),
+                format!("{a} is outside [0, {MAX_BATCH_AXIS}]"),
+            );
+        }
+    }
+}
+
 /// `N:M` with 0 < N < M <= 64.
 pub fn parse_pattern(p: &str) -> Option<(usize, usize)> {
     let (n, m) = p.split_once(':')?;
@@ -458,6 +518,7 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     if spec.dataset.limit == Some(0) {
         err("spec.dataset.limit".into(), "must be positive".into());
     }
+    check_inputs(&spec.dataset.inputs, &mut err);
     if errs.is_empty() {
         Ok(())
     } else {
