@@ -71,8 +71,24 @@ pub struct Report {
     /// With `spec.search`: every trial and probe, in order, and what was chosen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchReport>,
+    /// With `spec.edgeCases`: that set's metrics and checks, on their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_cases: Option<EdgeCasesReport>,
     pub result: JobResult,
     pub tools: Tools,
+}
+
+/// The edge-case set scored on its own: its checks (named `edgeCases.<threshold>`) are also
+/// in `result.checks`, where every one must pass for promotion.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeCasesReport {
+    pub dataset: InputRef,
+    /// Passed when every edge-case check passed.
+    pub verdict: crate::api::Verdict,
+    pub baseline: crate::api::Metrics,
+    pub candidate: crate::api::Metrics,
+    pub checks: Vec<crate::api::Check>,
 }
 
 /// A search's full log: enough to see why each form won or lost, and to reproduce it.
@@ -222,7 +238,13 @@ impl Report {
                 "externalData": self.external_data,
                 "dataset": self.dataset,
                 "calibration": self.calibration.as_ref().map(|c| &c.source),
+                "edgeCases": self.edge_cases.as_ref().map(|e| &e.dataset),
             },
+            "edgeCases": self.edge_cases.as_ref().map(|e| serde_json::json!({
+                "verdict": e.verdict,
+                "baseline": e.baseline,
+                "candidate": e.candidate,
+            })),
             "recipe": self.recipe,
             "thresholds": self.thresholds,
             "checks": r.checks,

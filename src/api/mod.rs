@@ -60,6 +60,13 @@ pub struct CompressionJobSpec {
     /// Every threshold set here must pass for the candidate to be promoted.
     #[serde(default)]
     pub thresholds: Thresholds,
+    /// A second dataset: the rows that matter most (often few), in the same format as
+    /// `dataset` (fed the same way, `dataset.inputs`). Scored on the original and the
+    /// candidate, reported on its own (report.json `edgeCases`), and gated by its own
+    /// thresholds, whose checks are named `edgeCases.<threshold>`; every one must pass for
+    /// the candidate to be promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_cases: Option<EdgeCasesSpec>,
     /// Where candidates, reports and promoted models go.
     pub output: OutputSpec,
     /// How the evaluation runs (batch size, latency measurement, threads).
@@ -143,7 +150,7 @@ pub struct DatasetSource {
     /// state shaped [layers, batch, hidden]), or a state fed back from an output row after row
     /// (a streaming model). Inputs not listed are fed from the array of their name, samples on
     /// axis 0; a rank-0 input with a rank-0 array of its name needs no entry. The calibration
-    /// set is fed the same way.
+    /// set and `edgeCases` are fed the same way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub inputs: Vec<InputFeed>,
@@ -197,6 +204,34 @@ pub struct InputFeed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub reset_on: Option<String>,
+}
+
+/// The edge-case set and its thresholds.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeCasesSpec {
+    /// URI of a NumPy `.npz` file in the format of `dataset` (the same arrays, any number of
+    /// rows).
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
+    pub uri: String,
+    /// Expected sha256 of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
+    pub sha256: Option<String>,
+    /// Name of the integer labels array (default `labels` when the file has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// Use only the first N rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub limit: Option<u32>,
+    /// Quality thresholds on these rows (the model's size and latency are checked once, by
+    /// `spec.thresholds`, so minCompressionRatio and maxLatencyRatio are not taken here).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("!has(self.minCompressionRatio) && !has(self.maxLatencyRatio)").message("size and latency are the model's, checked by spec.thresholds: remove them here"))]
+    pub thresholds: Thresholds,
 }
 
 /// Object storage settings. Credentials come from the environment (AWS_*, GOOGLE_*, AZURE_*),

@@ -214,6 +214,9 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     if let Some(c) = calib_data {
         uri("spec.calibration.dataset.uri", &c.uri, false);
     }
+    if let Some(e) = &spec.edge_cases {
+        uri("spec.edgeCases.uri", &e.uri, false);
+    }
     uri("spec.output.uri", &spec.output.uri, true);
     match &spec.output.promote_to {
         Some(p) if crate::uri::OciTarget::is_oci(p) => {
@@ -254,6 +257,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         (
             "spec.calibration.dataset.sha256",
             &calib_data.and_then(|c| c.sha256.clone()),
+        ),
+        (
+            "spec.edgeCases.sha256",
+            &spec.edge_cases.as_ref().and_then(|e| e.sha256.clone()),
         ),
     ] {
         if let Some(s) = sha
@@ -519,6 +526,25 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         err("spec.dataset.limit".into(), "must be positive".into());
     }
     check_inputs(&spec.dataset.inputs, &mut err);
+    if let Some(e) = &spec.edge_cases {
+        if e.limit == Some(0) {
+            err("spec.edgeCases.limit".into(), "must be positive".into());
+        }
+        for (name, set) in [
+            (
+                "minCompressionRatio",
+                e.thresholds.min_compression_ratio.is_some(),
+            ),
+            ("maxLatencyRatio", e.thresholds.max_latency_ratio.is_some()),
+        ] {
+            if set {
+                err(
+                    format!("spec.edgeCases.thresholds.{name}"),
+                    "size and latency are the model's, checked once by spec.thresholds: remove it here".into(),
+                );
+            }
+        }
+    }
     if errs.is_empty() {
         Ok(())
     } else {
