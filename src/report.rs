@@ -74,8 +74,39 @@ pub struct Report {
     /// With `spec.edgeCases`: that set's metrics and checks, on their own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_cases: Option<EdgeCasesReport>,
+    /// With `spec.evaluation.evaluator`: what ran (its metrics are the candidate's `custom`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluator: Option<EvaluatorRef>,
     pub result: JobResult,
     pub tools: Tools,
+}
+
+/// The custom evaluator that scored the candidate: its command and, in a cluster, its image
+/// (the digest when the spec pins one: `repo@sha256:...`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluatorRef {
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    pub timeout_seconds: u32,
+}
+
+impl EvaluatorRef {
+    pub fn from_spec(e: &crate::api::EvaluatorSpec) -> Self {
+        Self {
+            command: e.command.clone(),
+            image: e.image.clone(),
+            image_digest: e
+                .image
+                .as_deref()
+                .and_then(|i| i.split_once('@'))
+                .map(|(_, d)| d.to_string()),
+            timeout_seconds: e.timeout_seconds.unwrap_or(300),
+        }
+    }
 }
 
 /// The edge-case set scored on its own: its checks (named `edgeCases.<threshold>`) are also
@@ -247,6 +278,7 @@ impl Report {
             })),
             "recipe": self.recipe,
             "thresholds": self.thresholds,
+            "evaluator": self.evaluator,
             "checks": r.checks,
             "baseline": r.baseline,
             "candidate": r.candidate,

@@ -849,6 +849,11 @@ pub struct Thresholds {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0.0").message("must be positive"))]
     pub max_latency_ratio: Option<f64>,
+    /// Bounds on metrics printed by `spec.evaluation.evaluator`, e.g.
+    /// `[{metric: wer, max: 0.15}]`; each becomes a check named `custom.<metric>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub custom: Vec<CustomThreshold>,
 }
 
 /// Where results go.
@@ -948,6 +953,53 @@ pub struct EvaluationSpec {
     /// Latency measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySpec>,
+    /// A program of your own that scores what no built-in metric covers (word error rate,
+    /// a business rule): it reads the original's and the candidate's compared outputs and
+    /// prints named metrics, which `thresholds.custom` can name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluator: Option<EvaluatorSpec>,
+}
+
+/// A custom evaluator. It runs once per candidate, in a folder holding `original.npz` and
+/// `candidate.npz` (paths also in `KOMPRESS_ORIGINAL` and `KOMPRESS_CANDIDATE`), each with
+/// `output` (the compared output: samples first, then its shape per sample, float32) and
+/// `labels` when the dataset has them. It must print one JSON object on stdout,
+/// `{"metrics": {"wer": 0.12}}` (at most 1 MiB; logs go to stderr), and exit 0. A failure, a
+/// timeout or anything else on stdout fails the job (exit 65).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluatorSpec {
+    /// The program and its arguments (no shell), e.g. `[python3, /eval/wer.py]`. With
+    /// `kompress run` it runs on this machine; in a cluster it runs in `image`.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+    /// In a cluster: the image of the evaluator's container, started in the worker's pod
+    /// beside it and sharing its scratch volume (the image needs `command` and glibc; kompress
+    /// adds a small agent that runs it). Pin it by digest (`repo@sha256:...`): the image
+    /// goes into the evidence. Ignored by `kompress run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    /// Seconds one run may take before it is stopped, 1 to 3600. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// A threshold on a metric printed by `spec.evaluation.evaluator`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.min) != has(self.max)").message("set exactly one of min or max"))]
+pub struct CustomThreshold {
+    /// The metric's name as the evaluator prints it.
+    #[schemars(length(min = 1, max = 63))]
+    pub metric: String,
+    /// Smallest allowed value (the check is named `custom.<metric>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest allowed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 /// Latency is measured on repeated runs of one batch after warm-up.

@@ -90,6 +90,63 @@ fn check_inputs(inputs: &[super::InputFeed], err: &mut dyn FnMut(String, String)
     }
 }
 
+/// Longest time limit of a custom evaluator run.
+pub const MAX_EVALUATOR_SECONDS: u32 = 3600;
+
+/// `spec.evaluation.evaluator` and `spec.thresholds.custom`.
+fn check_evaluator(spec: &CompressionJobSpec, err: &mut dyn FnMut(String, String)) {
+    let ev = spec.evaluation.as_ref().and_then(|e| e.evaluator.as_ref());
+    if let Some(e) = ev {
+        let at = "spec.evaluation.evaluator";
+        if e.command.first().is_none_or(|p| p.is_empty()) {
+            err(
+                format!("{at}.command"),
+                "must name the program to run, e.g. [python3, score.py]".into(),
+            );
+        }
+        if let Some(t) = e.timeout_seconds
+            && !(1..=MAX_EVALUATOR_SECONDS).contains(&t)
+        {
+            err(
+                format!("{at}.timeoutSeconds"),
+                format!("{t} is outside [1, {MAX_EVALUATOR_SECONDS}]"),
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in spec.thresholds.custom.iter().enumerate() {
+        let at = format!("spec.thresholds.custom[{i}]");
+        if c.min.is_some() == c.max.is_some() {
+            err(at.clone(), "set exactly one of min or max".into());
+        }
+        if !seen.insert((c.metric.as_str(), c.min.is_some())) {
+            err(
+                format!("{at}.metric"),
+                format!("`{}` is bounded twice the same way: keep one", c.metric),
+            );
+        }
+        if ev.is_none() {
+            err(
+                format!("{at}.metric"),
+                format!(
+                    "`{}` comes from a custom evaluator, and spec.evaluation.evaluator is unset: set it, or remove the threshold",
+                    c.metric
+                ),
+            );
+        }
+    }
+    if spec
+        .edge_cases
+        .as_ref()
+        .is_some_and(|e| !e.thresholds.custom.is_empty())
+    {
+        err(
+            "spec.edgeCases.thresholds.custom".into(),
+            "the custom evaluator scores spec.dataset only: bound its metrics in spec.thresholds.custom".into(),
+        );
+    }
+}
+
 /// `N:M` with 0 < N < M <= 64.
 pub fn parse_pattern(p: &str) -> Option<(usize, usize)> {
     let (n, m) = p.split_once(':')?;
@@ -526,6 +583,7 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         err("spec.dataset.limit".into(), "must be positive".into());
     }
     check_inputs(&spec.dataset.inputs, &mut err);
+    check_evaluator(spec, &mut err);
     if let Some(e) = &spec.edge_cases {
         if e.limit == Some(0) {
             err("spec.edgeCases.limit".into(), "must be positive".into());

@@ -3,6 +3,7 @@
 
 pub mod calibrate;
 pub mod dataset;
+pub mod evaluator;
 pub mod feed;
 pub mod latency;
 pub mod metrics;
@@ -42,6 +43,8 @@ pub enum Error {
     },
     #[error("the model cannot be evaluated: {what}")]
     Model { model: PathBuf, what: String },
+    #[error(transparent)]
+    Evaluator(#[from] evaluator::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -93,6 +96,8 @@ pub struct Outputs {
     pub per_sample: usize,
     /// Classes per sample when the output is `[N, C]` with C > 1.
     pub classes: Option<usize>,
+    /// The compared output's shape per sample (its shape without the first axis).
+    pub sample_shape: Vec<usize>,
 }
 
 /// The dataset checked against a model's inputs: which arrays feed which inputs, the labels,
@@ -376,6 +381,7 @@ pub fn evaluate(
     let mut values = Vec::new();
     let mut per_sample: Option<usize> = None;
     let mut classes: Option<usize> = None;
+    let mut sample_shape = Vec::new();
     let mut start = 0;
     while start < prep.samples {
         let rows = batch.min(prep.samples - start);
@@ -390,6 +396,7 @@ pub fn evaluate(
         }
         per_sample = Some(ps);
         if start == 0 {
+            sample_shape = shape.iter().skip(1).map(|&d| d.max(0) as usize).collect();
             classes = (shape.len() == 2 && shape[0] == rows as i64 && shape[1] > 1).then_some(ps);
             check_labels(prep, classes, &out_name, model)?;
         }
@@ -418,6 +425,7 @@ pub fn evaluate(
             values,
             per_sample: per_sample.unwrap_or(0),
             classes,
+            sample_shape,
         },
         times,
     ))
@@ -490,6 +498,11 @@ impl Prepared<'_> {
 
     pub fn samples(&self) -> usize {
         self.samples
+    }
+
+    /// The labels of the evaluated rows, when the dataset has them.
+    pub fn labels(&self) -> Option<&[i64]> {
+        self.labels.as_deref()
     }
 
     /// Where each model input's values come from.

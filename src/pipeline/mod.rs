@@ -166,6 +166,39 @@ pub struct Baseline {
     pub calibration_rows: Option<RowRange>,
     /// `spec.edgeCases` through the original.
     pub edge_cases: Option<EdgeBaseline>,
+    /// `spec.evaluation.evaluator`, run on every candidate's outputs.
+    pub evaluator: Option<CustomEvaluator>,
+}
+
+/// The custom evaluator and the metrics the thresholds need from it.
+pub struct CustomEvaluator {
+    pub evaluator: eval::evaluator::Evaluator,
+    /// Its folder in scratch: each run's input files are written there.
+    pub dir: PathBuf,
+    /// The metrics `spec.thresholds.custom` names.
+    pub wanted: Vec<String>,
+}
+
+impl CustomEvaluator {
+    fn from_spec(spec: &CompressionJobSpec, scratch: &Path) -> Option<Self> {
+        let e = spec.evaluation().evaluator?;
+        Some(Self {
+            evaluator: eval::evaluator::Evaluator {
+                command: e.command.clone(),
+                timeout: std::time::Duration::from_secs(u64::from(
+                    e.timeout_seconds
+                        .unwrap_or(eval::evaluator::DEFAULT_TIMEOUT_SECONDS),
+                )),
+            },
+            dir: scratch.join("evaluator"),
+            wanted: spec
+                .thresholds
+                .custom
+                .iter()
+                .map(|c| c.metric.clone())
+                .collect(),
+        })
+    }
 }
 
 /// The edge-case set measured once on the original.
@@ -499,6 +532,15 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
         metrics,
         calibration_rows,
         edge_cases,
+        // The dataset lies in `<scratch>/dataset/`.
+        evaluator: CustomEvaluator::from_spec(
+            spec,
+            inputs
+                .dataset_path
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new(".")),
+        ),
     })
 }
 
@@ -959,8 +1001,32 @@ fn scored<'b>(
         ui,
         "evaluate candidate",
     )?;
-    let metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    let mut metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    custom_metrics(&out, &prep, base, &mut metrics).map_err(cand_err(candidate))?;
     Ok((opened, prep, metrics))
+}
+
+/// The custom evaluator's metrics of the candidate's outputs against the original's (none
+/// without one); a metric a threshold names must be among them.
+fn custom_metrics(
+    out: &eval::Outputs,
+    prep: &eval::Prepared,
+    base: &Baseline,
+    metrics: &mut Metrics,
+) -> Result<(), eval::Error> {
+    let Some(c) = &base.evaluator else {
+        return Ok(());
+    };
+    let got = eval::evaluator::score(&c.evaluator, &c.dir, &base.outputs, out, prep.labels())?;
+    if let Some(w) = c.wanted.iter().find(|w| !got.contains_key(*w)) {
+        return Err(eval::evaluator::Error::Missing {
+            metric: w.clone(),
+            printed: got.keys().cloned().collect::<Vec<_>>().join(", "),
+        }
+        .into());
+    }
+    metrics.custom = got;
+    Ok(())
 }
 
 /// The candidate's compared output on the evaluation set's first `rows` rows (a sensitivity
@@ -1342,6 +1408,11 @@ pub async fn run(
         calibration: calibration.clone(),
         search: search.as_ref().map(|s| s.0.clone()),
         edge_cases: edge_cases.clone(),
+        evaluator: spec
+            .evaluation()
+            .evaluator
+            .as_ref()
+            .map(crate::report::EvaluatorRef::from_spec),
         result: result.clone(),
         tools: Tools::this_binary(
             eval::runtime::library_version(),
