@@ -110,6 +110,28 @@ pub fn decide(
     if let Some(limit) = t.min_compression_ratio {
         min("minCompressionRatio", ratio, limit);
     }
+    // A metric the evaluator did not print is refused before the gate (the pipeline names
+    // it); here it would fail its check (NaN passes nothing).
+    for c in &t.custom {
+        let v = cand.custom.get(&c.metric).copied().unwrap_or(f64::NAN);
+        let name = format!("custom.{}", c.metric);
+        if let Some(limit) = c.min {
+            checks.push(Check {
+                name: name.clone(),
+                value: v,
+                limit,
+                passed: v + EPS >= limit,
+            });
+        }
+        if let Some(limit) = c.max {
+            checks.push(Check {
+                name,
+                value: v,
+                limit,
+                passed: v <= limit + EPS,
+            });
+        }
+    }
     let verdict = if checks.iter().all(|c| c.passed) {
         Verdict::Passed
     } else {
@@ -147,6 +169,7 @@ mod tests {
             min_cosine_similarity: Some(0.99),
             min_compression_ratio: Some(3.5),
             max_latency_ratio: Some(1.0),
+            custom: vec![],
         };
         let d = decide(&t, &m(400, 0.98, 1.0, 1.0), &m(100, 0.975, 0.99, 0.5), 3).unwrap();
         assert_eq!(d.checks.len(), 7, "six thresholds and tensorsCompressed");

@@ -71,8 +71,55 @@ pub struct Report {
     /// With `spec.search`: every trial and probe, in order, and what was chosen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchReport>,
+    /// With `spec.edgeCases`: that set's metrics and checks, on their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_cases: Option<EdgeCasesReport>,
+    /// With `spec.evaluation.evaluator`: what ran (its metrics are the candidate's `custom`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluator: Option<EvaluatorRef>,
     pub result: JobResult,
     pub tools: Tools,
+}
+
+/// The custom evaluator that scored the candidate: its command and, in a cluster, its image
+/// (the digest when the spec pins one: `repo@sha256:...`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluatorRef {
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    pub timeout_seconds: u32,
+}
+
+impl EvaluatorRef {
+    pub fn from_spec(e: &crate::api::EvaluatorSpec) -> Self {
+        Self {
+            command: e.command.clone(),
+            image: e.image.clone(),
+            image_digest: e
+                .image
+                .as_deref()
+                .and_then(|i| i.split_once('@'))
+                .map(|(_, d)| d.to_string()),
+            timeout_seconds: e.timeout_seconds.unwrap_or(300),
+        }
+    }
+}
+
+/// The edge-case set scored on its own: its checks (named `edgeCases.<threshold>`) are also
+/// in `result.checks`, where every one must pass for promotion.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeCasesReport {
+    pub dataset: InputRef,
+    /// Passed when every edge-case check passed.
+    pub verdict: crate::api::Verdict,
+    pub baseline: crate::api::Metrics,
+    pub candidate: crate::api::Metrics,
+    pub checks: Vec<crate::api::Check>,
 }
 
 /// A search's full log: enough to see why each form won or lost, and to reproduce it.
@@ -222,9 +269,16 @@ impl Report {
                 "externalData": self.external_data,
                 "dataset": self.dataset,
                 "calibration": self.calibration.as_ref().map(|c| &c.source),
+                "edgeCases": self.edge_cases.as_ref().map(|e| &e.dataset),
             },
+            "edgeCases": self.edge_cases.as_ref().map(|e| serde_json::json!({
+                "verdict": e.verdict,
+                "baseline": e.baseline,
+                "candidate": e.candidate,
+            })),
             "recipe": self.recipe,
             "thresholds": self.thresholds,
+            "evaluator": self.evaluator,
             "checks": r.checks,
             "baseline": r.baseline,
             "candidate": r.candidate,

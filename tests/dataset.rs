@@ -735,6 +735,7 @@ fn cfg(batch: usize) -> EvalConfig {
         latency_batch: 1,
         warmup: 0,
         iterations: 2,
+        inputs: Vec::new(),
     }
 }
 

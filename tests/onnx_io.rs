@@ -17,6 +17,7 @@ fn cfg() -> EvalConfig {
         latency_batch: 1,
         warmup: 0,
         iterations: 1,
+        inputs: Vec::new(),
     }
 }
 

@@ -60,6 +60,13 @@ pub struct CompressionJobSpec {
     /// Every threshold set here must pass for the candidate to be promoted.
     #[serde(default)]
     pub thresholds: Thresholds,
+    /// A second dataset: the rows that matter most (often few), in the same format as
+    /// `dataset` (fed the same way, `dataset.inputs`). Scored on the original and the
+    /// candidate, reported on its own (report.json `edgeCases`), and gated by its own
+    /// thresholds, whose checks are named `edgeCases.<threshold>`; every one must pass for
+    /// the candidate to be promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_cases: Option<EdgeCasesSpec>,
     /// Where candidates, reports and promoted models go.
     pub output: OutputSpec,
     /// How the evaluation runs (batch size, latency measurement, threads).
@@ -120,7 +127,8 @@ pub struct ModelSource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatasetSource {
     /// URI of a NumPy `.npz` file with one array per model input (named like the input, first
-    /// axis = samples) and optionally a labels array.
+    /// axis = samples; scalars, other batch axes and streaming state: see `inputs`) and
+    /// optionally a labels array.
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
@@ -137,6 +145,93 @@ pub struct DatasetSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
     pub limit: Option<u32>,
+    /// How model inputs that are not "one array, samples on axis 0" are fed: a scalar (one
+    /// value for every row, e.g. a sample rate), a batch axis other than 0 (e.g. a recurrent
+    /// state shaped [layers, batch, hidden]), or a state fed back from an output row after row
+    /// (a streaming model). Inputs not listed are fed from the array of their name, samples on
+    /// axis 0; a rank-0 input with a rank-0 array of its name needs no entry. The calibration
+    /// set and `edgeCases` are fed the same way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub inputs: Vec<InputFeed>,
+}
+
+/// How one model input is fed. Exactly one of: plain rows (only `batchAxis`), `scalar`, or
+/// `stateFrom` (with `initial`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.scalar) || !self.scalar || (!has(self.batchAxis) && !has(self.stateFrom))").message("a scalar input has no batch axis and no state: remove batchAxis and stateFrom, or scalar"),
+    validation = Rule::new("has(self.stateFrom) == has(self.initial)").message("a state input (stateFrom) needs initial, the array of its value at the start of each stream"),
+    validation = Rule::new("!has(self.value) || (has(self.scalar) && self.scalar)").message("value applies to scalar inputs only (scalar: true)"),
+    validation = Rule::new("!has(self.resetOn) || has(self.stateFrom)").message("resetOn applies to state inputs only (stateFrom)")
+)]
+pub struct InputFeed {
+    /// The model input's name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// The input has no batch axis: the same value is fed as is on every run, from `value` or
+    /// from the dataset's array of the input's name, which has exactly the input's shape (a
+    /// rank-0 array for a scalar input: `np.array(16000, dtype=np.int64)`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scalar: Option<bool>,
+    /// With `scalar`: the value itself (converted to the input's type; an integer input needs
+    /// a whole number in its range), instead of an array in the dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The input's axis that holds the rows of a batch, e.g. 1 for a state shaped
+    /// [2, batch, 128]. Default 0. The dataset's array always keeps samples on its first axis
+    /// (the input's shape with the batch axis moved first, e.g. [N, 2, 128]); kompress moves
+    /// them to this axis for every run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 32))]
+    pub batch_axis: Option<u32>,
+    /// A recurrent state: the model output fed back into this input on the next row. Rows run
+    /// in order, one at a time, each model (original and candidate) carrying its own state;
+    /// the input needs no array of its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub state_from: Option<String>,
+    /// With `stateFrom`: the dataset's array holding the state at the start of each stream,
+    /// shaped like the input without its batch axis (e.g. [2, 128] for a [2, batch, 128]
+    /// state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub initial: Option<String>,
+    /// With `stateFrom`: the dataset's per-row integer or bool array marking stream starts; at
+    /// a row where it is non-zero the state goes back to `initial`. Unset: one stream, from
+    /// the first row to the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub reset_on: Option<String>,
+}
+
+/// The edge-case set and its thresholds.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeCasesSpec {
+    /// URI of a NumPy `.npz` file in the format of `dataset` (the same arrays, any number of
+    /// rows).
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
+    pub uri: String,
+    /// Expected sha256 of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
+    pub sha256: Option<String>,
+    /// Name of the integer labels array (default `labels` when the file has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// Use only the first N rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
+    pub limit: Option<u32>,
+    /// Quality thresholds on these rows (the model's size and latency are checked once, by
+    /// `spec.thresholds`, so minCompressionRatio and maxLatencyRatio are not taken here).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("!has(self.minCompressionRatio) && !has(self.maxLatencyRatio)").message("size and latency are the model's, checked by spec.thresholds: remove them here"))]
+    pub thresholds: Thresholds,
 }
 
 /// Object storage settings. Credentials come from the environment (AWS_*, GOOGLE_*, AZURE_*),
@@ -754,6 +849,11 @@ pub struct Thresholds {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0.0").message("must be positive"))]
     pub max_latency_ratio: Option<f64>,
+    /// Bounds on metrics printed by `spec.evaluation.evaluator`, e.g.
+    /// `[{metric: wer, max: 0.15}]`; each becomes a check named `custom.<metric>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub custom: Vec<CustomThreshold>,
 }
 
 /// Where results go.
@@ -853,6 +953,53 @@ pub struct EvaluationSpec {
     /// Latency measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySpec>,
+    /// A program of your own that scores what no built-in metric covers (word error rate,
+    /// a business rule): it reads the original's and the candidate's compared outputs and
+    /// prints named metrics, which `thresholds.custom` can name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluator: Option<EvaluatorSpec>,
+}
+
+/// A custom evaluator. It runs once per candidate, in a folder holding `original.npz` and
+/// `candidate.npz` (paths also in `KOMPRESS_ORIGINAL` and `KOMPRESS_CANDIDATE`), each with
+/// `output` (the compared output: samples first, then its shape per sample, float32) and
+/// `labels` when the dataset has them. It must print one JSON object on stdout,
+/// `{"metrics": {"wer": 0.12}}` (at most 1 MiB; logs go to stderr), and exit 0. A failure, a
+/// timeout or anything else on stdout fails the job (exit 65).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvaluatorSpec {
+    /// The program and its arguments (no shell), e.g. `[python3, /eval/wer.py]`. With
+    /// `kompress run` it runs on this machine; in a cluster it runs in `image`.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+    /// In a cluster: the image of the evaluator's container, started in the worker's pod
+    /// beside it and sharing its scratch volume (the image needs `command` and glibc; kompress
+    /// adds a small agent that runs it). Pin it by digest (`repo@sha256:...`): the image
+    /// goes into the evidence. Ignored by `kompress run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    /// Seconds one run may take before it is stopped, 1 to 3600. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// A threshold on a metric printed by `spec.evaluation.evaluator`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.min) != has(self.max)").message("set exactly one of min or max"))]
+pub struct CustomThreshold {
+    /// The metric's name as the evaluator prints it.
+    #[schemars(length(min = 1, max = 63))]
+    pub metric: String,
+    /// Smallest allowed value (the check is named `custom.<metric>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest allowed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 /// Latency is measured on repeated runs of one batch after warm-up.

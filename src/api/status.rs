@@ -282,6 +282,9 @@ pub struct Metrics {
     /// is judged on it, so a candidate passes only when it is that fast with confidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ratio_high: Option<f64>,
+    /// Candidate only: the metrics `spec.evaluation.evaluator` printed, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom: std::collections::BTreeMap<String, f64>,
 }
 
 /// One threshold check.

@@ -30,6 +30,123 @@ pub const MAX_BATCH: u32 = 4096;
 pub const MAX_WARMUP: u32 = 10_000;
 pub const MAX_ITERATIONS: u32 = 1_000_000;
 
+/// Largest `spec.dataset.inputs[].batchAxis` (no ONNX tensor has more axes in practice).
+pub const MAX_BATCH_AXIS: u32 = 32;
+
+/// `spec.dataset.inputs`: the CRD's CEL rules, and one entry per input name.
+fn check_inputs(inputs: &[super::InputFeed], err: &mut dyn FnMut(String, String)) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, f) in inputs.iter().enumerate() {
+        let at = format!("spec.dataset.inputs[{i}]");
+        let scalar = f.scalar == Some(true);
+        if f.name.is_empty() {
+            err(format!("{at}.name"), "must name a model input".into());
+        } else if !seen.insert(f.name.as_str()) {
+            err(
+                format!("{at}.name"),
+                format!("input `{}` is listed twice: keep one entry", f.name),
+            );
+        }
+        if scalar && (f.batch_axis.is_some() || f.state_from.is_some()) {
+            err(
+                format!("{at}.scalar"),
+                "a scalar input has no batch axis and no state: remove batchAxis and stateFrom, or scalar".into(),
+            );
+        }
+        if f.value.is_some() && !scalar {
+            err(
+                format!("{at}.value"),
+                "applies to scalar inputs only (scalar: true)".into(),
+            );
+        }
+        if f.value.is_some_and(|v| !v.is_finite()) {
+            err(format!("{at}.value"), "must be a finite number".into());
+        }
+        match (&f.state_from, &f.initial) {
+            (Some(_), None) => err(
+                format!("{at}.initial"),
+                "a state input (stateFrom) needs initial: the dataset's array of its value at the start of each stream".into(),
+            ),
+            (None, Some(_)) => err(
+                format!("{at}.initial"),
+                "applies to state inputs only: set stateFrom to the output fed back".into(),
+            ),
+            _ => {}
+        }
+        if f.reset_on.is_some() && f.state_from.is_none() {
+            err(
+                format!("{at}.resetOn"),
+                "applies to state inputs only (stateFrom)".into(),
+            );
+        }
+        if let Some(a) = f.batch_axis
+            && a > MAX_BATCH_AXIS
+        {
+            err(
+                format!("{at}.batchAxis"),
+                format!("{a} is outside [0, {MAX_BATCH_AXIS}]"),
+            );
+        }
+    }
+}
+
+/// Longest time limit of a custom evaluator run.
+pub const MAX_EVALUATOR_SECONDS: u32 = 3600;
+
+/// `spec.evaluation.evaluator` and `spec.thresholds.custom`.
+fn check_evaluator(spec: &CompressionJobSpec, err: &mut dyn FnMut(String, String)) {
+    let ev = spec.evaluation.as_ref().and_then(|e| e.evaluator.as_ref());
+    if let Some(e) = ev {
+        let at = "spec.evaluation.evaluator";
+        if e.command.first().is_none_or(|p| p.is_empty()) {
+            err(
+                format!("{at}.command"),
+                "must name the program to run, e.g. [python3, score.py]".into(),
+            );
+        }
+        if let Some(t) = e.timeout_seconds
+            && !(1..=MAX_EVALUATOR_SECONDS).contains(&t)
+        {
+            err(
+                format!("{at}.timeoutSeconds"),
+                format!("{t} is outside [1, {MAX_EVALUATOR_SECONDS}]"),
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in spec.thresholds.custom.iter().enumerate() {
+        let at = format!("spec.thresholds.custom[{i}]");
+        if c.min.is_some() == c.max.is_some() {
+            err(at.clone(), "set exactly one of min or max".into());
+        }
+        if !seen.insert((c.metric.as_str(), c.min.is_some())) {
+            err(
+                format!("{at}.metric"),
+                format!("`{}` is bounded twice the same way: keep one", c.metric),
+            );
+        }
+        if ev.is_none() {
+            err(
+                format!("{at}.metric"),
+                format!(
+                    "`{}` comes from a custom evaluator, and spec.evaluation.evaluator is unset: set it, or remove the threshold",
+                    c.metric
+                ),
+            );
+        }
+    }
+    if spec
+        .edge_cases
+        .as_ref()
+        .is_some_and(|e| !e.thresholds.custom.is_empty())
+    {
+        err(
+            "spec.edgeCases.thresholds.custom".into(),
+            "the custom evaluator scores spec.dataset only: bound its metrics in spec.thresholds.custom".into(),
+        );
+    }
+}
+
 /// `N:M` with 0 < N < M <= 64.
 pub fn parse_pattern(p: &str) -> Option<(usize, usize)> {
     let (n, m) = p.split_once(':')?;
@@ -154,6 +271,9 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     if let Some(c) = calib_data {
         uri("spec.calibration.dataset.uri", &c.uri, false);
     }
+    if let Some(e) = &spec.edge_cases {
+        uri("spec.edgeCases.uri", &e.uri, false);
+    }
     uri("spec.output.uri", &spec.output.uri, true);
     match &spec.output.promote_to {
         Some(p) if crate::uri::OciTarget::is_oci(p) => {
@@ -194,6 +314,10 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         (
             "spec.calibration.dataset.sha256",
             &calib_data.and_then(|c| c.sha256.clone()),
+        ),
+        (
+            "spec.edgeCases.sha256",
+            &spec.edge_cases.as_ref().and_then(|e| e.sha256.clone()),
         ),
     ] {
         if let Some(s) = sha
@@ -457,6 +581,27 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     }
     if spec.dataset.limit == Some(0) {
         err("spec.dataset.limit".into(), "must be positive".into());
+    }
+    check_inputs(&spec.dataset.inputs, &mut err);
+    check_evaluator(spec, &mut err);
+    if let Some(e) = &spec.edge_cases {
+        if e.limit == Some(0) {
+            err("spec.edgeCases.limit".into(), "must be positive".into());
+        }
+        for (name, set) in [
+            (
+                "minCompressionRatio",
+                e.thresholds.min_compression_ratio.is_some(),
+            ),
+            ("maxLatencyRatio", e.thresholds.max_latency_ratio.is_some()),
+        ] {
+            if set {
+                err(
+                    format!("spec.edgeCases.thresholds.{name}"),
+                    "size and latency are the model's, checked once by spec.thresholds: remove it here".into(),
+                );
+            }
+        }
     }
     if errs.is_empty() {
         Ok(())

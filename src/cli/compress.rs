@@ -55,7 +55,8 @@ impl CompressArgs {
             .into());
         }
         let ds = crate::eval::Dataset::open(path, &shown)?;
-        let cfg = crate::eval::EvalConfig::from_spec(&spec.evaluation(), None, None);
+        let cfg = crate::eval::EvalConfig::from_spec(&spec.evaluation(), None, None)
+            .with_inputs(&spec.dataset.inputs);
         let scratch = tempfile::Builder::new()
             .prefix("kompress-calibration-")
             .tempdir()?;

@@ -4,6 +4,7 @@
 //! `Args` struct whose `run(self)` returns the process exit status; `main` only parses and
 //! dispatches.
 
+mod agent;
 mod compress;
 mod controller;
 mod cp;
@@ -16,6 +17,7 @@ pub mod summary;
 mod verify;
 mod worker;
 
+pub use agent::EvaluatorAgentArgs;
 pub use compress::CompressArgs;
 pub use controller::ControllerArgs;
 pub use cp::CpArgs;
@@ -71,6 +73,10 @@ pub enum Command {
     /// Check a promotion's evidence: its signature, that the promoted files are the ones it
     /// names, and that its verdict is Passed.
     Verify(VerifyArgs),
+    /// In a cluster: runs a custom evaluator's command for the worker, inside the evaluator's
+    /// own container (the controller sets it up; not for direct use).
+    #[command(hide = true)]
+    EvaluatorAgent(EvaluatorAgentArgs),
 }
 
 impl Command {
@@ -89,6 +95,7 @@ impl Command {
             Self::Gc(a) => a.run(),
             Self::Inspect(a) => a.run(),
             Self::Verify(a) => a.run().await,
+            Self::EvaluatorAgent(a) => a.run(),
         }
     }
 }

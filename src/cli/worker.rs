@@ -102,6 +102,8 @@ impl WorkerArgs {
             failed(reason::INTERRUPTED, false, message);
         })
         .await;
+        // The evaluator's container (if any) may stop now.
+        crate::eval::evaluator::release_agent();
         drop(scratch);
         match outcome {
             Err(internal) => {

@@ -19,6 +19,14 @@ pub const SIGNING_DIR: &str = "/var/run/secrets/kompress.dev/signing";
 pub const SIGNING_KEY_FILE: &str = "key.pem";
 /// Where an OCI registry's dockerconfigjson Secret is mounted (the worker's DOCKER_CONFIG).
 pub const REGISTRY_DIR: &str = "/var/run/secrets/kompress.dev/registry";
+/// With a custom evaluator image: where an init container copies the kompress binary (the
+/// evaluator's agent), the folder the worker and the agent share on the scratch volume, and
+/// the native sidecar's name and fixed resources (requests == limits, as the worker's).
+pub const AGENT_BIN_DIR: &str = "/kompress-bin";
+pub const EVALUATOR_DIR: &str = "/scratch/evaluator";
+pub const EVALUATOR_CONTAINER: &str = "evaluator";
+const EVALUATOR_CPU: &str = "500m";
+const EVALUATOR_MEMORY: &str = "1Gi";
 /// The non-root user of the worker image (distroless `nonroot`).
 pub const WORKER_UID: i64 = 65532;
 
@@ -186,7 +194,7 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
     tolerations.extend(spec.tolerations.clone().unwrap_or_default());
 
     let seccomp = json!({"type": "RuntimeDefault"});
-    let job = json!({
+    let mut job = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
@@ -244,7 +252,82 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
             },
         },
     });
+    if let Some(e) = spec.evaluation.as_ref().and_then(|e| e.evaluator.as_ref())
+        && let Some(evaluator_image) = &e.image
+    {
+        add_evaluator(
+            &mut job["spec"]["template"]["spec"],
+            &image,
+            evaluator_image,
+            e,
+        );
+    }
     serde_json::from_value(job).expect("the worker Job template matches batch/v1 Job")
+}
+
+/// A custom evaluator in the cluster: a native sidecar (an init container that keeps running,
+/// stopped by the kubelet once the worker exits) of the evaluator's image, sharing the scratch
+/// volume. An init container of the worker image first copies the kompress binary into a
+/// volume the sidecar runs it from: `kompress evaluator-agent` runs the evaluator's command for
+/// each request the worker writes (the worker finds the folder in its environment).
+fn add_evaluator(
+    pod: &mut serde_json::Value,
+    worker_image: &str,
+    image: &str,
+    e: &crate::api::EvaluatorSpec,
+) {
+    let security = pod["containers"][0]["securityContext"].clone();
+    if let Some(v) = pod["volumes"].as_array_mut() {
+        v.push(json!({"name": "kompress-bin", "emptyDir": {"sizeLimit": "512Mi"}}));
+    }
+    if let Some(env) = pod["containers"][0]["env"].as_array_mut() {
+        env.push(json!({"name": crate::eval::evaluator::ENV_AGENT_DIR, "value": EVALUATOR_DIR}));
+    }
+    let timeout = e
+        .timeout_seconds
+        .unwrap_or(crate::eval::evaluator::DEFAULT_TIMEOUT_SECONDS)
+        .to_string();
+    let mut command: Vec<String> = [
+        &format!("{AGENT_BIN_DIR}/kompress"),
+        "evaluator-agent",
+        "--dir",
+        EVALUATOR_DIR,
+        "--timeout-seconds",
+        &timeout,
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    command.extend(e.command.iter().cloned());
+    let small = json!({"cpu": "100m", "memory": "64Mi"});
+    let sized = json!({"cpu": EVALUATOR_CPU, "memory": EVALUATOR_MEMORY});
+    pod["initContainers"] = json!([
+        {
+            "name": "install-agent",
+            "image": worker_image,
+            "command": ["kompress", "evaluator-agent", "--install", AGENT_BIN_DIR],
+            "resources": {"limits": small, "requests": small},
+            "securityContext": security,
+            "volumeMounts": [{"name": "kompress-bin", "mountPath": AGENT_BIN_DIR}],
+        },
+        {
+            "name": EVALUATOR_CONTAINER,
+            "image": image,
+            "restartPolicy": "Always",
+            "command": command,
+            "env": [
+                {"name": "TMPDIR", "value": SCRATCH},
+                {"name": "HOME", "value": SCRATCH},
+            ],
+            "resources": {"limits": sized, "requests": sized},
+            "securityContext": security,
+            "volumeMounts": [
+                {"name": "scratch", "mountPath": SCRATCH},
+                {"name": "kompress-bin", "mountPath": AGENT_BIN_DIR, "readOnly": true},
+            ],
+        },
+    ]);
 }
 
 #[cfg(test)]
@@ -497,6 +580,84 @@ spec:
                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
             })
         );
+    }
+
+    #[test]
+    fn a_custom_evaluator_image_runs_as_a_native_sidecar_sharing_scratch() {
+        let mut m = cj(CPU);
+        m.spec.evaluation = Some(crate::api::EvaluationSpec {
+            evaluator: Some(crate::api::EvaluatorSpec {
+                command: vec!["python3".into(), "/eval/wer.py".into()],
+                image: Some("registry.local/wer@sha256:abc".into()),
+                timeout_seconds: Some(60),
+            }),
+            ..Default::default()
+        });
+        let job = value(&build_job(&m, &config()));
+        let spec = &job["spec"]["template"]["spec"];
+        let init = spec["initContainers"].as_array().unwrap();
+        assert_eq!(init.len(), 2);
+        assert_eq!(init[0]["image"], crate::controller::DEFAULT_WORKER_IMAGE);
+        assert_eq!(
+            init[0]["command"],
+            json!(["kompress", "evaluator-agent", "--install", "/kompress-bin"])
+        );
+        let ev = &init[1];
+        assert_eq!(ev["name"], "evaluator");
+        assert_eq!(
+            ev["restartPolicy"], "Always",
+            "a native sidecar: stopped when the worker exits"
+        );
+        assert_eq!(ev["image"], "registry.local/wer@sha256:abc");
+        assert_eq!(
+            ev["command"],
+            json!([
+                "/kompress-bin/kompress",
+                "evaluator-agent",
+                "--dir",
+                "/scratch/evaluator",
+                "--timeout-seconds",
+                "60",
+                "--",
+                "python3",
+                "/eval/wer.py"
+            ])
+        );
+        assert_eq!(
+            ev["volumeMounts"][0],
+            json!({"name": "scratch", "mountPath": "/scratch"})
+        );
+        assert_eq!(ev["volumeMounts"][1]["readOnly"], true);
+        assert_eq!(
+            ev["securityContext"], spec["containers"][0]["securityContext"],
+            "hardened alike"
+        );
+        assert_eq!(
+            ev["resources"]["limits"], ev["resources"]["requests"],
+            "Guaranteed QoS kept"
+        );
+        assert_eq!(
+            env(&job, "KOMPRESS_EVALUATOR_AGENT_DIR").as_deref(),
+            Some("/scratch/evaluator")
+        );
+        assert!(
+            spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "kompress-bin")
+        );
+        // Locally only (no image): the pod is unchanged.
+        let mut local = cj(CPU);
+        local.spec.evaluation = Some(crate::api::EvaluationSpec {
+            evaluator: Some(crate::api::EvaluatorSpec {
+                command: vec!["python3".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let plain = value(&build_job(&local, &config()));
+        assert!(plain["spec"]["template"]["spec"]["initContainers"].is_null());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! of `BINS` bins over a symmetric range that doubles as values grow). No activation is kept,
 //! so memory does not grow with the number of samples.
 
-use super::{Archive, ArrayData, Error, EvalConfig, Opened, Result, tensor};
+use super::feed::Feeder;
+use super::{ArrayData, Error, EvalConfig, Opened, Result, tensor};
 use crate::api::CalibrationMethod;
 use crate::onnx::{self, Model, pb};
 use std::borrow::Cow;
@@ -396,13 +397,9 @@ pub fn run(
             ),
         });
     }
-    let mut archives: Vec<Archive> = prep.inputs.iter().map(|_| Archive::default()).collect();
-    let mut readers = Vec::with_capacity(prep.inputs.len());
-    for (m, a) in prep.inputs.iter().zip(archives.iter_mut()) {
-        let mut r = ds.rows(&m.name, a)?;
-        r.skip(rows.start)?;
-        readers.push(r);
-    }
+    // Inputs are fed as for evaluation (a state fed back runs rows one at a time, in order).
+    let mut archives = prep.plan.archives();
+    let mut feeder = Feeder::new(&prep.plan, ds, &mut archives, rows.start)?;
     let mut stats: BTreeMap<String, TensorStats> = tensors
         .iter()
         .map(|t| {
@@ -414,32 +411,42 @@ pub fn run(
             (t.clone(), s)
         })
         .collect();
-    let batch = cfg.batch_size.max(1);
+    let batch = if prep.plan.is_stateful() {
+        1
+    } else {
+        cfg.batch_size.max(1)
+    };
     let mut done = 0;
     while done < rows.count {
         let n = batch.min(rows.count - done);
+        let arrays = feeder.next(n)?;
+        let fed: Vec<(String, Vec<usize>)> = arrays
+            .iter()
+            .map(|(name, a)| (name.clone(), a.shape.clone()))
+            .collect();
         let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> =
-            Vec::with_capacity(readers.len());
-        for (m, r) in prep.inputs.iter().zip(readers.iter_mut()) {
-            let arr = r.read(n)?;
-            if let Some(s) = stats.get_mut(&m.name) {
+            Vec::with_capacity(arrays.len());
+        for (name, arr) in arrays {
+            if let Some(s) = stats.get_mut(&name) {
                 match &arr.data {
                     ArrayData::F32(v) => s.update(v),
                     other => {
                         return Err(run_err(format!(
-                            "input `{}` is {}, so it cannot be calibrated",
-                            m.name,
+                            "input `{name}` is {}, so it cannot be calibrated",
                             other.dtype()
                         )));
                     }
                 }
             }
             let t = tensor(arr).map_err(|e| run_err(e.to_string()))?;
-            feed.push((Cow::Owned(m.name.clone()), t.into()));
+            feed.push((Cow::Owned(name), t.into()));
         }
         let outputs = opened.sess.run(feed).map_err(|e| run_err(e.to_string()))?;
+        feeder
+            .feed_back(&fed, |name| outputs.get(name))
+            .map_err(run_err)?;
         for (name, s) in stats.iter_mut() {
-            if prep.inputs.iter().any(|m| &m.name == name) {
+            if fed.iter().any(|(n, _)| n == name) {
                 continue;
             }
             let v = outputs
@@ -455,12 +462,10 @@ pub fn run(
         done += n;
         progress(done as u64, rows.count as u64);
     }
-    for r in readers {
-        r.finish()?;
-    }
+    feeder.finish()?;
     // A tensor with no finite value has no range: calibrating it would invent one.
     // An input is named before what it feeds.
-    let is_input = |name: &String| prep.inputs.iter().any(|m| &m.name == name);
+    let is_input = |name: &String| prep.plan.inputs.iter().any(|i| &i.name == name);
     if let Some((name, s)) = stats
         .iter()
         .filter(|(_, s)| s.count == 0 && s.non_finite > 0)

@@ -4,7 +4,7 @@
 //! for the ratio of medians (paired: each resample draws whole rounds).
 
 use super::{Opened, Prepared, Result, output_name, run_batch};
-use crate::eval::{Array, EvalConfig};
+use crate::eval::EvalConfig;
 use std::time::Instant;
 
 /// Resamples for the interval; fixed seed, so the same timings give the same interval.
@@ -36,20 +36,15 @@ pub fn interleaved(
     let (o, po) = original;
     let (c, pc) = candidate;
     let lb = cfg.latency_batch.clamp(1, po.samples.max(1));
-    let read = |p: &Prepared| -> Result<Vec<Array>> {
-        p.inputs
-            .iter()
-            .map(|m| p.ds.read_rows(&m.name, 0, lb).map_err(Into::into))
-            .collect()
-    };
+    let read = |p: &Prepared| super::feed::first_rows(&p.plan, p.ds, lb);
     let (in_o, in_c) = (read(po)?, read(pc)?);
     let (name_o, name_c) = (output_name(o, cfg)?, output_name(c, cfg)?);
     let mut time = |which: bool| -> Result<f64> {
         let t = Instant::now();
         if which {
-            run_batch(&mut c.sess, pc, in_c.clone(), &name_c, &c.path)?;
+            run_batch(&mut c.sess, in_c.clone(), &name_c, &c.path, None)?;
         } else {
-            run_batch(&mut o.sess, po, in_o.clone(), &name_o, &o.path)?;
+            run_batch(&mut o.sess, in_o.clone(), &name_o, &o.path, None)?;
         }
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };

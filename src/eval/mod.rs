@@ -3,6 +3,8 @@
 
 pub mod calibrate;
 pub mod dataset;
+pub mod evaluator;
+pub mod feed;
 pub mod latency;
 pub mod metrics;
 pub mod runtime;
@@ -10,7 +12,7 @@ pub mod runtime;
 pub use dataset::{Archive, Array, ArrayData, Dataset, Dtype, Member, Rows};
 pub use runtime::{Provider, RuntimeError};
 
-use crate::api::{EvaluationSpec, Metrics};
+use crate::api::{EvaluationSpec, InputFeed, Metrics};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
@@ -41,6 +43,8 @@ pub enum Error {
     },
     #[error("the model cannot be evaluated: {what}")]
     Model { model: PathBuf, what: String },
+    #[error(transparent)]
+    Evaluator(#[from] evaluator::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -56,6 +60,8 @@ pub struct EvalConfig {
     pub latency_batch: usize,
     pub warmup: usize,
     pub iterations: usize,
+    /// How inputs are fed (`spec.dataset.inputs`; empty: every input by rows on axis 0).
+    pub inputs: Vec<InputFeed>,
 }
 
 impl EvalConfig {
@@ -70,6 +76,15 @@ impl EvalConfig {
             latency_batch: (lat.batch_size.unwrap_or(1) as usize).max(1),
             warmup: lat.warmup.unwrap_or(10) as usize,
             iterations: lat.iterations.unwrap_or(100) as usize,
+            inputs: Vec::new(),
+        }
+    }
+
+    /// The same settings, feeding inputs as `inputs` says.
+    pub fn with_inputs(self, inputs: &[InputFeed]) -> Self {
+        Self {
+            inputs: inputs.to_vec(),
+            ..self
         }
     }
 }
@@ -81,14 +96,16 @@ pub struct Outputs {
     pub per_sample: usize,
     /// Classes per sample when the output is `[N, C]` with C > 1.
     pub classes: Option<usize>,
+    /// The compared output's shape per sample (its shape without the first axis).
+    pub sample_shape: Vec<usize>,
 }
 
 /// The dataset checked against a model's inputs: which arrays feed which inputs, the labels,
 /// and how many samples. The input data stays on disk until [`evaluate`] reads it by batches.
 pub struct Prepared<'d> {
     ds: &'d Dataset,
-    /// The array of each model input, in the model's input order (array name = input name).
-    inputs: Vec<&'d Member>,
+    /// Where each model input's values come from, in the model's input order.
+    plan: feed::Plan<'d>,
     labels: Option<Vec<i64>>,
     samples: usize,
 }
@@ -172,63 +189,25 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
         what,
     };
     output_name(opened, cfg)?;
-    let mut inputs: Vec<&Member> = Vec::new();
-    let mut samples: Option<usize> = None;
-    for (i, inp) in sess.inputs().iter().enumerate() {
+    let mut model_inputs = Vec::with_capacity(sess.inputs().len());
+    for inp in sess.inputs() {
         let name = inp.name().to_string();
-        if name.is_empty() {
-            return Err(mismatch(format!(
-                "model input {i} has an empty name; arrays are matched to inputs by name"
-            )));
-        }
-        let arr = ds.get(&name).ok_or_else(|| {
-            mismatch(format!(
-                "no array named `{name}` for model input `{name}` (arrays: {})",
-                ds.names()
-            ))
-        })?;
         let ValueType::Tensor { ty, shape, .. } = inp.dtype() else {
             return Err(mismatch(format!("model input `{name}` is not a tensor")));
         };
-        if element_name(ty) != arr.dtype().name() {
-            return Err(mismatch(format!(
-                "array `{name}` is {} but model input `{name}` expects {}: convert it, e.g. arr.astype(np.{})",
-                arr.dtype().name(),
-                element_name(ty),
-                element_name(ty)
-            )));
-        }
-        let want: Vec<i64> = shape.iter().copied().collect();
-        if want.is_empty() {
-            return Err(mismatch(format!(
-                "model input `{name}` is a scalar (rank 0); kompress feeds samples along the first axis of every input, so it cannot batch this model"
-            )));
-        }
-        let have = arr.shape();
-        let fits = have.len() == want.len()
-            && want
-                .iter()
-                .zip(have)
-                .skip(1)
-                .all(|(w, h)| *w < 0 || u64::try_from(*w).ok() == u64::try_from(*h).ok());
-        if !fits {
-            return Err(mismatch(format!(
-                "array `{name}` has shape {have:?} but model input `{name}` expects {want:?} (-1 = any; axis 0 = samples)"
-            )));
-        }
-        // fits implies have.len() == want.len() > 0.
-        let n = have[0];
-        if let Some(s) = samples
-            && s != n
-        {
-            return Err(mismatch(format!(
-                "array `{name}` has {n} samples, other inputs have {s}"
-            )));
-        }
-        samples = Some(n);
-        inputs.push(arr);
+        model_inputs.push(feed::ModelInput {
+            name,
+            dtype: element_name(ty),
+            shape: shape.iter().copied().collect(),
+        });
     }
-    let all = samples.ok_or_else(|| mismatch("the model has no inputs".into()))?;
+    let outputs: Vec<String> = sess
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let plan = feed::plan(&model_inputs, &outputs, ds, &cfg.inputs).map_err(mismatch)?;
+    let all = plan.rows;
     if cfg.limit == Some(0) {
         return Err(mismatch(
             "spec.dataset.limit is 0, which leaves nothing to evaluate".into(),
@@ -236,9 +215,15 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
     }
     let samples = cfg.limit.map_or(all, |l| all.min(l));
     if samples == 0 {
-        let arrays: Vec<String> = inputs
+        let arrays: Vec<String> = plan
+            .inputs
             .iter()
-            .map(|m| format!("`{}` {}", m.name, m.header.describe()))
+            .filter_map(|i| match &i.source {
+                feed::Source::Rows { member: m, .. } => {
+                    Some(format!("`{}` {}", m.name, m.header.describe()))
+                }
+                _ => None,
+            })
             .collect();
         return Err(mismatch(format!(
             "the dataset has no samples (input arrays: {})",
@@ -287,7 +272,7 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
     };
     Ok(Prepared {
         ds,
-        inputs,
+        plan,
         labels,
         samples,
     })
@@ -314,25 +299,39 @@ fn tensor(arr: Array) -> ort::Result<DynValue> {
     })
 }
 
-/// Runs one batch (one array per model input, in `prep.inputs` order); returns the compared
-/// output's shape and values.
+/// Runs one batch (one array per model input, named); returns the compared output's shape
+/// and values. With a feeder, each state output is kept for its next run.
 fn run_batch(
     sess: &mut Session,
-    prep: &Prepared,
-    batch: Vec<Array>,
+    batch: Vec<(String, Array)>,
     out_name: &str,
     path: &Path,
+    feeder: Option<&mut feed::Feeder>,
 ) -> Result<(Vec<i64>, Vec<f32>)> {
     let err = |e: ort::Error| Error::Run {
         path: path.into(),
         message: e.to_string(),
     };
+    let fed: Vec<(String, Vec<usize>)> = match feeder {
+        Some(_) => batch
+            .iter()
+            .map(|(n, a)| (n.clone(), a.shape.clone()))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> =
-        Vec::with_capacity(prep.inputs.len());
-    for (m, arr) in prep.inputs.iter().zip(batch) {
-        feed.push((Cow::Owned(m.name.clone()), tensor(arr).map_err(err)?.into()));
+        Vec::with_capacity(batch.len());
+    for (name, arr) in batch {
+        feed.push((Cow::Owned(name), tensor(arr).map_err(err)?.into()));
     }
     let outputs = sess.run(feed).map_err(err)?;
+    if let Some(f) = feeder {
+        f.feed_back(&fed, |n| outputs.get(n))
+            .map_err(|message| Error::Run {
+                path: path.into(),
+                message,
+            })?;
+    }
     let v = outputs.get(out_name).ok_or_else(|| Error::Run {
         path: path.into(),
         message: format!("output `{out_name}` missing"),
@@ -371,23 +370,23 @@ pub fn evaluate(
         message,
     };
     // One archive per input: a deflated member is inflated sequentially by its own reader.
-    let mut archives: Vec<Archive> = prep.inputs.iter().map(|_| Archive::default()).collect();
-    let mut readers = Vec::with_capacity(prep.inputs.len());
-    for (m, a) in prep.inputs.iter().zip(archives.iter_mut()) {
-        readers.push(ds.rows(&m.name, a)?);
-    }
-    let batch = cfg.batch_size.max(1);
+    let mut archives = prep.plan.archives();
+    let mut feeder = feed::Feeder::new(&prep.plan, ds, &mut archives, 0)?;
+    // A state fed back runs rows one at a time, in order.
+    let batch = if prep.plan.is_stateful() {
+        1
+    } else {
+        cfg.batch_size.max(1)
+    };
     let mut values = Vec::new();
     let mut per_sample: Option<usize> = None;
     let mut classes: Option<usize> = None;
+    let mut sample_shape = Vec::new();
     let mut start = 0;
     while start < prep.samples {
         let rows = batch.min(prep.samples - start);
-        let arrays = readers
-            .iter_mut()
-            .map(|r| r.read(rows))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (shape, v) = run_batch(sess, prep, arrays, &out_name, model)?;
+        let arrays = feeder.next(rows)?;
+        let (shape, v) = run_batch(sess, arrays, &out_name, model, Some(&mut feeder))?;
         // The compared output must scale with the batch: the same size per sample each time.
         let ps = v.len() / rows;
         if v.len() % rows != 0 || per_sample.is_some_and(|p| p != ps) {
@@ -397,6 +396,7 @@ pub fn evaluate(
         }
         per_sample = Some(ps);
         if start == 0 {
+            sample_shape = shape.iter().skip(1).map(|&d| d.max(0) as usize).collect();
             classes = (shape.len() == 2 && shape[0] == rows as i64 && shape[1] > 1).then_some(ps);
             check_labels(prep, classes, &out_name, model)?;
         }
@@ -406,21 +406,16 @@ pub fn evaluate(
     }
     // Where a member was read to its end, it must end there (a deflated member must not
     // inflate further; its CRC is checked).
-    for r in readers {
-        r.finish()?;
-    }
+    feeder.finish()?;
     drop(archives);
-    // Latency: the first `latency_batch` samples (only those are read), warm-up runs first.
+    // Latency: the first `latency_batch` samples (only those are read), warm-up runs first;
+    // a state input gets its initial value.
     let lb = cfg.latency_batch.clamp(1, prep.samples);
-    let lat: Vec<Array> = prep
-        .inputs
-        .iter()
-        .map(|m| ds.read_rows(&m.name, 0, lb))
-        .collect::<Result<_, _>>()?;
+    let lat = feed::first_rows(&prep.plan, ds, lb)?;
     let mut times = Vec::with_capacity(cfg.iterations.min(1 << 16));
     for i in 0..cfg.warmup.saturating_add(cfg.iterations) {
         let t = Instant::now();
-        run_batch(sess, prep, lat.clone(), &out_name, model)?;
+        run_batch(sess, lat.clone(), &out_name, model, None)?;
         if i >= cfg.warmup {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
@@ -430,6 +425,7 @@ pub fn evaluate(
             values,
             per_sample: per_sample.unwrap_or(0),
             classes,
+            sample_shape,
         },
         times,
     ))
@@ -502,6 +498,16 @@ impl Prepared<'_> {
 
     pub fn samples(&self) -> usize {
         self.samples
+    }
+
+    /// The labels of the evaluated rows, when the dataset has them.
+    pub fn labels(&self) -> Option<&[i64]> {
+        self.labels.as_deref()
+    }
+
+    /// Where each model input's values come from.
+    pub fn plan(&self) -> &feed::Plan<'_> {
+        &self.plan
     }
 }
 

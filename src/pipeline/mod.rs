@@ -149,6 +149,8 @@ pub struct Inputs {
     pub dataset: InputRef,
     /// `spec.calibration.dataset`, fetched beside the dataset.
     pub calibration: Option<(PathBuf, InputRef)>,
+    /// `spec.edgeCases`, fetched beside the dataset.
+    pub edge_cases: Option<(PathBuf, InputRef)>,
 }
 
 /// The original model measured once; every candidate is compared with it.
@@ -162,6 +164,49 @@ pub struct Baseline {
     pub metrics: Metrics,
     /// The dataset's last rows, set aside for calibration (never scored).
     pub calibration_rows: Option<RowRange>,
+    /// `spec.edgeCases` through the original.
+    pub edge_cases: Option<EdgeBaseline>,
+    /// `spec.evaluation.evaluator`, run on every candidate's outputs.
+    pub evaluator: Option<CustomEvaluator>,
+}
+
+/// The custom evaluator and the metrics the thresholds need from it.
+pub struct CustomEvaluator {
+    pub evaluator: eval::evaluator::Evaluator,
+    /// Its folder in scratch: each run's input files are written there.
+    pub dir: PathBuf,
+    /// The metrics `spec.thresholds.custom` names.
+    pub wanted: Vec<String>,
+}
+
+impl CustomEvaluator {
+    fn from_spec(spec: &CompressionJobSpec, scratch: &Path) -> Option<Self> {
+        let e = spec.evaluation().evaluator?;
+        Some(Self {
+            evaluator: eval::evaluator::Evaluator {
+                command: e.command.clone(),
+                timeout: std::time::Duration::from_secs(u64::from(
+                    e.timeout_seconds
+                        .unwrap_or(eval::evaluator::DEFAULT_TIMEOUT_SECONDS),
+                )),
+            },
+            dir: scratch.join("evaluator"),
+            wanted: spec
+                .thresholds
+                .custom
+                .iter()
+                .map(|c| c.metric.clone())
+                .collect(),
+        })
+    }
+}
+
+/// The edge-case set measured once on the original.
+pub struct EdgeBaseline {
+    pub dataset: Dataset,
+    pub cfg: EvalConfig,
+    pub outputs: eval::Outputs,
+    pub metrics: Metrics,
 }
 
 /// Calibrated activation ranges for the static quantization pass.
@@ -322,7 +367,22 @@ pub async fn fetch(
             ))
         }
     };
+    let edge_cases = match &spec.edge_cases {
+        None => None,
+        Some(e) => Some(
+            fetch_beside(
+                storage,
+                ui,
+                scratch,
+                &e.uri,
+                e.sha256.as_deref(),
+                "edge-cases",
+            )
+            .await?,
+        ),
+    };
     Ok(Inputs {
+        edge_cases,
         // Recorded (report.json, promoted.json, the statement): without query or userinfo.
         model: InputRef {
             uri: crate::uri::redact(&model_loc.uri),
@@ -340,6 +400,29 @@ pub async fn fetch(
         },
         calibration,
     })
+}
+
+/// Fetches a second dataset (`label` names its bar and prefixes its scratch file name).
+async fn fetch_beside(
+    storage: &Storage,
+    ui: &Ui,
+    scratch: &Path,
+    uri: &str,
+    sha256: Option<&str>,
+    label: &str,
+) -> Result<(PathBuf, InputRef)> {
+    let loc = Location::parse(uri)?;
+    let name = format!("{label}-{}", file_name_of(&loc, "data.npz"));
+    let path = scratch.join("dataset").join(name);
+    let f = fetch_one(storage, ui, &loc, &path, &expecting(sha256), label).await?;
+    Ok((
+        path,
+        InputRef {
+            uri: crate::uri::redact(&loc.uri),
+            sha256: f.sha256,
+            bytes: f.bytes,
+        },
+    ))
 }
 
 /// ONNX Runtime's messages name the file it was given, a scratch copy: name the model as the
@@ -380,7 +463,8 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
         &spec.evaluation(),
         spec.dataset.labels.clone(),
         spec.dataset.limit,
-    );
+    )
+    .with_inputs(&spec.dataset.inputs);
     let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
     // Static quantization without a calibration set: the last rows are set aside and the
     // evaluation scores only the rows before them.
@@ -439,6 +523,7 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
         model.file_bytes,
     ));
     drop(prep);
+    let edge_cases = edge_baseline(&mut original, inputs, spec, model.file_bytes, ui)?;
     drop(original); // release ORT's copy of the weights before the passes run
     Ok(Baseline {
         model,
@@ -447,7 +532,118 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
         outputs,
         metrics,
         calibration_rows,
+        edge_cases,
+        // The dataset lies in `<scratch>/dataset/`.
+        evaluator: CustomEvaluator::from_spec(
+            spec,
+            inputs
+                .dataset_path
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new(".")),
+        ),
     })
+}
+
+/// `spec.edgeCases` through the original (none without it).
+fn edge_baseline(
+    original: &mut eval::Opened,
+    inputs: &Inputs,
+    spec: &CompressionJobSpec,
+    bytes: u64,
+    ui: &Ui,
+) -> Result<Option<EdgeBaseline>> {
+    let (Some(e), Some((path, r))) = (&spec.edge_cases, &inputs.edge_cases) else {
+        return Ok(None);
+    };
+    let eval_err = |source| Error::Eval {
+        which: "original (edge cases)",
+        source: named(source, &inputs.model_path, &inputs.model.uri),
+    };
+    let dataset = Dataset::open(path, &r.uri).map_err(|e| eval_err(e.into()))?;
+    let cfg = EvalConfig {
+        warmup: 0,
+        iterations: 0,
+        ..EvalConfig::from_spec(&spec.evaluation(), e.labels.clone(), e.limit)
+            .with_inputs(&spec.dataset.inputs)
+    };
+    let prep = eval::prepare(original, &dataset, &cfg).map_err(eval_err)?;
+    ui.stage(&format!(
+        "edge cases: {} samples through the original model",
+        prep.samples()
+    ));
+    let (outputs, _) = eval::evaluate(original, &prep, &cfg, &|_, _| {}).map_err(eval_err)?;
+    let metrics = strip_self_comparison(eval::score(&outputs, &[], &prep, Some(&outputs), bytes));
+    drop(prep);
+    Ok(Some(EdgeBaseline {
+        dataset,
+        cfg,
+        outputs,
+        metrics,
+    }))
+}
+
+/// Stage 4c: the chosen candidate on `spec.edgeCases`, gated by its thresholds; the checks
+/// (named `edgeCases.<threshold>`) join `decision`'s, and a failed one rejects the candidate.
+pub fn judge_edge_cases(
+    candidate: &Candidate,
+    base: &Baseline,
+    spec: &CompressionJobSpec,
+    dataset: &InputRef,
+    decision: &mut gate::Decision,
+    ui: &Ui,
+) -> Result<Option<crate::report::EdgeCasesReport>> {
+    let (Some(e), Some(edge)) = (&spec.edge_cases, &base.edge_cases) else {
+        return Ok(None);
+    };
+    let mut opened = open_candidate(candidate, base)?;
+    let prep = eval::prepare(&opened, &edge.dataset, &edge.cfg).map_err(cand_err(candidate))?;
+    let (out, _) =
+        eval::evaluate(&mut opened, &prep, &edge.cfg, &|_, _| {}).map_err(cand_err(candidate))?;
+    let metrics = eval::score(&out, &[], &prep, Some(&edge.outputs), candidate.bytes);
+    let judged = gate::decide(
+        &e.thresholds,
+        &edge.metrics,
+        &metrics,
+        candidate.tensors_changed(),
+    )
+    .map_err(|m| {
+        Error::from(InvalidSpec(vec![FieldError {
+            field: format!("spec.edgeCases.thresholds.{}", m.threshold),
+            message: format!("is set, but {}: remove it or {}", m.why, m.fix),
+        }]))
+    })?;
+    let checks: Vec<crate::api::Check> = judged
+        .checks
+        .into_iter()
+        .filter(|c| c.name != gate::TENSORS_COMPRESSED)
+        .map(|c| crate::api::Check {
+            name: format!("edgeCases.{}", c.name),
+            ..c
+        })
+        .collect();
+    let passed = checks.iter().all(|c| c.passed);
+    ui.stage(&format!(
+        "edge cases: {} samples, {} of {} checks passed",
+        prep.samples(),
+        checks.iter().filter(|c| c.passed).count(),
+        checks.len()
+    ));
+    decision.checks.extend(checks.iter().cloned());
+    if !passed {
+        decision.verdict = crate::api::Verdict::Rejected;
+    }
+    Ok(Some(crate::report::EdgeCasesReport {
+        dataset: dataset.clone(),
+        verdict: if passed {
+            crate::api::Verdict::Passed
+        } else {
+            crate::api::Verdict::Rejected
+        },
+        baseline: edge.metrics.clone(),
+        candidate: metrics,
+        checks,
+    }))
 }
 
 /// The recipe's static quantization pass (validation allows one).
@@ -806,8 +1002,32 @@ fn scored<'b>(
         ui,
         "evaluate candidate",
     )?;
-    let metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    let mut metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    custom_metrics(&out, &prep, base, &mut metrics).map_err(cand_err(candidate))?;
     Ok((opened, prep, metrics))
+}
+
+/// The custom evaluator's metrics of the candidate's outputs against the original's (none
+/// without one); a metric a threshold names must be among them.
+fn custom_metrics(
+    out: &eval::Outputs,
+    prep: &eval::Prepared,
+    base: &Baseline,
+    metrics: &mut Metrics,
+) -> Result<(), eval::Error> {
+    let Some(c) = &base.evaluator else {
+        return Ok(());
+    };
+    let got = eval::evaluator::score(&c.evaluator, &c.dir, &base.outputs, out, prep.labels())?;
+    if let Some(w) = c.wanted.iter().find(|w| !got.contains_key(*w)) {
+        return Err(eval::evaluator::Error::Missing {
+            metric: w.clone(),
+            printed: got.keys().cloned().collect::<Vec<_>>().join(", "),
+        }
+        .into());
+    }
+    metrics.custom = got;
+    Ok(())
 }
 
 /// The candidate's compared output on the evaluation set's first `rows` rows (a sensitivity
@@ -1124,10 +1344,28 @@ pub async fn run(
         None => fixed_recipe(&inputs, &base, spec, &opts.scratch, ui)?,
     };
     stage("compress", t);
+    let mut chosen = chosen;
+    let edge_cases = match &inputs.edge_cases {
+        Some((_, dataset)) => {
+            let t = Instant::now();
+            let e = judge_edge_cases(
+                &chosen.candidate,
+                &base,
+                spec,
+                dataset,
+                &mut chosen.decision,
+                ui,
+            )?;
+            stage("edgeCases", t);
+            e
+        }
+        None => None,
+    };
     let bytes_read = inputs.model.bytes
         + inputs.external_data.iter().map(|e| e.bytes).sum::<u64>()
         + inputs.dataset.bytes
-        + inputs.calibration.as_ref().map_or(0, |c| c.1.bytes);
+        + inputs.calibration.as_ref().map_or(0, |c| c.1.bytes)
+        + inputs.edge_cases.as_ref().map_or(0, |e| e.1.bytes);
     let Chosen {
         candidate,
         metrics,
@@ -1170,6 +1408,12 @@ pub async fn run(
         passes: passes.to_vec(),
         calibration: calibration.clone(),
         search: search.as_ref().map(|s| s.0.clone()),
+        edge_cases: edge_cases.clone(),
+        evaluator: spec
+            .evaluation()
+            .evaluator
+            .as_ref()
+            .map(crate::report::EvaluatorRef::from_spec),
         result: result.clone(),
         tools: Tools::this_binary(
             eval::runtime::library_version(),
