@@ -73,7 +73,7 @@ fn collect<'a>(path: &str, s: &'a Value, acc: &mut Vec<(String, &'a Value)>) {
 fn section(out: &mut String, path: &str, s: &Value) {
     let _ = write!(out, "\n## `{path}`\n\n");
     if let Some(d) = s.get("description").and_then(Value::as_str) {
-        let _ = writeln!(out, "{}", one_line(d));
+        let _ = writeln!(out, "{}", cell(&one_line(d)));
     }
     for rule in validations(s) {
         let _ = writeln!(out, "- Rule: {rule}");
@@ -185,9 +185,23 @@ fn one_line(d: &str) -> String {
     d.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Text safe inside a Markdown table cell.
+/// Text safe inside a Markdown table cell: pipes escaped, and a `<` outside a code span
+/// written as an entity (a description's `<key,value>` is not an HTML tag).
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|")
+    let mut out = String::with_capacity(s.len());
+    let mut code = false;
+    for c in s.chars() {
+        match c {
+            '`' => {
+                code = !code;
+                out.push(c);
+            }
+            '|' => out.push_str("\\|"),
+            '<' if !code => out.push_str("&lt;"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
