@@ -410,7 +410,9 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
             );
         }
     }
+    super::task::validate_thresholds(spec, &mut err);
     if let Some(ev) = &spec.evaluation {
+        super::task::validate(ev, &mut err);
         let lat = ev.latency.clone().unwrap_or_default();
         for (name, v, lo, hi) in [
             ("batchSize", ev.batch_size, 1, MAX_BATCH),

@@ -47,9 +47,9 @@ pub fn interleaved(
     let mut time = |which: bool| -> Result<f64> {
         let t = Instant::now();
         if which {
-            run_batch(&mut c.sess, pc, in_c.clone(), &name_c, &c.path)?;
+            run_batch(&mut c.sess, pc, in_c.clone(), &[name_c.as_str()], &c.path)?;
         } else {
-            run_batch(&mut o.sess, po, in_o.clone(), &name_o, &o.path)?;
+            run_batch(&mut o.sess, po, in_o.clone(), &[name_o.as_str()], &o.path)?;
         }
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };

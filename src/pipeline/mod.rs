@@ -380,6 +380,7 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
         spec.dataset.labels.clone(),
         spec.dataset.limit,
     );
+    cfg.slices = spec.dataset.slices.clone();
     let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
     // Static quantization without a calibration set: the last rows are set aside and the
     // evaluation scores only the rows before them.
