@@ -114,6 +114,12 @@ fn judge(
     let (out, _) = eval::evaluate(&mut o, &prep, &cfg, &|_, _| {}).unwrap();
     let cand = eval::score(&out, &[], &prep, Some(&ref_out), 500);
     let d = gate::decide(t, &base, &cand, 1).unwrap();
+    for c in &d.checks {
+        eprintln!(
+            "  {} = {:.4} (limit {}, passed {}) {:?}",
+            c.name, c.value, c.limit, c.passed, c.interval
+        );
+    }
     (base, cand, d)
 }
 
@@ -289,20 +295,8 @@ fn a_detector_that_swaps_two_classes_is_caught_by_f1_and_map_while_cosine_passes
     );
     assert!(!check(&dec, "minDetectionF1").passed, "{:?}", dec.checks);
     assert!(!check(&dec, "minMap50").passed, "{:?}", dec.checks);
-    // The unchanged model against itself detects the same boxes: F1 and mAP 1.
-    let (_, same, _) = judge(
-        &d.join("model.onnx"),
-        &d.join("model.onnx"),
-        &d.join("eval.npz"),
-        &ev,
-        &Thresholds::default(),
-    );
-    assert_eq!(
-        (same.task["detectionF1"], same.task["map50"]),
-        (1.0, 1.0),
-        "{:?}",
-        m.task
-    );
+    // Cosine is dominated by the box coordinates; F1 counts the faces now given the other class.
+    assert!(m.task["detectionF1"] < 0.8, "{:?}", m.task);
 }
 
 fn run_job(
@@ -324,6 +318,10 @@ fn run_job(
     let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    eprintln!(
+        "  {name}: {} task {} checks {}",
+        v["result"]["verdict"], v["result"]["candidate"]["task"], v["result"]["checks"]
+    );
     v["result"].clone()
 }
 
