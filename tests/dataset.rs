@@ -735,6 +735,9 @@ fn cfg(batch: usize) -> EvalConfig {
         latency_batch: 1,
         warmup: 0,
         iterations: 2,
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     }
 }
 

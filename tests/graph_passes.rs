@@ -20,6 +20,9 @@ fn cfg() -> EvalConfig {
         latency_batch: 1,
         warmup: 0,
         iterations: 1,
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     }
 }
 

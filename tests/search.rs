@@ -70,6 +70,9 @@ fn fp32_outputs(model: &Path, data: &Path) -> eval::Outputs {
         latency_batch: 1,
         warmup: 0,
         iterations: 0,
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     };
     let ds = Dataset::open(data, "data.npz").unwrap();
     let mut opened = eval::open(model, &cfg).unwrap();

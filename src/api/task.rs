@@ -221,6 +221,8 @@ pub struct EmbeddingTask {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Written `regression: {}` (a map, room for options later), so not a unit struct.
+#[allow(clippy::empty_structs_with_brackets)]
 pub struct RegressionTask {}
 
 /// Which value of a quality check the gate judges.
@@ -355,14 +357,15 @@ pub enum CheckName {
 }
 
 impl CheckName {
+    /// In the order the checks are recorded (the first seven as before issue 19).
     pub const ALL: [CheckName; 18] = [
         Self::MaxAccuracyDrop,
         Self::MaxRelativeAccuracyDrop,
+        Self::MaxLatencyRatio,
+        Self::TensorsCompressed,
         Self::MinAgreement,
         Self::MinCosineSimilarity,
         Self::MinCompressionRatio,
-        Self::MaxLatencyRatio,
-        Self::TensorsCompressed,
         Self::MinTopKAgreement,
         Self::MaxTopKAccuracyDrop,
         Self::MinMacroF1,
@@ -415,6 +418,14 @@ impl CheckName {
         !matches!(
             self,
             Self::MinCompressionRatio | Self::MaxLatencyRatio | Self::TensorsCompressed
+        )
+    }
+
+    /// Error bounds that apply to any output (mean/max absolute error, the worst slice).
+    fn is_error_bound(self) -> bool {
+        matches!(
+            self,
+            Self::MaxMeanAbsError | Self::MaxAbsError | Self::MaxWorstSliceDrop
         )
     }
 
@@ -485,13 +496,25 @@ pub fn validate_thresholds(spec: &super::CompressionJobSpec, err: &mut dyn FnMut
             "needs spec.dataset.slices (the npz array naming each sample's slice)".into(),
         );
     }
-    for c in CheckName::ALL {
-        if let Some(v) = c.limit(&spec.thresholds)
-            && !v.is_finite()
-        {
+    // The task thresholds' ranges (the CRD's CEL says the same; the older ones are checked
+    // in validate.rs).
+    for c in CheckName::ALL
+        .into_iter()
+        .filter(|c| c.task().is_some() || c.is_error_bound())
+    {
+        let Some(v) = c.limit(&spec.thresholds) else {
+            continue;
+        };
+        let fraction = !c.is_max() || c.name() == "maxTopKAccuracyDrop";
+        if !v.is_finite() || v < 0.0 || (fraction && v > 1.0) {
+            let range = if fraction {
+                "in [0, 1]"
+            } else {
+                "a number >= 0"
+            };
             err(
                 format!("spec.thresholds.{}", c.name()),
-                format!("{v} is not a number"),
+                format!("{v} must be {range}"),
             );
         }
     }
@@ -514,9 +537,9 @@ mod tests {
         assert_eq!(
             not_quality,
             [
-                "minCompressionRatio",
                 "maxLatencyRatio",
-                "tensorsCompressed"
+                "tensorsCompressed",
+                "minCompressionRatio"
             ]
         );
     }

@@ -158,7 +158,7 @@ fn per_sample_shape(
             Ok(rest.iter().map(|&d| d as usize).collect())
         }
         // A flat output that still scales with the batch keeps working as before.
-        _ if rows > 0 && len % rows == 0 && shape.len() <= 1 => Ok(vec![len / rows]),
+        _ if rows > 0 && len.is_multiple_of(rows) && shape.len() <= 1 => Ok(vec![len / rows]),
         _ => Err(format!(
             "output `{name}` has shape {shape:?} for a batch of {rows} samples; kompress compares outputs per sample, so its first axis must be the samples"
         )),

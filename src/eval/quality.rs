@@ -82,6 +82,9 @@ struct DetStats {
     truth: BTreeMap<u32, Vec<(usize, f64)>>,
 }
 
+/// Each sample's top-1 class (None for a NaN row).
+type Top1 = Vec<Option<usize>>;
+
 /// Per-sample statistics of both models.
 #[derive(Debug, Default)]
 pub struct Paired {
@@ -91,7 +94,7 @@ pub struct Paired {
     abs_sum: Vec<f64>,
     abs_max: Vec<f64>,
     /// Top-1 of the original and the candidate.
-    top1: Option<(Vec<Option<usize>>, Vec<Option<usize>>)>,
+    top1: Option<(Top1, Top1)>,
     labels: Option<Vec<i64>>,
     /// Whether the label is in the top k, original and candidate.
     topk_hit: Option<(Vec<bool>, Vec<bool>)>,
@@ -127,11 +130,7 @@ impl Paired {
     pub fn new(task: &Task, cand: &Outputs, reference: &Outputs, labels: Option<&[i64]>) -> Self {
         let same = std::ptr::eq(cand, reference);
         let ps = cand.per_sample;
-        let n = if ps == 0 {
-            cand.samples
-        } else {
-            cand.values.len() / ps
-        };
+        let n = cand.values.len().checked_div(ps).unwrap_or(cand.samples);
         let mut p = Paired {
             n,
             elements: ps,

@@ -16,6 +16,9 @@ pub struct Selection {
     pub normalize: bool,
 }
 
+/// The pooled axis (after removed axes), the op, and the mask's range of positions.
+type PoolPlan = (usize, PoolOp, Option<(usize, usize)>);
+
 /// A selection checked against one per-sample shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -24,7 +27,7 @@ pub struct Plan {
     /// Per axis of the input: the kept range, and whether the axis is removed (an index).
     ranges: Vec<(usize, usize, bool)>,
     /// The pooled axis, numbered after removed axes are gone; with the mask's range.
-    pool: Option<(usize, PoolOp, Option<(usize, usize)>)>,
+    pool: Option<PoolPlan>,
     normalize: bool,
     /// Per-sample shape of the result.
     output: Vec<usize>,
@@ -120,7 +123,7 @@ impl Selection {
         shape: &[usize],
         ranges: &[(usize, usize, bool)],
         mask_len: Option<usize>,
-    ) -> Result<(usize, PoolOp, Option<(usize, usize)>), String> {
+    ) -> Result<PoolPlan, String> {
         let axis = p.axis as usize;
         let rank = shape.len();
         if axis >= rank {

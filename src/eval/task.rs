@@ -266,13 +266,14 @@ pub fn nms(mut dets: Vec<Det>, iou_threshold: f32, max: usize) -> Vec<Det> {
     kept
 }
 
+/// (true positives, false positives, missed) and each candidate detection's (class, score,
+/// matched).
+pub type Matched = ((usize, usize, usize), Vec<(u32, f32, bool)>);
+
 /// Candidate detections matched to the original's (the truth): same class, IoU >= 0.5,
 /// greedily by score. Returns (true positives, false positives, missed) and, per candidate
 /// detection, (class, score, matched).
-pub fn match_detections(
-    truth: &[Det],
-    cand: &[Det],
-) -> ((usize, usize, usize), Vec<(u32, f32, bool)>) {
+pub fn match_detections(truth: &[Det], cand: &[Det]) -> Matched {
     let mut used = vec![false; truth.len()];
     let mut order: Vec<&Det> = cand.iter().collect();
     order.sort_by(|a, b| b.score.total_cmp(&a.score));
