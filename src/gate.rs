@@ -1,7 +1,8 @@
 //! The gate (pure): every threshold that is set becomes a recorded check; the candidate passes
 //! only if all of them do.
 
-use crate::api::{Check, Metrics, Thresholds, Verdict};
+use crate::api::task::CheckName;
+use crate::api::{Check, Confidence, Metrics, Thresholds, Verdict};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -26,6 +27,12 @@ const EPS: f64 = 1e-9;
 /// and is never promoted as a compressed model.
 pub const TENSORS_COMPRESSED: &str = "tensorsCompressed";
 
+/// Whether a check (by name) measures output quality: the checks a layer left in float can
+/// improve (the search's fallback treats every one of them alike).
+pub fn is_quality(name: &str) -> bool {
+    CheckName::from_name(name).is_some_and(CheckName::is_quality)
+}
+
 /// `tensors_changed`: weight tensors the passes changed.
 pub fn decide(
     t: &Thresholds,
@@ -39,76 +46,40 @@ pub fn decide(
         base.bytes as f64 / cand.bytes as f64
     };
     let accuracy_drop = base.accuracy.zip(cand.accuracy).map(|(b, c)| b - c);
-    let no_labels = |threshold| MissingMetric {
-        threshold,
-        why: "the dataset has no labels (or the output is not [samples, classes])",
-        fix: "add an integer `labels` array to the npz",
-    };
+    let upper = t.confidence == Some(Confidence::Upper);
     let mut checks = Vec::new();
-    let mut max = |name: &str, value: f64, limit: f64| {
+    for name in CheckName::ALL {
+        let Some(limit) = name.limit(t) else {
+            continue;
+        };
+        let value = value_of(name, base, cand, ratio, tensors_changed)?;
+        let interval = cand.intervals.get(name.name()).cloned();
+        let judged = match (&interval, upper) {
+            (Some(i), true) if name.is_max() => i.high,
+            (Some(i), true) => i.low,
+            _ => value,
+        };
+        let passed = if name.is_max() {
+            judged <= limit + EPS
+        } else {
+            judged + EPS >= limit
+        };
+        let note = interval.as_ref().and_then(|i| {
+            (i.low < limit - EPS && i.high > limit + EPS).then(|| {
+                format!(
+                    "the 95% interval [{:.4}, {:.4}] of {} samples reaches both sides of the limit: the evaluation set is too small to tell this result from noise",
+                    i.low, i.high, cand.samples
+                )
+            })
+        });
         checks.push(Check {
-            name: name.into(),
-            value,
+            name: name.name().into(),
+            value: judged,
             limit,
-            passed: value <= limit + EPS,
-        })
-    };
-    if let Some(limit) = t.max_accuracy_drop {
-        max(
-            "maxAccuracyDrop",
-            accuracy_drop.ok_or_else(|| no_labels("maxAccuracyDrop"))?,
-            limit,
-        );
-    }
-    if let Some(limit) = t.max_relative_accuracy_drop {
-        let (b, d) = base
-            .accuracy
-            .zip(accuracy_drop)
-            .ok_or_else(|| no_labels("maxRelativeAccuracyDrop"))?;
-        max(
-            "maxRelativeAccuracyDrop",
-            if b > 0.0 { d / b } else { 0.0 },
-            limit,
-        );
-    }
-    if let Some(limit) = t.max_latency_ratio {
-        // The high end of the interleaved measurement's 95% interval when there is one: a
-        // candidate passes only when it is that fast with confidence, not by a lucky median.
-        let v = cand
-            .latency_ratio_high
-            .unwrap_or(if base.latency_p50_ms > 0.0 {
-                cand.latency_p50_ms / base.latency_p50_ms
-            } else {
-                1.0
-            });
-        max("maxLatencyRatio", v, limit);
-    }
-    let mut min = |name: &str, value: f64, limit: f64| {
-        checks.push(Check {
-            name: name.into(),
-            value,
-            limit,
-            passed: value + EPS >= limit,
-        })
-    };
-    min(TENSORS_COMPRESSED, tensors_changed as f64, 1.0);
-    if let Some(limit) = t.min_agreement {
-        let v = cand.agreement.ok_or(MissingMetric {
-            threshold: "minAgreement",
-            why: "the compared output is not [samples, classes]",
-            fix: "choose a classification output with spec.evaluation.output",
-        })?;
-        min("minAgreement", v, limit);
-    }
-    if let Some(limit) = t.min_cosine_similarity {
-        min(
-            "minCosineSimilarity",
-            cand.cosine_similarity.unwrap_or(0.0),
-            limit,
-        );
-    }
-    if let Some(limit) = t.min_compression_ratio {
-        min("minCompressionRatio", ratio, limit);
+            passed,
+            interval,
+            note,
+        });
     }
     // A metric the evaluator did not print is refused before the gate (the pipeline names
     // it); here it would fail its check (NaN passes nothing).
@@ -121,6 +92,8 @@ pub fn decide(
                 value: v,
                 limit,
                 passed: v + EPS >= limit,
+                interval: None,
+                note: None,
             });
         }
         if let Some(limit) = c.max {
@@ -129,6 +102,8 @@ pub fn decide(
                 value: v,
                 limit,
                 passed: v <= limit + EPS,
+                interval: None,
+                note: None,
             });
         }
     }
@@ -143,6 +118,97 @@ pub fn decide(
         ratio,
         accuracy_drop,
     })
+}
+
+/// The measured value a check compares with its limit.
+fn value_of(
+    name: CheckName,
+    base: &Metrics,
+    cand: &Metrics,
+    ratio: f64,
+    tensors_changed: usize,
+) -> Result<f64, MissingMetric> {
+    use CheckName as C;
+    let no_labels = |threshold| MissingMetric {
+        threshold,
+        why: "the dataset has no labels (or the output is not [samples, classes])",
+        fix: "add an integer `labels` array to the npz",
+    };
+    let task = |key: &str| cand.task.get(key).copied();
+    let missing = |threshold: &'static str| MissingMetric {
+        threshold,
+        why: "its metric was not measured on this output",
+        fix: "set the matching spec.evaluation.task (see the README's task metrics)",
+    };
+    let accuracy_drop = base.accuracy.zip(cand.accuracy).map(|(b, c)| b - c);
+    let n = name.name();
+    Ok(match name {
+        C::MaxAccuracyDrop => accuracy_drop.ok_or_else(|| no_labels(n))?,
+        C::MaxRelativeAccuracyDrop => {
+            let (b, d) = base
+                .accuracy
+                .zip(accuracy_drop)
+                .ok_or_else(|| no_labels(n))?;
+            if b > 0.0 { d / b } else { 0.0 }
+        }
+        // The high end of the interleaved measurement's 95% interval when there is one: a
+        // candidate passes only when it is that fast with confidence, not by a lucky median.
+        C::MaxLatencyRatio => cand
+            .latency_ratio_high
+            .unwrap_or(if base.latency_p50_ms > 0.0 {
+                cand.latency_p50_ms / base.latency_p50_ms
+            } else {
+                1.0
+            }),
+        C::TensorsCompressed => tensors_changed as f64,
+        C::MinAgreement => cand.agreement.ok_or(MissingMetric {
+            threshold: n,
+            why: "the compared output is not [samples, classes]",
+            fix: "choose a classification output with spec.evaluation.output",
+        })?,
+        C::MinCosineSimilarity => cand.cosine_similarity.unwrap_or(0.0),
+        C::MinCompressionRatio => ratio,
+        C::MaxTopKAccuracyDrop => base
+            .task
+            .get("topKAccuracy")
+            .zip(task("topKAccuracy"))
+            .map(|(b, c)| b - c)
+            .ok_or_else(|| no_labels(n))?,
+        C::MaxMeanAbsError => cand.mean_abs_error.ok_or_else(|| missing(n))?,
+        C::MaxAbsError => cand.max_abs_error.ok_or_else(|| missing(n))?,
+        C::MinTopKAgreement
+        | C::MinMacroF1
+        | C::MinSequenceMatch
+        | C::MaxCharErrorRate
+        | C::MinDetectionF1
+        | C::MinMap50
+        | C::MinNeighbourRecall
+        | C::MaxWorstSliceDrop => task(metric_key(name)).ok_or_else(|| missing(n))?,
+    })
+}
+
+/// The key in `Metrics::task` of a task check's value.
+pub fn metric_key(name: CheckName) -> &'static str {
+    use CheckName as C;
+    match name {
+        C::MinTopKAgreement => "topKAgreement",
+        C::MinMacroF1 => "macroF1",
+        C::MinSequenceMatch => "sequenceMatch",
+        C::MaxCharErrorRate => "charErrorRate",
+        C::MinDetectionF1 => "detectionF1",
+        C::MinMap50 => "map50",
+        C::MinNeighbourRecall => "neighbourRecall",
+        C::MaxWorstSliceDrop => "worstSliceDrop",
+        C::MaxTopKAccuracyDrop => "topKAccuracy",
+        C::MaxAccuracyDrop | C::MaxRelativeAccuracyDrop => "accuracy",
+        C::MinAgreement => "agreement",
+        C::MinCosineSimilarity => "cosineSimilarity",
+        C::MaxMeanAbsError => "meanAbsError",
+        C::MaxAbsError => "maxAbsError",
+        C::MinCompressionRatio => "ratio",
+        C::MaxLatencyRatio => "latencyRatio",
+        C::TensorsCompressed => "tensorsCompressed",
+    }
 }
 
 #[cfg(test)]
@@ -169,7 +235,7 @@ mod tests {
             min_cosine_similarity: Some(0.99),
             min_compression_ratio: Some(3.5),
             max_latency_ratio: Some(1.0),
-            custom: vec![],
+            ..Default::default()
         };
         let d = decide(&t, &m(400, 0.98, 1.0, 1.0), &m(100, 0.975, 0.99, 0.5), 3).unwrap();
         assert_eq!(d.checks.len(), 7, "six thresholds and tensorsCompressed");
@@ -269,5 +335,105 @@ mod tests {
             .find(|c| c.name == TENSORS_COMPRESSED)
             .unwrap();
         assert!(!c.passed && c.value == 0.0 && c.limit == 1.0);
+    }
+
+    #[test]
+    fn a_task_check_reads_its_metric_and_upper_confidence_judges_the_far_end() {
+        use crate::api::Interval;
+        let t = Thresholds {
+            min_sequence_match: Some(0.9),
+            max_char_error_rate: Some(0.05),
+            ..Default::default()
+        };
+        let mut c = m(100, 0.9, 1.0, 1.0);
+        c.samples = 40;
+        c.task.insert("sequenceMatch".into(), 0.92);
+        c.task.insert("charErrorRate".into(), 0.02);
+        c.intervals.insert(
+            "minSequenceMatch".into(),
+            Interval {
+                low: 0.85,
+                high: 0.98,
+            },
+        );
+        c.intervals.insert(
+            "maxCharErrorRate".into(),
+            Interval {
+                low: 0.01,
+                high: 0.04,
+            },
+        );
+        let d = decide(&t, &m(400, 0.9, 1.0, 1.0), &c, 3).unwrap();
+        assert_eq!(d.verdict, Verdict::Passed, "{:?}", d.checks);
+        let seq = d
+            .checks
+            .iter()
+            .find(|c| c.name == "minSequenceMatch")
+            .unwrap();
+        assert_eq!(seq.value, 0.92);
+        assert!(
+            seq.note.as_deref().unwrap().contains("too small to tell"),
+            "{seq:?}"
+        );
+        let upper = Thresholds {
+            confidence: Some(Confidence::Upper),
+            ..t
+        };
+        let d = decide(&upper, &m(400, 0.9, 1.0, 1.0), &c, 3).unwrap();
+        assert_eq!(d.verdict, Verdict::Rejected);
+        let seq = d
+            .checks
+            .iter()
+            .find(|c| c.name == "minSequenceMatch")
+            .unwrap();
+        assert!(
+            !seq.passed && seq.value == 0.85,
+            "the low end of a min: {seq:?}"
+        );
+        let cer = d
+            .checks
+            .iter()
+            .find(|c| c.name == "maxCharErrorRate")
+            .unwrap();
+        assert!(
+            cer.passed && cer.value == 0.04,
+            "the high end of a max: {cer:?}"
+        );
+        assert!(
+            cer.note.is_none(),
+            "an interval below the limit is not noise: {cer:?}"
+        );
+    }
+
+    #[test]
+    fn a_task_threshold_without_its_metric_is_an_error_not_a_pass() {
+        let t = Thresholds {
+            min_map50: Some(0.5),
+            ..Default::default()
+        };
+        let e = decide(&t, &m(1, 0.9, 1.0, 1.0), &m(1, 0.9, 1.0, 1.0), 1).unwrap_err();
+        assert_eq!(e.threshold, "minMap50");
+    }
+
+    #[test]
+    fn every_task_and_error_check_is_quality_and_size_is_not() {
+        for name in [
+            "minSequenceMatch",
+            "minMap50",
+            "minNeighbourRecall",
+            "maxAbsError",
+            "maxWorstSliceDrop",
+            "minCosineSimilarity",
+        ] {
+            assert!(is_quality(name), "{name}");
+        }
+        for name in [
+            "minCompressionRatio",
+            "maxLatencyRatio",
+            TENSORS_COMPRESSED,
+            "nonsense",
+        ] {
+            assert!(!is_quality(name), "{name}");
+        }
     }
 }

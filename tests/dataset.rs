@@ -736,6 +736,9 @@ fn cfg(batch: usize) -> EvalConfig {
         warmup: 0,
         iterations: 2,
         inputs: Vec::new(),
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     }
 }
 

@@ -23,6 +23,9 @@ fn cfg() -> EvalConfig {
         warmup: 0,
         iterations: 1,
         inputs: Vec::new(),
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     }
 }
 

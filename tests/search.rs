@@ -71,6 +71,9 @@ fn fp32_outputs(model: &Path, data: &Path) -> eval::Outputs {
         warmup: 0,
         iterations: 0,
         inputs: Vec::new(),
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     };
     let ds = Dataset::open(data, "data.npz").unwrap();
     let mut opened = eval::open(model, &cfg).unwrap();

@@ -5,10 +5,15 @@
 pub mod manifest;
 pub mod ops;
 mod status;
+pub mod task;
 mod validate;
 pub mod wire;
 
 pub use status::*;
+pub use task::{
+    AxisSelect, BoxOutputs, ClassificationTask, Confidence, DetectionLayout, DetectionTask,
+    EmbeddingTask, PoolOp, PoolSpec, RegressionTask, SequenceTask, TaskSpec,
+};
 pub use validate::{FieldError, InvalidSpec, parse_pattern, validate};
 
 use k8s_openapi::api::core::v1::Toleration;
@@ -145,6 +150,11 @@ pub struct DatasetSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0").message("must be positive"))]
     pub limit: Option<u32>,
+    /// Name of an integer array in the npz (one value per sample) naming each sample's slice
+    /// (e.g. 0 = short lines, 1 = long lines): the report gives every metric per slice, and
+    /// `thresholds.maxWorstSliceDrop` bounds the worst slice's drop. At most 64 slices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<String>,
     /// How model inputs that are not "one array, samples on axis 0" are fed: a scalar (one
     /// value for every row, e.g. a sample rate), a batch axis other than 0 (e.g. a recurrent
     /// state shaped [layers, batch, hidden]), or a state fed back from an output row after row
@@ -854,6 +864,59 @@ pub struct Thresholds {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub custom: Vec<CustomThreshold>,
+    /// Classification: smallest fraction of samples whose original top-1 class is among the
+    /// candidate's top k (`task.classification.topK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub min_top_k_agreement: Option<f64>,
+    /// Classification: largest top-k accuracy drop, absolute. Needs labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub max_top_k_accuracy_drop: Option<f64>,
+    /// Classification: smallest macro-F1 of the candidate's top-1 classes against the original's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub min_macro_f1: Option<f64>,
+    /// Sequence: smallest fraction of samples whose decoded sequence equals the original's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub min_sequence_match: Option<f64>,
+    /// Sequence: largest character error rate (edit distance / original length) against the
+    /// original's decoded sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0").message("must not be negative"))]
+    pub max_char_error_rate: Option<f64>,
+    /// Detection: smallest F1 of the candidate's detections against the original's (IoU >= 0.5,
+    /// same class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub min_detection_f1: Option<f64>,
+    /// Detection: smallest mAP@0.5 of the candidate's detections, the original's taken as truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub min_map50: Option<f64>,
+    /// Embedding: smallest recall@k of each sample's k nearest neighbours (by cosine, over the
+    /// evaluation set) in the original's embedding among the candidate's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub min_neighbour_recall: Option<f64>,
+    /// Regression: largest mean absolute error against the original's outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0").message("must not be negative"))]
+    pub max_mean_abs_error: Option<f64>,
+    /// Regression: largest absolute error of any value against the original's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0").message("must not be negative"))]
+    pub max_abs_error: Option<f64>,
+    /// With `spec.dataset.slices`: largest drop of the task's headline metric in any one slice
+    /// (baseline minus candidate; against the original the baseline is 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0").message("must not be negative"))]
+    pub max_worst_slice_drop: Option<f64>,
+    /// `point` (default): quality checks judge the measured value. `upper`: they judge the far
+    /// end of its paired bootstrap 95% interval, so a candidate passes only with confidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<Confidence>,
 }
 
 /// Where results go.
@@ -953,6 +1016,22 @@ pub struct EvaluationSpec {
     /// Latency measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySpec>,
+    /// Narrow the compared output per sample before it is scored: an index (e.g. token 0,
+    /// the CLS vector) or a range along an axis, applied to every axis listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub select: Vec<AxisSelect>,
+    /// Pool the selected output over one axis (mean or max), optionally masked by a dataset
+    /// array such as `attention_mask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+    /// L2-normalise each sample's selected (and pooled) vector. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// What the output means (classification, sequence, detection, embedding, regression):
+    /// the task's metrics are measured and its thresholds apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskSpec>,
     /// A program of your own that scores what no built-in metric covers (word error rate,
     /// a business rule): it reads the original's and the candidate's compared outputs and
     /// prints named metrics, which `thresholds.custom` can name.

@@ -285,6 +285,38 @@ pub struct Metrics {
     /// Candidate only: the metrics `spec.evaluation.evaluator` printed, by name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub custom: std::collections::BTreeMap<String, f64>,
+    /// Task metrics (`spec.evaluation.task`) by name, e.g. `sequenceMatch`, `charErrorRate`,
+    /// `detectionF1`, `map50`, `neighbourRecall` (against the original's outputs) and
+    /// `topKAccuracy`, `macroF1Labels` (against the labels).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub task: std::collections::BTreeMap<String, f64>,
+    /// Candidate only: the paired bootstrap 95% interval of each quality value the gate
+    /// checks, by check name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub intervals: std::collections::BTreeMap<String, Interval>,
+    /// With `spec.dataset.slices`: every metric per slice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<SliceMetrics>,
+}
+
+/// A 95% interval.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Interval {
+    pub low: f64,
+    pub high: f64,
+}
+
+/// The metrics of one slice of the evaluation set.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceMetrics {
+    /// The slice's value in the dataset's slices array.
+    pub slice: i64,
+    pub samples: u64,
+    /// Metric name -> value, as in `task` (plus accuracy, agreement, cosineSimilarity,
+    /// meanAbsError, maxAbsError).
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// One threshold check.
@@ -296,6 +328,13 @@ pub struct Check {
     pub value: f64,
     pub limit: f64,
     pub passed: bool,
+    /// Quality checks: the paired bootstrap 95% interval of the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Interval>,
+    /// Set when the interval reaches both sides of the limit: the evaluation set is too small
+    /// to tell this result from noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A stored model.

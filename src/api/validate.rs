@@ -534,7 +534,9 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
             );
         }
     }
+    super::task::validate_thresholds(spec, &mut err);
     if let Some(ev) = &spec.evaluation {
+        super::task::validate(ev, &mut err);
         let lat = ev.latency.clone().unwrap_or_default();
         for (name, v, lo, hi) in [
             ("batchSize", ev.batch_size, 1, MAX_BATCH),
@@ -785,6 +787,30 @@ mod tests {
         assert_eq!(max(&lat["warmup"]), MAX_WARMUP as f64);
         assert_eq!(max(&lat["iterations"]), MAX_ITERATIONS as f64);
         assert_eq!(spec["passes"]["maxItems"].as_u64(), Some(MAX_PASSES as u64));
+    }
+
+    #[test]
+    fn task_thresholds_need_their_task_their_range_and_slices_their_array() {
+        let s = spec(&format!(
+            "{BASE}passes: [{{fp16: {{}}}}]\nthresholds: {{minMap50: 1.5, maxCharErrorRate: -1, maxWorstSliceDrop: 0.1}}\nevaluation: {{task: {{sequence: {{}}}}, select: [{{axis: 0, index: 0, start: 1}}, {{axis: 0, end: 2}}], pool: {{op: mean, axis: 0}}}}\n"
+        ));
+        assert_eq!(
+            failed_fields(&s),
+            [
+                "spec.thresholds.minMap50",
+                "spec.thresholds.maxWorstSliceDrop",
+                "spec.thresholds.maxCharErrorRate",
+                "spec.thresholds.minMap50",
+                "spec.evaluation.select[0]",
+                "spec.evaluation.select[1].axis",
+                "spec.evaluation.pool.axis",
+            ]
+        );
+        let base = BASE.replace("eval.npz}", "eval.npz, slices: slice}");
+        let ok = spec(&format!(
+            "{base}passes: [{{fp16: {{}}}}]\nthresholds: {{minSequenceMatch: 0.9, maxWorstSliceDrop: 0.1, confidence: upper}}\nevaluation: {{task: {{sequence: {{blank: 0}}}}}}\n"
+        ));
+        assert!(validate(&ok).is_ok(), "{:?}", validate(&ok));
     }
 }
 

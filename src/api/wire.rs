@@ -104,6 +104,15 @@ impl WorkerMessage {
         if s.len() <= TERMINATION_LIMIT {
             return s;
         }
+        // Per-slice metrics first (the report has them).
+        if let Some(r) = &mut m.result {
+            r.baseline.slices.clear();
+            r.candidate.slices.clear();
+        }
+        let s = serde_json::to_string(&m).expect("message serialises");
+        if s.len() <= TERMINATION_LIMIT {
+            return s;
+        }
         if let Some(r) = &mut m.result {
             r.report.get_or_insert_with(String::new);
             r.baseline = Default::default();

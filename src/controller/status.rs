@@ -415,6 +415,8 @@ mod tests {
                     0.001
                 },
                 passed: verdict == Verdict::Passed,
+                interval: None,
+                note: None,
             }],
             promoted: promoted.then(|| ArtifactRef {
                 uri: "s3://m/production/".into(),

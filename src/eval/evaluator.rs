@@ -98,8 +98,8 @@ pub fn write_outputs(path: &Path, out: &Outputs, labels: Option<&[i64]>) -> Resu
     let per = out.per_sample.max(1);
     let n = out.values.len() / per;
     let mut shape = vec![n];
-    if out.sample_shape.iter().product::<usize>() == out.per_sample {
-        shape.extend(&out.sample_shape);
+    if out.shape.iter().product::<usize>() == out.per_sample {
+        shape.extend(&out.shape);
     } else {
         shape.push(out.per_sample);
     }

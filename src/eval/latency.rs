@@ -42,9 +42,9 @@ pub fn interleaved(
     let mut time = |which: bool| -> Result<f64> {
         let t = Instant::now();
         if which {
-            run_batch(&mut c.sess, in_c.clone(), &name_c, &c.path, None)?;
+            run_batch(&mut c.sess, in_c.clone(), &[name_c.as_str()], &c.path, None)?;
         } else {
-            run_batch(&mut o.sess, in_o.clone(), &name_o, &o.path, None)?;
+            run_batch(&mut o.sess, in_o.clone(), &[name_o.as_str()], &o.path, None)?;
         }
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };

@@ -54,29 +54,38 @@ pub fn closeness(reference: &[f32], candidate: &[f32], per_sample: usize) -> (f6
         .chunks_exact(per_sample)
         .zip(candidate.chunks_exact(per_sample))
     {
-        let (mut dot, mut nr, mut nc) = (0f64, 0f64, 0f64);
-        for (&x, &y) in r.iter().zip(c) {
-            let (x, y) = (x as f64, y as f64);
-            dot += x * y;
-            nr += x * x;
-            nc += y * y;
-            let d = (x - y).abs();
-            abs_sum += d;
-            abs_max = abs_max.max(d);
-        }
-        cos_sum += if nr == 0.0 && nc == 0.0 {
-            1.0
-        } else if nr == 0.0 || nc == 0.0 {
-            0.0
-        } else {
-            dot / (nr.sqrt() * nc.sqrt())
-        };
+        let (cos, sum, max) = closeness_one(r, c);
+        cos_sum += cos;
+        abs_sum += sum;
+        abs_max = abs_max.max(max);
     }
     (
         cos_sum / n.max(1) as f64,
         abs_sum / reference.len().max(1) as f64,
         abs_max,
     )
+}
+
+/// One sample's cosine similarity, summed and largest absolute error.
+pub fn closeness_one(r: &[f32], c: &[f32]) -> (f64, f64, f64) {
+    let (mut dot, mut nr, mut nc, mut sum, mut max) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for (&x, &y) in r.iter().zip(c) {
+        let (x, y) = (x as f64, y as f64);
+        dot += x * y;
+        nr += x * x;
+        nc += y * y;
+        let d = (x - y).abs();
+        sum += d;
+        max = max.max(d);
+    }
+    let cos = if nr == 0.0 && nc == 0.0 {
+        1.0
+    } else if nr == 0.0 || nc == 0.0 {
+        0.0
+    } else {
+        dot / (nr.sqrt() * nc.sqrt())
+    };
+    (cos, sum, max)
 }
 
 /// Nearest-rank percentile (p in (0, 100]) of unsorted samples.

@@ -2,12 +2,16 @@
 //! metrics against labels and against the original's outputs, and latency after warm-up.
 
 pub mod calibrate;
+pub mod capture;
 pub mod dataset;
 pub mod evaluator;
 pub mod feed;
 pub mod latency;
 pub mod metrics;
+pub mod quality;
 pub mod runtime;
+pub mod select;
+pub mod task;
 
 pub use dataset::{Archive, Array, ArrayData, Dataset, Dtype, Member, Rows};
 pub use runtime::{Provider, RuntimeError};
@@ -62,6 +66,13 @@ pub struct EvalConfig {
     pub iterations: usize,
     /// How inputs are fed (`spec.dataset.inputs`; empty: every input by rows on axis 0).
     pub inputs: Vec<InputFeed>,
+    /// What part of the compared output is scored (`spec.evaluation.select`, `pool`,
+    /// `normalize`).
+    pub selection: select::Selection,
+    /// `spec.evaluation.task`, defaults applied.
+    pub task: task::Task,
+    /// `spec.dataset.slices`: the array naming each sample's slice.
+    pub slices: Option<String>,
 }
 
 impl EvalConfig {
@@ -77,6 +88,13 @@ impl EvalConfig {
             warmup: lat.warmup.unwrap_or(10) as usize,
             iterations: lat.iterations.unwrap_or(100) as usize,
             inputs: Vec::new(),
+            selection: select::Selection {
+                select: ev.select.clone(),
+                pool: ev.pool.clone(),
+                normalize: ev.normalize.unwrap_or(false),
+            },
+            task: task::Task::from_spec(ev.task.as_ref()),
+            slices: None,
         }
     }
 
@@ -89,15 +107,22 @@ impl EvalConfig {
     }
 }
 
-/// One model's outputs on the whole dataset (the compared output, flattened).
-#[derive(Debug, Clone)]
+/// One model's outputs on the whole dataset: the compared output after the selection,
+/// flattened, and the task's decoded form of each sample.
+#[derive(Debug, Clone, Default)]
 pub struct Outputs {
     pub values: Vec<f32>,
     pub per_sample: usize,
-    /// Classes per sample when the output is `[N, C]` with C > 1.
+    /// Classes per sample when the selected output is `[N, C]` with C > 1 (and the task, if
+    /// any, reads classes).
     pub classes: Option<usize>,
-    /// The compared output's shape per sample (its shape without the first axis).
-    pub sample_shape: Vec<usize>,
+    pub samples: usize,
+    /// Per-sample shape of `values` (after the selection).
+    pub shape: Vec<usize>,
+    /// Sequence task: each sample's greedy CTC decoding.
+    pub sequences: Vec<Vec<u32>>,
+    /// Detection task: each sample's detections after NMS.
+    pub detections: Vec<Vec<task::Det>>,
 }
 
 /// The dataset checked against a model's inputs: which arrays feed which inputs, the labels,
@@ -107,6 +132,9 @@ pub struct Prepared<'d> {
     /// Where each model input's values come from, in the model's input order.
     plan: feed::Plan<'d>,
     labels: Option<Vec<i64>>,
+    /// `spec.dataset.slices`, the first `samples` values.
+    slices: Option<Vec<i64>>,
+    task: task::Task,
     samples: usize,
 }
 
@@ -179,6 +207,25 @@ fn output_name(opened: &Opened, cfg: &EvalConfig) -> Result<String> {
     }
 }
 
+/// The outputs a detection task names (layout boxes) are outputs of the model.
+fn check_task_outputs(opened: &Opened, cfg: &EvalConfig) -> Result<()> {
+    let outs = opened.sess.outputs();
+    let fields = ["boxes", "scores", "classes"];
+    for (name, field) in cfg.task.extra_outputs().iter().zip(fields) {
+        if !outs.iter().any(|x| x.name() == name) {
+            let names: Vec<&str> = outs.iter().map(|x| x.name()).collect();
+            return Err(Error::Model {
+                model: opened.path.clone(),
+                what: format!(
+                    "spec.evaluation.task.detection.outputs.{field} `{name}` is not an output of the model (outputs: {})",
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks that the dataset has every input the model needs, with the right dtype and shape,
 /// and reads the labels (the first `samples` of them). Input data is not read.
 pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result<Prepared<'d>> {
@@ -189,6 +236,7 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
         what,
     };
     output_name(opened, cfg)?;
+    check_task_outputs(opened, cfg)?;
     let mut model_inputs = Vec::with_capacity(sess.inputs().len());
     for inp in sess.inputs() {
         let name = inp.name().to_string();
@@ -270,10 +318,16 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
             Some(l)
         }
     };
+    let slices = read_slices(ds, cfg, all, samples).map_err(mismatch)?;
+    if let Some(m) = cfg.selection.mask() {
+        check_mask(ds, m, all).map_err(mismatch)?;
+    }
     Ok(Prepared {
         ds,
         plan,
         labels,
+        slices,
+        task: cfg.task.clone(),
         samples,
     })
 }
@@ -299,15 +353,16 @@ fn tensor(arr: Array) -> ort::Result<DynValue> {
     })
 }
 
-/// Runs one batch (one array per model input, named); returns the compared output's shape
-/// and values. With a feeder, each state output is kept for its next run.
+/// Runs one batch (one array per model input, named); returns the shape and values of each
+/// output named (the compared output first). With a feeder, each state output is kept for its
+/// next run.
 fn run_batch(
     sess: &mut Session,
     batch: Vec<(String, Array)>,
-    out_name: &str,
+    out_names: &[&str],
     path: &Path,
     feeder: Option<&mut feed::Feeder>,
-) -> Result<(Vec<i64>, Vec<f32>)> {
+) -> Result<Vec<(Vec<i64>, Vec<f32>)>> {
     let err = |e: ort::Error| Error::Run {
         path: path.into(),
         message: e.to_string(),
@@ -332,25 +387,46 @@ fn run_batch(
                 message,
             })?;
     }
-    let v = outputs.get(out_name).ok_or_else(|| Error::Run {
-        path: path.into(),
-        message: format!("output `{out_name}` missing"),
-    })?;
+    out_names
+        .iter()
+        .enumerate()
+        .map(|(i, &name)| {
+            let v = outputs.get(name).ok_or_else(|| Error::Run {
+                path: path.into(),
+                message: format!("output `{name}` missing"),
+            })?;
+            float_tensor(v, i > 0).ok_or_else(|| Error::Run {
+                path: path.into(),
+                message: format!(
+                    "output `{name}` is not a float tensor; choose a float output with spec.evaluation.output"
+                ),
+            })
+        })
+        .collect()
+}
+
+/// A tensor's shape and values as f32 (float types; integer types too when `ints`, for a
+/// detector's classes).
+fn float_tensor(v: &DynValue, ints: bool) -> Option<(Vec<i64>, Vec<f32>)> {
     if let Ok((s, d)) = v.try_extract_tensor::<f32>() {
-        return Ok((s.to_vec(), d.to_vec()));
+        return Some((s.to_vec(), d.to_vec()));
     }
     if let Ok((s, d)) = v.try_extract_tensor::<half::f16>() {
-        return Ok((s.to_vec(), d.iter().map(|x| x.to_f32()).collect()));
+        return Some((s.to_vec(), d.iter().map(|x| x.to_f32()).collect()));
     }
     if let Ok((s, d)) = v.try_extract_tensor::<f64>() {
-        return Ok((s.to_vec(), d.iter().map(|&x| x as f32).collect()));
+        return Some((s.to_vec(), d.iter().map(|&x| x as f32).collect()));
     }
-    Err(Error::Run {
-        path: path.into(),
-        message: format!(
-            "output `{out_name}` is not a float tensor; choose a float output with spec.evaluation.output"
-        ),
-    })
+    if !ints {
+        return None;
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<i64>() {
+        return Some((s.to_vec(), d.iter().map(|&x| x as f32).collect()));
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<i32>() {
+        return Some((s.to_vec(), d.iter().map(|&x| x as f32).collect()));
+    }
+    None
 }
 
 /// Runs the model over the dataset, a batch at a time (each batch's rows are read from the
@@ -365,10 +441,6 @@ pub fn evaluate(
     let out_name = output_name(opened, cfg)?;
     let (sess, model) = (&mut opened.sess, opened.path.as_path());
     let ds = prep.ds;
-    let run_err = |message: String| Error::Run {
-        path: model.into(),
-        message,
-    };
     // One archive per input: a deflated member is inflated sequentially by its own reader.
     let mut archives = prep.plan.archives();
     let mut feeder = feed::Feeder::new(&prep.plan, ds, &mut archives, 0)?;
@@ -378,31 +450,40 @@ pub fn evaluate(
     } else {
         cfg.batch_size.max(1)
     };
-    let mut values = Vec::new();
-    let mut per_sample: Option<usize> = None;
-    let mut classes: Option<usize> = None;
-    let mut sample_shape = Vec::new();
+    let extra = cfg.task.extra_outputs();
+    let names: Vec<&str> = std::iter::once(out_name.as_str())
+        .chain(extra.iter().map(String::as_str))
+        .collect();
+    let mut mask_archive = Archive::default();
+    let mut mask = match cfg.selection.mask() {
+        Some(m) => Some(ds.rows(m, &mut mask_archive)?),
+        None => None,
+    };
+    let mut capture = capture::Capture::new(cfg, &out_name);
     let mut start = 0;
     while start < prep.samples {
         let rows = batch.min(prep.samples - start);
         let arrays = feeder.next(rows)?;
-        let (shape, v) = run_batch(sess, arrays, &out_name, model, Some(&mut feeder))?;
-        // The compared output must scale with the batch: the same size per sample each time.
-        let ps = v.len() / rows;
-        if v.len() % rows != 0 || per_sample.is_some_and(|p| p != ps) {
-            return Err(run_err(format!(
-                "output `{out_name}` has shape {shape:?} for a batch of {rows} samples; kompress compares outputs per sample, so its first axis must be the samples"
-            )));
-        }
-        per_sample = Some(ps);
+        let outs = run_batch(sess, arrays, &names, model, Some(&mut feeder))?;
+        let mask_rows = match mask.as_mut() {
+            Some(r) => Some(as_f32(r.read(rows)?.data)),
+            None => None,
+        };
+        capture
+            .push(rows, &outs, mask_rows.as_deref())
+            .map_err(|what| Error::Model {
+                model: model.into(),
+                what,
+            })?;
         if start == 0 {
-            sample_shape = shape.iter().skip(1).map(|&d| d.max(0) as usize).collect();
-            classes = (shape.len() == 2 && shape[0] == rows as i64 && shape[1] > 1).then_some(ps);
+            let classes = capture.classes();
             check_labels(prep, classes, &out_name, model)?;
         }
-        values.extend(v);
         start += rows;
         progress(start as u64, prep.samples as u64);
+    }
+    if let Some(r) = mask {
+        r.finish()?;
     }
     // Where a member was read to its end, it must end there (a deflated member must not
     // inflate further; its CRC is checked).
@@ -415,20 +496,97 @@ pub fn evaluate(
     let mut times = Vec::with_capacity(cfg.iterations.min(1 << 16));
     for i in 0..cfg.warmup.saturating_add(cfg.iterations) {
         let t = Instant::now();
-        run_batch(sess, lat.clone(), &out_name, model, None)?;
+        run_batch(sess, lat.clone(), &[out_name.as_str()], model, None)?;
         if i >= cfg.warmup {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    Ok((
-        Outputs {
-            values,
-            per_sample: per_sample.unwrap_or(0),
-            classes,
-            sample_shape,
-        },
-        times,
-    ))
+    Ok((capture.finish(), times))
+}
+
+/// Array values as f32 (a pooling mask of any numeric type; bool is 0 or 1).
+fn as_f32(d: ArrayData) -> Vec<f32> {
+    match d {
+        ArrayData::F32(v) => v,
+        ArrayData::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+        ArrayData::F16(v) => v.into_iter().map(|x| x.to_f32()).collect(),
+        ArrayData::I64(v) => v.into_iter().map(|x| x as f32).collect(),
+        ArrayData::I32(v) => v.into_iter().map(|x| x as f32).collect(),
+        ArrayData::I8(v) => v.into_iter().map(f32::from).collect(),
+        ArrayData::U8(v) => v.into_iter().map(f32::from).collect(),
+        ArrayData::Bool(v) => v.into_iter().map(|b| f32::from(u8::from(b))).collect(),
+    }
+}
+
+/// `spec.dataset.slices`: an integer array with one value per row of the dataset, at most
+/// [`quality::MAX_SLICES`] distinct values; the first `samples` are kept.
+fn read_slices(
+    ds: &Dataset,
+    cfg: &EvalConfig,
+    all: usize,
+    samples: usize,
+) -> Result<Option<Vec<i64>>, String> {
+    let Some(name) = &cfg.slices else {
+        return Ok(None);
+    };
+    let field = "spec.dataset.slices";
+    let arr = ds.get(name).ok_or_else(|| {
+        format!(
+            "{field}: no array `{name}` in the dataset (arrays: {})",
+            ds.names()
+        )
+    })?;
+    if !matches!(arr.dtype(), Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::I8) {
+        return Err(format!(
+            "{field}: array `{name}` is {}; it must hold an integer slice per sample",
+            arr.dtype().name()
+        ));
+    }
+    if arr.shape() != [all] {
+        return Err(format!(
+            "{field}: array `{name}` has shape {:?}, but the dataset has {all} samples: it needs shape [{all}] (one slice per sample)",
+            arr.shape()
+        ));
+    }
+    let v: Vec<i64> = match ds
+        .read_rows(name, 0, samples)
+        .map_err(|e| e.to_string())?
+        .data
+    {
+        ArrayData::I64(v) => v,
+        ArrayData::I32(v) => v.into_iter().map(i64::from).collect(),
+        ArrayData::U8(v) => v.into_iter().map(i64::from).collect(),
+        ArrayData::I8(v) => v.into_iter().map(i64::from).collect(),
+        _ => unreachable!("dtype checked above"),
+    };
+    let mut distinct = v.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() > quality::MAX_SLICES {
+        return Err(format!(
+            "{field}: array `{name}` names {} slices; at most {} are reported",
+            distinct.len(),
+            quality::MAX_SLICES
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// `spec.evaluation.pool.mask` names an array with one row per sample.
+fn check_mask(ds: &Dataset, name: &str, all: usize) -> Result<(), String> {
+    let arr = ds.get(name).ok_or_else(|| {
+        format!(
+            "spec.evaluation.pool.mask: no array `{name}` in the dataset (arrays: {})",
+            ds.names()
+        )
+    })?;
+    if arr.shape().first() != Some(&all) {
+        return Err(format!(
+            "spec.evaluation.pool.mask: array `{name}` has shape {:?}; its first axis must be the {all} samples",
+            arr.shape()
+        ));
+    }
+    Ok(())
 }
 
 /// Labels must be classes of the compared output (checked once its width is known).
@@ -458,7 +616,8 @@ fn check_labels(
     }
 }
 
-/// Metrics of a model's outputs, against the labels and (for a candidate) the reference.
+/// Metrics of a model's outputs, against the labels and (for a candidate) the reference:
+/// the generic ones here, the task's, the slices' and the intervals in [`quality`].
 pub fn score(
     out: &Outputs,
     times: &[f64],
@@ -487,6 +646,16 @@ pub fn score(
         m.cosine_similarity = Some(cos);
         m.mean_abs_error = Some(mae);
         m.max_abs_error = Some(max);
+        let q = quality::measure(
+            &prep.task,
+            out,
+            r,
+            prep.labels.as_deref(),
+            prep.slices.as_deref(),
+        );
+        m.task = q.task;
+        m.intervals = q.intervals;
+        m.slices = q.slices;
     }
     m
 }

@@ -465,6 +465,7 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
         spec.dataset.limit,
     )
     .with_inputs(&spec.dataset.inputs);
+    cfg.slices = spec.dataset.slices.clone();
     let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
     // Static quantization without a calibration set: the last rows are set aside and the
     // evaluation scores only the rows before them.

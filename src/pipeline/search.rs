@@ -40,13 +40,6 @@ const SENSITIVE_IN_STATUS: usize = 5;
 /// Added to the miss of a trial that fails a quality check: any such trial ranks behind every
 /// trial that misses only latency.
 const QUALITY_MISS: f64 = 1e6;
-/// The checks a layer left in float can improve.
-const QUALITY_CHECKS: [&str; 4] = [
-    "maxAccuracyDrop",
-    "maxRelativeAccuracyDrop",
-    "minAgreement",
-    "minCosineSimilarity",
-];
 /// An output identical to the original's has infinite SNR; JSON has no infinity.
 const SQNR_CAP_DB: f64 = 300.0;
 
@@ -214,7 +207,7 @@ impl Search<'_> {
             .decision
             .checks
             .iter()
-            .any(|c| !c.passed && QUALITY_CHECKS.contains(&c.name.as_str()));
+            .any(|c| !c.passed && gate::is_quality(&c.name));
         if !quality_missed {
             self.consider(t);
             return Ok(());
@@ -846,6 +839,8 @@ mod tests {
                 value: 0.004,
                 limit: 0.005,
                 passed: true,
+                interval: None,
+                note: None,
             }],
             ratio: 3.0,
             accuracy_drop: Some(0.004),

@@ -1,0 +1,859 @@
+//! Quality metrics of a candidate against the original (and the labels), pure.
+//!
+//! Every metric is a function of per-sample weights: all ones gives the metric on the whole
+//! evaluation set, a slice's indicator gives it on that slice, and the counts of a resample
+//! (drawn with replacement, the same rows for both models: paired) give one bootstrap draw.
+//! One implementation serves the value, the slices and the interval.
+
+use super::Outputs;
+use super::metrics::top1;
+use super::task::{Task, edit_distance, match_detections};
+use crate::api::task::CheckName;
+use crate::api::{Interval, SliceMetrics};
+use std::collections::BTreeMap;
+
+/// Resamples of the bootstrap; a fixed seed, so the same outputs give the same interval.
+pub const RESAMPLES: usize = 1000;
+const SEED: u64 = 0x7175_616c_6974_7921; // "quality!"
+/// Most per-sample visits of one bootstrap (resamples × samples × metrics).
+const WORK: usize = 50_000_000;
+const MIN_RESAMPLES: usize = 100;
+/// Most distinct slices in `spec.dataset.slices`.
+pub const MAX_SLICES: usize = 64;
+/// Most samples whose neighbours are searched (recall@k is quadratic in them).
+pub const MAX_NEIGHBOUR_SAMPLES: usize = 20_000;
+
+/// Which model a label metric is of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Of {
+    Base,
+    Cand,
+}
+
+/// The metrics measured, each over weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum M {
+    Cosine,
+    MeanAbsError,
+    MaxAbsError,
+    Agreement,
+    Accuracy(Of),
+    TopKAccuracy(Of),
+    TopKAgreement,
+    MacroF1,
+    MacroF1Labels(Of),
+    SequenceMatch,
+    CharErrorRate,
+    DetectionF1,
+    Map50,
+    NeighbourRecall,
+}
+
+impl M {
+    fn key(self) -> &'static str {
+        match self {
+            M::Cosine => "cosineSimilarity",
+            M::MeanAbsError => "meanAbsError",
+            M::MaxAbsError => "maxAbsError",
+            M::Agreement => "agreement",
+            M::Accuracy(_) => "accuracy",
+            M::TopKAccuracy(_) => "topKAccuracy",
+            M::TopKAgreement => "topKAgreement",
+            M::MacroF1 => "macroF1",
+            M::MacroF1Labels(_) => "macroF1Labels",
+            M::SequenceMatch => "sequenceMatch",
+            M::CharErrorRate => "charErrorRate",
+            M::DetectionF1 => "detectionF1",
+            M::Map50 => "map50",
+            M::NeighbourRecall => "neighbourRecall",
+        }
+    }
+}
+
+/// Detection statistics per sample, and every candidate detection for mAP.
+#[derive(Debug, Default)]
+struct DetStats {
+    tp: Vec<f64>,
+    fp: Vec<f64>,
+    missed: Vec<f64>,
+    /// Per class: (score, matched, sample), highest score first.
+    ranked: BTreeMap<u32, Vec<(f32, bool, usize)>>,
+    /// Per class: the original's detections per sample.
+    truth: BTreeMap<u32, Vec<(usize, f64)>>,
+}
+
+/// Each sample's top-1 class (None for a NaN row).
+type Top1 = Vec<Option<usize>>;
+
+/// Per-sample statistics of both models.
+#[derive(Debug, Default)]
+pub struct Paired {
+    n: usize,
+    elements: usize,
+    cos: Vec<f64>,
+    abs_sum: Vec<f64>,
+    abs_max: Vec<f64>,
+    /// Top-1 of the original and the candidate.
+    top1: Option<(Top1, Top1)>,
+    labels: Option<Vec<i64>>,
+    /// Whether the label is in the top k, original and candidate.
+    topk_hit: Option<(Vec<bool>, Vec<bool>)>,
+    /// Whether the original's top-1 is in the candidate's top k.
+    topk_agree: Option<Vec<bool>>,
+    /// Exact match, edits, the original's length.
+    seq: Option<(Vec<bool>, Vec<f64>, Vec<f64>)>,
+    det: Option<DetStats>,
+    recall: Option<Vec<f64>>,
+    task: Task,
+    /// Whether the candidate is the original itself (the baseline's own score).
+    same: bool,
+}
+
+/// The top `k` classes of a row, best first (NaN rows: none).
+fn top_k(row: &[f32], k: usize) -> Vec<usize> {
+    if row.iter().any(|x| x.is_nan()) {
+        return Vec::new();
+    }
+    let mut ix: Vec<usize> = (0..row.len()).collect();
+    let k = k.min(row.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    ix.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    ix.truncate(k);
+    ix.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    ix
+}
+
+impl Paired {
+    /// Per-sample statistics of `cand` against `reference` (the same rows).
+    pub fn new(task: &Task, cand: &Outputs, reference: &Outputs, labels: Option<&[i64]>) -> Self {
+        let same = std::ptr::eq(cand, reference);
+        let ps = cand.per_sample;
+        let n = cand.values.len().checked_div(ps).unwrap_or(cand.samples);
+        let mut p = Paired {
+            n,
+            elements: ps,
+            task: task.clone(),
+            same,
+            labels: labels.map(|l| l[..n.min(l.len())].to_vec()),
+            ..Default::default()
+        };
+        p.closeness(cand, reference);
+        if let (Some(c), Some(rc)) = (cand.classes, reference.classes)
+            && c == rc
+            && task.reads_classes()
+        {
+            p.classes(cand, reference, c);
+        }
+        match task {
+            Task::Sequence { .. } => p.sequences(cand, reference),
+            Task::Detection(_) => p.detections(cand, reference),
+            Task::Embedding { k } if !same => p.neighbours(cand, reference, *k),
+            _ => {}
+        }
+        p
+    }
+
+    fn closeness(&mut self, cand: &Outputs, reference: &Outputs) {
+        let ps = self.elements;
+        for i in 0..self.n {
+            let (r, c) = if ps == 0 {
+                (&[][..], &[][..])
+            } else {
+                (
+                    &reference.values[i * ps..(i + 1) * ps],
+                    &cand.values[i * ps..(i + 1) * ps],
+                )
+            };
+            let (cos, sum, max) = super::metrics::closeness_one(r, c);
+            self.cos.push(cos);
+            self.abs_sum.push(sum);
+            self.abs_max.push(max);
+        }
+    }
+
+    fn classes(&mut self, cand: &Outputs, reference: &Outputs, c: usize) {
+        let (rt, ct) = (top1(&reference.values, c), top1(&cand.values, c));
+        if let Task::Classification { top_k: k } = self.task {
+            let rows = |o: &Outputs| -> Vec<Vec<usize>> {
+                o.values.chunks_exact(c).map(|r| top_k(r, k)).collect()
+            };
+            let (rk, ck) = (rows(reference), rows(cand));
+            self.topk_agree = Some(
+                rt.iter()
+                    .zip(&ck)
+                    .map(|(t, k)| t.is_some_and(|t| k.contains(&t)))
+                    .collect(),
+            );
+            if let Some(l) = &self.labels {
+                let hit = |k: &[Vec<usize>]| -> Vec<bool> {
+                    k.iter()
+                        .zip(l)
+                        .map(|(k, &l)| k.iter().any(|&x| x as i64 == l))
+                        .collect()
+                };
+                self.topk_hit = Some((hit(&rk), hit(&ck)));
+            }
+        }
+        self.top1 = Some((rt, ct));
+    }
+
+    fn sequences(&mut self, cand: &Outputs, reference: &Outputs) {
+        let mut m = (Vec::new(), Vec::new(), Vec::new());
+        for (r, c) in reference.sequences.iter().zip(&cand.sequences) {
+            m.0.push(r == c);
+            m.1.push(edit_distance(r, c) as f64);
+            m.2.push(r.len() as f64);
+        }
+        self.seq = Some(m);
+    }
+
+    fn detections(&mut self, cand: &Outputs, reference: &Outputs) {
+        let mut d = DetStats::default();
+        for (i, (r, c)) in reference
+            .detections
+            .iter()
+            .zip(&cand.detections)
+            .enumerate()
+        {
+            let ((tp, fp, missed), items) = match_detections(r, c);
+            d.tp.push(tp as f64);
+            d.fp.push(fp as f64);
+            d.missed.push(missed as f64);
+            for (class, score, ok) in items {
+                d.ranked.entry(class).or_default().push((score, ok, i));
+            }
+            let mut per_class: BTreeMap<u32, f64> = BTreeMap::new();
+            for t in r {
+                *per_class.entry(t.class).or_default() += 1.0;
+            }
+            for (class, count) in per_class {
+                d.truth.entry(class).or_default().push((i, count));
+            }
+        }
+        for v in d.ranked.values_mut() {
+            v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+        }
+        self.det = Some(d);
+    }
+
+    /// recall@k of each sample's k nearest neighbours (cosine, itself excluded).
+    fn neighbours(&mut self, cand: &Outputs, reference: &Outputs, k: usize) {
+        let d = cand.per_sample;
+        let n = self.n.min(MAX_NEIGHBOUR_SAMPLES);
+        let k = k.min(n.saturating_sub(1));
+        if d == 0 || k == 0 {
+            return;
+        }
+        let unit = |o: &Outputs| -> Vec<f32> {
+            let mut v = o.values[..n * d].to_vec();
+            for row in v.chunks_exact_mut(d) {
+                let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    row.iter_mut().for_each(|x| *x /= norm);
+                }
+            }
+            v
+        };
+        let (r, c) = (unit(reference), unit(cand));
+        let nearest = |v: &[f32], i: usize| -> Vec<usize> {
+            let q = &v[i * d..(i + 1) * d];
+            let sims: Vec<f32> = v
+                .chunks_exact(d)
+                .enumerate()
+                .map(|(j, row)| {
+                    if j == i {
+                        f32::NEG_INFINITY
+                    } else {
+                        row.iter().zip(q).map(|(a, b)| a * b).sum()
+                    }
+                })
+                .collect();
+            top_k(&sims, k)
+        };
+        let recall = (0..n)
+            .map(|i| {
+                let (a, b) = (nearest(&r, i), nearest(&c, i));
+                a.iter().filter(|x| b.contains(x)).count() as f64 / k as f64
+            })
+            .collect();
+        self.recall = Some(recall);
+    }
+}
+
+/// Σ w·x / Σ w over the samples (None without weight).
+fn wmean(w: &[f64], x: impl Fn(usize) -> f64) -> Option<f64> {
+    let (mut s, mut t) = (0.0, 0.0);
+    for (i, &wi) in w.iter().enumerate() {
+        if wi > 0.0 {
+            s += wi * x(i);
+            t += wi;
+        }
+    }
+    (t > 0.0).then(|| s / t)
+}
+
+/// Macro-F1 of predictions against truths, over the classes either names.
+fn macro_f1(w: &[f64], pairs: impl Fn(usize) -> (Option<usize>, Option<usize>)) -> Option<f64> {
+    let mut counts: BTreeMap<usize, (f64, f64, f64)> = BTreeMap::new();
+    let mut any = false;
+    for (i, &wi) in w.iter().enumerate() {
+        if wi == 0.0 {
+            continue;
+        }
+        any = true;
+        let (p, t) = pairs(i);
+        match (p, t) {
+            (Some(p), Some(t)) if p == t => counts.entry(p).or_default().0 += wi,
+            _ => {
+                if let Some(p) = p {
+                    counts.entry(p).or_default().1 += wi;
+                }
+                if let Some(t) = t {
+                    counts.entry(t).or_default().2 += wi;
+                }
+            }
+        }
+    }
+    if !any {
+        return None;
+    }
+    if counts.is_empty() {
+        return Some(1.0);
+    }
+    let f1s: f64 = counts
+        .values()
+        .map(|&(tp, fp, fn_)| 2.0 * tp / (2.0 * tp + fp + fn_))
+        .sum();
+    Some(f1s / counts.len() as f64)
+}
+
+/// Average precision (all points, the precision envelope) of detections ranked by score,
+/// against `truth` weighted true boxes.
+fn average_precision(ranked: &[(f32, bool, usize)], truth: f64, w: &[f64]) -> f64 {
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut points: Vec<(f64, f64)> = Vec::with_capacity(ranked.len());
+    for &(_, ok, s) in ranked {
+        if w[s] == 0.0 {
+            continue;
+        }
+        if ok {
+            tp += w[s];
+        } else {
+            fp += w[s];
+        }
+        points.push((tp / truth, tp / (tp + fp)));
+    }
+    for i in (0..points.len().saturating_sub(1)).rev() {
+        points[i].1 = points[i].1.max(points[i + 1].1);
+    }
+    let mut prev = 0.0;
+    let mut ap = 0.0;
+    for (r, p) in points {
+        ap += (r - prev) * p;
+        prev = r;
+    }
+    ap
+}
+
+impl Paired {
+    fn value(&self, m: M, w: &[f64]) -> Option<f64> {
+        let labels = || self.labels.as_ref();
+        let top1 = || self.top1.as_ref();
+        match m {
+            M::Cosine => wmean(w, |i| self.cos[i]),
+            M::MeanAbsError => {
+                wmean(w, |i| self.abs_sum[i]).map(|s| s / self.elements.max(1) as f64)
+            }
+            M::MaxAbsError => w
+                .iter()
+                .zip(&self.abs_max)
+                .filter(|(w, _)| **w > 0.0)
+                .map(|(_, m)| *m)
+                .reduce(f64::max),
+            M::Agreement => {
+                let (r, c) = top1()?;
+                wmean(w, |i| f64::from(u8::from(c[i].is_some() && c[i] == r[i])))
+            }
+            M::Accuracy(of) => {
+                let (r, c) = top1()?;
+                let l = labels()?;
+                let p = if of == Of::Base { r } else { c };
+                wmean(w, |i| {
+                    f64::from(u8::from(p[i].is_some_and(|p| p as i64 == l[i])))
+                })
+            }
+            M::TopKAccuracy(of) => {
+                let (r, c) = self.topk_hit.as_ref()?;
+                let h = if of == Of::Base { r } else { c };
+                wmean(w, |i| f64::from(u8::from(h[i])))
+            }
+            M::TopKAgreement => {
+                let a = self.topk_agree.as_ref()?;
+                wmean(w, |i| f64::from(u8::from(a[i])))
+            }
+            M::MacroF1 => {
+                let (r, c) = top1()?;
+                macro_f1(w, |i| (c[i], r[i]))
+            }
+            M::MacroF1Labels(of) => {
+                let (r, c) = top1()?;
+                let l = labels()?;
+                let p = if of == Of::Base { r } else { c };
+                macro_f1(w, |i| (p[i], usize::try_from(l[i]).ok()))
+            }
+            _ => self.task_value(m, w),
+        }
+    }
+
+    fn task_value(&self, m: M, w: &[f64]) -> Option<f64> {
+        match m {
+            M::SequenceMatch => {
+                let (ok, _, _) = self.seq.as_ref()?;
+                wmean(w, |i| f64::from(u8::from(ok[i])))
+            }
+            M::CharErrorRate => {
+                let (_, e, l) = self.seq.as_ref()?;
+                let edits = wmean(w, |i| e[i])?;
+                let len = wmean(w, |i| l[i])?;
+                Some(if len > 0.0 {
+                    edits / len
+                } else {
+                    f64::from(u8::from(edits > 0.0))
+                })
+            }
+            M::DetectionF1 => {
+                let d = self.det.as_ref()?;
+                let tp = wmean(w, |i| d.tp[i])?;
+                let (fp, missed) = (wmean(w, |i| d.fp[i])?, wmean(w, |i| d.missed[i])?);
+                let den = 2.0 * tp + fp + missed;
+                Some(if den > 0.0 { 2.0 * tp / den } else { 1.0 })
+            }
+            M::Map50 => {
+                let d = self.det.as_ref()?;
+                w.iter().any(|&x| x > 0.0).then_some(())?;
+                let mut aps = Vec::new();
+                let mut stray = false;
+                for (class, ranked) in &d.ranked {
+                    let truth: f64 = d
+                        .truth
+                        .get(class)
+                        .map_or(0.0, |t| t.iter().map(|&(s, c)| w[s] * c).sum());
+                    if truth > 0.0 {
+                        aps.push(average_precision(ranked, truth, w));
+                    } else {
+                        stray |= ranked.iter().any(|&(_, _, s)| w[s] > 0.0);
+                    }
+                }
+                // Classes the original found and the candidate never did: AP 0.
+                for (class, t) in &d.truth {
+                    if !d.ranked.contains_key(class) && t.iter().any(|&(s, _)| w[s] > 0.0) {
+                        aps.push(0.0);
+                    }
+                }
+                Some(if aps.is_empty() {
+                    f64::from(u8::from(!stray))
+                } else {
+                    aps.iter().sum::<f64>() / aps.len() as f64
+                })
+            }
+            M::NeighbourRecall => {
+                let r = self.recall.as_ref()?;
+                let w = &w[..r.len().min(w.len())];
+                wmean(w, |i| r[i])
+            }
+            _ => None,
+        }
+    }
+
+    /// The metrics a report shows for this pair: the candidate's, and the label metrics of
+    /// the original when `self.same`.
+    fn shown(&self) -> Vec<M> {
+        let mut all = vec![
+            M::Accuracy(Of::Cand),
+            M::TopKAccuracy(Of::Cand),
+            M::MacroF1Labels(Of::Cand),
+        ];
+        if !self.same {
+            all.extend([
+                M::Cosine,
+                M::MeanAbsError,
+                M::MaxAbsError,
+                M::Agreement,
+                M::TopKAgreement,
+                M::MacroF1,
+                M::SequenceMatch,
+                M::CharErrorRate,
+                M::DetectionF1,
+                M::Map50,
+                M::NeighbourRecall,
+            ]);
+        }
+        all
+    }
+
+    /// The task's headline drop (baseline minus candidate; against the original the
+    /// baseline is perfect: 1 for agreement-like metrics, 0 for errors).
+    fn headline_drop(&self, w: &[f64]) -> Option<f64> {
+        let acc =
+            || Some(self.value(M::Accuracy(Of::Base), w)? - self.value(M::Accuracy(Of::Cand), w)?);
+        let one_minus = |m| self.value(m, w).map(|v| 1.0 - v);
+        match self.task {
+            Task::Sequence { .. } => one_minus(M::SequenceMatch),
+            Task::Detection(_) => one_minus(M::DetectionF1),
+            Task::Embedding { .. } => one_minus(M::NeighbourRecall),
+            Task::Regression => self.value(M::MeanAbsError, w),
+            Task::Plain | Task::Classification { .. } if self.top1.is_some() => {
+                acc().or_else(|| one_minus(M::Agreement))
+            }
+            _ => one_minus(M::Cosine),
+        }
+    }
+
+    /// The value of a quality check, over weights.
+    fn check_value(&self, c: CheckName, w: &[f64], slices: &[(i64, Vec<f64>)]) -> Option<f64> {
+        use CheckName as C;
+        let drop = |b, c| Some(self.value(b, w)? - self.value(c, w)?);
+        match c {
+            C::MaxAccuracyDrop => drop(M::Accuracy(Of::Base), M::Accuracy(Of::Cand)),
+            C::MaxRelativeAccuracyDrop => {
+                let b = self.value(M::Accuracy(Of::Base), w)?;
+                let d = drop(M::Accuracy(Of::Base), M::Accuracy(Of::Cand))?;
+                Some(if b > 0.0 { d / b } else { 0.0 })
+            }
+            C::MaxTopKAccuracyDrop => drop(M::TopKAccuracy(Of::Base), M::TopKAccuracy(Of::Cand)),
+            C::MinAgreement => self.value(M::Agreement, w),
+            C::MinCosineSimilarity => self.value(M::Cosine, w),
+            C::MinTopKAgreement => self.value(M::TopKAgreement, w),
+            C::MinMacroF1 => self.value(M::MacroF1, w),
+            C::MinSequenceMatch => self.value(M::SequenceMatch, w),
+            C::MaxCharErrorRate => self.value(M::CharErrorRate, w),
+            C::MinDetectionF1 => self.value(M::DetectionF1, w),
+            C::MinMap50 => self.value(M::Map50, w),
+            C::MinNeighbourRecall => self.value(M::NeighbourRecall, w),
+            C::MaxMeanAbsError => self.value(M::MeanAbsError, w),
+            C::MaxAbsError => self.value(M::MaxAbsError, w),
+            C::MaxWorstSliceDrop => slices
+                .iter()
+                .filter_map(|(_, ind)| {
+                    let ws: Vec<f64> = w.iter().zip(ind).map(|(a, b)| a * b).collect();
+                    self.headline_drop(&ws)
+                })
+                .reduce(f64::max),
+            C::MinCompressionRatio | C::MaxLatencyRatio | C::TensorsCompressed => None,
+        }
+    }
+}
+
+/// What [`measure`] adds to a model's metrics.
+#[derive(Debug, Default, PartialEq)]
+pub struct Measured {
+    /// Task metrics by name (`Metrics::task`).
+    pub task: BTreeMap<String, f64>,
+    /// Per quality check: its 95% interval.
+    pub intervals: BTreeMap<String, Interval>,
+    pub slices: Vec<SliceMetrics>,
+}
+
+/// Task metrics, per-slice metrics and the quality checks' bootstrap intervals of `cand`
+/// against `reference` (pass the same object twice for the original's own label metrics).
+pub fn measure(
+    task: &Task,
+    cand: &Outputs,
+    reference: &Outputs,
+    labels: Option<&[i64]>,
+    slices: Option<&[i64]>,
+) -> Measured {
+    let p = Paired::new(task, cand, reference, labels);
+    let ones = vec![1.0; p.n];
+    let slices: Vec<(i64, Vec<f64>)> = slice_indicators(slices, p.n);
+    let mut out = Measured::default();
+    for m in p.shown() {
+        // The generic metrics stay in their own Metrics fields.
+        if matches!(
+            m,
+            M::Cosine | M::MeanAbsError | M::MaxAbsError | M::Agreement | M::Accuracy(_)
+        ) {
+            continue;
+        }
+        if let Some(v) = p.value(m, &ones) {
+            out.task.insert(m.key().into(), v);
+        }
+    }
+    if !p.same {
+        if let Some(v) = p.check_value(CheckName::MaxWorstSliceDrop, &ones, &slices) {
+            out.task.insert("worstSliceDrop".into(), v);
+        }
+        out.intervals = intervals(&p, &slices);
+    }
+    for (s, ind) in &slices {
+        let metrics: BTreeMap<String, f64> = p
+            .shown()
+            .into_iter()
+            .filter_map(|m| Some((m.key().to_string(), p.value(m, ind)?)))
+            .collect();
+        out.slices.push(SliceMetrics {
+            slice: *s,
+            samples: ind.iter().filter(|&&x| x > 0.0).count() as u64,
+            metrics,
+        });
+    }
+    out
+}
+
+/// One indicator per distinct slice value, in ascending order.
+fn slice_indicators(slices: Option<&[i64]>, n: usize) -> Vec<(i64, Vec<f64>)> {
+    let Some(s) = slices else {
+        return Vec::new();
+    };
+    let mut values: Vec<i64> = s.iter().take(n).copied().collect();
+    values.sort_unstable();
+    values.dedup();
+    values
+        .into_iter()
+        .map(|v| {
+            let ind = (0..n)
+                .map(|i| f64::from(u8::from(s.get(i) == Some(&v))))
+                .collect();
+            (v, ind)
+        })
+        .collect()
+}
+
+/// Paired bootstrap: the same resampled rows for both models and every check.
+fn intervals(p: &Paired, slices: &[(i64, Vec<f64>)]) -> BTreeMap<String, Interval> {
+    let ones = vec![1.0; p.n];
+    let checks: Vec<CheckName> = CheckName::ALL
+        .into_iter()
+        .filter(|c| c.is_quality() && p.check_value(*c, &ones, slices).is_some())
+        .collect();
+    if p.n < 2 || checks.is_empty() {
+        return BTreeMap::new();
+    }
+    let per =
+        p.n.saturating_mul(checks.len())
+            .saturating_mul(slices.len().max(1));
+    let resamples = RESAMPLES.min((WORK / per.max(1)).max(MIN_RESAMPLES));
+    let mut rng = SEED;
+    let mut draws: Vec<Vec<f64>> = vec![Vec::with_capacity(resamples); checks.len()];
+    let mut w = vec![0.0; p.n];
+    for _ in 0..resamples {
+        w.iter_mut().for_each(|x| *x = 0.0);
+        for _ in 0..p.n {
+            w[(xorshift(&mut rng) % p.n as u64) as usize] += 1.0;
+        }
+        for (c, d) in checks.iter().zip(draws.iter_mut()) {
+            if let Some(v) = p.check_value(*c, &w, slices) {
+                d.push(v);
+            }
+        }
+    }
+    checks
+        .iter()
+        .zip(draws)
+        .filter_map(|(c, mut d)| {
+            if d.is_empty() {
+                return None;
+            }
+            d.sort_by(f64::total_cmp);
+            let at = |q: f64| d[((q * (d.len() - 1) as f64).round() as usize).min(d.len() - 1)];
+            Some((
+                c.name().to_string(),
+                Interval {
+                    low: at(0.025),
+                    high: at(0.975),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// xorshift64*: a small, seeded generator (the same draws on every machine).
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    s.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::task::{Det, Detector};
+
+    fn classes(rows: &[&[f32]]) -> Outputs {
+        let c = rows[0].len();
+        Outputs {
+            values: rows.concat(),
+            per_sample: c,
+            classes: Some(c),
+            samples: rows.len(),
+            shape: vec![c],
+            ..Default::default()
+        }
+    }
+
+    fn seqs(s: Vec<Vec<u32>>) -> Outputs {
+        Outputs {
+            samples: s.len(),
+            sequences: s,
+            ..Default::default()
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn top_k_agreement_and_macro_f1_by_hand() {
+        // Original's top-1: 0, 1, 2, 2. Candidate's: 0, 2, 2, 1; top-2 contains the
+        // original's class in rows 0, 1 (2 then 1), 2, 3 (1 then 2).
+        let r = classes(&[
+            &[0.9, 0.1, 0.0],
+            &[0.1, 0.8, 0.1],
+            &[0.0, 0.2, 0.8],
+            &[0.1, 0.2, 0.7],
+        ]);
+        let c = classes(&[
+            &[0.9, 0.1, 0.0],
+            &[0.1, 0.4, 0.5],
+            &[0.0, 0.2, 0.8],
+            &[0.1, 0.5, 0.4],
+        ]);
+        let task = Task::Classification { top_k: 2 };
+        let m = measure(&task, &c, &r, Some(&[0, 1, 2, 0]), None);
+        assert!(close(m.task["topKAgreement"], 1.0), "{m:?}");
+        // Against the original: class 0 tp 1 -> F1 1; class 1: tp 0, fp 1, fn 1 -> 0;
+        // class 2: tp 1, fp 1, fn 1 -> 0.5. Macro: 0.5.
+        assert!(close(m.task["macroF1"], 0.5), "{m:?}");
+        // Candidate against labels 0, 1, 2, 0: top-2 hits rows 0, 1, 2 (row 3: 1, 2).
+        assert!(close(m.task["topKAccuracy"], 0.75), "{m:?}");
+        // Labels: class 0: tp 1, fn 1 -> 2/3; class 1: fp 1, fn 1 -> 0; class 2: tp 1, fp 1
+        // -> 2/3. Macro: 4/9.
+        assert!(close(m.task["macroF1Labels"], 4.0 / 9.0), "{m:?}");
+    }
+
+    #[test]
+    fn sequence_match_and_character_error_rate_by_hand() {
+        let r = seqs(vec![vec![1, 2, 3], vec![4, 5], vec![6]]);
+        let c = seqs(vec![vec![1, 3], vec![4, 5], vec![6, 6]]);
+        let m = measure(&Task::Sequence { blank: 0 }, &c, &r, None, None);
+        assert!(close(m.task["sequenceMatch"], 1.0 / 3.0), "{m:?}");
+        // One deletion and one insertion over 6 original characters.
+        assert!(close(m.task["charErrorRate"], 2.0 / 6.0), "{m:?}");
+    }
+
+    fn det(x: f32, score: f32, class: u32) -> Det {
+        Det {
+            x1: x,
+            y1: 0.0,
+            x2: x + 10.0,
+            y2: 10.0,
+            score,
+            class,
+        }
+    }
+
+    fn dets(d: Vec<Vec<Det>>) -> Outputs {
+        Outputs {
+            samples: d.len(),
+            detections: d,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn detection_f1_and_map50_by_hand() {
+        let task = Task::Detection(Detector {
+            layout: crate::api::DetectionLayout::Yolov8,
+            outputs: None,
+            score_threshold: 0.25,
+            iou_threshold: 0.45,
+            max_detections: 100,
+        });
+        // Class 0: two true boxes (samples 0 and 1). The candidate ranks: 0.9 a match,
+        // 0.8 a stray box, 0.7 a match: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1:
+        // AP = 1/2 · 1 + 1/2 · 2/3 = 5/6. F1: tp 2, fp 1, missed 0 -> 4/5.
+        let r = dets(vec![vec![det(0.0, 0.9, 0)], vec![det(0.0, 0.9, 0)]]);
+        let c = dets(vec![
+            vec![det(0.0, 0.9, 0), det(50.0, 0.8, 0)],
+            vec![det(1.0, 0.7, 0)],
+        ]);
+        let m = measure(&task, &c, &r, None, None);
+        assert!(close(m.task["map50"], 5.0 / 6.0), "{m:?}");
+        assert!(close(m.task["detectionF1"], 0.8), "{m:?}");
+        // Same boxes, another class: nothing matches.
+        let wrong = dets(vec![vec![det(0.0, 0.9, 1)], vec![det(0.0, 0.9, 1)]]);
+        let m = measure(&task, &wrong, &r, None, None);
+        assert_eq!((m.task["map50"], m.task["detectionF1"]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn neighbour_recall_by_hand() {
+        // Four unit vectors at 0, 10, 90 and 100 degrees; the candidate moves the second to
+        // 60 degrees, where its nearest is the third (30 degrees away), not the first.
+        let at = |deg: &[f32]| Outputs {
+            values: deg
+                .iter()
+                .flat_map(|d| [d.to_radians().cos(), d.to_radians().sin()])
+                .collect(),
+            per_sample: 2,
+            samples: deg.len(),
+            shape: vec![2],
+            ..Default::default()
+        };
+        let r = at(&[0.0, 10.0, 90.0, 100.0]);
+        let c = at(&[0.0, 60.0, 90.0, 100.0]);
+        let m = measure(&Task::Embedding { k: 1 }, &c, &r, None, None);
+        assert!(close(m.task["neighbourRecall"], 0.75), "{m:?}");
+    }
+
+    #[test]
+    fn slices_get_every_metric_and_the_worst_slice_drop() {
+        let r = seqs(vec![vec![1], vec![2], vec![3], vec![4]]);
+        let c = seqs(vec![vec![1], vec![2], vec![3], vec![5]]);
+        let m = measure(
+            &Task::Sequence { blank: 0 },
+            &c,
+            &r,
+            None,
+            Some(&[7, 7, 9, 9]),
+        );
+        assert_eq!(m.slices.len(), 2);
+        assert_eq!((m.slices[0].slice, m.slices[0].samples), (7, 2));
+        assert_eq!(m.slices[0].metrics["sequenceMatch"], 1.0);
+        assert_eq!(m.slices[1].metrics["sequenceMatch"], 0.5);
+        assert!(close(m.task["worstSliceDrop"], 0.5), "{m:?}");
+    }
+
+    #[test]
+    fn intervals_are_seeded_paired_and_hold_the_value() {
+        let n = 40;
+        let r = seqs((0..n).map(|i| vec![i]).collect());
+        let c = seqs(
+            (0..n)
+                .map(|i| vec![if i % 10 == 0 { 999 } else { i }])
+                .collect(),
+        );
+        let task = Task::Sequence { blank: 0 };
+        let a = measure(&task, &c, &r, None, None);
+        let b = measure(&task, &c, &r, None, None);
+        assert_eq!(a, b, "the same outputs give the same intervals");
+        let i = &a.intervals["minSequenceMatch"];
+        assert!(i.low < 0.9 && 0.9 < i.high && i.high <= 1.0, "{i:?}");
+        // A perfect candidate has a degenerate interval at 1.
+        let m = measure(&task, &r.clone(), &r, None, None);
+        assert_eq!(
+            m.intervals["minSequenceMatch"],
+            Interval {
+                low: 1.0,
+                high: 1.0
+            }
+        );
+        // The original's own score has no intervals and no self-comparison metrics.
+        let own = measure(&task, &r, &r, None, None);
+        assert!(own.intervals.is_empty() && own.task.is_empty(), "{own:?}");
+    }
+}
