@@ -148,6 +148,9 @@ fn cfg(batch: usize, inputs: Vec<InputFeed>) -> EvalConfig {
         warmup: 1,
         iterations: 2,
         inputs,
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     }
 }
 
