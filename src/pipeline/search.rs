@@ -761,40 +761,9 @@ impl Search<'_> {
                 break;
             }
             let started = Instant::now();
-            let float: Vec<String> = layers
-                .iter()
-                .filter(|l| l.key != layer.key)
-                .map(|l| l.key.clone())
-                .collect();
-            let dir = self.dir.join(format!("probe-{}", self.probes));
-            // The probe alone, without a mixed fp16 pass: the rest of the model stays fp32.
-            let recipe = {
-                let mut r = self.spec.passes.clone();
-                r.push(form.pass(self.s, &float));
-                r
-            };
-            let calibration = (form == SearchForm::Static)
-                .then_some(self.calibration.as_ref())
-                .flatten();
-            let candidate = build_candidate(
-                &self.base.model,
-                &recipe,
-                self.target,
-                calibration,
-                &dir,
-                &Ui::quiet(),
-            )?;
-            let out = probe_outputs(&candidate, self.base, rows);
-            let _ = std::fs::remove_dir_all(&dir);
-            let out = out?;
-            let reference = &self.base.outputs.values[..out.values.len()];
-            used_rows = out.values.len() / out.per_sample.max(1);
-            measured.push(LayerSensitivity {
-                layer: layer.key.clone(),
-                op: layer.op.clone(),
-                output_sqnr_db: sqnr_db(reference, &out.values),
-                flips: out.classes.map(|c| flip_rate(reference, &out.values, c)),
-            });
+            let (m, n) = self.probe(form, layers, layer, rows)?;
+            measured.push(m);
+            used_rows = n;
             self.probes += 1;
             self.report.budget.probes.add(started);
             bar.set(i as u64 + 1, Some(layers.len() as u64));
@@ -842,6 +811,48 @@ impl Search<'_> {
             layers: measured,
         });
         Ok(Some(ranked))
+    }
+
+    /// One probe: only `layer` compressed, the rest of the model float, on the first `rows`
+    /// rows. Its files are removed before it returns; its outputs are dropped once scored.
+    fn probe(
+        &self,
+        form: SearchForm,
+        layers: &[Layer],
+        layer: &Layer,
+        rows: usize,
+    ) -> Result<(LayerSensitivity, usize)> {
+        let float: Vec<String> = layers
+            .iter()
+            .filter(|l| l.key != layer.key)
+            .map(|l| l.key.clone())
+            .collect();
+        let dir = self.dir.join(format!("probe-{}", self.probes));
+        // The form's pass alone, without a mixed fp16 pass: the rest stays fp32.
+        let mut recipe = self.spec.passes.clone();
+        recipe.push(form.pass(self.s, &float));
+        let calibration = (form == SearchForm::Static)
+            .then_some(self.calibration.as_ref())
+            .flatten();
+        let candidate = build_candidate(
+            &self.base.model,
+            &recipe,
+            self.target,
+            calibration,
+            &dir,
+            &Ui::quiet(),
+        );
+        let out = candidate.and_then(|c| probe_outputs(&c, self.base, rows));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = out?;
+        let reference = &self.base.outputs.values[..out.values.len()];
+        let m = LayerSensitivity {
+            layer: layer.key.clone(),
+            op: layer.op.clone(),
+            output_sqnr_db: sqnr_db(reference, &out.values),
+            flips: out.classes.map(|c| flip_rate(reference, &out.values, c)),
+        };
+        Ok((m, out.values.len() / out.per_sample.max(1)))
     }
 
     /// Whether the probes have used their share of `maxSeconds`.
