@@ -323,7 +323,8 @@ def search_job(path: Path, key: str, spec: dict, model: Path, evald: Path, calib
         "spec:\n"
         f"  model: {{uri: {model}}}\n"
         f"  dataset:\n    uri: {evald}\n{labels}"
-        f"  calibration: {{dataset: {{uri: {calib}}}}}\n"
+        # A fixed recipe without a static pass may not name calibration data (spec check).
+        + ("" if fixed else f"  calibration: {{dataset: {{uri: {calib}}}}}\n")
         + (f"  passes:\n{forms}" if fixed else
            "  passes: []\n"
            f"  search:\n{forms_line}    calibration: {{method: minMax, samples: {n_cal}}}\n")
