@@ -66,10 +66,12 @@ QUICK_MODELS = ["digits", "minilm-l3"]
 # prepared form). NNCF's accuracy control on it takes tens of minutes on 2 cores (it re-ranks
 # ~77 quantizers between reverts).
 FULL_MODELS = ["digits", "minilm-l3", "minilm-l6", "ppocr-rec-init"]
-TOOLS = [  # (tool, form label, kompress search forms or None for NNCF)
+TOOLS = [  # (tool, form label, kompress search forms, None for NNCF, or a fixed kompress recipe)
     ("NNCF", "static (AC)", None),
     ("kompress", "static", ["static"]),
     ("kompress", "all forms", []),
+    # The best fixed recipe the search has to match: fp16 passes nearly every gate.
+    ("kompress", "fixed fp16", "    - fp16: {}\n"),
 ]
 LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather")
 SEARCH_REJECTED = re.compile(r"unknown field `search`|unknown field `forms`|not available in this build")
@@ -307,9 +309,12 @@ def nncf_main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------- kompress
 
-def search_job(path: Path, key: str, spec: dict, model: Path, evald: Path, calib: Path, n_cal: int, forms: list[str],
+def search_job(path: Path, key: str, spec: dict, model: Path, evald: Path, calib: Path, n_cal: int, forms,
                thresholds: dict, threads: int) -> None:
-    forms_line = f"    forms: [{', '.join(forms)}]\n" if forms else ""
+    """A search job (forms: a list, [] for the default forms), or a fixed recipe (forms: the
+    `passes:` lines) under the same gate."""
+    fixed = isinstance(forms, str)
+    forms_line = f"    forms: [{', '.join(forms)}]\n" if forms and not fixed else ""
     labels = "    labels: labels\n" if spec["kind"] == "classifier" else ""
     thr = "".join(f"    {k}: {v}\n" for k, v in thresholds.items())
     path.write_text(
@@ -318,9 +323,12 @@ def search_job(path: Path, key: str, spec: dict, model: Path, evald: Path, calib
         "spec:\n"
         f"  model: {{uri: {model}}}\n"
         f"  dataset:\n    uri: {evald}\n{labels}"
-        f"  calibration: {{dataset: {{uri: {calib}}}}}\n"
-        "  passes: []\n"
-        f"  search:\n{forms_line}    calibration: {{method: minMax, samples: {n_cal}}}\n"
+        # A fixed recipe without a static pass may not name calibration data (spec check).
+        + ("" if fixed else f"  calibration: {{dataset: {{uri: {calib}}}}}\n")
+        + (f"  passes:\n{forms}" if fixed else
+           "  passes: []\n"
+           f"  search:\n{forms_line}    calibration: {{method: minMax, samples: {n_cal}}}\n")
+        +
         f"  thresholds:\n{thr}"
         f"  evaluation: {{output: '{spec['output']}', threads: {threads}}}\n"
         f"  output: {{uri: {path.parent / path.stem}}}\n")
@@ -354,7 +362,10 @@ def run_kompress_search(job: Path, env) -> dict:
     res.update({
         "verdict": result.get("verdict"), "ratio": result.get("ratio"), "kompress_metrics": result.get("candidate"),
         "baseline_metrics": result.get("baseline"), "accuracy_drop": result.get("accuracyDrop"),
-        "search": {k: search.get(k) for k in ("forms", "chosen", "closest", "stoppedBy", "seconds")},
+        "search": {k: search.get(k) for k in ("forms", "chosen", "closest", "stoppedBy", "seconds", "budget",
+                                               "notes")},
+        "precisions": {p: sum(1 for l in search.get("layers", []) if l.get("precision") == p)
+                       for p in ("int4", "int8", "fp16", "fp32")},
         "trials": [{k: t.get(k) for k in ("index", "form", "kind", "ratio", "accuracyDrop", "agreement",
                                           "cosineSimilarity", "passed", "note", "seconds")}
                    | {"float_layers": len(t.get("floatLayers", []))} for t in trials],
@@ -519,7 +530,16 @@ def print_section(rs: list[dict]) -> None:
         for line in r.get("log", []):
             if "Metric of" in line or "Algorithm completed" in line or "reverted back" in line or "could not" in line:
                 notes.append(f"{name}: {line[:160]}")
-        if r["tool"] == "kompress" and r.get("trials") is not None:
+        if r["tool"] == "kompress" and r.get("trials") and r.get("search", {}).get("budget"):
+            b = r["search"]["budget"]
+            notes.append(f"{name}: budget " + ", ".join(
+                f"{p} {b[p]['seconds']:.1f} s/{b[p]['runs']}" for p in
+                ("wholeForms", "calibration", "probes", "fallback", "latency"))
+                + f" (probe limit {b['probeSecondsLimit']:.0f} s); layers "
+                + ", ".join(f"{k} {v}" for k, v in r.get("precisions", {}).items() if v))
+            for n in r["search"].get("notes") or []:
+                notes.append(f"{name}: {n[:200]}")
+        if r["tool"] == "kompress" and r.get("trials"):
             s = r.get("search", {})
             pick = "chosen" if s.get("chosen") is not None else "closest"
             t = r.get("chosen_trial") or {}

@@ -145,6 +145,58 @@ pub struct SearchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
     pub seconds: f64,
+    /// Where the budget went, phase by phase.
+    pub budget: SearchBudget,
+    /// The chosen (or closest) trial's layers and the precision each ends in, graph order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerPrecision>,
+    /// What the size/latency rules decided (a near-tie won by speed, a slower candidate
+    /// refused or allowed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Seconds and runs spent in each phase of a search.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchBudget {
+    /// Each form as a whole, one trial each (building included).
+    pub whole_forms: PhaseSpend,
+    /// The static form's activation calibration.
+    pub calibration: PhaseSpend,
+    /// Per-layer sensitivity probes.
+    pub probes: PhaseSpend,
+    /// The most seconds probes may take, all forms together (a share of `maxSeconds`).
+    pub probe_seconds_limit: f64,
+    /// Candidates with layers reverted (and integer forms retried with Conv in float).
+    pub fallback: PhaseSpend,
+    /// Interleaved latency measurements beside the original.
+    pub latency: PhaseSpend,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseSpend {
+    pub seconds: f64,
+    pub runs: u32,
+}
+
+impl PhaseSpend {
+    pub fn add(&mut self, since: std::time::Instant) {
+        self.seconds += since.elapsed().as_secs_f64();
+        self.runs += 1;
+    }
+}
+
+/// A layer of a search's candidate and the precision its weight is stored in.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerPrecision {
+    /// Node name (the weight's tensor name for the fp16 form).
+    pub layer: String,
+    pub op: String,
+    /// `int4`, `int8`, `fp16` or `fp32`.
+    pub precision: &'static str,
 }
 
 /// One candidate of a search.
@@ -159,6 +211,9 @@ pub struct TrialReport {
     /// Layers left in float (node names; tensor names for fp16).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub float_layers: Vec<String>,
+    /// What those layers are stored in: `fp16` (a mixed candidate) or `fp32`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverted_to: Option<&'static str>,
     pub tensors_compressed: usize,
     pub bytes: u64,
     pub ratio: f64,

@@ -548,6 +548,66 @@ fn compress_folds_constant_weights_before_the_passes_too() {
     assert!(ratio > 3.0, "ratio {ratio}");
 }
 
+/// As `kompress run` rejects it, `kompress compress` refuses a recipe that changes nothing:
+/// exit 65, nothing written.
+#[test]
+fn compress_that_changes_no_weight_exits_65_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let passes = "    - quantize:\n        ops: [Conv]";
+    let job = write_job(
+        dir.path(),
+        &digits_job("nothing", passes, "    maxAccuracyDrop: 0.01", dir.path()),
+    );
+    let out = dir.path().join("out.onnx");
+    let model = repo().join("examples/digits/model.onnx");
+    let r = run_kompress(
+        &[
+            "compress",
+            model.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "-f",
+            &job,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, kompress::api::wire::EXIT_PERMANENT, "{}", r.stderr);
+    assert!(r.stderr.contains("changed any weight"), "{}", r.stderr);
+    assert!(!out.exists(), "an unchanged copy is not written");
+}
+
+/// A static recipe whose job names `spec.calibration.dataset` needs no `--calibration`.
+#[test]
+fn compress_calibrates_on_the_jobs_calibration_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let r0 = repo();
+    let text = std::fs::read_to_string(r0.join("examples/digits-static.yaml"))
+        .unwrap()
+        .replace(
+            "examples/digits/",
+            &format!("{}/examples/digits/", r0.display()),
+        );
+    assert!(
+        text.contains("calib.npz"),
+        "the example names its calibration set"
+    );
+    let job = write_job(dir.path(), &text);
+    let out = dir.path().join("out.onnx");
+    let model = r0.join("examples/digits/model.onnx");
+    let r = run_kompress(
+        &[
+            "compress",
+            model.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "-f",
+            &job,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("calibration: "), "{}", r.stderr);
+    assert!(out.exists());
+}
+
 #[test]
 fn a_recipe_that_changes_no_weight_is_rejected_and_says_why() {
     let dir = tempfile::tempdir().unwrap();

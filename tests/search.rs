@@ -309,3 +309,165 @@ fn the_digits_search_example_runs_and_says_what_it_chose() {
         r.stdout
     );
 }
+
+/// The trial log's entries, by index.
+fn trial(s: &Value, i: u64) -> &Value {
+    &s["trials"][i as usize]
+}
+
+#[test]
+fn whole_forms_come_first_so_fp16_is_reached_within_two_trials_when_int8_misses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    // Two trials in all: the whole forms take them, before any probe.
+    let body = "  passes: []\n  search:\n    forms: [dynamic, fp16]\n    maxTrials: 2";
+    let r = run_json(&job(dir.path(), "tiny", &model, &data, body));
+    let s = &r["search"];
+    assert_eq!(r["result"]["verdict"], "Passed", "{s:#}");
+    assert_eq!(trial(s, 0)["form"], "dynamic");
+    assert_eq!(
+        trial(s, 0)["passed"],
+        false,
+        "the planted layer makes int8 miss"
+    );
+    assert_eq!(trial(s, 1)["form"], "fp16");
+    assert_eq!(trial(s, 1)["kind"], "form");
+    assert_eq!(s["chosen"], 1, "{s:#}");
+    assert_eq!(
+        r["result"]["search"]["probes"], 0,
+        "no probe before every form was scored"
+    );
+    assert_eq!(
+        s["stoppedBy"], "maxTrials",
+        "the fallback found the budget spent"
+    );
+    assert_eq!(s["budget"]["wholeForms"]["runs"], 2);
+    assert_eq!(s["budget"]["probes"]["runs"], 0);
+}
+
+#[test]
+fn reverted_layers_go_to_fp16_so_mixed_int8_beats_fp16_alone_and_the_budget_is_accounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let body = "  passes: []\n  search:\n    forms: [dynamic, fp16]";
+    let r = run_json(&job(dir.path(), "mixed", &model, &data, body));
+    let s = &r["search"];
+    assert_eq!(r["result"]["verdict"], "Passed", "{s:#}");
+    let fp16 = s["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["form"] == "fp16" && t["kind"] == "form")
+        .expect("fp16 scored as a whole form");
+    assert_eq!(fp16["passed"], true, "{fp16:#}");
+    let chosen = trial(s, s["chosen"].as_u64().unwrap());
+    assert_eq!(chosen["form"], "dynamic", "{s:#}");
+    assert_eq!(chosen["kind"], "fallback");
+    assert_eq!(chosen["revertedTo"], "fp16");
+    assert_eq!(chosen["floatLayers"][0], PLANTED);
+    assert!(
+        chosen["bytes"].as_u64().unwrap() < fp16["bytes"].as_u64().unwrap(),
+        "mixed {} bytes, fp16 alone {}",
+        chosen["bytes"],
+        fp16["bytes"]
+    );
+    // Each layer's final precision: the planted one fp16, the rest int8.
+    let layers = s["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), WIDTHS.len() - 1, "{layers:#?}");
+    for l in layers {
+        let want = if l["layer"] == PLANTED {
+            "fp16"
+        } else {
+            "int8"
+        };
+        assert_eq!(l["precision"], want, "{l}");
+    }
+    // The recipe reproduces it: the int form without the layer, an fp16 pass for its weight.
+    assert_eq!(r["recipe"][0]["quantize"]["excludeNodes"][0], PLANTED);
+    assert_eq!(
+        r["recipe"][1]["fp16"]["tensors"][0], "W2",
+        "{:#}",
+        r["recipe"]
+    );
+    assert_eq!(r["result"]["search"]["fp16Layers"], 1);
+    // Where the time went: every phase accounted, within the search's own time.
+    let b = &s["budget"];
+    assert_eq!(b["wholeForms"]["runs"], 2);
+    assert_eq!(
+        b["probes"]["runs"], 5,
+        "one probe per layer of the form that missed"
+    );
+    assert!(b["fallback"]["runs"].as_u64().unwrap() >= 1);
+    assert!(b["latency"]["runs"].as_u64().unwrap() >= 1, "{b:#}");
+    assert_eq!(b["probeSecondsLimit"], 1800.0, "half of the default 3600 s");
+    let spent: f64 = ["wholeForms", "calibration", "probes", "fallback", "latency"]
+        .iter()
+        .map(|p| b[p]["seconds"].as_f64().unwrap())
+        .sum();
+    assert!(spent <= s["seconds"].as_f64().unwrap() + 1e-3, "{b:#}");
+}
+
+/// A wider MLP (1024-wide layers at batch 1), where int8 weights alone (weightOnly: a
+/// DequantizeLinear on every run) and dynamic int8 are about the same size but not the same
+/// speed. Labels are unused: the gate is cosine to the original's outputs.
+#[test]
+fn the_smallest_wins_unless_a_near_tie_is_measurably_faster_and_nothing_slower_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("wide.onnx");
+    write_model(&mlp(&[256, 1024, 1024, 10], 3), &model);
+    let data = dir.path().join("data.npz");
+    mlp_dataset(&data, 64, 256, 10);
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: tie\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n  passes: []\n  search:\n    forms: [weightOnly, dynamic]\n  thresholds:\n    minCosineSimilarity: 0.99\n  output:\n    uri: {}\n  evaluation:\n    threads: 1\n    latency:\n      warmup: 5\n      iterations: 40\n",
+        model.display(),
+        data.display(),
+        dir.path().join("out").display()
+    );
+    let r = run_json(&write_job(dir.path(), &yaml));
+    let s = &r["search"];
+    assert_eq!(r["result"]["verdict"], "Passed", "{s:#}");
+    let passed: Vec<&Value> = s["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["passed"] == true)
+        .collect();
+    let smallest = passed
+        .iter()
+        .min_by_key(|t| t["bytes"].as_u64().unwrap())
+        .unwrap();
+    let chosen = trial(s, s["chosen"].as_u64().unwrap());
+    let lat = |t: &Value, i: usize| t["latencyRatio"][i].as_f64().unwrap();
+    let near =
+        |t: &Value| t["bytes"].as_f64().unwrap() <= 1.01 * smallest["bytes"].as_f64().unwrap();
+    if chosen["index"] != smallest["index"] {
+        assert!(near(chosen), "{s:#}");
+        assert!(
+            lat(chosen, 2) < lat(smallest, 1),
+            "only a measurably faster near-tie beats the smallest: {s:#}"
+        );
+        assert!(
+            r["result"]["search"]["latency"]
+                .as_str()
+                .unwrap()
+                .contains("measurably faster"),
+            "{:#}",
+            r["result"]["search"]
+        );
+    }
+    for t in passed.iter().filter(|t| near(t)) {
+        assert!(
+            !(lat(t, 2) < lat(chosen, 1)),
+            "trial {} is a near-tie measurably faster than the chosen: {s:#}",
+            t["index"]
+        );
+    }
+    // Never slower than the original without maxLatencyRatio, and the check says so.
+    let check = chosen["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "maxLatencyNotSlower")
+        .expect("the chosen trial's latency is judged");
+    assert_eq!(check["passed"], true, "{chosen:#}");
+}

@@ -391,6 +391,11 @@ pub struct Fp16Spec {
     /// Initializer names left in float32.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_tensors: Vec<String>,
+    /// Only these initializers, whatever their size (a search's mixed-precision candidate
+    /// lists the layers it reverted from an integer form). Default every float32 initializer
+    /// of at least `minElements`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tensors: Vec<String>,
 }
 
 /// Magnitude pruning: set either `sparsity` (unstructured) or `pattern` (N:M).
@@ -826,6 +831,7 @@ impl SearchForm {
             SearchForm::Fp16 => PassSpec::Fp16(Fp16Spec {
                 min_elements: None,
                 exclude_tensors: float_layers.to_vec(),
+                tensors: Vec::new(),
             }),
         }
     }

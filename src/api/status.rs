@@ -241,6 +241,17 @@ pub struct SearchSummary {
     /// The most sensitive layers measured (at most 5), worst first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive_layers: Vec<String>,
+    /// Reverted layers stored in float16 (the rest of them float32).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub fp16_layers: u32,
+    /// What the latency rules decided: a near-tie in size won by speed, a candidate slower
+    /// than the original refused, or allowed by `maxLatencyRatio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]

@@ -17,9 +17,31 @@ pub struct CompressArgs {
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
     /// Calibration samples (`.npz`, one array per model input) for a `mode: static` pass:
-    /// its first `calibration.samples` rows are run through the model.
+    /// its first `calibration.samples` rows are run through the model. Default: the job's
+    /// `spec.calibration.dataset`, when it names a local file.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+}
+
+/// Skipped layers listed per pass when nothing changed (the report of `run` has them all).
+const SKIPPED_SHOWN: usize = 10;
+
+/// `spec.calibration.dataset` as a local file; a remote one is refused with what to do.
+fn spec_calibration(
+    spec: &crate::api::CompressionJobSpec,
+) -> Result<Option<PathBuf>, Box<dyn std::error::Error>> {
+    let Some(d) = spec.calibration.as_ref().and_then(|c| c.dataset.as_ref()) else {
+        return Ok(None);
+    };
+    let loc = crate::uri::Location::parse(&d.uri)?;
+    match loc.local_path() {
+        Some(p) => Ok(Some(p)),
+        None => Err(format!(
+            "spec.calibration.dataset.uri `{}` is not a local file, and `kompress compress` reads only local files: download it and give it with --calibration DATA.npz",
+            loc.uri
+        )
+        .into()),
+    }
 }
 
 impl CompressArgs {
@@ -40,21 +62,21 @@ impl CompressArgs {
             }
             return Ok(None);
         };
-        let Some(path) = &self.calibration else {
+        let Some(path) = self.calibration.clone().or(spec_calibration(spec)?) else {
             return Err(format!(
-                "spec.passes[{index}] is a `mode: static` quantization: give calibration samples with --calibration DATA.npz"
+                "spec.passes[{index}] is a `mode: static` quantization: give calibration samples with --calibration DATA.npz (or spec.calibration.dataset)"
             )
             .into());
         };
         let shown = path.display().to_string();
         // A regular file only: a FIFO would block the open, a device would never end.
-        if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
             return Err(format!(
                 "--calibration {shown}: not a regular file (missing, a directory, device or pipe): give an .npz file"
             )
             .into());
         }
-        let ds = crate::eval::Dataset::open(path, &shown)?;
+        let ds = crate::eval::Dataset::open(&path, &shown)?;
         let cfg = crate::eval::EvalConfig::from_spec(&spec.evaluation(), None, None)
             .with_inputs(&spec.dataset.inputs);
         let scratch = tempfile::Builder::new()
@@ -111,21 +133,40 @@ impl CompressArgs {
             Ok(c) => c,
             Err(e) => return fail(e.as_ref(), EXIT_PERMANENT),
         };
+        let (mut changed, mut skipped) = (0, Vec::new());
         for (i, p) in job.spec.passes.iter().enumerate() {
             let mut pass = crate::passes::Pass::for_target(p, target);
             if let Some(c) = calibration.as_ref().filter(|c| c.pass == i) {
                 pass.set_calibration(c.calibrated.clone());
             }
             match pass.apply(&mut m) {
-                Ok(r) => eprintln!(
-                    "pass {i} {}: {} ({} tensors, {} skipped)",
-                    pass.name(),
-                    r.description,
-                    r.tensors.len(),
-                    r.skipped.len()
-                ),
+                Ok(r) => {
+                    eprintln!(
+                        "pass {i} {}: {} ({} tensors, {} skipped)",
+                        pass.name(),
+                        r.description,
+                        r.tensors.len(),
+                        r.skipped.len()
+                    );
+                    changed += r.tensors.len();
+                    skipped.extend(r.skipped.into_iter().map(|s| (i, s)));
+                }
                 Err(e) => return fail(&e, EXIT_PERMANENT),
             }
+        }
+        // As `kompress run` rejects it (tensorsCompressed): an unchanged copy is not a result.
+        if changed == 0 {
+            for (i, s) in skipped.iter().take(SKIPPED_SHOWN) {
+                eprintln!("  pass {i} skipped {}: {}", s.node, s.reason);
+            }
+            let e: Box<dyn std::error::Error> = format!(
+                "no pass of {} changed any weight of {}, so nothing was written to {}: see the skipped reasons, and change the passes (ops, minElements, excludes)",
+                self.file.display(),
+                self.model.display(),
+                self.out.display()
+            )
+            .into();
+            return fail(e.as_ref(), EXIT_PERMANENT);
         }
         let opts = crate::onnx::SaveOptions {
             external_data: m.had_external_data.then_some(true),

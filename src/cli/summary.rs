@@ -129,7 +129,7 @@ pub fn summary(name: &str, r: &JobResult) -> String {
         };
         let _ = writeln!(
             s,
-            "\n  search: {} trials, {} sensitivity probes{}; {from}: {} with {} layers in float",
+            "\n  search: {} trials, {} sensitivity probes{}; {from}: {} with {} layers in float{}",
             sr.trials,
             sr.probes,
             sr.stopped_by
@@ -137,8 +137,16 @@ pub fn summary(name: &str, r: &JobResult) -> String {
                 .map(|b| format!(", stopped by {b}"))
                 .unwrap_or_default(),
             sr.form.as_deref().unwrap_or("-"),
-            sr.float_layers
+            sr.float_layers,
+            if sr.fp16_layers > 0 {
+                format!(" ({} of them fp16)", sr.fp16_layers)
+            } else {
+                String::new()
+            }
         );
+        if let Some(l) = &sr.latency {
+            let _ = writeln!(s, "  latency: {l}");
+        }
         if !sr.sensitive_layers.is_empty() {
             let _ = writeln!(s, "  most sensitive: {}", sr.sensitive_layers.join(", "));
         }

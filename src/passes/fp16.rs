@@ -13,6 +13,9 @@ use std::collections::HashSet;
 pub struct Fp16Config {
     pub min_elements: u64,
     pub exclude_tensors: HashSet<String>,
+    /// When set, only these initializers (whatever their size): a search's mixed-precision
+    /// candidate stores its reverted layers in float16 and leaves the rest to the int form.
+    pub only_tensors: Option<HashSet<String>>,
 }
 
 pub fn apply(cfg: &Fp16Config, model: &mut Model) -> Result<PassReport> {
@@ -28,7 +31,12 @@ pub fn apply(cfg: &Fp16Config, model: &mut Model) -> Result<PassReport> {
     let mut converted: Vec<(usize, pb::TensorProto)> = Vec::new();
     for (i, t) in g.initializer.iter().enumerate() {
         let name = t.label().to_string();
-        if t.dtype() != DataType::Float || t.numel() == 0 || (t.numel() as u64) < cfg.min_elements {
+        let listed = cfg.only_tensors.as_ref().map(|o| o.contains(t.label()));
+        if listed == Some(false)
+            || t.dtype() != DataType::Float
+            || t.numel() == 0
+            || (listed.is_none() && (t.numel() as u64) < cfg.min_elements)
+        {
             continue;
         }
         let skip = |reason: &str| Skipped {
@@ -140,6 +148,7 @@ mod tests {
         Fp16Config {
             min_elements: 1,
             exclude_tensors: HashSet::new(),
+            only_tensors: None,
         }
     }
 
@@ -173,13 +182,32 @@ mod tests {
         let c = Fp16Config {
             min_elements: 1,
             exclude_tensors: ["W".to_string()].into(),
+            only_tensors: None,
         };
         assert!(apply(&c, &mut m).unwrap().tensors.is_empty());
         let c = Fp16Config {
             min_elements: 5,
             exclude_tensors: HashSet::new(),
+            only_tensors: None,
         };
         assert!(apply(&c, &mut m).unwrap().tensors.is_empty());
         assert_eq!(m.graph().initializer[0].dtype(), DataType::Float);
+    }
+
+    #[test]
+    fn only_the_listed_tensors_become_float16_whatever_their_size() {
+        let mut m = model(&[1.0; 4]);
+        let c = Fp16Config {
+            min_elements: 1024,
+            exclude_tensors: HashSet::new(),
+            only_tensors: Some(["W".to_string()].into()),
+        };
+        assert_eq!(apply(&c, &mut m).unwrap().tensors.len(), 1);
+        let mut m = model(&[1.0; 4]);
+        let c = Fp16Config {
+            only_tensors: Some(["V".to_string()].into()),
+            ..c
+        };
+        assert!(apply(&c, &mut m).unwrap().tensors.is_empty());
     }
 }

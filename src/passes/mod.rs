@@ -87,6 +87,7 @@ impl Pass {
             PassSpec::Fp16(f) => Pass::Fp16(Fp16Config {
                 min_elements: f.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
                 exclude_tensors: f.exclude_tensors.iter().cloned().collect(),
+                only_tensors: (!f.tensors.is_empty()).then(|| f.tensors.iter().cloned().collect()),
             }),
             PassSpec::LowRank(l) => Pass::LowRank(LowRankConfig {
                 rule: match (l.ratio, l.energy) {
