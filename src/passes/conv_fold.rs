@@ -118,11 +118,7 @@ fn channel_values(g: &pb::GraphProto, name: &str) -> Option<Vec<f32>> {
         return None;
     }
     let d: Vec<i64> = t.dims.clone();
-    let per_channel = match d.as_slice() {
-        [] | [1] => true,
-        [_, 1, 1] | [1, _, 1, 1] => true,
-        _ => false,
-    };
+    let per_channel = matches!(d.as_slice(), [] | [1] | [_, 1, 1] | [1, _, 1, 1]);
     per_channel
         .then(|| onnx::tensor_f32_values(t).ok())
         .flatten()

@@ -237,20 +237,18 @@ fn convert_node(
         "Softmax" | "LogSoftmax" | "Hardmax" if cx.crosses(13) => {
             return Ok(one_axis(cx, g, n));
         }
-        "RoiAlign" if cx.crosses(16) => {
-            if !n
-                .attribute
-                .iter()
-                .any(|a| a.name.as_deref() == Some("coordinate_transformation_mode"))
-            {
-                n.attribute.push(str_attr(
-                    "coordinate_transformation_mode",
-                    "output_half_pixel",
-                ));
-                true
-            } else {
-                false
-            }
+        "RoiAlign"
+            if cx.crosses(16)
+                && !n
+                    .attribute
+                    .iter()
+                    .any(|a| a.name.as_deref() == Some("coordinate_transformation_mode")) =>
+        {
+            n.attribute.push(str_attr(
+                "coordinate_transformation_mode",
+                "output_half_pixel",
+            ));
+            true
         }
         "GridSample" if cx.crosses(20) => {
             let mut changed = false;

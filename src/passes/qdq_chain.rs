@@ -157,19 +157,19 @@ pub fn plan(g: &pb::GraphProto, convs: &HashSet<usize>, symmetric: bool) -> Chai
             && n.output
                 .iter()
                 .all(|y| !y.is_empty() && !cx.graph_outputs.contains(y.as_str()))
-            && !(op == "Resize" && !resize_keeps_range(n))
-            && !(op == "Pad" && !pads_with_zero(g, n));
+            && (op != "Resize" || resize_keeps_range(n))
+            && (op != "Pad" || pads_with_zero(g, n));
         if !joins {
             continue;
         }
         for (slot, x) in inputs.iter().enumerate() {
             if cx.constants.contains(x.as_str()) {
                 chain.tensors.push(ChainTensor {
-                    name: x.to_string(),
-                    source: x.to_string(),
+                    name: (*x).clone(),
+                    source: (*x).clone(),
                     producer: None,
                     slot: 0,
-                    range_of: x.to_string(),
+                    range_of: (*x).clone(),
                     constant_for: Some((ni, slot)),
                 });
             } else if !region.contains_key(x.as_str()) {

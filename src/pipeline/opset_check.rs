@@ -93,7 +93,8 @@ pub fn check_opset_upgrade(
         max_abs_diff,
         max_abs,
     };
-    if !(max_abs_diff <= TOLERANCE * max_abs.max(1.0)) {
+    // (NaN differences fail too.)
+    if max_abs_diff.is_nan() || max_abs_diff > TOLERANCE * max_abs.max(1.0) {
         return Err(Error::Pass {
             index,
             name: "quantize",
