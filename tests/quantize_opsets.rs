@@ -76,18 +76,38 @@ fn per_channel_dynamic_int8_runs_on_an_opset_11_model() {
     assert!(max < 0.05 * scale, "max |fp32 - int8| {max} of {scale}");
 }
 
+/// Per-channel weight-only below opset 13 upgrades the graph to 13 (never a silent fall back
+/// to one scale per tensor), and the report says so; below opset 11 it is refused with what
+/// to change.
 #[test]
-fn per_channel_weight_only_below_opset_13_is_refused_with_what_to_change() {
+fn per_channel_weight_only_below_opset_13_upgrades_the_graph_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("model.onnx");
     write_model(&at_opset(12), &src);
+    let mut m = onnx::load(&src).unwrap();
+    let r = quantize(QuantMode::WeightOnly).apply(&mut m).unwrap();
+    assert!(
+        r.description.contains("graph upgraded from opset 12 to 13"),
+        "{}",
+        r.description
+    );
+    assert_eq!(onnx::default_opset(&m.proto), Some(13));
+    assert!(
+        r.tensors.iter().all(|t| t.scales.unwrap_or(1) > 1),
+        "{r:#?}"
+    );
+    let out = dir.path().join("candidate.onnx");
+    onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
+    eval::open(&out, &cfg()).expect("ORT loads the upgraded model");
+
+    write_model(&at_opset(10), &src);
     let mut m = onnx::load(&src).unwrap();
     let e = quantize(QuantMode::WeightOnly)
         .apply(&mut m)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("opset 12") && e.contains("perChannel: false"),
+        e.contains("opset 10") && e.contains("perChannel: false"),
         "{e}"
     );
 }

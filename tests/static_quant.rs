@@ -181,6 +181,7 @@ fn spec(ops: &[&str], act: ActivationType, symmetric: bool, method: CalibrationM
             method,
             samples: Some(48),
             percentile: None,
+            batch_size: None,
         }),
         ..Default::default()
     })
@@ -457,26 +458,42 @@ fn without_calibrated_ranges_the_pass_refuses_with_what_to_do() {
     assert!(e.contains("--calibration"), "{e}");
 }
 
+/// On an opset-12 model, per-channel static weights upgrade the graph to opset 13 (the
+/// report says so) rather than fall back to one scale per tensor; ORT still fuses it.
 #[test]
-fn per_channel_needs_opset_13() {
-    let (mut m, _) = matmul_model();
+fn per_channel_on_opset_12_upgrades_the_graph_to_13_and_still_fuses() {
+    let (mut m, s) = conv_model();
     m.opset_import[0].version = Some(12);
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("model.onnx");
-    write_model(&m, &src);
-    let mut model = onnx::load(&src).unwrap();
-    let mut p = Pass::for_target(
+    let q = quantize(
+        &m,
+        &s,
         &spec(
-            &["MatMul"],
+            &["Conv"],
             ActivationType::Int8,
             false,
             CalibrationMethod::MinMax,
         ),
-        TargetCpu::Auto,
     );
-    p.set_calibration(Default::default());
-    let e = p.apply(&mut model).unwrap_err().to_string();
-    assert!(e.contains("opset >= 13") && e.contains("perChannel"), "{e}");
+    assert!(
+        q.report
+            .description
+            .contains("graph upgraded from opset 12 to 13")
+            && q.report.description.contains("per-channel"),
+        "{}",
+        q.report.description
+    );
+    assert!(
+        q.report.tensors.iter().all(|t| t.scales == Some(16)),
+        "{:?}",
+        q.report.tensors
+    );
+    assert_eq!(
+        count(&q.optimized_ops, "QLinearConv"),
+        2,
+        "{:?}",
+        q.optimized_ops
+    );
+    assert_close(&q, CalibrationMethod::MinMax);
 }
 
 #[test]
@@ -640,4 +657,138 @@ fn compress_refuses_calibration_data_it_would_not_use_and_asks_for_it_when_neede
     assert_eq!(r.code, 65, "{}", r.stderr);
     assert!(r.stderr.contains("--calibration DATA.npz"), "{}", r.stderr);
     assert!(!out.exists());
+}
+
+/// A CNN block of the kinds real models use: SiLU (Sigmoid, Mul), MaxPool, Relu6 (Clip),
+/// a residual Add, LeakyRelu, Concat, a nearest Resize, HardSwish and a global average pool.
+/// input [N, 3, 16, 16] -> ... -> y [N, 8] (Flatten, a graph output, stays float).
+fn cnn_block_model() -> (pb::ModelProto, Vec<usize>) {
+    let conv = |name: &str, cout: usize, cin: usize, k: usize, seed: u64| {
+        vec![
+            f32_tensor(
+                &format!("K{name}"),
+                &[cout as i64, cin as i64, k as i64, k as i64],
+                &weights(cout * cin * k * k, seed, cin * k * k),
+            ),
+            f32_tensor(&format!("B{name}"), &[cout as i64], &lcg(cout, seed + 50)),
+        ]
+    };
+    let mut inits = Vec::new();
+    for (name, cout, cin, k, seed) in [
+        ("0", 16, 3, 3, 20),
+        ("1", 16, 16, 3, 21),
+        ("2", 8, 16, 1, 22),
+        ("3", 8, 24, 3, 23),
+        ("4", 8, 8, 1, 24),
+    ] {
+        inits.extend(conv(name, cout, cin, k, seed));
+    }
+    inits.push(f32_tensor("lo", &[], &[0.0]));
+    inits.push(f32_tensor("hi", &[], &[6.0]));
+    inits.push(f32_tensor("scales", &[4], &[1.0, 1.0, 2.0, 2.0]));
+    let pads = || vec![attr_ints("pads", &[1, 1, 1, 1])];
+    let mode = pb::AttributeProto {
+        name: Some("mode".into()),
+        s: Some(b"nearest".to_vec()),
+        r#type: Some(pb::attribute_proto::AttributeType::String as i32),
+        ..Default::default()
+    };
+    let nodes = vec![
+        node("Conv", &["input", "K0", "B0"], "c0", pads()),
+        node("Sigmoid", &["c0"], "s0", vec![]),
+        node("Mul", &["c0", "s0"], "m0", vec![]),
+        node(
+            "MaxPool",
+            &["m0"],
+            "p0",
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        ),
+        node("Conv", &["p0", "K1", "B1"], "c1", pads()),
+        node("Clip", &["c1", "lo", "hi"], "r1", vec![]),
+        node("Add", &["p0", "r1"], "a1", vec![]),
+        node("Conv", &["a1", "K2", "B2"], "c2", vec![]),
+        node("LeakyRelu", &["c2"], "l2", vec![attr_f("alpha", 0.1)]),
+        node(
+            "Concat",
+            &["l2", "a1"],
+            "cat",
+            vec![onnx::attr_int("axis", 1)],
+        ),
+        node("Resize", &["cat", "", "scales"], "u", vec![mode]),
+        node("Conv", &["u", "K3", "B3"], "c3", pads()),
+        node("HardSwish", &["c3"], "h3", vec![]),
+        node("Conv", &["h3", "K4", "B4"], "c4", vec![]),
+        node("GlobalAveragePool", &["c4"], "g", vec![]),
+        node("Flatten", &["g"], "y", vec![]),
+    ];
+    (
+        model(nodes, inits, &[None, Some(3), Some(16), Some(16)]),
+        vec![3, 16, 16],
+    )
+}
+
+/// The ops between the Convs stay integer in ORT's optimized graph: QLinearSigmoid,
+/// QLinearMul (SiLU), QLinearAdd (residual), QLinearLeakyRelu, QLinearConcat,
+/// QLinearGlobalAveragePool; MaxPool and Resize run on uint8 data (their QDQ pairs dropped);
+/// the Clip is folded into the quantizer. Only the input's Q, the HardSigmoid's DQ -> Q (no
+/// integer kernel) and the last DQ stay.
+#[test]
+fn cnn_activations_and_joins_stay_integer_between_convs() {
+    // U8S8, the x86 default: on x86 without VNNI ONNX Runtime 1.31 fuses the int8 (S8S8)
+    // forms of these ops only for Conv, which is why uint8 is the default there.
+    for act in [ActivationType::Uint8] {
+        let (m, s) = cnn_block_model();
+        let q = quantize(
+            &m,
+            &s,
+            &spec(&["Conv"], act, false, CalibrationMethod::MinMax),
+        );
+        let o = &q.optimized_ops;
+        eprintln!("{act:?}: ORT ran {o:?}");
+        assert_eq!(count(o, "QLinearConv"), 5, "{act:?}: {o:?}");
+        // HardSwish reaches ORT as HardSigmoid -> Mul (its basic optimisation in `prepare`):
+        // the Mul is integer, the HardSigmoid runs float between a DQ and a Q.
+        assert_eq!(count(o, "QLinearMul"), 2, "{act:?}: {o:?}");
+        for op in [
+            "QLinearSigmoid",
+            "QLinearAdd",
+            "QLinearLeakyRelu",
+            "QLinearConcat",
+            "QLinearGlobalAveragePool",
+            "NhwcMaxPool",
+            "Resize",
+            "HardSigmoid",
+        ] {
+            assert_eq!(count(o, op), 1, "{act:?} {op}: {o:?}");
+        }
+        for float in [
+            "Conv",
+            "Sigmoid",
+            "Mul",
+            "Add",
+            "Clip",
+            "LeakyRelu",
+            "Concat",
+        ] {
+            assert_eq!(count(o, float), 0, "{act:?} {float} left float: {o:?}");
+        }
+        assert_eq!(
+            count(o, "QuantizeLinear") + count(o, "DequantizeLinear"),
+            4,
+            "{act:?}: {o:?}"
+        );
+        assert!(
+            q.report.description.contains("kept integer between Convs"),
+            "{}",
+            q.report.description
+        );
+        eprintln!(
+            "{act:?}: max error {:.4}, cosine {:.6}",
+            q.rel_max_err, q.cosine
+        );
+        assert!(q.cosine > 0.995, "{act:?}: cosine {}", q.cosine);
+    }
 }

@@ -241,6 +241,14 @@ fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String,
                 format!("{p} is outside (50, 100]"),
             );
         }
+        if let Some(b) = c.batch_size
+            && !(1..=1024).contains(&b)
+        {
+            err(
+                format!("{at}.calibration.batchSize"),
+                format!("{b} is outside [1, 1024]"),
+            );
+        }
         if c.percentile.is_some() && c.method != super::CalibrationMethod::Percentile {
             err(
                 format!("{at}.calibration.percentile"),

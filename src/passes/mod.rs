@@ -1,13 +1,16 @@
 //! Compression passes: each a typed unit (config in, model out, report back), registered in
 //! one place (`Pass`), applied in the spec's order.
 
+mod conv_fold;
 mod coverage;
 mod fp16;
 mod lowrank;
 pub mod math;
 pub mod nbits;
+pub mod opset;
 mod optimize;
 mod prune;
+mod qdq_chain;
 mod quantize;
 mod static_q;
 mod svd;
@@ -120,12 +123,16 @@ impl Pass {
                     .reduce_range
                     .unwrap_or(q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact()),
                 select: Selection::new(
-                    q.ops.clone().unwrap_or_else(|| ops::defaults(true)),
+                    q.ops
+                        .clone()
+                        .unwrap_or_else(|| quantize_default_ops(q.mode)),
                     &q.exclude_nodes,
                     q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
                 ),
                 activations: Activations {
-                    uint8: q.activation_type == Some(ActivationType::Uint8),
+                    uint8: q
+                        .activation_type
+                        .map_or(target.uint8_activations(), |t| t == ActivationType::Uint8),
                     symmetric: q.symmetric_activations.unwrap_or(false),
                     reduce_range_default: q.reduce_range.is_none(),
                     calibrated: None,
@@ -142,6 +149,36 @@ impl Pass {
             Pass::Quantize(c) if c.static_mode => Some(static_q::calibration_tensors(c, model)),
             _ => None,
         }
+    }
+
+    /// The opset this pass's form needs on `model` when the model imports an older one
+    /// (per-channel int8 weights dequantized whole need 13): the pass upgrades the graph
+    /// itself ([`opset::upgrade`]); the pipeline checks the upgrade with ONNX Runtime first.
+    pub fn opset_needed(&self, model: &Model) -> Option<i64> {
+        let Pass::Quantize(c) = self else {
+            return None;
+        };
+        let opset = onnx::default_opset(&model.proto).unwrap_or(0);
+        let needs = c.int4.is_none()
+            && c.per_channel
+            && opset < 13
+            && if c.static_mode {
+                static_q::needs_weights(c, model)
+            } else {
+                quantize::dequantized_whole(c, model)
+            };
+        needs.then_some(13)
+    }
+
+    /// Brings `model` to the form this pass quantizes, before calibration runs it (a static
+    /// pass: see `static_q::prepare`); other passes leave it as it is.
+    pub fn prepare_for_calibration(&self, model: &mut Model) -> Result<()> {
+        if let Pass::Quantize(c) = self
+            && c.static_mode
+        {
+            static_q::prepare(c, model)?;
+        }
+        Ok(())
     }
 
     /// Hands a static quantization pass its calibrated ranges (other passes ignore them).
@@ -172,6 +209,17 @@ impl Pass {
             Pass::Optimize(c) => optimize::apply(c, model),
         }
     }
+}
+
+/// The ops a quantize pass touches when its spec names none: static mode adds Conv, whose
+/// QDQ form ONNX Runtime runs as `QLinearConv` (faster than float on CNNs); dynamic and
+/// weight-only modes leave it float (no `ConvInteger`: slower than float Conv on CPU).
+fn quantize_default_ops(mode: QuantMode) -> Vec<String> {
+    let mut ops = ops::defaults(true);
+    if mode == QuantMode::Static && !ops.iter().any(|o| o == "Conv") {
+        ops.push("Conv".into());
+    }
+    ops
 }
 
 /// The model as every pass sees it: weights that exporters keep in `Constant` nodes (or

@@ -37,6 +37,15 @@ pub struct QuantizeConfig {
     pub activations: super::static_q::Activations,
 }
 
+/// Whether a selected weight would be dequantized whole (weight-only mode, or Conv and
+/// ConvTranspose in dynamic mode): per-channel scales on it need opset 13.
+pub(super) fn dequantized_whole(cfg: &QuantizeConfig, model: &Model) -> bool {
+    select_weights(model, &cfg.select, &mut Vec::new())
+        .iter()
+        .flat_map(|w| w.users.iter())
+        .any(|(_, op)| op != "Gather" && (cfg.weight_only || op == "Conv" || op == "ConvTranspose"))
+}
+
 /// What to do with one weight.
 enum Plan {
     /// MatMulInteger rewrite of every user; `transpose` for Gemm with transB=1.
@@ -90,10 +99,26 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
     // Per-channel scales need DequantizeLinear's `axis` (opset 13) only where a weight is
     // dequantized whole (weight-only mode, and Conv in dynamic mode); MatMulInteger's
     // per-column zero points and the per-row lookup form work from opset 10 / 1.
-    if cfg.per_channel_required && cfg.weight_only && opset < 13 {
-        return Err(unsupported(format!(
-            "the model imports opset {opset}; per-channel weight-only scales need opset >= 13 (DequantizeLinear axis): set perChannel: false or use mode: dynamic"
-        )));
+    // Such weights get the graph upgraded to opset 13 (losslessly; the pipeline checks it
+    // with ONNX Runtime); only where that cannot be done do they fall back, and say why.
+    let mut opset = opset;
+    let mut no_upgrade: Option<super::opset::Error> = None;
+    if cfg.per_channel && opset < 13 && dequantized_whole(cfg, model) {
+        match super::opset::upgrade(model, 13) {
+            Ok(up) => {
+                opset = up.to;
+                report.description.push_str(&format!(
+                    "; {} for per-channel DequantizeLinear",
+                    up.describe()
+                ));
+            }
+            Err(e) if cfg.per_channel_required => {
+                return Err(unsupported(format!(
+                    "per-channel weight-only scales need opset >= 13 (DequantizeLinear axis) and {e}; or set perChannel: false"
+                )));
+            }
+            Err(e) => no_upgrade = Some(e),
+        }
     }
     let weights = select_weights(model, &cfg.select, &mut report.skipped);
     let qmax: i8 = if cfg.reduce_range { 63 } else { 127 };
@@ -391,7 +416,8 @@ pub fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
 
     if fallbacks > 0 {
         report.description.push_str(&format!(
-            "; {fallbacks} weights dequantized whole are per-tensor (per-channel DequantizeLinear needs opset >= 13, the model imports {opset})"
+            "; {fallbacks} weights dequantized whole are per-tensor (per-channel DequantizeLinear needs opset >= 13, the model imports {opset}{})",
+            no_upgrade.map(|e| format!(", and {e}")).unwrap_or_default()
         ));
     }
     if report.tensors.iter().any(|t| t.op == "Gather") {

@@ -15,7 +15,9 @@
 //! per-row form of the other modes.
 
 use super::quantize::QuantizeConfig;
-use super::{PassReport, Result, Selection, Skipped, TensorReport, math, node_label};
+use super::{
+    PassReport, Result, Selection, Skipped, TensorReport, conv_fold, math, node_label, qdq_chain,
+};
 use super::{select_weights, weight_values};
 use crate::onnx::{
     self, DataType, Model, Namer, TensorData, attr_int, f32_tensor, int8_tensor, pb,
@@ -85,39 +87,121 @@ fn without_gather(sel: &Selection) -> Selection {
     }
 }
 
-/// The activations the pass will quantize on `model`: each selected node's data input and
-/// each Conv's output, in graph order, without repeats.
+/// The activations the pass will quantize on `model`: each selected node's data input, and
+/// the integer region around its Convs ([`qdq_chain`]), in graph order, without repeats.
 pub fn calibration_tensors(cfg: &QuantizeConfig, model: &Model) -> Vec<String> {
+    // As the pass will see it: affine ops after Convs folded (the names that remain are the
+    // original graph's).
+    let mut model = model.clone();
+    conv_fold::fold(model.graph_mut());
+    let model = &model;
     let g = model.graph();
     let inits: HashSet<&str> = g
         .initializer
         .iter()
         .filter_map(|t| t.name.as_deref())
         .collect();
-    let consumers = onnx::consumers(g);
-    let graph_outputs: HashSet<&str> = g.output.iter().filter_map(|v| v.name.as_deref()).collect();
     let mut out: Vec<String> = Vec::new();
     let mut seen = HashSet::new();
     let mut skipped = Vec::new();
-    for w in select_weights(model, &without_gather(&cfg.select), &mut skipped) {
-        for (ni, op) in &w.users {
-            let n = &g.node[*ni];
-            let mut names = vec![n.input[0].clone()];
-            if op == "Conv" && !n.output.is_empty() {
-                let relu = following_relu(g, &consumers, &graph_outputs, *ni, &cfg.activations);
-                names.push(match relu {
-                    Some(ri) => g.node[ri].output[0].clone(),
-                    None => n.output[0].clone(),
-                });
-            }
-            for t in names {
-                if !t.is_empty() && !inits.contains(t.as_str()) && seen.insert(t.clone()) {
-                    out.push(t);
-                }
-            }
+    let weights = select_weights(model, &without_gather(&cfg.select), &mut skipped);
+    let chain = qdq_chain::plan(g, &conv_users(&weights), cfg.activations.symmetric);
+    let inputs = weights
+        .iter()
+        .flat_map(|w| w.users.iter().map(|(ni, _)| g.node[*ni].input[0].as_str()));
+    for t in inputs.chain(chain.range_tensors()) {
+        if !t.is_empty() && !inits.contains(t) && seen.insert(t.to_string()) {
+            out.push(t.to_string());
         }
     }
     out
+}
+
+/// The Conv nodes among the users of `weights`.
+fn conv_users(weights: &[super::Weight]) -> HashSet<usize> {
+    weights
+        .iter()
+        .flat_map(|w| w.users.iter())
+        .filter(|(_, op)| op == "Conv")
+        .map(|(ni, _)| *ni)
+        .collect()
+}
+
+/// A scalar constant quantized over its own value (exactly: it is an end of its range) and
+/// dequantized in front of the graph; returns the name its reader reads.
+fn constant_pair(
+    g: &pb::GraphProto,
+    name: &str,
+    a: &Activations,
+    namer: &mut Namer,
+    new_inits: &mut Vec<pb::TensorProto>,
+    before: &mut BTreeMap<usize, Vec<pb::NodeProto>>,
+) -> Result<String> {
+    let t = g
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+        .expect("the chain plans initializers only");
+    let v = onnx::tensor_f32_values(t)?[0];
+    let (scale, zp) = activation_qparams(v.min(0.0), v.max(0.0), a.uint8, a.symmetric);
+    let q = ((v / scale).round() as i32 + zp).clamp(
+        if a.uint8 { 0 } else { -128 },
+        if a.uint8 { 255 } else { 127 },
+    );
+    let (qn, sn, zn, dn) = (
+        namer.fresh(&format!("{name}_quantized")),
+        namer.fresh(&format!("{name}_scale")),
+        namer.fresh(&format!("{name}_zero_point")),
+        namer.fresh(&format!("{name}_dequantized")),
+    );
+    let dims = t.dims.clone();
+    new_inits.push(if a.uint8 {
+        raw_tensor(&qn, &dims, DataType::Uint8, vec![q as u8])
+    } else {
+        int8_tensor(&qn, &dims, vec![q as i8])
+    });
+    new_inits.push(f32_tensor(&sn, &[], &[scale]));
+    new_inits.push(zero_point(&zn, zp, a.uint8));
+    before.entry(0).or_default().push(onnx::node(
+        "DequantizeLinear",
+        namer.fresh(&format!("{name}_DequantizeLinear")),
+        vec![qn, sn, zn],
+        vec![dn.clone()],
+        vec![],
+    ));
+    Ok(dn)
+}
+
+/// The graph as the pass quantizes it, made the same way before calibration (so tensor
+/// names match): with Convs to quantize, ONNX Runtime's basic optimisation first (portable
+/// ONNX: no-op Casts gone, Transposes cancelled, Conv+BatchNorm/Add/Mul fused, as ORT does
+/// at load for a float model), then the per-channel ops left after Convs folded into them
+/// ([`conv_fold`]): without this they would run in float between integer convolutions.
+/// Returns what it did, for the report.
+pub(super) fn prepare(cfg: &QuantizeConfig, model: &mut Model) -> Result<Option<String>> {
+    let mut skipped = Vec::new();
+    let convs = select_weights(model, &without_gather(&cfg.select), &mut skipped)
+        .iter()
+        .any(|w| w.users.iter().any(|(_, op)| op == "Conv"));
+    if !convs {
+        return Ok(None);
+    }
+    let before = model.graph().node.len();
+    let opt = super::optimize::OptimizeConfig {
+        level: crate::api::OptimizeLevel::Basic,
+    };
+    super::optimize::apply(&opt, model)?;
+    let folded = conv_fold::fold(model.graph_mut());
+    Ok(Some(format!(
+        "graph prepared for integer convolutions: ONNX Runtime basic optimisation and {folded} per-channel ops after Convs (BatchNormalization, Add/Sub/Mul/Div by constants) folded into them ({before} -> {} nodes)",
+        model.graph().node.len()
+    )))
+}
+
+/// Whether the pass has a weight to quantize besides embedding tables (which need no opset
+/// 13), so an upgrade is worth doing.
+pub(super) fn needs_weights(cfg: &QuantizeConfig, model: &Model) -> bool {
+    !select_weights(model, &without_gather(&cfg.select), &mut Vec::new()).is_empty()
 }
 
 fn raw_tensor(name: &str, dims: &[i64], dtype: DataType, raw: Vec<u8>) -> pb::TensorProto {
@@ -172,17 +256,28 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
              (QuantizeLinear, DequantizeLinear): re-export the model"
         )));
     }
-    if cfg.per_channel_required && opset < 13 {
-        return Err(unsupported(format!(
-            "the model imports opset {opset}; per-channel scales need opset >= 13: set perChannel: false"
-        )));
+    // First, as calibration did (the opset upgrade below renames nothing it reads).
+    let prepared = prepare(cfg, model)?;
+    // Per-channel DequantizeLinear needs opset 13: the graph is upgraded to it (losslessly;
+    // the pipeline checks the outputs with ONNX Runtime). Only where that cannot be done does
+    // perChannel left to its default fall back to one scale per tensor, and says why.
+    let mut upgraded = None;
+    let mut fallback = None;
+    if cfg.per_channel && opset < 13 && needs_weights(cfg, model) {
+        match super::opset::upgrade(model, 13) {
+            Ok(up) => upgraded = Some(up),
+            Err(e) if cfg.per_channel_required => {
+                return Err(unsupported(format!(
+                    "per-channel scales need opset >= 13 and {e}; or set perChannel: false"
+                )));
+            }
+            Err(e) => fallback = Some(e),
+        }
     }
-    // perChannel left to its default: one scale per tensor where the opset cannot say more.
-    let fallback = cfg.per_channel && opset < 13;
     // Embedding rows keep one scale each: the lookup form needs no opset 13.
     let rows_per_channel = cfg.per_channel;
     let per_tensor;
-    let cfg = if fallback {
+    let cfg = if fallback.is_some() {
         per_tensor = QuantizeConfig {
             per_channel: false,
             ..cfg.clone()
@@ -196,9 +291,18 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
         description: describe(cfg, &cal),
         ..Default::default()
     };
-    if fallback {
+    if let Some(what) = prepared {
+        report.description.push_str(&format!("; {what}"));
+    }
+    if let Some(up) = &upgraded {
         report.description.push_str(&format!(
-            "; per-tensor weights: per-channel DequantizeLinear needs opset >= 13, the model imports {opset}"
+            "; {} for per-channel DequantizeLinear",
+            up.describe()
+        ));
+    }
+    if let Some(e) = fallback {
+        report.description.push_str(&format!(
+            "; per-tensor weights: per-channel DequantizeLinear needs opset >= 13, and {e}"
         ));
     }
 
@@ -249,7 +353,7 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
     let mut before: BTreeMap<usize, Vec<pb::NodeProto>> = BTreeMap::new();
     let mut after: BTreeMap<usize, Vec<pb::NodeProto>> = BTreeMap::new();
     let mut input_renames: Vec<(usize, usize, String)> = Vec::new();
-    let mut output_renames: Vec<(usize, String)> = Vec::new();
+    let mut output_renames: Vec<(usize, usize, String)> = Vec::new();
     let mut set_beta_one: Vec<usize> = Vec::new();
     let mut acts: HashMap<String, Act> = HashMap::new();
     let mut bias_rewired: HashMap<usize, usize> = HashMap::new();
@@ -257,13 +361,15 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
     let ranges = &cal.ranges;
 
     // Q -> DQ on `t`, whose float values come from `src`; the DQ writes `out`.
-    let pair = |namer: &mut Namer,
-                new_inits: &mut Vec<pb::TensorProto>,
-                t: &str,
-                src: &str,
-                out: &str|
+    // Q -> DQ on `t` at the range calibrated for `range_of`.
+    let pair_at = |namer: &mut Namer,
+                   new_inits: &mut Vec<pb::TensorProto>,
+                   t: &str,
+                   range_of: &str,
+                   src: &str,
+                   out: &str|
      -> (f32, Vec<pb::NodeProto>) {
-        let (lo, hi) = ranges[t];
+        let (lo, hi) = ranges[range_of];
         let (scale, zp) = activation_qparams(lo, hi, a.uint8, a.symmetric);
         let s = namer.fresh(&format!("{t}_scale"));
         let z = namer.fresh(&format!("{t}_zero_point"));
@@ -288,6 +394,66 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
         ];
         (scale, nodes)
     };
+    let pair =
+        |namer: &mut Namer, new_inits: &mut Vec<pb::TensorProto>, t: &str, src: &str, out: &str| {
+            pair_at(namer, new_inits, t, t, src, out)
+        };
+
+    // The integer region around the Convs first: its tensors are quantized at their
+    // producers, and the Convs below read them.
+    let chain = qdq_chain::plan(g, &conv_users(&weights), a.symmetric);
+    for t in &chain.tensors {
+        if let Some((ni, slot)) = t.constant_for {
+            let read = constant_pair(g, &t.name, a, &mut namer, &mut new_inits, &mut before)?;
+            input_renames.push((ni, slot, read));
+            continue;
+        }
+        if !ranges.contains_key(&t.range_of) {
+            continue;
+        }
+        let (scale, read) = match t.producer {
+            Some(p) => {
+                let src = if t.source == t.name {
+                    let pre = namer.fresh(&format!("{}_float", t.name));
+                    output_renames.push((p, t.slot, pre.clone()));
+                    pre
+                } else {
+                    t.source.clone()
+                };
+                let (scale, nodes) = pair_at(
+                    &mut namer,
+                    &mut new_inits,
+                    &t.name,
+                    &t.range_of,
+                    &src,
+                    &t.name,
+                );
+                after.entry(p).or_default().extend(nodes);
+                (scale, t.name.clone())
+            }
+            None => {
+                let read = namer.fresh(&format!("{}_dequantized", t.name));
+                let (scale, nodes) = pair_at(
+                    &mut namer,
+                    &mut new_inits,
+                    &t.name,
+                    &t.range_of,
+                    &t.name,
+                    &read,
+                );
+                before.entry(0).or_default().extend(nodes);
+                for &(ni, slot) in consumers.get(t.name.as_str()).into_iter().flatten() {
+                    input_renames.push((ni, slot, read.clone()));
+                }
+                (scale, read)
+            }
+        };
+        acts.insert(t.name.clone(), Act { scale, read });
+    }
+    removed.extend(chain.removed.iter().copied().filter(|r| {
+        let out = &g.node[*r].output[0];
+        acts.contains_key(out)
+    }));
 
     for w in &weights {
         let (_, out_axis) = w.axes(g);
@@ -300,10 +466,10 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
             if !ranges.contains_key(x) {
                 why = Some(format!("no calibrated range for its input `{x}`"));
             } else if op == "Conv"
-                && !n.output.first().is_some_and(|y| {
-                    let relu = following_relu(g, &consumers, &graph_outputs, *ni, a);
-                    ranges.contains_key(relu.map_or(y, |ri| &g.node[ri].output[0]))
-                })
+                && !chain
+                    .tensors
+                    .iter()
+                    .any(|t| t.producer == Some(*ni) && t.slot == 0 && acts.contains_key(&t.name))
             {
                 why = Some("no calibrated range for its output".into());
             } else if op == "Gemm" && onnx::get_attr_float(n, "alpha", 1.0) != 1.0 {
@@ -455,43 +621,7 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
                 }
                 *bias_rewired.entry(bi).or_default() += 1;
             }
-            // Conv's output: quantized in place (consumers and graph outputs read the DQ).
-            // A Relu right after it goes: the pair takes the Relu's range, whose zero point
-            // is the type's minimum, so quantizing clamps negatives as the Relu did, and ORT
-            // chains QLinearConvs without a float requantization between them.
-            if op == "Conv" {
-                let relu = following_relu(g, &consumers, &graph_outputs, ni, a);
-                let y = relu
-                    .map_or(&n.output[0], |ri| &g.node[ri].output[0])
-                    .clone();
-                if !acts.contains_key(&y) {
-                    if let Some(ri) = relu {
-                        let c = n.output[0].clone();
-                        let (scale, nodes) = pair(&mut namer, &mut new_inits, &y, &c, &y);
-                        after.entry(ni).or_default().extend(nodes);
-                        removed.insert(ri);
-                        acts.insert(
-                            y.clone(),
-                            Act {
-                                scale,
-                                read: y.clone(),
-                            },
-                        );
-                        continue;
-                    }
-                    let pre = namer.fresh(&format!("{y}_float"));
-                    let (scale, nodes) = pair(&mut namer, &mut new_inits, &y, &pre, &y);
-                    after.entry(ni).or_default().extend(nodes);
-                    output_renames.push((ni, pre));
-                    acts.insert(
-                        y.clone(),
-                        Act {
-                            scale,
-                            read: y.clone(),
-                        },
-                    );
-                }
-            }
+            // Conv's output was quantized with the region above.
         }
     }
     // A float bias no node reads any more goes.
@@ -504,13 +634,23 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
     report
         .description
         .push_str(&format!("; {} activation tensors quantized", acts.len()));
+    if !chain.ops.is_empty() {
+        let ops: Vec<String> = chain
+            .ops
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        report
+            .description
+            .push_str(&format!("; kept integer between Convs: {}", ops.join(", ")));
+    }
 
     let graph = model.graph_mut();
     for (ni, slot, name) in input_renames {
         graph.node[ni].input[slot] = name;
     }
-    for (ni, name) in output_renames {
-        graph.node[ni].output[0] = name;
+    for (ni, slot, name) in output_renames {
+        graph.node[ni].output[slot] = name;
     }
     for ni in set_beta_one {
         let n = &mut graph.node[ni];
@@ -543,33 +683,6 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
         .collect();
     graph.initializer.extend(new_inits);
     Ok(report)
-}
-
-/// The Relu that alone reads Conv node `ni`'s output (which is no graph output), when
-/// activations are asymmetric (a Relu's range then has its zero point at the type's minimum,
-/// so the output's quantization can stand in for it).
-fn following_relu(
-    g: &pb::GraphProto,
-    consumers: &HashMap<&str, Vec<(usize, usize)>>,
-    graph_outputs: &HashSet<&str>,
-    ni: usize,
-    a: &Activations,
-) -> Option<usize> {
-    if a.symmetric {
-        return None;
-    }
-    let y = g.node[ni].output.first()?;
-    if graph_outputs.contains(y.as_str()) {
-        return None;
-    }
-    let [(ri, 0)] = consumers.get(y.as_str())?.as_slice() else {
-        return None;
-    };
-    let r = &g.node[*ri];
-    (r.op_type.as_deref() == Some("Relu")
-        && r.domain.as_deref().is_none_or(|d| d.is_empty())
-        && r.output.len() == 1)
-        .then_some(*ri)
 }
 
 /// The bias Add after MatMul node `ni`: its output's only reader is an `Add` whose other

@@ -33,7 +33,10 @@ use crate::storage::{self, Location, Storage};
 use crate::ui::Ui;
 use kube::Resource;
 
+mod opset_check;
 pub mod search;
+
+pub use opset_check::{OpsetCheck, check_opset_upgrade};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -716,7 +719,23 @@ pub fn calibrate_with(
         unreachable!("static_pass returns quantize passes")
     };
     let pass = Pass::for_target(&passes[index], target);
-    let (model, _) = passes::with_constants_folded(original);
+    let (mut model, _) = passes::with_constants_folded(original);
+    // The static pass sees the model as the passes before it leave it (an `optimize` pass
+    // renames and fuses nodes): calibrate that model, so the tensor names match.
+    for (i, p) in passes[..index].iter().enumerate() {
+        let before = Pass::for_target(p, target);
+        before.apply(&mut model).map_err(|source| Error::Pass {
+            index: i,
+            name: before.name(),
+            source,
+        })?;
+    }
+    pass.prepare_for_calibration(&mut model)
+        .map_err(|source| Error::Pass {
+            index,
+            name: pass.name(),
+            source,
+        })?;
     let tensors = pass.calibration_tensors(&model).unwrap_or_default();
     let method = q.calibration.as_ref().map(|c| c.method).unwrap_or_default();
     let percentile = q
@@ -726,6 +745,16 @@ pub fn calibrate_with(
         .unwrap_or(99.999);
     let symmetric = q.symmetric_activations.unwrap_or(false);
     let samples = calibration_samples(q);
+    // Its own batch: memory follows it, not evaluation.batchSize.
+    let batch = q
+        .calibration
+        .as_ref()
+        .and_then(|c| c.batch_size)
+        .unwrap_or(crate::api::DEFAULT_CALIBRATION_BATCH);
+    let cfg = &EvalConfig {
+        batch_size: (batch as usize).max(1),
+        ..cfg.clone()
+    };
     let cal_err = |source| Error::Eval {
         which: "original (calibration)",
         source,
@@ -748,13 +777,14 @@ pub fn calibrate_with(
         }
     };
     ui.stage(&format!(
-        "calibration: {} samples (rows {}..{} of {}), {} activation tensors, {}",
+        "calibration: {} samples (rows {}..{} of {}), {} activation tensors, {}, batch {}",
         rows.count,
         rows.start,
         rows.start + rows.count,
         data.uri,
         tensors.len(),
-        method_name(method)
+        method_name(method),
+        cfg.batch_size
     ));
     let bar = ui.bar("calibrate", false);
     let histograms = method != CalibrationMethod::MinMax;
@@ -1147,8 +1177,10 @@ fn fixed_recipe(
     scratch: &Path,
     ui: &Ui,
 ) -> Result<Chosen> {
+    let target = spec.target.clone().unwrap_or_default().cpu;
+    let upgrade = check_opset_upgrade(base, &spec.passes, target, &scratch.join("opset"), ui)?;
     let calibration = calibrate(inputs, base, spec, &scratch.join("calibration"), ui)?;
-    let candidate = build_candidate(
+    let mut candidate = build_candidate(
         &base.model,
         &spec.passes,
         spec.target.clone().unwrap_or_default().cpu,
@@ -1156,6 +1188,13 @@ fn fixed_recipe(
         &scratch.join("candidate"),
         ui,
     )?;
+    if let Some(check) = upgrade {
+        for r in &mut candidate.passes {
+            if r.description.contains("graph upgraded from opset") {
+                r.description.push_str(&format!(" ({})", check.describe()));
+            }
+        }
+    }
     let (metrics, baseline) = evaluate(&candidate, base, ui)?;
     if candidate.tensors_changed() == 0 {
         ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
