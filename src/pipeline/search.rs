@@ -506,21 +506,21 @@ impl Search<'_> {
             &t.metrics,
             t.candidate.tensors_changed(),
         )?;
-        if self.spec.thresholds.max_latency_ratio.is_none() {
-            if let Some((slower, low)) = slower_than_original(&t.metrics, &t.baseline) {
-                t.decision.checks.push(Check {
-                    name: NOT_SLOWER.into(),
-                    value: low,
-                    limit: 1.0 + SLOWER_MARGIN,
-                    passed: !slower,
-                    interval: None,
-                    note: None,
-                });
-                if slower {
-                    t.decision.verdict = Verdict::Rejected;
-                    if t.acc_ok {
-                        self.slower += 1;
-                    }
+        if self.spec.thresholds.max_latency_ratio.is_none()
+            && let Some((slower, low)) = slower_than_original(&t.metrics, &t.baseline)
+        {
+            t.decision.checks.push(Check {
+                name: NOT_SLOWER.into(),
+                value: low,
+                limit: 1.0 + SLOWER_MARGIN,
+                passed: !slower,
+                interval: None,
+                note: None,
+            });
+            if slower {
+                t.decision.verdict = Verdict::Rejected;
+                if t.acc_ok {
+                    self.slower += 1;
                 }
             }
         }
