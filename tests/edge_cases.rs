@@ -187,6 +187,9 @@ fn boundary_rows(dir: &Path, path: &Path, pairs: usize) {
         warmup: 0,
         iterations: 0,
         inputs: Vec::new(),
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
     };
     let set = Dataset::load(&all).unwrap();
     let mut opened = eval::open(&repo().join("examples/digits/model.onnx"), &cfg).unwrap();

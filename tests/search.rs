@@ -457,7 +457,7 @@ fn the_smallest_wins_unless_a_near_tie_is_measurably_faster_and_nothing_slower_i
     }
     for t in passed.iter().filter(|t| near(t)) {
         assert!(
-            !(lat(t, 2) < lat(chosen, 1)),
+            lat(t, 2).partial_cmp(&lat(chosen, 1)) != Some(std::cmp::Ordering::Less),
             "trial {} is a near-tie measurably faster than the chosen: {s:#}",
             t["index"]
         );
