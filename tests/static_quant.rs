@@ -644,13 +644,23 @@ fn compress_refuses_calibration_data_it_would_not_use_and_asks_for_it_when_neede
         r.stderr
     );
     assert!(!out.exists());
+    // A static job that names no spec.calibration.dataset (the example does, and compress
+    // calibrates on it: tests/pipeline.rs) asks for the flag.
+    let example = std::fs::read_to_string("examples/digits-static.yaml").unwrap();
+    let no_cal = example.replace(
+        "  calibration:\n    dataset:\n      uri: examples/digits/calib.npz\n",
+        "",
+    );
+    assert_ne!(no_cal, example, "the example names its calibration set");
+    let job = dir.path().join("static-no-calibration.yaml");
+    std::fs::write(&job, no_cal).unwrap();
     let r = run_kompress(
         &[
             "compress",
             "examples/digits/model.onnx",
             out.to_str().unwrap(),
             "-f",
-            "examples/digits-static.yaml",
+            job.to_str().unwrap(),
         ],
         &[],
     );

@@ -21,6 +21,7 @@ pub struct Metrics {
     compressed_bytes: GaugeVec,
     ratio: GaugeVec,
     accuracy: GaugeVec,
+    quality: GaugeVec,
     latency_p50: GaugeVec,
     run_duration: GaugeVec,
     promotions: IntCounterVec,
@@ -38,6 +39,9 @@ pub struct Metrics {
     latency_ratio: GaugeVec,
     promoted_info: GaugeVec,
 }
+
+/// Most `kompress_quality` series one job exports per model.
+const MAX_QUALITY_SERIES: usize = 32;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -111,6 +115,11 @@ impl Metrics {
                 "job_accuracy_ratio",
                 "Top-1 accuracy on the evaluation data (0..1)",
                 model,
+            ),
+            quality: g(
+                "quality",
+                "Quality metrics of baseline and candidate by name (agreement, cosineSimilarity, and the task's: sequenceMatch, charErrorRate, detectionF1, map50, neighbourRecall, ...)",
+                &["namespace", "name", "model", "metric"],
             ),
             latency_p50: g(
                 "job_latency_p50_seconds",
@@ -253,6 +262,7 @@ impl Metrics {
             &self.compressed_bytes,
             &self.ratio,
             &self.accuracy,
+            &self.quality,
             &self.latency_p50,
             &self.run_duration,
             &self.cpu_seconds,
@@ -302,6 +312,20 @@ impl Metrics {
             for (model, m) in [("baseline", &r.baseline), ("candidate", &r.candidate)] {
                 if let Some(a) = m.accuracy {
                     self.accuracy.with_label_values(&[ns, name, model]).set(a);
+                }
+                // Metric names come from the worker's fixed set; the cap keeps a damaged
+                // termination message from growing the label set.
+                let named = [
+                    ("agreement", m.agreement),
+                    ("cosineSimilarity", m.cosine_similarity),
+                ];
+                let task = m.task.iter().map(|(k, v)| (k.as_str(), Some(*v)));
+                for (metric, v) in named.into_iter().chain(task).take(MAX_QUALITY_SERIES) {
+                    if let Some(v) = v.filter(|v| v.is_finite()) {
+                        self.quality
+                            .with_label_values(&[ns, name, model, metric])
+                            .set(v);
+                    }
                 }
                 self.latency_p50
                     .with_label_values(&[ns, name, model])
@@ -424,6 +448,7 @@ mod tests {
                         "bytesWritten": 2100, "stages": [{"stage": "fetch", "seconds": 1.5}, {"stage": "compress", "seconds": 30.0}]},
                     "baseline": {"bytes": 4000, "samples": 10, "accuracy": 0.97, "latencyP50Ms": 2.0, "latencyP95Ms": 3.0},
                     "candidate": {"bytes": 1000, "samples": 10, "accuracy": 0.96, "latencyP50Ms": 1.0, "latencyP95Ms": 2.0,
+                        "agreement": 0.99, "task": {"sequenceMatch": 0.92, "charErrorRate": 0.01},
                         "latencyRatio": 0.5, "latencyRatioLow": 0.45, "latencyRatioHigh": 0.56}}},
         }))
         .unwrap();
@@ -433,6 +458,9 @@ mod tests {
             r#"kompress_jobs{phase="Succeeded"} 1"#,
             r#"kompress_jobs{phase="Failed"} 0"#,
             r#"kompress_job_compression_ratio{name="digits",namespace="ml"} 4"#,
+            r#"kompress_quality{metric="sequenceMatch",model="candidate",name="digits",namespace="ml"} 0.92"#,
+            r#"kompress_quality{metric="charErrorRate",model="candidate",name="digits",namespace="ml"} 0.01"#,
+            r#"kompress_quality{metric="agreement",model="candidate",name="digits",namespace="ml"} 0.99"#,
             r#"kompress_job_original_bytes{name="digits",namespace="ml"} 4000"#,
             r#"kompress_job_accuracy_ratio{model="candidate",name="digits",namespace="ml"} 0.96"#,
             r#"kompress_job_latency_p50_seconds{model="baseline",name="digits",namespace="ml"} 0.002"#,

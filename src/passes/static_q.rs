@@ -190,12 +190,43 @@ pub(super) fn prepare(cfg: &QuantizeConfig, model: &mut Model) -> Result<Option<
     let opt = super::optimize::OptimizeConfig {
         level: crate::api::OptimizeLevel::Basic,
     };
-    super::optimize::apply(&opt, model)?;
+    // ONNX Runtime's optimiser copies an outer-scope weight into every `If` branch that reads
+    // it (Silero VAD's LSTM: 528 kB twice), which would undo what quantizing saves: its graph
+    // is kept only when it holds no more weight bytes than the original.
+    let mut optimized = model.clone();
+    super::optimize::apply(&opt, &mut optimized)?;
+    let ort = if weight_bytes(optimized.graph()) <= weight_bytes(model.graph()) {
+        *model = optimized;
+        "ONNX Runtime basic optimisation and"
+    } else {
+        "no ONNX Runtime optimisation (it copied outer-scope weights into subgraphs), and"
+    };
     let folded = conv_fold::fold(model.graph_mut());
     Ok(Some(format!(
-        "graph prepared for integer convolutions: ONNX Runtime basic optimisation and {folded} per-channel ops after Convs (BatchNormalization, Add/Sub/Mul/Div by constants) folded into them ({before} -> {} nodes)",
+        "graph prepared for integer convolutions: {ort} {folded} per-channel ops after Convs (BatchNormalization, Add/Sub/Mul/Div by constants) folded into them ({before} -> {} nodes)",
         model.graph().node.len()
     )))
+}
+
+/// Bytes of every initializer and Constant value in a graph and its subgraphs.
+fn weight_bytes(g: &pb::GraphProto) -> usize {
+    let tensor = |t: &pb::TensorProto| {
+        t.raw_data.as_ref().map_or(0, |r| r.len())
+            + 4 * (t.float_data.len() + t.int32_data.len())
+            + 8 * (t.int64_data.len() + t.double_data.len() + t.uint64_data.len())
+    };
+    let inits: usize = g.initializer.iter().map(tensor).sum();
+    let nested: usize = g
+        .node
+        .iter()
+        .flat_map(|n| n.attribute.iter())
+        .map(|a| {
+            a.t.as_ref().map_or(0, tensor)
+                + a.g.as_ref().map_or(0, weight_bytes)
+                + a.graphs.iter().map(weight_bytes).sum::<usize>()
+        })
+        .sum();
+    inits + nested
 }
 
 /// Whether the pass has a weight to quantize besides embedding tables (which need no opset
