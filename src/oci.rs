@@ -402,6 +402,41 @@ impl Session {
             .await
     }
 
+    /// A GET of a manifest, index or referrers list within the call deadline: None on 404,
+    /// else the 200 answer's body, at most [`MAX_METADATA_BYTES`].
+    async fn get_metadata(
+        &self,
+        url: &str,
+        repository: &str,
+        accept: &[(header::HeaderName, String)],
+        what: &str,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        self.http
+            .within(self.http.deadline(), what, async {
+                let resp = self
+                    .http
+                    .send(
+                        Method::GET,
+                        url,
+                        repository,
+                        Access::Pull,
+                        accept,
+                        None,
+                        what,
+                    )
+                    .await?;
+                if resp.status() == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let resp = self.http.expect(resp, &[StatusCode::OK], what).await?;
+                self.http
+                    .read_capped(resp, MAX_METADATA_BYTES, what)
+                    .await
+                    .map(Some)
+            })
+            .await
+    }
+
     /// The raw manifest a reference names and its digest; None when it does not exist. At
     /// most [`MAX_METADATA_BYTES`]; a digest reference must be answered with those bytes.
     pub async fn manifest(&self, r: &Reference) -> Result<Option<(Vec<u8>, String)>, Error> {
@@ -416,29 +451,7 @@ impl Session {
             format!("{MANIFEST_MEDIA_TYPE}, {INDEX_MEDIA_TYPE}"),
         )];
         let body = self
-            .http
-            .within(self.http.deadline(), &what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::GET,
-                        &url,
-                        r.repository(),
-                        Access::Pull,
-                        &accept,
-                        None,
-                        &what,
-                    )
-                    .await?;
-                if resp.status() == StatusCode::NOT_FOUND {
-                    return Ok(None);
-                }
-                let resp = self.http.expect(resp, &[StatusCode::OK], &what).await?;
-                self.http
-                    .read_capped(resp, MAX_METADATA_BYTES, &what)
-                    .await
-                    .map(Some)
-            })
+            .get_metadata(&url, r.repository(), &accept, &what)
             .await?;
         let Some(body) = body else {
             return Ok(None);
@@ -467,29 +480,7 @@ impl Session {
         let url = self.url(subject, &format!("referrers/{digest}?artifactType={kind}"));
         let accept = [(header::ACCEPT, INDEX_MEDIA_TYPE.to_string())];
         let body = self
-            .http
-            .within(self.http.deadline(), &what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::GET,
-                        &url,
-                        subject.repository(),
-                        Access::Pull,
-                        &accept,
-                        None,
-                        &what,
-                    )
-                    .await?;
-                if resp.status() == StatusCode::NOT_FOUND {
-                    return Ok(None);
-                }
-                let resp = self.http.expect(resp, &[StatusCode::OK], &what).await?;
-                self.http
-                    .read_capped(resp, MAX_METADATA_BYTES, &what)
-                    .await
-                    .map(Some)
-            })
+            .get_metadata(&url, subject.repository(), &accept, &what)
             .await?;
         let body = match body {
             Some(b) => b,

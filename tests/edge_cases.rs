@@ -50,15 +50,6 @@ fn run(job: &str) -> (i32, serde_json::Value, String, String) {
     (r.code, v, r.stdout, r.stderr)
 }
 
-fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["result"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name}: {}", report["result"]["checks"]))
-}
-
 #[test]
 fn edge_cases_are_scored_on_their_own_and_pass_with_the_main_set() {
     let dir = tempfile::tempdir().unwrap();

@@ -62,15 +62,6 @@ fn script(dir: &Path, name: &str, body: &str) -> String {
     p.display().to_string()
 }
 
-fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["result"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name}: {}", report["result"]["checks"]))
-}
-
 #[test]
 fn a_python_evaluator_s_metrics_are_gated_reported_and_in_the_evidence() {
     let dir = tempfile::tempdir().unwrap();

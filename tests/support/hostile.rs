@@ -277,20 +277,7 @@ pub fn run_capped(args: &[&str], envs: &[(&str, &str)], limit: Duration, mem_mib
     }
     let start = Instant::now();
     let mut child = c.spawn().expect("spawn kompress");
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            timed_out = true;
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (status, timed_out) = super::wait_or_kill(&mut child, start, limit);
     let read =
         |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
     Capped {

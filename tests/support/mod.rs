@@ -441,20 +441,7 @@ pub fn run_bounded(
     }
     let start = std::time::Instant::now();
     let mut child = c.spawn().expect("spawn kompress");
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            timed_out = true;
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    let (status, timed_out) = wait_or_kill(&mut child, start, limit);
     let elapsed = start.elapsed();
     let read =
         |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
@@ -743,4 +730,36 @@ pub fn openssl(args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// Waits for `child` (the leader of its own process group) until `limit` after `start`; past
+/// it the whole group is killed. Returns its status and whether it was killed.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    start: std::time::Instant,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, bool) {
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, false);
+        }
+        if start.elapsed() > limit {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            return (child.wait().unwrap(), true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The check named `name` in a run's JSON report (`-o json`); panics listing the checks when
+/// there is none.
+pub fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["result"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {}", report["result"]["checks"]))
 }
