@@ -181,13 +181,14 @@ fn boundary_rows(dir: &Path, path: &Path, pairs: usize) {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     };
     let set = Dataset::load(&all).unwrap();
     let mut opened = eval::open(&repo().join("examples/digits/model.onnx"), &cfg).unwrap();
     let prep = eval::prepare(&opened, &set, &cfg).unwrap();
     let (out, _) = eval::evaluate(&mut opened, &prep, &cfg, &|_, _| {}).unwrap();
     let margin = |row: usize| {
-        let mut v = out.values[row * 10..(row + 1) * 10].to_vec();
+        let mut v = out.values.read(row * 10, 10).unwrap().to_vec();
         v.sort_by(|a, b| b.total_cmp(a));
         v[0] - v[1]
     };

@@ -24,6 +24,7 @@ fn cfg() -> EvalConfig {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     }
 }
 
@@ -35,6 +36,8 @@ fn outputs(model: &Path, data: &Path) -> Vec<f32> {
         .unwrap()
         .0
         .values
+        .into_vec()
+        .unwrap()
 }
 
 fn ops(m: &onnx::Model) -> Vec<String> {

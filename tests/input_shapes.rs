@@ -151,6 +151,7 @@ fn cfg(batch: usize, inputs: Vec<InputFeed>) -> EvalConfig {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     }
 }
 
@@ -161,7 +162,7 @@ fn outputs(model: &Path, data: &Path, cfg: &EvalConfig) -> Result<Vec<f32>, Stri
     let (out, times) =
         eval::evaluate(&mut opened, &prep, cfg, &|_, _| {}).map_err(|e| e.to_string())?;
     assert_eq!(times.len(), cfg.iterations, "latency feeds the same inputs");
-    Ok(out.values)
+    Ok(out.values.into_vec().unwrap())
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn cfg() -> EvalConfig {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     }
 }
 
@@ -210,6 +211,8 @@ fn outputs(src: &Path, out: &Path, data: &Path) -> (Vec<f32>, Vec<f32>) {
         .unwrap()
         .0
         .values
+        .into_vec()
+        .unwrap()
     };
     (run(src), run(out))
 }

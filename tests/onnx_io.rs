@@ -21,6 +21,7 @@ fn cfg() -> EvalConfig {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     }
 }
 
@@ -36,6 +37,8 @@ fn outputs(model: &std::path::Path, data: &std::path::Path) -> Vec<f32> {
     .unwrap()
     .0
     .values
+    .into_vec()
+    .unwrap()
 }
 
 #[test]

@@ -22,6 +22,7 @@ fn cfg() -> EvalConfig {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     }
 }
 
@@ -68,7 +69,9 @@ fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     )
     .unwrap()
     .0
-    .values;
+    .values
+    .into_vec()
+    .unwrap();
     let cand = eval::evaluate(
         &mut eval::open(&out, &cfg()).unwrap(),
         &prep,
@@ -77,7 +80,9 @@ fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     )
     .unwrap()
     .0
-    .values;
+    .values
+    .into_vec()
+    .unwrap();
     (onnx::load(&out).unwrap(), base, cand)
 }
 
@@ -318,6 +323,8 @@ fn run_embedding(
         .unwrap()
         .0
         .values
+        .into_vec()
+        .unwrap()
     };
     let (base, cand) = (outputs(&src), outputs(&out));
     let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();

@@ -23,6 +23,7 @@ fn cfg() -> EvalConfig {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     }
 }
 
@@ -65,6 +66,8 @@ fn per_channel_dynamic_int8_runs_on_an_opset_11_model() {
             .unwrap()
             .0
             .values
+            .into_vec()
+            .unwrap()
     };
     let (a, b) = (run(&src), run(&out));
     let max = a
@@ -188,6 +191,8 @@ fn conv_transpose_weights_are_int8_weight_only_and_run_in_ort() {
                 .unwrap()
                 .0
                 .values
+                .into_vec()
+                .unwrap()
         };
         let (a, b) = (run(&src), run(&out));
         // Each output sums at most cin*k*k products of |x| <= 1 and a weight error <= half a

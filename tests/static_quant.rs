@@ -29,6 +29,7 @@ fn cfg() -> EvalConfig {
         selection: Default::default(),
         task: Default::default(),
         slices: None,
+        spill: None,
     }
 }
 
@@ -272,6 +273,8 @@ fn quantize(m: &pb::ModelProto, sample: &[usize], pass: &PassSpec) -> Quantized 
             .unwrap()
             .0
             .values
+            .into_vec()
+            .unwrap()
     };
     let (base, cand) = (run(&src), run(&out));
     let amax = base.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
@@ -574,6 +577,8 @@ fn embedding_tables_keep_the_int8_row_form_and_the_matmul_after_them_is_static()
             .unwrap()
             .0
             .values
+            .into_vec()
+            .unwrap()
     };
     let (base, cand) = (run(&src), run(&out));
     let cos = eval::metrics::closeness(&base, &cand, base.len()).0;

@@ -59,8 +59,8 @@ impl<'c> Capture<'c> {
         for i in 0..rows {
             let sample = &v[i * in_len..(i + 1) * in_len];
             let m = mask.map(|m| &m[i * ml..(i + 1) * ml]);
-            let from = self.out.values.len();
-            plan.apply(sample, m, &mut self.out.values);
+            let from = self.out.values.tail().len();
+            plan.apply(sample, m, self.out.values.tail_mut());
             self.decode(from, outs, rows, i)?;
         }
         self.plan = Some(plan);
@@ -97,7 +97,7 @@ impl<'c> Capture<'c> {
         rows: usize,
         i: usize,
     ) -> Result<(), String> {
-        let v = &self.out.values[from..];
+        let v = &self.out.values.tail()[from..];
         match &self.cfg.task {
             Task::Sequence { blank } => {
                 let classes = self.out.shape[1];
@@ -139,6 +139,12 @@ impl<'c> Capture<'c> {
     /// Classes per sample, once the first batch is in.
     pub fn classes(&self) -> Option<usize> {
         self.out.classes
+    }
+
+    /// Moves the values so far to the scratch file once they pass the evaluation's budget
+    /// (between batches: a batch's values are decoded from memory).
+    pub fn spill(&mut self) -> std::io::Result<()> {
+        self.out.values.maybe_spill(self.cfg.spill.as_ref())
     }
 
     pub fn finish(self) -> Outputs {
@@ -190,8 +196,8 @@ mod tests {
         cap.push(2, &[(vec![2, 3, 2], v)], None).unwrap();
         let out = cap.finish();
         assert_eq!(
-            (out.values, out.per_sample, out.samples),
-            (vec![0.0, 1.0, 6.0, 7.0], 2, 2)
+            (out.values.tail(), out.per_sample, out.samples),
+            (&[0.0, 1.0, 6.0, 7.0][..], 2, 2)
         );
         assert_eq!(
             out.classes,

@@ -108,8 +108,16 @@ pub fn write_outputs(path: &Path, out: &Outputs, labels: Option<&[i64]>) -> Resu
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored);
         z.start_file("output.npy", opts)?;
-        let bytes: Vec<u8> = out.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        z.write_all(&npy("<f4", &shape, &bytes))?;
+        z.write_all(&npy("<f4", &shape, &[]))?;
+        // Sample by sample: the values may be in a scratch file, larger than memory allows.
+        let mut written = Ok(());
+        out.values.each_row(per, n, |_, row| {
+            if written.is_ok() {
+                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                written = z.write_all(&bytes);
+            }
+        })?;
+        written?;
         if let Some(l) = labels {
             z.start_file("labels.npy", opts)?;
             let bytes: Vec<u8> = l.iter().take(n).flat_map(|v| v.to_le_bytes()).collect();

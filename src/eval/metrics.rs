@@ -1,5 +1,7 @@
 //! Metrics over model outputs (pure): accuracy, agreement, cosine similarity, errors, percentiles.
 
+use super::values::Values;
+
 /// Index of the largest value (first on ties); None for an empty row or one with NaN.
 pub fn argmax(row: &[f32]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
@@ -44,26 +46,63 @@ pub fn agreement(a: &[Option<usize>], b: &[Option<usize>]) -> f64 {
 
 /// Output closeness per sample: mean cosine similarity, mean and max absolute error.
 pub fn closeness(reference: &[f32], candidate: &[f32], per_sample: usize) -> (f64, f64, f64) {
-    if per_sample == 0 {
-        // Empty outputs: nothing differs.
-        return (1.0, 0.0, 0.0);
+    let mut c = Closeness::default();
+    if per_sample > 0 {
+        for (r, x) in reference
+            .chunks_exact(per_sample)
+            .zip(candidate.chunks_exact(per_sample))
+        {
+            c.add(r, x);
+        }
     }
-    let (mut cos_sum, mut abs_sum, mut abs_max) = (0f64, 0f64, 0f64);
-    let n = reference.len() / per_sample.max(1);
-    for (r, c) in reference
-        .chunks_exact(per_sample)
-        .zip(candidate.chunks_exact(per_sample))
-    {
+    c.finish()
+}
+
+/// [`closeness`] of values that may lie in a scratch file, read in blocks.
+pub fn closeness_of(
+    reference: &Values,
+    candidate: &Values,
+    per_sample: usize,
+) -> std::io::Result<(f64, f64, f64)> {
+    let mut c = Closeness::default();
+    if per_sample > 0 {
+        let n = reference.len().min(candidate.len()) / per_sample;
+        Values::zip_rows(reference, candidate, per_sample, n, |_, r, x| c.add(r, x))?;
+    }
+    Ok(c.finish())
+}
+
+/// Mean cosine, mean and max absolute error, sample by sample.
+#[derive(Default)]
+struct Closeness {
+    cos_sum: f64,
+    abs_sum: f64,
+    abs_max: f64,
+    samples: usize,
+    values: usize,
+}
+
+impl Closeness {
+    fn add(&mut self, r: &[f32], c: &[f32]) {
         let (cos, sum, max) = closeness_one(r, c);
-        cos_sum += cos;
-        abs_sum += sum;
-        abs_max = abs_max.max(max);
+        self.cos_sum += cos;
+        self.abs_sum += sum;
+        self.abs_max = self.abs_max.max(max);
+        self.samples += 1;
+        self.values += r.len();
     }
-    (
-        cos_sum / n.max(1) as f64,
-        abs_sum / reference.len().max(1) as f64,
-        abs_max,
-    )
+
+    /// Empty outputs: nothing differs.
+    fn finish(self) -> (f64, f64, f64) {
+        if self.values == 0 {
+            return (1.0, 0.0, 0.0);
+        }
+        (
+            self.cos_sum / self.samples as f64,
+            self.abs_sum / self.values as f64,
+            self.abs_max,
+        )
+    }
 }
 
 /// One sample's cosine similarity, summed and largest absolute error.

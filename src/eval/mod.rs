@@ -12,6 +12,7 @@ pub mod quality;
 pub mod runtime;
 pub mod select;
 pub mod task;
+pub mod values;
 
 pub use dataset::{Archive, Array, ArrayData, Dataset, Dtype, Member, Rows};
 pub use runtime::{Provider, RuntimeError};
@@ -49,6 +50,11 @@ pub enum Error {
     Model { model: PathBuf, what: String },
     #[error(transparent)]
     Evaluator(#[from] evaluator::Error),
+    /// The outputs kept in the scratch folder could not be written or read back.
+    #[error(
+        "keeping the outputs in the scratch folder failed: {0}; free space or give the job more scratch (spec.resources.scratch; --scratch or KOMPRESS_SCRATCH locally)"
+    )]
+    Spill(#[source] std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -73,6 +79,8 @@ pub struct EvalConfig {
     pub task: task::Task,
     /// `spec.dataset.slices`: the array naming each sample's slice.
     pub slices: Option<String>,
+    /// Where large outputs go instead of memory (None: all in memory).
+    pub spill: Option<values::Spill>,
 }
 
 impl EvalConfig {
@@ -95,6 +103,7 @@ impl EvalConfig {
             },
             task: task::Task::from_spec(ev.task.as_ref()),
             slices: None,
+            spill: None,
         }
     }
 
@@ -111,7 +120,8 @@ impl EvalConfig {
 /// flattened, and the task's decoded form of each sample.
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
-    pub values: Vec<f32>,
+    /// The selected values, sample after sample (in a scratch file once large).
+    pub values: values::Values,
     pub per_sample: usize,
     /// Classes per sample when the selected output is `[N, C]` with C > 1 (and the task, if
     /// any, reads classes).
@@ -475,6 +485,7 @@ pub fn evaluate(
                 model: model.into(),
                 what,
             })?;
+        capture.spill().map_err(Error::Spill)?;
         if start == 0 {
             let classes = capture.classes();
             check_labels(prep, classes, &out_name, model)?;
@@ -624,8 +635,13 @@ pub fn score(
     prep: &Prepared,
     reference: Option<&Outputs>,
     bytes: u64,
-) -> Metrics {
-    let pred = out.classes.map(|c| metrics::top1(&out.values, c));
+) -> Result<Metrics> {
+    let rows = |o: &Outputs, c: usize| {
+        o.values
+            .map_rows(c, o.values.len() / c, metrics::argmax)
+            .map_err(Error::Spill)
+    };
+    let pred = out.classes.map(|c| rows(out, c)).transpose()?;
     let accuracy = match (&pred, &prep.labels) {
         (Some(p), Some(l)) => Some(metrics::accuracy(p, l)),
         _ => None,
@@ -640,9 +656,10 @@ pub fn score(
     };
     if let Some(r) = reference {
         if let (Some(p), Some(c)) = (&pred, r.classes) {
-            m.agreement = Some(metrics::agreement(p, &metrics::top1(&r.values, c)));
+            m.agreement = Some(metrics::agreement(p, &rows(r, c)?));
         }
-        let (cos, mae, max) = metrics::closeness(&r.values, &out.values, out.per_sample);
+        let (cos, mae, max) =
+            metrics::closeness_of(&r.values, &out.values, out.per_sample).map_err(Error::Spill)?;
         m.cosine_similarity = Some(cos);
         m.mean_abs_error = Some(mae);
         m.max_abs_error = Some(max);
@@ -652,12 +669,13 @@ pub fn score(
             r,
             prep.labels.as_deref(),
             prep.slices.as_deref(),
-        );
+        )
+        .map_err(Error::Spill)?;
         m.task = q.task;
         m.intervals = q.intervals;
         m.slices = q.slices;
     }
-    m
+    Ok(m)
 }
 
 impl Prepared<'_> {

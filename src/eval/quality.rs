@@ -6,11 +6,13 @@
 //! One implementation serves the value, the slices and the interval.
 
 use super::Outputs;
-use super::metrics::top1;
+use super::metrics::argmax;
 use super::task::{Task, edit_distance, match_detections};
+use super::values::Values;
 use crate::api::task::CheckName;
 use crate::api::{Interval, SliceMetrics};
 use std::collections::BTreeMap;
+use std::io;
 
 /// Resamples of the bootstrap; a fixed seed, so the same outputs give the same interval.
 pub const RESAMPLES: usize = 1000;
@@ -127,7 +129,12 @@ fn top_k(row: &[f32], k: usize) -> Vec<usize> {
 
 impl Paired {
     /// Per-sample statistics of `cand` against `reference` (the same rows).
-    pub fn new(task: &Task, cand: &Outputs, reference: &Outputs, labels: Option<&[i64]>) -> Self {
+    pub fn new(
+        task: &Task,
+        cand: &Outputs,
+        reference: &Outputs,
+        labels: Option<&[i64]>,
+    ) -> io::Result<Self> {
         let same = std::ptr::eq(cand, reference);
         let ps = cand.per_sample;
         let n = cand.values.len().checked_div(ps).unwrap_or(cand.samples);
@@ -139,47 +146,41 @@ impl Paired {
             labels: labels.map(|l| l[..n.min(l.len())].to_vec()),
             ..Default::default()
         };
-        p.closeness(cand, reference);
+        p.closeness(cand, reference)?;
         if let (Some(c), Some(rc)) = (cand.classes, reference.classes)
             && c == rc
             && task.reads_classes()
         {
-            p.classes(cand, reference, c);
+            p.classes(cand, reference, c)?;
         }
         match task {
             Task::Sequence { .. } => p.sequences(cand, reference),
             Task::Detection(_) => p.detections(cand, reference),
-            Task::Embedding { k } if !same => p.neighbours(cand, reference, *k),
+            Task::Embedding { k } if !same => p.neighbours(cand, reference, *k)?,
             _ => {}
         }
-        p
+        Ok(p)
     }
 
-    fn closeness(&mut self, cand: &Outputs, reference: &Outputs) {
-        let ps = self.elements;
-        for i in 0..self.n {
-            let (r, c) = if ps == 0 {
-                (&[][..], &[][..])
-            } else {
-                (
-                    &reference.values[i * ps..(i + 1) * ps],
-                    &cand.values[i * ps..(i + 1) * ps],
-                )
-            };
+    fn closeness(&mut self, cand: &Outputs, reference: &Outputs) -> io::Result<()> {
+        let (ps, n) = (self.elements, self.n);
+        Values::zip_rows(&reference.values, &cand.values, ps, n, |_, r, c| {
             let (cos, sum, max) = super::metrics::closeness_one(r, c);
             self.cos.push(cos);
             self.abs_sum.push(sum);
             self.abs_max.push(max);
-        }
+        })
     }
 
-    fn classes(&mut self, cand: &Outputs, reference: &Outputs, c: usize) {
-        let (rt, ct) = (top1(&reference.values, c), top1(&cand.values, c));
+    fn classes(&mut self, cand: &Outputs, reference: &Outputs, c: usize) -> io::Result<()> {
+        let n = self.n;
+        let (rt, ct) = (
+            reference.values.map_rows(c, n, argmax)?,
+            cand.values.map_rows(c, n, argmax)?,
+        );
         if let Task::Classification { top_k: k } = self.task {
-            let rows = |o: &Outputs| -> Vec<Vec<usize>> {
-                o.values.chunks_exact(c).map(|r| top_k(r, k)).collect()
-            };
-            let (rk, ck) = (rows(reference), rows(cand));
+            let rows = |o: &Outputs| o.values.map_rows(c, n, |r| top_k(r, k));
+            let (rk, ck) = (rows(reference)?, rows(cand)?);
             self.topk_agree = Some(
                 rt.iter()
                     .zip(&ck)
@@ -197,6 +198,7 @@ impl Paired {
             }
         }
         self.top1 = Some((rt, ct));
+        Ok(())
     }
 
     fn sequences(&mut self, cand: &Outputs, reference: &Outputs) {
@@ -239,24 +241,24 @@ impl Paired {
     }
 
     /// recall@k of each sample's k nearest neighbours (cosine, itself excluded).
-    fn neighbours(&mut self, cand: &Outputs, reference: &Outputs, k: usize) {
+    fn neighbours(&mut self, cand: &Outputs, reference: &Outputs, k: usize) -> io::Result<()> {
         let d = cand.per_sample;
         let n = self.n.min(MAX_NEIGHBOUR_SAMPLES);
         let k = k.min(n.saturating_sub(1));
         if d == 0 || k == 0 {
-            return;
+            return Ok(());
         }
-        let unit = |o: &Outputs| -> Vec<f32> {
-            let mut v = o.values[..n * d].to_vec();
+        let unit = |o: &Outputs| -> io::Result<Vec<f32>> {
+            let mut v = o.values.read(0, n * d)?.into_owned();
             for row in v.chunks_exact_mut(d) {
                 let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
                 if norm > 0.0 {
                     row.iter_mut().for_each(|x| *x /= norm);
                 }
             }
-            v
+            Ok(v)
         };
-        let (r, c) = (unit(reference), unit(cand));
+        let (r, c) = (unit(reference)?, unit(cand)?);
         let nearest = |v: &[f32], i: usize| -> Vec<usize> {
             let q = &v[i * d..(i + 1) * d];
             let sims: Vec<f32> = v
@@ -279,6 +281,7 @@ impl Paired {
             })
             .collect();
         self.recall = Some(recall);
+        Ok(())
     }
 }
 
@@ -564,8 +567,8 @@ pub fn measure(
     reference: &Outputs,
     labels: Option<&[i64]>,
     slices: Option<&[i64]>,
-) -> Measured {
-    let p = Paired::new(task, cand, reference, labels);
+) -> io::Result<Measured> {
+    let p = Paired::new(task, cand, reference, labels)?;
     let ones = vec![1.0; p.n];
     let slices: Vec<(i64, Vec<f64>)> = slice_indicators(slices, p.n);
     let mut out = Measured::default();
@@ -599,7 +602,7 @@ pub fn measure(
             metrics,
         });
     }
-    out
+    Ok(out)
 }
 
 /// One indicator per distinct slice value, in ascending order.
@@ -685,7 +688,7 @@ mod tests {
     fn classes(rows: &[&[f32]]) -> Outputs {
         let c = rows[0].len();
         Outputs {
-            values: rows.concat(),
+            values: rows.concat().into(),
             per_sample: c,
             classes: Some(c),
             samples: rows.len(),
@@ -723,7 +726,7 @@ mod tests {
             &[0.1, 0.5, 0.4],
         ]);
         let task = Task::Classification { top_k: 2 };
-        let m = measure(&task, &c, &r, Some(&[0, 1, 2, 0]), None);
+        let m = measure(&task, &c, &r, Some(&[0, 1, 2, 0]), None).unwrap();
         assert!(close(m.task["topKAgreement"], 1.0), "{m:?}");
         // Against the original: class 0 tp 1 -> F1 1; class 1: tp 0, fp 1, fn 1 -> 0;
         // class 2: tp 1, fp 1, fn 1 -> 0.5. Macro: 0.5.
@@ -739,7 +742,7 @@ mod tests {
     fn sequence_match_and_character_error_rate_by_hand() {
         let r = seqs(vec![vec![1, 2, 3], vec![4, 5], vec![6]]);
         let c = seqs(vec![vec![1, 3], vec![4, 5], vec![6, 6]]);
-        let m = measure(&Task::Sequence { blank: 0 }, &c, &r, None, None);
+        let m = measure(&Task::Sequence { blank: 0 }, &c, &r, None, None).unwrap();
         assert!(close(m.task["sequenceMatch"], 1.0 / 3.0), "{m:?}");
         // One deletion and one insertion over 6 original characters.
         assert!(close(m.task["charErrorRate"], 2.0 / 6.0), "{m:?}");
@@ -781,12 +784,12 @@ mod tests {
             vec![det(0.0, 0.9, 0), det(50.0, 0.8, 0)],
             vec![det(1.0, 0.7, 0)],
         ]);
-        let m = measure(&task, &c, &r, None, None);
+        let m = measure(&task, &c, &r, None, None).unwrap();
         assert!(close(m.task["map50"], 5.0 / 6.0), "{m:?}");
         assert!(close(m.task["detectionF1"], 0.8), "{m:?}");
         // Same boxes, another class: nothing matches.
         let wrong = dets(vec![vec![det(0.0, 0.9, 1)], vec![det(0.0, 0.9, 1)]]);
-        let m = measure(&task, &wrong, &r, None, None);
+        let m = measure(&task, &wrong, &r, None, None).unwrap();
         assert_eq!((m.task["map50"], m.task["detectionF1"]), (0.0, 0.0));
     }
 
@@ -798,7 +801,8 @@ mod tests {
             values: deg
                 .iter()
                 .flat_map(|d| [d.to_radians().cos(), d.to_radians().sin()])
-                .collect(),
+                .collect::<Vec<f32>>()
+                .into(),
             per_sample: 2,
             samples: deg.len(),
             shape: vec![2],
@@ -806,7 +810,7 @@ mod tests {
         };
         let r = at(&[0.0, 10.0, 90.0, 100.0]);
         let c = at(&[0.0, 60.0, 90.0, 100.0]);
-        let m = measure(&Task::Embedding { k: 1 }, &c, &r, None, None);
+        let m = measure(&Task::Embedding { k: 1 }, &c, &r, None, None).unwrap();
         assert!(close(m.task["neighbourRecall"], 0.75), "{m:?}");
     }
 
@@ -820,7 +824,8 @@ mod tests {
             &r,
             None,
             Some(&[7, 7, 9, 9]),
-        );
+        )
+        .unwrap();
         assert_eq!(m.slices.len(), 2);
         assert_eq!((m.slices[0].slice, m.slices[0].samples), (7, 2));
         assert_eq!(m.slices[0].metrics["sequenceMatch"], 1.0);
@@ -838,13 +843,13 @@ mod tests {
                 .collect(),
         );
         let task = Task::Sequence { blank: 0 };
-        let a = measure(&task, &c, &r, None, None);
-        let b = measure(&task, &c, &r, None, None);
+        let a = measure(&task, &c, &r, None, None).unwrap();
+        let b = measure(&task, &c, &r, None, None).unwrap();
         assert_eq!(a, b, "the same outputs give the same intervals");
         let i = &a.intervals["minSequenceMatch"];
         assert!(i.low < 0.9 && 0.9 < i.high && i.high <= 1.0, "{i:?}");
         // A perfect candidate has a degenerate interval at 1.
-        let m = measure(&task, &r.clone(), &r, None, None);
+        let m = measure(&task, &r.clone(), &r, None, None).unwrap();
         assert_eq!(
             m.intervals["minSequenceMatch"],
             Interval {
@@ -853,7 +858,7 @@ mod tests {
             }
         );
         // The original's own score has no intervals and no self-comparison metrics.
-        let own = measure(&task, &r, &r, None, None);
+        let own = measure(&task, &r, &r, None, None).unwrap();
         assert!(own.intervals.is_empty() && own.task.is_empty(), "{own:?}");
     }
 }

@@ -453,6 +453,20 @@ fn named(e: eval::Error, scratch: &Path, shown: &str) -> eval::Error {
     }
 }
 
+/// Outputs over [`eval::values::SPILL_ABOVE_BYTES`] go to an unnamed file beside the fetched
+/// dataset (in scratch), so what the original's and a candidate's outputs hold in memory does
+/// not grow with the dataset.
+fn spill_to(inputs: &Inputs) -> Option<eval::values::Spill> {
+    let above_bytes = std::env::var("KOMPRESS_SPILL_ABOVE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(eval::values::SPILL_ABOVE_BYTES);
+    Some(eval::values::Spill {
+        dir: inputs.dataset_path.parent()?.to_path_buf(),
+        above_bytes,
+    })
+}
+
 /// Stage 2: the original model through ONNX Runtime on the whole dataset.
 pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<Baseline> {
     let model = onnx::load_as(&inputs.model_path, Path::new(&inputs.model.uri))?;
@@ -469,6 +483,7 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
     )
     .with_inputs(&spec.dataset.inputs);
     cfg.slices = spec.dataset.slices.clone();
+    cfg.spill = spill_to(inputs);
     let mut original = eval::open(&inputs.model_path, &cfg).map_err(eval_err)?;
     // Static quantization without a calibration set: the last rows are set aside and the
     // evaluation scores only the rows before them.
@@ -519,13 +534,9 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
     })
     .map_err(eval_err)?;
     bar.finish(prep.samples() as u64);
-    let metrics = strip_self_comparison(eval::score(
-        &outputs,
-        &times,
-        &prep,
-        Some(&outputs),
-        model.file_bytes,
-    ));
+    let metrics = strip_self_comparison(
+        eval::score(&outputs, &times, &prep, Some(&outputs), model.file_bytes).map_err(eval_err)?,
+    );
     drop(prep);
     let edge_cases = edge_baseline(&mut original, inputs, spec, model.file_bytes, ui)?;
     drop(original); // release ORT's copy of the weights before the passes run
@@ -568,6 +579,7 @@ fn edge_baseline(
     let cfg = EvalConfig {
         warmup: 0,
         iterations: 0,
+        spill: spill_to(inputs),
         ..EvalConfig::from_spec(&spec.evaluation(), e.labels.clone(), e.limit)
             .with_inputs(&spec.dataset.inputs)
     };
@@ -577,7 +589,9 @@ fn edge_baseline(
         prep.samples()
     ));
     let (outputs, _) = eval::evaluate(original, &prep, &cfg, &|_, _| {}).map_err(eval_err)?;
-    let metrics = strip_self_comparison(eval::score(&outputs, &[], &prep, Some(&outputs), bytes));
+    let metrics = strip_self_comparison(
+        eval::score(&outputs, &[], &prep, Some(&outputs), bytes).map_err(eval_err)?,
+    );
     drop(prep);
     Ok(Some(EdgeBaseline {
         dataset,
@@ -604,7 +618,8 @@ pub fn judge_edge_cases(
     let prep = eval::prepare(&opened, &edge.dataset, &edge.cfg).map_err(cand_err(candidate))?;
     let (out, _) =
         eval::evaluate(&mut opened, &prep, &edge.cfg, &|_, _| {}).map_err(cand_err(candidate))?;
-    let metrics = eval::score(&out, &[], &prep, Some(&edge.outputs), candidate.bytes);
+    let metrics = eval::score(&out, &[], &prep, Some(&edge.outputs), candidate.bytes)
+        .map_err(cand_err(candidate))?;
     let judged = gate::decide(
         &e.thresholds,
         &edge.metrics,
@@ -1033,7 +1048,8 @@ fn scored<'b>(
         ui,
         "evaluate candidate",
     )?;
-    let mut metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes);
+    let mut metrics = eval::score(&out, &[], &prep, Some(&base.outputs), candidate.bytes)
+        .map_err(cand_err(candidate))?;
     custom_metrics(&out, &prep, base, &mut metrics).map_err(cand_err(candidate))?;
     Ok((opened, prep, metrics))
 }

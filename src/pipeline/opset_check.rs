@@ -5,6 +5,7 @@
 
 use super::{Baseline, Error, Result, save_in_scratch, scratch_dir};
 use crate::api::{PassSpec, TargetCpu};
+use crate::eval::values::Values;
 use crate::eval::{self, EvalConfig};
 use crate::passes::{self, Pass};
 use crate::ui::Ui;
@@ -77,15 +78,20 @@ pub fn check_opset_upgrade(
     let (outputs, _) = eval::evaluate(&mut opened, &prep, &cfg, &|_, _| {}).map_err(eval_err)?;
     drop(opened);
     let _ = std::fs::remove_dir_all(dir);
-    let want = &base.outputs.values;
-    let max_abs = want.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
-    let max_abs_diff = if outputs.values.len() == want.len() {
-        want.iter()
-            .zip(&outputs.values)
-            .fold(0f64, |m, (a, b)| m.max(f64::from((a - b).abs())))
+    let (want, got) = (&base.outputs.values, &outputs.values);
+    let (mut max_abs, mut max_abs_diff) = (0f64, 0f64);
+    let per = outputs.per_sample.max(1);
+    if got.len() == want.len() {
+        Values::zip_rows(want, got, per, want.len() / per, |_, a, b| {
+            for (a, b) in a.iter().zip(b) {
+                max_abs = max_abs.max(f64::from(a.abs()));
+                max_abs_diff = max_abs_diff.max(f64::from((a - b).abs()));
+            }
+        })
+        .map_err(|e| eval_err(eval::Error::Spill(e)))?;
     } else {
-        f64::INFINITY
-    };
+        max_abs_diff = f64::INFINITY;
+    }
     let check = OpsetCheck {
         from,
         to,

@@ -839,12 +839,16 @@ impl Search<'_> {
         let out = candidate.and_then(|c| probe_outputs(&c, self.base, rows));
         let _ = std::fs::remove_dir_all(&dir);
         let out = out?;
-        let reference = &self.base.outputs.values[..out.values.len()];
+        let (output_sqnr_db, flips) =
+            probe_scores(&self.base.outputs.values, &out).map_err(|e| Error::Eval {
+                which: "candidate (probe)",
+                source: crate::eval::Error::Spill(e),
+            })?;
         let m = LayerSensitivity {
             layer: layer.key.clone(),
             op: layer.op.clone(),
-            output_sqnr_db: sqnr_db(reference, &out.values),
-            flips: out.classes.map(|c| flip_rate(reference, &out.values, c)),
+            output_sqnr_db,
+            flips,
         };
         Ok((m, out.values.len() / out.per_sample.max(1)))
     }
@@ -1305,12 +1309,20 @@ fn verdict_text(d: &gate::Decision) -> String {
 /// 10·log10(Σ r² / Σ (r − c)²) over the compared outputs (`math::sqnr_db`), capped: an
 /// exact output is the cap, a silent reference with noise its negative.
 pub fn sqnr_db(reference: &[f32], candidate: &[f32]) -> f64 {
-    let (mut signal, mut noise) = (0f64, 0f64);
+    let mut sn = (0f64, 0f64);
+    add_signal_noise(&mut sn, reference, candidate);
+    capped_db(sn)
+}
+
+fn add_signal_noise(sn: &mut (f64, f64), reference: &[f32], candidate: &[f32]) {
     for (&r, &c) in reference.iter().zip(candidate) {
         let (r, c) = (f64::from(r), f64::from(c));
-        signal += r * r;
-        noise += (r - c) * (r - c);
+        sn.0 += r * r;
+        sn.1 += (r - c) * (r - c);
     }
+}
+
+fn capped_db((signal, noise): (f64, f64)) -> f64 {
     match crate::passes::math::sqnr_db((signal, noise)) {
         Some(db) => db.clamp(-SQNR_CAP_DB, SQNR_CAP_DB),
         None if noise == 0.0 => SQNR_CAP_DB,
@@ -1318,11 +1330,23 @@ pub fn sqnr_db(reference: &[f32], candidate: &[f32]) -> f64 {
     }
 }
 
-/// Fraction of rows whose top-1 class differs.
-fn flip_rate(reference: &[f32], candidate: &[f32], classes: usize) -> f64 {
-    let a = crate::eval::metrics::top1(reference, classes);
-    let b = crate::eval::metrics::top1(candidate, classes);
-    1.0 - crate::eval::metrics::agreement(&a, &b)
+/// A probe's [`sqnr_db`] against the original's first rows, and the fraction of rows whose
+/// top-1 class differs (classes only); read sample by sample, wherever the values are kept.
+fn probe_scores(
+    reference: &crate::eval::values::Values,
+    out: &crate::eval::Outputs,
+) -> std::io::Result<(f64, Option<f64>)> {
+    use crate::eval::metrics::argmax;
+    let (per, rows) = (out.per_sample, out.values.len() / out.per_sample.max(1));
+    let (mut sn, mut flipped) = ((0f64, 0f64), 0usize);
+    crate::eval::values::Values::zip_rows(reference, &out.values, per, rows, |_, r, c| {
+        add_signal_noise(&mut sn, r, c);
+        if out.classes.is_some() && (argmax(r).is_none() || argmax(r) != argmax(c)) {
+            flipped += 1;
+        }
+    })?;
+    let flips = out.classes.map(|_| flipped as f64 / rows.max(1) as f64);
+    Ok((capped_db(sn), flips))
 }
 
 #[cfg(test)]
