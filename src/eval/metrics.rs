@@ -65,8 +65,7 @@ pub fn closeness_of(
     per_sample: usize,
 ) -> std::io::Result<(f64, f64, f64)> {
     let mut c = Closeness::default();
-    if per_sample > 0 {
-        let n = reference.len().min(candidate.len()) / per_sample;
+    if let Some(n) = reference.len().min(candidate.len()).checked_div(per_sample) {
         Values::zip_rows(reference, candidate, per_sample, n, |_, r, x| c.add(r, x))?;
     }
     Ok(c.finish())
