@@ -676,7 +676,8 @@ fn compress_refuses_calibration_data_it_would_not_use_and_asks_for_it_when_neede
 
 /// A CNN block of the kinds real models use: SiLU (Sigmoid, Mul), MaxPool, Relu6 (Clip),
 /// a residual Add, LeakyRelu, Concat, a nearest Resize, HardSwish and a global average pool.
-/// input [N, 3, 16, 16] -> ... -> y [N, 8] (Flatten, a graph output, stays float).
+/// input [N, 3, 16, 16] -> ... -> y [N, 16] (Flatten, a graph output, stays float). Every
+/// Conv has a multiple of 16 output channels (narrower ones stay float on x86 without VNNI).
 fn cnn_block_model() -> (pb::ModelProto, Vec<usize>) {
     let conv = |name: &str, cout: usize, cin: usize, k: usize, seed: u64| {
         vec![
@@ -692,9 +693,9 @@ fn cnn_block_model() -> (pb::ModelProto, Vec<usize>) {
     for (name, cout, cin, k, seed) in [
         ("0", 16, 3, 3, 20),
         ("1", 16, 16, 3, 21),
-        ("2", 8, 16, 1, 22),
-        ("3", 8, 24, 3, 23),
-        ("4", 8, 8, 1, 24),
+        ("2", 16, 16, 1, 22),
+        ("3", 16, 32, 3, 23),
+        ("4", 16, 16, 1, 24),
     ] {
         inits.extend(conv(name, cout, cin, k, seed));
     }
@@ -806,4 +807,195 @@ fn cnn_activations_and_joins_stay_integer_between_convs() {
         );
         assert!(q.cosine > 0.995, "{act:?}: cosine {}", q.cosine);
     }
+}
+
+/// HardSwish as PaddlePaddle's exporter writes it (`x * Clip(x + 3, 0, 6) / 6`), then a
+/// learnable affine (`* a + b`, scalars), between two Convs (PP-OCR's backbone). The `/ 6`
+/// and the `* a` are positive scalars: folded into the dequantizer that the next op reads, so
+/// ONNX Runtime runs no float Div and no Mul for them; the Add and the HardSwish's own Mul
+/// stay integer (QLinearAdd, QLinearMul).
+#[test]
+fn scalar_mul_and_div_fold_into_dequantizers_and_stay_close_to_fp32() {
+    let mut inits = vec![
+        f32_tensor("K0", &[16, 3, 3, 3], &weights(16 * 27, 30, 27)),
+        f32_tensor("B0", &[16], &lcg(16, 31)),
+        f32_tensor("K1", &[16, 16, 1, 1], &weights(256, 32, 16)),
+        f32_tensor("B1", &[16], &lcg(16, 33)),
+    ];
+    inits.push(f32_tensor("three", &[], &[3.0]));
+    inits.push(f32_tensor("lo", &[], &[0.0]));
+    inits.push(f32_tensor("hi", &[], &[6.0]));
+    inits.push(f32_tensor("six", &[], &[6.0]));
+    inits.push(f32_tensor("a", &[1], &[0.8]));
+    inits.push(f32_tensor("b", &[1], &[0.25]));
+    let nodes = vec![
+        node(
+            "Conv",
+            &["input", "K0", "B0"],
+            "c0",
+            vec![attr_ints("pads", &[1, 1, 1, 1])],
+        ),
+        node("Add", &["c0", "three"], "p3", vec![]),
+        node("Clip", &["p3", "lo", "hi"], "r6", vec![]),
+        node("Mul", &["c0", "r6"], "m", vec![]),
+        node("Div", &["m", "six"], "hs", vec![]),
+        node("Mul", &["a", "hs"], "scaled", vec![]),
+        node("Add", &["scaled", "b"], "shifted", vec![]),
+        node("Conv", &["shifted", "K1", "B1"], "c1", vec![]),
+        node("GlobalAveragePool", &["c1"], "g", vec![]),
+        node("Flatten", &["g"], "y", vec![]),
+    ];
+    let m = model(nodes, inits, &[None, Some(3), Some(8), Some(8)]);
+    let q = quantize(
+        &m,
+        &[3, 8, 8],
+        &spec(
+            &["Conv"],
+            ActivationType::Uint8,
+            false,
+            CalibrationMethod::MinMax,
+        ),
+    );
+    let o = &q.optimized_ops;
+    eprintln!(
+        "ORT ran {o:?}; max error {:.4}, cosine {:.6}",
+        q.rel_max_err, q.cosine
+    );
+    assert_eq!(count(&q.ops, "Div"), 0, "{:?}", q.ops);
+    assert_eq!(count(&q.ops, "Mul"), 1, "{:?}", q.ops);
+    assert_eq!(count(o, "QLinearConv"), 2, "{o:?}");
+    assert_eq!(count(o, "QLinearMul"), 1, "{o:?}");
+    assert_eq!(count(o, "QLinearAdd"), 2, "{o:?}");
+    for float in ["Div", "Mul", "Add", "Clip", "Conv"] {
+        assert_eq!(count(o, float), 0, "{float} left float: {o:?}");
+    }
+    assert!(
+        q.report
+            .description
+            .contains("Div by a constant (folded) 1")
+            && q.report
+                .description
+                .contains("Mul by a constant (folded) 1"),
+        "{}",
+        q.report.description
+    );
+    assert_close(&q, CalibrationMethod::MinMax);
+}
+
+/// Two narrow Convs (16 -> 24) joined by a Concat that stays float, then a 48 -> 16 Conv: on
+/// x86 without VNNI (and an unknown CPU) the 24-channel Convs stay float, said in the
+/// report. A narrow Conv whose output the plan quantizes anyway (a Relu, then an integer
+/// Conv) would be fused by ONNX Runtime into QLinearConv all the same: it is quantized.
+#[test]
+fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
+    let conv = |name: &str, cout: usize, cin: usize, k: usize, seed: u64| {
+        vec![
+            f32_tensor(
+                &format!("K{name}"),
+                &[cout as i64, cin as i64, k as i64, k as i64],
+                &weights(cout * cin * k * k, seed, cin * k * k),
+            ),
+            f32_tensor(&format!("B{name}"), &[cout as i64], &lcg(cout, seed + 50)),
+        ]
+    };
+    let pads = || vec![attr_ints("pads", &[1, 1, 1, 1])];
+    let pass = spec(
+        &["Conv"],
+        ActivationType::Uint8,
+        false,
+        CalibrationMethod::MinMax,
+    );
+    fn narrow(name: &str) -> impl Fn(&kompress::passes::Skipped) -> bool + '_ {
+        move |s| s.node.contains(name) && s.reason.contains("24 output channels")
+    }
+
+    let mut inits = Vec::new();
+    for (name, cout, cin, k, seed) in [
+        ("0", 16, 3, 3, 40),
+        ("1", 24, 16, 3, 41),
+        ("2", 24, 16, 1, 42),
+        ("3", 16, 48, 1, 43),
+    ] {
+        inits.extend(conv(name, cout, cin, k, seed));
+    }
+    let nodes = vec![
+        node("Conv", &["input", "K0", "B0"], "c0", pads()),
+        node("Relu", &["c0"], "r0", vec![]),
+        node("Conv", &["r0", "K1", "B1"], "c1", pads()),
+        node("Conv", &["r0", "K2", "B2"], "c2", vec![]),
+        node(
+            "Concat",
+            &["c1", "c2"],
+            "cat",
+            vec![onnx::attr_int("axis", 1)],
+        ),
+        node("Conv", &["cat", "K3", "B3"], "c3", vec![]),
+        node("GlobalAveragePool", &["c3"], "g", vec![]),
+        node("Flatten", &["g"], "y", vec![]),
+    ];
+    let q = quantize(
+        &model(nodes, inits, &[None, Some(3), Some(8), Some(8)]),
+        &[3, 8, 8],
+        &pass,
+    );
+    let o = &q.optimized_ops;
+    eprintln!(
+        "narrow: ORT ran {o:?}; max error {:.4}, cosine {:.6}",
+        q.rel_max_err, q.cosine
+    );
+    assert_eq!(count(o, "QLinearConv"), 2, "{o:?}");
+    assert_eq!(count(o, "Conv") + count(o, "FusedConv"), 2, "{o:?}");
+    assert!(
+        q.report.skipped.iter().any(narrow("c1")),
+        "{:?}",
+        q.report.skipped
+    );
+    assert!(
+        q.report.skipped.iter().any(narrow("c2")),
+        "{:?}",
+        q.report.skipped
+    );
+    assert_close(&q, CalibrationMethod::MinMax);
+
+    // Conv 16 -> 24 -> Relu -> Conv 24 -> 16: the Relu's output is quantized for the last
+    // Conv, so ORT would fuse the narrow Conv anyway: all three are integer.
+    let mut inits = Vec::new();
+    for (name, cout, cin, k, seed) in [
+        ("0", 16, 3, 3, 40),
+        ("1", 24, 16, 3, 41),
+        ("2", 16, 24, 1, 42),
+    ] {
+        inits.extend(conv(name, cout, cin, k, seed));
+    }
+    let nodes = vec![
+        node("Conv", &["input", "K0", "B0"], "c0", pads()),
+        node("Relu", &["c0"], "r0", vec![]),
+        node("Conv", &["r0", "K1", "B1"], "c1", pads()),
+        node("Relu", &["c1"], "r1", vec![]),
+        node("Conv", &["r1", "K2", "B2"], "c2", vec![]),
+        node("GlobalAveragePool", &["c2"], "g", vec![]),
+        node("Flatten", &["g"], "y", vec![]),
+    ];
+    let q = quantize(
+        &model(nodes, inits, &[None, Some(3), Some(8), Some(8)]),
+        &[3, 8, 8],
+        &pass,
+    );
+    let o = &q.optimized_ops;
+    assert_eq!(count(o, "QLinearConv"), 3, "{o:?}");
+    assert!(
+        !q.report.skipped.iter().any(narrow("c1")),
+        "{:?}",
+        q.report.skipped
+    );
+
+    // The rule is the target's: with VNNI every Conv is quantized.
+    let Pass::Quantize(c) = Pass::for_target(&pass, TargetCpu::X86Vnni) else {
+        unreachable!()
+    };
+    assert!(!c.activations.narrow_convs_float);
+    let Pass::Quantize(c) = Pass::for_target(&pass, TargetCpu::X86Avx2) else {
+        unreachable!()
+    };
+    assert!(c.activations.narrow_convs_float);
 }

@@ -530,7 +530,8 @@ pub struct QuantizeSpec {
     /// Node names left in float.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_nodes: Vec<String>,
-    /// Weights with fewer elements stay float. Default 1024.
+    /// Weights with fewer elements stay float. Default 1024, except Conv in static mode,
+    /// quantized whatever its size unless this is set (its activations are what cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_elements: Option<u64>,
 }

@@ -136,6 +136,10 @@ impl Pass {
                     symmetric: q.symmetric_activations.unwrap_or(false),
                     reduce_range_default: q.reduce_range.is_none(),
                     calibrated: None,
+                    // ONNX Runtime's int8 Convs are no faster than float on x86 without VNNI:
+                    // narrow ones stay float there (and where the CPU is unknown).
+                    narrow_convs_float: matches!(target, TargetCpu::Auto | TargetCpu::X86Avx2),
+                    small_convs: q.mode == QuantMode::Static && q.min_elements.is_none(),
                 },
             }),
         }

@@ -9,7 +9,11 @@
 //! point (the op then runs on int8 data). A `Relu` (or a `Clip` whose range holds 0) right
 //! after a quantized op goes: the output quantizer takes its range and clamps as it did.
 //! Ops without an integer kernel (`HardSwish`, `HardSigmoid`) stay float between a DQ and a
-//! Q, which keeps their neighbours integer.
+//! Q, which keeps their neighbours integer. A `Mul` or `Div` by a positive scalar constant
+//! (HardSwish's `/ 6` as exporters write it, a learnable scale) is no kernel at all: its
+//! consumers dequantize its input's int8 values at the scale times the constant
+//! (`DQ(q, s, z) * c = DQ(q, s * c, z)`, exact), and the node goes; without this it ran in
+//! float between a DQ and a Q (`Div`) or as a `QLinearMul` that requantizes.
 //!
 //! The region grows from the outputs of the Convs the pass quantizes, in graph order: an op
 //! of the list joins when one of its data inputs is in the region, its other data inputs are
@@ -67,6 +71,10 @@ pub struct ChainTensor {
     /// A scalar constant (initializer) an `Add` or `Mul` in the region reads: stored
     /// quantized over its own value (exact), dequantized for that one node: (node, slot).
     pub constant_for: Option<(usize, usize)>,
+    /// The output of a `Mul`/`Div` by a positive scalar that goes: (the region tensor it
+    /// scales, the factor); it is dequantized from that tensor's int8 values at its scale
+    /// times the factor.
+    pub rescale_of: Option<(String, f32)>,
 }
 
 /// The integer region around the quantized Convs.
@@ -74,7 +82,8 @@ pub struct ChainTensor {
 pub struct Chain {
     /// In graph order of their producers.
     pub tensors: Vec<ChainTensor>,
-    /// Relu/Clip nodes folded into the quantizer before them.
+    /// Relu/Clip nodes folded into the quantizer before them, and `Mul`/`Div` nodes by a
+    /// positive scalar folded into their consumers' dequantizers.
     pub removed: HashSet<usize>,
     /// Op type -> how many nodes of it the region holds (besides the Convs).
     pub ops: std::collections::BTreeMap<String, usize>,
@@ -140,6 +149,28 @@ pub fn plan(g: &pb::GraphProto, convs: &HashSet<usize>, symmetric: bool) -> Chai
             continue;
         }
         let op = n.op_type.as_deref().unwrap_or("");
+        if let Some((x, factor)) = rescale(&cx, &region, n) {
+            // Its own range: a same-scale op after it quantizes at that range (the pair
+            // then stays, but nothing clips).
+            let y = n.output[0].clone();
+            let range_of = y.clone();
+            chain.removed.insert(ni);
+            *chain
+                .ops
+                .entry(format!("{op} by a constant (folded)"))
+                .or_default() += 1;
+            region.insert(y.clone(), chain.tensors.len());
+            chain.tensors.push(ChainTensor {
+                name: y.clone(),
+                source: y,
+                producer: Some(ni),
+                slot: 0,
+                range_of,
+                constant_for: None,
+                rescale_of: Some((x, factor)),
+            });
+            continue;
+        }
         let Some((role, data)) = role(op) else {
             continue;
         };
@@ -171,6 +202,7 @@ pub fn plan(g: &pb::GraphProto, convs: &HashSet<usize>, symmetric: bool) -> Chai
                     slot: 0,
                     range_of: (*x).clone(),
                     constant_for: Some((ni, slot)),
+                    rescale_of: None,
                 });
             } else if !region.contains_key(x.as_str()) {
                 add_input(&cx, &mut chain, &mut region, x);
@@ -184,6 +216,39 @@ pub fn plan(g: &pb::GraphProto, convs: &HashSet<usize>, symmetric: bool) -> Chai
         }
     }
     chain
+}
+
+/// `Mul(x, c)`, `Mul(c, x)` or `Div(x, c)` with `x` in the region and `c` a positive finite
+/// scalar initializer, whose output is no graph output: (x, the factor x is multiplied by).
+fn rescale(cx: &Ctx, region: &HashMap<String, usize>, n: &pb::NodeProto) -> Option<(String, f32)> {
+    let op = n.op_type.as_deref()?;
+    if !matches!(op, "Mul" | "Div")
+        || n.input.len() != 2
+        || n.output.len() != 1
+        || n.output[0].is_empty()
+        || cx.graph_outputs.contains(n.output[0].as_str())
+    {
+        return None;
+    }
+    let slots: &[(usize, usize)] = if op == "Mul" {
+        &[(0, 1), (1, 0)]
+    } else {
+        &[(0, 1)]
+    };
+    slots.iter().find_map(|&(xs, cs)| {
+        let (x, c) = (&n.input[xs], &n.input[cs]);
+        if !region.contains_key(x.as_str()) || !is_scalar_initializer(cx.g, c) {
+            return None;
+        }
+        let t =
+            cx.g.initializer
+                .iter()
+                .find(|t| t.name.as_ref() == Some(c))?;
+        let v = *onnx::tensor_f32_values(t).ok()?.first()?;
+        let factor = if op == "Div" { 1.0 / v } else { v };
+        (v > 0.0 && factor.is_finite() && factor > 0.0 && factor.is_normal())
+            .then(|| (x.clone(), factor))
+    })
 }
 
 fn is_scalar_initializer(g: &pb::GraphProto, name: &str) -> bool {
@@ -247,6 +312,7 @@ fn add_input(cx: &Ctx, chain: &mut Chain, region: &mut HashMap<String, usize>, x
         slot,
         range_of: x.to_string(),
         constant_for: None,
+        rescale_of: None,
     });
 }
 
@@ -285,6 +351,7 @@ fn add_output(
         slot,
         range_of,
         constant_for: None,
+        rescale_of: None,
     });
 }
 
@@ -449,6 +516,7 @@ mod tests {
             .iter()
             .map(|t| (t.name.as_str(), t.constant_for))
             .collect();
+        // The `* (1/6)` is a positive scalar: folded into the dequantizer of `m`.
         assert_eq!(
             t,
             [
@@ -456,13 +524,56 @@ mod tests {
                 ("three", Some((1, 1))),
                 ("r", None),
                 ("m", None),
-                ("sixth", Some((4, 1))),
                 ("h", None),
                 ("o", None)
             ]
         );
-        assert_eq!(chain.removed, HashSet::from([2]));
+        assert_eq!(chain.tensors[4].rescale_of, Some(("m".into(), 1.0 / 6.0)));
+        assert_eq!(chain.removed, HashSet::from([2, 4]));
         assert!(chain.range_tensors().all(|r| r != "three" && r != "sixth"));
+    }
+
+    #[test]
+    fn mul_and_div_by_a_positive_scalar_fold_into_the_dequantizer() {
+        // Conv -> Div(c, 6) -> d; Mul(k, d) -> m; Mul(m, -1) -> n (negative: a QLinearMul);
+        // Div(6, n) -> e (the constant divided: stays); Conv(m)
+        let g = graph(
+            vec![
+                n("Conv", &["x", "w"], &["c"]),
+                n("Div", &["c", "six"], &["d"]),
+                n("Mul", &["k", "d"], &["m"]),
+                n("Mul", &["m", "neg"], &["n"]),
+                n("Div", &["six", "n"], &["e"]),
+                n("Conv", &["m", "w2"], &["o"]),
+            ],
+            vec![
+                f32_tensor("six", &[], &[6.0]),
+                f32_tensor("k", &[1], &[0.5]),
+                f32_tensor("neg", &[], &[-1.0]),
+            ],
+            &["o", "e"],
+        );
+        let chain = plan(&g, &HashSet::from([0, 5]), false);
+        let r: Vec<(&str, Option<(String, f32)>)> = chain
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.rescale_of.clone()))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                ("c", None),
+                ("d", Some(("c".into(), 1.0 / 6.0))),
+                ("m", Some(("d".into(), 0.5))),
+                ("neg", None),
+                ("n", None),
+                ("o", None)
+            ]
+        );
+        assert_eq!(chain.removed, HashSet::from([1, 2]));
+        assert_eq!(chain.ops["Div by a constant (folded)"], 1);
+        assert_eq!(chain.ops["Mul by a constant (folded)"], 1);
+        assert_eq!(chain.ops["Mul"], 1);
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub struct Activations {
     pub reduce_range_default: bool,
     /// Filled by the calibration stage before the pass runs.
     pub calibrated: Option<Arc<Calibrated>>,
+    /// Keep Convs whose output channels are not a multiple of 16 in float (x86 without VNNI,
+    /// or an unknown CPU): see [`narrow_conv`].
+    pub narrow_convs_float: bool,
+    /// Quantize Convs whatever their weights' size (`minElements` not set): in a static
+    /// chain the activations, not the weights, are what costs (a stem Conv of 432 weights
+    /// on a 160x160 map left float kept its activation ops float too).
+    pub small_convs: bool,
 }
 
 /// Scale and zero point of an activation range (ONNX Runtime's rule): asymmetric widens
@@ -87,6 +94,138 @@ fn without_gather(sel: &Selection) -> Selection {
     }
 }
 
+/// Output channels per pass of ONNX Runtime 1.31's AVX2 int8 convolution kernel
+/// (`MlasConvSymDispatchAvx2`: 16 channels a pass, the rest at half width).
+const AVX2_CONV_CHANNELS: usize = 16;
+
+/// The largest narrow Conv weight kept float (64 Ki values: at most 192 KiB more than int8).
+const NARROW_CONV_MAX_WEIGHTS: usize = 65536;
+
+/// Why a Conv stays float on x86 without VNNI: its output channels are not a multiple of 16.
+/// ONNX Runtime's AVX2 int8 kernel (u8 x s8 `vpmaddubsw` + `vpmaddwd`, on AMD Zen one
+/// multiply pipe) is at best even with its float NCHWc kernel (two FMA pipes, 8-channel
+/// blocks), and the last partial block of 16 channels runs at half width: measured on a
+/// 2-core AMD EPYC (AVX2, no VNNI), 1 thread, PP-OCRv4 det's 96 -> 24 3x3 Convs ran 1.33-1.39x
+/// their float time and YOLOv8n's 64 -> 18 class Convs 1.4x, where Convs with 16, 32, 64, ...
+/// output channels ran 0.96-1.19x. A float Conv between integer ones costs a DQ before and
+/// a Q after it, which the narrow output keeps small. Only small weights (at most
+/// [`NARROW_CONV_MAX_WEIGHTS`] values) stay float, so the size given up stays small: in
+/// these models a narrow Conv with many weights has a long reduction over a small map
+/// (PP-OCRv4 rec's 960 -> 60 1x3 Conv on a 1x40 map), where the time at stake is small too.
+fn narrow_conv(w: &super::Weight) -> Option<String> {
+    let conv = w.users.iter().any(|(_, op)| op == "Conv");
+    let cout = *w.dims.first()?;
+    (conv && cout % AVX2_CONV_CHANNELS != 0 && w.numel() <= NARROW_CONV_MAX_WEIGHTS).then(|| {
+        format!(
+            "Conv with {cout} output channels (not a multiple of {AVX2_CONV_CHANNELS}): ONNX              Runtime's int8 kernel on x86 without VNNI runs it slower than float; kept float              (spec.target.cpu auto or x86-avx2; x86-vnni quantizes it)"
+        )
+    })
+}
+
+/// The weights the static pass quantizes: the selection, less Convs that stay float on the
+/// target ([`narrow_conv`]), each said in `skipped`.
+fn static_weights(
+    cfg: &QuantizeConfig,
+    model: &Model,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<super::Weight> {
+    let g = model.graph();
+    let sel = without_gather(&cfg.select);
+    let mut weights = if cfg.activations.small_convs {
+        let all = Selection {
+            min_elements: 0,
+            ..sel.clone()
+        };
+        let mut weights = select_weights(model, &all, skipped);
+        weights.retain(|w| {
+            let convs = w.users.iter().all(|(_, op)| op == "Conv");
+            let keep = convs || w.numel() as u64 >= sel.min_elements;
+            if !keep {
+                let (ni, _) = w.users[0];
+                skipped.push(Skipped {
+                    node: node_label(&g.node[ni], ni),
+                    reason: format!(
+                        "weight `{}` has {} elements, below minElements {}",
+                        w.name,
+                        w.numel(),
+                        sel.min_elements
+                    ),
+                });
+            }
+            keep
+        });
+        weights
+    } else {
+        select_weights(model, &sel, skipped)
+    };
+    if cfg.activations.narrow_convs_float {
+        let mut narrow: Vec<(usize, String)> = weights
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| narrow_conv(w).map(|r| (i, r)))
+            .collect();
+        // ONNX Runtime fuses `DQ -> Conv -> Q` into QLinearConv whatever the weight's type:
+        // a narrow Conv whose output (or the Relu/Clip after it) the plan quantizes anyway
+        // runs integer, so it is quantized (its weights stored int8) instead.
+        for _ in 0..4 {
+            let float: HashSet<usize> = narrow.iter().map(|(i, _)| *i).collect();
+            let kept: Vec<super::Weight> = weights
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !float.contains(i))
+                .map(|(_, w)| w.clone())
+                .collect();
+            let chain = qdq_chain::plan(g, &conv_users(&kept), cfg.activations.symmetric);
+            let quantized: HashSet<&str> = chain
+                .tensors
+                .iter()
+                .map(|t| t.source.as_str())
+                .chain(
+                    kept.iter()
+                        .flat_map(|w| w.users.iter().map(|(ni, _)| g.node[*ni].input[0].as_str())),
+                )
+                .collect();
+            let consumers = onnx::consumers(g);
+            let fused = |w: &super::Weight| {
+                w.users.iter().any(|(ni, _)| {
+                    let y = g.node[*ni].output[0].as_str();
+                    quantized.contains(y)
+                        || consumers.get(y).is_some_and(|c| {
+                            c.iter().any(|(ri, _)| {
+                                matches!(g.node[*ri].op_type.as_deref(), Some("Relu" | "Clip"))
+                                    && quantized.contains(g.node[*ri].output[0].as_str())
+                            })
+                        })
+                })
+            };
+            let before = narrow.len();
+            narrow.retain(|(i, _)| !fused(&weights[*i]));
+            if narrow.len() == before {
+                break;
+            }
+        }
+        let float: HashMap<usize, String> = narrow.into_iter().collect();
+        let mut i = 0;
+        weights.retain(|w| {
+            let reason = float.get(&i);
+            i += 1;
+            match reason {
+                Some(reason) => {
+                    for (ni, _) in &w.users {
+                        skipped.push(Skipped {
+                            node: node_label(&g.node[*ni], *ni),
+                            reason: reason.clone(),
+                        });
+                    }
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+    weights
+}
+
 /// The activations the pass will quantize on `model`: each selected node's data input, and
 /// the integer region around its Convs ([`qdq_chain`]), in graph order, without repeats.
 pub fn calibration_tensors(cfg: &QuantizeConfig, model: &Model) -> Vec<String> {
@@ -104,7 +243,7 @@ pub fn calibration_tensors(cfg: &QuantizeConfig, model: &Model) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut seen = HashSet::new();
     let mut skipped = Vec::new();
-    let weights = select_weights(model, &without_gather(&cfg.select), &mut skipped);
+    let weights = static_weights(cfg, model, &mut skipped);
     let chain = qdq_chain::plan(g, &conv_users(&weights), cfg.activations.symmetric);
     let inputs = weights
         .iter()
@@ -180,7 +319,7 @@ fn constant_pair(
 /// Returns what it did, for the report.
 pub(super) fn prepare(cfg: &QuantizeConfig, model: &mut Model) -> Result<Option<String>> {
     let mut skipped = Vec::new();
-    let convs = select_weights(model, &without_gather(&cfg.select), &mut skipped)
+    let convs = static_weights(cfg, model, &mut skipped)
         .iter()
         .any(|w| w.users.iter().any(|(_, op)| op == "Conv"));
     if !convs {
@@ -232,7 +371,7 @@ fn weight_bytes(g: &pb::GraphProto) -> usize {
 /// Whether the pass has a weight to quantize besides embedding tables (which need no opset
 /// 13), so an upgrade is worth doing.
 pub(super) fn needs_weights(cfg: &QuantizeConfig, model: &Model) -> bool {
-    !select_weights(model, &without_gather(&cfg.select), &mut Vec::new()).is_empty()
+    !static_weights(cfg, model, &mut Vec::new()).is_empty()
 }
 
 fn raw_tensor(name: &str, dims: &[i64], dtype: DataType, raw: Vec<u8>) -> pb::TensorProto {
@@ -259,11 +398,27 @@ fn zero_point(name: &str, zp: i32, uint8: bool) -> pb::TensorProto {
     }
 }
 
-/// One quantized activation: its scale, and the name quantized consumers read.
+/// One quantized activation: its scale, the name quantized consumers read, and the int8
+/// tensor and zero point its dequantizer reads.
 #[derive(Clone)]
 struct Act {
     scale: f32,
     read: String,
+    q: String,
+    zero_point: String,
+}
+
+impl Act {
+    /// From the `Q -> DQ` pair that quantizes it.
+    fn of(scale: f32, read: String, pair: &[pb::NodeProto]) -> Act {
+        let dq = &pair[1].input;
+        Act {
+            scale,
+            read,
+            q: dq[0].clone(),
+            zero_point: dq[2].clone(),
+        }
+    }
 }
 
 pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassReport> {
@@ -368,7 +523,7 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
         report.skipped.extend(r.skipped);
     }
 
-    let weights = select_weights(model, &without_gather(&cfg.select), &mut report.skipped);
+    let weights = static_weights(cfg, model, &mut report.skipped);
     let qmax: i8 = if cfg.reduce_range { 63 } else { 127 };
     let g = model.graph();
     let consumers = onnx::consumers(g);
@@ -433,7 +588,50 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
     // The integer region around the Convs first: its tensors are quantized at their
     // producers, and the Convs below read them.
     let chain = qdq_chain::plan(g, &conv_users(&weights), a.symmetric);
+    // The Mul/Div nodes folded into dequantizers: a tensor only they read needs no DQ of
+    // its own (its int8 values are read at their scales instead).
+    let rescaled: HashSet<usize> = chain
+        .tensors
+        .iter()
+        .filter(|t| t.rescale_of.is_some())
+        .filter_map(|t| t.producer)
+        .collect();
+    let only_rescaled = |name: &str| {
+        !graph_outputs.contains(name)
+            && consumers
+                .get(name)
+                .is_some_and(|c| c.iter().all(|(ni, _)| rescaled.contains(ni)))
+    };
     for t in &chain.tensors {
+        // A Mul/Div by a positive scalar: dequantized from its input's int8 values at the
+        // scaled scale, in place of the node (which goes).
+        if let Some((x, factor)) = &t.rescale_of {
+            let Some(src) = acts.get(x).cloned() else {
+                continue;
+            };
+            let ni = t.producer.expect("a rescaled tensor has its node");
+            let scale = src.scale * factor;
+            if !only_rescaled(&t.name) {
+                let s = namer.fresh(&format!("{}_scale", t.name));
+                new_inits.push(f32_tensor(&s, &[], &[scale]));
+                before.entry(ni).or_default().push(onnx::node(
+                    "DequantizeLinear",
+                    namer.fresh(&format!("{}_DequantizeLinear", t.name)),
+                    vec![src.q.clone(), s, src.zero_point.clone()],
+                    vec![t.name.clone()],
+                    vec![],
+                ));
+            }
+            acts.insert(
+                t.name.clone(),
+                Act {
+                    scale,
+                    read: t.name.clone(),
+                    ..src
+                },
+            );
+            continue;
+        }
         if let Some((ni, slot)) = t.constant_for {
             let read = constant_pair(g, &t.name, a, &mut namer, &mut new_inits, &mut before)?;
             input_renames.push((ni, slot, read));
@@ -442,7 +640,7 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
         if !ranges.contains_key(&t.range_of) {
             continue;
         }
-        let (scale, read) = match t.producer {
+        let act = match t.producer {
             Some(p) => {
                 let src = if t.source == t.name {
                     let pre = namer.fresh(&format!("{}_float", t.name));
@@ -459,8 +657,13 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
                     &src,
                     &t.name,
                 );
-                after.entry(p).or_default().extend(nodes);
-                (scale, t.name.clone())
+                let act = Act::of(scale, t.name.clone(), &nodes);
+                let keep = if only_rescaled(&t.name) { 1 } else { 2 };
+                after
+                    .entry(p)
+                    .or_default()
+                    .extend(nodes.into_iter().take(keep));
+                act
             }
             None => {
                 let read = namer.fresh(&format!("{}_dequantized", t.name));
@@ -472,14 +675,15 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
                     &t.name,
                     &read,
                 );
+                let act = Act::of(scale, read.clone(), &nodes);
                 before.entry(0).or_default().extend(nodes);
                 for &(ni, slot) in consumers.get(t.name.as_str()).into_iter().flatten() {
                     input_renames.push((ni, slot, read.clone()));
                 }
-                (scale, read)
+                act
             }
         };
-        acts.insert(t.name.clone(), Act { scale, read });
+        acts.insert(t.name.clone(), act);
     }
     removed.extend(chain.removed.iter().copied().filter(|r| {
         let out = &g.node[*r].output[0];
@@ -591,8 +795,8 @@ pub(super) fn apply(cfg: &QuantizeConfig, model: &mut Model) -> Result<PassRepor
                 None => {
                     let read = namer.fresh(&format!("{x}_dequantized"));
                     let (scale, nodes) = pair(&mut namer, &mut new_inits, &x, &x, &read);
+                    let act = Act::of(scale, read, &nodes);
                     before.entry(ni).or_default().extend(nodes);
-                    let act = Act { scale, read };
                     acts.insert(x.clone(), act.clone());
                     act
                 }
