@@ -135,6 +135,16 @@ fn value_of(
         fix: "add an integer `labels` array to the npz",
     };
     let task = |key: &str| cand.task.get(key).copied();
+    // Original minus candidate of a metric against the labels (`up`: candidate minus original).
+    let labels_drop =
+        |threshold: &'static str, key: &str, up: bool| -> Result<f64, MissingMetric> {
+            let (b, c) = base.task.get(key).zip(task(key)).ok_or(MissingMetric {
+                threshold,
+                why: "the dataset has no labels for the task",
+                fix: "add a labels array shaped for the task (spec.dataset.labels)",
+            })?;
+            Ok(if up { c - b } else { b - c })
+        };
     let missing = |threshold: &'static str| MissingMetric {
         threshold,
         why: "its metric was not measured on this output",
@@ -174,6 +184,10 @@ fn value_of(
             .zip(task("topKAccuracy"))
             .map(|(b, c)| b - c)
             .ok_or_else(|| no_labels(n))?,
+        C::MaxSequenceMatchDrop
+        | C::MaxCharErrorRateIncrease
+        | C::MaxDetectionF1Drop
+        | C::MaxMap50Drop => labels_drop(n, metric_key(name), name == C::MaxCharErrorRateIncrease)?,
         C::MaxMeanAbsError => cand.mean_abs_error.ok_or_else(|| missing(n))?,
         C::MaxAbsError => cand.max_abs_error.ok_or_else(|| missing(n))?,
         C::MinTopKAgreement
@@ -200,6 +214,10 @@ pub fn metric_key(name: CheckName) -> &'static str {
         C::MinNeighbourRecall => "neighbourRecall",
         C::MaxWorstSliceDrop => "worstSliceDrop",
         C::MaxTopKAccuracyDrop => "topKAccuracy",
+        C::MaxSequenceMatchDrop => "sequenceMatchLabels",
+        C::MaxCharErrorRateIncrease => "charErrorRateLabels",
+        C::MaxDetectionF1Drop => "detectionF1Labels",
+        C::MaxMap50Drop => "map50Labels",
         C::MaxAccuracyDrop | C::MaxRelativeAccuracyDrop => "accuracy",
         C::MinAgreement => "agreement",
         C::MinCosineSimilarity => "cosineSimilarity",

@@ -141,6 +141,11 @@ impl<'c> Capture<'c> {
         self.out.classes
     }
 
+    /// The per-sample shape after the selection, once the first batch is in.
+    pub fn shape(&self) -> &[usize] {
+        &self.out.shape
+    }
+
     pub fn finish(self) -> Outputs {
         self.out
     }
