@@ -127,6 +127,21 @@ fn a_candidate_that_misses_a_threshold_is_rejected_with_exit_1() {
         "{f:?}"
     );
     assert!(!dir.path().join("production").exists());
+    // The original with its weights stored as typed floats instead of raw bytes: the same
+    // values, so no weight is compressed.
+    let mut m = kompress::onnx::load(&repo().join("examples/digits/model.onnx"))
+        .unwrap()
+        .proto;
+    for t in &mut m.graph.as_mut().unwrap().initializer {
+        t.float_data = kompress::onnx::tensor_f32_values(t).unwrap();
+        t.raw_data = None;
+    }
+    let copy = dir.path().join("copy.onnx");
+    write_model(&m, &copy);
+    let (code, ev, _, err) = evaluate(&job, &copy, true);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(check(&ev, "tensorsCompressed")["value"], 0.0, "{ev}");
+    assert_eq!(failed(&ev), ["tensorsCompressed"], "{ev}");
     // The table says so too; the original itself is no compressed model.
     let (code, _, out, err) = evaluate(&job, &repo().join("examples/digits/model.onnx"), false);
     assert_eq!(code, 1, "{err}");

@@ -113,12 +113,26 @@ fn mismatch(original: &pb::GraphProto, candidate: &pb::GraphProto) -> Option<Str
         })
 }
 
-/// A weight's content, without its name (a tool may rename what it leaves alone).
+/// A weight's content: its type, shape and values, whatever its name and however they are
+/// stored (a tool may rename what it leaves alone, or write raw bytes where the original had
+/// typed fields).
 fn content_key(t: &pb::TensorProto) -> [u8; 32] {
-    let mut t = t.clone();
-    t.name = None;
-    t.doc_string = None;
-    Sha256::digest(t.encode_to_vec()).into()
+    let mut h = Sha256::new();
+    h.update(t.data_type.unwrap_or(0).to_le_bytes());
+    for d in &t.dims {
+        h.update(d.to_le_bytes());
+    }
+    match (onnx::tensor_f32_values(t), &t.raw_data) {
+        (Ok(v), _) => h.update(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+        (Err(_), Some(raw)) => h.update(raw),
+        (Err(_), None) => {
+            let mut t = t.clone();
+            t.name = None;
+            t.doc_string = None;
+            h.update(t.encode_to_vec());
+        }
+    }
+    h.finalize().into()
 }
 
 /// The candidate's weights whose content no weight of the original has: what the other tool

@@ -1227,7 +1227,7 @@ pub fn judge(
 ) -> Result<(Metrics, Metrics, gate::Decision)> {
     let (metrics, baseline) = evaluate(candidate, base, ui)?;
     if candidate.tensors_changed() == 0 {
-        ui.stage("no weight differs from the original's: the candidate is the original model (see the skipped reasons in the report)");
+        ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
     }
     let decision = gate::decide(
         &spec.thresholds,
