@@ -176,22 +176,8 @@ fn a_recognizer_reading_9_as_q_is_caught_by_sequence_match_while_cosine_passes()
     let d = models().join("ppocr");
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("meta.json")).unwrap()).unwrap();
-    let (a, b) = (
-        meta["swap"][0].as_i64().unwrap(),
-        meta["swap"][1].as_i64().unwrap(),
-    );
-    let mut perm: Vec<i64> = (0..6625).collect();
-    perm.swap(a as usize, b as usize);
     let dir = tempfile::tempdir().unwrap();
-    let cand = dir.path().join("swapped.onnx");
-    planted(
-        &d.join("model.onnx"),
-        &cand,
-        "softmax_11.tmp_0",
-        "Gather",
-        i64_tensor("plant_perm", &perm),
-        Some(2),
-    );
+    let cand = ocr_swapped(dir.path());
     let ev = evaluation(json!({"batchSize": 8, "task": {"sequence": {"blank": 0}}}));
     let t = Thresholds {
         min_cosine_similarity: Some(0.99),
@@ -221,22 +207,28 @@ fn a_recognizer_reading_9_as_q_is_caught_by_sequence_match_while_cosine_passes()
     );
 }
 
-#[test]
-fn a_detector_that_swaps_two_classes_is_caught_by_f1_and_map_while_cosine_passes() {
-    let d = models().join("yolo");
-    // FACE_FEMALE (1) and FACE_MALE (12): rows 4 + class of the [4 + 18, anchors] output.
+/// The detector with FACE_FEMALE (1) and FACE_MALE (12) swapped: rows 4 + class of its
+/// [4 + 18, anchors] output.
+fn yolo_swapped(dir: &Path) -> PathBuf {
     let mut perm: Vec<i64> = (0..22).collect();
     perm.swap(5, 16);
-    let dir = tempfile::tempdir().unwrap();
-    let cand = dir.path().join("swapped.onnx");
+    let cand = dir.join("swapped.onnx");
     planted(
-        &d.join("model.onnx"),
+        &models().join("yolo/model.onnx"),
         &cand,
         "output0",
         "Gather",
         i64_tensor("plant_perm", &perm),
         Some(1),
     );
+    cand
+}
+
+#[test]
+fn a_detector_that_swaps_two_classes_is_caught_by_f1_and_map_while_cosine_passes() {
+    let d = models().join("yolo");
+    let dir = tempfile::tempdir().unwrap();
+    let cand = yolo_swapped(dir.path());
     let ev = evaluation(json!({"batchSize": 8, "task": {"detection": {"layout": "yolov8"}}}));
     let t = Thresholds {
         min_cosine_similarity: Some(0.999),
@@ -381,16 +373,24 @@ fn ocr_targets(model: &Path, texts: &[&str]) -> Npy {
     i64_shaped(&[texts.len(), len], &v)
 }
 
-fn ocr_texts() -> Vec<String> {
+/// The recognizer's evaluation set in `dir` with the lines' text as array `name`.
+fn ocr_labelled(dir: &Path, name: &str) -> PathBuf {
+    let d = models().join("ppocr");
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(models().join("ppocr/meta.json")).unwrap())
-            .unwrap();
-    meta["texts"]
+        serde_json::from_str(&std::fs::read_to_string(d.join("meta.json")).unwrap()).unwrap();
+    let texts: Vec<&str> = meta["texts"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t.as_str().unwrap().to_string())
-        .collect()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let data = dir.join("eval.npz");
+    npz_with(
+        &d.join("eval.npz"),
+        &data,
+        &[(name, ocr_targets(&d.join("model.onnx"), &texts))],
+    );
+    data
 }
 
 /// The 9/Q swap of the planted recognizer (see the test above).
@@ -419,14 +419,7 @@ fn ocr_swapped(dir: &Path) -> PathBuf {
 fn a_recognizer_is_scored_against_the_text_it_was_shown() {
     let d = models().join("ppocr");
     let dir = tempfile::tempdir().unwrap();
-    let texts = ocr_texts();
-    let t: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let data = dir.path().join("eval.npz");
-    npz_with(
-        &d.join("eval.npz"),
-        &data,
-        &[("labels", ocr_targets(&d.join("model.onnx"), &t))],
-    );
+    let data = ocr_labelled(dir.path(), "labels");
     let cand = ocr_swapped(dir.path());
     let ev = evaluation(json!({"batchSize": 8, "task": {"sequence": {"blank": 0}}}));
     let th = Thresholds {
@@ -514,17 +507,7 @@ fn a_detector_is_scored_against_labelled_boxes() {
         &data,
         &[("labels", detections_as_labels(&dets, false))],
     );
-    let mut perm: Vec<i64> = (0..22).collect();
-    perm.swap(5, 16);
-    let cand = dir.path().join("swapped.onnx");
-    planted(
-        &d.join("model.onnx"),
-        &cand,
-        "output0",
-        "Gather",
-        i64_tensor("plant_perm", &perm),
-        Some(1),
-    );
+    let cand = yolo_swapped(dir.path());
     let th = Thresholds {
         max_detection_f1_drop: Some(0.05),
         max_map50_drop: Some(0.05),
@@ -640,14 +623,7 @@ fn labels_of_the_wrong_shape_or_type_for_the_task_name_the_field() {
 fn kompress_evaluate_gates_recognizers_made_elsewhere_on_their_text() {
     let d = models().join("ppocr");
     let dir = tempfile::tempdir().unwrap();
-    let texts = ocr_texts();
-    let t: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let data = dir.path().join("eval.npz");
-    npz_with(
-        &d.join("eval.npz"),
-        &data,
-        &[("lines", ocr_targets(&d.join("model.onnx"), &t))],
-    );
+    let data = ocr_labelled(dir.path(), "lines");
     let yaml = format!(
         "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: ppocr-gate\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n    labels: lines\n  passes:\n    - fp16: {{}}\n  evaluation:\n    batchSize: 8\n    task: {{sequence: {{blank: 0}}}}\n    latency: {{warmup: 1, iterations: 3}}\n  thresholds:\n    minSequenceMatch: 0.9\n    maxSequenceMatchDrop: 0.05\n    maxCharErrorRateIncrease: 0.02\n  output:\n    uri: {}\n",
         d.join("model.onnx").display(),

@@ -871,15 +871,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn detection_f1_and_map50_by_hand() {
-        let task = Task::Detection(Detector {
+    fn detection() -> Task {
+        Task::Detection(Detector {
             layout: crate::api::DetectionLayout::Yolov8,
             outputs: None,
             score_threshold: 0.25,
             iou_threshold: 0.45,
             max_detections: 100,
-        });
+        })
+    }
+
+    #[test]
+    fn detection_f1_and_map50_by_hand() {
+        let task = detection();
         // Class 0: two true boxes (samples 0 and 1). The candidate ranks: 0.9 a match,
         // 0.8 a stray box, 0.7 a match: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1:
         // AP = 1/2 · 1 + 1/2 · 2/3 = 5/6. F1: tp 2, fp 1, missed 0 -> 4/5.
@@ -899,13 +903,7 @@ mod tests {
 
     #[test]
     fn detections_against_labels_give_both_models_scores_and_the_drop() {
-        let task = Task::Detection(Detector {
-            layout: crate::api::DetectionLayout::Yolov8,
-            outputs: None,
-            score_threshold: 0.25,
-            iou_threshold: 0.45,
-            max_detections: 100,
-        });
+        let task = detection();
         // Truth: one class-0 box per sample. The original finds both; the candidate finds
         // sample 0's and calls sample 1's class 1: F1 1 vs 1/2, mAP 1 vs 1/2 (class 0: AP
         // 1/2; class 1: no true box, left out).

@@ -3,8 +3,8 @@
 //! promoted nowhere. The stages are `run`'s: fetch, baseline, [`judge`], edge cases.
 
 use super::{
-    Candidate, Chosen, Error, Judged, Outcome, Result, RunOptions, baseline, edge_cases_of, fetch,
-    judge, stage, total_usage, unique_run_id,
+    Candidate, Chosen, Error, Judged, Outcome, Result, RunOptions, fetch_and_baseline, judge,
+    stage, total_usage, unique_run_id,
 };
 use crate::api::{CompressionJobSpec, validate};
 use crate::onnx::{self, DataType, Model, pb};
@@ -223,18 +223,13 @@ pub async fn evaluate_external(
     let storage = Storage::new(spec.storage.as_ref());
     let run_id = unique_run_id(opts.run_id.as_deref().unwrap_or(&job.name), started_at);
     let mut stages = Vec::new();
-    let t = Instant::now();
-    let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
-    stages.push(stage("fetch", t));
-    let t = Instant::now();
-    let base = baseline(&inputs, spec, ui)?;
-    stages.push(stage("baseline", t));
+    let (inputs, base) = fetch_and_baseline(spec, &storage, opts, ui, &mut stages).await?;
     let t = Instant::now();
     ui.stage(&format!("candidate: {shown}"));
     let cand = external_candidate(candidate, &base.model)?;
     let (metrics, base_metrics, decision) = judge(&cand, &base, spec, ui)?;
     stages.push(stage("evaluate", t));
-    let mut chosen = Chosen {
+    let chosen = Chosen {
         candidate: cand,
         metrics,
         baseline: base_metrics,
@@ -243,21 +238,16 @@ pub async fn evaluate_external(
         calibration: None,
         search: None,
     };
-    let t = Instant::now();
-    let edge_cases = edge_cases_of(&inputs, &base, spec, &mut chosen, ui)?;
-    if edge_cases.is_some() {
-        stages.push(stage("edgeCases", t));
-    }
-    let judged = Judged {
+    let judged = Judged::new(
         job,
         spec,
-        inputs: &inputs,
-        run_id,
-        started,
-        started_at,
+        &inputs,
+        &base,
         chosen,
-        edge_cases,
-    };
+        (run_id, started, started_at),
+        &mut stages,
+        ui,
+    )?;
     let mut result = judged.result(base.model.file_bytes, stages);
     total_usage(&mut result, started);
     Ok(Outcome {

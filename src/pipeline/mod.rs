@@ -1271,7 +1271,37 @@ pub struct Judged<'a> {
     pub edge_cases: Option<crate::report::EdgeCasesReport>,
 }
 
-impl Judged<'_> {
+impl<'a> Judged<'a> {
+    /// Stage 4c on the chosen candidate (`spec.edgeCases`, its checks joining the decision),
+    /// timed into `stages`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        job: &'a JobRef,
+        spec: &'a CompressionJobSpec,
+        inputs: &'a Inputs,
+        base: &Baseline,
+        mut chosen: Chosen,
+        (run_id, started, started_at): (String, Instant, jiff::Timestamp),
+        stages: &mut Vec<crate::api::StageTime>,
+        ui: &Ui,
+    ) -> Result<Self> {
+        let t = Instant::now();
+        let edge_cases = edge_cases_of(inputs, base, spec, &mut chosen, ui)?;
+        if edge_cases.is_some() {
+            stages.push(stage("edgeCases", t));
+        }
+        Ok(Judged {
+            job,
+            spec,
+            inputs,
+            run_id,
+            started,
+            started_at,
+            chosen,
+            edge_cases,
+        })
+    }
+
     /// The result before anything is published; `stages` times the run so far.
     fn result(&self, original_bytes: u64, stages: Vec<crate::api::StageTime>) -> JobResult {
         let (inputs, c) = (self.inputs, &self.chosen);
@@ -1483,34 +1513,23 @@ pub async fn run(
     let run_id = unique_run_id(opts.run_id.as_deref().unwrap_or(&job.name), started_at);
 
     let mut stages = Vec::new();
-    let t = Instant::now();
-    let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
-    stages.push(stage("fetch", t));
-    let t = Instant::now();
-    let base = baseline(&inputs, spec, ui)?;
-    stages.push(stage("baseline", t));
+    let (inputs, base) = fetch_and_baseline(spec, &storage, opts, ui, &mut stages).await?;
     let t = Instant::now();
     let chosen = match &spec.search {
         Some(s) => search::search(&inputs, &base, spec, s, &opts.scratch, ui)?,
         None => fixed_recipe(&inputs, &base, spec, &opts.scratch, ui)?,
     };
     stages.push(stage("compress", t));
-    let mut chosen = chosen;
-    let t = Instant::now();
-    let edge_cases = edge_cases_of(&inputs, &base, spec, &mut chosen, ui)?;
-    if edge_cases.is_some() {
-        stages.push(stage("edgeCases", t));
-    }
-    let judged = Judged {
+    let judged = Judged::new(
         job,
         spec,
-        inputs: &inputs,
-        run_id: run_id.clone(),
-        started,
-        started_at,
+        &inputs,
+        &base,
         chosen,
-        edge_cases,
-    };
+        (run_id.clone(), started, started_at),
+        &mut stages,
+        ui,
+    )?;
     let result = judged.result(base.model.file_bytes, stages);
     let report = |r: &JobResult, passes: &[PassReport]| judged.report(r, passes);
     let (candidate, recipe) = (&judged.chosen.candidate, &judged.chosen.recipe);
@@ -1568,6 +1587,23 @@ pub async fn run(
         report: report(&published, &candidate.passes),
         result: published,
     })
+}
+
+/// Stages 1 and 2, timed into `stages`.
+async fn fetch_and_baseline(
+    spec: &CompressionJobSpec,
+    storage: &Storage,
+    opts: &RunOptions,
+    ui: &Ui,
+    stages: &mut Vec<crate::api::StageTime>,
+) -> Result<(Inputs, Baseline)> {
+    let t = Instant::now();
+    let inputs = fetch(spec, storage, &opts.scratch, ui).await?;
+    stages.push(stage("fetch", t));
+    let t = Instant::now();
+    let base = baseline(&inputs, spec, ui)?;
+    stages.push(stage("baseline", t));
+    Ok((inputs, base))
 }
 
 /// How long a stage took, from `since`.

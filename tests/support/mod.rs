@@ -248,18 +248,18 @@ pub fn npz_with(src: &Path, dst: &Path, arrays: &[(&str, Npy)]) {
         .write(true)
         .open(dst)
         .unwrap();
-    let mut z = zip::ZipWriter::new_append(f).unwrap();
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, a) in arrays {
-        z.start_file(format!("{name}.npy"), opts).unwrap();
-        z.write_all(&npy_bytes(a)).unwrap();
-    }
-    z.finish().unwrap();
+    add_members(zip::ZipWriter::new_append(f).unwrap(), arrays);
 }
 
 pub fn write_npz(path: &Path, arrays: &[(&str, Npy)]) {
-    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    add_members(
+        zip::ZipWriter::new(std::fs::File::create(path).unwrap()),
+        arrays,
+    );
+}
+
+/// Stores `arrays` as `<name>.npy` members and finishes the archive.
+fn add_members(mut z: zip::ZipWriter<std::fs::File>, arrays: &[(&str, Npy)]) {
     let opts =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, a) in arrays {
