@@ -325,6 +325,33 @@ mod tests {
     }
 
     #[test]
+    fn label_drops_are_original_minus_candidate_and_need_labels() {
+        let t = Thresholds {
+            max_sequence_match_drop: Some(0.05),
+            max_char_error_rate_increase: Some(0.01),
+            ..Default::default()
+        };
+        let with = |matched: f64, cer: f64| {
+            let mut x = m(1, 0.9, 1.0, 1.0);
+            x.task.insert("sequenceMatchLabels".into(), matched);
+            x.task.insert("charErrorRateLabels".into(), cer);
+            x
+        };
+        let d = decide(&t, &with(0.9, 0.02), &with(0.8, 0.025), 1).unwrap();
+        let v = |n: &str| d.checks.iter().find(|c| c.name == n).unwrap().clone();
+        let drop = v("maxSequenceMatchDrop");
+        assert!((drop.value - 0.1).abs() < 1e-12 && !drop.passed, "{drop:?}");
+        let rise = v("maxCharErrorRateIncrease");
+        assert!(
+            (rise.value - 0.005).abs() < 1e-12 && rise.passed,
+            "{rise:?}"
+        );
+        let e = decide(&t, &m(1, 0.9, 1.0, 1.0), &with(0.8, 0.0), 1).unwrap_err();
+        assert_eq!(e.threshold, "maxSequenceMatchDrop");
+        assert!(e.to_string().contains("labels"), "{e}");
+    }
+
+    #[test]
     fn no_thresholds_pass_with_only_the_change_check() {
         let d = decide(
             &Thresholds::default(),
