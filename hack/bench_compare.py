@@ -17,6 +17,12 @@ wall time and peak RSS come from wait4() (the same method for both). Models, dat
 python venv are cached under ~/.cache/kompress (KOMPRESS_CACHE), so a second run only measures.
 A mode this build of kompress does not have yet is shown as `n/a (not in this build)`; its
 reference is still measured.
+
+Every output model, kompress's and the reference tool's alike, is also scored by one code path:
+`kompress evaluate -f <job> --candidate <output>`, with a per-model job (GATES) that sets the
+task the application reads (classification, embedding with masked mean pooling, CTC sequence
+with the lines' text as labels, YOLOv8 detection) and a gate on it; each model's section ends
+with that table (task metrics, verdict) of both tools side by side.
 """
 from __future__ import annotations
 
@@ -128,6 +134,31 @@ MODELS = {
                   "n_calib": 32, "quick": (24, 16)},
 }
 CNN_MODELS = ["open-nsfw", "yolov8n", "ppocr-det", "ppocr-rec"]
+# The job `kompress evaluate` judges every output of a model with (`spec.evaluation` and
+# `spec.thresholds` lines); `labels`: the dataset's labels ("npz": its own array, "text": the
+# lines' text as CTC targets); `metrics`: the columns shown (Metrics fields or task metrics).
+_EMBED = "pool: {{op: mean, axis: 0, mask: attention_mask}}\n    normalize: true\n    task: {{embedding: {{k: 5}}}}"
+_OCR = {"labels": "text", "evaluation": "task: {sequence: {blank: 0}}",
+        "thresholds": "minSequenceMatch: 0.9\n    maxSequenceMatchDrop: 0.05",
+        "metrics": ["sequenceMatch", "charErrorRate", "sequenceMatchLabels", "charErrorRateLabels"]}
+GATES = {
+    "digits": {"labels": "npz", "evaluation": "task: {classification: {topK: 2}}",
+               "thresholds": "maxAccuracyDrop: 0.01\n    minAgreement: 0.98",
+               "metrics": ["accuracy", "agreement", "topKAccuracy", "macroF1"]},
+    "minilm-l3": {"evaluation": "output: onnx::Shape_422\n    " + _EMBED.format(),
+                  "thresholds": "minNeighbourRecall: 0.9\n    minCosineSimilarity: 0.99",
+                  "metrics": ["neighbourRecall", "cosineSimilarity"]},
+    "minilm-l6": {"evaluation": "output: last_hidden_state\n    " + _EMBED.format(),
+                  "thresholds": "minNeighbourRecall: 0.9\n    minCosineSimilarity: 0.99",
+                  "metrics": ["neighbourRecall", "cosineSimilarity"]},
+    "ppocr-rec": _OCR,
+    "ppocr-rec-init": _OCR,
+    "open-nsfw": {"evaluation": "task: {classification: {topK: 1}}", "thresholds": "minAgreement: 0.95",
+                  "metrics": ["agreement", "macroF1", "maxAbsError"]},
+    "yolov8n": {"evaluation": "task: {detection: {layout: yolov8}}",
+                "thresholds": "minDetectionF1: 0.9\n    minMap50: 0.85",
+                "metrics": ["detectionF1", "map50", "cosineSimilarity"]},
+}
 QUICK_MODELS = ["digits", "minilm-l3"]
 FULL_MODELS = ["digits", "minilm-l3", "minilm-l6", "ppocr-rec", "ppocr-rec-init"]
 
@@ -629,6 +660,80 @@ def reference_main(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the gate: kompress evaluate
+
+def gate_job(key: str, model: Path, d: Path, n_eval: int, ctx: dict, tmp: Path, threads: int) -> Path:
+    """The job `kompress evaluate` judges this model's outputs with (GATES); for the OCR model,
+    an evaluation set with the lines' text as CTC targets (labels [N, L], -1 padded)."""
+    import numpy as np
+    g, spec = GATES[key], MODELS[key]
+    data, labels = d / "eval.npz", ""
+    if g.get("labels") == "npz":
+        labels = "    labels: labels\n"
+    elif g.get("labels") == "text":
+        index = {c: i for i, c in enumerate(ctx["chars"]) if i > 0}
+        texts = ctx["truth"]
+        ids = np.full((len(texts), max(len(t) for t in texts)), -1, np.int64)
+        for i, t in enumerate(texts):
+            ids[i, :len(t)] = [index[c] for c in t]
+        with np.load(d / "eval.npz") as z:
+            arrays = {k: z[k][:n_eval] for k in z.files}
+        data = tmp / "eval-labels.npz"
+        np.savez(data, labels=ids, **arrays)
+        labels = "    labels: labels\n"
+    job = tmp / "gate.yaml"
+    # Batches of 16, as `outputs` feeds ONNX Runtime above: dynamic int8 quantizes activations
+    # per batch, so its outputs depend on the batch; both paths then see the same numbers.
+    job.write_text(
+        f"apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {{name: gate-{key}}}\n"
+        f"spec:\n  model: {{uri: {model}}}\n  dataset:\n    uri: {data}\n    limit: {n_eval}\n{labels}"
+        f"  passes:\n    - quantize: {{mode: dynamic}}\n"
+        f"  evaluation:\n    batchSize: 16\n    threads: {threads}\n"
+        f"    latency: {{warmup: 1, iterations: 5}}\n    {g['evaluation']}\n"
+        f"  thresholds:\n    {g['thresholds']}\n  output: {{uri: {tmp / 'gate-out'}}}\n")
+    return job
+
+
+def gate(job: Path, candidate: Path, env) -> dict:
+    """`kompress evaluate` on one output model: verdict, exit code, both models' metrics."""
+    p = subprocess.run([KOMPRESS, "evaluate", "-f", job, "--candidate", candidate, "-o", "json"], env=env,
+                       capture_output=True, text=True)
+    try:
+        res = json.loads(p.stdout)["result"]
+    except ValueError:
+        return {"rc": p.returncode, "status": f"failed: {short_error(p.stderr)}"}
+    return {"rc": p.returncode, "status": "ok", "verdict": res["verdict"], "baseline": res["baseline"],
+            "candidate": res["candidate"], "failed": [c["name"] for c in res["checks"] if not c["passed"]]}
+
+
+def metric(m: dict, k: str):
+    return m.get(k, m.get("task", {}).get(k))
+
+
+def print_gate(key: str, rows: list) -> None:
+    g = GATES[key]
+    rs = [r for r in rows if r["model"] == key and r.get("gate")]
+    if not rs:
+        return
+    cols = g["metrics"]
+    print(f"\n  task metrics by `kompress evaluate` (one code path, both tools): "
+          f"{g['evaluation'].splitlines()[-1].strip()}; gate {', '.join(l.strip() for l in g['thresholds'].splitlines())}")
+    head = f"  {'mode':10} {'tool':9} {'verdict':9} " + " ".join(f"{c:>19}" for c in cols) + "  failed checks"
+    print(head)
+    first = next((r["gate"] for r in rs if r["gate"]["status"] == "ok"), None)
+    if first:
+        print(f"  {'fp32':10} {'-':9} {'-':9} " + " ".join(
+            f"{v:>19.4f}" if (v := metric(first["baseline"], c)) is not None else f"{'-':>19}" for c in cols))
+    for r in rs:
+        gr = r["gate"]
+        if gr["status"] != "ok":
+            print(f"  {r['mode']:10} {r['tool']:9} {gr['status']}")
+            continue
+        print(f"  {r['mode']:10} {r['tool']:9} {gr['verdict']:9} " + " ".join(
+            f"{v:>19.4f}" if (v := metric(gr["candidate"], c)) is not None else f"{'-':>19}" for c in cols)
+              + "  " + ", ".join(gr["failed"]))
+
+
 # ---------------------------------------------------------------- quality and latency
 
 def session(path: Path, threads: int):
@@ -866,6 +971,15 @@ def compare(args) -> None:
                 ctx["truth"] = json.loads((d / "eval-text.json").read_text())[:n_eval]
                 ctx["fp32_text"] = ctc_decode(ys["fp32"], ctx["chars"])
             qual = {n: quality(spec, ys["fp32"], y, ctx) for n, y in ys.items()}
+            # Both tools' outputs judged by one code path: kompress evaluate with the model's job.
+            gates = {}
+            if key in GATES and not args.no_gate:
+                job = gate_job(key, model, d, n_eval, ctx, tmp, args.threads)
+                for name, path in variants.items():
+                    if name != "fp32":
+                        gates[name] = gate(job, path, env)
+                        print(f"  gate {name:22} {gates[name].get('verdict', gates[name]['status'])}",
+                              file=sys.stderr, flush=True)
             # Latency, interleaved.
             rounds1, roundsb = (15, 6) if args.quick else (25, 10)
             lat1 = interleaved_latency(timed, spec, feed, 1, rounds1)
@@ -882,9 +996,13 @@ def compare(args) -> None:
                 row = {**base, "mode": mode, "tool": tool, **r}
                 if name in variants:
                     row.update(quality=qual[name], latency_b1=lat1[name], latency_bN=latb[name])
+                if name in gates:
+                    row["gate"] = gates[name]
                 rows.append(row)
             sections.append(key)
             print_section(rows, key, spec, modes, n_cal)
+            if key in GATES:
+                print_gate(key, rows)
     finally:
         SPAWNER.close()
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -982,6 +1100,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads for every session (default 2)")
     ap.add_argument("--samples", type=int, help="static calibration samples (default per model)")
     ap.add_argument("--no-build", action="store_true", help="use the kompress binary as it is")
+    ap.add_argument("--no-gate", action="store_true", help="skip scoring the outputs with `kompress evaluate`")
     args = ap.parse_args(argv)
     py = ensure_venv()
     if Path(sys.prefix).resolve() != VENV.resolve():

@@ -135,6 +135,16 @@ fn value_of(
         fix: "add an integer `labels` array to the npz",
     };
     let task = |key: &str| cand.task.get(key).copied();
+    // Original minus candidate of a metric against the labels (`up`: candidate minus original).
+    let labels_drop =
+        |threshold: &'static str, key: &str, up: bool| -> Result<f64, MissingMetric> {
+            let (b, c) = base.task.get(key).zip(task(key)).ok_or(MissingMetric {
+                threshold,
+                why: "the dataset has no labels for the task",
+                fix: "add a labels array shaped for the task (spec.dataset.labels)",
+            })?;
+            Ok(if up { c - b } else { b - c })
+        };
     let missing = |threshold: &'static str| MissingMetric {
         threshold,
         why: "its metric was not measured on this output",
@@ -174,6 +184,10 @@ fn value_of(
             .zip(task("topKAccuracy"))
             .map(|(b, c)| b - c)
             .ok_or_else(|| no_labels(n))?,
+        C::MaxSequenceMatchDrop
+        | C::MaxCharErrorRateIncrease
+        | C::MaxDetectionF1Drop
+        | C::MaxMap50Drop => labels_drop(n, metric_key(name), name == C::MaxCharErrorRateIncrease)?,
         C::MaxMeanAbsError => cand.mean_abs_error.ok_or_else(|| missing(n))?,
         C::MaxAbsError => cand.max_abs_error.ok_or_else(|| missing(n))?,
         C::MinTopKAgreement
@@ -200,6 +214,10 @@ pub fn metric_key(name: CheckName) -> &'static str {
         C::MinNeighbourRecall => "neighbourRecall",
         C::MaxWorstSliceDrop => "worstSliceDrop",
         C::MaxTopKAccuracyDrop => "topKAccuracy",
+        C::MaxSequenceMatchDrop => "sequenceMatchLabels",
+        C::MaxCharErrorRateIncrease => "charErrorRateLabels",
+        C::MaxDetectionF1Drop => "detectionF1Labels",
+        C::MaxMap50Drop => "map50Labels",
         C::MaxAccuracyDrop | C::MaxRelativeAccuracyDrop => "accuracy",
         C::MinAgreement => "agreement",
         C::MinCosineSimilarity => "cosineSimilarity",
@@ -304,6 +322,33 @@ mod tests {
         let e = decide(&t, &b, &m(1, 0.9, 1.0, 1.0), 1).unwrap_err();
         assert_eq!(e.threshold, "maxAccuracyDrop");
         assert!(e.to_string().contains("labels"));
+    }
+
+    #[test]
+    fn label_drops_are_original_minus_candidate_and_need_labels() {
+        let t = Thresholds {
+            max_sequence_match_drop: Some(0.05),
+            max_char_error_rate_increase: Some(0.01),
+            ..Default::default()
+        };
+        let with = |matched: f64, cer: f64| {
+            let mut x = m(1, 0.9, 1.0, 1.0);
+            x.task.insert("sequenceMatchLabels".into(), matched);
+            x.task.insert("charErrorRateLabels".into(), cer);
+            x
+        };
+        let d = decide(&t, &with(0.9, 0.02), &with(0.8, 0.025), 1).unwrap();
+        let v = |n: &str| d.checks.iter().find(|c| c.name == n).unwrap().clone();
+        let drop = v("maxSequenceMatchDrop");
+        assert!((drop.value - 0.1).abs() < 1e-12 && !drop.passed, "{drop:?}");
+        let rise = v("maxCharErrorRateIncrease");
+        assert!(
+            (rise.value - 0.005).abs() < 1e-12 && rise.passed,
+            "{rise:?}"
+        );
+        let e = decide(&t, &m(1, 0.9, 1.0, 1.0), &with(0.8, 0.0), 1).unwrap_err();
+        assert_eq!(e.threshold, "maxSequenceMatchDrop");
+        assert!(e.to_string().contains("labels"), "{e}");
     }
 
     #[test]

@@ -731,6 +731,7 @@ fn cfg(batch: usize) -> EvalConfig {
         threads: Some(1),
         output: None,
         labels: None,
+        labels_field: kompress::eval::labels::FIELD,
         limit: None,
         latency_batch: 1,
         warmup: 0,

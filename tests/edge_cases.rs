@@ -173,6 +173,7 @@ fn boundary_rows(dir: &Path, path: &Path, pairs: usize) {
         threads: Some(1),
         output: None,
         labels: None,
+        labels_field: kompress::eval::labels::FIELD,
         limit: None,
         latency_batch: 1,
         warmup: 0,

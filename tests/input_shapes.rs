@@ -143,6 +143,7 @@ fn cfg(batch: usize, inputs: Vec<InputFeed>) -> EvalConfig {
         threads: Some(1),
         output: None,
         labels: None,
+        labels_field: kompress::eval::labels::FIELD,
         limit: None,
         latency_batch: 3,
         warmup: 1,

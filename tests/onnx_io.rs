@@ -13,6 +13,7 @@ fn cfg() -> EvalConfig {
         threads: Some(1),
         output: None,
         labels: None,
+        labels_field: kompress::eval::labels::FIELD,
         limit: None,
         latency_batch: 1,
         warmup: 0,

@@ -66,6 +66,7 @@ fn fp32_outputs(model: &Path, data: &Path) -> eval::Outputs {
         threads: Some(1),
         output: None,
         labels: None,
+        labels_field: kompress::eval::labels::FIELD,
         limit: None,
         latency_batch: 1,
         warmup: 0,

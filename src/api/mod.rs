@@ -142,8 +142,10 @@ pub struct DatasetSource {
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
     pub sha256: Option<String>,
-    /// Name of the integer labels array in the npz (class index per sample). Default `labels`
-    /// when the file has one; without labels, accuracy is not measured.
+    /// Name of the labels array in the npz. Default `labels` when the file has one; without
+    /// labels, accuracy is not measured. Integer `[samples]` class indices; with the sequence
+    /// task, integer `[samples, length]` target class indices padded with -1; with the
+    /// detection task, `[samples, boxes, 5]` true boxes (x1, y1, x2, y2, class; class -1 pads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<String>,
     /// Use only the first N samples.
@@ -230,7 +232,8 @@ pub struct EdgeCasesSpec {
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
     pub sha256: Option<String>,
-    /// Name of the integer labels array (default `labels` when the file has one).
+    /// Name of the labels array (default `labels` when the file has one), shaped as
+    /// `spec.dataset.labels` says for the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<String>,
     /// Use only the first N rows.
@@ -939,6 +942,26 @@ pub struct Thresholds {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0.0").message("must not be negative"))]
     pub max_worst_slice_drop: Option<f64>,
+    /// Sequence, with labels (`spec.dataset.labels`, target sequences): largest drop of the
+    /// fraction of samples decoded exactly as their label, original minus candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub max_sequence_match_drop: Option<f64>,
+    /// Sequence, with labels: largest rise of the character error rate against the labels,
+    /// candidate minus original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0").message("must not be negative"))]
+    pub max_char_error_rate_increase: Option<f64>,
+    /// Detection, with labels (`spec.dataset.labels`, true boxes): largest drop of F1 against
+    /// the labels (IoU >= 0.5, same class), original minus candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub max_detection_f1_drop: Option<f64>,
+    /// Detection, with labels: largest drop of mAP@0.5 against the labels, original minus
+    /// candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be in [0, 1]"))]
+    pub max_map50_drop: Option<f64>,
     /// `point` (default): quality checks judge the measured value. `upper`: they judge the far
     /// end of its paired bootstrap 95% interval, so a candidate passes only with confidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -354,11 +354,15 @@ pub enum CheckName {
     MaxMeanAbsError,
     MaxAbsError,
     MaxWorstSliceDrop,
+    MaxSequenceMatchDrop,
+    MaxCharErrorRateIncrease,
+    MaxDetectionF1Drop,
+    MaxMap50Drop,
 }
 
 impl CheckName {
     /// In the order the checks are recorded (the first seven as before issue 19).
-    pub const ALL: [CheckName; 18] = [
+    pub const ALL: [CheckName; 22] = [
         Self::MaxAccuracyDrop,
         Self::MaxRelativeAccuracyDrop,
         Self::MaxLatencyRatio,
@@ -377,6 +381,10 @@ impl CheckName {
         Self::MaxMeanAbsError,
         Self::MaxAbsError,
         Self::MaxWorstSliceDrop,
+        Self::MaxSequenceMatchDrop,
+        Self::MaxCharErrorRateIncrease,
+        Self::MaxDetectionF1Drop,
+        Self::MaxMap50Drop,
     ];
 
     /// The threshold's field name (and the check's name in status and report).
@@ -400,6 +408,10 @@ impl CheckName {
             Self::MaxMeanAbsError => "maxMeanAbsError",
             Self::MaxAbsError => "maxAbsError",
             Self::MaxWorstSliceDrop => "maxWorstSliceDrop",
+            Self::MaxSequenceMatchDrop => "maxSequenceMatchDrop",
+            Self::MaxCharErrorRateIncrease => "maxCharErrorRateIncrease",
+            Self::MaxDetectionF1Drop => "maxDetectionF1Drop",
+            Self::MaxMap50Drop => "maxMap50Drop",
         }
     }
 
@@ -421,6 +433,17 @@ impl CheckName {
         )
     }
 
+    /// A drop of a metric against the labels (a fraction): original minus candidate.
+    pub fn is_label_drop(self) -> bool {
+        matches!(
+            self,
+            Self::MaxTopKAccuracyDrop
+                | Self::MaxSequenceMatchDrop
+                | Self::MaxDetectionF1Drop
+                | Self::MaxMap50Drop
+        )
+    }
+
     /// Error bounds that apply to any output (mean/max absolute error, the worst slice).
     fn is_error_bound(self) -> bool {
         matches!(
@@ -435,8 +458,14 @@ impl CheckName {
             Self::MinTopKAgreement | Self::MaxTopKAccuracyDrop | Self::MinMacroF1 => {
                 Some("classification")
             }
-            Self::MinSequenceMatch | Self::MaxCharErrorRate => Some("sequence"),
-            Self::MinDetectionF1 | Self::MinMap50 => Some("detection"),
+            Self::MinSequenceMatch
+            | Self::MaxCharErrorRate
+            | Self::MaxSequenceMatchDrop
+            | Self::MaxCharErrorRateIncrease => Some("sequence"),
+            Self::MinDetectionF1
+            | Self::MinMap50
+            | Self::MaxDetectionF1Drop
+            | Self::MaxMap50Drop => Some("detection"),
             Self::MinNeighbourRecall => Some("embedding"),
             _ => None,
         }
@@ -464,6 +493,10 @@ impl CheckName {
             Self::MaxMeanAbsError => t.max_mean_abs_error,
             Self::MaxAbsError => t.max_abs_error,
             Self::MaxWorstSliceDrop => t.max_worst_slice_drop,
+            Self::MaxSequenceMatchDrop => t.max_sequence_match_drop,
+            Self::MaxCharErrorRateIncrease => t.max_char_error_rate_increase,
+            Self::MaxDetectionF1Drop => t.max_detection_f1_drop,
+            Self::MaxMap50Drop => t.max_map50_drop,
         }
     }
 }
@@ -505,7 +538,7 @@ pub fn validate_thresholds(spec: &super::CompressionJobSpec, err: &mut dyn FnMut
         let Some(v) = c.limit(&spec.thresholds) else {
             continue;
         };
-        let fraction = !c.is_max() || c.name() == "maxTopKAccuracyDrop";
+        let fraction = !c.is_max() || c.is_label_drop();
         if !v.is_finite() || v < 0.0 || (fraction && v > 1.0) {
             let range = if fraction {
                 "in [0, 1]"

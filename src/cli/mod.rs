@@ -1,5 +1,5 @@
-//! Command-line faces of the one binary, one module each: `run`, `worker`, `controller`,
-//! `crd`, `inspect`, `compress`, `cp`, `gc`, `verify`; plus the summary table and the run's scratch
+//! Command-line faces of the one binary, one module each: `run`, `evaluate`, `worker`,
+//! `controller`, `crd`, `inspect`, `compress`, `cp`, `gc`, `verify`; plus the summary table and the run's scratch
 //! folder (with the panic hook and signal guard that remove it). Each subcommand is a clap
 //! `Args` struct whose `run(self)` returns the process exit status; `main` only parses and
 //! dispatches.
@@ -9,6 +9,7 @@ mod compress;
 mod controller;
 mod cp;
 mod crd;
+mod evaluate;
 mod gc;
 mod inspect;
 mod run;
@@ -22,6 +23,7 @@ pub use compress::CompressArgs;
 pub use controller::ControllerArgs;
 pub use cp::CpArgs;
 pub use crd::{CrdArgs, crd_yaml};
+pub use evaluate::EvaluateArgs;
 pub use gc::GcArgs;
 pub use inspect::InspectArgs;
 pub use run::RunArgs;
@@ -31,6 +33,9 @@ pub use worker::WorkerArgs;
 // The exit codes are the binary's interface as much as the worker's: scripts and tests that
 // run `kompress` compare against them.
 pub use crate::api::wire::{EXIT_INTERNAL, EXIT_PERMANENT, EXIT_TRANSIENT};
+/// `kompress evaluate`: the candidate missed a threshold (`run` exits 0 on a rejection, an
+/// outcome of a job; `evaluate` is a check, like `verify`, and fails it).
+pub const EXIT_REJECTED: i32 = 1;
 
 use crate::error::error_chain;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -51,6 +56,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one CompressionJob on this machine (no cluster): the embedded default.
     Run(RunArgs),
+    /// Judge a model made elsewhere (another tool's output) by a job's evaluation and gate,
+    /// against the job's model; nothing is promoted. Exit 0: every check passed; 1: rejected.
+    Evaluate(EvaluateArgs),
     /// What the worker pod runs: the same pipeline, non-interactive; a compact JSON result goes
     /// to the termination log.
     Worker(WorkerArgs),
@@ -82,11 +90,15 @@ pub enum Command {
 impl Command {
     /// Runs the subcommand; returns the process exit status.
     pub async fn run(self) -> ExitCode {
-        if !matches!(self, Self::Run(_) | Self::Worker(_) | Self::Controller(_)) {
+        if !matches!(
+            self,
+            Self::Run(_) | Self::Evaluate(_) | Self::Worker(_) | Self::Controller(_)
+        ) {
             exit_on_signal();
         }
         match self {
             Self::Run(a) => a.run().await,
+            Self::Evaluate(a) => a.run().await,
             Self::Worker(a) => a.run().await,
             Self::Controller(a) => a.run().await,
             Self::Crd(a) => a.run(),

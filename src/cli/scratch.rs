@@ -140,16 +140,23 @@ pub type Guarded = Result<pipeline::Result<pipeline::Outcome>, String>;
 
 /// Runs the pipeline on its own task, so that a signal or a panic is handled while blocking
 /// work (ONNX Runtime, passes) runs: on SIGINT/SIGTERM the scratch folder is removed and
-/// `on_signal` says what to report before the process exits with `EXIT_TRANSIENT`.
+/// `on_signal` says what to report before the process exits with `EXIT_TRANSIENT`. With
+/// `candidate`, the job judges that model instead of building one (`kompress evaluate`).
 pub async fn run_guarded(
     job: &CompressionJob,
     opts: RunOptions,
     ui: Ui,
     signals: Signals,
     on_signal: impl Fn(&str),
+    candidate: Option<PathBuf>,
 ) -> Guarded {
     let (job_ref, spec) = (JobRef::of(job), job.spec.clone());
-    let task = tokio::spawn(async move { pipeline::run(&job_ref, &spec, &opts, &ui).await });
+    let task = tokio::spawn(async move {
+        match candidate {
+            Some(c) => pipeline::evaluate_external(&job_ref, &spec, &c, &opts, &ui).await,
+            None => pipeline::run(&job_ref, &spec, &opts, &ui).await,
+        }
+    });
     tokio::select! {
         // A signal already pending when the run starts wins over the run.
         biased;

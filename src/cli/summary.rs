@@ -18,6 +18,30 @@ fn human_bytes(b: u64) -> String {
 
 /// The end-of-run table: original vs candidate, and every check.
 pub fn summary(name: &str, r: &JobResult) -> String {
+    let verdict = match (r.verdict, &r.promoted) {
+        (Verdict::Passed, Some(_)) => "PASSED, promoted",
+        (Verdict::Passed, None) => "PASSED (no promoteTo set)",
+        (Verdict::Rejected, _) => "REJECTED, nothing promoted",
+    };
+    table(&format!("CompressionJob {name}: {verdict}"), r)
+}
+
+/// `kompress evaluate`'s table: the job's gate on a model made elsewhere (never promoted).
+pub fn evaluation_summary(name: &str, candidate: &str, r: &JobResult) -> String {
+    let verdict = match r.verdict {
+        Verdict::Passed => "PASSED",
+        Verdict::Rejected => "REJECTED",
+    };
+    table(
+        &format!(
+            "CompressionJob {name}, candidate {candidate}: {verdict} (evaluated only, nothing promoted)"
+        ),
+        r,
+    )
+}
+
+/// Original vs candidate and every check, under `heading`.
+fn table(heading: &str, r: &JobResult) -> String {
     use std::fmt::Write;
     let pct = |v: Option<f64>| {
         v.map(|v| format!("{:.2}%", v * 100.0))
@@ -26,12 +50,7 @@ pub fn summary(name: &str, r: &JobResult) -> String {
     let num = |v: Option<f64>| v.map(|v| format!("{v:.5}")).unwrap_or_else(|| "—".into());
     let (b, c) = (&r.baseline, &r.candidate);
     let mut s = String::new();
-    let verdict = match (r.verdict, &r.promoted) {
-        (Verdict::Passed, Some(_)) => "PASSED, promoted",
-        (Verdict::Passed, None) => "PASSED (no promoteTo set)",
-        (Verdict::Rejected, _) => "REJECTED, nothing promoted",
-    };
-    let _ = writeln!(s, "\nCompressionJob {name}: {verdict}\n");
+    let _ = writeln!(s, "\n{heading}\n");
     let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "", "original", "candidate");
     let _ = writeln!(
         s,
@@ -95,6 +114,19 @@ pub fn summary(name: &str, r: &JobResult) -> String {
         );
     }
     let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "samples", b.samples, c.samples);
+    // Task metrics: against the labels for both models, against the original for the candidate.
+    let keys: std::collections::BTreeSet<&String> = b.task.keys().chain(c.task.keys()).collect();
+    if !keys.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n  {:<22} {:>10} {:>10}",
+            "task metrics", "original", "candidate"
+        );
+    }
+    for k in keys {
+        let v = |m: &crate::api::Metrics| num(m.task.get(k).copied());
+        let _ = writeln!(s, "  {:<22} {:>10} {:>10}", k, v(b), v(c));
+    }
     if r.checks
         .iter()
         .all(|c| c.name == crate::gate::TENSORS_COMPRESSED)

@@ -100,7 +100,7 @@ impl WorkerArgs {
             let message = format!("interrupted by {signal} (pod deleted or deadline reached); nothing of this run is promoted unless promoted.json names it");
             eprintln!("error: {message}");
             failed(reason::INTERRUPTED, false, message);
-        })
+        }, None)
         .await;
         // The evaluator's container (if any) may stop now.
         crate::eval::evaluator::release_agent();

@@ -147,6 +147,11 @@ impl<'c> Capture<'c> {
         self.out.values.maybe_spill(self.cfg.spill.as_ref())
     }
 
+    /// The per-sample shape after the selection, once the first batch is in.
+    pub fn shape(&self) -> &[usize] {
+        &self.out.shape
+    }
+
     pub fn finish(self) -> Outputs {
         self.out
     }

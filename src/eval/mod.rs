@@ -6,6 +6,7 @@ pub mod capture;
 pub mod dataset;
 pub mod evaluator;
 pub mod feed;
+pub mod labels;
 pub mod latency;
 pub mod metrics;
 pub mod quality;
@@ -15,6 +16,7 @@ pub mod task;
 pub mod values;
 
 pub use dataset::{Archive, Array, ArrayData, Dataset, Dtype, Member, Rows};
+pub use labels::Labels;
 pub use runtime::{Provider, RuntimeError};
 
 use crate::api::{EvaluationSpec, InputFeed, Metrics};
@@ -66,6 +68,8 @@ pub struct EvalConfig {
     pub threads: Option<usize>,
     pub output: Option<String>,
     pub labels: Option<String>,
+    /// The field that names the labels (messages name it).
+    pub labels_field: &'static str,
     pub limit: Option<usize>,
     pub latency_batch: usize,
     pub warmup: usize,
@@ -91,6 +95,7 @@ impl EvalConfig {
             threads: ev.threads.map(|t| (t as usize).clamp(1, MAX_THREADS)),
             output: ev.output.clone(),
             labels,
+            labels_field: labels::FIELD,
             limit: limit.map(|l| l as usize),
             latency_batch: (lat.batch_size.unwrap_or(1) as usize).max(1),
             warmup: lat.warmup.unwrap_or(10) as usize,
@@ -141,7 +146,8 @@ pub struct Prepared<'d> {
     ds: &'d Dataset,
     /// Where each model input's values come from, in the model's input order.
     plan: feed::Plan<'d>,
-    labels: Option<Vec<i64>>,
+    labels: Option<Labels>,
+    labels_field: &'static str,
     /// `spec.dataset.slices`, the first `samples` values.
     slices: Option<Vec<i64>>,
     task: task::Task,
@@ -292,42 +298,10 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
         .labels
         .clone()
         .or_else(|| ds.get("labels").map(|_| "labels".to_string()));
-    let labels = match label_name {
-        None => None,
-        Some(ln) => {
-            let arr = ds.get(&ln).ok_or_else(|| {
-                mismatch(format!(
-                    "labels array `{ln}` (spec.dataset.labels) is missing (arrays: {})",
-                    ds.names()
-                ))
-            })?;
-            if !matches!(arr.dtype(), Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::I8) {
-                return Err(mismatch(format!(
-                    "labels array `{ln}` is {}; it must hold integer class indices",
-                    arr.dtype().name()
-                )));
-            }
-            if arr.shape().len() != 1 || arr.shape()[0] < samples {
-                return Err(mismatch(format!(
-                    "labels array `{ln}` has shape {:?}; expected [{samples}] (one class index per sample)",
-                    arr.shape()
-                )));
-            }
-            let l: Vec<i64> = match ds.read_rows(&ln, 0, samples)?.data {
-                ArrayData::I64(v) => v,
-                ArrayData::I32(v) => v.into_iter().map(i64::from).collect(),
-                ArrayData::U8(v) => v.into_iter().map(i64::from).collect(),
-                ArrayData::I8(v) => v.into_iter().map(i64::from).collect(),
-                other => {
-                    return Err(mismatch(format!(
-                        "labels array `{ln}` is {}; it must hold integer class indices",
-                        other.dtype()
-                    )));
-                }
-            };
-            Some(l)
-        }
-    };
+    let labels = label_name
+        .map(|ln| labels::read(ds, &ln, cfg.labels_field, &cfg.task, samples))
+        .transpose()
+        .map_err(mismatch)?;
     let slices = read_slices(ds, cfg, all, samples).map_err(mismatch)?;
     if let Some(m) = cfg.selection.mask() {
         check_mask(ds, m, all).map_err(mismatch)?;
@@ -336,6 +310,7 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
         ds,
         plan,
         labels,
+        labels_field: cfg.labels_field,
         slices,
         task: cfg.task.clone(),
         samples,
@@ -487,8 +462,7 @@ pub fn evaluate(
             })?;
         capture.spill().map_err(Error::Spill)?;
         if start == 0 {
-            let classes = capture.classes();
-            check_labels(prep, classes, &out_name, model)?;
+            check_labels(prep, &capture, &out_name, model)?;
         }
         start += rows;
         progress(start as u64, prep.samples as u64);
@@ -600,29 +574,44 @@ fn check_mask(ds: &Dataset, name: &str, all: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Labels must be classes of the compared output (checked once its width is known).
+/// Labels must be classes of the compared output (checked once its width is known): a
+/// class index per sample for `[N, C]` scores, a sequence's classes for a sequence task (the
+/// blank is never a target).
 fn check_labels(
     prep: &Prepared,
-    classes: Option<usize>,
+    out: &capture::Capture,
     out_name: &str,
     model: &Path,
 ) -> Result<()> {
-    let (Some(c), Some(labels)) = (classes, &prep.labels) else {
-        return Ok(());
+    let bad = match (&prep.labels, out.classes(), &prep.task) {
+        (Some(Labels::Classes(l)), Some(c), _) => l
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !(0..c as i64).contains(*l))
+            .map(|(i, l)| {
+                format!(
+                    "label {l} of sample {i} is not a class of output `{out_name}`, which has {c} classes (0 to {})",
+                    c - 1
+                )
+            }),
+        (Some(Labels::Sequences(s)), _, task::Task::Sequence { blank }) => {
+            let c = out.shape().get(1).copied().unwrap_or(0);
+            s.iter().enumerate().find_map(|(i, seq)| {
+                let l = *seq.iter().find(|&&l| l as usize >= c || l as usize == *blank)?;
+                Some(format!(
+                    "{}: label {l} of sample {i} is not a class output `{out_name}` decodes (it has {c} classes, blank {blank})",
+                    prep.labels_field
+                ))
+            })
+        }
+        _ => None,
     };
-    match labels
-        .iter()
-        .enumerate()
-        .find(|(_, l)| !(0..c as i64).contains(*l))
-    {
+    match bad {
         None => Ok(()),
-        Some((i, l)) => Err(Error::Mismatch {
+        Some(what) => Err(Error::Mismatch {
             dataset: prep.ds.display_name().to_string(),
             model: model.into(),
-            what: format!(
-                "label {l} of sample {i} is not a class of output `{out_name}`, which has {c} classes (0 to {})",
-                c - 1
-            ),
+            what,
         }),
     }
 }
@@ -642,7 +631,7 @@ pub fn score(
             .map_err(Error::Spill)
     };
     let pred = out.classes.map(|c| rows(out, c)).transpose()?;
-    let accuracy = match (&pred, &prep.labels) {
+    let accuracy = match (&pred, prep.labels()) {
         (Some(p), Some(l)) => Some(metrics::accuracy(p, l)),
         _ => None,
     };
@@ -667,7 +656,7 @@ pub fn score(
             &prep.task,
             out,
             r,
-            prep.labels.as_deref(),
+            prep.labels.as_ref(),
             prep.slices.as_deref(),
         )
         .map_err(Error::Spill)?;
@@ -687,9 +676,9 @@ impl Prepared<'_> {
         self.samples
     }
 
-    /// The labels of the evaluated rows, when the dataset has them.
+    /// The class labels of the evaluated rows, when the dataset has them.
     pub fn labels(&self) -> Option<&[i64]> {
-        self.labels.as_deref()
+        self.labels.as_ref().and_then(Labels::classes)
     }
 
     /// Where each model input's values come from.

@@ -5,10 +5,10 @@
 //! (drawn with replacement, the same rows for both models: paired) give one bootstrap draw.
 //! One implementation serves the value, the slices and the interval.
 
-use super::Outputs;
 use super::metrics::argmax;
-use super::task::{Task, edit_distance, match_detections};
+use super::task::{Det, Task, edit_distance, match_detections};
 use super::values::Values;
+use super::{Labels, Outputs};
 use crate::api::task::CheckName;
 use crate::api::{Interval, SliceMetrics};
 use std::collections::BTreeMap;
@@ -49,6 +49,10 @@ enum M {
     DetectionF1,
     Map50,
     NeighbourRecall,
+    SequenceMatchLabels(Of),
+    CharErrorRateLabels(Of),
+    DetectionF1Labels(Of),
+    Map50Labels(Of),
 }
 
 impl M {
@@ -68,8 +72,31 @@ impl M {
             M::DetectionF1 => "detectionF1",
             M::Map50 => "map50",
             M::NeighbourRecall => "neighbourRecall",
+            M::SequenceMatchLabels(_) => "sequenceMatchLabels",
+            M::CharErrorRateLabels(_) => "charErrorRateLabels",
+            M::DetectionF1Labels(_) => "detectionF1Labels",
+            M::Map50Labels(_) => "map50Labels",
         }
     }
+}
+
+/// Per sample: exact match, edits, the truth's length.
+type SeqStats = (Vec<bool>, Vec<f64>, Vec<f64>);
+
+/// Decoded sequences against the truth's (the original's, or the labels).
+fn seq_stats(truth: &[Vec<u32>], pred: &[Vec<u32>]) -> SeqStats {
+    let mut m = (Vec::new(), Vec::new(), Vec::new());
+    for (t, p) in truth.iter().zip(pred) {
+        m.0.push(t == p);
+        m.1.push(edit_distance(t, p) as f64);
+        m.2.push(t.len() as f64);
+    }
+    m
+}
+
+/// The original's and the candidate's statistics against the labels.
+fn of<T>(pair: Option<&(T, T)>, of: Of) -> Option<&T> {
+    pair.map(|(b, c)| if of == Of::Base { b } else { c })
 }
 
 /// Detection statistics per sample, and every candidate detection for mAP.
@@ -103,8 +130,12 @@ pub struct Paired {
     /// Whether the original's top-1 is in the candidate's top k.
     topk_agree: Option<Vec<bool>>,
     /// Exact match, edits, the original's length.
-    seq: Option<(Vec<bool>, Vec<f64>, Vec<f64>)>,
+    seq: Option<SeqStats>,
     det: Option<DetStats>,
+    /// The original's and the candidate's sequences against the labels.
+    seq_labels: Option<(SeqStats, SeqStats)>,
+    /// The original's and the candidate's detections against the labels.
+    det_labels: Option<(DetStats, DetStats)>,
     recall: Option<Vec<f64>>,
     task: Task,
     /// Whether the candidate is the original itself (the baseline's own score).
@@ -133,7 +164,7 @@ impl Paired {
         task: &Task,
         cand: &Outputs,
         reference: &Outputs,
-        labels: Option<&[i64]>,
+        labels: Option<&Labels>,
     ) -> io::Result<Self> {
         let same = std::ptr::eq(cand, reference);
         let ps = cand.per_sample;
@@ -143,7 +174,9 @@ impl Paired {
             elements: ps,
             task: task.clone(),
             same,
-            labels: labels.map(|l| l[..n.min(l.len())].to_vec()),
+            labels: labels
+                .and_then(Labels::classes)
+                .map(|l| l[..n.min(l.len())].to_vec()),
             ..Default::default()
         };
         p.closeness(cand, reference)?;
@@ -154,8 +187,24 @@ impl Paired {
             p.classes(cand, reference, c)?;
         }
         match task {
-            Task::Sequence { .. } => p.sequences(cand, reference),
-            Task::Detection(_) => p.detections(cand, reference),
+            Task::Sequence { .. } => {
+                p.seq = Some(seq_stats(&reference.sequences, &cand.sequences));
+                p.seq_labels = labels.and_then(Labels::sequences).map(|l| {
+                    (
+                        seq_stats(l, &reference.sequences),
+                        seq_stats(l, &cand.sequences),
+                    )
+                });
+            }
+            Task::Detection(_) => {
+                p.det = Some(det_stats(&reference.detections, &cand.detections));
+                p.det_labels = labels.and_then(Labels::boxes).map(|l| {
+                    (
+                        det_stats(l, &reference.detections),
+                        det_stats(l, &cand.detections),
+                    )
+                });
+            }
             Task::Embedding { k } if !same => p.neighbours(cand, reference, *k)?,
             _ => {}
         }
@@ -201,45 +250,6 @@ impl Paired {
         Ok(())
     }
 
-    fn sequences(&mut self, cand: &Outputs, reference: &Outputs) {
-        let mut m = (Vec::new(), Vec::new(), Vec::new());
-        for (r, c) in reference.sequences.iter().zip(&cand.sequences) {
-            m.0.push(r == c);
-            m.1.push(edit_distance(r, c) as f64);
-            m.2.push(r.len() as f64);
-        }
-        self.seq = Some(m);
-    }
-
-    fn detections(&mut self, cand: &Outputs, reference: &Outputs) {
-        let mut d = DetStats::default();
-        for (i, (r, c)) in reference
-            .detections
-            .iter()
-            .zip(&cand.detections)
-            .enumerate()
-        {
-            let ((tp, fp, missed), items) = match_detections(r, c);
-            d.tp.push(tp as f64);
-            d.fp.push(fp as f64);
-            d.missed.push(missed as f64);
-            for (class, score, ok) in items {
-                d.ranked.entry(class).or_default().push((score, ok, i));
-            }
-            let mut per_class: BTreeMap<u32, f64> = BTreeMap::new();
-            for t in r {
-                *per_class.entry(t.class).or_default() += 1.0;
-            }
-            for (class, count) in per_class {
-                d.truth.entry(class).or_default().push((i, count));
-            }
-        }
-        for v in d.ranked.values_mut() {
-            v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
-        }
-        self.det = Some(d);
-    }
-
     /// recall@k of each sample's k nearest neighbours (cosine, itself excluded).
     fn neighbours(&mut self, cand: &Outputs, reference: &Outputs, k: usize) -> io::Result<()> {
         let d = cand.per_sample;
@@ -283,6 +293,83 @@ impl Paired {
         self.recall = Some(recall);
         Ok(())
     }
+}
+
+/// Detections matched to the truth's (the original's, or the labels), per sample.
+fn det_stats(truth: &[Vec<Det>], pred: &[Vec<Det>]) -> DetStats {
+    let mut d = DetStats::default();
+    for (i, (r, c)) in truth.iter().zip(pred).enumerate() {
+        let ((tp, fp, missed), items) = match_detections(r, c);
+        d.tp.push(tp as f64);
+        d.fp.push(fp as f64);
+        d.missed.push(missed as f64);
+        for (class, score, ok) in items {
+            d.ranked.entry(class).or_default().push((score, ok, i));
+        }
+        let mut per_class: BTreeMap<u32, f64> = BTreeMap::new();
+        for t in r {
+            *per_class.entry(t.class).or_default() += 1.0;
+        }
+        for (class, count) in per_class {
+            d.truth.entry(class).or_default().push((i, count));
+        }
+    }
+    for v in d.ranked.values_mut() {
+        v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+    }
+    d
+}
+
+/// The fraction of samples decoded exactly as the truth.
+fn sequence_match(s: &SeqStats, w: &[f64]) -> Option<f64> {
+    wmean(w, |i| f64::from(u8::from(s.0[i])))
+}
+
+/// Edits per character of the truth.
+fn char_error_rate(s: &SeqStats, w: &[f64]) -> Option<f64> {
+    let edits = wmean(w, |i| s.1[i])?;
+    let len = wmean(w, |i| s.2[i])?;
+    Some(if len > 0.0 {
+        edits / len
+    } else {
+        f64::from(u8::from(edits > 0.0))
+    })
+}
+
+fn detection_f1(d: &DetStats, w: &[f64]) -> Option<f64> {
+    let tp = wmean(w, |i| d.tp[i])?;
+    let (fp, missed) = (wmean(w, |i| d.fp[i])?, wmean(w, |i| d.missed[i])?);
+    let den = 2.0 * tp + fp + missed;
+    Some(if den > 0.0 { 2.0 * tp / den } else { 1.0 })
+}
+
+/// mAP@0.5 over the classes of the truth and the detections.
+fn map50(d: &DetStats, w: &[f64]) -> Option<f64> {
+    w.iter().any(|&x| x > 0.0).then_some(())?;
+    let mut aps = Vec::new();
+    let mut stray = false;
+    for (class, ranked) in &d.ranked {
+        let truth: f64 = d
+            .truth
+            .get(class)
+            .map_or(0.0, |t| t.iter().map(|&(s, c)| w[s] * c).sum());
+        if truth > 0.0 {
+            aps.push(average_precision(ranked, truth, w));
+        } else {
+            stray |= ranked.iter().any(|&(_, _, s)| w[s] > 0.0);
+        }
+    }
+    // Classes the truth has and the detections never do: AP 0.
+    for (class, t) in &d.truth {
+        if !d.ranked.contains_key(class) && t.iter().any(|&(s, _)| w[s] > 0.0) {
+            aps.push(0.0);
+        }
+    }
+    Some(if aps.is_empty() {
+        f64::from(u8::from(!stray))
+    } else {
+        aps.iter().sum::<f64>() / aps.len() as f64
+    })
 }
 
 /// Σ w·x / Σ w over the samples (None without weight).
@@ -411,56 +498,17 @@ impl Paired {
     }
 
     fn task_value(&self, m: M, w: &[f64]) -> Option<f64> {
+        let seq = |o| of(self.seq_labels.as_ref(), o);
+        let det = |o| of(self.det_labels.as_ref(), o);
         match m {
-            M::SequenceMatch => {
-                let (ok, _, _) = self.seq.as_ref()?;
-                wmean(w, |i| f64::from(u8::from(ok[i])))
-            }
-            M::CharErrorRate => {
-                let (_, e, l) = self.seq.as_ref()?;
-                let edits = wmean(w, |i| e[i])?;
-                let len = wmean(w, |i| l[i])?;
-                Some(if len > 0.0 {
-                    edits / len
-                } else {
-                    f64::from(u8::from(edits > 0.0))
-                })
-            }
-            M::DetectionF1 => {
-                let d = self.det.as_ref()?;
-                let tp = wmean(w, |i| d.tp[i])?;
-                let (fp, missed) = (wmean(w, |i| d.fp[i])?, wmean(w, |i| d.missed[i])?);
-                let den = 2.0 * tp + fp + missed;
-                Some(if den > 0.0 { 2.0 * tp / den } else { 1.0 })
-            }
-            M::Map50 => {
-                let d = self.det.as_ref()?;
-                w.iter().any(|&x| x > 0.0).then_some(())?;
-                let mut aps = Vec::new();
-                let mut stray = false;
-                for (class, ranked) in &d.ranked {
-                    let truth: f64 = d
-                        .truth
-                        .get(class)
-                        .map_or(0.0, |t| t.iter().map(|&(s, c)| w[s] * c).sum());
-                    if truth > 0.0 {
-                        aps.push(average_precision(ranked, truth, w));
-                    } else {
-                        stray |= ranked.iter().any(|&(_, _, s)| w[s] > 0.0);
-                    }
-                }
-                // Classes the original found and the candidate never did: AP 0.
-                for (class, t) in &d.truth {
-                    if !d.ranked.contains_key(class) && t.iter().any(|&(s, _)| w[s] > 0.0) {
-                        aps.push(0.0);
-                    }
-                }
-                Some(if aps.is_empty() {
-                    f64::from(u8::from(!stray))
-                } else {
-                    aps.iter().sum::<f64>() / aps.len() as f64
-                })
-            }
+            M::SequenceMatch => sequence_match(self.seq.as_ref()?, w),
+            M::CharErrorRate => char_error_rate(self.seq.as_ref()?, w),
+            M::DetectionF1 => detection_f1(self.det.as_ref()?, w),
+            M::Map50 => map50(self.det.as_ref()?, w),
+            M::SequenceMatchLabels(o) => sequence_match(seq(o)?, w),
+            M::CharErrorRateLabels(o) => char_error_rate(seq(o)?, w),
+            M::DetectionF1Labels(o) => detection_f1(det(o)?, w),
+            M::Map50Labels(o) => map50(det(o)?, w),
             M::NeighbourRecall => {
                 let r = self.recall.as_ref()?;
                 let w = &w[..r.len().min(w.len())];
@@ -477,6 +525,10 @@ impl Paired {
             M::Accuracy(Of::Cand),
             M::TopKAccuracy(Of::Cand),
             M::MacroF1Labels(Of::Cand),
+            M::SequenceMatchLabels(Of::Cand),
+            M::CharErrorRateLabels(Of::Cand),
+            M::DetectionF1Labels(Of::Cand),
+            M::Map50Labels(Of::Cand),
         ];
         if !self.same {
             all.extend([
@@ -502,9 +554,15 @@ impl Paired {
         let acc =
             || Some(self.value(M::Accuracy(Of::Base), w)? - self.value(M::Accuracy(Of::Cand), w)?);
         let one_minus = |m| self.value(m, w).map(|v| 1.0 - v);
+        let labels_drop =
+            |m: fn(Of) -> M| Some(self.value(m(Of::Base), w)? - self.value(m(Of::Cand), w)?);
         match self.task {
-            Task::Sequence { .. } => one_minus(M::SequenceMatch),
-            Task::Detection(_) => one_minus(M::DetectionF1),
+            Task::Sequence { .. } => {
+                labels_drop(M::SequenceMatchLabels).or_else(|| one_minus(M::SequenceMatch))
+            }
+            Task::Detection(_) => {
+                labels_drop(M::DetectionF1Labels).or_else(|| one_minus(M::DetectionF1))
+            }
             Task::Embedding { .. } => one_minus(M::NeighbourRecall),
             Task::Regression => self.value(M::MeanAbsError, w),
             Task::Plain | Task::Classification { .. } if self.top1.is_some() => {
@@ -535,6 +593,19 @@ impl Paired {
             C::MinDetectionF1 => self.value(M::DetectionF1, w),
             C::MinMap50 => self.value(M::Map50, w),
             C::MinNeighbourRecall => self.value(M::NeighbourRecall, w),
+            C::MaxSequenceMatchDrop => drop(
+                M::SequenceMatchLabels(Of::Base),
+                M::SequenceMatchLabels(Of::Cand),
+            ),
+            C::MaxCharErrorRateIncrease => drop(
+                M::CharErrorRateLabels(Of::Cand),
+                M::CharErrorRateLabels(Of::Base),
+            ),
+            C::MaxDetectionF1Drop => drop(
+                M::DetectionF1Labels(Of::Base),
+                M::DetectionF1Labels(Of::Cand),
+            ),
+            C::MaxMap50Drop => drop(M::Map50Labels(Of::Base), M::Map50Labels(Of::Cand)),
             C::MaxMeanAbsError => self.value(M::MeanAbsError, w),
             C::MaxAbsError => self.value(M::MaxAbsError, w),
             C::MaxWorstSliceDrop => slices
@@ -565,7 +636,7 @@ pub fn measure(
     task: &Task,
     cand: &Outputs,
     reference: &Outputs,
-    labels: Option<&[i64]>,
+    labels: Option<&Labels>,
     slices: Option<&[i64]>,
 ) -> io::Result<Measured> {
     let p = Paired::new(task, cand, reference, labels)?;
@@ -726,7 +797,14 @@ mod tests {
             &[0.1, 0.5, 0.4],
         ]);
         let task = Task::Classification { top_k: 2 };
-        let m = measure(&task, &c, &r, Some(&[0, 1, 2, 0]), None).unwrap();
+        let m = measure(
+            &task,
+            &c,
+            &r,
+            Some(&Labels::Classes(vec![0, 1, 2, 0])),
+            None,
+        )
+        .unwrap();
         assert!(close(m.task["topKAgreement"], 1.0), "{m:?}");
         // Against the original: class 0 tp 1 -> F1 1; class 1: tp 0, fp 1, fn 1 -> 0;
         // class 2: tp 1, fp 1, fn 1 -> 0.5. Macro: 0.5.
@@ -748,6 +826,36 @@ mod tests {
         assert!(close(m.task["charErrorRate"], 2.0 / 6.0), "{m:?}");
     }
 
+    #[test]
+    fn sequences_against_labels_give_both_models_scores_and_the_drop() {
+        // Labels: 1 2 3 / 4 5 / 6. The original reads rows 0 and 1 right and row 2 as 7;
+        // the candidate reads only row 1 right (row 0 as 1 3: one deletion).
+        let labels = Labels::Sequences(vec![vec![1, 2, 3], vec![4, 5], vec![6]]);
+        let r = seqs(vec![vec![1, 2, 3], vec![4, 5], vec![7]]);
+        let c = seqs(vec![vec![1, 3], vec![4, 5], vec![7]]);
+        let task = Task::Sequence { blank: 0 };
+        let own = measure(&task, &r, &r, Some(&labels), None).unwrap();
+        assert!(close(own.task["sequenceMatchLabels"], 2.0 / 3.0), "{own:?}");
+        assert!(close(own.task["charErrorRateLabels"], 1.0 / 6.0), "{own:?}");
+        let m = measure(&task, &c, &r, Some(&labels), None).unwrap();
+        assert!(close(m.task["sequenceMatchLabels"], 1.0 / 3.0), "{m:?}");
+        assert!(close(m.task["charErrorRateLabels"], 2.0 / 6.0), "{m:?}");
+        let p = Paired::new(&task, &c, &r, Some(&labels)).unwrap();
+        let ones = [1.0; 3];
+        let drop = p.check_value(CheckName::MaxSequenceMatchDrop, &ones, &[]);
+        let rise = p.check_value(CheckName::MaxCharErrorRateIncrease, &ones, &[]);
+        assert!(close(drop.unwrap(), 1.0 / 3.0) && close(rise.unwrap(), 1.0 / 6.0));
+        assert!(m.intervals.contains_key("maxSequenceMatchDrop"), "{m:?}");
+        // The worst slice's drop is against the labels too.
+        assert!(close(p.headline_drop(&ones).unwrap(), 1.0 / 3.0));
+        // Without labels, no label metric and no drop to judge.
+        let p = Paired::new(&task, &c, &r, None).unwrap();
+        assert_eq!(
+            p.check_value(CheckName::MaxSequenceMatchDrop, &ones, &[]),
+            None
+        );
+    }
+
     fn det(x: f32, score: f32, class: u32) -> Det {
         Det {
             x1: x,
@@ -767,15 +875,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn detection_f1_and_map50_by_hand() {
-        let task = Task::Detection(Detector {
+    fn detection() -> Task {
+        Task::Detection(Detector {
             layout: crate::api::DetectionLayout::Yolov8,
             outputs: None,
             score_threshold: 0.25,
             iou_threshold: 0.45,
             max_detections: 100,
-        });
+        })
+    }
+
+    #[test]
+    fn detection_f1_and_map50_by_hand() {
+        let task = detection();
         // Class 0: two true boxes (samples 0 and 1). The candidate ranks: 0.9 a match,
         // 0.8 a stray box, 0.7 a match: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1:
         // AP = 1/2 · 1 + 1/2 · 2/3 = 5/6. F1: tp 2, fp 1, missed 0 -> 4/5.
@@ -791,6 +903,36 @@ mod tests {
         let wrong = dets(vec![vec![det(0.0, 0.9, 1)], vec![det(0.0, 0.9, 1)]]);
         let m = measure(&task, &wrong, &r, None, None).unwrap();
         assert_eq!((m.task["map50"], m.task["detectionF1"]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn detections_against_labels_give_both_models_scores_and_the_drop() {
+        let task = detection();
+        // Truth: one class-0 box per sample. The original finds both; the candidate finds
+        // sample 0's and calls sample 1's class 1: F1 1 vs 1/2, mAP 1 vs 1/2 (class 0: AP
+        // 1/2; class 1: no true box, left out).
+        let labels = Labels::Boxes(vec![vec![det(0.0, 1.0, 0)], vec![det(0.0, 1.0, 0)]]);
+        let r = dets(vec![vec![det(0.0, 0.9, 0)], vec![det(1.0, 0.8, 0)]]);
+        let c = dets(vec![vec![det(0.0, 0.9, 0)], vec![det(1.0, 0.8, 1)]]);
+        let own = measure(&task, &r, &r, Some(&labels), None).unwrap();
+        assert_eq!(
+            (own.task["detectionF1Labels"], own.task["map50Labels"]),
+            (1.0, 1.0)
+        );
+        let m = measure(&task, &c, &r, Some(&labels), None).unwrap();
+        assert!(close(m.task["detectionF1Labels"], 0.5), "{m:?}");
+        assert!(close(m.task["map50Labels"], 0.5), "{m:?}");
+        let p = Paired::new(&task, &c, &r, Some(&labels)).unwrap();
+        let ones = [1.0; 2];
+        assert!(close(
+            p.check_value(CheckName::MaxDetectionF1Drop, &ones, &[])
+                .unwrap(),
+            0.5
+        ));
+        assert!(close(
+            p.check_value(CheckName::MaxMap50Drop, &ones, &[]).unwrap(),
+            0.5
+        ));
     }
 
     #[test]

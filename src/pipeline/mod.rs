@@ -33,8 +33,11 @@ use crate::storage::{self, Location, Storage};
 use crate::ui::Ui;
 use kube::Resource;
 
+mod external;
 mod opset_check;
 pub mod search;
+
+pub use external::{evaluate_external, external_candidate};
 
 pub use opset_check::{OpsetCheck, check_opset_upgrade};
 use std::path::{Path, PathBuf};
@@ -65,6 +68,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Gate(#[from] gate::MissingMetric),
+    /// `kompress evaluate`'s candidate does not take or give what the original does.
+    #[error("candidate {path} does not fit the job's model: {what}")]
+    CandidateMismatch { path: String, what: String },
     /// The evidence's signing key (`field` says which setting named it) cannot be read or
     /// used; checked before anything is fetched, and nothing is promoted.
     #[error("{field}: {reason}")]
@@ -112,7 +118,7 @@ impl Error {
             Self::Storage(e) if e.is_permanent() => reason::STORAGE_ERROR,
             Self::Storage(_) => reason::STORAGE_UNAVAILABLE,
             Self::Model(onnx::Error::Write { .. }) => reason::SCRATCH_ERROR,
-            Self::Model(_) => reason::INVALID_MODEL,
+            Self::Model(_) | Self::CandidateMismatch { .. } => reason::INVALID_MODEL,
             Self::Pass { .. } => reason::PASS_FAILED,
             Self::Eval {
                 source: eval::Error::Runtime(_),
@@ -222,6 +228,8 @@ pub struct Calibration {
 /// A compressed model on disk, with what each pass did.
 pub struct Candidate {
     pub path: PathBuf,
+    /// How messages name it (the scratch copy's path is never shown).
+    pub shown: String,
     /// (file name, local path, sha256): the model file first, then its external data.
     pub files: Vec<(String, PathBuf, String)>,
     /// sha256 of the model (of its file list when it has external data).
@@ -580,6 +588,7 @@ fn edge_baseline(
         warmup: 0,
         iterations: 0,
         spill: spill_to(inputs),
+        labels_field: "spec.edgeCases.labels",
         ..EvalConfig::from_spec(&spec.evaluation(), e.labels.clone(), e.limit)
             .with_inputs(&spec.dataset.inputs)
     };
@@ -1009,6 +1018,7 @@ pub fn build_candidate(
     Ok(Candidate {
         digest: publish::artifact_digest(&files),
         path,
+        shown: "candidate model.onnx".into(),
         files,
         bytes: saved.bytes,
         folded_constants: folded,
@@ -1112,7 +1122,7 @@ pub fn measure_latency(
 fn cand_err(candidate: &Candidate) -> impl Fn(eval::Error) -> Error + '_ {
     move |source| Error::Eval {
         which: "candidate",
-        source: named(source, &candidate.path, "candidate model.onnx"),
+        source: named(source, &candidate.path, &candidate.shown),
     }
 }
 
@@ -1211,16 +1221,7 @@ fn fixed_recipe(
             }
         }
     }
-    let (metrics, baseline) = evaluate(&candidate, base, ui)?;
-    if candidate.tensors_changed() == 0 {
-        ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
-    }
-    let decision = gate::decide(
-        &spec.thresholds,
-        &baseline,
-        &metrics,
-        candidate.tensors_changed(),
-    )?;
+    let (metrics, baseline, decision) = judge(&candidate, base, spec, ui)?;
     Ok(Chosen {
         candidate,
         metrics,
@@ -1230,6 +1231,152 @@ fn fixed_recipe(
         calibration: calibration.map(|c| c.report),
         search: None,
     })
+}
+
+/// Stage 4 and the gate: the candidate's metrics, the baseline's (with the latency measured
+/// beside the candidate's) and the decision on `spec.thresholds`.
+pub fn judge(
+    candidate: &Candidate,
+    base: &Baseline,
+    spec: &CompressionJobSpec,
+    ui: &Ui,
+) -> Result<(Metrics, Metrics, gate::Decision)> {
+    let (metrics, baseline) = evaluate(candidate, base, ui)?;
+    if candidate.tensors_changed() == 0 {
+        ui.stage("no pass changed any weight: the candidate is the original model (see the skipped reasons in the report)");
+    }
+    let decision = gate::decide(
+        &spec.thresholds,
+        &baseline,
+        &metrics,
+        candidate.tensors_changed(),
+    )?;
+    Ok((metrics, baseline, decision))
+}
+
+/// Stage 4c for the chosen candidate (nothing without `spec.edgeCases`).
+fn edge_cases_of(
+    inputs: &Inputs,
+    base: &Baseline,
+    spec: &CompressionJobSpec,
+    chosen: &mut Chosen,
+    ui: &Ui,
+) -> Result<Option<crate::report::EdgeCasesReport>> {
+    match &inputs.edge_cases {
+        Some((_, dataset)) => judge_edge_cases(
+            &chosen.candidate,
+            base,
+            spec,
+            dataset,
+            &mut chosen.decision,
+            ui,
+        ),
+        None => Ok(None),
+    }
+}
+
+/// A judged candidate with what its result and report are made of.
+pub struct Judged<'a> {
+    pub job: &'a JobRef,
+    pub spec: &'a CompressionJobSpec,
+    pub inputs: &'a Inputs,
+    pub run_id: String,
+    pub started: Instant,
+    pub started_at: jiff::Timestamp,
+    pub chosen: Chosen,
+    pub edge_cases: Option<crate::report::EdgeCasesReport>,
+}
+
+impl<'a> Judged<'a> {
+    /// Stage 4c on the chosen candidate (`spec.edgeCases`, its checks joining the decision),
+    /// timed into `stages`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        job: &'a JobRef,
+        spec: &'a CompressionJobSpec,
+        inputs: &'a Inputs,
+        base: &Baseline,
+        mut chosen: Chosen,
+        (run_id, started, started_at): (String, Instant, jiff::Timestamp),
+        stages: &mut Vec<crate::api::StageTime>,
+        ui: &Ui,
+    ) -> Result<Self> {
+        let t = Instant::now();
+        let edge_cases = edge_cases_of(inputs, base, spec, &mut chosen, ui)?;
+        if edge_cases.is_some() {
+            stages.push(stage("edgeCases", t));
+        }
+        Ok(Judged {
+            job,
+            spec,
+            inputs,
+            run_id,
+            started,
+            started_at,
+            chosen,
+            edge_cases,
+        })
+    }
+
+    /// The result before anything is published; `stages` times the run so far.
+    fn result(&self, original_bytes: u64, stages: Vec<crate::api::StageTime>) -> JobResult {
+        let (inputs, c) = (self.inputs, &self.chosen);
+        let bytes_read = inputs.model.bytes
+            + inputs.external_data.iter().map(|e| e.bytes).sum::<u64>()
+            + inputs.dataset.bytes
+            + inputs.calibration.as_ref().map_or(0, |c| c.1.bytes)
+            + inputs.edge_cases.as_ref().map_or(0, |e| e.1.bytes);
+        JobResult {
+            verdict: c.decision.verdict,
+            original_bytes,
+            compressed_bytes: c.candidate.bytes,
+            ratio: c.decision.ratio,
+            accuracy_drop: c.decision.accuracy_drop,
+            baseline: c.baseline.clone(),
+            candidate: c.metrics.clone(),
+            checks: c.decision.checks.clone(),
+            search: c.search.as_ref().map(|s| s.1.clone()),
+            usage: Some(crate::api::Usage {
+                bytes_read,
+                stages,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The run's report with `result` and the passes' reports.
+    fn report(&self, result: &JobResult, passes: &[PassReport]) -> Report {
+        let (inputs, c, spec) = (self.inputs, &self.chosen, self.spec);
+        Report {
+            api_version: crate::api::CompressionJob::api_version(&()).into_owned(),
+            kind: Report::KIND,
+            job: self.job.clone(),
+            run_id: self.run_id.clone(),
+            started_at: self.started_at.to_string(),
+            duration_seconds: self.started.elapsed().as_secs_f64(),
+            model: inputs.model.clone(),
+            external_data: inputs.external_data.clone(),
+            dataset: inputs.dataset.clone(),
+            recipe: c.recipe.clone(),
+            thresholds: spec.thresholds.clone(),
+            folded_constants: c.candidate.folded_constants,
+            passes: passes.to_vec(),
+            calibration: c.calibration.clone(),
+            search: c.search.as_ref().map(|s| s.0.clone()),
+            edge_cases: self.edge_cases.clone(),
+            evaluator: spec
+                .evaluation()
+                .evaluator
+                .as_ref()
+                .map(crate::report::EvaluatorRef::from_spec),
+            result: result.clone(),
+            tools: Tools::this_binary(
+                eval::runtime::library_version(),
+                eval::runtime::library_path().map(|p| p.display().to_string()),
+            ),
+        }
+    }
 }
 
 /// A run folder name no other run shares: `<prefix>-<UTC time>-<random>`, one path segment.
@@ -1382,100 +1529,26 @@ pub async fn run(
     let run_id = unique_run_id(opts.run_id.as_deref().unwrap_or(&job.name), started_at);
 
     let mut stages = Vec::new();
-    let mut stage = |name: &str, since: Instant| {
-        stages.push(crate::api::StageTime {
-            stage: name.into(),
-            seconds: since.elapsed().as_secs_f64(),
-        })
-    };
-    let t = Instant::now();
-    let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
-    stage("fetch", t);
-    let t = Instant::now();
-    let base = baseline(&inputs, spec, ui)?;
-    stage("baseline", t);
+    let (inputs, base) = fetch_and_baseline(spec, &storage, opts, ui, &mut stages).await?;
     let t = Instant::now();
     let chosen = match &spec.search {
         Some(s) => search::search(&inputs, &base, spec, s, &opts.scratch, ui)?,
         None => fixed_recipe(&inputs, &base, spec, &opts.scratch, ui)?,
     };
-    stage("compress", t);
-    let mut chosen = chosen;
-    let edge_cases = match &inputs.edge_cases {
-        Some((_, dataset)) => {
-            let t = Instant::now();
-            let e = judge_edge_cases(
-                &chosen.candidate,
-                &base,
-                spec,
-                dataset,
-                &mut chosen.decision,
-                ui,
-            )?;
-            stage("edgeCases", t);
-            e
-        }
-        None => None,
-    };
-    let bytes_read = inputs.model.bytes
-        + inputs.external_data.iter().map(|e| e.bytes).sum::<u64>()
-        + inputs.dataset.bytes
-        + inputs.calibration.as_ref().map_or(0, |c| c.1.bytes)
-        + inputs.edge_cases.as_ref().map_or(0, |e| e.1.bytes);
-    let Chosen {
-        candidate,
-        metrics,
-        baseline: base_metrics,
-        decision,
-        recipe,
-        calibration,
-        search,
-    } = chosen;
-    let result = JobResult {
-        verdict: decision.verdict,
-        original_bytes: base.model.file_bytes,
-        compressed_bytes: candidate.bytes,
-        ratio: decision.ratio,
-        accuracy_drop: decision.accuracy_drop,
-        baseline: base_metrics,
-        candidate: metrics,
-        checks: decision.checks,
-        search: search.as_ref().map(|s| s.1.clone()),
-        usage: Some(crate::api::Usage {
-            bytes_read,
-            stages: stages.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let report = |result: &JobResult, passes: &[PassReport]| Report {
-        api_version: crate::api::CompressionJob::api_version(&()).into_owned(),
-        kind: Report::KIND,
-        job: job.clone(),
-        run_id: run_id.clone(),
-        started_at: started_at.to_string(),
-        duration_seconds: started.elapsed().as_secs_f64(),
-        model: inputs.model.clone(),
-        external_data: inputs.external_data.clone(),
-        dataset: inputs.dataset.clone(),
-        recipe: recipe.clone(),
-        thresholds: spec.thresholds.clone(),
-        folded_constants: candidate.folded_constants,
-        passes: passes.to_vec(),
-        calibration: calibration.clone(),
-        search: search.as_ref().map(|s| s.0.clone()),
-        edge_cases: edge_cases.clone(),
-        evaluator: spec
-            .evaluation()
-            .evaluator
-            .as_ref()
-            .map(crate::report::EvaluatorRef::from_spec),
-        result: result.clone(),
-        tools: Tools::this_binary(
-            eval::runtime::library_version(),
-            eval::runtime::library_path().map(|p| p.display().to_string()),
-        ),
-    };
+    stages.push(stage("compress", t));
+    let judged = Judged::new(
+        job,
+        spec,
+        &inputs,
+        &base,
+        chosen,
+        (run_id.clone(), started, started_at),
+        &mut stages,
+        ui,
+    )?;
+    let result = judged.result(base.model.file_bytes, stages);
+    let report = |r: &JobResult, passes: &[PassReport]| judged.report(r, passes);
+    let (candidate, recipe) = (&judged.chosen.candidate, &judged.chosen.recipe);
     // An OCI promotion's manifest is built first: its digest is a subject of the evidence.
     let passed = result.verdict == crate::api::Verdict::Passed;
     let oci = match &promote_to {
@@ -1506,7 +1579,7 @@ pub async fn run(
             sha256: inputs.model.sha256.clone(),
         },
         job: serde_json::to_value(job).unwrap_or_default(),
-        recipe: serde_json::to_value(&recipe).unwrap_or_default(),
+        recipe: serde_json::to_value(recipe).unwrap_or_default(),
     };
     let t = Instant::now();
     let mut published = publish::publish(
@@ -1523,18 +1596,47 @@ pub async fn run(
     )
     .await?;
     if let Some(u) = published.usage.as_mut() {
-        u.stages.push(crate::api::StageTime {
-            stage: "publish".into(),
-            seconds: t.elapsed().as_secs_f64(),
-        });
-        u.wall_seconds = started.elapsed().as_secs_f64();
-        u.cpu_seconds = crate::usage::cpu_seconds().unwrap_or_default();
-        u.peak_memory_bytes = crate::usage::peak_memory_bytes().unwrap_or_default();
+        u.stages.push(stage("publish", t));
     }
+    total_usage(&mut published, started);
     Ok(Outcome {
         report: report(&published, &candidate.passes),
         result: published,
     })
+}
+
+/// Stages 1 and 2, timed into `stages`.
+async fn fetch_and_baseline(
+    spec: &CompressionJobSpec,
+    storage: &Storage,
+    opts: &RunOptions,
+    ui: &Ui,
+    stages: &mut Vec<crate::api::StageTime>,
+) -> Result<(Inputs, Baseline)> {
+    let t = Instant::now();
+    let inputs = fetch(spec, storage, &opts.scratch, ui).await?;
+    stages.push(stage("fetch", t));
+    let t = Instant::now();
+    let base = baseline(&inputs, spec, ui)?;
+    stages.push(stage("baseline", t));
+    Ok((inputs, base))
+}
+
+/// How long a stage took, from `since`.
+fn stage(name: &str, since: Instant) -> crate::api::StageTime {
+    crate::api::StageTime {
+        stage: name.into(),
+        seconds: since.elapsed().as_secs_f64(),
+    }
+}
+
+/// The run's totals (wall time, CPU time, peak memory) in its usage.
+fn total_usage(result: &mut JobResult, started: Instant) {
+    if let Some(u) = result.usage.as_mut() {
+        u.wall_seconds = started.elapsed().as_secs_f64();
+        u.cpu_seconds = crate::usage::cpu_seconds().unwrap_or_default();
+        u.peak_memory_bytes = crate::usage::peak_memory_bytes().unwrap_or_default();
+    }
 }
 
 /// The baseline compared with itself says nothing; keep those fields empty.

@@ -142,6 +142,50 @@ pub fn write_model(model: &pb::ModelProto, path: &Path) {
     std::fs::write(path, model.encode_to_vec()).unwrap();
 }
 
+/// A model with one node appended to its output `out`: `op(out, constant)` (Gather takes
+/// `axis`), under the output's name, so the dataset and the spec fit it unchanged.
+pub fn planted(
+    src: &Path,
+    dst: &Path,
+    out: &str,
+    op: &str,
+    constant: pb::TensorProto,
+    axis: Option<i64>,
+) {
+    use prost::Message;
+    let mut m = pb::ModelProto::decode(std::fs::read(src).unwrap().as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let inner = format!("{out}__before_plant");
+    for n in &mut g.node {
+        for o in &mut n.output {
+            if o == out {
+                *o = inner.clone();
+            }
+        }
+    }
+    let cname = constant.name.clone().unwrap();
+    g.initializer.push(constant);
+    g.node.push(kompress::onnx::node(
+        op,
+        "planted".into(),
+        vec![inner, cname],
+        vec![out.into()],
+        axis.map(|a| vec![kompress::onnx::attr_int("axis", a)])
+            .unwrap_or_default(),
+    ));
+    std::fs::write(dst, m.encode_to_vec()).unwrap();
+}
+
+pub fn i64_tensor(name: &str, v: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(pb::tensor_proto::DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 /// One array for an npz: (.npy descr, shape, little-endian bytes).
 pub struct Npy {
     pub descr: &'static str,
@@ -187,8 +231,35 @@ fn npy_bytes(a: &Npy) -> Vec<u8> {
     out
 }
 
+/// An int64 array of any shape.
+pub fn i64_shaped(shape: &[usize], v: &[i64]) -> Npy {
+    assert_eq!(shape.iter().product::<usize>(), v.len());
+    Npy {
+        shape: shape.to_vec(),
+        ..i64_array(v)
+    }
+}
+
+/// A copy of the npz at `src` with `arrays` added (its own members kept as they are).
+pub fn npz_with(src: &Path, dst: &Path, arrays: &[(&str, Npy)]) {
+    std::fs::copy(src, dst).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dst)
+        .unwrap();
+    add_members(zip::ZipWriter::new_append(f).unwrap(), arrays);
+}
+
 pub fn write_npz(path: &Path, arrays: &[(&str, Npy)]) {
-    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    add_members(
+        zip::ZipWriter::new(std::fs::File::create(path).unwrap()),
+        arrays,
+    );
+}
+
+/// Stores `arrays` as `<name>.npy` members and finishes the archive.
+fn add_members(mut z: zip::ZipWriter<std::fs::File>, arrays: &[(&str, Npy)]) {
     let opts =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, a) in arrays {
