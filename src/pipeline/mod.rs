@@ -105,7 +105,12 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Storage(e) => e.is_permanent(),
-            Self::Model(onnx::Error::Write { .. }) | Self::Scratch { .. } => false,
+            Self::Model(onnx::Error::Write { .. })
+            | Self::Scratch { .. }
+            | Self::Eval {
+                source: eval::Error::Spill(_),
+                ..
+            } => false,
             _ => true,
         }
     }
@@ -117,7 +122,11 @@ impl Error {
             Self::InvalidSpec(_) => reason::INVALID_SPEC,
             Self::Storage(e) if e.is_permanent() => reason::STORAGE_ERROR,
             Self::Storage(_) => reason::STORAGE_UNAVAILABLE,
-            Self::Model(onnx::Error::Write { .. }) => reason::SCRATCH_ERROR,
+            Self::Model(onnx::Error::Write { .. })
+            | Self::Eval {
+                source: eval::Error::Spill(_),
+                ..
+            } => reason::SCRATCH_ERROR,
             Self::Model(_) | Self::CandidateMismatch { .. } => reason::INVALID_MODEL,
             Self::Pass { .. } => reason::PASS_FAILED,
             Self::Eval {
