@@ -2578,9 +2578,15 @@ mod cleanup {
 mod task_evaluation {
     use super::*;
 
-    /// The digits job with `spec.evaluation` and `spec.thresholds` replaced.
+    /// The digits job with `spec.evaluation` and `spec.thresholds` replaced, on a set without
+    /// labels (a `labels` array is read as the task reads labels: digits' class labels beside
+    /// a detection task would fail first, naming `spec.dataset.labels`).
     fn job(case: &Case, evaluation: &str, thresholds: &str) -> String {
+        let data = case.path().join("unlabelled.npz");
+        let n = 12;
+        write_npz(&data, &[("input", f32_array(&[n, 64], &lcg(n * 64, 5)))]);
         let mut j = case.digits();
+        j.dataset = s(&data);
         j.thresholds = thresholds.into();
         j.extra = format!("  evaluation:\n    latency: {{warmup: 1, iterations: 2}}\n{evaluation}");
         j.yaml()

@@ -68,12 +68,6 @@ fn expected(task: &Task, shape: &[usize], dtype: Dtype) -> (&'static str, bool) 
     }
 }
 
-/// Whether array `name` exists and has the shape and type `task` reads labels in.
-pub fn fits(ds: &Dataset, name: &str, task: &Task) -> bool {
-    ds.get(name)
-        .is_some_and(|a| expected(task, a.shape(), a.dtype()).1)
-}
-
 /// Reads the first `samples` rows of array `name` as `task` reads labels. Errors name the
 /// field and say which shape and type it needs.
 pub fn read(

@@ -294,13 +294,10 @@ pub fn prepare<'d>(opened: &Opened, ds: &'d Dataset, cfg: &EvalConfig) -> Result
             arrays.join(", ")
         )));
     }
-    // An array named `labels` is taken by default only where it has the task's label shape
-    // (a classifier's labels beside a detection task are not the boxes it needs); one the
-    // spec names must fit.
     let label_name = cfg
         .labels
         .clone()
-        .or_else(|| labels::fits(ds, "labels", &cfg.task).then(|| "labels".to_string()));
+        .or_else(|| ds.get("labels").map(|_| "labels".to_string()));
     let labels = label_name
         .map(|ln| labels::read(ds, &ln, cfg.labels_field, &cfg.task, samples))
         .transpose()
