@@ -8,7 +8,7 @@
 mod support;
 
 use k8s_openapi::api::core::v1::Pod;
-use kompress::api::{CompressionJob, Phase, condition};
+use kompress::api::{Phase, condition};
 use kompress::controller::leader::LeaseLock;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -22,18 +22,6 @@ const NEEDS: &str = "needs the test control plane: run via `make test`";
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Env = ControllerEnv;
-
-fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
-    let c = cj
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .unwrap_or_else(|| panic!("no {type_} condition"));
-    (c.status.as_str(), c.reason.as_str())
-}
 
 const GATE: &str =
     "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";

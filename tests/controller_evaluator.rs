@@ -20,6 +20,7 @@ use kompress::api::{CompressionJob, Phase, condition};
 use kube::Api;
 use kube::api::ListParams;
 use std::time::Duration;
+use support::NPZ_AGREEMENT_PY;
 use support::cluster::*;
 
 type Env = ControllerEnv;
@@ -28,43 +29,12 @@ const GATE: &str = "    minCompressionRatio: 3.5";
 
 /// A pure-Python evaluator (no numpy): top-1 agreement of the candidate with the original,
 /// from the two `.npz` files the worker writes.
-const SCORE_PY: &str = r#"
-import ast, json, os, struct, zipfile
-
-def load(path):
-    out = {}
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            b = z.read(name)
-            hl = struct.unpack('<H', b[8:10])[0]
-            h = ast.literal_eval(b[10:10 + hl].decode())
-            data = b[10 + hl:]
-            fmt = {'<f4': 'f', '<i8': 'q'}[h['descr']]
-            n = len(data) // struct.calcsize(fmt)
-            out[name[:-4]] = (h['shape'], struct.unpack('<%d%s' % (n, fmt), data))
-    return out
-
-o = load(os.environ['KOMPRESS_ORIGINAL'])
-c = load(os.environ['KOMPRESS_CANDIDATE'])
-shape, ov = o['output']
-_, cv = c['output']
-n = shape[0]
-k = len(ov) // n
-top = lambda v, i: max(range(k), key=lambda j: v[i * k + j])
-agree = sum(top(ov, i) == top(cv, i) for i in range(n)) / n
-print(json.dumps({"metrics": {"top1_agreement": agree, "rows": n}}))
-"#;
-
-fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
-    let c = cj
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .unwrap_or_else(|| panic!("no {type_} condition"));
-    (c.status.as_str(), c.reason.as_str())
+fn score_py() -> String {
+    format!(
+        "{NPZ_AGREEMENT_PY}{}",
+        r#"print(json.dumps({"metrics": {"top1_agreement": agree, "rows": n}}))
+"#
+    )
 }
 
 /// The digits example as `name` with the custom evaluator `evaluator` (a flow mapping) and
@@ -94,7 +64,7 @@ async fn custom_evaluator_metrics_gate_jobs_in_the_cluster_and_its_image_becomes
 {
     let env = Env::new("evaluator").await;
     let py = env.out().join("score.py");
-    std::fs::write(&py, SCORE_PY).unwrap();
+    std::fs::write(&py, score_py()).unwrap();
     let local = format!(
         "{{command: [python3, '{}'], timeoutSeconds: 120}}",
         py.display()

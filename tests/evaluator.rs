@@ -10,31 +10,10 @@ use support::*;
 
 /// A pure-Python evaluator (no numpy): top-1 agreement and the largest output difference,
 /// computed from the two `.npz` files kompress wrote.
-const SCORE_PY: &str = r#"
-import ast, json, os, struct, zipfile
-
-def load(path):
-    out = {}
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            b = z.read(name)
-            hl = struct.unpack('<H', b[8:10])[0]
-            h = ast.literal_eval(b[10:10 + hl].decode())
-            data = b[10 + hl:]
-            fmt = {'<f4': 'f', '<i8': 'q'}[h['descr']]
-            n = len(data) // struct.calcsize(fmt)
-            out[name[:-4]] = (h['shape'], struct.unpack('<%d%s' % (n, fmt), data))
-    return out
-
-o = load(os.environ['KOMPRESS_ORIGINAL'])
-c = load(os.environ['KOMPRESS_CANDIDATE'])
-shape, ov = o['output']
-_, cv = c['output']
-n = shape[0]
-k = len(ov) // n
-top = lambda v, i: max(range(k), key=lambda j: v[i * k + j])
-agree = sum(top(ov, i) == top(cv, i) for i in range(n)) / n
-print("scoring", n, "rows", file=__import__('sys').stderr)
+fn score_py() -> String {
+    format!(
+        "{NPZ_AGREEMENT_PY}{}",
+        r#"print("scoring", n, "rows", file=__import__('sys').stderr)
 print(json.dumps({"metrics": {
     "top1_agreement": agree,
     "max_abs_diff": max(abs(a - b) for a, b in zip(ov, cv)),
@@ -42,7 +21,9 @@ print(json.dumps({"metrics": {
     "labelled": len(o.get('labels', ((), ()))[1]),
     "classes": shape[1],
 }}))
-"#;
+"#
+    )
+}
 
 fn job(dir: &Path, evaluator: &str, custom: &str) -> String {
     let r = repo();
@@ -65,7 +46,7 @@ fn script(dir: &Path, name: &str, body: &str) -> String {
 #[test]
 fn a_python_evaluator_s_metrics_are_gated_reported_and_in_the_evidence() {
     let dir = tempfile::tempdir().unwrap();
-    let py = script(dir.path(), "score.py", SCORE_PY);
+    let py = script(dir.path(), "score.py", &score_py());
     let j = job(
         dir.path(),
         &format!(
@@ -127,7 +108,7 @@ fn a_python_evaluator_s_metrics_are_gated_reported_and_in_the_evidence() {
 #[test]
 fn a_custom_threshold_the_candidate_misses_rejects_it() {
     let dir = tempfile::tempdir().unwrap();
-    let py = script(dir.path(), "score.py", SCORE_PY);
+    let py = script(dir.path(), "score.py", &score_py());
     let j = job(
         dir.path(),
         &format!("{{command: [python3, '{py}']}}"),
@@ -243,7 +224,7 @@ fn in_a_cluster_the_agent_in_the_evaluator_s_container_runs_it_for_the_worker() 
     // The pod's two containers, as processes: the agent (what the evaluator's sidecar runs)
     // serving a shared folder, and a run told to ask it (the worker's env in the pod).
     let dir = tempfile::tempdir().unwrap();
-    let py = script(dir.path(), "score.py", SCORE_PY);
+    let py = script(dir.path(), "score.py", &score_py());
     let shared = dir.path().join("shared");
     let mut agent = std::process::Command::new(bin())
         .args(["evaluator-agent", "--dir"])

@@ -1341,8 +1341,11 @@ fn probe_scores(
     let (mut sn, mut flipped) = ((0f64, 0f64), 0usize);
     crate::eval::values::Values::zip_rows(reference, &out.values, per, rows, |_, r, c| {
         add_signal_noise(&mut sn, r, c);
-        if out.classes.is_some() && (argmax(r).is_none() || argmax(r) != argmax(c)) {
-            flipped += 1;
+        if out.classes.is_some() {
+            let top = argmax(r);
+            if top.is_none() || top != argmax(c) {
+                flipped += 1;
+            }
         }
     })?;
     let flips = out.classes.map(|_| flipped as f64 / rows.max(1) as f64);

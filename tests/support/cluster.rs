@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kompress::api::CompressionJob;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -279,4 +280,17 @@ impl ControllerEnv {
             other => panic!("no {reason} Event for {name} ({other:?})"),
         }
     }
+}
+
+/// The status and reason of `cj`'s condition `type_` (it must have one).
+pub fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
+    let c = cj
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"));
+    (c.status.as_str(), c.reason.as_str())
 }

@@ -834,3 +834,32 @@ pub fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("no check {name}: {}", report["result"]["checks"]))
 }
+
+/// The start of a pure-Python custom evaluator (no numpy): loads the original's and the
+/// candidate's `.npz` files kompress writes (`o`, `c`), the compared output's shape and
+/// values (`shape`, `ov`, `cv`), and their top-1 agreement (`agree`); a test's evaluator
+/// appends what it prints.
+pub const NPZ_AGREEMENT_PY: &str = r#"import ast, json, os, struct, zipfile
+
+def load(path):
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            b = z.read(name)
+            hl = struct.unpack('<H', b[8:10])[0]
+            h = ast.literal_eval(b[10:10 + hl].decode())
+            data = b[10 + hl:]
+            fmt = {'<f4': 'f', '<i8': 'q'}[h['descr']]
+            n = len(data) // struct.calcsize(fmt)
+            out[name[:-4]] = (h['shape'], struct.unpack('<%d%s' % (n, fmt), data))
+    return out
+
+o = load(os.environ['KOMPRESS_ORIGINAL'])
+c = load(os.environ['KOMPRESS_CANDIDATE'])
+shape, ov = o['output']
+_, cv = c['output']
+n = shape[0]
+k = len(ov) // n
+top = lambda v, i: max(range(k), key=lambda j: v[i * k + j])
+agree = sum(top(ov, i) == top(cv, i) for i in range(n)) / n
+"#;
