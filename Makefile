@@ -16,9 +16,11 @@ cluster-demo:
 test:
 	hack/test
 
-# Benchmarks with a reference measured in the same run (ratios).
+# Benchmarks with a reference measured in the same run (ratios); then the compression cache,
+# a second identical job against the first (MiniLM with KOMPRESS_TASK_MODELS set).
 bench:
 	hack/bench
+	hack/bench --cache
 
 # kompress's quantization modes next to ONNX Runtime's own tools, on real pretrained models
 # fetched from PyPI/Maven (cached under ~/.cache/kompress). BENCH_ARGS=--quick: a few minutes.
@@ -40,6 +42,7 @@ lint:
 
 crd:
 	cargo run --quiet -- crd > crds/compressionjob.yaml
+	cargo run --quiet -- crd --kind policy > crds/compressionpolicy.yaml
 	cargo run --quiet -- crd --reference > docs/src/reference.md
 	hack/render-manifests
 

@@ -79,6 +79,9 @@ pub struct Report {
     pub evaluator: Option<EvaluatorRef>,
     pub result: JobResult,
     pub tools: Tools,
+    /// Set when the result was reused from an earlier run (see `JobResult::cached_from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<crate::api::CachedFrom>,
 }
 
 /// The custom evaluator that scored the candidate: its command and, in a cluster, its image
@@ -308,44 +311,55 @@ pub struct ActivationError {
 impl Report {
     pub const KIND: &str = "CompressionReport";
 
-    /// The predicate of the promotion's in-toto statement (`evidence::PREDICATE_TYPE`): what
-    /// was evaluated, against which thresholds, with which result, by which tools. Bounded:
-    /// the per-tensor pass details and the search's trial log stay in report.json.
+    /// The predicate of the promotion's in-toto statement: see [`evidence_predicate`].
     pub fn evidence_predicate(&self) -> serde_json::Value {
-        let r = &self.result;
-        serde_json::json!({
-            "verdict": r.verdict,
-            "job": self.job,
-            "runId": self.run_id,
-            "startedAt": self.started_at,
-            "finishedAt": jiff::Timestamp::now().to_string(),
-            "inputs": {
-                "model": self.model,
-                "externalData": self.external_data,
-                "dataset": self.dataset,
-                "calibration": self.calibration.as_ref().map(|c| &c.source),
-                "edgeCases": self.edge_cases.as_ref().map(|e| &e.dataset),
-            },
-            "edgeCases": self.edge_cases.as_ref().map(|e| serde_json::json!({
-                "verdict": e.verdict,
-                "baseline": e.baseline,
-                "candidate": e.candidate,
-            })),
-            "recipe": self.recipe,
-            "thresholds": self.thresholds,
-            "evaluator": self.evaluator,
-            "checks": r.checks,
-            "baseline": r.baseline,
-            "candidate": r.candidate,
-            "originalBytes": r.original_bytes,
-            "compressedBytes": r.compressed_bytes,
-            "ratio": r.ratio,
-            "accuracyDrop": r.accuracy_drop,
-            "search": r.search,
-            "candidateUri": r.artifact.as_ref().map(|a| &a.uri),
-            "tools": self.tools,
-        })
+        evidence_predicate(&serde_json::to_value(self).unwrap_or_default())
     }
+}
+
+/// The predicate of the promotion's in-toto statement (`evidence::PREDICATE_TYPE`), from a
+/// report as written to report.json (a run's own, or a cached run's replayed one): what was
+/// evaluated, against which thresholds, with which result, by which tools, and where a reused
+/// result came from. Bounded: the per-tensor pass details and the search's trial log stay in
+/// report.json.
+pub fn evidence_predicate(report: &serde_json::Value) -> serde_json::Value {
+    let (r, edge) = (&report["result"], &report["edgeCases"]);
+    let mut p = serde_json::json!({
+        "verdict": r["verdict"],
+        "job": report["job"],
+        "runId": report["runId"],
+        "startedAt": report["startedAt"],
+        "finishedAt": jiff::Timestamp::now().to_string(),
+        "inputs": {
+            "model": report["model"],
+            "externalData": report["externalData"],
+            "dataset": report["dataset"],
+            "calibration": report["calibration"]["source"],
+            "edgeCases": edge["dataset"],
+        },
+        "edgeCases": (!edge.is_null()).then(|| serde_json::json!({
+            "verdict": edge["verdict"],
+            "baseline": edge["baseline"],
+            "candidate": edge["candidate"],
+        })),
+        "recipe": report["recipe"],
+        "thresholds": report["thresholds"],
+        "evaluator": report["evaluator"],
+        "checks": r["checks"],
+        "baseline": r["baseline"],
+        "candidate": r["candidate"],
+        "originalBytes": r["originalBytes"],
+        "compressedBytes": r["compressedBytes"],
+        "ratio": r["ratio"],
+        "accuracyDrop": r["accuracyDrop"],
+        "search": r["search"],
+        "candidateUri": r["artifact"]["uri"],
+        "tools": report["tools"],
+    });
+    if let Some(c) = report.get("cachedFrom") {
+        p["cachedFrom"] = c.clone();
+    }
+    p
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -46,6 +46,16 @@ impl Ui {
         }
     }
 
+    /// Something the run got past but people should know (printed even by an inner `Ui`).
+    pub fn warn(&self, msg: &str) {
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(format!("warning: {msg}"));
+            }
+            None => tracing::warn!("{msg}"),
+        }
+    }
+
     pub fn stage(&self, msg: &str) {
         if self.quiet {
             return;

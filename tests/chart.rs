@@ -97,13 +97,7 @@ fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
     ok(
         &t,
         &t.kubectl,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            "crds/compressionjob.yaml",
-        ],
+        &["apply", "--server-side", "--force-conflicts", "-f", "crds/"],
         None,
     );
     for sets in [
@@ -204,6 +198,16 @@ fn controller_service_account_can_do_what_it_needs_and_nothing_more() {
         &["watch", "compressionjobs.kompress.dev", "-A"],
         &["patch", "compressionjobs.kompress.dev", "-n", "ml"],
         &["patch", "compressionjobs.kompress.dev/status", "-n", "ml"],
+        // a CompressionPolicy creates its CompressionJobs and trims them to its history limits
+        &["create", "compressionjobs.kompress.dev", "-n", "ml"],
+        &["delete", "compressionjobs.kompress.dev", "-n", "ml"],
+        &["watch", "compressionpolicies.kompress.dev", "-A"],
+        &[
+            "patch",
+            "compressionpolicies.kompress.dev/status",
+            "-n",
+            "ml",
+        ],
         &["create", "jobs.batch", "-n", "ml"],
         &["delete", "jobs.batch", "-n", "ml"],
         &["list", "pods", "-n", "ml"],
@@ -222,8 +226,9 @@ fn controller_service_account_can_do_what_it_needs_and_nothing_more() {
         &["get", "secrets", "-n", "ml"],
         &["list", "secrets", "-A"],
         &["create", "pods", "-n", "ml"],
-        &["delete", "compressionjobs.kompress.dev", "-n", "ml"],
         &["update", "compressionjobs.kompress.dev", "-n", "ml"],
+        &["create", "compressionpolicies.kompress.dev", "-n", "ml"],
+        &["delete", "compressionpolicies.kompress.dev", "-n", "ml"],
         &["create", "leases.coordination.k8s.io", "-n", "ml"],
         &["create", "deployments.apps", "-n", "ml"],
         &["escalate", "clusterroles.rbac.authorization.k8s.io"],

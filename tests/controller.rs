@@ -139,6 +139,38 @@ async fn digits_example_succeeds_is_promoted_and_records_events() {
     env.cleanup().await;
 }
 
+/// A second CompressionJob with the same spec (another name, the same output) is served from
+/// the cache the first one's worker recorded: its status says `cachedFrom` and promotes the
+/// same digest.
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn an_identical_second_job_is_served_from_the_cache_and_says_so_in_status() {
+    let env = Env::new("cache").await;
+    env.create(&env.digits("digits-a", GATE)).await;
+    let a = env.wait_phase("digits-a", Phase::Succeeded, 1).await;
+    env.create(&env.digits("digits-b", GATE)).await;
+    let b = env.wait_phase("digits-b", Phase::Succeeded, 1).await;
+    let (a, b) = (a.status.unwrap().result.unwrap(), b.status.unwrap());
+    let from = b
+        .result
+        .as_ref()
+        .and_then(|r| r.cached_from.clone())
+        .expect("cachedFrom in the second job's status");
+    let a_run = a
+        .artifact
+        .as_ref()
+        .unwrap()
+        .uri
+        .trim_end_matches("/model.onnx");
+    assert_eq!(from.run, a_run);
+    assert_eq!(from.key.len(), 64);
+    assert_eq!(b.result.as_ref().unwrap().promoted, a.promoted);
+    let message = b.message.unwrap_or_default();
+    assert!(message.contains("result reused from"), "{message}");
+    assert!(a.cached_from.is_none());
+    env.cleanup().await;
+}
+
 #[tokio::test]
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn a_search_job_ends_with_its_chosen_form_in_status_and_a_search_event() {

@@ -319,3 +319,127 @@ fn https_404_is_a_permanent_error() {
         "{e}"
     );
 }
+
+/// `Storage::scan` (what a CompressionPolicy lists with): every object under a prefix with its
+/// size and entity tag, streamed; stopped after `max_objects`.
+#[tokio::test]
+#[ignore = "needs the S3 server: run via `make test` (hack/s3/up)"]
+async fn a_scan_streams_objects_with_their_etags_and_stops_at_its_bound() {
+    use kompress::storage::{Listed, Location, Storage};
+    let env = s3_env();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let p = unique("scan");
+    let r = repo();
+    for v in ["v1", "v2", "v3"] {
+        boto(
+            &env,
+            &[
+                "put",
+                r.join("examples/digits/model.onnx").to_str().unwrap(),
+                &format!("s3://models/{p}/digits/{v}/model.onnx"),
+            ],
+        );
+    }
+    let spec = kompress::api::StorageSpec {
+        endpoint: Some(get("AWS_ENDPOINT_URL")),
+        region: Some(get("AWS_REGION")),
+        allow_http: Some(true),
+        ..Default::default()
+    };
+    let storage = Storage::new(Some(&spec))
+        .with_option("aws_access_key_id", &get("AWS_ACCESS_KEY_ID"))
+        .with_option("aws_secret_access_key", &get("AWS_SECRET_ACCESS_KEY"));
+    let prefix = Location::parse(&format!("s3://models/{p}")).unwrap();
+    let mut seen: Vec<Listed> = Vec::new();
+    let complete = storage
+        .scan(&prefix, 10, &mut |o| seen.push(o))
+        .await
+        .unwrap();
+    assert!(complete);
+    let keys: Vec<&str> = seen.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "digits/v1/model.onnx",
+            "digits/v2/model.onnx",
+            "digits/v3/model.onnx"
+        ]
+    );
+    let size = std::fs::metadata(r.join("examples/digits/model.onnx"))
+        .unwrap()
+        .len();
+    for o in &seen {
+        assert_eq!(o.size, size, "{o:?}");
+        assert!(o.e_tag.as_deref().is_some_and(|e| !e.is_empty()), "{o:?}");
+    }
+    let mut n = 0;
+    let complete = storage.scan(&prefix, 2, &mut |_| n += 1).await.unwrap();
+    assert_eq!((complete, n), (false, 2));
+}
+
+/// The compression cache's index lives in the output store: a second `kompress run` process
+/// (another machine, another cluster: nothing is shared but the bucket) finds the first one's
+/// entry on s3://, re-verifies the candidate it names and promotes the same bytes.
+#[test]
+#[ignore = "needs the S3 server: run via `make test` (hack/s3/up)"]
+fn the_cache_index_on_s3_serves_a_second_process() {
+    let env = s3_env();
+    let p = unique("cache");
+    let (model, data) = upload_digits(&env, &p);
+    let dir = tempfile::tempdir().unwrap();
+    let out = format!("s3://models/{p}/candidates");
+    let job = write_job(
+        dir.path(),
+        &s3_job(
+            "digits",
+            &model,
+            &data,
+            "    maxAccuracyDrop: 0.01\n    minCompressionRatio: 3.5",
+            &out,
+            &format!("s3://models/{p}/production"),
+        ),
+    );
+    let run = || {
+        // Each run in its own scratch folder: the second process sees only the bucket.
+        let scratch = tempfile::tempdir().unwrap();
+        let r = run_with_env(
+            &[
+                "run",
+                "-f",
+                &job,
+                "-o",
+                "json",
+                "--scratch",
+                scratch.path().to_str().unwrap(),
+            ],
+            &env,
+            &[],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()
+    };
+    let first = run();
+    assert!(first["result"].get("cachedFrom").is_none());
+    let second = run();
+    let from = &second["result"]["cachedFrom"];
+    let first_run = first["result"]["artifact"]["uri"]
+        .as_str()
+        .unwrap()
+        .strip_suffix("/model.onnx")
+        .unwrap();
+    assert_eq!(from["run"], first_run, "{second}");
+    let stages: Vec<&str> = second["result"]["usage"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["fetch", "cache", "publish"]);
+    assert_eq!(second["result"]["promoted"], first["result"]["promoted"]);
+    let key = from["key"].as_str().unwrap();
+    let listed = boto(&env, &["list", &format!("{out}/cache/")]);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        [format!("{p}/candidates/cache/{key}.json")]
+    );
+}

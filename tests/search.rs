@@ -480,3 +480,33 @@ fn the_smallest_wins_unless_a_near_tie_is_measurably_faster_and_nothing_slower_i
         .expect("the chosen trial's latency is judged");
     assert_eq!(check["passed"], true, "{chosen:#}");
 }
+
+/// A form that needs a newer opset than the model imports (per-channel weight-only int8 needs
+/// DequantizeLinear's `axis`, opset 13) is not tried on an upgrade taken on trust: as a fixed
+/// recipe does, the search first runs the upgraded original through ONNX Runtime on the
+/// evaluation rows, and the report says what that check measured.
+#[test]
+fn a_form_that_needs_a_newer_opset_is_checked_against_the_original_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let mut m = kompress::onnx::load(Path::new(&model)).unwrap().proto;
+    m.opset_import[0].version = Some(12);
+    let old = dir.path().join("opset12.onnx");
+    write_model(&m, &old);
+    let body = "  passes: []\n  search:\n    forms: [weightOnly]\n    maxTrials: 1";
+    let r = run_json(&job(
+        dir.path(),
+        "opset12",
+        &old.display().to_string(),
+        &data,
+        body,
+    ));
+    let notes = r["search"]["notes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains("opset 12 -> 13 checked with ONNX Runtime on"))),
+        "{:#}",
+        r["search"]
+    );
+}

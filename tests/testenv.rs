@@ -191,4 +191,28 @@ fn the_crd_applies_with_kubectl_and_explains_its_fields() {
     }
     let thresholds = explain("compressionjob.spec.thresholds.maxAccuracyDrop");
     assert!(thresholds.contains("one percentage point"), "{thresholds}");
+
+    // the CompressionPolicy CRD: accepted without warnings (its template carries the job's
+    // CEL rules one level deeper), documented
+    let (_, warnings) = run(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "crds/compressionpolicy.yaml",
+    ]);
+    assert!(
+        !warnings.contains("Warning"),
+        "the apiserver warned about the policy CRD: {warnings}"
+    );
+    run(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/compressionpolicies.kompress.dev",
+    ]);
+    let source = explain("compressionpolicy.spec.source");
+    assert!(source.contains("wildcards"), "{source}");
+    let template = explain("compressionpolicy.spec.jobTemplate.spec.output.promoteTo");
+    assert!(template.contains("promoted"), "{template}");
 }

@@ -76,3 +76,21 @@ $(tail -n 20 "$RUN/logs/$name.log")"
     --timeout="$((deadline - SECONDS))s" >/dev/null || die "node $node not Ready; see $RUN/logs/$name.log"
   log "$name ready (log $RUN/logs/$name.log, pod logs under $RUN/agents/$node/logs)"
 }
+
+# free_port: a free loopback port for a component (PICKED holds those already taken).
+# Picked below the kernel's ephemeral range, so that outgoing connections (apiserver to
+# etcd, ...) cannot take a port between the pick and the bind.
+PICKED=" "
+read -r EPHEMERAL_LOW _ < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+PORT_LO=10000 PORT_HI=$EPHEMERAL_LOW
+[ "$PORT_HI" -gt 12000 ] || { PORT_LO=20000 PORT_HI=50000; }
+free_port() {
+  local p
+  while :; do
+    p=$(( PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO) ))
+    case "$PICKED" in *" $p "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
+      PICKED="$PICKED$p "; echo "$p"; return
+    fi
+  done
+}

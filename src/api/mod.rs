@@ -4,11 +4,16 @@
 
 pub mod manifest;
 pub mod ops;
+pub mod policy;
 mod status;
 pub mod task;
 mod validate;
 pub mod wire;
 
+pub use policy::{
+    CompressionPolicy, CompressionPolicySpec, CompressionPolicyStatus, JobTemplate, PolicySource,
+    SeenVersion, VersionOrdering,
+};
 pub use status::*;
 pub use task::{
     AxisSelect, BoxOutputs, ClassificationTask, Confidence, DetectionLayout, DetectionTask,
@@ -93,6 +98,14 @@ pub struct CompressionJobSpec {
     /// Tolerations for the worker pod (added to the controller's defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
+    /// Kueue LocalQueue (in this namespace) that admits the worker: the Job is created
+    /// suspended with the `kueue.x-k8s.io/queue-name` label and runs once Kueue admits it
+    /// against its ClusterQueue's quota; status says why it waits. Default: the controller's
+    /// `--queue-name` (the chart's `worker.queueName`), else no queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("must be a LocalQueue name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"))]
+    pub queue_name: Option<String>,
     /// Worker image override; the controller's CPU or GPU image by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -992,6 +1005,15 @@ pub struct OutputSpec {
     /// and the key cannot be read or used, the job fails before anything is promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningSpec>,
+    /// Reuse a finished run's result when this job's cache key matches it (default true): the
+    /// key is the digests of the model, its external data and every dataset, the spec's
+    /// settings that change the result (passes or search, thresholds, evaluation, calibration
+    /// and edge-case settings, target) and the kompress and ONNX Runtime versions. The index
+    /// lives at `<uri>/cache/<key>.json`; a reused candidate is re-verified by digest before it
+    /// is published, and the result names it (`cachedFrom`). False: never read nor record an
+    /// entry. Jobs with a custom evaluator are never cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// Where the evidence's signing key comes from: an unencrypted PKCS#8 PEM private key,
@@ -1172,26 +1194,39 @@ pub struct ResourcesSpec {
 pub fn crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
-    fn fix(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                let signed = match m.get("format").and_then(|f| f.as_str()) {
-                    Some("uint64") => Some("int64"),
-                    Some("uint32") | Some("uint16") | Some("uint8") => Some("int32"),
-                    _ => None,
-                };
-                if let Some(f) = signed {
-                    m.insert("format".into(), f.into());
-                    m.entry("minimum").or_insert(0.into());
-                }
-                m.values_mut().for_each(fix);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(fix),
-            _ => {}
-        }
-    }
     let mut v = serde_json::to_value(CompressionJob::crd()).expect("CRD serialises");
-    fix(&mut v);
+    fix_formats(&mut v);
+    serde_json::from_value(v).expect("CRD round-trips")
+}
+
+/// Unsigned integer formats (which the apiserver does not know and warns about) as
+/// int32/int64 with a minimum of 0.
+fn fix_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let signed = match m.get("format").and_then(|f| f.as_str()) {
+                Some("uint64") => Some("int64"),
+                Some("uint32") | Some("uint16") | Some("uint8") => Some("int32"),
+                _ => None,
+            };
+            if let Some(f) = signed {
+                m.insert("format".into(), f.into());
+                m.entry("minimum").or_insert(0.into());
+            }
+            m.values_mut().for_each(fix_formats);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(fix_formats),
+        _ => {}
+    }
+}
+
+/// The CompressionPolicy CRD, with the same integer formats as [`crd`] (its job template
+/// holds a CompressionJob spec).
+pub fn policy_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut v = serde_json::to_value(CompressionPolicy::crd()).expect("CRD serialises");
+    fix_formats(&mut v);
     serde_json::from_value(v).expect("CRD round-trips")
 }
 

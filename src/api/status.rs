@@ -83,6 +83,8 @@ pub mod reason {
     pub const NO_PROMOTE_TARGET: &str = "NoPromoteTarget";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const PENDING: &str = "Pending";
+    /// The worker Job waits for Kueue to admit it (`spec.queueName`); the message says why.
+    pub const QUEUED: &str = "Queued";
     /// Event reasons of the terminal transitions (the conditions carry the reasons above).
     pub const SUCCEEDED: &str = "Succeeded";
     pub const CANDIDATE_REJECTED: &str = "Rejected";
@@ -148,6 +150,20 @@ pub struct JobResult {
     /// With `spec.search`: what the search tried and chose (the trial log is in the report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSummary>,
+    /// Set when this result was reused from an earlier run with the same cache key instead of
+    /// being computed again (its candidate re-verified by digest before it was published).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<CachedFrom>,
+}
+
+/// The earlier run a cached result comes from.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedFrom {
+    /// That run's folder (`<output.uri>/runs/<run-id>`), holding its candidate and report.json.
+    pub run: String,
+    /// The cache key (sha256, hex); the index entry is `<output.uri>/cache/<key>.json`.
+    pub key: String,
 }
 
 /// A promotion to an OCI registry.

@@ -39,6 +39,11 @@ pub struct ControllerArgs {
     /// Scratch (emptyDir) size limit of workers whose spec sets none.
     #[arg(long, default_value = DEFAULT_WORKER_SCRATCH)]
     pub default_scratch: String,
+    /// Kueue LocalQueue of CompressionJobs that set no `spec.queueName`: their worker Jobs are
+    /// created suspended and Kueue admits them against its quotas. Each namespace has its own
+    /// LocalQueue of this name (Kueue's convention is `default`). Unset: not queued.
+    #[arg(long, env = "KOMPRESS_QUEUE_NAME", value_parser = parse_queue_name)]
+    pub queue_name: Option<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
@@ -65,6 +70,7 @@ impl ControllerArgs {
                 default_cpu: self.default_cpu,
                 default_memory: self.default_memory,
                 default_scratch: self.default_scratch,
+                queue_name: self.queue_name,
             },
             metrics_addr: self.metrics_addr,
             leader_elect: self.leader_elect,
@@ -75,5 +81,16 @@ impl ControllerArgs {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e, 1),
         }
+    }
+}
+
+fn parse_queue_name(s: &str) -> Result<String, String> {
+    if controller::validate::is_queue_name(s) {
+        Ok(s.into())
+    } else {
+        Err(format!(
+            "`{s}` is not a LocalQueue name: at most 63 lower-case letters, digits, '-' and '.', \
+             starting and ending with a letter or digit"
+        ))
     }
 }

@@ -1,7 +1,9 @@
 //! `kompress crd`: the CompressionJob CRD as YAML (checked in as crds/compressionjob.yaml; CI
-//! fails when `kompress crd` and the file differ). `kompress crd --reference` renders the same
-//! schema as the job reference in the docs (docs/src/reference.md, checked the same way), so
-//! the field documentation has one source: the `///` comments on the API types.
+//! fails when `kompress crd` and the file differ); `kompress crd --kind policy` the
+//! CompressionPolicy CRD (crds/compressionpolicy.yaml, checked the same way).
+//! `kompress crd --reference` renders both schemas as the reference in the docs
+//! (docs/src/reference.md, checked the same way), so the field documentation has one source:
+//! the `///` comments on the API types.
 
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -12,6 +14,15 @@ pub struct CrdArgs {
     /// Print the job reference (Markdown, one table per object of `spec`) instead of the CRD.
     #[arg(long)]
     pub reference: bool,
+    /// Which CRD: `job` (CompressionJob) or `policy` (CompressionPolicy).
+    #[arg(long, value_enum, default_value_t = Kind::Job)]
+    pub kind: Kind,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Job,
+    Policy,
 }
 
 impl CrdArgs {
@@ -19,7 +30,7 @@ impl CrdArgs {
         if self.reference {
             print!("{}", reference_markdown());
         } else {
-            print!("{}", crd_yaml());
+            print!("{}", crd_yaml(self.kind));
         }
         ExitCode::SUCCESS
     }
@@ -27,12 +38,16 @@ impl CrdArgs {
 
 /// The CRD as YAML: block style, every string on one line (a `kubectl explain` description is
 /// never folded), multi-line strings as `|-` blocks.
-pub fn crd_yaml() -> String {
+pub fn crd_yaml(kind: Kind) -> String {
     let options = serde_saphyr::ser_options! {
         folded_wrap_chars: usize::MAX,
         min_fold_chars: usize::MAX,
     };
-    serde_saphyr::to_string_with_options(&crate::api::crd(), options).expect("CRD serialises")
+    let crd = match kind {
+        Kind::Job => crate::api::crd(),
+        Kind::Policy => crate::api::policy_crd(),
+    };
+    serde_saphyr::to_string_with_options(&crd, options).expect("CRD serialises")
 }
 
 /// The `spec` schema of the installed CRD as Markdown: a section per object (its path as the
@@ -53,6 +68,21 @@ pub fn reference_markdown() -> String {
     collect("spec", spec, &mut sections);
     for (path, schema) in sections {
         section(&mut out, &path, schema);
+    }
+    out.push_str(
+        "\n# Policy reference\n\n\
+         Every field of a CompressionPolicy's `spec` (`kubectl explain compressionpolicy.spec`).\n\
+         `spec.jobTemplate.spec` is a CompressionJob `spec` as above, without `model`.\n",
+    );
+    let policy = serde_json::to_value(crate::api::policy_crd()).expect("CRD serialises");
+    let spec = &policy["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut sections = Vec::new();
+    collect("compressionpolicy.spec", spec, &mut sections);
+    for (path, schema) in sections {
+        // the template's fields are the job's, documented above
+        if !path.starts_with("compressionpolicy.spec.jobTemplate.spec") {
+            section(&mut out, &path, schema);
+        }
     }
     out
 }

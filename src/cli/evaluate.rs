@@ -47,6 +47,7 @@ impl EvaluateArgs {
             self.scratch,
             None,
             Some(self.candidate.clone()),
+            false,
             done,
         )
         .await

@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// time and a random suffix follow, so no two runs share a folder.
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Compute the result even when the cache holds one for this job's key (the new result
+    /// replaces the entry). `spec.output.cache: false` turns the cache off for a job.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 impl RunArgs {
@@ -38,6 +42,7 @@ impl RunArgs {
             self.scratch,
             self.run_id,
             None,
+            self.no_cache,
             |name, o| {
                 match output {
                     Format::Json => print_json(o),
@@ -66,6 +71,7 @@ pub(super) async fn run_job(
     scratch: Option<PathBuf>,
     run_id: Option<String>,
     candidate: Option<PathBuf>,
+    no_cache: bool,
     done: impl FnOnce(&str, &Outcome) -> ExitCode,
 ) -> ExitCode {
     // First: a signal from here on is handled (scratch removed), never the default exit.
@@ -96,6 +102,7 @@ pub(super) async fn run_job(
     let opts = RunOptions {
         scratch: scratch.path().to_path_buf(),
         run_id,
+        no_cache,
     };
     let outcome = run_guarded(&job, opts, ui, signals, |signal| {
         eprintln!("error: interrupted by {signal}: scratch removed; nothing this run did is promoted unless promoted.json names it");

@@ -193,5 +193,13 @@ fn table(heading: &str, r: &JobResult) -> String {
     if let Some(rep) = &r.report {
         let _ = writeln!(s, "  report     {rep}");
     }
+    if let Some(c) = &r.cached_from {
+        let _ = writeln!(
+            s,
+            "  cached     from {} (key {}): not computed again; --no-cache recomputes",
+            c.run,
+            &c.key[..c.key.len().min(16)]
+        );
+    }
     s
 }

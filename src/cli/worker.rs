@@ -95,6 +95,7 @@ impl WorkerArgs {
         let opts = RunOptions {
             scratch: scratch.path().to_path_buf(),
             run_id: self.run_id,
+            no_cache: false,
         };
         let outcome = run_guarded(&job, opts, Ui::plain(), signals, |signal| {
             let message = format!("interrupted by {signal} (pod deleted or deadline reached); nothing of this run is promoted unless promoted.json names it");

@@ -38,6 +38,8 @@ pub mod labels {
     pub const JOB: &str = "kompress.dev/job";
     /// The CompressionJob generation the Job runs.
     pub const GENERATION: &str = "kompress.dev/generation";
+    /// Kueue's label: the LocalQueue that admits the Job.
+    pub const KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
     /// Selects every Job this controller made (its Job watch uses it).
     pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=kompress";
 }
@@ -262,7 +264,18 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
             e,
         );
     }
+    // Queued: created suspended with Kueue's label; Kueue unsuspends it once admitted (the
+    // controller never patches an existing Job, so it does not fight that).
+    if let Some(q) = queue_name(cj, cfg) {
+        job["metadata"]["labels"][labels::KUEUE_QUEUE] = json!(q);
+        job["spec"]["suspend"] = json!(true);
+    }
     serde_json::from_value(job).expect("the worker Job template matches batch/v1 Job")
+}
+
+/// The Kueue LocalQueue of this job: its own, else the controller's default.
+pub fn queue_name<'a>(cj: &'a CompressionJob, cfg: &'a ControllerConfig) -> Option<&'a str> {
+    cj.spec.queue_name.as_deref().or(cfg.queue_name.as_deref())
 }
 
 /// A custom evaluator in the cluster: a native sidecar (an init container that keeps running,
@@ -685,6 +698,40 @@ spec:
         assert_eq!(owner["kind"], "CompressionJob");
         assert_eq!(owner["controller"], true);
         assert_eq!(owner["uid"], "7f1c2a9e-0000-4000-8000-000000000001");
+    }
+
+    #[test]
+    fn a_queued_job_is_created_suspended_with_kueues_label_only_on_the_job() {
+        let unqueued = value(&build_job(&cj(CPU), &config()));
+        assert_eq!(unqueued["spec"]["suspend"], serde_json::Value::Null);
+        assert_eq!(
+            unqueued["metadata"]["labels"][labels::KUEUE_QUEUE],
+            serde_json::Value::Null
+        );
+
+        let default_queue = ControllerConfig {
+            queue_name: Some("default".into()),
+            ..config()
+        };
+        let job = value(&build_job(&cj(CPU), &default_queue));
+        assert_eq!(job["spec"]["suspend"], true);
+        assert_eq!(job["metadata"]["labels"][labels::KUEUE_QUEUE], "default");
+        // Kueue's Job integration reads the Job's label; the pods carry kompress' labels only
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"][labels::KUEUE_QUEUE],
+            serde_json::Value::Null
+        );
+
+        let own = CPU.replace(
+            "  activeDeadlineSeconds",
+            "  queueName: gpu-batch\n  activeDeadlineSeconds",
+        );
+        let job = value(&build_job(&cj(&own), &default_queue));
+        assert_eq!(
+            job["metadata"]["labels"][labels::KUEUE_QUEUE],
+            "gpu-batch",
+            "the spec's queue wins"
+        );
     }
 
     #[test]

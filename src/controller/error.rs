@@ -68,6 +68,26 @@ pub enum Error {
         "cannot list CompressionJobs: is the CRD installed (`kompress crd | kubectl apply -f -`) and may the controller list them?"
     )]
     ListCompressionJobs(#[source] kube::Error),
+    #[error(
+        "cannot list, create or delete the CompressionJobs of CompressionPolicy {name}; check the controller's RBAC for compressionjobs list, create and delete"
+    )]
+    PolicyJobs {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "cannot update the status of CompressionPolicy {name}; check the controller's RBAC for compressionpolicies/status patch"
+    )]
+    UpdatePolicyStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "cannot list CompressionPolicies: is the CRD installed (`kompress crd --kind policy | kubectl apply -f -`) and may the controller list them?"
+    )]
+    ListCompressionPolicies(#[source] kube::Error),
     #[error("cannot serve the admin endpoint on {addr}")]
     Serve {
         addr: std::net::SocketAddr,
@@ -94,6 +114,9 @@ impl Error {
             Self::LeadershipLost(_) => "LeadershipLost",
             Self::Client(_) | Self::Kubeconfig { .. } => "ClientFailed",
             Self::ListCompressionJobs(_) => "ListFailed",
+            Self::PolicyJobs { .. } => "PolicyJobsFailed",
+            Self::UpdatePolicyStatus { .. } => "UpdateStatusFailed",
+            Self::ListCompressionPolicies(_) => "ListFailed",
             Self::Serve { .. } => "ServeFailed",
             Self::Watch(_) => "WatchFailed",
         }

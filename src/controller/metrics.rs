@@ -38,6 +38,8 @@ pub struct Metrics {
     bytes_saved: GaugeVec,
     latency_ratio: GaugeVec,
     promoted_info: GaugeVec,
+    policy_versions: GaugeVec,
+    policy_versions_by_phase: GaugeVec,
 }
 
 /// Most `kompress_quality` series one job exports per model.
@@ -158,6 +160,16 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            policy_versions: g(
+                "policy_versions",
+                "Versions a CompressionPolicy tracks (status.versionsSeen)",
+                job,
+            ),
+            policy_versions_by_phase: g(
+                "policy_versions_by_phase",
+                "A CompressionPolicy's versions by the phase of their CompressionJob (Waiting: not created yet)",
+                &["namespace", "name", "phase"],
+            ),
             leader: reg(
                 &registry,
                 IntGauge::new(
@@ -227,6 +239,35 @@ impl Metrics {
             metrics: self,
             start: Instant::now(),
             result: "cancelled",
+        }
+    }
+
+    /// A policy's status as last written: versions tracked, and by phase (every phase gets a
+    /// series, zero included, so a phase that empties reads 0 rather than its last value).
+    pub fn policy_observed(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &crate::api::CompressionPolicyStatus,
+    ) {
+        self.policy_versions
+            .with_label_values(&[namespace, name])
+            .set(f64::from(status.versions_seen));
+        let phases = ["Waiting"].into_iter().chain(
+            [
+                Phase::Pending,
+                Phase::Running,
+                Phase::Succeeded,
+                Phase::Rejected,
+                Phase::Failed,
+            ]
+            .map(Phase::as_str),
+        );
+        for phase in phases {
+            let n = status.phases.get(phase).copied().unwrap_or(0);
+            self.policy_versions_by_phase
+                .with_label_values(&[namespace, name, phase])
+                .set(f64::from(n));
         }
     }
 

@@ -6,6 +6,8 @@
 //! write touch the API:
 //! [`validate`] -> [`build`] -> [`apply`] -> [`observe`] -> [`status`] (update_status).
 //! Around it: [`reconcile`] (wiring, error policy with per-object backoff), [`metrics`],
+//! [`policy`] (the CompressionPolicy controller: a source scanned each interval, one
+//! CompressionJob per new model version),
 //! [`admin`] (`/metrics`, `/healthz`, `/readyz`) and [`leader`] (Lease election).
 //!
 //! # RBAC
@@ -15,12 +17,15 @@
 //!
 //! | apiGroup | resource | verbs |
 //! |---|---|---|
-//! | kompress.dev | compressionjobs | get, list, watch, patch |
+//! | kompress.dev | compressionjobs | get, list, watch, patch, create, delete |
 //! | kompress.dev | compressionjobs/status | get, patch, update |
+//! | kompress.dev | compressionpolicies | get, list, watch, patch |
+//! | kompress.dev | compressionpolicies/status | get, patch, update |
 //! | batch | jobs | get, list, watch, create, patch, delete |
 //! | "" (core) | pods | get, list, watch |
 //! | events.k8s.io | events | create, patch |
 //! | coordination.k8s.io | leases | get, create, update, patch |
+//! | kueue.x-k8s.io | workloads | get, list (why a queued Job waits; optional) |
 //!
 //! The worker pod itself gets no token (`automountServiceAccountToken: false`).
 //!
@@ -30,16 +35,19 @@
 //! `job_original_bytes`, `job_compressed_bytes`, `job_compression_ratio`,
 //! `job_run_duration_seconds`, and with `model="baseline"|"candidate"`: `job_accuracy_ratio`,
 //! `job_latency_p50_seconds`; `promotions_total{namespace}`, `rejections_total{namespace}`,
-//! `leader`. `/healthz` is liveness; `/readyz` turns 200 once leadership is known (standby)
+//! `leader`; per CompressionPolicy `{namespace,name}`: `policy_versions` and, with `phase`,
+//! `policy_versions_by_phase`. `/healthz` is liveness; `/readyz` turns 200 once leadership is known (standby)
 //! or the leader's CompressionJob cache has synced.
 
 pub mod admin;
 pub mod apply;
 pub mod build;
 pub mod error;
+pub mod kueue;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod policy;
 pub mod reconcile;
 pub mod status;
 pub mod validate;
@@ -48,12 +56,12 @@ pub use build::{build_job, job_name};
 pub use error::{Error, Result};
 
 use crate::api::CompressionJob;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Toleration;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, reflector::Store, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +104,9 @@ pub struct ControllerConfig {
     pub default_cpu: String,
     pub default_memory: String,
     pub default_scratch: String,
+    /// Kueue LocalQueue of jobs whose spec names none (`spec.queueName` wins); None: jobs
+    /// without `spec.queueName` are not queued.
+    pub queue_name: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -109,6 +120,7 @@ impl Default for ControllerConfig {
             default_cpu: DEFAULT_WORKER_CPU.into(),
             default_memory: DEFAULT_WORKER_MEMORY.into(),
             default_scratch: DEFAULT_WORKER_SCRATCH.into(),
+            queue_name: None,
         }
     }
 }
@@ -262,8 +274,12 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 }
 
-/// The kube-runtime Controller on CompressionJobs owning batch/v1 Jobs; returns after a
-/// shutdown signal (SIGTERM, ctrl-c) once in-flight reconciles have finished.
+/// How long the controller waits after a trigger for more before it reconciles an object.
+pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The kube-runtime Controller on CompressionJobs owning batch/v1 Jobs, and beside it the one
+/// on CompressionPolicies owning CompressionJobs ([`policy`]); returns after a shutdown
+/// signal (SIGTERM, ctrl-c) once in-flight reconciles have finished.
 pub async fn run_controller(
     client: Client,
     config: ControllerConfig,
@@ -289,13 +305,32 @@ pub async fn run_controller(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    // From the owned Jobs, only a change of progress (queued, admitted, running, finished)
+    // triggers: a Job's creation and its pod's every status write do not (the reconcile that
+    // created the Job wrote Pending already). Measured at 2000 jobs: 4.0 reconciles per job
+    // before.
+    let job_progress = watcher(
+        jobs,
+        watcher::Config::default()
+            .labels(build::labels::MANAGED_SELECTOR)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .try_filter(|job| {
+        // (A queued Job's admission, Queued -> Pending, is news: it passes.)
+        let queued = job.labels().contains_key(build::labels::KUEUE_QUEUE);
+        std::future::ready(queued || observe::progress(job) != observe::Progress::Pending)
+    })
+    .predicate_filter(
+        |job: &Job| Some(observe::progress_code(job)),
+        Default::default(),
+    );
     let controller = Controller::for_stream(trigger, reader)
-        .owns(
-            jobs,
-            watcher::Config::default()
-                .labels(build::labels::MANAGED_SELECTOR)
-                .any_semantic(),
-        )
+        .owns_stream(job_progress)
+        // Trailing-edge debounce: a worker Job's quick run of status updates (pod created,
+        // ready, succeeded, Complete) is one reconcile, not four.
+        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
         .shutdown_on_signal();
     let store = controller.store();
     let _ = state.store.set(store.clone());
@@ -312,6 +347,8 @@ pub async fn run_controller(
         controller: "kompress".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let (client_for_policies, namespace, state_for_policies) =
+        (client.clone(), config.namespace.clone(), state.clone());
     let ctx = Arc::new(reconcile::Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -328,8 +365,9 @@ pub async fn run_controller(
                 Err(e) => tracing::warn!(error = %crate::error::error_chain(&e), "controller"),
             }
         });
-    futures::join!(run, ready);
-    Ok(())
+    let policies = policy::run(client_for_policies, namespace, state_for_policies);
+    let ((), (), policies) = futures::join!(run, ready, policies);
+    policies
 }
 
 #[cfg(test)]

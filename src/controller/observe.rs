@@ -14,6 +14,8 @@ use kube::{Api, Client, ResourceExt};
 /// The Job's own view of its progress.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
+    /// Suspended and never started: waiting for Kueue to admit it.
+    Queued,
     Pending,
     Running,
     Complete,
@@ -57,10 +59,25 @@ pub fn progress(job: &Job) -> Progress {
         s.ready.unwrap_or(0) > 0 || s.succeeded.unwrap_or(0) > 0 || s.failed.unwrap_or(0) > 0
     }) || true_condition(job, "SuccessCriteriaMet").is_some()
         || true_condition(job, "FailureTarget").is_some();
+    let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
     if started {
         Progress::Running
+    } else if suspended {
+        Progress::Queued
     } else {
         Progress::Pending
+    }
+}
+
+/// [`progress`] as a number that changes only when the progress does (a Failed Job's
+/// reason and message are not part of it).
+pub fn progress_code(job: &Job) -> u64 {
+    match progress(job) {
+        Progress::Queued => 1,
+        Progress::Pending => 2,
+        Progress::Running => 3,
+        Progress::Complete => 4,
+        Progress::Failed { .. } => 5,
     }
 }
 
@@ -193,6 +210,14 @@ pub async fn observe(client: &Client, job: &Job) -> Result<(Run, Observed)> {
     };
     let progress = progress(job);
     let observed = match &progress {
+        Progress::Queued => Observed::Queued {
+            queue: job
+                .labels()
+                .get(super::build::labels::KUEUE_QUEUE)
+                .cloned()
+                .unwrap_or_default(),
+            why: super::kueue::waiting_reason(client, job).await,
+        },
         Progress::Pending => Observed::Pending,
         Progress::Running => Observed::Running,
         Progress::Complete | Progress::Failed { .. } => {

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 /// While a Job runs, its watch drives progress; this is only a safety net.
 const REQUEUE_RUNNING: Duration = Duration::from_secs(300);
+/// While a Job waits for Kueue: how soon to look for the Workload's reason, then how often.
+const REQUEUE_QUEUED_FIRST: Duration = Duration::from_secs(5);
+const REQUEUE_QUEUED: Duration = Duration::from_secs(60);
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -69,7 +72,7 @@ pub async fn reconcile(cj: Arc<CompressionJob>, ctx: Arc<Context>) -> Result<Act
 
 /// Now, at the second precision metav1.Time keeps, so a status compares equal after the
 /// round trip through the API.
-fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(
         jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
             .expect("now is a valid timestamp"),
@@ -133,10 +136,14 @@ async fn steps(cj: &CompressionJob, ctx: &Context) -> Result<Action> {
     let status = desired(generation, old, Some(&run), &observed, &now());
     let terminal = status.phase.is_some_and(Phase::is_terminal);
     update_status(ctx, &api, cj, old, status).await?;
-    Ok(if terminal {
-        Action::await_change()
-    } else {
-        Action::requeue(REQUEUE_RUNNING)
+    Ok(match &observed {
+        _ if terminal => Action::await_change(),
+        // Kueue's account of the wait lives on its Workload, which this controller does not
+        // watch: look again soon until there is one, then now and then (admission itself
+        // unsuspends the Job, whose watch wakes the reconcile at once).
+        Observed::Queued { why: None, .. } => Action::requeue(REQUEUE_QUEUED_FIRST),
+        Observed::Queued { .. } => Action::requeue(REQUEUE_QUEUED),
+        _ => Action::requeue(REQUEUE_RUNNING),
     })
 }
 

@@ -14,6 +14,9 @@ use serde_json::json;
 pub enum Observed {
     /// The spec failed validation (the message lists every problem); no Job exists for it.
     Invalid(String),
+    /// The Job exists, suspended until Kueue admits it in `queue`; `why` is the Workload's
+    /// account of the wait once Kueue has given one.
+    Queued { queue: String, why: Option<String> },
     /// The Job exists; no worker pod is running yet.
     Pending,
     /// A worker pod is running.
@@ -103,14 +106,21 @@ pub fn desired(
                 ],
             )
         }
-        Observed::Pending | Observed::Running => {
-            let (r, msg) = if *observed == Observed::Pending {
-                (
+        Observed::Queued { .. } | Observed::Pending | Observed::Running => {
+            let (r, msg) = match observed {
+                Observed::Queued { queue, why } => (
+                    reason::QUEUED,
+                    format!(
+                        "worker Job {job} is queued in Kueue LocalQueue {queue}: {}",
+                        why.as_deref()
+                            .unwrap_or("waiting for Kueue to admit it (no reason reported yet)")
+                    ),
+                ),
+                Observed::Pending => (
                     reason::PENDING,
                     format!("worker Job {job} created; waiting for its pod to run"),
-                )
-            } else {
-                (reason::RUNNING, format!("worker Job {job} is running"))
+                ),
+                _ => (reason::RUNNING, format!("worker Job {job} is running")),
             };
             let r = r.to_string();
             (
@@ -192,6 +202,15 @@ pub fn desired(
             }
         },
     };
+    // A result reused from the cache says so, and where it came from.
+    let message = match result.as_ref().and_then(|r| r.cached_from.as_ref()) {
+        Some(c) => format!(
+            "{message} (result reused from {}, cache key {})",
+            c.run,
+            &c.key[..c.key.len().min(16)]
+        ),
+        None => message,
+    };
     // Status and the Events made from it never carry a URI's query string or userinfo.
     let message = crate::uri::redact_in(&message);
     // a finished run is Succeeded or Rejected only with a result; anything else failed
@@ -201,7 +220,7 @@ pub fn desired(
             _ => Phase::Failed,
         },
         Observed::Invalid(_) => Phase::Failed,
-        Observed::Pending => Phase::Pending,
+        Observed::Queued { .. } | Observed::Pending => Phase::Pending,
         Observed::Running => Phase::Running,
     };
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
@@ -448,6 +467,32 @@ mod tests {
             .iter()
             .map(|c| (c.type_.as_str(), c.status.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn a_cached_result_says_where_it_came_from() {
+        let mut r = result(Verdict::Passed, true);
+        r.cached_from = Some(crate::api::CachedFrom {
+            run: "s3://m/out/runs/digits-1".into(),
+            key: "cd".repeat(32),
+        });
+        let s = desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &finished(Phase::Succeeded, Some(r)),
+            &at(200),
+        );
+        assert_eq!(s.phase, Some(Phase::Succeeded));
+        let m = s.message.as_deref().unwrap();
+        assert!(
+            m.contains("promoted") && m.contains("reused from s3://m/out/runs/digits-1"),
+            "{m}"
+        );
+        assert_eq!(
+            s.result.unwrap().cached_from.unwrap().run,
+            "s3://m/out/runs/digits-1"
+        );
     }
 
     #[test]

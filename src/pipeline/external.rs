@@ -251,7 +251,8 @@ pub async fn evaluate_external(
     let mut result = judged.result(base.model.file_bytes, stages);
     total_usage(&mut result, started);
     Ok(Outcome {
-        report: judged.report(&result, &judged.chosen.candidate.passes),
+        report: serde_json::to_value(judged.report(&result, &judged.chosen.candidate.passes))
+            .unwrap_or_default(),
         result,
     })
 }

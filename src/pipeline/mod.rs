@@ -33,6 +33,7 @@ use crate::storage::{self, Location, Storage};
 use crate::ui::Ui;
 use kube::Resource;
 
+pub mod cache;
 mod external;
 mod opset_check;
 pub mod search;
@@ -149,11 +150,15 @@ pub struct RunOptions {
     /// Prefix of this run's folder under `output.uri/runs/` (default: the job's name). A UTC
     /// time and a random suffix are always appended, so no two runs share a folder.
     pub run_id: Option<String>,
+    /// Skip the cache lookup and compute (`kompress run --no-cache`); the result is still
+    /// recorded, replacing the entry. `spec.output.cache: false` turns the cache off entirely.
+    pub no_cache: bool,
 }
 
 pub struct Outcome {
     pub result: JobResult,
-    pub report: Report,
+    /// report.json as written (a cached result's is the earlier run's evaluation, replayed).
+    pub report: serde_json::Value,
 }
 
 /// Fetched inputs, verified, in their own scratch folders.
@@ -1224,11 +1229,7 @@ fn fixed_recipe(
         ui,
     )?;
     if let Some(check) = upgrade {
-        for r in &mut candidate.passes {
-            if r.description.contains("graph upgraded from opset") {
-                r.description.push_str(&format!(" ({})", check.describe()));
-            }
-        }
+        opset_check::annotate(&mut candidate.passes, &check);
     }
     let (metrics, baseline, decision) = judge(&candidate, base, spec, ui)?;
     Ok(Chosen {
@@ -1329,12 +1330,8 @@ impl<'a> Judged<'a> {
 
     /// The result before anything is published; `stages` times the run so far.
     fn result(&self, original_bytes: u64, stages: Vec<crate::api::StageTime>) -> JobResult {
-        let (inputs, c) = (self.inputs, &self.chosen);
-        let bytes_read = inputs.model.bytes
-            + inputs.external_data.iter().map(|e| e.bytes).sum::<u64>()
-            + inputs.dataset.bytes
-            + inputs.calibration.as_ref().map_or(0, |c| c.1.bytes)
-            + inputs.edge_cases.as_ref().map_or(0, |e| e.1.bytes);
+        let c = &self.chosen;
+        let bytes_read = input_bytes(self.inputs);
         JobResult {
             verdict: c.decision.verdict,
             original_bytes,
@@ -1356,7 +1353,42 @@ impl<'a> Judged<'a> {
 
     /// The run's report with `result` and the passes' reports.
     fn report(&self, result: &JobResult, passes: &[PassReport]) -> Report {
-        let (inputs, c, spec) = (self.inputs, &self.chosen, self.spec);
+        let c = &self.chosen;
+        let this = ThisRun {
+            job: self.job,
+            spec: self.spec,
+            inputs: self.inputs,
+            run_id: self.run_id.clone(),
+            started: self.started,
+            started_at: self.started_at,
+        };
+        Report {
+            recipe: c.recipe.clone(),
+            folded_constants: c.candidate.folded_constants,
+            passes: passes.to_vec(),
+            calibration: c.calibration.clone(),
+            search: c.search.as_ref().map(|s| s.0.clone()),
+            edge_cases: self.edge_cases.clone(),
+            ..this.report(result)
+        }
+    }
+}
+
+/// What a run's report says of the run itself, whatever made its candidate.
+struct ThisRun<'a> {
+    job: &'a JobRef,
+    spec: &'a CompressionJobSpec,
+    inputs: &'a Inputs,
+    run_id: String,
+    started: Instant,
+    started_at: jiff::Timestamp,
+}
+
+impl ThisRun<'_> {
+    /// The report with `result`, this run's identity, inputs and tools, and nothing of how a
+    /// candidate was made.
+    fn report(&self, result: &JobResult) -> Report {
+        let (inputs, spec) = (self.inputs, self.spec);
         Report {
             api_version: crate::api::CompressionJob::api_version(&()).into_owned(),
             kind: Report::KIND,
@@ -1367,13 +1399,13 @@ impl<'a> Judged<'a> {
             model: inputs.model.clone(),
             external_data: inputs.external_data.clone(),
             dataset: inputs.dataset.clone(),
-            recipe: c.recipe.clone(),
+            recipe: Vec::new(),
             thresholds: spec.thresholds.clone(),
-            folded_constants: c.candidate.folded_constants,
-            passes: passes.to_vec(),
-            calibration: c.calibration.clone(),
-            search: c.search.as_ref().map(|s| s.0.clone()),
-            edge_cases: self.edge_cases.clone(),
+            folded_constants: 0,
+            passes: Vec::new(),
+            calibration: None,
+            search: None,
+            edge_cases: None,
             evaluator: spec
                 .evaluation()
                 .evaluator
@@ -1384,6 +1416,7 @@ impl<'a> Judged<'a> {
                 eval::runtime::library_version(),
                 eval::runtime::library_path().map(|p| p.display().to_string()),
             ),
+            cached_from: result.cached_from.clone(),
         }
     }
 }
@@ -1477,10 +1510,11 @@ pub fn signing_key(spec: &CompressionJobSpec) -> Result<Option<crate::evidence::
 /// With an OCI promotion, the model manifest (`oci://REGISTRY/REPOSITORY`, `sha256:<hex>`) is
 /// a subject too.
 fn seal(
-    report: &Report,
+    predicate: &serde_json::Value,
     files: &[publish::File],
     oci_manifest: Option<(&str, &str)>,
     key: Option<&crate::evidence::SigningKey>,
+    run: &Location,
 ) -> Result<publish::Sealed> {
     use crate::evidence::{Envelope, PAYLOAD_TYPE, Statement, Subject};
     let mut subjects: Vec<Subject> = files
@@ -1493,7 +1527,7 @@ fn seal(
             digest.strip_prefix("sha256:").unwrap_or(digest),
         ));
     }
-    let statement = Statement::new(subjects, report.evidence_predicate());
+    let statement = Statement::new(subjects, predicate.clone());
     let envelope = match key {
         Some(k) => k.sign(&statement).map_err(|e| Error::Signing {
             field: "spec.output.signing".into(),
@@ -1512,11 +1546,13 @@ fn seal(
     Ok(publish::Sealed {
         bytes: serde_json::to_vec_pretty(&envelope).unwrap_or_default(),
         keyid: key.map(|k| k.keyid()),
-        run_id: report.run_id.clone(),
+        run_id: run.file_name().to_string(),
     })
 }
 
-/// Runs one job. A rejected candidate is an `Ok` outcome with `Verdict::Rejected`.
+/// Runs one job. A rejected candidate is an `Ok` outcome with `Verdict::Rejected`. With the
+/// cache on (see [`cache`]), a job whose key matches a finished run's publishes that run's
+/// verified candidate and result instead of computing them.
 pub async fn run(
     job: &JobRef,
     spec: &CompressionJobSpec,
@@ -1536,9 +1572,51 @@ pub async fn run(
         .map(|p| publish::Promotion::parse(p, spec.output.registry.as_ref()))
         .transpose()?;
     let run_id = unique_run_id(opts.run_id.as_deref().unwrap_or(&job.name), started_at);
+    let to = Publishing {
+        job,
+        storage: &storage,
+        signer: signer.as_ref(),
+        target: publish::Target {
+            run: output.join(&format!("runs/{run_id}")),
+            promote_to,
+        },
+        started,
+    };
 
     let mut stages = Vec::new();
-    let (inputs, base) = fetch_and_baseline(spec, &storage, opts, ui, &mut stages).await?;
+    // With every input's digest pinned, the key is known before the fetch: a hit reads none.
+    let t = Instant::now();
+    let (pinned, hit) = pinned_hit(spec, &storage, &output, opts, ui).await;
+    // A reused result is published as this run (its identity, the inputs it stands for).
+    let this = |inputs, run_id| ThisRun {
+        job,
+        spec,
+        inputs,
+        run_id,
+        started,
+        started_at,
+    };
+    if let Some((inputs, hit)) = hit {
+        stages.push(stage("cache", t));
+        return reuse(&to, &this(&inputs, run_id), hit, (0, stages), ui).await;
+    }
+    let t = Instant::now();
+    let inputs = fetch(spec, &storage, &opts.scratch, ui).await?;
+    stages.push(stage("fetch", t));
+    let key = cache_key(spec, &inputs, opts, ui);
+    // (A pinned key already looked up is not looked up again.)
+    let unseen = |k: &&cache::Key| !opts.no_cache && pinned.as_deref() != Some(k.hex.as_str());
+    if let Some(key) = key.as_ref().filter(unseen) {
+        let t = Instant::now();
+        if let Some(hit) = cache::lookup(&storage, &output, key, &opts.scratch, ui).await {
+            stages.push(stage("cache", t));
+            let this = this(&inputs, run_id);
+            return reuse(&to, &this, hit, (input_bytes(&inputs), stages), ui).await;
+        }
+    }
+    let t = Instant::now();
+    let base = baseline(&inputs, spec, ui)?;
+    stages.push(stage("baseline", t));
     let t = Instant::now();
     let chosen = match &spec.search {
         Some(s) => search::search(&inputs, &base, spec, s, &opts.scratch, ui)?,
@@ -1551,67 +1629,203 @@ pub async fn run(
         &inputs,
         &base,
         chosen,
-        (run_id.clone(), started, started_at),
+        (run_id, started, started_at),
         &mut stages,
         ui,
     )?;
     let result = judged.result(base.model.file_bytes, stages);
-    let report = |r: &JobResult, passes: &[PassReport]| judged.report(r, passes);
-    let (candidate, recipe) = (&judged.chosen.candidate, &judged.chosen.recipe);
-    // An OCI promotion's manifest is built first: its digest is a subject of the evidence.
-    let passed = result.verdict == crate::api::Verdict::Passed;
-    let oci = match &promote_to {
-        Some(publish::Promotion::Oci { target, .. }) if passed => Some((
-            target.repo_uri(),
-            crate::oci::prepare(&candidate.files, &target.repository)
-                .map_err(storage::Error::from)?,
-        )),
-        _ => None,
+    let candidate = &judged.chosen.candidate;
+    let report = |r: &JobResult| {
+        serde_json::to_value(judged.report(r, &candidate.passes)).unwrap_or_default()
     };
-    // Sealed (and signed) before anything is promoted: a signing failure promotes nothing.
-    let sealed = match &promote_to {
-        Some(_) if passed => Some(seal(
-            &report(&result, &[]),
+    let outcome = to
+        .publish(
             &candidate.files,
-            oci.as_ref()
-                .map(|(repo, p)| (repo.as_str(), p.manifest_digest.as_str())),
-            signer.as_ref(),
-        )?),
-        _ => None,
+            &inputs,
+            serde_json::to_value(&judged.chosen.recipe).unwrap_or_default(),
+            result,
+            &report,
+            ui,
+        )
+        .await?;
+    if let Some(key) = &key {
+        cache::record(
+            &storage,
+            &output,
+            key,
+            &to.target.run,
+            &candidate.files,
+            &outcome,
+            ui,
+        )
+        .await;
+    }
+    Ok(outcome)
+}
+
+/// The lookup of a job whose spec pins every input's digest ([`cache::pinned_key`]): the key
+/// looked up, and on a hit the inputs as the spec names them with the verified hit.
+async fn pinned_hit(
+    spec: &CompressionJobSpec,
+    storage: &Storage,
+    output: &Location,
+    opts: &RunOptions,
+    ui: &Ui,
+) -> (Option<String>, Option<(Inputs, cache::Hit)>) {
+    if opts.no_cache || !cache::applies(spec) {
+        return (None, None);
+    }
+    let Some(key) = cache::runtime_identity().and_then(|r| cache::pinned_key(spec, &r)) else {
+        return (None, None);
     };
-    let artifact = publish::Artifact {
-        files: &candidate.files,
-        digest: &candidate.digest,
-        oci: oci.as_ref().map(|(_, p)| p),
-        source: publish::SourceRef {
-            uri: inputs.model.uri.clone(),
-            sha256: inputs.model.sha256.clone(),
-        },
-        job: serde_json::to_value(job).unwrap_or_default(),
-        recipe: serde_json::to_value(recipe).unwrap_or_default(),
+    let hit = match cache::lookup(storage, output, &key, &opts.scratch, ui).await {
+        Some(hit) => cache::pinned_inputs(spec, &hit.entry.report).map(|i| (i, hit)),
+        None => None,
     };
-    let t = Instant::now();
-    let mut published = publish::publish(
-        &storage,
-        &publish::Target {
-            run: output.join(&format!("runs/{run_id}")),
-            promote_to,
-        },
-        &artifact,
+    (Some(key.hex), hit)
+}
+
+/// The job's cache key, or None when the cache is off for it (`spec.output.cache: false`, a
+/// custom evaluator) or the ONNX Runtime library cannot be identified.
+fn cache_key(
+    spec: &CompressionJobSpec,
+    inputs: &Inputs,
+    opts: &RunOptions,
+    ui: &Ui,
+) -> Option<cache::Key> {
+    if !cache::applies(spec) {
+        return None;
+    }
+    let key = cache::key(spec, inputs, &cache::runtime_identity()?);
+    if opts.no_cache {
+        ui.stage(&format!(
+            "cache: lookup skipped (--no-cache); key {} is recorded again after this run",
+            &key.hex[..16]
+        ));
+    }
+    Some(key)
+}
+
+/// Publishes a cached result as this run's: the verified files through the same path as a
+/// computed candidate (a new run folder, promotion when the cached verdict is Passed, evidence
+/// sealed and signed anew), with `cachedFrom` in the result and report.
+async fn reuse(
+    to: &Publishing<'_>,
+    this: &ThisRun<'_>,
+    hit: cache::Hit,
+    (inputs_read, stages): (u64, Vec<crate::api::StageTime>),
+    ui: &Ui,
+) -> Result<Outcome> {
+    ui.stage(&format!(
+        "cache: reusing {} ({:?}, sha256:{}); baseline, compression and evaluation skipped",
+        hit.from.run,
+        hit.entry.verdict,
+        &hit.entry.digest[..12]
+    ));
+    let mut result = cache::reused_result(&hit);
+    let inputs = this.inputs;
+    result.usage = Some(crate::api::Usage {
+        bytes_read: inputs_read + hit.bytes_read,
+        stages,
+        ..Default::default()
+    });
+    let cached = &hit.entry.report;
+    let report = |r: &JobResult| cache::replayed_report(cached, &this.report(r), inputs, r);
+    to.publish(
+        &hit.files,
+        inputs,
+        cached["recipe"].clone(),
         result,
-        &|r| serde_json::to_vec_pretty(&report(r, &candidate.passes)).unwrap_or_default(),
-        sealed.as_ref(),
+        &report,
         ui,
     )
-    .await?;
-    if let Some(u) = published.usage.as_mut() {
-        u.stages.push(stage("publish", t));
+    .await
+}
+
+/// Bytes of every fetched input.
+fn input_bytes(inputs: &Inputs) -> u64 {
+    inputs.model.bytes
+        + inputs.external_data.iter().map(|e| e.bytes).sum::<u64>()
+        + inputs.dataset.bytes
+        + inputs.calibration.as_ref().map_or(0, |c| c.1.bytes)
+        + inputs.edge_cases.as_ref().map_or(0, |e| e.1.bytes)
+}
+
+/// Where and as whom a run publishes.
+struct Publishing<'a> {
+    job: &'a JobRef,
+    storage: &'a Storage,
+    signer: Option<&'a crate::evidence::SigningKey>,
+    target: publish::Target,
+    started: Instant,
+}
+
+impl Publishing<'_> {
+    /// Seals the evidence (before anything is promoted: a signing failure promotes nothing),
+    /// uploads `files` and the report to the run folder and promotes a Passed result; the
+    /// outcome's usage is totalled. `report` renders report.json for a result.
+    async fn publish(
+        &self,
+        files: &[publish::File],
+        inputs: &Inputs,
+        recipe: serde_json::Value,
+        result: JobResult,
+        report: &(dyn Fn(&JobResult) -> serde_json::Value + Sync),
+        ui: &Ui,
+    ) -> Result<Outcome> {
+        let digest = publish::artifact_digest(files);
+        let promote_to = &self.target.promote_to;
+        // An OCI promotion's manifest is built first: its digest is a subject of the evidence.
+        let passed = result.verdict == crate::api::Verdict::Passed;
+        let oci = match promote_to {
+            Some(publish::Promotion::Oci { target, .. }) if passed => Some((
+                target.repo_uri(),
+                crate::oci::prepare(files, &target.repository).map_err(storage::Error::from)?,
+            )),
+            _ => None,
+        };
+        let sealed = match promote_to {
+            Some(_) if passed => Some(seal(
+                &crate::report::evidence_predicate(&report(&result)),
+                files,
+                oci.as_ref()
+                    .map(|(repo, p)| (repo.as_str(), p.manifest_digest.as_str())),
+                self.signer,
+                &self.target.run,
+            )?),
+            _ => None,
+        };
+        let artifact = publish::Artifact {
+            files,
+            digest: &digest,
+            oci: oci.as_ref().map(|(_, p)| p),
+            source: publish::SourceRef {
+                uri: inputs.model.uri.clone(),
+                sha256: inputs.model.sha256.clone(),
+            },
+            job: serde_json::to_value(self.job).unwrap_or_default(),
+            recipe,
+        };
+        let t = Instant::now();
+        let mut published = publish::publish(
+            self.storage,
+            &self.target,
+            &artifact,
+            result,
+            &|r| serde_json::to_vec_pretty(&report(r)).unwrap_or_default(),
+            sealed.as_ref(),
+            ui,
+        )
+        .await?;
+        if let Some(u) = published.usage.as_mut() {
+            u.stages.push(stage("publish", t));
+        }
+        total_usage(&mut published, self.started);
+        Ok(Outcome {
+            report: report(&published),
+            result: published,
+        })
     }
-    total_usage(&mut published, started);
-    Ok(Outcome {
-        report: report(&published, &candidate.passes),
-        result: published,
-    })
 }
 
 /// Stages 1 and 2, timed into `stages`.

@@ -116,3 +116,12 @@ pub fn check_opset_upgrade(
     ui.stage(&check.describe());
     Ok(Some(check))
 }
+
+/// Adds the check's figures to the report of the pass that upgraded the graph.
+pub fn annotate(passes: &mut [crate::report::PassReport], check: &OpsetCheck) {
+    for r in passes {
+        if r.description.contains("graph upgraded from opset") {
+            r.description.push_str(&format!(" ({})", check.describe()));
+        }
+    }
+}

@@ -119,6 +119,16 @@ pub fn search(
         slower: 0,
     };
     run.report.budget.probe_seconds_limit = PROBE_SHARE * f64::from(max_seconds);
+    // As a fixed recipe does: before any form relies on an opset upgrade (per-channel
+    // scales need 13, int4 21), the upgraded original must give the baseline's outputs.
+    let every_form: Vec<PassSpec> = (spec.passes.iter().cloned())
+        .chain(forms.iter().map(|f| f.pass(s, &[])))
+        .collect();
+    let upgrade =
+        super::check_opset_upgrade(base, &every_form, run.target, &scratch.join("opset"), ui)?;
+    if let Some(check) = &upgrade {
+        run.report.notes.push(check.describe());
+    }
     ui.stage(&format!(
         "search: forms {} (whole forms first), objective {}, budget {} trials / {} s ({:.0} s for probes)",
         run.report.forms.join(", "),
@@ -151,7 +161,11 @@ pub fn search(
         let r = run.fallback(m);
         run.tolerate(form, r)?;
     }
-    run.finish()
+    let mut chosen = run.finish()?;
+    if let Some(check) = &upgrade {
+        super::opset_check::annotate(&mut chosen.candidate.passes, check);
+    }
+    Ok(chosen)
 }
 
 /// The forms in the spec's order, `static` (which calibrates first) after the others.

@@ -303,11 +303,26 @@ pub(super) async fn size(loc: &Location, path: &Path) -> Result<Option<u64>> {
 /// Relative `/`-separated names of the regular files under `dir` (recursively; symlinked
 /// directories are not entered; staging files are left out).
 pub(super) async fn list(loc: &Location, dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    scan(loc, dir, u64::MAX, &mut |l| out.push(l.key)).await?;
+    out.sort();
+    Ok(out)
+}
+
+/// [`list`], streamed: each regular file under `dir` goes to `visit` as it is found (no
+/// entity tag: local files are identified by their content), at most `max_objects` of them
+/// (false when more were left).
+pub(super) async fn scan(
+    loc: &Location,
+    dir: &Path,
+    max_objects: u64,
+    visit: &mut (dyn FnMut(super::Listed) + Send),
+) -> Result<bool> {
     let err = |source| Error::Read {
         uri: loc.uri.clone(),
         source,
     };
-    let mut out = Vec::new();
+    let mut n = 0u64;
     let mut todo = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, prefix)) = todo.pop() {
         let mut rd = match tokio::fs::read_dir(&d).await {
@@ -335,18 +350,34 @@ pub(super) async fn list(loc: &Location, dir: &Path) -> Result<Vec<String>> {
             let ft = entry.file_type().await.map_err(err)?;
             if ft.is_dir() {
                 todo.push((entry.path(), rel));
-            } else if ft.is_file()
-                || (ft.is_symlink()
-                    && tokio::fs::metadata(entry.path())
-                        .await
-                        .is_ok_and(|m| m.is_file()))
-            {
-                out.push(rel);
+                continue;
             }
+            // symlinks are followed to regular files only
+            let Ok(meta) = tokio::fs::metadata(entry.path()).await else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            if n == max_objects {
+                return Ok(false);
+            }
+            n += 1;
+            let modified_s = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_secs()).ok());
+            visit(super::Listed {
+                key: rel,
+                size: meta.len(),
+                e_tag: None,
+                version: None,
+                modified_s,
+            });
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(true)
 }
 
 pub(super) fn not_a_file(loc: &Location, m: &std::fs::Metadata) -> Error {

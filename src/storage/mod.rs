@@ -100,6 +100,19 @@ pub fn credential_source(scheme: Scheme) -> String {
     }
 }
 
+/// One object of a [`Storage::scan`]: its key under the prefix and what the store reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// The store's entity tag, when it reports one (S3, GCS, Azure).
+    pub e_tag: Option<String>,
+    /// The object's version id, when the store keeps versions.
+    pub version: Option<String>,
+    /// Last modification, seconds since the epoch.
+    pub modified_s: Option<i64>,
+}
+
 /// What a fetch produced.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -745,6 +758,50 @@ impl Storage {
             }
         }
         Ok(Some((n, hex::encode(h.finalize()))))
+    }
+
+    /// Every object under a prefix, streamed to `visit` one page at a time (nothing is
+    /// collected here: what the caller keeps is all the memory a listing holds). Stops after
+    /// `max_objects` objects and returns false then; true when the listing was complete.
+    pub async fn scan(
+        &self,
+        loc: &Location,
+        max_objects: u64,
+        visit: &mut (dyn FnMut(Listed) + Send),
+    ) -> Result<bool> {
+        if let Some(path) = loc.local_path() {
+            return local::scan(loc, &path, max_objects, visit).await;
+        }
+        let s = self.store(loc)?;
+        let prefix = loc.path()?;
+        let mut stream = s.store.list(Some(&prefix));
+        let mut n = 0u64;
+        while let Some(meta) = stream.next().await {
+            match meta {
+                Ok(m) => {
+                    if n == max_objects {
+                        return Ok(false);
+                    }
+                    n += 1;
+                    visit(Listed {
+                        key: m
+                            .location
+                            .as_ref()
+                            .strip_prefix(prefix.as_ref())
+                            .unwrap_or(m.location.as_ref())
+                            .trim_start_matches('/')
+                            .to_string(),
+                        size: m.size,
+                        e_tag: m.e_tag,
+                        version: m.version,
+                        modified_s: Some(m.last_modified.timestamp()),
+                    })
+                }
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(classify(loc, "list", &s.info, e)),
+            }
+        }
+        Ok(true)
     }
 
     /// Keys (relative to `loc`) of every object under a prefix.

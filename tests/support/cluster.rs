@@ -25,26 +25,28 @@ pub async fn client() -> Client {
         .expect("a client from KUBECONFIG")
 }
 
-/// Installs the CRD as shipped (idempotent: server-side apply) and waits until it serves.
+/// Installs the CRDs as shipped (CompressionJob, CompressionPolicy; idempotent: server-side
+/// apply) and waits until they serve.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = kompress::api::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("kompress-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    await_for(
-        crds,
-        &name,
-        "Established",
-        API_TIMEOUT,
-        conditions::is_crd_established(),
-    )
-    .await;
+    for crd in [kompress::api::crd(), kompress::api::policy_crd()] {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("kompress-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply the CRD");
+        await_for(
+            crds.clone(),
+            &name,
+            "Established",
+            API_TIMEOUT,
+            conditions::is_crd_established(),
+        )
+        .await;
+    }
 }
 
 /// A unique suffix for names in a shared cluster.
@@ -146,6 +148,8 @@ pub struct ControllerEnv {
     pub jobs: Api<k8s_openapi::api::batch::v1::Job>,
     pub dir: tempfile::TempDir,
     controller: tokio::task::JoinHandle<()>,
+    /// What the controller was started with (a restart starts the same).
+    config: kompress::controller::ControllerConfig,
 }
 
 /// A worker run of the digits example takes seconds; the margin is for a busy machine.
@@ -153,21 +157,25 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 impl ControllerEnv {
     pub async fn new(test: &str) -> Self {
-        use kompress::controller::{ControllerConfig, State, run_controller};
+        Self::with(test, |_| {}).await
+    }
+
+    /// As [`new`](Self::new), with the controller's configuration adjusted by `adjust`.
+    pub async fn with(
+        test: &str,
+        adjust: impl FnOnce(&mut kompress::controller::ControllerConfig),
+    ) -> Self {
+        use kompress::controller::ControllerConfig;
         let client = client().await;
         install_crd(&client).await;
         let ns = create_namespace(&client, &format!("kt-{test}")).await;
-        let config = ControllerConfig {
+        let mut config = ControllerConfig {
             namespace: Some(ns.clone()),
             worker_image: "kompress:test".into(),
             ..ControllerConfig::default()
         };
-        let controller = tokio::spawn({
-            let client = client.clone();
-            async move {
-                let _ = run_controller(client, config, std::sync::Arc::new(State::default())).await;
-            }
-        });
+        adjust(&mut config);
+        let controller = Self::spawn_controller(&client, config.clone());
         Self {
             cjs: Api::namespaced(client.clone(), &ns),
             jobs: Api::namespaced(client.clone(), &ns),
@@ -175,7 +183,25 @@ impl ControllerEnv {
             ns,
             dir: tempfile::tempdir().unwrap(),
             controller,
+            config,
         }
+    }
+
+    fn spawn_controller(
+        client: &Client,
+        config: kompress::controller::ControllerConfig,
+    ) -> tokio::task::JoinHandle<()> {
+        use kompress::controller::{State, run_controller};
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _ = run_controller(client, config, std::sync::Arc::new(State::default())).await;
+        })
+    }
+
+    /// Stops the controller and starts a fresh one (empty caches, as after a crash).
+    pub async fn restart_controller(&mut self) {
+        self.stop_controller().await;
+        self.controller = Self::spawn_controller(&self.client, self.config.clone());
     }
 
     pub async fn create(&self, yaml: &str) -> kompress::api::CompressionJob {

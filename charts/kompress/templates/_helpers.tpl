@@ -89,9 +89,15 @@ credentials through envFrom.secretRef, which needs no controller permission). */
 {{- define "kompress.rbacRules" -}}
 - apiGroups: ["kompress.dev"]
   resources: ["compressionjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
 - apiGroups: ["kompress.dev"]
   resources: ["compressionjobs/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["kompress.dev"]
+  resources: ["compressionpolicies"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["kompress.dev"]
+  resources: ["compressionpolicies/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -102,4 +108,8 @@ credentials through envFrom.secretRef, which needs no controller permission). */
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Kueue: why a queued worker Job waits (read-only; harmless where Kueue is not installed)
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list"]
 {{- end }}

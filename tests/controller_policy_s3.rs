@@ -1,0 +1,162 @@
+//! A CompressionPolicy over the S3 server (Garage) on the test control plane: the controller
+//! binary lists the bucket with its own credentials (its environment), identifies versions by
+//! the store's entity tag, and the worker pods read and promote with the Secret's.
+
+mod support;
+
+use k8s_openapi::api::core::v1::Secret;
+use kompress::api::{CompressionJob, CompressionPolicy};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::wait::await_condition;
+use std::time::Duration;
+use support::cluster::*;
+use support::*;
+
+/// Kills the controller process however the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and the S3 server: run via `make test`"]
+async fn an_s3_policy_makes_one_job_per_etag_and_promotes_each_version() {
+    let env = s3_env();
+    let get = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .unwrap_or_else(|| panic!("{k} in the S3 env file"))
+            .1
+            .clone()
+    };
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = create_namespace(&client, "policy-s3").await;
+    let p = unique("pol");
+    let r = repo();
+    for v in ["v1", "v2"] {
+        boto(
+            &env,
+            &[
+                "put",
+                r.join("examples/digits/model.onnx").to_str().unwrap(),
+                &format!("s3://models/{p}/digits/{v}/model.onnx"),
+            ],
+        );
+    }
+    // not a model: the pattern leaves it out
+    boto(
+        &env,
+        &[
+            "put",
+            r.join("examples/digits/eval.npz").to_str().unwrap(),
+            &format!("s3://models/{p}/digits/v2/eval.npz"),
+        ],
+    );
+    boto(
+        &env,
+        &[
+            "put",
+            r.join("examples/digits/eval.npz").to_str().unwrap(),
+            &format!("s3://datasets/{p}/eval.npz"),
+        ],
+    );
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": get("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY": get("AWS_SECRET_ACCESS_KEY"), "AWS_REGION": get("AWS_REGION")}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let _controller = Child(
+        std::process::Command::new(bin())
+            .args([
+                "controller",
+                "--leader-elect=false",
+                "--namespace",
+                &ns,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KOMPRESS_WORKER_IMAGE", "kompress:test")
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap(),
+    );
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionPolicy\nmetadata: {{name: digits, namespace: {ns}}}\n\
+         spec:\n  source: {{uri: 's3://models/{p}/*/v*/model.onnx', interval: 10s}}\n  jobTemplate:\n    spec:\n\
+         \x20     storage: {{secretRef: {{name: s3-credentials}}, endpoint: '{endpoint}', allowHttp: true}}\n\
+         \x20     dataset: {{uri: 's3://datasets/{p}/eval.npz'}}\n      passes: [{{quantize: {{perChannel: true}}}}]\n\
+         \x20     thresholds: {{maxAccuracyDrop: 0.01}}\n\
+         \x20     output: {{uri: 's3://models/{p}/candidates', promoteTo: 's3://models/{p}/serving/{{{{.key}}}}/{{{{.version}}}}'}}\n\
+         \x20     evaluation: {{latency: {{warmup: 1, iterations: 5}}}}\n",
+        endpoint = get("AWS_ENDPOINT_URL"),
+    );
+    let policy: CompressionPolicy = serde_saphyr::from_str(&yaml).unwrap();
+    let policies: Api<CompressionPolicy> = Api::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let done = |p: Option<&CompressionPolicy>| {
+        p.and_then(|p| p.status.as_ref())
+            .is_some_and(|s| s.phases.get("Succeeded") == Some(&2))
+    };
+    let got = tokio::time::timeout(
+        RUN_TIMEOUT,
+        await_condition(policies.clone(), "digits", done),
+    )
+    .await;
+    let status = policies.get("digits").await.unwrap().status;
+    assert!(
+        matches!(got, Ok(Ok(Some(_)))),
+        "two versions never succeeded: {}",
+        serde_json::to_string_pretty(&status).unwrap()
+    );
+    let status = status.unwrap();
+    assert_eq!(status.versions_seen, 2, "{status:?}");
+    for v in &status.versions {
+        assert!(v.id.starts_with("etag:"), "the store's entity tag: {v:?}");
+        assert_eq!(v.sha256, None, "nothing hashed by the controller: {v:?}");
+    }
+    let keys = boto(&env, &["list", &format!("s3://models/{p}/serving/")]);
+    for v in ["v1", "v2"] {
+        assert!(
+            keys.contains(&format!("digits/{v}/promoted.json")),
+            "{v} not promoted: {keys}"
+        );
+    }
+    let cjs: Api<CompressionJob> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        cjs.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
+    // a later scan with nothing new makes nothing
+    let scanned = status.last_scan.clone().unwrap();
+    let later = move |p: Option<&CompressionPolicy>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.last_scan.as_ref())
+            .is_some_and(|t| t.0 > scanned.0)
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(policies.clone(), "digits", later),
+    )
+    .await
+    .expect("a later scan")
+    .unwrap();
+    assert_eq!(
+        cjs.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
+    delete_namespace(&client, &ns).await;
+}
