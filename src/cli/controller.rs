@@ -44,6 +44,10 @@ pub struct ControllerArgs {
     /// LocalQueue of this name (Kueue's convention is `default`). Unset: not queued.
     #[arg(long, env = "KOMPRESS_QUEUE_NAME", value_parser = parse_queue_name)]
     pub queue_name: Option<String>,
+    /// Most reconciles in flight at once (CompressionJobs; policies have their own as many).
+    /// Each holds its API requests while it waits, so this bounds a burst's memory.
+    #[arg(long, env = "KOMPRESS_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
@@ -71,6 +75,7 @@ impl ControllerArgs {
                 default_memory: self.default_memory,
                 default_scratch: self.default_scratch,
                 queue_name: self.queue_name,
+                max_concurrent_reconciles: self.max_concurrent_reconciles,
             },
             metrics_addr: self.metrics_addr,
             leader_elect: self.leader_elect,

@@ -40,6 +40,12 @@ pub struct Metrics {
     promoted_info: GaugeVec,
     policy_versions: GaugeVec,
     policy_versions_by_phase: GaugeVec,
+    job_policy: GaugeVec,
+    policy_scans: IntCounterVec,
+    policy_scan_seconds: GaugeVec,
+    policy_scan_objects: GaugeVec,
+    policy_cached: GaugeVec,
+    policy_bytes_saved: GaugeVec,
 }
 
 /// Most `kompress_quality` series one job exports per model.
@@ -170,6 +176,42 @@ impl Metrics {
                 "A CompressionPolicy's versions by the phase of their CompressionJob (Waiting: not created yet)",
                 &["namespace", "name", "phase"],
             ),
+            job_policy: g(
+                "job_policy_info",
+                "1 for each CompressionJob a CompressionPolicy created (its controller owner): joins job series, and the cost rules, to their policy",
+                &["namespace", "name", "policy"],
+            ),
+            policy_scans: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "policy_scans_total",
+                        "Scans of a CompressionPolicy's source, by result (ok, error)",
+                    ),
+                    &["namespace", "name", "result"],
+                )
+                .unwrap(),
+            ),
+            policy_scan_seconds: g(
+                "policy_last_scan_seconds",
+                "Duration of a CompressionPolicy's last scan of its source (listing included), failed or not",
+                job,
+            ),
+            policy_scan_objects: g(
+                "policy_last_scan_objects",
+                "Objects a CompressionPolicy's last successful scan listed",
+                job,
+            ),
+            policy_cached: g(
+                "policy_versions_cached",
+                "A CompressionPolicy's jobs whose result was served from the compression cache (status.result.cachedFrom)",
+                job,
+            ),
+            policy_bytes_saved: g(
+                "policy_bytes_saved",
+                "Sum of kompress_job_bytes_saved over a CompressionPolicy's promoted jobs (per served copy)",
+                job,
+            ),
             leader: reg(
                 &registry,
                 IntGauge::new(
@@ -271,6 +313,30 @@ impl Metrics {
         }
     }
 
+    /// A scan of a policy's source ended: how long it took, and what it listed (None: failed).
+    pub fn policy_scanned(
+        &self,
+        namespace: &str,
+        name: &str,
+        took: std::time::Duration,
+        listed: Option<u64>,
+    ) {
+        let l = [namespace, name];
+        self.policy_scan_seconds
+            .with_label_values(&l)
+            .set(took.as_secs_f64());
+        let result = match listed {
+            Some(n) => {
+                self.policy_scan_objects.with_label_values(&l).set(n as f64);
+                "ok"
+            }
+            None => "error",
+        };
+        self.policy_scans
+            .with_label_values(&[namespace, name, result])
+            .inc();
+    }
+
     pub fn promoted(&self, namespace: &str) {
         self.promotions.with_label_values(&[namespace]).inc();
     }
@@ -316,6 +382,9 @@ impl Metrics {
             &self.bytes_saved,
             &self.latency_ratio,
             &self.promoted_info,
+            &self.job_policy,
+            &self.policy_cached,
+            &self.policy_bytes_saved,
         ] {
             v.reset();
         }
@@ -329,14 +398,25 @@ impl Metrics {
             self.jobs.with_label_values(&[p.as_str()]).set(0);
         }
         for cj in jobs {
-            let Some(status) = &cj.status else { continue };
-            if let Some(p) = status.phase {
-                self.jobs.with_label_values(&[p.as_str()]).inc();
-            }
             let (ns, name) = (
                 cj.metadata.namespace.as_deref().unwrap_or_default(),
                 cj.metadata.name.as_deref().unwrap_or_default(),
             );
+            let policy = policy_of(cj);
+            if let Some(policy) = policy {
+                self.job_policy
+                    .with_label_values(&[ns, name, policy])
+                    .set(1.0);
+                // every policy with a job gets both series, zero included
+                self.policy_cached.with_label_values(&[ns, policy]).add(0.0);
+                self.policy_bytes_saved
+                    .with_label_values(&[ns, policy])
+                    .add(0.0);
+            }
+            let Some(status) = &cj.status else { continue };
+            if let Some(p) = status.phase {
+                self.jobs.with_label_values(&[p.as_str()]).inc();
+            }
             if let (Some(s), Some(c)) = (&status.start_time, &status.completion_time) {
                 self.run_duration
                     .with_label_values(&[ns, name])
@@ -384,10 +464,17 @@ impl Metrics {
                         .set(v);
                 }
             }
+            if let (Some(policy), Some(_)) = (policy, &r.cached_from) {
+                self.policy_cached.with_label_values(&[ns, policy]).inc();
+            }
             if let Some(p) = &r.promoted {
-                self.bytes_saved
-                    .with_label_values(&[ns, name])
-                    .set(r.original_bytes as f64 - r.compressed_bytes as f64);
+                let saved = r.original_bytes as f64 - r.compressed_bytes as f64;
+                self.bytes_saved.with_label_values(&[ns, name]).set(saved);
+                if let Some(policy) = policy {
+                    self.policy_bytes_saved
+                        .with_label_values(&[ns, policy])
+                        .add(saved);
+                }
                 self.promoted_info
                     .with_label_values(&[ns, name, &p.sha256])
                     .set(1.0);
@@ -427,6 +514,20 @@ impl Metrics {
             .expect("text encoding of gathered metrics");
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
+}
+
+/// The CompressionPolicy that created a job: its controller owner of that kind.
+fn policy_of(cj: &CompressionJob) -> Option<&str> {
+    cj.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| {
+            o.controller == Some(true)
+                && o.kind == "CompressionPolicy"
+                && o.api_version.starts_with("kompress.dev/")
+        })
+        .map(|o| o.name.as_str())
 }
 
 /// Times one reconcile and records count and duration when dropped (controller-rs style).
@@ -521,5 +622,66 @@ mod tests {
         }
         m.refresh_jobs(&[]);
         assert!(!m.encode().contains("digits"));
+    }
+
+    /// A policy's jobs: one promoted fresh, one promoted from the cache, one rejected, and a
+    /// hand-written job beside them that belongs to no policy.
+    #[test]
+    fn policy_gauges_sum_their_own_jobs_only() {
+        let job = |name: &str, owner: Option<&str>, promoted: bool, cached: bool| {
+            let mut result = serde_json::json!({
+                "verdict": if promoted { "Passed" } else { "Rejected" },
+                "originalBytes": 4000, "compressedBytes": 1000, "ratio": 4.0, "checks": [],
+                "baseline": {"bytes": 4000, "samples": 10, "latencyP50Ms": 2.0, "latencyP95Ms": 3.0},
+                "candidate": {"bytes": 1000, "samples": 10, "latencyP50Ms": 1.0, "latencyP95Ms": 2.0}});
+            if promoted {
+                result["promoted"] = serde_json::json!({"uri": "s3://p/m.onnx", "sha256": name});
+            }
+            if cached {
+                result["cachedFrom"] = serde_json::json!({"run": "s3://o/runs/1", "key": "k"});
+            }
+            let owners = owner.map(|p| {
+                serde_json::json!([{"apiVersion": "kompress.dev/v1alpha1",
+                "kind": "CompressionPolicy", "name": p, "uid": "u1", "controller": true}])
+            });
+            let cj: CompressionJob = serde_json::from_value(serde_json::json!({
+                "apiVersion": "kompress.dev/v1alpha1", "kind": "CompressionJob",
+                "metadata": {"name": name, "namespace": "ml", "ownerReferences": owners},
+                "spec": {"model": {"uri": "m.onnx"}, "dataset": {"uri": "d.npz"}, "passes": [], "output": {"uri": "out"}},
+                "status": {"phase": if promoted { "Succeeded" } else { "Rejected" }, "result": result},
+            }))
+            .unwrap();
+            Arc::new(cj)
+        };
+        let m = Metrics::new();
+        m.refresh_jobs(&[
+            job("bert-v1", Some("bert"), true, false),
+            job("bert-v2", Some("bert"), true, true),
+            job("bert-v3", Some("bert"), false, false),
+            job("by-hand", None, true, false),
+        ]);
+        let text = m.encode();
+        for line in [
+            r#"kompress_job_policy_info{name="bert-v1",namespace="ml",policy="bert"} 1"#,
+            r#"kompress_job_policy_info{name="bert-v3",namespace="ml",policy="bert"} 1"#,
+            r#"kompress_policy_versions_cached{name="bert",namespace="ml"} 1"#,
+            r#"kompress_policy_bytes_saved{name="bert",namespace="ml"} 6000"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"policy="by-hand""#)
+                && !text.contains(r#"kompress_job_policy_info{name="by-hand""#)
+        );
+        m.refresh_jobs(&[job("bert-v3", Some("bert"), false, false)]);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"kompress_policy_versions_cached{name="bert",namespace="ml"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kompress_policy_bytes_saved{name="bert",namespace="ml"} 0"#),
+            "{text}"
+        );
     }
 }

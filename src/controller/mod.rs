@@ -107,7 +107,13 @@ pub struct ControllerConfig {
     /// Kueue LocalQueue of jobs whose spec names none (`spec.queueName` wins); None: jobs
     /// without `spec.queueName` are not queued.
     pub queue_name: Option<String>,
+    /// Most reconciles in flight at once, per controller (CompressionJobs, policies). Bounds
+    /// the memory of a burst: each reconcile holds its requests and responses while it waits.
+    pub max_concurrent_reconciles: u16,
 }
+
+/// Default of `--max-concurrent-reconciles`.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 
 impl Default for ControllerConfig {
     fn default() -> Self {
@@ -121,6 +127,7 @@ impl Default for ControllerConfig {
             default_memory: DEFAULT_WORKER_MEMORY.into(),
             default_scratch: DEFAULT_WORKER_SCRATCH.into(),
             queue_name: None,
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
         }
     }
 }
@@ -277,6 +284,14 @@ pub async fn run(opts: Options) -> Result<()> {
 /// How long the controller waits after a trigger for more before it reconciles an object.
 pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The kube-runtime settings both controllers share: a trailing-edge debounce (an owned
+/// object's quick run of status updates is one reconcile, not four) and the concurrency bound.
+fn controller_config(config: &ControllerConfig) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default()
+        .debounce(DEBOUNCE)
+        .concurrency(config.max_concurrent_reconciles)
+}
+
 /// The kube-runtime Controller on CompressionJobs owning batch/v1 Jobs, and beside it the one
 /// on CompressionPolicies owning CompressionJobs ([`policy`]); returns after a shutdown
 /// signal (SIGTERM, ctrl-c) once in-flight reconciles have finished.
@@ -302,6 +317,9 @@ pub async fn run_controller(
     let (reader, writer) = reflector::store();
     let trigger = watcher(cjs, watcher::Config::default().any_semantic())
         .default_backoff()
+        // The cache keeps what reconciles and metrics read; managedFields is neither, and
+        // is often the largest part of the object.
+        .modify(|cj| cj.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -330,7 +348,7 @@ pub async fn run_controller(
         .owns_stream(job_progress)
         // Trailing-edge debounce: a worker Job's quick run of status updates (pod created,
         // ready, succeeded, Complete) is one reconcile, not four.
-        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
+        .with_config(controller_config(&config))
         .shutdown_on_signal();
     let store = controller.store();
     let _ = state.store.set(store.clone());
@@ -347,8 +365,8 @@ pub async fn run_controller(
         controller: "kompress".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let (client_for_policies, namespace, state_for_policies) =
-        (client.clone(), config.namespace.clone(), state.clone());
+    let (client_for_policies, policy_config, state_for_policies) =
+        (client.clone(), config.clone(), state.clone());
     let ctx = Arc::new(reconcile::Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -365,7 +383,7 @@ pub async fn run_controller(
                 Err(e) => tracing::warn!(error = %crate::error::error_chain(&e), "controller"),
             }
         });
-    let policies = policy::run(client_for_policies, namespace, state_for_policies);
+    let policies = policy::run(client_for_policies, &policy_config, state_for_policies);
     let ((), (), policies) = futures::join!(run, ready, policies);
     policies
 }

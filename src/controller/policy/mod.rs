@@ -31,8 +31,12 @@ use std::sync::Arc;
 
 /// The kube-runtime Controller on CompressionPolicies owning CompressionJobs; returns after a
 /// shutdown signal once in-flight reconciles have finished.
-pub async fn run(client: Client, namespace: Option<String>, state: Arc<State>) -> Result<()> {
-    let (policies, cjs): (Api<CompressionPolicy>, Api<CompressionJob>) = match &namespace {
+pub async fn run(
+    client: Client,
+    config: &super::ControllerConfig,
+    state: Arc<State>,
+) -> Result<()> {
+    let (policies, cjs): (Api<CompressionPolicy>, Api<CompressionJob>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -60,6 +64,7 @@ pub async fn run(client: Client, namespace: Option<String>, state: Arc<State>) -
     let (reader, writer) = reflector::store();
     let trigger = watcher(policies, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(|p| p.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -71,7 +76,7 @@ pub async fn run(client: Client, namespace: Option<String>, state: Arc<State>) -
                 .any_semantic(),
         )
         // a job's burst of status updates is one reconcile, as for CompressionJobs
-        .with_config(kube::runtime::controller::Config::default().debounce(super::DEBOUNCE))
+        .with_config(super::controller_config(config))
         .shutdown_on_signal();
     let reporter = Reporter {
         controller: "kompress".into(),

@@ -276,7 +276,15 @@ async fn scan_step(
     now: &Time,
     before: Scanned,
 ) -> Scanned {
-    match scan_source(p, ctx, valid).await {
+    let started = std::time::Instant::now();
+    let result = scan_source(p, ctx, valid).await;
+    ctx.state.metrics.policy_scanned(
+        &p.namespace().unwrap_or_default(),
+        &p.name_any(),
+        started.elapsed(),
+        result.as_ref().ok().map(|s| s.listed),
+    );
+    match result {
         Ok(s) => {
             ctx.failures
                 .lock()
