@@ -273,7 +273,37 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         ),
         Ok(_) => {}
     };
-    uri("spec.model.uri", &spec.model.uri, false);
+    if crate::uri::OciTarget::is_oci(&spec.model.uri) {
+        if let Err(e) = crate::uri::OciTarget::reference(&spec.model.uri) {
+            err("spec.model.uri".into(), e.to_string());
+        }
+    } else {
+        uri("spec.model.uri", &spec.model.uri, false);
+        if spec.model.registry.is_some() {
+            err(
+                "spec.model.registry".into(),
+                "applies to an oci:// spec.model.uri only".into(),
+            );
+        }
+    }
+    // The worker has one Docker config (the Secret mounted as DOCKER_CONFIG).
+    let secret = |r: &Option<crate::api::RegistrySpec>| {
+        r.as_ref()
+            .and_then(|r| r.secret_ref.as_ref())
+            .map(|s| s.name.clone())
+    };
+    if let (Some(m), Some(o)) = (secret(&spec.model.registry), secret(&spec.output.registry))
+        && m != o
+    {
+        err(
+            "spec.model.registry.secretRef".into(),
+            format!(
+                "names Secret `{m}` and spec.output.registry.secretRef names `{o}`: the worker \
+                 has one Docker config, so put both registries' credentials in one \
+                 kubernetes.io/dockerconfigjson Secret and name it in both"
+            ),
+        );
+    }
     uri("spec.dataset.uri", &spec.dataset.uri, false);
     let calib_data = spec.calibration.as_ref().and_then(|c| c.dataset.as_ref());
     if let Some(c) = calib_data {
@@ -682,6 +712,38 @@ mod tests {
         assert!(
             !e.0.iter()
                 .any(|f| f.field == "spec.passes[0].quantize.mode"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn oci_models_are_references_with_their_registry_settings() {
+        let d = "a".repeat(64);
+        for uri in [
+            "oci://reg.example:5000/team/digits:v1".to_string(),
+            format!("oci://reg.example/team/digits@sha256:{d}"),
+        ] {
+            let s = spec(&format!(
+                "model: {{uri: '{uri}', registry: {{plainHttp: true, secretRef: {{name: regcred}}}}}}\ndataset: {{uri: d.npz}}\noutput: {{uri: out, promoteTo: 'oci://reg.example:5000/team/digits:v1-int8', registry: {{secretRef: {{name: regcred}}}}}}\npasses: [{{quantize: {{}}}}]\n"
+            ));
+            assert_eq!(validate(&s), Ok(()), "{uri}");
+        }
+        let s = spec(
+            "model: {uri: 'oci://reg.example/a@sha256:xyz'}\ndataset: {uri: d.npz}\noutput: {uri: out}\npasses: [{quantize: {}}]\n",
+        );
+        assert_eq!(failed_fields(&s), ["spec.model.uri"]);
+        let s = spec(
+            "model: {uri: s3://m/x.onnx, registry: {plainHttp: true}}\ndataset: {uri: d.npz}\noutput: {uri: out}\npasses: [{quantize: {}}]\n",
+        );
+        assert_eq!(failed_fields(&s), ["spec.model.registry"]);
+        let s = spec(
+            "model: {uri: 'oci://r.io/a:v1', registry: {secretRef: {name: a}}}\ndataset: {uri: d.npz}\noutput: {uri: out, promoteTo: 'oci://r.io/a:v2', registry: {secretRef: {name: b}}}\npasses: [{quantize: {}}]\n",
+        );
+        let e = validate(&s).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e:?}");
+        assert_eq!(e.0[0].field, "spec.model.registry.secretRef");
+        assert!(
+            e.0[0].message.contains("`a`") && e.0[0].message.contains("one Docker config"),
             "{e:?}"
         );
     }
