@@ -558,7 +558,7 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
         (
             "wrong-sha",
             format!("uri: '{v1}', sha256: {zeros}, {plain}"),
-            vec![&zeros, &model_sha],
+            vec![zeros.as_str(), model_sha.as_str()],
         ),
         (
             "not-modelpack",

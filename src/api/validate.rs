@@ -261,8 +261,49 @@ fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String,
 /// Most calibration samples a static pass may ask for.
 pub const MAX_CALIBRATION_SAMPLES: u32 = 100_000;
 
+/// `spec.model.uri` as an OCI reference, `spec.model.registry` only with one, and one
+/// registry Secret for the worker (it has one Docker config).
+fn model_source(spec: &CompressionJobSpec, oci: bool, errs: &mut Vec<FieldError>) {
+    let mut err = |field: &str, message: String| {
+        errs.push(FieldError {
+            field: field.into(),
+            message,
+        })
+    };
+    if oci {
+        if let Err(e) = crate::uri::OciTarget::reference(&spec.model.uri) {
+            err("spec.model.uri", e.to_string());
+        }
+    } else if spec.model.registry.is_some() {
+        err(
+            "spec.model.registry",
+            "applies to an oci:// spec.model.uri only".into(),
+        );
+    }
+    let secret = |r: &Option<crate::api::RegistrySpec>| {
+        r.as_ref()
+            .and_then(|r| r.secret_ref.as_ref())
+            .map(|s| s.name.clone())
+    };
+    if let (Some(m), Some(o)) = (secret(&spec.model.registry), secret(&spec.output.registry))
+        && m != o
+    {
+        err(
+            "spec.model.registry.secretRef",
+            format!(
+                "names Secret `{m}` and spec.output.registry.secretRef names `{o}`: the worker \
+                 has one Docker config, so put both registries' credentials in one \
+                 kubernetes.io/dockerconfigjson Secret and name it in both"
+            ),
+        );
+    }
+}
+
 pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     let mut errs = Vec::new();
+    // The model's source and registry settings (before the closures below borrow `errs`).
+    let oci_model = crate::uri::OciTarget::is_oci(&spec.model.uri);
+    model_source(spec, oci_model, &mut errs);
     let mut err = |field: String, message: String| errs.push(FieldError { field, message });
 
     let mut uri = |field: &str, value: &str, writable: bool| match Location::parse(value) {
@@ -273,36 +314,8 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         ),
         Ok(_) => {}
     };
-    if crate::uri::OciTarget::is_oci(&spec.model.uri) {
-        if let Err(e) = crate::uri::OciTarget::reference(&spec.model.uri) {
-            err("spec.model.uri".into(), e.to_string());
-        }
-    } else {
+    if !oci_model {
         uri("spec.model.uri", &spec.model.uri, false);
-        if spec.model.registry.is_some() {
-            err(
-                "spec.model.registry".into(),
-                "applies to an oci:// spec.model.uri only".into(),
-            );
-        }
-    }
-    // The worker has one Docker config (the Secret mounted as DOCKER_CONFIG).
-    let secret = |r: &Option<crate::api::RegistrySpec>| {
-        r.as_ref()
-            .and_then(|r| r.secret_ref.as_ref())
-            .map(|s| s.name.clone())
-    };
-    if let (Some(m), Some(o)) = (secret(&spec.model.registry), secret(&spec.output.registry))
-        && m != o
-    {
-        err(
-            "spec.model.registry.secretRef".into(),
-            format!(
-                "names Secret `{m}` and spec.output.registry.secretRef names `{o}`: the worker \
-                 has one Docker config, so put both registries' credentials in one \
-                 kubernetes.io/dockerconfigjson Secret and name it in both"
-            ),
-        );
     }
     uri("spec.dataset.uri", &spec.dataset.uri, false);
     let calib_data = spec.calibration.as_ref().and_then(|c| c.dataset.as_ref());

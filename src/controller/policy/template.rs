@@ -84,7 +84,7 @@ pub fn render_value(
 }
 
 /// One version's model, as the job's `spec.model`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Model<'a> {
     pub uri: &'a str,
     pub sha256: Option<&'a str>,
