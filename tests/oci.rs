@@ -470,11 +470,11 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = keypair(dir.path(), "key", "ed25519");
     let reg = Registry::up(&["--kind", "distribution"]);
-    // v1: the digits model through `optimize` (float32 still, so quantizable), promoted as
+    // v1: the digits model lightly pruned (float32 still, so quantizable again), promoted as
     // kompress promotes: a ModelPack, one layer per file.
     let v1 = format!("oci://{}/team/digits:v1", reg.addr);
     let (code, out, err) = run(
-        &job(dir.path(), "push", &v1, &key, "    - optimize: {level: basic}"),
+        &job(dir.path(), "push", &v1, &key, "    - prune: {sparsity: 0.2}"),
         None,
     );
     assert_eq!(code, 0, "{err}");
@@ -498,7 +498,7 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
     ));
     assert_eq!(code, 0, "{err}");
     let want = measured(&file_run["result"]);
-    assert_eq!(want["verdict"], "Passed", "{file_run:#}");
+    assert_eq!(want["verdict"], "Passed", "{:#}", file_run["result"]["checks"]);
 
     // By tag, and pinned by the manifest digest (with the .onnx layer's sha256 as well).
     let pinned = format!("oci://{}/team/digits@{manifest}", reg.addr);
