@@ -414,6 +414,37 @@ fn oras_push(dir: &Path, reference: &str, files: &[&str]) -> String {
 
 #[tokio::test]
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn an_unreachable_registry_is_source_unavailable_with_backoff_and_makes_no_job() {
+    let env = ControllerEnv::new("policy-oci-down").await;
+    // nothing listens on port 9: connection refused, as for the unreachable S3 endpoint
+    let yaml = policy_yaml(&env, "regdown", Path::new("/unused"), "", &default_promote(&env))
+        .replace(
+            "file:///unused/*/v*/model.onnx\n",
+            "oci://127.0.0.1:9/team/digits\n    registry: {plainHttp: true}\n",
+        );
+    assert!(yaml.contains("oci://127.0.0.1:9"), "{yaml}");
+    create_policy(&env, &yaml).await;
+    let p = wait_policy(&env, "regdown", "a failed scan", POLICY_TIMEOUT, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.status == "False")
+    })
+    .await;
+    let s = p.status.as_ref().unwrap();
+    let (_, reason, message) = ready(s);
+    assert_eq!(reason, "SourceUnavailable", "{message}");
+    assert!(
+        message.contains("oci://127.0.0.1:9/team/digits") && message.contains("could not be reached"),
+        "{message}"
+    );
+    assert!(!stalled(s), "a transient failure is not Stalled: {s:?}");
+    assert!(s.next_scan.is_some(), "a retry is scheduled: {s:?}");
+    assert!(jobs_of(&env).await.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn a_policy_over_a_registry_makes_one_pinned_job_per_tag_the_filter_keeps() {
     let env = ControllerEnv::new("policy-oci").await;
     let reg = support::registry::Registry::up(&["--kind", "distribution"]);
