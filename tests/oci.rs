@@ -425,12 +425,15 @@ fn a_registry_killed_mid_push_leaves_the_tag_on_the_last_complete_manifest() {
 }
 
 /// A digits-style job over `model` (the YAML of `spec.model`'s fields), quantizing it,
-/// writing under `dir/<name>/out`, promoting nowhere.
+/// writing under `dir/<name>/out`, promoting nowhere; the dataset's sha256 pinned (so a spec
+/// that pins the model's too is looked up in the cache before anything is fetched).
 fn source_job(dir: &Path, name: &str, model: &str) -> String {
+    let data = repo().join("examples/digits/eval.npz");
     let yaml = format!(
-        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: {name}\nspec:\n  model: {{{model}}}\n  dataset:\n    uri: {}\n    labels: labels\n  passes:\n{DYNAMIC}\n  thresholds:\n    maxAccuracyDrop: 0.05\n  evaluation: {{latency: {{warmup: 1, iterations: 2}}}}\n  output:\n    uri: {}\n",
-        repo().join("examples/digits/eval.npz").display(),
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: {name}\nspec:\n  model: {{{model}}}\n  dataset:\n    uri: {data}\n    sha256: {data_sha}\n    labels: labels\n  passes:\n{DYNAMIC}\n  thresholds:\n    maxAccuracyDrop: 0.05\n  evaluation: {{latency: {{warmup: 1, iterations: 2}}}}\n  output:\n    uri: {}\n",
         dir.join(name).join("out").display(),
+        data = data.display(),
+        data_sha = sha256_hex(&data),
     );
     let sub = dir.join(name);
     std::fs::create_dir_all(&sub).unwrap();
@@ -521,6 +524,31 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
         assert_eq!(m["uri"], recorded.as_str(), "{name}: {m}");
         assert_eq!(m["sha256"], model_sha.as_str(), "{name}: {m}");
     }
+
+    // The cache: the by-digest job again, with the cache on. Its spec pins the model's and
+    // the dataset's sha256, so the lookup happens before any fetch: the result is reused and the registry
+    // serves no blob for it (its own request log).
+    let blob_gets = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("http.request.method=GET") && l.contains("/blobs/sha256:"))
+            .filter(|l| l.contains("response completed"))
+            .count()
+    };
+    let before = blob_gets(&reg.log());
+    assert!(before > 0, "the registry logs blob reads: {}", reg.log());
+    let again = source_job(
+        dir.path(),
+        "by-digest",
+        &format!("uri: '{pinned}', sha256: {model_sha}, registry: {{plainHttp: true}}"),
+    );
+    let (code, cached, err) = run(&again, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !cached["result"]["cachedFrom"].is_null(),
+        "a pinned oci model hits the cache: {cached:#}"
+    );
+    assert_eq!(measured(&cached["result"]), want);
+    assert_eq!(blob_gets(&reg.log()), before, "no blob read for a cache hit");
 
     // Bad input: permanent (65), naming spec.model.uri or the setting, and what to do.
     let zeros = "0".repeat(64);
