@@ -722,7 +722,9 @@ impl Session {
         dest: &Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), Error> {
-        let result = self.blob_to_file_inner(r, digest, size, dest, progress).await;
+        let result = self
+            .blob_to_file_inner(r, digest, size, dest, progress)
+            .await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(dest).await;
         }
@@ -814,8 +816,7 @@ pub fn is_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
@@ -1076,9 +1077,17 @@ mod tests {
     fn tag_lists_parse_and_skip_what_is_not_a_tag() {
         let body = br#"{"name": "a/b", "tags": ["v1", "latest", "bad tag", "-x", "v2.0_rc-1", 7]}"#;
         assert_eq!(parse_tags(body).unwrap(), ["v1", "latest", "v2.0_rc-1"]);
-        assert!(parse_tags(br#"{"name": "a/b", "tags": null}"#).unwrap().is_empty());
+        assert!(
+            parse_tags(br#"{"name": "a/b", "tags": null}"#)
+                .unwrap()
+                .is_empty()
+        );
         assert!(parse_tags(b"<html>").unwrap_err().contains("not JSON"));
-        assert!(parse_tags(br#"{"tags": "v1"}"#).unwrap_err().contains("`tags` array"));
+        assert!(
+            parse_tags(br#"{"tags": "v1"}"#)
+                .unwrap_err()
+                .contains("`tags` array")
+        );
         assert!(is_tag(&"a".repeat(128)) && !is_tag(&"a".repeat(129)) && !is_tag(""));
     }
 
@@ -1099,9 +1108,18 @@ mod tests {
             same_origin(cur, "/v2/a/tags/list?last=v2&n=2").as_deref(),
             Some("http://127.0.0.1:5000/v2/a/tags/list?last=v2&n=2")
         );
-        assert_eq!(same_origin(cur, "http://evil.example:5000/v2/a/tags/list"), None);
-        assert_eq!(same_origin(cur, "https://127.0.0.1:5000/v2/a/tags/list"), None);
-        assert_eq!(same_origin(cur, "http://127.0.0.1:5001/v2/a/tags/list"), None);
+        assert_eq!(
+            same_origin(cur, "http://evil.example:5000/v2/a/tags/list"),
+            None
+        );
+        assert_eq!(
+            same_origin(cur, "https://127.0.0.1:5000/v2/a/tags/list"),
+            None
+        );
+        assert_eq!(
+            same_origin(cur, "http://127.0.0.1:5001/v2/a/tags/list"),
+            None
+        );
     }
 
     #[test]

@@ -417,11 +417,17 @@ fn oras_push(dir: &Path, reference: &str, files: &[&str]) -> String {
 async fn an_unreachable_registry_is_source_unavailable_with_backoff_and_makes_no_job() {
     let env = ControllerEnv::new("policy-oci-down").await;
     // nothing listens on port 9: connection refused, as for the unreachable S3 endpoint
-    let yaml = policy_yaml(&env, "regdown", Path::new("/unused"), "", &default_promote(&env))
-        .replace(
-            "file:///unused/*/v*/model.onnx\n",
-            "oci://127.0.0.1:9/team/digits\n    registry: {plainHttp: true}\n",
-        );
+    let yaml = policy_yaml(
+        &env,
+        "regdown",
+        Path::new("/unused"),
+        "",
+        &default_promote(&env),
+    )
+    .replace(
+        "file:///unused/*/v*/model.onnx\n",
+        "oci://127.0.0.1:9/team/digits\n    registry: {plainHttp: true}\n",
+    );
     assert!(yaml.contains("oci://127.0.0.1:9"), "{yaml}");
     create_policy(&env, &yaml).await;
     let p = wait_policy(&env, "regdown", "a failed scan", POLICY_TIMEOUT, |s| {
@@ -434,7 +440,8 @@ async fn an_unreachable_registry_is_source_unavailable_with_backoff_and_makes_no
     let (_, reason, message) = ready(s);
     assert_eq!(reason, "SourceUnavailable", "{message}");
     assert!(
-        message.contains("oci://127.0.0.1:9/team/digits") && message.contains("could not be reached"),
+        message.contains("oci://127.0.0.1:9/team/digits")
+            && message.contains("could not be reached"),
         "{message}"
     );
     assert!(!stalled(s), "a transient failure is not Stalled: {s:?}");

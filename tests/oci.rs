@@ -461,10 +461,9 @@ fn measured(result: &Value) -> Value {
 
 /// The model report.json says the run read.
 fn report_model(result: &Value) -> Value {
-    let report: Value = serde_json::from_slice(
-        &std::fs::read(local(result["report"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(local(result["report"].as_str().unwrap())).unwrap())
+            .unwrap();
     report["model"].clone()
 }
 
@@ -477,13 +476,22 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
     // kompress promotes: a ModelPack, one layer per file.
     let v1 = format!("oci://{}/team/digits:v1", reg.addr);
     let (code, out, err) = run(
-        &job(dir.path(), "push", &v1, &key, "    - prune: {sparsity: 0.2}"),
+        &job(
+            dir.path(),
+            "push",
+            &v1,
+            &key,
+            "    - prune: {sparsity: 0.2}",
+        ),
         None,
     );
     assert_eq!(code, 0, "{err}");
     let pushed = &out["result"];
     assert_eq!(pushed["verdict"], "Passed", "{out:#}");
-    let manifest = pushed["oci"]["manifestDigest"].as_str().unwrap().to_string();
+    let manifest = pushed["oci"]["manifestDigest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let model_sha = pushed["promoted"]["sha256"].as_str().unwrap().to_string();
     let pushed_file = local(pushed["artifact"]["uri"].as_str().unwrap());
     assert_eq!(sha256_hex(&pushed_file), model_sha);
@@ -501,7 +509,11 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
     ));
     assert_eq!(code, 0, "{err}");
     let want = measured(&file_run["result"]);
-    assert_eq!(want["verdict"], "Passed", "{:#}", file_run["result"]["checks"]);
+    assert_eq!(
+        want["verdict"], "Passed",
+        "{:#}",
+        file_run["result"]["checks"]
+    );
 
     // By tag, and pinned by the manifest digest (with the .onnx layer's sha256 as well).
     let pinned = format!("oci://{}/team/digits@{manifest}", reg.addr);
@@ -548,7 +560,11 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
         "a pinned oci model hits the cache: {cached:#}"
     );
     assert_eq!(measured(&cached["result"]), want);
-    assert_eq!(blob_gets(&reg.log()), before, "no blob read for a cache hit");
+    assert_eq!(
+        blob_gets(&reg.log()),
+        before,
+        "no blob read for a cache hit"
+    );
 
     // Bad input: permanent (65), naming spec.model.uri or the setting, and what to do.
     let zeros = "0".repeat(64);
@@ -580,7 +596,10 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
         ),
         (
             "no-digest",
-            format!("uri: 'oci://{}/team/digits@sha256:{zeros}', {plain}", reg.addr),
+            format!(
+                "uri: 'oci://{}/team/digits@sha256:{zeros}', {plain}",
+                reg.addr
+            ),
             vec!["spec.model.uri", "no such repository, tag or digest"],
         ),
         (

@@ -505,8 +505,13 @@ spec:
             plain_http: None,
         });
         let job = value(&build_job(&pull, &config()));
-        let volumes = job["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
-        let auth = volumes.iter().find(|v| v["name"] == "registry-auth").unwrap();
+        let volumes = job["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        let auth = volumes
+            .iter()
+            .find(|v| v["name"] == "registry-auth")
+            .unwrap();
         assert_eq!(auth["secret"]["secretName"], "pullcred");
         assert_eq!(env(&job, "DOCKER_CONFIG").as_deref(), Some(REGISTRY_DIR));
     }

@@ -67,7 +67,13 @@ pub fn model_pack(manifest: &[u8]) -> Result<ModelPack, String> {
     let artifact_type = m["artifactType"].as_str().unwrap_or("");
     let config_type = m["config"]["mediaType"].as_str().unwrap_or("");
     if artifact_type != ARTIFACT_TYPE && config_type != CONFIG_MEDIA_TYPE {
-        let shown = |s: &str| s.chars().take(100).collect::<String>().escape_debug().to_string();
+        let shown = |s: &str| {
+            s.chars()
+                .take(100)
+                .collect::<String>()
+                .escape_debug()
+                .to_string()
+        };
         return Err(format!(
             "is not a model artifact (artifactType `{}`, config mediaType `{}`; expected \
              {ARTIFACT_TYPE}): {push}",
@@ -88,9 +94,7 @@ pub fn model_pack(manifest: &[u8]) -> Result<ModelPack, String> {
     for (i, l) in list.iter().enumerate() {
         let digest = l["digest"].as_str().unwrap_or("");
         if !valid_digest(digest) {
-            return Err(format!(
-                "layer {i} has no sha256 digest (sha256:<64 hex>)"
-            ));
+            return Err(format!("layer {i} has no sha256 digest (sha256:<64 hex>)"));
         }
         let size = l["size"]
             .as_u64()

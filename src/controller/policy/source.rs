@@ -121,7 +121,9 @@ impl TagPattern {
         let bad = |why: &str| {
             err(
                 URI,
-                format!("`{uri}`: {why} (write oci://REGISTRY/REPOSITORY; the tags are the versions)"),
+                format!(
+                    "`{uri}`: {why} (write oci://REGISTRY/REPOSITORY; the tags are the versions)"
+                ),
             )
         };
         let rest = uri
@@ -129,12 +131,18 @@ impl TagPattern {
             .ok_or_else(|| bad("no oci:// prefix"))?
             .trim_end_matches('/');
         if rest.contains('@') || rest.contains('*') {
-            return Err(bad("a repository is listed whole: no digest and no wildcard"));
+            return Err(bad(
+                "a repository is listed whole: no digest and no wildcard",
+            ));
         }
         let (registry, repository) = rest
             .split_once('/')
             .ok_or_else(|| bad("no repository after the registry"))?;
-        if repository.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        if repository
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
             return Err(bad(
                 "a tag names one version: name the repository and choose tags with \
                  spec.source.filter",
@@ -165,7 +173,12 @@ impl TagPattern {
 
     /// `oci://REGISTRY/REPOSITORY`.
     pub fn repo_uri(&self) -> String {
-        format!("{}{}/{}", crate::uri::OCI_SCHEME, self.registry, self.repository)
+        format!(
+            "{}{}/{}",
+            crate::uri::OCI_SCHEME,
+            self.registry,
+            self.repository
+        )
     }
 
     /// `oci://REGISTRY/REPOSITORY@<digest>`: what a job reads.
@@ -527,7 +540,10 @@ mod tests {
         // ordered by the version group: v2 < v10 numerically
         let mut tags = vec!["v10", "v2", "v9"];
         tags.sort_by(|a, b| {
-            t.compare(&t.matches(a).unwrap().version, &t.matches(b).unwrap().version)
+            t.compare(
+                &t.matches(a).unwrap().version,
+                &t.matches(b).unwrap().version,
+            )
         });
         assert_eq!(tags, ["v2", "v9", "v10"]);
         // without a filter, every tag is a version (semver skips what it cannot place)
