@@ -264,3 +264,63 @@ fn a_promotion_to_a_stalled_or_refusing_registry_ends_with_its_class() {
         assert!(f.stderr.contains(says), "{case}: {}", f.describe());
     }
 }
+
+/// `kompress run` over the hostile registry's artifact as `spec.model.uri`.
+fn run_from(server: &Server, dir: &std::path::Path) -> support::hostile::Capped {
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: pull\nspec:\n  model: {{uri: 'oci://{}/{REPO}:v1', registry: {{plainHttp: true}}}}\n  dataset: {{uri: '{}'}}\n  passes: [{{quantize: {{}}}}]\n  output: {{uri: '{}'}}\n",
+        server.addr,
+        repo().join("examples/digits/eval.npz").display(),
+        dir.join("out").display(),
+    );
+    let job = write_job(dir, &yaml);
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    run_capped(
+        &[
+            "run",
+            "-f",
+            &job,
+            "--scratch",
+            dir.join("scratch").to_str().unwrap(),
+        ],
+        &[
+            ("KOMPRESS_REGISTRY_TIMEOUT_SECONDS", TIMEOUT),
+            ("DOCKER_CONFIG", docker.to_str().unwrap()),
+        ],
+        Duration::from_secs(60),
+        MEM_MIB,
+    )
+}
+
+#[test]
+fn a_model_layer_is_pulled_no_further_than_its_declared_size_and_only_with_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    // an endless layer: cut at the declared size, under the memory limit
+    let server = registry(|req, a| (req.path.ends_with(&a.layer_digest)).then(|| endless(None)));
+    let f = run_from(&server, dir.path());
+    expect(
+        &f,
+        65,
+        &["spec.model.uri", "where the manifest declares 18"],
+    );
+    // bytes of the declared size that are not the layer's: refused before anything reads them
+    let server = registry(|req, a| {
+        req.path.ends_with(&a.layer_digest).then(|| Answer::Full {
+            status: 200,
+            headers: vec![],
+            body: b"LYING model bytes!".to_vec(),
+        })
+    });
+    let f = run_from(&server, dir.path());
+    expect(&f, 65, &["spec.model.uri", "does not hash to its digest"]);
+    // the honest bytes are fetched and then read as a model (they are not one)
+    let server = registry(|_, _| None);
+    let f = run_from(&server, dir.path());
+    assert_ne!(f.code, Some(0), "{}", f.describe());
+    assert!(
+        !f.stderr.contains("does not hash") && !f.stderr.contains("declares"),
+        "{}",
+        f.describe()
+    );
+}
