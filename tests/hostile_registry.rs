@@ -324,3 +324,92 @@ fn a_model_layer_is_pulled_no_further_than_its_declared_size_and_only_with_its_d
         f.describe()
     );
 }
+
+/// A tag list page: `tags`, and a `Link` to `next` when there is one.
+fn tag_page(tags: &[String], next: Option<String>) -> Answer {
+    let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+    if let Some(n) = next {
+        headers.push(("Link".into(), format!("<{n}>; rel=\"next\"")));
+    }
+    Answer::Full {
+        status: 200,
+        headers,
+        body: json!({"name": REPO, "tags": tags}).to_string().into_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn tag_listings_follow_link_pages_on_the_registry_and_stop_at_their_bounds() {
+    let tags_path = format!("/v2/{REPO}/tags/list");
+    // three pages of two tags, linked by `last=` as the distribution registry does
+    let path = tags_path.clone();
+    let paged = Server::start(move |req| {
+        if req.path != path {
+            return Answer::status(404);
+        }
+        let page: usize = req
+            .query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("last=v"))
+            .map_or(0, |n| n.parse::<usize>().unwrap() / 2);
+        let tags: Vec<String> = (page * 2 + 1..=page * 2 + 2)
+            .map(|i| format!("v{i}"))
+            .collect();
+        let next = (page < 2).then(|| format!("{path}?last=v{}&n=2", page * 2 + 2));
+        tag_page(&tags, next)
+    });
+    let s = kompress::oci::Session::for_settings(&paged.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.tags(REPO).await.unwrap(),
+        ["v1", "v2", "v3", "v4", "v5", "v6"]
+    );
+    assert_eq!(
+        paged
+            .requests()
+            .iter()
+            .filter(|r| r.path == tags_path)
+            .count(),
+        3
+    );
+
+    // a next page on another host is refused (credentials never leave the registry)
+    let elsewhere =
+        Server::start(|_| tag_page(&["v1".into()], Some("http://127.0.0.2:1/v2/x".into())));
+    let s = kompress::oci::Session::for_settings(&elsewhere.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    let e = s.tags(REPO).await.unwrap_err();
+    assert!(
+        e.is_permanent() && e.to_string().contains("not on the registry itself"),
+        "{e}"
+    );
+
+    // a registry whose pages never end stops at the page bound, permanently
+    let path = tags_path.clone();
+    let endless_pages =
+        Server::start(move |_| tag_page(&["v1".into()], Some(format!("{path}?last=v1"))));
+    let s = kompress::oci::Session::for_settings(&endless_pages.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    let e = s.tags(REPO).await.unwrap_err();
+    assert!(
+        e.is_permanent()
+            && e.to_string()
+                .contains(&format!("more than {} pages", kompress::oci::MAX_TAG_PAGES)),
+        "{e}"
+    );
+    assert_eq!(endless_pages.requests().len(), kompress::oci::MAX_TAG_PAGES);
+
+    // more tags than the bound, in one page
+    let many: Vec<String> = (0..=kompress::oci::MAX_TAGS)
+        .map(|i| format!("t{i}"))
+        .collect();
+    let flood = Server::start(move |_| tag_page(&many, None));
+    let s = kompress::oci::Session::for_settings(&flood.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    let e = s.tags(REPO).await.unwrap_err();
+    assert!(e.to_string().contains("more than 10000 tags"), "{e}");
+}
