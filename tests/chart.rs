@@ -156,6 +156,11 @@ fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
         out.matches("compressionjob.kompress.dev").count() >= 3,
         "{out}"
     );
+    // and the example policies (an object-store prefix and an OCI repository)
+    assert!(
+        out.matches("compressionpolicy.kompress.dev").count() >= 2,
+        "{out}"
+    );
     let bad = "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {name: bad, namespace: ml}\nspec:\n  model: {uri: m.onnx}\n  dataset: {uri: d.npz}\n  output: {uri: out}\n  passes:\n    - prune: {pattern: '4:2'}\n";
     let (success, _, err) = run(
         &t,

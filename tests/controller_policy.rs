@@ -378,3 +378,168 @@ async fn deleting_a_policy_garbage_collects_its_jobs_but_not_its_promotions() {
     );
     env.cleanup().await;
 }
+
+/// Pushes `files` (names in `dir`) with oras as a ModelPack (its artifactType; oras names
+/// each layer's file in its title annotation) at `reference`; returns the manifest digest.
+fn oras_push(dir: &Path, reference: &str, files: &[&str]) -> String {
+    let mut args = vec![
+        "push".to_string(),
+        "--plain-http".into(),
+        "--artifact-type".into(),
+        kompress::oci::ARTIFACT_TYPE.into(),
+        reference.into(),
+    ];
+    args.extend(
+        files
+            .iter()
+            .map(|f| format!("{f}:{}", kompress::oci::WEIGHT_MEDIA_TYPE)),
+    );
+    let o = std::process::Command::new(tools_bin("oras"))
+        .current_dir(dir)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "oras {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = std::process::Command::new(tools_bin("oras"))
+        .args(["resolve", "--plain-http", reference])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn an_unreachable_registry_is_source_unavailable_with_backoff_and_makes_no_job() {
+    let env = ControllerEnv::new("policy-oci-down").await;
+    // nothing listens on port 9: connection refused, as for the unreachable S3 endpoint
+    let yaml = policy_yaml(
+        &env,
+        "regdown",
+        Path::new("/unused"),
+        "",
+        &default_promote(&env),
+    )
+    .replace(
+        "file:///unused/*/v*/model.onnx\n",
+        "oci://127.0.0.1:9/team/digits\n    registry: {plainHttp: true}\n",
+    );
+    assert!(yaml.contains("oci://127.0.0.1:9"), "{yaml}");
+    create_policy(&env, &yaml).await;
+    let p = wait_policy(&env, "regdown", "a failed scan", POLICY_TIMEOUT, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.status == "False")
+    })
+    .await;
+    let s = p.status.as_ref().unwrap();
+    let (_, reason, message) = ready(s);
+    assert_eq!(reason, "SourceUnavailable", "{message}");
+    assert!(
+        message.contains("oci://127.0.0.1:9/team/digits")
+            && message.contains("could not be reached"),
+        "{message}"
+    );
+    assert!(!stalled(s), "a transient failure is not Stalled: {s:?}");
+    assert!(s.next_scan.is_some(), "a retry is scheduled: {s:?}");
+    assert!(jobs_of(&env).await.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn a_policy_over_a_registry_makes_one_pinned_job_per_tag_the_filter_keeps() {
+    let env = ControllerEnv::new("policy-oci").await;
+    let reg = support::registry::Registry::up(&["--kind", "distribution"]);
+    let files = env.out().join("push");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::copy(
+        repo().join("examples/digits/model.onnx"),
+        files.join("model.onnx"),
+    )
+    .unwrap();
+    let repo_ref = format!("{}/team/digits", reg.addr);
+    let at = |tag: &str| format!("{repo_ref}:{tag}");
+    // v1 and v2 differ (v2 carries a note beside the model); `latest` is v2 again and
+    // `junk` is neither: the filter keeps v1 and v2 only.
+    let v1 = oras_push(&files, &at("v1"), &["model.onnx"]);
+    std::fs::write(files.join("NOTES.md"), "v2").unwrap();
+    let v2 = oras_push(&files, &at("v2"), &["model.onnx", "NOTES.md"]);
+    oras_push(&files, &at("latest"), &["model.onnx", "NOTES.md"]);
+    oras_push(&files, &at("junk"), &["NOTES.md"]);
+    assert_ne!(v1, v2);
+
+    let out = env.out();
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionPolicy\nmetadata:\n  name: reg\n  namespace: {ns}\n\
+         spec:\n  source:\n    uri: oci://{repo_ref}\n    filter: '^v(?P<version>[0-9]+)$'\n    ordering: numerical\n\
+         \x20   interval: 10s\n    registry: {{plainHttp: true}}\n  concurrency: 2\n  jobTemplate:\n    spec:\n\
+         \x20     dataset: {{uri: {data}}}\n      passes: [{{quantize: {{}}}}]\n\
+         \x20     thresholds: {{maxAccuracyDrop: 0.05}}\n\
+         \x20     output: {{uri: '{out}/candidates/{{{{.tag}}}}', promoteTo: '{out}/promoted/{{{{.key}}}}/{{{{.tag}}}}-int8'}}\n\
+         \x20     evaluation: {{latency: {{warmup: 1, iterations: 2}}}}\n",
+        ns = env.ns,
+        data = repo().join("examples/digits/eval.npz").display(),
+        out = out.display(),
+    );
+    create_policy(&env, &yaml).await;
+    let p = wait_policy(&env, "reg", "two versions succeeded", RUN_TIMEOUT, |s| {
+        succeeded(s) == 2
+    })
+    .await;
+    let status = p.status.as_ref().unwrap();
+    assert_eq!(status.versions_seen, 2, "{status:?}");
+    assert!(ready(status).2.contains("4 tags listed"), "{status:?}");
+    let pinned = |jobs: &[CompressionJob]| {
+        let mut uris: Vec<(String, String)> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.annotations()["kompress.dev/source-tag"].clone(),
+                    j.spec.model.uri.clone(),
+                )
+            })
+            .collect();
+        uris.sort();
+        uris
+    };
+    let jobs = jobs_of(&env).await;
+    assert_eq!(
+        pinned(&jobs),
+        [
+            ("v1".to_string(), format!("oci://{repo_ref}@{v1}")),
+            ("v2".to_string(), format!("oci://{repo_ref}@{v2}")),
+        ]
+    );
+    for cj in &jobs {
+        assert_eq!(
+            cj.spec.model.registry.as_ref().and_then(|r| r.plain_http),
+            Some(true)
+        );
+    }
+    for tag in ["v1", "v2"] {
+        let promoted = out.join(format!("promoted/team/digits/{tag}-int8/promoted.json"));
+        assert!(promoted.exists(), "{}", promoted.display());
+    }
+
+    // v2 moved to new bytes: a new version, a third job pinned to the new digest
+    std::fs::write(files.join("NOTES.md"), "v2, rebuilt").unwrap();
+    let v2b = oras_push(&files, &at("v2"), &["model.onnx", "NOTES.md"]);
+    assert_ne!(v2b, v2);
+    let p = wait_policy(&env, "reg", "three versions succeeded", RUN_TIMEOUT, |s| {
+        s.versions_seen == 3 && succeeded(s) == 3
+    })
+    .await;
+    let jobs = jobs_of(&env).await;
+    let uris: Vec<String> = pinned(&jobs).into_iter().map(|(_, u)| u).collect();
+    assert!(
+        uris.contains(&format!("oci://{repo_ref}@{v2b}")) && uris.len() == 3,
+        "{uris:?}; {:?}",
+        p.status
+    );
+    env.cleanup().await;
+}

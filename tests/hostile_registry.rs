@@ -264,3 +264,152 @@ fn a_promotion_to_a_stalled_or_refusing_registry_ends_with_its_class() {
         assert!(f.stderr.contains(says), "{case}: {}", f.describe());
     }
 }
+
+/// `kompress run` over the hostile registry's artifact as `spec.model.uri`.
+fn run_from(server: &Server, dir: &std::path::Path) -> support::hostile::Capped {
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: pull\nspec:\n  model: {{uri: 'oci://{}/{REPO}:v1', registry: {{plainHttp: true}}}}\n  dataset: {{uri: '{}'}}\n  passes: [{{quantize: {{}}}}]\n  output: {{uri: '{}'}}\n",
+        server.addr,
+        repo().join("examples/digits/eval.npz").display(),
+        dir.join("out").display(),
+    );
+    let job = write_job(dir, &yaml);
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    run_capped(
+        &[
+            "run",
+            "-f",
+            &job,
+            "--scratch",
+            dir.join("scratch").to_str().unwrap(),
+        ],
+        &[
+            ("KOMPRESS_REGISTRY_TIMEOUT_SECONDS", TIMEOUT),
+            ("DOCKER_CONFIG", docker.to_str().unwrap()),
+        ],
+        Duration::from_secs(60),
+        MEM_MIB,
+    )
+}
+
+#[test]
+fn a_model_layer_is_pulled_no_further_than_its_declared_size_and_only_with_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    // an endless layer: cut at the declared size, under the memory limit
+    let server = registry(|req, a| (req.path.ends_with(&a.layer_digest)).then(|| endless(None)));
+    let f = run_from(&server, dir.path());
+    expect(
+        &f,
+        65,
+        &["spec.model.uri", "where the manifest declares 18"],
+    );
+    // bytes of the declared size that are not the layer's: refused before anything reads them
+    let server = registry(|req, a| {
+        req.path.ends_with(&a.layer_digest).then(|| Answer::Full {
+            status: 200,
+            headers: vec![],
+            body: b"LYING model bytes!".to_vec(),
+        })
+    });
+    let f = run_from(&server, dir.path());
+    expect(&f, 65, &["spec.model.uri", "does not hash to its digest"]);
+    // the honest bytes are fetched and then read as a model (they are not one)
+    let server = registry(|_, _| None);
+    let f = run_from(&server, dir.path());
+    assert_ne!(f.code, Some(0), "{}", f.describe());
+    assert!(
+        !f.stderr.contains("does not hash") && !f.stderr.contains("declares"),
+        "{}",
+        f.describe()
+    );
+}
+
+/// A tag list page: `tags`, and a `Link` to `next` when there is one.
+fn tag_page(tags: &[String], next: Option<String>) -> Answer {
+    let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+    if let Some(n) = next {
+        headers.push(("Link".into(), format!("<{n}>; rel=\"next\"")));
+    }
+    Answer::Full {
+        status: 200,
+        headers,
+        body: json!({"name": REPO, "tags": tags}).to_string().into_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn tag_listings_follow_link_pages_on_the_registry_and_stop_at_their_bounds() {
+    let tags_path = format!("/v2/{REPO}/tags/list");
+    // three pages of two tags, linked by `last=` as the distribution registry does
+    let path = tags_path.clone();
+    let paged = Server::start(move |req| {
+        if req.path != path {
+            return Answer::status(404);
+        }
+        let page: usize = req
+            .query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("last=v"))
+            .map_or(0, |n| n.parse::<usize>().unwrap() / 2);
+        let tags: Vec<String> = (page * 2 + 1..=page * 2 + 2)
+            .map(|i| format!("v{i}"))
+            .collect();
+        let next = (page < 2).then(|| format!("{path}?last=v{}&n=2", page * 2 + 2));
+        tag_page(&tags, next)
+    });
+    let s = kompress::oci::Session::for_settings(&paged.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.tags(REPO).await.unwrap(),
+        ["v1", "v2", "v3", "v4", "v5", "v6"]
+    );
+    assert_eq!(
+        paged
+            .requests()
+            .iter()
+            .filter(|r| r.path == tags_path)
+            .count(),
+        3
+    );
+
+    // a next page on another host is refused (credentials never leave the registry)
+    let elsewhere =
+        Server::start(|_| tag_page(&["v1".into()], Some("http://127.0.0.2:1/v2/x".into())));
+    let s = kompress::oci::Session::for_settings(&elsewhere.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    let e = s.tags(REPO).await.unwrap_err();
+    assert!(
+        e.is_permanent() && e.to_string().contains("not on the registry itself"),
+        "{e}"
+    );
+
+    // a registry whose pages never end stops at the page bound, permanently
+    let path = tags_path.clone();
+    let endless_pages =
+        Server::start(move |_| tag_page(&["v1".into()], Some(format!("{path}?last=v1"))));
+    let s = kompress::oci::Session::for_settings(&endless_pages.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    let e = s.tags(REPO).await.unwrap_err();
+    assert!(
+        e.is_permanent()
+            && e.to_string()
+                .contains(&format!("more than {} pages", kompress::oci::MAX_TAG_PAGES)),
+        "{e}"
+    );
+    assert_eq!(endless_pages.requests().len(), kompress::oci::MAX_TAG_PAGES);
+
+    // more tags than the bound, in one page
+    let many: Vec<String> = (0..=kompress::oci::MAX_TAGS)
+        .map(|i| format!("t{i}"))
+        .collect();
+    let flood = Server::start(move |_| tag_page(&many, None));
+    let s = kompress::oci::Session::for_settings(&flood.addr, true, "spec.source.registry")
+        .await
+        .unwrap();
+    let e = s.tags(REPO).await.unwrap_err();
+    assert!(e.to_string().contains("more than 10000 tags"), "{e}");
+}

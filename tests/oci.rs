@@ -16,61 +16,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use support::registry::Registry;
 use support::*;
-
-/// A registry started by hack/tools/registry-up, stopped (and its data removed) on drop.
-struct Registry {
-    addr: String,
-    dir: PathBuf,
-}
-
-impl Registry {
-    fn up(args: &[&str]) -> Self {
-        let o = Command::new(repo().join("hack/tools/registry-up"))
-            .args(args)
-            .env(
-                "KOMPRESS_TOOLS_BIN",
-                tools_bin("registry").parent().unwrap(),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "registry-up {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let mut lines = out.lines();
-        Self {
-            addr: lines.next().unwrap().trim().into(),
-            dir: PathBuf::from(lines.next().unwrap().trim()),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.dir.join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("hack/tools/registry-down"))
-            .arg(&self.dir)
-            .env(
-                "KOMPRESS_TOOLS_BIN",
-                tools_bin("registry").parent().unwrap(),
-            )
-            .output();
-    }
-}
 
 /// A Docker config with credentials for `addr` (what `docker login` writes).
 fn docker_config(dir: &Path, addr: &str, user: &str, pass: &str) -> PathBuf {
@@ -475,4 +422,211 @@ fn a_registry_killed_mid_push_leaves_the_tag_on_the_last_complete_manifest() {
         0
     );
     drop(restarted);
+}
+
+/// A digits-style job over `model` (the YAML of `spec.model`'s fields), quantizing it,
+/// writing under `dir/<name>/out`, promoting nowhere; the dataset's sha256 pinned (so a spec
+/// that pins the model's too is looked up in the cache before anything is fetched).
+fn source_job(dir: &Path, name: &str, model: &str) -> String {
+    let data = repo().join("examples/digits/eval.npz");
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: {name}\nspec:\n  model: {{{model}}}\n  dataset:\n    uri: {data}\n    sha256: {data_sha}\n    labels: labels\n  passes:\n{DYNAMIC}\n  thresholds:\n    maxAccuracyDrop: 0.05\n  evaluation: {{latency: {{warmup: 1, iterations: 2}}}}\n  output:\n    uri: {}\n",
+        dir.join(name).join("out").display(),
+        data = data.display(),
+        data_sha = sha256_hex(&data),
+    );
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).unwrap();
+    write_job(&sub, &yaml)
+}
+
+/// What a run measured, without the timings (which differ run to run).
+fn measured(result: &Value) -> Value {
+    let strip = |m: &Value| {
+        let mut m = m.clone();
+        if let Some(o) = m.as_object_mut() {
+            o.retain(|k, _| !k.starts_with("latency"));
+        }
+        m
+    };
+    serde_json::json!({
+        "verdict": result["verdict"],
+        "originalBytes": result["originalBytes"],
+        "compressedBytes": result["compressedBytes"],
+        "accuracyDrop": result["accuracyDrop"],
+        "baseline": strip(&result["baseline"]),
+        "candidate": strip(&result["candidate"]),
+    })
+}
+
+/// The model report.json says the run read.
+fn report_model(result: &Value) -> Value {
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(local(result["report"].as_str().unwrap())).unwrap())
+            .unwrap();
+    report["model"].clone()
+}
+
+#[test]
+fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = keypair(dir.path(), "key", "ed25519");
+    let reg = Registry::up(&["--kind", "distribution"]);
+    // v1: the digits model lightly pruned (float32 still, so quantizable again), promoted as
+    // kompress promotes: a ModelPack, one layer per file.
+    let v1 = format!("oci://{}/team/digits:v1", reg.addr);
+    let (code, out, err) = run(
+        &job(
+            dir.path(),
+            "push",
+            &v1,
+            &key,
+            "    - prune: {sparsity: 0.2}",
+        ),
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let pushed = &out["result"];
+    assert_eq!(pushed["verdict"], "Passed", "{out:#}");
+    let manifest = pushed["oci"]["manifestDigest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let model_sha = pushed["promoted"]["sha256"].as_str().unwrap().to_string();
+    let pushed_file = local(pushed["artifact"]["uri"].as_str().unwrap());
+    assert_eq!(sha256_hex(&pushed_file), model_sha);
+
+    // The same bytes from a file: the reference. (--no-cache everywhere: each run computes.)
+    let run_fresh = |job: &str| {
+        let r = run_kompress(&["run", "-f", job, "-o", "json", "--no-cache"], &[]);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+        (r.code, v, r.stderr)
+    };
+    let (code, file_run, err) = run_fresh(&source_job(
+        dir.path(),
+        "from-file",
+        &format!("uri: 'file://{}'", pushed_file.display()),
+    ));
+    assert_eq!(code, 0, "{err}");
+    let want = measured(&file_run["result"]);
+    assert_eq!(
+        want["verdict"], "Passed",
+        "{:#}",
+        file_run["result"]["checks"]
+    );
+
+    // By tag, and pinned by the manifest digest (with the .onnx layer's sha256 as well).
+    let pinned = format!("oci://{}/team/digits@{manifest}", reg.addr);
+    for (name, model, recorded) in [
+        (
+            "by-tag",
+            format!("uri: '{v1}', registry: {{plainHttp: true}}"),
+            format!("oci://{}/team/digits:v1@{manifest}", reg.addr),
+        ),
+        (
+            "by-digest",
+            format!("uri: '{pinned}', sha256: {model_sha}, registry: {{plainHttp: true}}"),
+            pinned.clone(),
+        ),
+    ] {
+        let (code, oci_run, err) = run_fresh(&source_job(dir.path(), name, &model));
+        assert_eq!(code, 0, "{name}: {err}");
+        assert_eq!(measured(&oci_run["result"]), want, "{name}: {oci_run:#}");
+        let m = report_model(&oci_run["result"]);
+        assert_eq!(m["uri"], recorded.as_str(), "{name}: {m}");
+        assert_eq!(m["sha256"], model_sha.as_str(), "{name}: {m}");
+    }
+
+    // The cache: the by-digest job again, with the cache on. Its spec pins the model's and
+    // the dataset's sha256, so the lookup happens before any fetch: the result is reused and the registry
+    // serves no blob for it (its own request log).
+    let blob_gets = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("http.request.method=GET") && l.contains("/blobs/sha256:"))
+            .filter(|l| l.contains("response completed"))
+            .count()
+    };
+    let before = blob_gets(&reg.log());
+    assert!(before > 0, "the registry logs blob reads: {}", reg.log());
+    let again = source_job(
+        dir.path(),
+        "by-digest",
+        &format!("uri: '{pinned}', sha256: {model_sha}, registry: {{plainHttp: true}}"),
+    );
+    let (code, cached, err) = run(&again, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !cached["result"]["cachedFrom"].is_null(),
+        "a pinned oci model hits the cache: {cached:#}"
+    );
+    assert_eq!(measured(&cached["result"]), want);
+    assert_eq!(
+        blob_gets(&reg.log()),
+        before,
+        "no blob read for a cache hit"
+    );
+
+    // Bad input: permanent (65), naming spec.model.uri or the setting, and what to do.
+    let zeros = "0".repeat(64);
+    let (ok, text) = {
+        let readme = dir.path().join("README.md");
+        std::fs::write(&readme, "not a model").unwrap();
+        let mut c = Command::new(tools_bin("oras"));
+        c.current_dir(dir.path()).args([
+            "push",
+            "--plain-http",
+            "--artifact-type",
+            "application/vnd.acme.docs",
+            &format!("{}/team/readme:v1", reg.addr),
+            "README.md:text/markdown",
+        ]);
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    assert!(ok, "oras push: {text}");
+    let plain = "registry: {plainHttp: true}";
+    for (name, model, says) in [
+        (
+            "no-tag",
+            format!("uri: 'oci://{}/team/digits:v9', {plain}", reg.addr),
+            vec!["spec.model.uri", ":v9", "no such repository, tag or digest"],
+        ),
+        (
+            "no-digest",
+            format!(
+                "uri: 'oci://{}/team/digits@sha256:{zeros}', {plain}",
+                reg.addr
+            ),
+            vec!["spec.model.uri", "no such repository, tag or digest"],
+        ),
+        (
+            "wrong-sha",
+            format!("uri: '{v1}', sha256: {zeros}, {plain}"),
+            vec![zeros.as_str(), model_sha.as_str()],
+        ),
+        (
+            "not-modelpack",
+            format!("uri: 'oci://{}/team/readme:v1', {plain}", reg.addr),
+            vec![
+                "spec.model.uri",
+                "is not a model artifact",
+                "application/vnd.acme.docs",
+                "ModelPack",
+            ],
+        ),
+        (
+            "https",
+            format!("uri: '{v1}'"),
+            vec!["spec.model.uri", "spec.model.registry.plainHttp: true"],
+        ),
+    ] {
+        let (code, _, err) = run_fresh(&source_job(dir.path(), name, &model));
+        assert_eq!(code, 65, "{name}: {err}");
+        for s in says {
+            assert!(err.contains(s), "{name}: `{s}` not in: {err}");
+        }
+    }
 }

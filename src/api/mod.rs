@@ -129,15 +129,25 @@ pub struct CompressionJobSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelSource {
     /// URI of the ONNX model: s3://, gs://, az://, https://, file:// or a plain path.
-    /// External data files named by the model are fetched from beside it.
+    /// External data files named by the model are fetched from beside it. Or an OCI
+    /// artifact, `oci://REGISTRY/REPOSITORY:TAG` or `oci://REGISTRY/REPOSITORY@sha256:<digest>`:
+    /// a CNCF ModelPack as kompress promotes it (one layer per file, named by its
+    /// `org.cncf.model.filepath` annotation); its one `.onnx` layer is the model and the layers
+    /// its external data names are fetched with it, each checked against its layer digest.
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
-    /// Expected sha256 of the model file (64 hex digits); the run fails on mismatch.
+    /// Expected sha256 of the model file (64 hex digits); the run fails on mismatch. With an
+    /// `oci://` uri: of the `.onnx` layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
     pub sha256: Option<String>,
+    /// With an `oci://` uri: how to reach the registry (as `spec.output.registry`). When both
+    /// name a `secretRef`, it must be the same Secret: the worker has one Docker config, so
+    /// put the credentials of both registries in one `kubernetes.io/dockerconfigjson` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
 }
 
 /// The evaluation data.

@@ -79,7 +79,8 @@ impl CompressionPolicySpec {
     }
 }
 
-/// A storage prefix with a pattern for model files.
+/// A storage prefix with a pattern for model files, or an OCI repository whose tags are the
+/// versions.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySource {
@@ -88,16 +89,29 @@ pub struct PolicySource {
     /// `s3://models/*/v*/model.onnx`. The segment of the last wildcard is the version
     /// (`v3`); the segments of the others make the key (`resnet`), which names one model
     /// whose versions are compared. Listing starts at the segments before the first wildcard.
+    /// Or an OCI repository, `oci://REGISTRY/REPOSITORY` (no tag): its tags are listed, each
+    /// tag the filter keeps is a version of the one key (the repository), and each job reads
+    /// the ModelPack the tag named when it was scanned, pinned by its manifest digest
+    /// (`oci://REGISTRY/REPOSITORY@sha256:...`): a tag moved to new bytes is a new version.
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
     /// A regular expression (RE2 syntax, unanchored: use ^ and $) the path under the listing
     /// prefix must match, e.g. `^(?P<name>[^/]+)/v(?P<version>[0-9.]+)/model.onnx$`. Its
     /// named groups can be used in the job template (`{{.name}}`); the groups `key` and
-    /// `version`, when present, replace the wildcard's key and version.
+    /// `version`, when present, replace the wildcard's key and version. With an `oci://`
+    /// source it is matched against each tag, e.g. `^v(?P<version>[0-9]+)$`: the group
+    /// `version` is what `ordering` orders (else the whole tag); tags it does not match are
+    /// left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub filter: Option<String>,
+    /// With an `oci://` source: how to reach the registry. `plainHttp` applies to the
+    /// controller's listing and to each job's pull; `secretRef` is given to each job as
+    /// `spec.model.registry.secretRef` (the controller lists with the Docker config of its
+    /// own environment and reads no Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<super::RegistrySpec>,
     /// How the versions of one key are ordered (newest last): `natural` (default; digit runs
     /// compare as numbers: v2 < v10), `semver` (a leading v is allowed; versions that are not
     /// semver are skipped), `numerical` (the version's digits as one number; others skipped)
@@ -152,7 +166,9 @@ pub struct JobTemplate {
     /// A CompressionJob spec without `model`. Every string in it may use what the source
     /// matched: `{{.path}}` (the path under the listing prefix), `{{.key}}`, `{{.version}}`,
     /// `{{.id}}` (the version's short digest) and the filter's named groups, e.g.
-    /// `promoteTo: s3://serving/{{.key}}/{{.version}}`. Unknown placeholders are refused.
+    /// `promoteTo: s3://serving/{{.key}}/{{.version}}`; with an `oci://` source also
+    /// `{{.tag}}` (`{{.key}}` is the repository, `{{.path}}` the tag), e.g.
+    /// `promoteTo: oci://reg/team/bert:{{.tag}}-int8`. Unknown placeholders are refused.
     pub spec: TemplateSpec,
 }
 
@@ -245,8 +261,11 @@ pub struct CompressionPolicyStatus {
 pub struct SeenVersion {
     pub key: String,
     pub version: String,
-    /// The model file.
+    /// The model file (with an `oci://` source: the artifact, pinned by its manifest digest).
     pub uri: String,
+    /// With an `oci://` source: the tag it was found at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// What identifies this content: `sha256:<hex>` (hashed by the controller) or
     /// `etag:<etag>` / `version:<id>` with the size, as the store reports them.
     pub id: String,

@@ -261,8 +261,49 @@ fn check_quantize(at: &str, q: &super::QuantizeSpec, err: &mut dyn FnMut(String,
 /// Most calibration samples a static pass may ask for.
 pub const MAX_CALIBRATION_SAMPLES: u32 = 100_000;
 
+/// `spec.model.uri` as an OCI reference, `spec.model.registry` only with one, and one
+/// registry Secret for the worker (it has one Docker config).
+fn model_source(spec: &CompressionJobSpec, oci: bool, errs: &mut Vec<FieldError>) {
+    let mut err = |field: &str, message: String| {
+        errs.push(FieldError {
+            field: field.into(),
+            message,
+        })
+    };
+    if oci {
+        if let Err(e) = crate::uri::OciTarget::reference(&spec.model.uri) {
+            err("spec.model.uri", e.to_string());
+        }
+    } else if spec.model.registry.is_some() {
+        err(
+            "spec.model.registry",
+            "applies to an oci:// spec.model.uri only".into(),
+        );
+    }
+    let secret = |r: &Option<crate::api::RegistrySpec>| {
+        r.as_ref()
+            .and_then(|r| r.secret_ref.as_ref())
+            .map(|s| s.name.clone())
+    };
+    if let (Some(m), Some(o)) = (secret(&spec.model.registry), secret(&spec.output.registry))
+        && m != o
+    {
+        err(
+            "spec.model.registry.secretRef",
+            format!(
+                "names Secret `{m}` and spec.output.registry.secretRef names `{o}`: the worker \
+                 has one Docker config, so put both registries' credentials in one \
+                 kubernetes.io/dockerconfigjson Secret and name it in both"
+            ),
+        );
+    }
+}
+
 pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
     let mut errs = Vec::new();
+    // The model's source and registry settings (before the closures below borrow `errs`).
+    let oci_model = crate::uri::OciTarget::is_oci(&spec.model.uri);
+    model_source(spec, oci_model, &mut errs);
     let mut err = |field: String, message: String| errs.push(FieldError { field, message });
 
     let mut uri = |field: &str, value: &str, writable: bool| match Location::parse(value) {
@@ -273,7 +314,9 @@ pub fn validate(spec: &CompressionJobSpec) -> Result<(), InvalidSpec> {
         ),
         Ok(_) => {}
     };
-    uri("spec.model.uri", &spec.model.uri, false);
+    if !oci_model {
+        uri("spec.model.uri", &spec.model.uri, false);
+    }
     uri("spec.dataset.uri", &spec.dataset.uri, false);
     let calib_data = spec.calibration.as_ref().and_then(|c| c.dataset.as_ref());
     if let Some(c) = calib_data {
@@ -682,6 +725,38 @@ mod tests {
         assert!(
             !e.0.iter()
                 .any(|f| f.field == "spec.passes[0].quantize.mode"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn oci_models_are_references_with_their_registry_settings() {
+        let d = "a".repeat(64);
+        for uri in [
+            "oci://reg.example:5000/team/digits:v1".to_string(),
+            format!("oci://reg.example/team/digits@sha256:{d}"),
+        ] {
+            let s = spec(&format!(
+                "model: {{uri: '{uri}', registry: {{plainHttp: true, secretRef: {{name: regcred}}}}}}\ndataset: {{uri: d.npz}}\noutput: {{uri: out, promoteTo: 'oci://reg.example:5000/team/digits:v1-int8', registry: {{secretRef: {{name: regcred}}}}}}\npasses: [{{quantize: {{}}}}]\n"
+            ));
+            assert_eq!(validate(&s), Ok(()), "{uri}");
+        }
+        let s = spec(
+            "model: {uri: 'oci://reg.example/a@sha256:xyz'}\ndataset: {uri: d.npz}\noutput: {uri: out}\npasses: [{quantize: {}}]\n",
+        );
+        assert_eq!(failed_fields(&s), ["spec.model.uri"]);
+        let s = spec(
+            "model: {uri: s3://m/x.onnx, registry: {plainHttp: true}}\ndataset: {uri: d.npz}\noutput: {uri: out}\npasses: [{quantize: {}}]\n",
+        );
+        assert_eq!(failed_fields(&s), ["spec.model.registry"]);
+        let s = spec(
+            "model: {uri: 'oci://r.io/a:v1', registry: {secretRef: {name: a}}}\ndataset: {uri: d.npz}\noutput: {uri: out, promoteTo: 'oci://r.io/a:v2', registry: {secretRef: {name: b}}}\npasses: [{quantize: {}}]\n",
+        );
+        let e = validate(&s).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e:?}");
+        assert_eq!(e.0[0].field, "spec.model.registry.secretRef");
+        assert!(
+            e.0[0].message.contains("`a`") && e.0[0].message.contains("one Docker config"),
             "{e:?}"
         );
     }

@@ -147,13 +147,13 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
         mounts.push(json!({"name": "signing-key", "mountPath": SIGNING_DIR, "readOnly": true}));
         env.push(json!({"name": crate::pipeline::SIGNING_KEY_ENV, "value": format!("{SIGNING_DIR}/{SIGNING_KEY_FILE}")}));
     }
-    // OCI registry credentials: the dockerconfigjson Secret as the worker's Docker config.
-    if let Some(r) = spec
-        .output
-        .registry
-        .as_ref()
-        .and_then(|r| r.secret_ref.as_ref())
-    {
+    // OCI registry credentials: the dockerconfigjson Secret as the worker's Docker config,
+    // for pulling an oci:// model and pushing an oci:// promotion (validation refuses two
+    // different Secrets: the worker has one Docker config).
+    let registry_secret = [&spec.output.registry, &spec.model.registry]
+        .into_iter()
+        .find_map(|r| r.as_ref().and_then(|r| r.secret_ref.as_ref()));
+    if let Some(r) = registry_secret {
         volumes.push(json!({"name": "registry-auth", "secret": {
             "secretName": r.name,
             "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
@@ -495,6 +495,25 @@ spec:
             1
         );
         assert_eq!(env(&plain, "DOCKER_CONFIG"), None);
+        // A model read from a registry: its Secret, mounted the same way.
+        let mut pull = cj(CPU);
+        pull.spec.model.uri = "oci://registry.example:5000/models/resnet:v1".into();
+        pull.spec.model.registry = Some(crate::api::RegistrySpec {
+            secret_ref: Some(crate::api::SecretRef {
+                name: "pullcred".into(),
+            }),
+            plain_http: None,
+        });
+        let job = value(&build_job(&pull, &config()));
+        let volumes = job["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        let auth = volumes
+            .iter()
+            .find(|v| v["name"] == "registry-auth")
+            .unwrap();
+        assert_eq!(auth["secret"]["secretName"], "pullcred");
+        assert_eq!(env(&job, "DOCKER_CONFIG").as_deref(), Some(REGISTRY_DIR));
     }
 
     #[test]

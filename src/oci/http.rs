@@ -39,6 +39,9 @@ pub(super) struct Http {
     /// The Authorization header that worked, per (repository, access).
     authorized: Mutex<HashMap<(String, Access), String>>,
     timeout: Duration,
+    /// The spec field that configures this registry (`spec.output.registry`,
+    /// `spec.model.registry`, `spec.source.registry`): what messages tell the user to change.
+    pub(super) settings: &'static str,
 }
 
 /// A request body that can be made again (the token flow resends a request once).
@@ -80,6 +83,7 @@ impl Http {
             credentials,
             authorized: Mutex::new(HashMap::new()),
             timeout,
+            settings: "spec.output.registry",
         })
     }
 
@@ -134,9 +138,11 @@ impl Http {
         .any(|s| chain.contains(s));
         let (why, permanent) = if tls_mismatch {
             (
-                "the registry does not speak HTTPS: set spec.output.registry.plainHttp: true \
-                 (kompress verify: --plain-http) for a plain-HTTP registry"
-                    .to_string(),
+                format!(
+                    "the registry does not speak HTTPS: set {}.plainHttp: true \
+                     (kompress verify: --plain-http) for a plain-HTTP registry",
+                    self.settings
+                ),
                 true,
             )
         } else if e.is_timeout() {
@@ -300,21 +306,22 @@ impl Http {
         let code = status.as_u16();
         let transient = status.is_server_error() || code == 408 || code == 429;
         let todo = match code {
-            401 => "the registry wants credentials it did not get or refused the ones given: \
-                    put them in the Docker config (DOCKER_CONFIG or ~/.docker/config.json; in a \
-                    cluster the Secret named by spec.output.registry.secretRef); retrying will \
-                    not help"
-                .to_string(),
+            401 => format!(
+                "the registry wants credentials it did not get or refused the ones given: \
+                 put them in the Docker config (DOCKER_CONFIG or ~/.docker/config.json; in a \
+                 cluster the Secret named by {}.secretRef); retrying will not help",
+                self.settings
+            ),
             403 => "the credentials lack permission for this repository: grant it or use other \
                     credentials; retrying will not help"
                 .to_string(),
             404 => "no such repository, tag or digest: check the reference".into(),
             _ if transient => "the registry may recover; retrying".into(),
-            _ if detail.contains("HTTPS") => {
-                "the registry speaks HTTPS: unset spec.output.registry.plainHttp \
-                 (kompress verify: drop --plain-http)"
-                    .into()
-            }
+            _ if detail.contains("HTTPS") => format!(
+                "the registry speaks HTTPS: unset {}.plainHttp (kompress verify: drop \
+                 --plain-http)",
+                self.settings
+            ),
             _ => "the registry refused the request; retrying will not help".into(),
         };
         let detail = if detail.is_empty() {

@@ -249,13 +249,18 @@ fn key_of(spec: &CompressionJobSpec, d: Digests, runtime: &str) -> Key {
 /// (the same digests, so the same bytes).
 pub fn pinned_inputs(spec: &CompressionJobSpec, cached: &Value) -> Option<Inputs> {
     let input = |uri: &str, sha: &Option<String>, recorded: &Value| -> Option<InputRef> {
+        let uri = if crate::uri::OciTarget::is_oci(uri) {
+            crate::uri::OciTarget::reference(uri).ok()?;
+            uri.trim().to_string()
+        } else {
+            Location::parse(uri).ok()?.uri
+        };
         Some(InputRef {
-            uri: crate::uri::redact(&Location::parse(uri).ok()?.uri),
+            uri: crate::uri::redact(&uri),
             sha256: sha.as_deref()?.to_ascii_lowercase(),
             bytes: recorded["bytes"].as_u64().unwrap_or(0),
         })
     };
-    let model_loc = Location::parse(&spec.model.uri).ok()?;
     let calibration = match spec.calibration.as_ref().and_then(|c| c.dataset.as_ref()) {
         Some(c) => Some((PathBuf::new(), input(&c.uri, &c.sha256, &Value::Null)?)),
         None => None,
@@ -269,7 +274,6 @@ pub fn pinned_inputs(spec: &CompressionJobSpec, cached: &Value) -> Option<Inputs
     };
     Some(Inputs {
         model: input(&spec.model.uri, &spec.model.sha256, &cached["model"])?,
-        model_loc,
         model_path: PathBuf::new(),
         external_data: Vec::new(),
         dataset_path: PathBuf::new(),
@@ -640,7 +644,6 @@ mod tests {
             bytes: 1,
         };
         Inputs {
-            model_loc: Location::parse("s3://b/m.onnx").unwrap(),
             model_path: PathBuf::new(),
             model: r(model_sha),
             external_data: vec![],

@@ -163,7 +163,6 @@ pub struct Outcome {
 
 /// Fetched inputs, verified, in their own scratch folders.
 pub struct Inputs {
-    pub model_loc: Location,
     /// The model file (its external data lies beside it, as the model names it).
     pub model_path: PathBuf,
     pub model: InputRef,
@@ -317,40 +316,12 @@ pub async fn fetch(
     scratch: &Path,
     ui: &Ui,
 ) -> Result<Inputs> {
-    let model_loc = Location::parse(&spec.model.uri)?;
     let model_dir = scratch.join("model");
-    let model_path = model_dir.join(file_name_of(&model_loc, "model.onnx"));
-    ui.stage(&format!("fetching {}", crate::uri::redact(&model_loc.uri)));
-    let model_file = fetch_one(
-        storage,
-        ui,
-        &model_loc,
-        &model_path,
-        &expecting(spec.model.sha256.as_deref()),
-        "model",
-    )
-    .await?;
-    let shown = Path::new(&model_loc.uri);
-    let mut external_data = Vec::new();
-    for ext in onnx::external_locations(&model_path, shown)? {
-        let src = model_loc.parent().join(&ext.location);
-        // External data must be regular files inside the model's directory: a symlink out of
-        // it (its bytes would be published), a device or a pipe is refused; no more is read than
-        // the tensors declare.
-        let confine = model_loc.parent().local_path();
-        let opts = storage::FetchOptions {
-            expected_sha256: None,
-            max_bytes: Some(ext.max_bytes),
-            confine_to: confine.as_deref(),
-        };
-        let dest = model_dir.join(&ext.location);
-        let f = fetch_one(storage, ui, &src, &dest, &opts, &ext.location).await?;
-        external_data.push(InputRef {
-            uri: crate::uri::redact(&src.uri),
-            sha256: f.sha256,
-            bytes: f.bytes,
-        });
-    }
+    let (model, model_path, external_data) = if crate::uri::OciTarget::is_oci(&spec.model.uri) {
+        fetch_oci_model(spec, &model_dir, ui).await?
+    } else {
+        fetch_model(spec, storage, &model_dir, ui).await?
+    };
     let data_loc = Location::parse(&spec.dataset.uri)?;
     let dataset_path = scratch
         .join("dataset")
@@ -408,13 +379,7 @@ pub async fn fetch(
     };
     Ok(Inputs {
         edge_cases,
-        // Recorded (report.json, promoted.json, the statement): without query or userinfo.
-        model: InputRef {
-            uri: crate::uri::redact(&model_loc.uri),
-            sha256: model_file.sha256,
-            bytes: model_file.bytes,
-        },
-        model_loc,
+        model,
         model_path,
         external_data,
         dataset_path,
@@ -425,6 +390,148 @@ pub async fn fetch(
         },
         calibration,
     })
+}
+
+/// The model from object storage or a local path, and its external data from beside it:
+/// (its record, its path in scratch, the external data's records).
+async fn fetch_model(
+    spec: &CompressionJobSpec,
+    storage: &Storage,
+    model_dir: &Path,
+    ui: &Ui,
+) -> Result<(InputRef, PathBuf, Vec<InputRef>)> {
+    let model_loc = Location::parse(&spec.model.uri)?;
+    let model_path = model_dir.join(file_name_of(&model_loc, "model.onnx"));
+    ui.stage(&format!("fetching {}", crate::uri::redact(&model_loc.uri)));
+    let model_file = fetch_one(
+        storage,
+        ui,
+        &model_loc,
+        &model_path,
+        &expecting(spec.model.sha256.as_deref()),
+        "model",
+    )
+    .await?;
+    let shown = Path::new(&model_loc.uri);
+    let mut external_data = Vec::new();
+    for ext in onnx::external_locations(&model_path, shown)? {
+        let src = model_loc.parent().join(&ext.location);
+        // External data must be regular files inside the model's directory: a symlink out of
+        // it (its bytes would be published), a device or a pipe is refused; no more is read than
+        // the tensors declare.
+        let confine = model_loc.parent().local_path();
+        let opts = storage::FetchOptions {
+            expected_sha256: None,
+            max_bytes: Some(ext.max_bytes),
+            confine_to: confine.as_deref(),
+        };
+        let dest = model_dir.join(&ext.location);
+        let f = fetch_one(storage, ui, &src, &dest, &opts, &ext.location).await?;
+        external_data.push(InputRef {
+            uri: crate::uri::redact(&src.uri),
+            sha256: f.sha256,
+            bytes: f.bytes,
+        });
+    }
+    // Recorded (report.json, promoted.json, the statement): without query or userinfo.
+    let model = InputRef {
+        uri: crate::uri::redact(&model_loc.uri),
+        sha256: model_file.sha256,
+        bytes: model_file.bytes,
+    };
+    Ok((model, model_path, external_data))
+}
+
+/// The model from an `oci://` artifact ([`crate::oci::pull`]): its `.onnx` layer and the
+/// layers its external data names, each streamed to scratch and checked against its layer
+/// digest. The model's record names the manifest it resolved to
+/// (`oci://REGISTRY/REPOSITORY:TAG@sha256:...`).
+async fn fetch_oci_model(
+    spec: &CompressionJobSpec,
+    model_dir: &Path,
+    ui: &Ui,
+) -> Result<(InputRef, PathBuf, Vec<InputRef>)> {
+    use crate::oci::{self, pull};
+    const FIELD: &str = "spec.model.uri";
+    let uri = spec.model.uri.trim();
+    let plain_http = spec
+        .model
+        .registry
+        .as_ref()
+        .and_then(|r| r.plain_http)
+        .unwrap_or(false);
+    ui.stage(&format!("fetching {}", crate::uri::redact(uri)));
+    let src = pull::Source::open(uri, plain_http, FIELD, "spec.model.registry")
+        .await
+        .map_err(storage::Error::from)?;
+    let resolved = src.resolved_uri();
+    let artifact = |what: String| -> Error {
+        storage::Error::from(oci::Error::Artifact {
+            field: FIELD,
+            uri: uri.to_string(),
+            what,
+        })
+        .into()
+    };
+    let fetch_layer = async |layer: &pull::Layer, dest: &Path, label: &str| -> Result<InputRef> {
+        let bar = ui.bar(label, true);
+        src.fetch(layer, dest, &|n| bar.set(n, Some(layer.size)))
+            .await
+            .map_err(|e| {
+                storage::Error::from(oci::Error::Source {
+                    field: FIELD,
+                    uri: uri.to_string(),
+                    source: Box::new(e),
+                })
+            })?;
+        bar.finish(layer.size);
+        Ok(InputRef {
+            uri: format!("{resolved}/{}", layer.path),
+            sha256: layer.digest.trim_start_matches("sha256:").to_string(),
+            bytes: layer.size,
+        })
+    };
+    let layer = &src.pack.model;
+    let (folder, name) = match layer.path.rsplit_once('/') {
+        Some((dir, name)) => (format!("{dir}/"), name),
+        None => (String::new(), layer.path.as_str()),
+    };
+    let model_path = model_dir.join(name);
+    // The layer's bytes must hash to its digest, so a mismatch is known before a byte is read.
+    let layer_sha = layer.digest.trim_start_matches("sha256:");
+    if let Some(want) = spec.model.sha256.as_deref()
+        && !want.eq_ignore_ascii_case(layer_sha)
+    {
+        return Err(storage::Error::Checksum {
+            uri: crate::uri::redact(uri),
+            expected: want.to_string(),
+            actual: layer_sha.to_string(),
+        }
+        .into());
+    }
+    let mut model = fetch_layer(layer, &model_path, "model").await?;
+    model.uri = resolved.clone();
+    let mut external_data = Vec::new();
+    for ext in onnx::external_locations(&model_path, Path::new(uri))? {
+        let path = format!("{folder}{}", ext.location);
+        let Some(layer) = src.pack.layer(&path) else {
+            return Err(artifact(format!(
+                "the model names external data `{}`, and the artifact has no layer for `{path}`: \
+                 push the model with its external data files",
+                ext.location
+            )));
+        };
+        if layer.size > ext.max_bytes {
+            return Err(artifact(format!(
+                "layer `{path}` declares {} bytes, more than the {} the model's tensors read \
+                 from it",
+                layer.size, ext.max_bytes
+            )));
+        }
+        let dest = model_dir.join(&ext.location);
+        external_data.push(fetch_layer(layer, &dest, &ext.location).await?);
+    }
+    Ok((model, model_path, external_data))
 }
 
 /// Fetches a second dataset (`label` names its bar and prefixes its scratch file name).

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod hostile;
+pub mod registry;
 
 use kompress::onnx::{f32_tensor, pb};
 use std::io::Write;

@@ -3,6 +3,7 @@
 //! Only the list, scan, create, delete and status write touch the API or storage.
 
 use super::scan::{self, HashCache, ScanError};
+use super::source::Source;
 use super::status::{self, Health, Parts};
 use super::template::{self, Model};
 use super::validate::{Validated, validate};
@@ -32,6 +33,8 @@ pub const SOURCE_URI: &str = "kompress.dev/source-uri";
 pub const SOURCE_ID: &str = "kompress.dev/source-id";
 pub const SOURCE_KEY: &str = "kompress.dev/source-key";
 pub const SOURCE_VERSION: &str = "kompress.dev/source-version";
+/// With an `oci://` source: the tag the version was found at.
+pub const SOURCE_TAG: &str = "kompress.dev/source-tag";
 
 /// While jobs wait for room under `concurrency`, the jobs' own watch drives progress; this is
 /// the safety net.
@@ -298,9 +301,13 @@ async fn scan_step(
                     scan::MAX_OBJECTS
                 )
             };
+            let listed = match valid.source {
+                Source::Store(_) => "objects",
+                Source::Oci(_) => "tags",
+            };
             Scanned {
                 health: Health::Ok(format!(
-                    "{} objects listed, {} versions matched{stopped}",
+                    "{} {listed} listed, {} versions matched{stopped}",
                     s.listed,
                     s.found.len(),
                 )),
@@ -369,15 +376,15 @@ async fn scan_source(
         .0
         .get("storage")
         .and_then(|s| serde_json::from_value(s.clone()).ok());
+    let latest = p.spec.source.latest() as usize;
+    let pattern = match &valid.source {
+        Source::Store(pattern) => pattern,
+        // a registry: the Docker config of the controller's environment
+        Source::Oci(tags) => return scan::scan_oci(tags, latest).await,
+    };
     let storage = crate::storage::Storage::new(storage_spec.as_ref())
         .with_retries(1, Duration::from_secs(20));
-    scan::scan(
-        &storage,
-        &valid.pattern,
-        p.spec.source.latest() as usize,
-        &ctx.hashes,
-    )
-    .await
+    scan::scan(&storage, pattern, latest, &ctx.hashes).await
 }
 
 /// The CompressionJobs this policy controls.
@@ -415,7 +422,7 @@ async fn create_jobs(
     versions: &mut [SeenVersion],
 ) -> Result<()> {
     let next: Vec<String> =
-        status::to_create(versions, p.spec.concurrency(), valid.pattern.ordering)
+        status::to_create(versions, p.spec.concurrency(), valid.source.ordering())
             .into_iter()
             .map(|v| v.job.clone())
             .collect();
@@ -464,23 +471,32 @@ fn job_for(
     valid: &Validated,
     v: &SeenVersion,
 ) -> Result<CompressionJob, InvalidSpec> {
-    let rel = v
-        .uri
-        .strip_prefix(&valid.pattern.prefix.uri)
-        .unwrap_or(&v.uri)
-        .trim_start_matches('/');
-    let mut vars = valid
-        .pattern
-        .matches(rel)
-        .map(|m| m.vars)
-        .unwrap_or_default();
+    let (mut vars, registry) = match &valid.source {
+        Source::Store(pattern) => {
+            let rel = v
+                .uri
+                .strip_prefix(&pattern.prefix.uri)
+                .unwrap_or(&v.uri)
+                .trim_start_matches('/');
+            let mut vars = pattern.matches(rel).map(|m| m.vars).unwrap_or_default();
+            vars.insert("path".into(), rel.to_string());
+            (vars, None)
+        }
+        Source::Oci(tags) => {
+            let tag = v.tag.clone().unwrap_or_default();
+            let mut vars = tags.matches(&tag).map(|m| m.vars).unwrap_or_default();
+            vars.insert("tag".into(), tag.clone());
+            vars.insert("path".into(), tag);
+            (vars, p.spec.source.registry.as_ref())
+        }
+    };
     vars.insert("key".into(), v.key.clone());
     vars.insert("version".into(), v.version.clone());
-    vars.insert("path".into(), rel.to_string());
     vars.insert("id".into(), scan::short_id(&v.id));
     let model = Model {
         uri: &v.uri,
         sha256: v.sha256.as_deref(),
+        registry,
     };
     let spec = template::job_spec(p, &model, &vars)?;
     let mut cj = CompressionJob::new(&v.job, spec);
@@ -495,6 +511,9 @@ fn job_for(
     annotations.insert(SOURCE_ID.into(), v.id.clone());
     annotations.insert(SOURCE_KEY.into(), v.key.clone());
     annotations.insert(SOURCE_VERSION.into(), v.version.clone());
+    if let Some(t) = &v.tag {
+        annotations.insert(SOURCE_TAG.into(), t.clone());
+    }
     cj.metadata.namespace = p.namespace();
     cj.metadata.labels = Some(labels);
     cj.metadata.annotations = Some(annotations);

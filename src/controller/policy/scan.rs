@@ -2,7 +2,7 @@
 //! what identifies its content. Memory is bounded by what is kept (keys x `latest`), never by
 //! the size of the prefix: the listing is streamed page by page through a filter.
 
-use super::source::{Matched, Pattern};
+use super::source::{Matched, Pattern, TagPattern};
 use crate::api::policy::MAX_TRACKED_VERSIONS;
 use crate::storage::{Listed, Storage};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,8 @@ pub struct Found {
     pub id: String,
     /// The content's sha256 when the controller hashed it.
     pub sha256: Option<String>,
+    /// With an `oci://` source: the tag it was found at.
+    pub tag: Option<String>,
     pub vars: BTreeMap<String, String>,
 }
 
@@ -46,6 +48,12 @@ pub enum ScanError {
         #[source]
         source: crate::storage::Error,
     },
+    #[error("cannot list {uri}")]
+    Registry {
+        uri: String,
+        #[source]
+        source: crate::oci::Error,
+    },
     #[error(
         "the source has more than {keys} keys; at {latest} versions each that is more than \
          {MAX_TRACKED_VERSIONS} versions to track: lower spec.source.latest or narrow \
@@ -59,6 +67,7 @@ impl ScanError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Storage { source, .. } => !source.is_permanent(),
+            Self::Registry { source, .. } => !source.is_permanent(),
             Self::TooManyKeys { .. } => false,
         }
     }
@@ -151,6 +160,7 @@ pub async fn scan(
             uri: loc.uri.clone(),
             id,
             sha256,
+            tag: None,
             vars,
         });
     }
@@ -159,6 +169,84 @@ pub async fn scan(
         listed,
         complete,
     })
+}
+
+/// Lists an OCI repository's tags (bounded: [`crate::oci::MAX_TAGS`]), keeps the newest
+/// `latest` the filter matches, and resolves each to its manifest digest (a GET of the
+/// manifest, capped, hashed here): the identity, and what the job is pinned to. Two kept tags
+/// naming the same manifest are one version (the newer tag's). The controller's own Docker
+/// config is its credentials.
+pub async fn scan_oci(pattern: &TagPattern, latest: usize) -> Result<Scan, ScanError> {
+    let err = |source| ScanError::Registry {
+        uri: pattern.repo_uri(),
+        source,
+    };
+    let session = crate::oci::Session::for_settings(
+        &pattern.registry,
+        pattern.plain_http,
+        "spec.source.registry",
+    )
+    .await
+    .map_err(err)?;
+    let tags = session.tags(&pattern.repository).await.map_err(err)?;
+    let listed = tags.len() as u64;
+    let kept = newest_tags(pattern, tags, latest);
+    let mut found: Vec<Found> = Vec::new();
+    for (tag, m) in kept {
+        let r = oci_client::Reference::with_tag(
+            pattern.registry.clone(),
+            pattern.repository.clone(),
+            tag.clone(),
+        );
+        // A tag deleted since the listing is skipped: the next scan will not list it.
+        let Some((_, digest)) = session.manifest(&r).await.map_err(err)? else {
+            continue;
+        };
+        let v = Found {
+            key: m.key,
+            version: m.version,
+            uri: pattern.uri_at(&digest),
+            id: digest.clone(),
+            sha256: None,
+            tag: Some(tag),
+            vars: m.vars,
+        };
+        // oldest first: a later (newer) tag of the same manifest replaces the earlier one
+        found.retain(|f| f.id != v.id);
+        found.push(v);
+    }
+    for f in &mut found {
+        f.vars.insert("id".into(), short_id(&f.id));
+    }
+    Ok(Scan {
+        found,
+        listed,
+        complete: true,
+    })
+}
+
+/// The newest `latest` tags the pattern matches, oldest first, with what they matched; a
+/// version two tags share (a filter's version group) is the first listed tag's.
+pub fn newest_tags(
+    pattern: &TagPattern,
+    tags: Vec<String>,
+    latest: usize,
+) -> Vec<(String, Matched)> {
+    let mut kept: Vec<(String, Matched)> = Vec::new();
+    for tag in tags {
+        let Some(m) = pattern.matches(&tag) else {
+            continue;
+        };
+        let at = kept.partition_point(|(_, v)| pattern.compare(&v.version, &m.version).is_lt());
+        if kept.get(at).is_some_and(|(_, v)| v.version == m.version) {
+            continue;
+        }
+        kept.insert(at, (tag, m));
+        if kept.len() > latest.max(1) {
+            kept.remove(0);
+        }
+    }
+    kept
 }
 
 /// What identifies a version's content: the store's entity tag or version id with the size
@@ -240,6 +328,39 @@ mod tests {
         assert!(!long.contains("--"), "{long}");
     }
 
+    #[test]
+    fn the_newest_tags_the_filter_keeps_are_the_versions() {
+        let source = PolicySource {
+            uri: "oci://reg.example/team/digits".into(),
+            filter: Some(r"^v(?P<version>[0-9]+)$".into()),
+            registry: None,
+            ordering: crate::api::VersionOrdering::Numerical,
+            latest: Some(2),
+            interval: None,
+            suspend: None,
+        };
+        let t = TagPattern::parse(&source).unwrap();
+        let tags = ["v1", "latest", "v10", "junk", "v2", "v02", "sha256-abc"]
+            .map(String::from)
+            .to_vec();
+        let kept = newest_tags(&t, tags.clone(), 2);
+        let got: Vec<(&str, &str)> = kept
+            .iter()
+            .map(|(tag, m)| (tag.as_str(), m.version.as_str()))
+            .collect();
+        // the newest two by the version group, numerically (v10 after v2); v02 orders just
+        // before v2 (equal numbers fall back to the text)
+        assert_eq!(got, [("v2", "2"), ("v10", "10")]);
+        assert_eq!(kept[1].1.vars["tag"], "v10");
+        assert_eq!(kept[1].1.key, "team/digits");
+        let all: Vec<String> = newest_tags(&t, tags, 5)
+            .into_iter()
+            .map(|(tag, _)| tag)
+            .collect();
+        assert_eq!(all, ["v1", "v02", "v2", "v10"]);
+        assert!(newest_tags(&t, vec!["latest".into()], 5).is_empty());
+    }
+
     #[tokio::test]
     async fn a_scan_keeps_the_newest_versions_of_each_key_with_their_sha256() {
         let dir = tempfile::tempdir().unwrap();
@@ -252,6 +373,7 @@ mod tests {
         let source = PolicySource {
             uri: format!("file://{}/*/v*/model.onnx", dir.path().display()),
             filter: None,
+            registry: None,
             ordering: Default::default(),
             latest: Some(2),
             interval: None,

@@ -1,5 +1,6 @@
 //! source: what a policy's `source` matches (pure). The URI pattern (`*` within one segment),
-//! the filter's named groups, a version's key and version, and how versions are ordered.
+//! or an OCI repository's tags; the filter's named groups, a version's key and version, and
+//! how versions are ordered.
 
 use crate::api::{PolicySource, VersionOrdering};
 use crate::uri::Location;
@@ -53,15 +54,196 @@ fn err(field: &'static str, message: impl Into<String>) -> SourceError {
     }
 }
 
+/// A parsed `spec.source`: a storage pattern, or an OCI repository's tags.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Store(Pattern),
+    Oci(TagPattern),
+}
+
+impl Source {
+    pub fn parse(source: &PolicySource) -> Result<Self, SourceError> {
+        if source.uri.trim().starts_with(crate::uri::OCI_SCHEME) {
+            TagPattern::parse(source).map(Self::Oci)
+        } else {
+            if source.registry.is_some() {
+                return Err(err(
+                    "spec.source.registry",
+                    "applies to an oci:// spec.source.uri only",
+                ));
+            }
+            Pattern::parse(source).map(Self::Store)
+        }
+    }
+
+    pub fn ordering(&self) -> VersionOrdering {
+        match self {
+            Self::Store(p) => p.ordering,
+            Self::Oci(t) => t.ordering,
+        }
+    }
+
+    /// The names a job template may use.
+    pub fn variables(&self) -> Vec<String> {
+        match self {
+            Self::Store(p) => p.variables(),
+            Self::Oci(t) => t.variables(),
+        }
+    }
+}
+
+/// A parsed `oci://REGISTRY/REPOSITORY` source: its tags, filtered and ordered.
+#[derive(Debug, Clone)]
+pub struct TagPattern {
+    pub registry: String,
+    pub repository: String,
+    /// `spec.source.registry.plainHttp`.
+    pub plain_http: bool,
+    filter: Option<Regex>,
+    pub ordering: VersionOrdering,
+}
+
+fn filter_regex(f: &Option<String>) -> Result<Option<Regex>, SourceError> {
+    f.as_ref()
+        .map(|f| {
+            regex::RegexBuilder::new(f)
+                .size_limit(MAX_REGEX_BYTES)
+                .build()
+                .map_err(|e| err("spec.source.filter", format!("not a valid regex: {e}")))
+        })
+        .transpose()
+}
+
+impl TagPattern {
+    pub fn parse(source: &PolicySource) -> Result<Self, SourceError> {
+        const URI: &str = "spec.source.uri";
+        let uri = source.uri.trim();
+        let bad = |why: &str| {
+            err(
+                URI,
+                format!(
+                    "`{uri}`: {why} (write oci://REGISTRY/REPOSITORY; the tags are the versions)"
+                ),
+            )
+        };
+        let rest = uri
+            .strip_prefix(crate::uri::OCI_SCHEME)
+            .ok_or_else(|| bad("no oci:// prefix"))?
+            .trim_end_matches('/');
+        if rest.contains('@') || rest.contains('*') {
+            return Err(bad(
+                "a repository is listed whole: no digest and no wildcard",
+            ));
+        }
+        let (registry, repository) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("no repository after the registry"))?;
+        if repository
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
+            return Err(bad(
+                "a tag names one version: name the repository and choose tags with \
+                 spec.source.filter",
+            ));
+        }
+        crate::uri::check_registry(registry).map_err(|why| bad(&why))?;
+        let r: oci_client::Reference = format!("{registry}/{repository}:latest")
+            .parse()
+            .map_err(|e: oci_client::ParseError| bad(&e.to_string()))?;
+        if r.registry() != registry || r.repository() != repository {
+            return Err(bad(
+                "not a repository name (lowercase letters, digits and separators) under a \
+                 registry host name (with a dot or a port)",
+            ));
+        }
+        Ok(Self {
+            registry: registry.into(),
+            repository: repository.into(),
+            plain_http: source
+                .registry
+                .as_ref()
+                .and_then(|r| r.plain_http)
+                .unwrap_or(false),
+            filter: filter_regex(&source.filter)?,
+            ordering: source.ordering(),
+        })
+    }
+
+    /// `oci://REGISTRY/REPOSITORY`.
+    pub fn repo_uri(&self) -> String {
+        format!(
+            "{}{}/{}",
+            crate::uri::OCI_SCHEME,
+            self.registry,
+            self.repository
+        )
+    }
+
+    /// `oci://REGISTRY/REPOSITORY@<digest>`: what a job reads.
+    pub fn uri_at(&self, digest: &str) -> String {
+        format!("{}@{digest}", self.repo_uri())
+    }
+
+    /// `tag`, `path` (the tag), `key` (the repository), `version`, `id` and the filter's
+    /// named groups.
+    pub fn variables(&self) -> Vec<String> {
+        let mut v: Vec<String> = ["tag", "path", "key", "version", "id"]
+            .map(String::from)
+            .to_vec();
+        if let Some(f) = &self.filter {
+            for n in f.capture_names().flatten() {
+                if !v.iter().any(|x| x == n) {
+                    v.push(n.to_string());
+                }
+            }
+        }
+        v
+    }
+
+    /// A tag the filter keeps, with its version (the `version` group, else the tag) and
+    /// variables; None when the filter does not match it or the ordering cannot place its
+    /// version. The key is always the repository (a `key` group is a variable like another).
+    pub fn matches(&self, tag: &str) -> Option<Matched> {
+        let mut vars = BTreeMap::new();
+        let mut version = tag.to_string();
+        if let Some(f) = &self.filter {
+            let caps = f.captures(tag)?;
+            for name in f.capture_names().flatten() {
+                if let Some(m) = caps.name(name) {
+                    vars.insert(name.to_string(), m.as_str().to_string());
+                }
+            }
+            if let Some(v) = vars.get("version") {
+                version = v.clone();
+            }
+        }
+        if version.is_empty() || version_sort_key(self.ordering, &version).is_none() {
+            return None;
+        }
+        let key = self.repository.clone();
+        vars.insert("tag".into(), tag.to_string());
+        vars.insert("path".into(), tag.to_string());
+        vars.insert("key".into(), key.clone());
+        vars.insert("version".into(), version.clone());
+        Some(Matched { key, version, vars })
+    }
+
+    pub fn compare(&self, a: &str, b: &str) -> Ordering {
+        compare_versions(self.ordering, a, b)
+    }
+}
+
 impl Pattern {
     pub fn parse(source: &PolicySource) -> Result<Self, SourceError> {
         const URI: &str = "spec.source.uri";
         let uri = source.uri.trim();
-        if uri.starts_with("oci://") || uri.starts_with("https://") || uri.starts_with("http://") {
+        if uri.starts_with("https://") || uri.starts_with("http://") {
             return Err(err(
                 URI,
-                "must be an object storage prefix (s3://, gs://, az:// or file://): registries \
-                 and web servers cannot be listed",
+                "must be an object storage prefix (s3://, gs://, az:// or file://) or an OCI \
+                 repository (oci://REGISTRY/REPOSITORY): web servers cannot be listed",
             ));
         }
         let (scheme_host, path) = split_root(uri);
@@ -101,15 +283,7 @@ impl Pattern {
         }
         re.push('$');
         let segments = Regex::new(&re).map_err(|e| err(URI, e.to_string()))?;
-        let filter = match &source.filter {
-            Some(f) => Some(
-                regex::RegexBuilder::new(f)
-                    .size_limit(MAX_REGEX_BYTES)
-                    .build()
-                    .map_err(|e| err("spec.source.filter", format!("not a valid regex: {e}")))?,
-            ),
-            None => None,
-        };
+        let filter = filter_regex(&source.filter)?;
         Ok(Self {
             prefix,
             segments,
@@ -252,6 +426,7 @@ mod tests {
         PolicySource {
             uri: uri.into(),
             filter: filter.map(String::from),
+            registry: None,
             ordering,
             latest: None,
             interval: None,
@@ -302,10 +477,10 @@ mod tests {
             ),
             ("s3://models/**/model.onnx", None, "spec.source.uri", "`**`"),
             (
-                "oci://reg/team/bert",
+                "https://web.example/m/*.onnx",
                 None,
                 "spec.source.uri",
-                "object storage prefix",
+                "web servers cannot be listed",
             ),
             (
                 "s3://m/*/x",
@@ -335,6 +510,73 @@ mod tests {
         // the filter must match too; a version semver cannot place is skipped
         assert_eq!(p.matches("nlp-bert/nightly/model.onnx"), None);
         assert_eq!(p.matches("nlp-bert/release-1.2/model.onnx"), None);
+    }
+
+    #[test]
+    fn oci_sources_are_repositories_whose_tags_the_filter_keeps() {
+        let src = source(
+            "oci://127.0.0.1:5000/team/digits",
+            Some(r"^v(?P<version>[0-9]+)$"),
+            Some(VersionOrdering::Numerical),
+        );
+        let Source::Oci(t) = Source::parse(&src).unwrap() else {
+            panic!("an oci source")
+        };
+        assert_eq!(
+            (t.registry.as_str(), t.repository.as_str()),
+            ("127.0.0.1:5000", "team/digits")
+        );
+        assert_eq!(
+            t.uri_at("sha256:ab"),
+            "oci://127.0.0.1:5000/team/digits@sha256:ab"
+        );
+        let m = t.matches("v12").unwrap();
+        assert_eq!((m.key.as_str(), m.version.as_str()), ("team/digits", "12"));
+        assert_eq!(m.vars["tag"], "v12");
+        assert_eq!(m.vars["path"], "v12");
+        for skipped in ["latest", "junk", "v1-rc", "v"] {
+            assert_eq!(t.matches(skipped), None, "{skipped}");
+        }
+        // ordered by the version group: v2 < v10 numerically
+        let mut tags = vec!["v10", "v2", "v9"];
+        tags.sort_by(|a, b| {
+            t.compare(
+                &t.matches(a).unwrap().version,
+                &t.matches(b).unwrap().version,
+            )
+        });
+        assert_eq!(tags, ["v2", "v9", "v10"]);
+        // without a filter, every tag is a version (semver skips what it cannot place)
+        let t = TagPattern::parse(&source(
+            "oci://reg.example/bert",
+            None,
+            Some(VersionOrdering::Semver),
+        ))
+        .unwrap();
+        assert_eq!(t.matches("v1.2.3").unwrap().version, "v1.2.3");
+        assert_eq!(t.matches("latest"), None);
+        assert!(t.variables().contains(&"tag".to_string()));
+    }
+
+    #[test]
+    fn bad_oci_sources_name_their_field() {
+        let pinned = format!("oci://reg.example/bert@sha256:{}", "a".repeat(64));
+        for (uri, says) in [
+            ("oci://reg.example/bert:v1", "a tag names one version"),
+            (pinned.as_str(), "no digest"),
+            ("oci://reg.example", "no repository"),
+            ("oci://reg.example/Bert", "invalid reference format"),
+            ("oci://host:99999/bert", "port"),
+        ] {
+            let e = Source::parse(&source(uri, None, None)).unwrap_err();
+            assert_eq!(e.field, "spec.source.uri", "{uri}");
+            assert!(e.message.contains(says), "{uri}: {e}");
+        }
+        let mut s = source("s3://m/*/model.onnx", None, None);
+        s.registry = Some(Default::default());
+        assert_eq!(Source::parse(&s).unwrap_err().field, "spec.source.registry");
+        let e = Source::parse(&source("oci://r.io/a", Some("(?P<v"), None)).unwrap_err();
+        assert_eq!(e.field, "spec.source.filter");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn merge(
             key: f.key.clone(),
             version: f.version.clone(),
             uri: f.uri.clone(),
+            tag: f.tag.clone(),
             id: f.id.clone(),
             sha256: f.sha256.clone(),
             job,
@@ -331,6 +332,7 @@ mod tests {
             uri: format!("file:///m/{key}/{version}/model.onnx"),
             id: format!("sha256:{key}{version}"),
             sha256: None,
+            tag: None,
             vars: BTreeMap::new(),
         }
     }

@@ -84,10 +84,12 @@ pub fn render_value(
 }
 
 /// One version's model, as the job's `spec.model`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Model<'a> {
     pub uri: &'a str,
     pub sha256: Option<&'a str>,
+    /// With an `oci://` source: `spec.source.registry`, the job's `model.registry`.
+    pub registry: Option<&'a crate::api::RegistrySpec>,
 }
 
 /// The CompressionJob spec for one version: the template rendered with `vars`, the model
@@ -114,6 +116,9 @@ pub fn job_spec(
         let mut model_v = serde_json::json!({ "uri": model.uri });
         if let Some(s) = model.sha256 {
             model_v["sha256"] = s.into();
+        }
+        if let Some(r) = model.registry {
+            model_v["registry"] = serde_json::to_value(r).unwrap_or_default();
         }
         m.insert("model".into(), model_v);
     }
@@ -153,10 +158,12 @@ fn one(field: &str, message: &str) -> InvalidSpec {
 /// Sample values for every variable a source provides: checks a template before any version
 /// exists (a value that is a plausible path segment, so URIs built from it parse).
 pub fn sample_vars(names: &[String]) -> BTreeMap<String, String> {
+    // an OCI source's path is its tag: a value a tag may be
+    let oci = names.iter().any(|n| n == "tag");
     names
         .iter()
         .map(|n| {
-            let v = if n == "path" {
+            let v = if n == "path" && !oci {
                 "model/v1/model.onnx"
             } else {
                 "x1"

@@ -2,7 +2,7 @@
 //! pattern and filter, the interval, and the job template rendered for a sample version and
 //! validated as a CompressionJob would be. An invalid policy is Stalled and makes no job.
 
-use super::source::Pattern;
+use super::source::Source;
 use super::template::{self, Model};
 use crate::api::{CompressionPolicy, FieldError, InvalidSpec};
 use std::time::Duration;
@@ -14,7 +14,7 @@ const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A policy that passed every check.
 #[derive(Debug, Clone)]
 pub struct Validated {
-    pub pattern: Pattern,
+    pub source: Source,
     pub interval: Duration,
 }
 
@@ -39,7 +39,7 @@ pub fn validate(policy: &CompressionPolicy) -> Result<Validated, InvalidSpec> {
         }])
     };
     let source = &policy.spec.source;
-    let pattern = Pattern::parse(source).map_err(|e| bad(e.field, e.message))?;
+    let parsed = Source::parse(source).map_err(|e| bad(e.field, e.message))?;
     let interval = parse_interval(
         source
             .interval
@@ -47,17 +47,24 @@ pub fn validate(policy: &CompressionPolicy) -> Result<Validated, InvalidSpec> {
             .unwrap_or(crate::api::policy::DEFAULT_INTERVAL),
     )
     .map_err(|m| bad("spec.source.interval", m))?;
-    let vars = template::sample_vars(&pattern.variables());
-    let sample = pattern.prefix.join(&vars["path"]);
+    let vars = template::sample_vars(&parsed.variables());
+    let sample = match &parsed {
+        Source::Store(p) => p.prefix.join(&vars["path"]).uri,
+        Source::Oci(t) => t.uri_at(&format!("sha256:{}", "0".repeat(64))),
+    };
     template::job_spec(
         policy,
         &Model {
-            uri: &sample.uri,
+            uri: &sample,
             sha256: None,
+            registry: source.registry.as_ref(),
         },
         &vars,
     )?;
-    Ok(Validated { pattern, interval })
+    Ok(Validated {
+        source: parsed,
+        interval,
+    })
 }
 
 #[cfg(test)]
@@ -79,7 +86,21 @@ mod tests {
     fn a_good_policy_validates() {
         let v = validate(&policy(OK_TEMPLATE, SOURCE)).unwrap();
         assert_eq!(v.interval, Duration::from_secs(300));
-        assert_eq!(v.pattern.prefix.uri, "s3://models");
+        match v.source {
+            Source::Store(p) => assert_eq!(p.prefix.uri, "s3://models"),
+            Source::Oci(_) => panic!("a storage source"),
+        }
+    }
+
+    #[test]
+    fn an_oci_policy_validates_with_tag_placeholders() {
+        let t = "      dataset: {uri: s3://data/eval.npz}\n      passes: [{quantize: {}}]\n      output: {uri: s3://out, promoteTo: 'oci://reg.example/team/digits:{{.tag}}-int8'}";
+        let src = "    uri: oci://reg.example:5000/team/digits\n    filter: '^v(?P<version>[0-9]+)$'\n    registry: {plainHttp: true, secretRef: {name: regcred}}";
+        let v = validate(&policy(t, src)).unwrap();
+        assert!(matches!(v.source, Source::Oci(ref o) if o.plain_http));
+        // {{.tag}} is an oci source's only
+        let e = validate(&policy(t, SOURCE)).unwrap_err().to_string();
+        assert!(e.contains("{{.tag}}"), "{e}");
     }
 
     #[test]
