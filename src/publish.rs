@@ -158,19 +158,30 @@ pub struct Artifact<'a> {
     pub recipe: serde_json::Value,
 }
 
+/// How report.json is rendered, and what completes the result (the run's final usage) before
+/// its last write.
+pub struct Reporting<'a> {
+    pub render: &'a (dyn Fn(&JobResult) -> Vec<u8> + Sync),
+    pub finish: &'a (dyn Fn(&mut JobResult) + Sync),
+}
+
 /// Uploads the candidate and its report, and promotes it when the verdict is Passed. Returns
 /// the result with `artifact`, `report` and (when promoted) `promoted` set. `report` renders
 /// report.json for a result; it is written before promotion (so a failed promotion still leaves
-/// a report) and again after it.
+/// a report), again after it, and last with the usage `finish` completes.
 pub async fn publish(
     storage: &Storage,
     to: &Target,
     artifact: &Artifact<'_>,
     mut result: JobResult,
-    report: &(dyn Fn(&JobResult) -> Vec<u8> + Sync),
+    report: &Reporting<'_>,
     evidence: Option<&Sealed>,
     ui: &Ui,
 ) -> Result<JobResult> {
+    let Reporting {
+        render: report,
+        finish,
+    } = report;
     let (files, digest) = (artifact.files, artifact.digest);
     let mut written = 0u64;
     ui.stage(&format!("uploading candidate to {}", to.run));
@@ -249,10 +260,14 @@ pub async fn publish(
         (Verdict::Rejected, Some(_)) => ui.stage("candidate rejected: nothing promoted"),
         _ => {}
     }
-    // (report.json holds the usage as of its writing: without this stage's bytes.)
+    // The last word: report.json written once more with the run's final usage (this stage's
+    // time and bytes included; the bytes of this last copy of the report itself are not).
     if let Some(u) = result.usage.as_mut() {
         u.bytes_written += written;
     }
+    finish(&mut result);
+    let body = report(&result);
+    storage.put_bytes(&report_loc, body.into()).await?;
     Ok(result)
 }
 

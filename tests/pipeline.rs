@@ -63,6 +63,30 @@ fn the_bundled_example_is_promoted_at_least_3_5x_smaller_within_one_point() {
             && runs.iter().any(|f| f.ends_with("report.json")),
         "{runs:?}"
     );
+    // the stored report holds the run's final usage: the publish stage and its bytes included
+    let stored = dir
+        .path()
+        .join("candidates")
+        .join(runs.iter().find(|f| f.ends_with("report.json")).unwrap());
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored).unwrap()).unwrap();
+    let usage = &stored["result"]["usage"];
+    let stages: Vec<&str> = usage["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages.last(), Some(&"publish"), "{usage}");
+    let promoted_bytes = std::fs::metadata(&promoted).unwrap().len();
+    assert!(
+        usage["bytesWritten"].as_u64().unwrap() > 2 * promoted_bytes,
+        "the candidate and its promoted copy: {usage}"
+    );
+    assert_eq!(
+        usage, &res["usage"],
+        "the report on disk is the one printed"
+    );
 }
 
 #[test]

@@ -119,9 +119,10 @@ pub struct JobResult {
     pub verdict: Verdict,
     pub original_bytes: u64,
     pub compressed_bytes: u64,
-    /// original_bytes / compressed_bytes.
+    /// original_bytes / compressed_bytes (2 decimals in a CompressionJob's status; report.json keeps every digit).
     pub ratio: f64,
-    /// Baseline accuracy minus candidate accuracy (absolute), when labels exist.
+    /// Baseline accuracy minus candidate accuracy (absolute), when labels exist (4 decimals in a
+    /// CompressionJob's status; the maxAccuracyDrop check keeps every digit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy_drop: Option<f64>,
     pub baseline: Metrics,

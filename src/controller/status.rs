@@ -75,6 +75,18 @@ fn rejection(r: &JobResult) -> String {
     )
 }
 
+/// `kubectl get cmpj` prints the Ratio and Acc-Drop columns as they are stored: the status keeps
+/// the ratio to 2 decimals and the accuracy drop to 4 (report.json keeps every digit).
+fn for_columns(mut r: crate::api::JobResult) -> crate::api::JobResult {
+    let round = |v: f64, d: i32| {
+        let f = 10f64.powi(d);
+        (v * f).round() / f
+    };
+    r.ratio = round(r.ratio, 2);
+    r.accuracy_drop = r.accuracy_drop.map(|a| round(a, 4));
+    r
+}
+
 /// The status for `observed` at `generation`. Conditions keep their `lastTransitionTime` from
 /// `old` while their status stays the same, so an unchanged observation yields an equal status
 /// (and no write).
@@ -88,7 +100,7 @@ pub fn desired(
     let job = run.map(|r| r.job_name.as_str()).unwrap_or_default();
     let (t, f, u) = ("True", "False", "Unknown");
     let result = match observed {
-        Observed::Finished(m) => m.result.clone(),
+        Observed::Finished(m) => m.result.clone().map(for_columns),
         _ => None,
     };
     // (type, status, reason) for Ready, Reconciling, Stalled, Evaluated, Promoted
@@ -467,6 +479,24 @@ mod tests {
             .iter()
             .map(|c| (c.type_.as_str(), c.status.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn the_ratio_and_accuracy_drop_columns_are_rounded_and_the_checks_keep_every_digit() {
+        let mut r = result(Verdict::Passed, true);
+        r.ratio = 3.926_785_714;
+        r.accuracy_drop = Some(0.001_851_851_9);
+        r.checks[0].value = 0.001_851_851_9;
+        let s = desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &finished(Phase::Succeeded, Some(r)),
+            &at(200),
+        );
+        let r = s.result.unwrap();
+        assert_eq!((r.ratio, r.accuracy_drop), (3.93, Some(0.0019)));
+        assert_eq!(r.checks[0].value, 0.001_851_851_9);
     }
 
     #[test]

@@ -1914,20 +1914,24 @@ impl Publishing<'_> {
             recipe,
         };
         let t = Instant::now();
-        let mut published = publish::publish(
+        let published = publish::publish(
             self.storage,
             &self.target,
             &artifact,
             result,
-            &|r| serde_json::to_vec_pretty(&report(r)).unwrap_or_default(),
+            &publish::Reporting {
+                render: &|r| serde_json::to_vec_pretty(&report(r)).unwrap_or_default(),
+                finish: &|r| {
+                    if let Some(u) = r.usage.as_mut() {
+                        u.stages.push(stage("publish", t));
+                    }
+                    total_usage(r, self.started);
+                },
+            },
             sealed.as_ref(),
             ui,
         )
         .await?;
-        if let Some(u) = published.usage.as_mut() {
-            u.stages.push(stage("publish", t));
-        }
-        total_usage(&mut published, self.started);
         Ok(Outcome {
             report: report(&published),
             result: published,
