@@ -494,3 +494,69 @@ async fn one_leader_at_a_time_and_a_released_lease_passes_on() {
     assert!(!a.try_acquire_or_renew().await.unwrap());
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn a_repeated_event_is_one_event_with_a_series_and_another_reason_is_its_own() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::runtime::events::{Event, EventType, Reporter};
+    let client = client().await;
+    let ns = create_namespace(&client, "events").await;
+    let recorder = kompress::controller::events::Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kompress".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let regarding = ObjectReference {
+        api_version: Some("kompress.dev/v1alpha1".into()),
+        kind: Some("CompressionJob".into()),
+        namespace: Some(ns.clone()),
+        name: Some("digits".into()),
+        uid: Some("0000-1".into()),
+        ..Default::default()
+    };
+    let event = |reason: &str| Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(format!("{reason} for the test")),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    for _ in 0..3 {
+        recorder
+            .publish(&event("WorkerFailed"), &regarding)
+            .await
+            .unwrap();
+    }
+    recorder
+        .publish(&event("Promoted"), &regarding)
+        .await
+        .unwrap();
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    let mut got: Vec<(String, Option<i32>, String)> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.series.map(|s| s.count),
+                e.reporting_instance.unwrap_or_default(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("Promoted".to_string(), None, "test".to_string()),
+            ("WorkerFailed".to_string(), Some(3), "test".to_string())
+        ]
+    );
+    delete_namespace(&client, &ns).await;
+}

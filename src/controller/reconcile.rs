@@ -2,12 +2,13 @@
 //! and the per-object exponential backoff of the error policy.
 
 use super::error::{Error, Result};
+use super::events::Recorder;
 use super::status::{Observed, apply_status, desired, search_event, transition_event};
 use super::{ControllerConfig, State, apply, build, observe};
 use crate::api::{CompressionJob, CompressionJobStatus, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;

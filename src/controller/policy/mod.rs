@@ -22,9 +22,10 @@ pub mod validate;
 
 use super::State;
 use super::error::{Error, Result};
+use super::events::Recorder;
 use crate::api::{CompressionJob, CompressionPolicy};
 use futures::StreamExt;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client};
 use std::sync::Arc;

@@ -14,11 +14,12 @@ use crate::api::{
 use crate::controller::State;
 use crate::controller::build::FIELD_MANAGER;
 use crate::controller::error::{Error, Result};
+use crate::controller::events::Recorder;
 use crate::controller::reconcile::backoff;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
