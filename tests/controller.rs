@@ -560,3 +560,47 @@ async fn a_repeated_event_is_one_event_with_a_series_and_another_reason_is_its_o
     );
     delete_namespace(&client, &ns).await;
 }
+
+/// A spec change while the last generation's Job is still unfinished stops that Job (its pod
+/// could never be scheduled here: it asks for more CPUs than the test node has) and runs the
+/// new generation to the end.
+#[tokio::test]
+#[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
+async fn a_new_generation_stops_the_unfinished_job_of_the_last() {
+    let env = Env::new("supersede").await;
+    let yaml = format!(
+        "{}  resources:\n    cpu: \"4000\"\n",
+        env.digits("digits", GATE)
+    );
+    let cj = env.create(&yaml).await;
+    let first = kompress::controller::job_name(&cj);
+    let uid = tokio::time::timeout(
+        API_TIMEOUT,
+        await_condition(env.jobs.clone(), &first, conditions::is_created()),
+    )
+    .await
+    .expect(NEEDS)
+    .unwrap()
+    .and_then(|j| j.metadata.uid)
+    .unwrap();
+    // generation 2: a CPU request the node can meet
+    env.cjs
+        .patch(
+            "digits",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"resources": {"cpu": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let cj = env.wait_phase("digits", Phase::Succeeded, 2).await;
+    let second = kompress::controller::job_name(&cj);
+    assert_ne!(first, second);
+    tokio::time::timeout(
+        API_TIMEOUT,
+        await_condition(env.jobs.clone(), &first, conditions::is_deleted(&uid)),
+    )
+    .await
+    .expect("the first generation's Job is deleted")
+    .unwrap();
+    env.cleanup().await;
+}

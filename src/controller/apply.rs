@@ -19,7 +19,12 @@ pub async fn apply(client: &Client, cj: &CompressionJob, job: Job) -> Result<(Jo
     })? {
         return Ok((existing, false));
     }
-    stop_superseded(&jobs, cj, &name).await?;
+    // Only a later generation can have a predecessor to stop: the first one skips the list
+    // (a label-selected list scans every Job of the namespace on the API server, which at
+    // 10,000 jobs made each first reconcile cost as much as all the others together).
+    if cj.metadata.generation.is_some_and(|g| g > 1) {
+        stop_superseded(&jobs, cj, &name).await?;
+    }
     let created = jobs
         .patch(
             &name,
