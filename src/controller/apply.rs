@@ -1,22 +1,35 @@
-//! apply: the current generation's Job exists (server-side apply, field manager "kompress",
+//! apply: the current generation's Job exists (created with field manager "kompress",
 //! controller owner reference), and Jobs of superseded generations still running are stopped.
 
 use super::build::{FIELD_MANAGER, labels};
 use super::error::{Error, Result};
 use crate::api::CompressionJob;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 /// Returns the Job and whether this call created it. An existing Job is left alone: a Job's
 /// pod template is immutable, and a new spec means a new generation, hence a new Job name.
+///
+/// A Job this CompressionJob's status already names is read (one GET); otherwise it is
+/// created (one POST, field manager "kompress"), and only a conflict (a Job created before the
+/// status said so: a crash between the two, or another replica) reads the existing one. A
+/// plain create costs the API server much less than a server-side apply, and the first
+/// reconcile of every job makes one call here instead of two.
 pub async fn apply(client: &Client, cj: &CompressionJob, job: Job) -> Result<(Job, bool)> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     let name = job.name_any();
-    if let Some(existing) = jobs.get_opt(&name).await.map_err(|source| Error::GetJob {
-        name: name.clone(),
-        source,
-    })? {
+    let get = || async {
+        jobs.get_opt(&name).await.map_err(|source| Error::GetJob {
+            name: name.clone(),
+            source,
+        })
+    };
+    let recorded = cj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.job_name.as_deref() == Some(name.as_str()));
+    if recorded && let Some(existing) = get().await? {
         return Ok((existing, false));
     }
     // Only a later generation can have a predecessor to stop: the first one skips the list
@@ -25,18 +38,25 @@ pub async fn apply(client: &Client, cj: &CompressionJob, job: Job) -> Result<(Jo
     if cj.metadata.generation.is_some_and(|g| g > 1) {
         stop_superseded(&jobs, cj, &name).await?;
     }
-    let created = jobs
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&job),
-        )
-        .await
-        .map_err(|source| Error::ApplyJob {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match jobs.create(&params, &job).await {
+        Ok(created) => Ok((created, true)),
+        Err(kube::Error::Api(s)) if s.code == 409 => match get().await? {
+            Some(existing) => Ok((existing, false)),
+            // created and deleted in between (its TTL, a person): the next reconcile decides
+            None => Err(Error::GetJob {
+                name: name.clone(),
+                source: kube::Error::Api(s),
+            }),
+        },
+        Err(source) => Err(Error::ApplyJob {
             name: name.clone(),
             source,
-        })?;
-    Ok((created, true))
+        }),
+    }
 }
 
 /// Deletes this CompressionJob's unfinished Jobs of earlier generations (their pods with
