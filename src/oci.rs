@@ -678,6 +678,20 @@ impl Session {
         digest: &str,
         size: u64,
     ) -> Result<String, Error> {
+        self.stream_blob(r, digest, size, None, &|_| {}).await
+    }
+
+    /// Reads blob `digest` of declared `size` as a stream, never past that size, each chunk
+    /// written to `file` when one is given; returns `sha256:<hex>` of the bytes read.
+    async fn stream_blob(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+        mut file: Option<(&mut tokio::fs::File, &Path)>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<String, Error> {
+        use tokio::io::AsyncWriteExt;
         let what = format!("reading blob {digest}");
         let mut resp = self.get_blob(r, digest, &what).await?;
         let wrong_size = |n: u64| {
@@ -704,6 +718,13 @@ impl Session {
                 return Err(wrong_size(n));
             }
             h.update(&chunk);
+            if let Some((f, path)) = file.as_mut() {
+                f.write_all(&chunk).await.map_err(|source| Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+            progress(n);
         }
         if n != size {
             return Err(wrong_size(n));
@@ -740,19 +761,6 @@ impl Session {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), Error> {
         use tokio::io::AsyncWriteExt;
-        let what = format!("reading blob {digest}");
-        let mut resp = self.get_blob(r, digest, &what).await?;
-        let wrong_size = |n: u64| {
-            self.http.fail(
-                &format!(
-                    "{what}: the registry sent {n} bytes or more where the manifest declares {size}"
-                ),
-                true,
-            )
-        };
-        if let Some(n) = resp.content_length().filter(|n| *n != size) {
-            return Err(wrong_size(n));
-        }
         let io = |source| Error::Io {
             path: dest.to_path_buf(),
             source,
@@ -761,28 +769,11 @@ impl Session {
             tokio::fs::create_dir_all(parent).await.map_err(io)?;
         }
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
-        let mut h = Sha256::new();
-        let mut n = 0u64;
-        // No overall deadline (a model may be large): the read timeout bounds each wait.
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.http.net_error(&what, e))?
-        {
-            n += chunk.len() as u64;
-            if n > size {
-                return Err(wrong_size(n));
-            }
-            h.update(&chunk);
-            file.write_all(&chunk).await.map_err(io)?;
-            progress(n);
-        }
-        if n != size {
-            return Err(wrong_size(n));
-        }
+        let got = self
+            .stream_blob(r, digest, size, Some((&mut file, dest)), progress)
+            .await?;
         file.flush().await.map_err(io)?;
         file.sync_all().await.map_err(io)?;
-        let got = format!("sha256:{}", hex::encode(h.finalize()));
         if got != digest {
             return Err(self.http.fail(
                 &format!("blob {digest} does not hash to its digest (its bytes are {got})"),

@@ -96,6 +96,17 @@ async fn wait_policy(
     }
 }
 
+/// Waits until the policy's scan has failed (Ready False) and returns its status.
+async fn failed_scan(env: &ControllerEnv, name: &str) -> kompress::api::CompressionPolicyStatus {
+    let p = wait_policy(env, name, "a failed scan", POLICY_TIMEOUT, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.status == "False")
+    })
+    .await;
+    p.status.expect("a status")
+}
+
 fn ready(s: &kompress::api::CompressionPolicyStatus) -> (String, String, String) {
     let c = s
         .conditions
@@ -325,13 +336,7 @@ async fn an_unreachable_source_says_why_and_makes_no_job() {
         );
     assert!(yaml.contains("s3://models"), "{yaml}");
     create_policy(&env, &yaml).await;
-    let p = wait_policy(&env, "down", "a failed scan", POLICY_TIMEOUT, |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == condition::READY && c.status == "False")
-    })
-    .await;
-    let s = p.status.as_ref().unwrap();
+    let s = &failed_scan(&env, "down").await;
     let (_, reason, message) = ready(s);
     assert!(
         reason == "SourceUnavailable" || reason == "SourceError",
@@ -430,13 +435,7 @@ async fn an_unreachable_registry_is_source_unavailable_with_backoff_and_makes_no
     );
     assert!(yaml.contains("oci://127.0.0.1:9"), "{yaml}");
     create_policy(&env, &yaml).await;
-    let p = wait_policy(&env, "regdown", "a failed scan", POLICY_TIMEOUT, |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == condition::READY && c.status == "False")
-    })
-    .await;
-    let s = p.status.as_ref().unwrap();
+    let s = &failed_scan(&env, "regdown").await;
     let (_, reason, message) = ready(s);
     assert_eq!(reason, "SourceUnavailable", "{message}");
     assert!(

@@ -481,19 +481,24 @@ mod tests {
             .collect()
     }
 
+    /// Generation 2's status once its Job finished with `r`.
+    fn succeeded_with(r: JobResult) -> CompressionJobStatus {
+        desired(
+            Some(2),
+            None,
+            Some(&run()),
+            &finished(Phase::Succeeded, Some(r)),
+            &at(200),
+        )
+    }
+
     #[test]
     fn the_ratio_and_accuracy_drop_columns_are_rounded_and_the_checks_keep_every_digit() {
         let mut r = result(Verdict::Passed, true);
         r.ratio = 3.926_785_714;
         r.accuracy_drop = Some(0.001_851_851_9);
         r.checks[0].value = 0.001_851_851_9;
-        let s = desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &finished(Phase::Succeeded, Some(r)),
-            &at(200),
-        );
+        let s = succeeded_with(r);
         let r = s.result.unwrap();
         assert_eq!((r.ratio, r.accuracy_drop), (3.93, Some(0.0019)));
         assert_eq!(r.checks[0].value, 0.001_851_851_9);
@@ -506,13 +511,7 @@ mod tests {
             run: "s3://m/out/runs/digits-1".into(),
             key: "cd".repeat(32),
         });
-        let s = desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &finished(Phase::Succeeded, Some(r)),
-            &at(200),
-        );
+        let s = succeeded_with(r);
         assert_eq!(s.phase, Some(Phase::Succeeded));
         let m = s.message.as_deref().unwrap();
         assert!(
