@@ -168,7 +168,7 @@ pub struct Reporting<'a> {
 /// Uploads the candidate and its report, and promotes it when the verdict is Passed. Returns
 /// the result with `artifact`, `report` and (when promoted) `promoted` set. `report` renders
 /// report.json for a result; it is written before promotion (so a failed promotion still leaves
-/// a report), again after it, and last with the usage `finish` completes.
+/// a report) and again last, after it, with the usage `finish` completes.
 pub async fn publish(
     storage: &Storage,
     to: &Target,
@@ -242,9 +242,6 @@ pub async fn publish(
                 blobs_reused: pushed.blobs_reused,
                 referrers: pushed.referrers.map(str::to_string),
             });
-            let body = report(&result);
-            written += body.len() as u64;
-            storage.put_bytes(&report_loc, body.into()).await?;
         }
         (Verdict::Passed, Some(Promotion::Store(dest))) => {
             ui.stage(&format!("promoting sha256:{} to {dest}", &digest[..12]));
@@ -253,9 +250,6 @@ pub async fn publish(
             result.promoted = Some(promoted);
             result.evidence = evidence;
             written += n;
-            let body = report(&result);
-            written += body.len() as u64;
-            storage.put_bytes(&report_loc, body.into()).await?;
         }
         (Verdict::Rejected, Some(_)) => ui.stage("candidate rejected: nothing promoted"),
         _ => {}
