@@ -376,6 +376,8 @@ pub struct Tools {
     pub onnxruntime: Option<String>,
     pub onnxruntime_library: Option<String>,
     pub ort_crate: &'static str,
+    /// The CPU the models were evaluated on (latency ratios and integer kernels depend on it).
+    pub cpu: crate::usage::Cpu,
 }
 
 impl Tools {
@@ -387,6 +389,7 @@ impl Tools {
             onnxruntime,
             onnxruntime_library,
             ort_crate: ORT_CRATE_VERSION,
+            cpu: crate::usage::cpu(),
         }
     }
 }

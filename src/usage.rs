@@ -32,6 +32,67 @@ fn parse_status_hwm(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The CPU this process runs on, as its kernels see it: latency ratios and int8 results
+/// depend on the instruction sets ONNX Runtime picks (AVX2, AVX-512, VNNI on x86; dot-product
+/// and i8mm on ARM), so a report names them beside its figures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cpu {
+    /// `model name` from `/proc/cpuinfo` (the architecture where there is none).
+    pub model: String,
+    pub logical_cpus: usize,
+    /// The instruction-set features detected at run time (CPUID on x86, so a masked CPU
+    /// reports what it is masked to), among those that choose ONNX Runtime's kernels.
+    pub features: Vec<&'static str>,
+}
+
+/// This host's CPU (see [`Cpu`]).
+pub fn cpu() -> Cpu {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    Cpu {
+        model,
+        logical_cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        features: cpu_features(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    macro_rules! probe {
+        ($($name:tt),*) => {
+            $(if std::arch::is_x86_feature_detected!($name) { f.push($name); })*
+        };
+    }
+    probe!("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni", "avxvnni");
+    f
+}
+
+#[cfg(target_arch = "aarch64")]
+fn cpu_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    macro_rules! probe {
+        ($($name:tt),*) => {
+            $(if std::arch::is_aarch64_feature_detected!($name) { f.push($name); })*
+        };
+    }
+    probe!("neon", "dotprod", "i8mm", "fp16", "sve");
+    f
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn cpu_features() -> Vec<&'static str> {
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +119,17 @@ mod tests {
         std::hint::black_box(x);
         assert!(cpu_seconds().unwrap() > 0.0);
         assert!(peak_memory_bytes().unwrap() > 1 << 20);
+    }
+
+    #[test]
+    fn the_cpu_is_named_with_its_features() {
+        let c = cpu();
+        assert!(!c.model.is_empty());
+        assert!(c.logical_cpus >= 1);
+        #[cfg(target_arch = "x86_64")]
+        assert!(
+            c.features.contains(&"avx2") || !std::arch::is_x86_feature_detected!("avx2"),
+            "{c:?}"
+        );
     }
 }

@@ -102,19 +102,17 @@ pub fn runtime_identity() -> Option<String> {
         .map(|sha| format!("sha256:{sha}"))
 }
 
-/// This host's CPU, for keys whose outcome depends on measured latency.
+/// This host's CPU, for keys whose outcome depends on measured latency: its model, cores and
+/// the instruction sets ONNX Runtime's kernels are chosen by (an AVX2 node and a VNNI node of
+/// the same model name measure different ratios).
 fn host_cpu() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{model}; {cores} cores")
+    let cpu = crate::usage::cpu();
+    format!(
+        "{}; {} cores; {}",
+        cpu.model,
+        cpu.logical_cpus,
+        cpu.features.join(" ")
+    )
 }
 
 /// The spec as the key sees it: typed, so order and empty forms do not matter; without
