@@ -40,6 +40,8 @@ mod opset_check;
 mod run;
 pub mod search;
 
+/// Where the worker's run finds the mounted signing key (`crate::promote::signing_key`).
+pub use crate::promote::SIGNING_KEY_ENV;
 pub use baseline::{Baseline, CustomEvaluator, EdgeBaseline, baseline};
 pub use calibrate::{
     Calibration, CalibrationData, calibrate, calibrate_for, calibrate_with, calibration_need,
@@ -52,8 +54,6 @@ pub use evaluate::{
 pub use external::{evaluate_external, external_candidate};
 pub use fetch::{Inputs, fetch};
 pub use opset_check::{OpsetCheck, check_opset_upgrade};
-/// Where the worker's run finds the mounted signing key (`crate::promote::signing_key`).
-pub use crate::promote::SIGNING_KEY_ENV;
 pub use run::{Chosen, Judged, run, unique_run_id};
 use run::{fetch_and_baseline, total_usage};
 
