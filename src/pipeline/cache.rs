@@ -26,7 +26,7 @@
 
 use super::Inputs;
 use crate::api::{CachedFrom, CompressionJobSpec, JobResult, Verdict};
-use crate::publish::{self, File};
+use crate::promote::{self, File};
 use crate::report::InputRef;
 use crate::storage::{self, Location, Storage};
 use crate::ui::Ui;
@@ -332,7 +332,7 @@ pub struct Entry {
     pub recorded_at: String,
     /// The run folder (`<output.uri>/runs/<run-id>`) holding the files and report.json.
     pub run: String,
-    /// The candidate's digest (`publish::artifact_digest` of `files`).
+    /// The candidate's digest (`promote::artifact_digest` of `files`).
     pub digest: String,
     /// The model file first, then its external data.
     pub files: Vec<CachedFile>,
@@ -388,7 +388,7 @@ pub async fn record(
         key_material: key.material.clone(),
         recorded_at: jiff::Timestamp::now().to_string(),
         run: run.uri.clone(),
-        digest: publish::artifact_digest(files),
+        digest: promote::artifact_digest(files),
         files: cached,
         verdict: outcome.result.verdict,
         report: outcome.report.clone(),
@@ -539,7 +539,7 @@ fn checked(entry: &Entry, output: &Location, key: &Key) -> Result<(Location, Job
             )
         })
         .collect();
-    if publish::artifact_digest(&as_files) != entry.digest {
+    if promote::artifact_digest(&as_files) != entry.digest {
         return Err("lists files whose digest is not its own".into());
     }
     let result: JobResult = serde_json::from_value(entry.report["result"].clone())

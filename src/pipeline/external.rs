@@ -185,7 +185,7 @@ pub fn external_candidate(path: &Path, original: &Model) -> Result<Candidate> {
     }
     let tensors = changed_weights(original, &model);
     Ok(Candidate {
-        digest: crate::publish::artifact_digest(&files),
+        digest: crate::promote::artifact_digest(&files),
         path: path.to_path_buf(),
         shown,
         files,

@@ -10,6 +10,9 @@
 //! -algorithm ed25519` or `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`
 //! write it), the public key SubjectPublicKeyInfo (`-----BEGIN PUBLIC KEY-----`, `openssl pkey
 //! -pubout`). ECDSA signatures are ASN.1 DER, as cosign and securesystemslib write them.
+//!
+//! A run reads its key before any work starts ([`signing_key`]) and seals a passing result's
+//! evidence before anything is promoted ([`seal`]).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -359,6 +362,122 @@ pub fn unverified_statement(envelope: &Envelope) -> Result<Statement, Error> {
         .map_err(|e| Error::Malformed(format!("payload is not base64 ({e})")))?;
     serde_json::from_slice(&payload)
         .map_err(|e| Error::Malformed(format!("payload is not an in-toto statement ({e})")))
+}
+
+/// The environment variable the controller sets in the worker pod: the path where it mounted
+/// `spec.output.signing.secretRef`'s key.
+pub const SIGNING_KEY_ENV: &str = "KOMPRESS_SIGNING_KEY_FILE";
+
+/// Largest key file read (a PEM key is well under 1 KiB).
+pub const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+/// The signing key (`field` says which setting named it) cannot be read or used; nothing is
+/// promoted.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SigningError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The evidence's signing key, read and parsed before any work starts (a bad key fails the
+/// job at once, not after an hour of search). None when `spec.output.signing` is unset.
+pub fn signing_key(
+    spec: &crate::api::CompressionJobSpec,
+) -> Result<Option<SigningKey>, SigningError> {
+    let Some(signing) = &spec.output.signing else {
+        return Ok(None);
+    };
+    let (path, field, source_name) = match (&signing.key_file, &signing.secret_ref) {
+        (Some(f), _) => (
+            std::path::PathBuf::from(f),
+            "spec.output.signing.keyFile".to_string(),
+            f.clone(),
+        ),
+        (None, Some(r)) => match std::env::var_os(SIGNING_KEY_ENV) {
+            Some(p) => (
+                std::path::PathBuf::from(&p),
+                "spec.output.signing.secretRef".to_string(),
+                format!("key `{}` of Secret `{}`", r.key(), r.name),
+            ),
+            None => {
+                return Err(SigningError {
+                    field: "spec.output.signing.secretRef".into(),
+                    reason: format!(
+                        "Secret `{}` is mounted by the controller in a cluster; outside one set \
+                         spec.output.signing.keyFile, or {SIGNING_KEY_ENV} to the key's path",
+                        r.name
+                    ),
+                });
+            }
+        },
+        (None, None) => {
+            return Err(SigningError {
+                field: "spec.output.signing".into(),
+                reason: "set secretRef or keyFile".into(),
+            });
+        }
+    };
+    let text = crate::onnx::read_small(&path, MAX_KEY_BYTES).map_err(|e| SigningError {
+        field: field.clone(),
+        reason: format!("cannot read {source_name} ({e})"),
+    })?;
+    SigningKey::from_pem(&text, &source_name)
+        .map(Some)
+        .map_err(|e| SigningError {
+            field,
+            reason: e.to_string(),
+        })
+}
+
+/// A promotion's evidence, sealed (and signed, when a key is set) before anything is promoted.
+pub struct Sealed {
+    /// The DSSE envelope's JSON.
+    pub bytes: Vec<u8>,
+    /// The signing key's id; None when unsigned.
+    pub keyid: Option<String>,
+    /// The run's id: the envelope is stored as `evidence/<run-id>.intoto.json`.
+    pub run_id: String,
+}
+
+/// Seals a passing result's evidence: an in-toto statement whose subjects are the candidate's
+/// files and whose predicate is the report's evaluation, in a DSSE envelope signed by `key`
+/// (or with no signature when none is set). A target's own subject (an OCI promotion's model
+/// manifest: `oci://REGISTRY/REPOSITORY`, `sha256:<hex>`) is a subject too.
+pub fn seal(
+    predicate: &serde_json::Value,
+    files: &[super::File],
+    target_subject: Option<(&str, &str)>,
+    key: Option<&SigningKey>,
+    run_id: &str,
+) -> Result<Sealed, SigningError> {
+    let mut subjects: Vec<Subject> = files
+        .iter()
+        .map(|(name, _, sha)| Subject::sha256(name, sha))
+        .collect();
+    if let Some((repo, digest)) = target_subject {
+        subjects.push(Subject::sha256(
+            repo,
+            digest.strip_prefix("sha256:").unwrap_or(digest),
+        ));
+    }
+    let statement = Statement::new(subjects, predicate.clone());
+    let envelope = match key {
+        Some(k) => k.sign(&statement).map_err(|e| SigningError {
+            field: "spec.output.signing".into(),
+            reason: e.to_string(),
+        })?,
+        None => Envelope {
+            payload_type: PAYLOAD_TYPE.into(),
+            payload: B64.encode(serde_json::to_vec(&statement).unwrap_or_default()),
+            signatures: vec![],
+        },
+    };
+    Ok(Sealed {
+        bytes: serde_json::to_vec_pretty(&envelope).unwrap_or_default(),
+        keyid: key.map(|k| k.keyid()),
+        run_id: run_id.to_string(),
+    })
 }
 
 #[cfg(test)]
