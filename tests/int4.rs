@@ -8,7 +8,7 @@ mod support;
 use kompress::api::{PassSpec, QuantMode, QuantizeSpec, WeightType};
 use kompress::eval::{self, Dataset, EvalConfig};
 use kompress::onnx::{self, SaveOptions, TensorData, f32_tensor, pb};
-use kompress::passes::{Int4Config, Pass, PassReport};
+use kompress::passes::{Int4Config, Pass, PassReport, QuantForm};
 use std::path::Path;
 use support::*;
 
@@ -736,7 +736,10 @@ fn an_mlp_keeps_its_outputs_close_and_refinement_lowers_the_error() {
         let Pass::Quantize(mut c) = pass(int4(32, true, 0)) else {
             unreachable!()
         };
-        c.int4.as_mut().unwrap().refine = refine;
+        let QuantForm::Int4(int4) = &mut c.form else {
+            unreachable!()
+        };
+        int4.refine = refine;
         let mut m = onnx::load(&src).unwrap();
         let report = Pass::Quantize(c).apply(&mut m).unwrap();
         assert_eq!(report.tensors.len(), 2);
@@ -776,15 +779,16 @@ fn weights_int4_in_a_spec_builds_the_int4_config() {
         panic!("not a quantize pass")
     };
     assert_eq!(
-        c.int4,
-        Some(Int4Config {
+        c.int4(),
+        Some(&Int4Config {
             block_size: 64,
             symmetric: false,
             accuracy_level: 4,
             refine: false,
         })
     );
-    assert!(c.weight_only);
+    // The 4-bit form is weight-only.
+    assert!(matches!(c.form, QuantForm::Int4(_)));
     // Unset fields take the documented defaults: blocks of 32, symmetric, level 0.
     let Pass::Quantize(c) = pass(QuantizeSpec {
         mode: QuantMode::WeightOnly,
@@ -793,7 +797,7 @@ fn weights_int4_in_a_spec_builds_the_int4_config() {
     }) else {
         panic!()
     };
-    assert_eq!(c.int4, Some(Int4Config::default()));
+    assert_eq!(c.int4(), Some(&Int4Config::default()));
     assert_eq!(
         (
             Int4Config::default().block_size,
@@ -806,7 +810,7 @@ fn weights_int4_in_a_spec_builds_the_int4_config() {
     let Pass::Quantize(c) = pass(QuantizeSpec::default()) else {
         panic!()
     };
-    assert_eq!(c.int4, None);
+    assert_eq!(c.int4(), None);
     // And from the manifest's JSON form: the field names reach the config.
     let spec: QuantizeSpec = from_json(
         r#"{"mode": "weightOnly", "weights": "int4", "blockSize": 128, "symmetric": false, "accuracyLevel": 1}"#,
@@ -815,7 +819,7 @@ fn weights_int4_in_a_spec_builds_the_int4_config() {
         panic!()
     };
     assert_eq!(
-        c.int4
+        c.int4()
             .map(|i| (i.block_size, i.symmetric, i.accuracy_level)),
         Some((128, false, 1))
     );

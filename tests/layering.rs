@@ -373,3 +373,198 @@ fn comments_strings_and_macro_paths_do_not_count() {
     )]);
     assert!(p.is_empty(), "{p:?}");
 }
+
+/// The module path of a file under src/ (`passes/quant/mod.rs` -> passes::quant).
+fn module_path(rel: &Path) -> Vec<String> {
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| {
+            c.as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string()
+        })
+        .collect();
+    if parts.last().is_some_and(|l| l == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The paths `super::`, `self::` and `crate::` name in `code`, resolved from module `at`
+/// (a grouped use gives one path per leaf).
+fn relative_paths(code: &str, at: &[String]) -> Vec<Vec<String>> {
+    fn ident(s: &str) -> &str {
+        let end = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len());
+        &s[..end]
+    }
+    /// The leaves of the path tail `rest` (after `base::`), each appended to `base`.
+    fn leaves(rest: &str, base: Vec<String>, out: &mut Vec<Vec<String>>) {
+        let rest = rest.trim_start();
+        if let Some(group) = rest.strip_prefix('{') {
+            let (mut depth, mut start) = (0, 0);
+            for (j, ch) in group.char_indices() {
+                match ch {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        leaves(&group[start..j], base.clone(), out);
+                        return;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        leaves(&group[start..j], base.clone(), out);
+                        start = j + 1;
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+        let name = ident(rest);
+        if name.is_empty() {
+            out.push(base);
+            return;
+        }
+        let mut path = base;
+        match name {
+            "super" => {
+                path.pop();
+            }
+            "self" => {}
+            n => path.push(n.to_string()),
+        }
+        match rest[name.len()..].trim_start().strip_prefix("::") {
+            Some(tail) => leaves(tail, path, out),
+            None => out.push(path),
+        }
+    }
+    let mut out = Vec::new();
+    for start in ["crate::", "super::", "self::"] {
+        let mut from = 0;
+        while let Some(k) = code[from..].find(start) {
+            let i = from + k;
+            from = i + start.len();
+            let before = code[..i].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == ':') {
+                continue; // a later segment of a path already read, `$crate::`
+            }
+            let base = match start {
+                "crate::" => vec![],
+                "super::" => at[..at.len().saturating_sub(1)].to_vec(),
+                _ => at.to_vec(),
+            };
+            leaves(&code[from..], base, &mut out);
+        }
+    }
+    out
+}
+
+/// Cycles between sibling modules under `root` (e.g. `passes`): a module's use of another
+/// module counts as an edge between the two siblings that contain them (a parent using its
+/// children, or a child its parent's items, is no edge). Inline test modules are left out.
+fn sibling_cycles(files: &[(PathBuf, String)], root: &str) -> Vec<String> {
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|(p, _)| module_path(p)).collect();
+    let mut edges: BTreeMap<Vec<String>, BTreeMap<Vec<String>, String>> = BTreeMap::new();
+    for (rel, text) in files {
+        let from = module_path(rel);
+        if from.first().map(String::as_str) != Some(root) {
+            continue;
+        }
+        let code = code_only(text);
+        let code = match code.find("#[cfg(test)]\nmod tests") {
+            Some(i) => &code[..i],
+            None => &code[..],
+        };
+        for path in relative_paths(code, &from) {
+            // The module the path names: its longest prefix that is a module.
+            let Some(to) = (1..=path.len())
+                .rev()
+                .map(|n| path[..n].to_vec())
+                .find(|p| modules.contains(p))
+            else {
+                continue;
+            };
+            let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            if common == from.len() || common == to.len() {
+                continue; // one contains the other
+            }
+            edges
+                .entry(from[..=common].to_vec())
+                .or_default()
+                .entry(to[..=common].to_vec())
+                .or_insert_with(|| format!("src/{}", rel.display()));
+        }
+    }
+    let mut problems = BTreeSet::new();
+    for start in edges.keys() {
+        let mut stack = vec![vec![start.clone()]];
+        while let Some(path) = stack.pop() {
+            let at = path.last().expect("a path");
+            for next in edges.get(at).map(|m| m.keys()).into_iter().flatten() {
+                if next == start {
+                    let mut key: Vec<String> = path.iter().map(|m| m.join("::")).collect();
+                    key.sort();
+                    let cycle: Vec<String> =
+                        path.iter().chain([start]).map(|m| m.join("::")).collect();
+                    let places: Vec<&String> = path
+                        .iter()
+                        .zip(path.iter().skip(1).chain([start]))
+                        .map(|(a, b)| &edges[a][b])
+                        .collect();
+                    problems.insert((key, format!("cycle {} (at {places:?})", cycle.join(" -> "))));
+                } else if !path.contains(next) {
+                    let mut p = path.clone();
+                    p.push(next.clone());
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    problems
+        .into_iter()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[test]
+fn the_passes_modules_use_each_other_without_a_cycle() {
+    let mut files = Vec::new();
+    rust_files(&src(), &src(), &mut files);
+    let problems = sibling_cycles(&files, "passes");
+    assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
+}
+
+#[test]
+fn the_sibling_checker_finds_a_cycle_through_super_and_crate_paths() {
+    let files: Vec<(PathBuf, String)> = [
+        ("passes/mod.rs", "mod a;\nmod b;\nmod c;\npub use a::X;\n"),
+        ("passes/a.rs", "use super::{Error, b::Y};\n"),
+        ("passes/b.rs", "use crate::passes::c::Z;\n"),
+        ("passes/c/mod.rs", "mod d;\nuse super::Error;\n"),
+        (
+            "passes/c/d.rs",
+            "fn f() { super::super::a::g(); }\n#[cfg(test)]\nmod tests { use super::super::b; }\n",
+        ),
+    ]
+    .iter()
+    .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+    .collect();
+    let p = sibling_cycles(&files, "passes");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains("passes::a -> passes::b -> passes::c -> passes::a")
+            || p[0].contains("passes::b -> passes::c -> passes::a -> passes::b")
+            || p[0].contains("passes::c -> passes::a -> passes::b -> passes::c"),
+        "{p:?}"
+    );
+    // Without the edge back from c::d to a, no cycle.
+    let acyclic: Vec<(PathBuf, String)> = files
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with("d.rs"))
+        .collect();
+    assert!(sibling_cycles(&acyclic, "passes").is_empty());
+}

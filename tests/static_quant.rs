@@ -994,9 +994,9 @@ fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
     let Pass::Quantize(c) = Pass::for_target(&pass, TargetCpu::X86Vnni) else {
         unreachable!()
     };
-    assert!(!c.activations.narrow_convs_float);
+    assert!(!c.activations().unwrap().narrow_convs_float);
     let Pass::Quantize(c) = Pass::for_target(&pass, TargetCpu::X86Avx2) else {
         unreachable!()
     };
-    assert!(c.activations.narrow_convs_float);
+    assert!(c.activations().unwrap().narrow_convs_float);
 }

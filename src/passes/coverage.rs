@@ -2,7 +2,8 @@
 //! selection the passes run (`select_weights`, after the same Constant folding), per op, so
 //! the answer is what a job would do, not a guess from op counts.
 
-use super::{Selection, Skipped, select_weights};
+use super::Skipped;
+use super::weights::{Selection, select_weights};
 use crate::api::ops;
 use crate::onnx::{self, Model, TensorData};
 use serde::Serialize;

@@ -3,12 +3,10 @@
 //! (r < K·N / (K + N)). Both factors are ordinary MatMul weights, so a later quantize pass
 //! compresses them too. Gemm (transA = 0) keeps its alpha, beta and bias: `Gemm(X·P, Q, C)`.
 
-use super::{
-    PassReport, Result, Selection, Skipped, TensorReport, node_label, select_weights, svd,
-    weight_values,
-};
-use crate::onnx::{self, Model, Namer, f32_tensor, pb};
-use std::collections::{HashMap, HashSet};
+use super::rewrite::Rewrite;
+use super::weights::{Selection, Weight, node_label, select_weights, weight_values};
+use super::{PassReport, Result, Skipped, TensorReport, svd};
+use crate::onnx::{self, Model, f32_tensor, pb};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RankRule {
@@ -67,10 +65,7 @@ pub fn apply(cfg: &LowRankConfig, model: &mut Model) -> Result<PassReport> {
     };
     let weights = select_weights(model, &cfg.select, &mut report.skipped);
     let g = model.graph();
-    let mut namer = Namer::new(g);
-    let mut new_inits = Vec::new();
-    let mut drop_inits = HashSet::new();
-    let mut replace: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
+    let mut rw = Rewrite::new(g);
     let mut min_kept = 1f64;
     for w in &weights {
         let (ni0, op) = (w.users[0].0, w.users[0].1.as_str());
@@ -78,75 +73,18 @@ pub fn apply(cfg: &LowRankConfig, model: &mut Model) -> Result<PassReport> {
             node: node_label(&g.node[ni0], ni0),
             reason,
         };
-        if op == "Gemm"
-            && w.users
-                .iter()
-                .any(|&(ni, _)| onnx::get_attr_int(&g.node[ni], "transA", 0) != 0)
-        {
-            report
-                .skipped
-                .push(skip("Gemm with transA=1 is left as it is".into()));
-            continue;
-        }
-        let trans_b = |ni: usize| op == "Gemm" && onnx::get_attr_int(&g.node[ni], "transB", 0) != 0;
-        if w.users.iter().any(|&(ni, _)| trans_b(ni) != trans_b(ni0)) {
-            report
-                .skipped
-                .push(skip("weight shared by Gemms with different transB".into()));
-            continue;
-        }
-        // As stored: [K, N], or [N, K] for Gemm transB=1.
-        let (rows, cols) = (w.dims[0], w.dims[1]);
-        if rows.min(cols) > MAX_SIDE {
-            report.skipped.push(skip(format!(
-                "weight `{}` is {rows}x{cols}; factorising needs min side <= {MAX_SIDE}",
-                w.name
-            )));
+        if let Err(reason) = factorisable(g, w) {
+            report.skipped.push(skip(reason));
             continue;
         }
         let values = weight_values(model, w)?;
-        let spectrum = svd::gram_spectrum(&values, rows, cols);
-        let energies = spectrum.energies();
-        let rank = choose_rank(&cfg.rule, &energies, rows, cols);
-        let break_even = rows * cols / (rows + cols);
-        if rank >= break_even || rank == 0 {
-            report.skipped.push(skip(format!(
-                "weight `{}` ({rows}x{cols}) needs rank {rank} for the rule; factors are smaller only below rank {break_even}",
-                w.name
-            )));
-            continue;
-        }
-        let f = svd::factors(&values, rows, cols, &spectrum, rank);
-        let total: f64 = energies.iter().sum();
-        let kept: f64 = energies[..rank].iter().sum();
-        // Max |W - P·Q| for the report.
-        let mut max_err = 0f32;
-        for i in 0..rows {
-            for j in 0..cols {
-                let x: f32 = (0..rank)
-                    .map(|k| f.p[i * rank + k] * f.q[k * cols + j])
-                    .sum();
-                max_err = max_err.max((x - values[i * cols + j]).abs());
+        let f = match factorise(cfg, w, &values, trans_b(g, op, ni0)) {
+            Ok(f) => f,
+            Err(reason) => {
+                report.skipped.push(skip(reason));
+                continue;
             }
-        }
-        // In X·W order: first factor [K, r], second [r, N]. For transB=1 the stored matrix is
-        // Wᵀ = P·Q, so W = Qᵀ·Pᵀ and the factors swap and transpose.
-        let (first, second) = if trans_b(ni0) {
-            (
-                (transpose(&f.q, rank, cols), vec![cols as i64, rank as i64]),
-                (transpose(&f.p, rows, rank), vec![rank as i64, rows as i64]),
-            )
-        } else {
-            (
-                (f.p, vec![rows as i64, rank as i64]),
-                (f.q, vec![rank as i64, cols as i64]),
-            )
         };
-        let pn = namer.fresh(&format!("{}_lowrank_a", w.name));
-        let qn = namer.fresh(&format!("{}_lowrank_b", w.name));
-        new_inits.push(f32_tensor(&pn, &first.1, &first.0));
-        new_inits.push(f32_tensor(&qn, &second.1, &second.0));
-        drop_inits.insert(w.init);
         report.tensors.push(TensorReport {
             tensor: w.name.clone(),
             node: node_label(&g.node[ni0], ni0),
@@ -154,56 +92,146 @@ pub fn apply(cfg: &LowRankConfig, model: &mut Model) -> Result<PassReport> {
             elements: w.numel() as u64,
             sparsity: 0.0,
             scales: None,
-            max_abs_error: Some(max_err),
+            max_abs_error: Some(f.max_err),
             sqnr_db: None,
         });
-        let fraction = if total > 0.0 { kept / total } else { 1.0 };
-        min_kept = min_kept.min(fraction);
-        for &(ni, _) in &w.users {
-            let node = &g.node[ni];
-            let base = node_label(node, ni);
-            let mid = namer.fresh(&format!("{}_lowrank", node.output[0]));
-            let mut head = onnx::node(
-                "MatMul",
-                namer.fresh(&format!("{base}_lowrank_a")),
-                vec![node.input[0].clone(), pn.clone()],
-                vec![mid.clone()],
-                vec![],
-            );
-            head.domain = node.domain.clone();
-            let mut tail = node.clone();
-            tail.name = Some(namer.fresh(&format!("{base}_lowrank_b")));
-            tail.input[0] = mid;
-            tail.input[1] = qn.clone();
-            if op == "Gemm" {
-                tail.attribute
-                    .retain(|a| a.name.as_deref() != Some("transB"));
-            }
-            replace.insert(ni, vec![head, tail]);
-        }
+        min_kept = min_kept.min(f.kept);
+        emit(&mut rw, g, w, f);
     }
     if !report.tensors.is_empty() {
         report
             .description
             .push_str(&format!("; least energy kept {:.2}%", min_kept * 100.0));
     }
-    let graph = model.graph_mut();
-    let old = std::mem::take(&mut graph.node);
-    for (i, n) in old.into_iter().enumerate() {
-        match replace.remove(&i) {
-            Some(nodes) => graph.node.extend(nodes),
-            None => graph.node.push(n),
+    rw.apply(model.graph_mut());
+    Ok(report)
+}
+
+/// Why a weight's users cannot take two factors in its place, if they cannot.
+fn factorisable(g: &pb::GraphProto, w: &Weight) -> Result<(), String> {
+    let (ni0, op) = (w.users[0].0, w.users[0].1.as_str());
+    if op == "Gemm"
+        && w.users
+            .iter()
+            .any(|&(ni, _)| onnx::get_attr_int(&g.node[ni], "transA", 0) != 0)
+    {
+        return Err("Gemm with transA=1 is left as it is".into());
+    }
+    if w.users
+        .iter()
+        .any(|&(ni, _)| trans_b(g, op, ni) != trans_b(g, op, ni0))
+    {
+        return Err("weight shared by Gemms with different transB".into());
+    }
+    // As stored: [K, N], or [N, K] for Gemm transB=1.
+    let (rows, cols) = (w.dims[0], w.dims[1]);
+    if rows.min(cols) > MAX_SIDE {
+        return Err(format!(
+            "weight `{}` is {rows}x{cols}; factorising needs min side <= {MAX_SIDE}",
+            w.name
+        ));
+    }
+    Ok(())
+}
+
+fn trans_b(g: &pb::GraphProto, op: &str, ni: usize) -> bool {
+    op == "Gemm" && onnx::get_attr_int(&g.node[ni], "transB", 0) != 0
+}
+
+/// A weight's two factors, as stored in X·W order, and what they cost.
+struct Factored {
+    /// First factor [K, r] and its dims, second [r, N] and its dims.
+    first: (Vec<f32>, Vec<i64>),
+    second: (Vec<f32>, Vec<i64>),
+    /// Max |W - P·Q|.
+    max_err: f32,
+    /// Fraction of the energy kept.
+    kept: f64,
+}
+
+/// The factors of a weight at the rule's rank, or why it stays whole (no rank under the
+/// break-even one holds the rule).
+fn factorise(
+    cfg: &LowRankConfig,
+    w: &Weight,
+    values: &[f32],
+    trans_b: bool,
+) -> Result<Factored, String> {
+    let (rows, cols) = (w.dims[0], w.dims[1]);
+    let spectrum = svd::gram_spectrum(values, rows, cols);
+    let energies = spectrum.energies();
+    let rank = choose_rank(&cfg.rule, &energies, rows, cols);
+    let break_even = rows * cols / (rows + cols);
+    if rank >= break_even || rank == 0 {
+        return Err(format!(
+            "weight `{}` ({rows}x{cols}) needs rank {rank} for the rule; factors are smaller only below rank {break_even}",
+            w.name
+        ));
+    }
+    let f = svd::factors(values, rows, cols, &spectrum, rank);
+    let total: f64 = energies.iter().sum();
+    let kept: f64 = energies[..rank].iter().sum();
+    // Max |W - P·Q| for the report.
+    let mut max_err = 0f32;
+    for i in 0..rows {
+        for j in 0..cols {
+            let x: f32 = (0..rank)
+                .map(|k| f.p[i * rank + k] * f.q[k * cols + j])
+                .sum();
+            max_err = max_err.max((x - values[i * cols + j]).abs());
         }
     }
-    let inits = std::mem::take(&mut graph.initializer);
-    graph.initializer = inits
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !drop_inits.contains(i))
-        .map(|(_, t)| t)
-        .collect();
-    graph.initializer.extend(new_inits);
-    Ok(report)
+    // In X·W order: first factor [K, r], second [r, N]. For transB=1 the stored matrix is
+    // Wᵀ = P·Q, so W = Qᵀ·Pᵀ and the factors swap and transpose.
+    let (first, second) = if trans_b {
+        (
+            (transpose(&f.q, rank, cols), vec![cols as i64, rank as i64]),
+            (transpose(&f.p, rows, rank), vec![rank as i64, rows as i64]),
+        )
+    } else {
+        (
+            (f.p, vec![rows as i64, rank as i64]),
+            (f.q, vec![rank as i64, cols as i64]),
+        )
+    };
+    Ok(Factored {
+        first,
+        second,
+        max_err,
+        kept: if total > 0.0 { kept / total } else { 1.0 },
+    })
+}
+
+/// Each user `op(X, W, ...)` becomes `MatMul(X, P)` then `op(·, Q, ...)`.
+fn emit(rw: &mut Rewrite, g: &pb::GraphProto, w: &Weight, f: Factored) {
+    let op = w.users[0].1.as_str();
+    let pn = rw.fresh(&format!("{}_lowrank_a", w.name));
+    let qn = rw.fresh(&format!("{}_lowrank_b", w.name));
+    rw.new_inits.push(f32_tensor(&pn, &f.first.1, &f.first.0));
+    rw.new_inits.push(f32_tensor(&qn, &f.second.1, &f.second.0));
+    rw.drop_inits.insert(w.init);
+    for &(ni, _) in &w.users {
+        let node = &g.node[ni];
+        let base = node_label(node, ni);
+        let mid = rw.fresh(&format!("{}_lowrank", node.output[0]));
+        let mut head = onnx::node(
+            "MatMul",
+            rw.fresh(&format!("{base}_lowrank_a")),
+            vec![node.input[0].clone(), pn.clone()],
+            vec![mid.clone()],
+            vec![],
+        );
+        head.domain = node.domain.clone();
+        let mut tail = node.clone();
+        tail.name = Some(rw.fresh(&format!("{base}_lowrank_b")));
+        tail.input[0] = mid;
+        tail.input[1] = qn.clone();
+        if op == "Gemm" {
+            tail.attribute
+                .retain(|a| a.name.as_deref() != Some("transB"));
+        }
+        rw.replace.insert(ni, vec![head, tail]);
+    }
 }
 
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -2,9 +2,8 @@
 //! input dimension. Zeros are written into the float weights; a later quantize pass keeps
 //! them exactly zero.
 
-use super::{
-    PassReport, Result, Selection, TensorReport, math, select_weights, sparsity, weight_values,
-};
+use super::weights::{Selection, node_label, select_weights, weight_values};
+use super::{PassReport, Result, TensorReport, math, sparsity};
 use crate::onnx::{Model, set_f32_values};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +62,7 @@ pub fn apply(cfg: &PruneConfig, model: &mut Model) -> Result<PassReport> {
         let (ni, op) = &w.users[0];
         report.tensors.push(TensorReport {
             tensor: w.name.clone(),
-            node: super::node_label(&g.node[*ni], *ni),
+            node: node_label(&g.node[*ni], *ni),
             op: op.clone(),
             elements: v.len() as u64,
             sparsity: sparsity(v),
