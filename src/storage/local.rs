@@ -459,31 +459,22 @@ pub(super) async fn open_source(
     } else {
         path.to_path_buf()
     };
-    // stat first: opening a FIFO would block until a writer comes.
-    let meta = match tokio::fs::metadata(&target).await {
-        Ok(m) => m,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Err(not_found());
-        }
-        Err(e) => return Err(read_err(e)),
-    };
-    if !meta.is_file() {
-        return Err(not_a_file(loc, &meta));
-    }
-    let file = tokio::fs::File::open(&target).await.map_err(read_err)?;
-    // The file opened must be the file checked (not swapped for something else meanwhile).
-    let opened = file.metadata().await.map_err(read_err)?;
-    {
+    // The file opened must be the file checked (not swapped for something else meanwhile). A
+    // regular file atomically replaced by another (a concurrent run renaming its
+    // `promoted.json` into place) is a legitimate change: check and open again, a few times.
+    let mut attempts = 0;
+    let opened = loop {
+        attempts += 1;
+        let (file, meta, opened) = stat_then_open(loc, &target).await?;
         use std::os::unix::fs::MetadataExt;
-        if !opened.is_file() || opened.dev() != meta.dev() || opened.ino() != meta.ino() {
+        if opened.is_file() && opened.dev() == meta.dev() && opened.ino() == meta.ino() {
+            break (file, opened);
+        }
+        if !opened.is_file() || attempts >= 3 {
             return Err(not_a_file(loc, &opened));
         }
-    }
+    };
+    let (file, opened) = opened;
     let len = opened.len();
     if let Some(max) = max_bytes
         && len > max
@@ -494,6 +485,40 @@ pub(super) async fn open_source(
         });
     }
     Ok((file, len))
+}
+
+/// Stats `target` (first: opening a FIFO would block until a writer comes), refuses what is
+/// not a regular file, opens it and stats the handle: (file, checked, opened).
+async fn stat_then_open(
+    loc: &Location,
+    target: &Path,
+) -> Result<(tokio::fs::File, std::fs::Metadata, std::fs::Metadata)> {
+    let read_err = |source| Error::Read {
+        uri: loc.uri.clone(),
+        source,
+    };
+    let meta = match tokio::fs::metadata(target).await {
+        Ok(m) => m,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Err(Error::NotFound {
+                uri: loc.uri.clone(),
+                where_: "no such local file".into(),
+                source: None,
+            });
+        }
+        Err(e) => return Err(read_err(e)),
+    };
+    if !meta.is_file() {
+        return Err(not_a_file(loc, &meta));
+    }
+    let file = tokio::fs::File::open(target).await.map_err(read_err)?;
+    let opened = file.metadata().await.map_err(read_err)?;
+    Ok((file, meta, opened))
 }
 
 #[cfg(test)]
