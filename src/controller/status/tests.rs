@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::api::{ArtifactRef, Check, Verdict};
 use jiff::Timestamp;
