@@ -8,6 +8,15 @@
 //! client per store, cached. Every failure maps to an [`Error`] whose `is_permanent` says
 //! whether retrying can help; the mapping of HTTP answers lives in one place (`error`).
 
+// Sizes, offsets, counts and dimensions here come from outside (files, servers): numeric
+// casts that could truncate, wrap or lose a sign are checked conversions, or allowed where the
+// value is bounded by construction (each allow says why).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod clients;
 mod error;
 mod local;

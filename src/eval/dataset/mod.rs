@@ -8,6 +8,15 @@
 //! the zip directory's sizes are never trusted for allocation; a member is never inflated past
 //! the size its `.npy` header declares.
 
+// Sizes, offsets, counts and dimensions here come from outside (files, servers): numeric
+// casts that could truncate, wrap or lose a sign are checked conversions, or allowed where the
+// value is bounded by construction (each allow says why).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -307,7 +316,7 @@ impl Dataset {
                 source,
             })?;
             // The header's bytes start the member's CRC (checked when the data is read through).
-            let mut header = vec![0u8; m.header.header_len as usize];
+            let mut header = vec![0u8; m.header.header_bytes()];
             f.seek(SeekFrom::Start(m.data_offset - m.header.header_len))
                 .and_then(|_| f.read_exact(&mut header))
                 .map_err(|e| fault(Fault::Io(e), &self.display, &m.name))?;

@@ -133,7 +133,7 @@ impl ArrayData {
             Dtype::F16 => Self::F16(le!(half::f16, 2)),
             Dtype::I64 => Self::I64(le!(i64, 8)),
             Dtype::I32 => Self::I32(le!(i32, 4)),
-            Dtype::I8 => Self::I8(bytes.iter().map(|&b| b as i8).collect()),
+            Dtype::I8 => Self::I8(bytes.iter().map(|&b| i8::from_le_bytes([b])).collect()),
             Dtype::U8 => Self::U8(bytes),
             Dtype::Bool => Self::Bool(bytes.iter().map(|&b| b != 0).collect()),
         }
@@ -170,6 +170,13 @@ pub struct Header {
 }
 
 impl Header {
+    /// [`Header::header_len`] as a length in memory.
+    // header_len <= 12 + MAX_HEADER_BYTES (read_header refuses more): it fits any usize.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn header_bytes(&self) -> usize {
+        self.header_len as usize
+    }
+
     /// Samples: the length of the first axis; None for a rank-0 (scalar) array.
     pub fn samples(&self) -> Option<usize> {
         self.shape.first().copied()
@@ -270,7 +277,7 @@ pub(super) fn read_header(r: &mut impl Read) -> Result<Header, Fault> {
         .checked_mul(dtype.size())
         // No file holds more than i64::MAX bytes (numpy's own limit too); this keeps every
         // offset and header + data sum below u64::MAX.
-        .filter(|&b| b <= i64::MAX as usize)
+        .filter(|&b| i64::try_from(b).is_ok())
         .ok_or_else(|| {
             format!(
                 "shape {shape:?} of {} holds more bytes than can be addressed",
@@ -484,8 +491,8 @@ impl<'a> Parser<'a> {
 /// be exactly the size the header declares.
 pub fn parse_npy(buf: &[u8]) -> Result<Array, String> {
     let h = parse_header(buf)?;
-    // header_len <= 12 + MAX_HEADER_BYTES, and the header was read from buf: in range.
-    let body = &buf[h.header_len as usize..];
+    // The header was read from buf: in range.
+    let body = &buf[h.header_bytes()..];
     if body.len() < h.data_bytes {
         return Err(format!(
             "data truncated: {} bytes for {} elements of {} bytes",

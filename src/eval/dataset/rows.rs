@@ -197,6 +197,8 @@ const CRC_TABLE: [u32; 256] = {
     let mut t = [0u32; 256];
     let mut i = 0;
     while i < 256 {
+        // i < 256 (the loop bound): the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {

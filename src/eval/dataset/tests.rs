@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// A version-1 `.npy` with a numpy-style header (padded to 64 bytes).
@@ -27,9 +26,9 @@ pub(crate) fn npy_text(version: u8, text: &str, body: &[u8]) -> Vec<u8> {
     let mut out = b"\x93NUMPY".to_vec();
     out.extend([version, 0]);
     if version == 1 {
-        out.extend((h.len() as u16).to_le_bytes());
+        out.extend(u16::try_from(h.len()).unwrap().to_le_bytes());
     } else {
-        out.extend((h.len() as u32).to_le_bytes());
+        out.extend(u32::try_from(h.len()).unwrap().to_le_bytes());
     }
     out.extend(h.as_bytes());
     out.extend(body);
@@ -63,7 +62,9 @@ fn every_dtype_and_version_round_trips() {
         for version in [1, 2, 3] {
             for shape in [vec![], vec![0], vec![3], vec![2, 3], vec![1, 2, 1, 2]] {
                 let n: usize = shape.iter().product();
-                let body: Vec<u8> = (0..n * dtype.size()).map(|i| (i % 2) as u8).collect();
+                let body: Vec<u8> = (0..n * dtype.size())
+                    .map(|i| u8::from(i % 2 == 1))
+                    .collect();
                 let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
                 let text = format!(
                     "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}), }}",
@@ -75,7 +76,7 @@ fn every_dtype_and_version_round_trips() {
                 assert_eq!(a.data.kind(), dtype);
                 assert_eq!(a.data.len(), n);
                 let h = parse_header(&buf).unwrap();
-                assert_eq!(h.header_len as usize + h.data_bytes, buf.len());
+                assert_eq!(h.header_bytes() + h.data_bytes, buf.len());
             }
         }
     }
@@ -293,7 +294,7 @@ fn header_lengths_that_lie_are_errors() {
         for hlen in [
             u32::MAX,
             u32::MAX - 11,
-            (MAX_HEADER_BYTES + 1) as u32,
+            u32::try_from(MAX_HEADER_BYTES + 1).unwrap(),
             1 << 20,
         ] {
             let mut b = b"\x93NUMPY".to_vec();
