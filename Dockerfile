@@ -6,7 +6,7 @@
 #
 # The GPU variant's onnxruntime-gpu 1.31.1 wheel is built against CUDA 13 (libcublas.so.13,
 # libcudart.so.13), so its base must be a CUDA 13 + cuDNN 9 runtime image and the nodes need an
-# NVIDIA driver that supports CUDA 13 (>= 580). hack/check-dockerfile verifies the ORT stage
+# NVIDIA driver that supports CUDA 13 (>= 580). hack/ci/check-dockerfile verifies the ORT stage
 # and the COPY sources without a container runtime.
 
 ARG VARIANT=cpu
@@ -18,7 +18,7 @@ ARG ORT_VERSION=1.31.1
 
 # ---- build: the kompress binary ------------------------------------------------------------
 # The `dist` profile (Cargo.toml): release, stripped, thin LTO; every worker pod pulls this binary.
-# RUST_IMAGE follows rust-toolchain.toml (hack/check-dockerfile checks both).
+# RUST_IMAGE follows rust-toolchain.toml (hack/ci/check-dockerfile checks both).
 FROM ${RUST_IMAGE} AS build
 ARG VARIANT
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

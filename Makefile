@@ -48,14 +48,14 @@ fmt:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
-	hack/check-msrv
-	hack/dev-profile-overrides --check
+	hack/ci/check-msrv
+	hack/ci/dev-profile-overrides --check
 
 crd:
 	cargo run --quiet -- crd > crds/compressionjob.yaml
 	cargo run --quiet -- crd --kind policy > crds/compressionpolicy.yaml
 	cargo run --quiet -- crd --reference > docs/src/reference.md
-	hack/render-manifests
+	hack/ci/render-manifests
 
 manifests:
-	hack/render-manifests
+	hack/ci/render-manifests

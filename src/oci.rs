@@ -7,6 +7,15 @@
 //! (`auths.<registry>.auth` or `username`/`password`); in a cluster the controller mounts a
 //! `kubernetes.io/dockerconfigjson` Secret there. Without an entry: anonymous.
 
+// Sizes, offsets, counts and dimensions here come from outside (files, servers): numeric
+// casts that could truncate, wrap or lose a sign are checked conversions, or allowed where the
+// value is bounded by construction (each allow says why).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub use crate::uri::OciTarget as Target;
 mod auth;
 mod http;

@@ -72,7 +72,15 @@ fn cpu_features() -> Vec<&'static str> {
             $(if std::arch::is_x86_feature_detected!($name) { f.push($name); })*
         };
     }
-    probe!("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni", "avxvnni");
+    probe!(
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vnni",
+        "avxvnni"
+    );
     f
 }
 

@@ -120,7 +120,7 @@ fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
             "{sets:?}: {out}"
         );
     }
-    // the checked-in manifests are the default rendering (drift is checked by hack/render-manifests --check)
+    // the checked-in manifests are the default rendering (drift is checked by hack/ci/render-manifests --check)
     let out = ok(
         &t,
         &t.kubectl,

@@ -54,83 +54,21 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         "KUBECONFIG is not set: start hack/testenv/up (make test does)"
     );
     let env = s3_env();
-    let get = |k: &str| {
-        env.iter()
-            .find(|(n, _)| n == k)
-            .unwrap_or_else(|| panic!("{k} in the S3 env file"))
-            .1
-            .clone()
-    };
     let client = client().await;
     let p = unique("op");
     let ns = create_namespace(&client, "op").await;
     install_crd(&client).await;
+    upload_digits(&env, &p);
+    let secret_value = env_value(&env, "AWS_SECRET_ACCESS_KEY");
+    create_credentials_secret(&client, &ns, &env).await;
+    let port = free_port();
+    let _controller = spawn_controller(&ns, port);
 
-    let r = repo();
-    boto(
-        &env,
-        &[
-            "put",
-            r.join("examples/digits/model.onnx").to_str().unwrap(),
-            &format!("s3://models/{p}/model.onnx"),
-        ],
-    );
-    boto(
-        &env,
-        &[
-            "put",
-            r.join("examples/digits/eval.npz").to_str().unwrap(),
-            &format!("s3://datasets/{p}/eval.npz"),
-        ],
-    );
-    let secret_value = get("AWS_SECRET_ACCESS_KEY");
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {"AWS_ACCESS_KEY_ID": get("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY": secret_value, "AWS_REGION": get("AWS_REGION")}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &secret)
+    let cjs: Api<CompressionJob> = Api::namespaced(client.clone(), &ns);
+    cjs.create(&PostParams::default(), &digits_job(&p, &env))
         .await
         .unwrap();
-
-    let port = free_port();
-    let _controller = Child(
-        std::process::Command::new(bin())
-            .args([
-                "controller",
-                "--leader-elect=false",
-                "--namespace",
-                &ns,
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("RUST_LOG", "info")
-            .spawn()
-            .unwrap(),
-    );
-
-    let cj: CompressionJob = serde_saphyr::from_str(&format!(
-        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {{name: digits}}\nspec:\n  model: {{uri: 's3://models/{p}/model.onnx'}}\n  dataset: {{uri: 's3://datasets/{p}/eval.npz'}}\n  storage: {{secretRef: {{name: s3-credentials}}, endpoint: '{}', allowHttp: true}}\n  passes: [{{quantize: {{perChannel: true}}}}]\n  thresholds: {{maxAccuracyDrop: 0.01, minCompressionRatio: 3.5}}\n  output: {{uri: 's3://models/{p}/candidates', promoteTo: 's3://models/{p}/production'}}\n  evaluation: {{latency: {{warmup: 1, iterations: 5}}}}\n",
-        get("AWS_ENDPOINT_URL")
-    ))
-    .unwrap();
-    let cjs: Api<CompressionJob> = Api::namespaced(client.clone(), &ns);
-    cjs.create(&PostParams::default(), &cj).await.unwrap();
-    let done = |c: Option<&CompressionJob>| {
-        c.and_then(|c| c.status.as_ref())
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p.is_terminal())
-    };
-    await_for(
-        cjs.clone(),
-        "digits",
-        "finished",
-        Duration::from_secs(240),
-        done,
-    )
-    .await;
-    let cj = cjs.get("digits").await.unwrap();
+    let cj = wait_until_finished(&cjs).await;
     let status = cj.status.clone().unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{:#?}", status);
     let ready = status
@@ -151,8 +89,116 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         !serde_json::to_string(&cj).unwrap().contains(&secret_value),
         "the secret never reaches status"
     );
+    assert_job_events(&client, &ns).await;
+    let metrics = http_get(port, "/metrics").expect("metrics endpoint");
+    assert_job_metrics(&metrics, &ns, &cj);
+    promtool_checks_metrics(&metrics);
+    assert!(
+        http_get(port, "/readyz")
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .ok();
+}
 
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+/// A variable of the S3 server's environment file.
+fn env_value(env: &[(String, String)], k: &str) -> String {
+    env.iter()
+        .find(|(n, _)| n == k)
+        .unwrap_or_else(|| panic!("{k} in the S3 env file"))
+        .1
+        .clone()
+}
+
+/// The digits model and its evaluation set, put under `models/<p>/` and `datasets/<p>/`.
+fn upload_digits(env: &[(String, String)], p: &str) {
+    let r = repo();
+    boto(
+        env,
+        &[
+            "put",
+            r.join("examples/digits/model.onnx").to_str().unwrap(),
+            &format!("s3://models/{p}/model.onnx"),
+        ],
+    );
+    boto(
+        env,
+        &[
+            "put",
+            r.join("examples/digits/eval.npz").to_str().unwrap(),
+            &format!("s3://datasets/{p}/eval.npz"),
+        ],
+    );
+}
+
+/// The Secret `s3-credentials` with the S3 server's key and region.
+async fn create_credentials_secret(client: &kube::Client, ns: &str, env: &[(String, String)]) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": env_value(env, "AWS_ACCESS_KEY_ID"),
+            "AWS_SECRET_ACCESS_KEY": env_value(env, "AWS_SECRET_ACCESS_KEY"),
+            "AWS_REGION": env_value(env, "AWS_REGION"),
+        }
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+/// The controller binary for `ns`, without election, its metrics on `port`.
+fn spawn_controller(ns: &str, port: u16) -> Child {
+    Child(
+        std::process::Command::new(bin())
+            .args([
+                "controller",
+                "--leader-elect=false",
+                "--namespace",
+                ns,
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// CompressionJob `digits`: int8 of the uploaded model, gated, promoted within the bucket.
+fn digits_job(p: &str, env: &[(String, String)]) -> CompressionJob {
+    serde_saphyr::from_str(&format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata: {{name: digits}}\nspec:\n  model: {{uri: 's3://models/{p}/model.onnx'}}\n  dataset: {{uri: 's3://datasets/{p}/eval.npz'}}\n  storage: {{secretRef: {{name: s3-credentials}}, endpoint: '{}', allowHttp: true}}\n  passes: [{{quantize: {{perChannel: true}}}}]\n  thresholds: {{maxAccuracyDrop: 0.01, minCompressionRatio: 3.5}}\n  output: {{uri: 's3://models/{p}/candidates', promoteTo: 's3://models/{p}/production'}}\n  evaluation: {{latency: {{warmup: 1, iterations: 5}}}}\n",
+        env_value(env, "AWS_ENDPOINT_URL")
+    ))
+    .unwrap()
+}
+
+/// Waits (up to 4 minutes) for `digits` to reach a terminal phase, and returns it.
+async fn wait_until_finished(cjs: &Api<CompressionJob>) -> CompressionJob {
+    let done = |c: Option<&CompressionJob>| {
+        c.and_then(|c| c.status.as_ref())
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p.is_terminal())
+    };
+    await_for(
+        cjs.clone(),
+        "digits",
+        "finished",
+        Duration::from_secs(240),
+        done,
+    )
+    .await;
+    cjs.get("digits").await.unwrap()
+}
+
+/// The job's Events say the Job was created and the candidate promoted.
+async fn assert_job_events(client: &kube::Client, ns: &str) {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
     let reasons: Vec<String> = events
         .list(&ListParams::default())
         .await
@@ -166,8 +212,11 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         reasons.iter().any(|r| r == "JobCreated") && reasons.iter().any(|r| r == "Promoted"),
         "{reasons:?}"
     );
+}
 
-    let metrics = http_get(port, "/metrics").expect("metrics endpoint");
+/// The job's ratio and promotion, and the worker's own usage, labelled with its pod and node
+/// for cost tools.
+fn assert_job_metrics(metrics: &str, ns: &str, cj: &CompressionJob) {
     let series = format!("kompress_job_compression_ratio{{name=\"digits\",namespace=\"{ns}\"}}");
     assert!(
         metrics.contains(&series),
@@ -179,8 +228,6 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         )),
         "{metrics}"
     );
-    // The worker's own usage, labelled with its pod and node for cost tools, and the whole
-    // scrape as Prometheus's own checker reads it.
     let status = cj.status.as_ref().unwrap();
     let worker = status.worker.as_ref().expect("the worker pod in status");
     let node = worker.node.as_deref().expect("the pod's node");
@@ -205,9 +252,11 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         metrics.contains("kompress_job_cpu_request_cores{"),
         "{metrics}"
     );
-    let body = metrics
-        .split_once("\r\n\r\n")
-        .map_or(metrics.as_str(), |(_, b)| b);
+}
+
+/// The whole scrape (an HTTP response) as Prometheus's own checker reads it.
+fn promtool_checks_metrics(response: &str) {
+    let body = response.split_once("\r\n\r\n").map_or(response, |(_, b)| b);
     let mut check = std::process::Command::new(tools_bin("promtool"))
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -231,13 +280,4 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        http_get(port, "/readyz")
-            .unwrap()
-            .starts_with("HTTP/1.1 200")
-    );
-    Api::<Namespace>::all(client)
-        .delete(&ns, &DeleteParams::default())
-        .await
-        .ok();
 }

@@ -41,31 +41,20 @@ fn alone(test: &str) -> bool {
     false
 }
 
-/// A `kB` field of /proc/self/status, in bytes.
-fn status_bytes(field: &str) -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .map_or(0, |kib: usize| kib * 1024)
-}
-
 /// Runs `f`; returns its result, how far the process's peak resident set rose above the
 /// resident set at the start (the whole child's peak where the kernel cannot reset it), and
 /// the time taken. Only meaningful in a test that runs `alone`.
 fn measured<T>(f: impl FnOnce() -> T) -> (T, usize, Duration) {
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let base = if reset { status_bytes("VmRSS:") } else { 0 };
+    let base = if reset {
+        support::status_bytes("VmRSS:")
+    } else {
+        0
+    };
     let t = Instant::now();
     let out = f();
     let took = t.elapsed();
-    let peak = status_bytes("VmHWM:").saturating_sub(base);
+    let peak = support::status_bytes("VmHWM:").saturating_sub(base);
     (out, peak, took)
 }
 
@@ -727,20 +716,8 @@ fn header_families_inside_an_archive_are_errors_naming_the_array() {
 
 fn cfg(batch: usize) -> EvalConfig {
     EvalConfig {
-        batch_size: batch,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
         iterations: 2,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
+        ..support::eval_cfg(batch)
     }
 }
 

@@ -4,6 +4,8 @@
 //! declared size and reads the same whole as in batches; no case allocates more than a small
 //! bound above the file's size. Fixed case counts keep the run to seconds in CI.
 
+mod support;
+
 use kompress::eval::dataset::{ArrayData, Dataset, parse_header, parse_npy};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -13,17 +15,7 @@ use std::io::Write;
 
 /// The process's peak resident set (VmHWM), in bytes; 0 where /proc is missing.
 fn peak_rss() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix("VmHWM:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .map_or(0, |kib: usize| kib * 1024)
+    support::status_bytes("VmHWM:")
 }
 
 /// No case may take the process near the memory a lying header asks for: the inputs are at

@@ -169,20 +169,8 @@ fn boundary_rows(dir: &Path, path: &Path, pairs: usize) {
     let all = dir.join("blends.npz");
     write_npz(&all, &[("input", f32_array(&[pairs * steps, 64], &blends))]);
     let cfg = EvalConfig {
-        batch_size: 256,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
         iterations: 0,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
+        ..eval_cfg(256)
     };
     let set = Dataset::load(&all).unwrap();
     let mut opened = eval::open(&repo().join("examples/digits/model.onnx"), &cfg).unwrap();

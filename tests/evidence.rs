@@ -72,27 +72,10 @@ fn signed_evidence_verifies_with_both_verifiers_and_any_tampering_fails() {
         let dir = tempfile::tempdir().unwrap();
         let (key, public) = keypair(dir.path(), "signer", alg);
         let (_, other_public) = keypair(dir.path(), "other", alg);
-        let signing = format!("    signing:\n      keyFile: {}\n", key.display());
-        let r = run_kompress(
-            &[
-                "run",
-                "-f",
-                &job(dir.path(), "signed", &signing),
-                "-o",
-                "json",
-            ],
-            &[],
-        );
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        let out: Value = serde_json::from_str(&r.stdout).unwrap();
-        let result = &out["result"];
-        assert_eq!(result["verdict"], "Passed", "{out:#}");
-        let prod = dir.path().join("production");
-        check_promote_dir(&prod).unwrap();
-
+        let (result, prod) = promote_signed(dir.path(), &key);
         // The result and the manifest name the same envelope, signed by this key.
         let m = manifest(&prod);
-        assert_eq!(result["evidence"], m["evidence"], "{out:#}");
+        assert_eq!(result["evidence"], m["evidence"], "{result:#}");
         let envelope = local(m["evidence"]["uri"].as_str().unwrap());
         assert_eq!(
             sha256_hex(&envelope),
@@ -102,101 +85,154 @@ fn signed_evidence_verifies_with_both_verifiers_and_any_tampering_fails() {
             .parent()
             .unwrap()
             .to_path_buf();
-
-        // Both verifiers accept it, and agree on the key id.
-        let (code, text) = verify(&prod, Some(&public));
-        assert_eq!(code, 0, "{alg}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["verdict"], "Passed");
-        assert_eq!(v["digest"], m["digest"]);
-        let (ok, ind) = independent(&envelope, &public, &model_dir);
-        assert!(ok, "{alg}: {ind}");
-        assert_eq!(ind["keyid"], v["keyid"], "{alg}: key ids differ");
-        assert_eq!(m["evidence"]["keyid"], v["keyid"]);
-
-        // What the statement records: the source's digest, the recipe, every check.
-        let env: Value = serde_json::from_slice(&std::fs::read(&envelope).unwrap()).unwrap();
-        let payload = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .decode(env["payload"].as_str().unwrap())
-                .unwrap()
+        let e = Signed {
+            alg,
+            prod,
+            public,
+            envelope,
+            model_dir,
+            manifest: m,
         };
-        let st: Value = serde_json::from_slice(&payload).unwrap();
-        assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
-        assert_eq!(st["subject"][0]["digest"]["sha256"], m["digest"]);
-        let p = &st["predicate"];
-        assert_eq!(
-            p["inputs"]["model"]["sha256"],
-            sha256_hex(&repo().join("examples/digits/model.onnx"))
-        );
-        assert_eq!(
-            p["inputs"]["dataset"]["sha256"],
-            sha256_hex(&repo().join("examples/digits/eval.npz"))
-        );
-        assert_eq!(p["checks"], result["checks"]);
-        assert_eq!(p["recipe"][0]["quantize"]["mode"], "dynamic");
-        assert_eq!(p["tools"]["kompress"], env!("CARGO_PKG_VERSION"));
-        assert!(p["tools"]["onnxruntime"].is_string(), "{p:#}");
-
-        // Another key: both refuse.
-        let (code, text) = verify(&prod, Some(&other_public));
-        assert_eq!(code, 1, "{text}");
-        assert!(text.contains("no signature"), "{text}");
-        assert!(!independent(&envelope, &other_public, &model_dir).0);
-
-        // One byte of the statement flipped (the manifest updated to the new envelope's hash,
-        // so only the signature can catch it): both refuse.
-        let original_env = std::fs::read(&envelope).unwrap();
-        let mut st_bytes = payload.clone();
-        let at = st_bytes.windows(6).position(|w| w == b"Passed").unwrap();
-        st_bytes[at] = b'p';
-        let mut tampered = env.clone();
-        tampered["payload"] = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .encode(&st_bytes)
-                .into()
-        };
-        let bytes = serde_json::to_vec_pretty(&tampered).unwrap();
-        std::fs::write(&envelope, &bytes).unwrap();
-        let (code, text) = verify(&prod, Some(&public));
-        assert_eq!(code, 1, "{text}");
-        assert!(text.contains("changed since it was promoted"), "{text}");
-        let mut m2 = m.clone();
-        m2["evidence"]["sha256"] = sha256_bytes(&bytes).into();
-        std::fs::write(
-            prod.join("promoted.json"),
-            serde_json::to_vec_pretty(&m2).unwrap(),
-        )
-        .unwrap();
-        let (code, text) = verify(&prod, Some(&public));
-        assert_eq!(code, 1, "{text}");
-        assert!(text.contains("no signature"), "{text}");
-        assert!(!independent(&envelope, &public, &model_dir).0);
-        std::fs::write(&envelope, &original_env).unwrap();
-        std::fs::write(
-            prod.join("promoted.json"),
-            serde_json::to_vec_pretty(&m).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(verify(&prod, Some(&public)).0, 0, "restored");
-
-        // One byte of the model flipped: both refuse.
-        let model = model_dir.join("model.onnx");
-        let mut bytes = std::fs::read(&model).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(&model, &bytes).unwrap();
-        let (code, text) = verify(&prod, Some(&public));
-        assert_eq!(code, 1, "{text}");
-        assert!(
-            text.contains("does not hold the bytes the evidence names"),
-            "{text}"
-        );
-        let (ok, ind) = independent(&envelope, &public, &model_dir);
-        assert!(!ok, "{ind}");
+        both_verifiers_accept_it(&e);
+        the_statement_records_source_recipe_and_checks(&e, &result);
+        both_refuse_another_key(&e, &other_public);
+        both_refuse_a_flipped_statement_byte(&e);
+        both_refuse_a_flipped_model_byte(&e);
     }
+}
+
+/// A signed promotion and where it lies.
+struct Signed {
+    alg: &'static str,
+    prod: PathBuf,
+    public: PathBuf,
+    envelope: PathBuf,
+    model_dir: PathBuf,
+    manifest: Value,
+}
+
+/// Runs the digits job signed with `key`; its result and the promotion folder.
+fn promote_signed(dir: &Path, key: &Path) -> (Value, PathBuf) {
+    let signing = format!("    signing:\n      keyFile: {}\n", key.display());
+    let r = run_kompress(
+        &["run", "-f", &job(dir, "signed", &signing), "-o", "json"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let result = out["result"].clone();
+    assert_eq!(result["verdict"], "Passed", "{out:#}");
+    let prod = dir.join("production");
+    check_promote_dir(&prod).unwrap();
+    (result, prod)
+}
+
+/// Both verifiers accept it, and agree on the key id.
+fn both_verifiers_accept_it(e: &Signed) {
+    let (alg, m) = (e.alg, &e.manifest);
+    let (code, text) = verify(&e.prod, Some(&e.public));
+    assert_eq!(code, 0, "{alg}: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["verdict"], "Passed");
+    assert_eq!(v["digest"], m["digest"]);
+    let (ok, ind) = independent(&e.envelope, &e.public, &e.model_dir);
+    assert!(ok, "{alg}: {ind}");
+    assert_eq!(ind["keyid"], v["keyid"], "{alg}: key ids differ");
+    assert_eq!(m["evidence"]["keyid"], v["keyid"]);
+}
+
+/// The envelope's payload: the in-toto statement's bytes.
+fn statement_bytes(envelope: &Path) -> Vec<u8> {
+    use base64::Engine;
+    let env: Value = serde_json::from_slice(&std::fs::read(envelope).unwrap()).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap())
+        .unwrap()
+}
+
+/// What the statement records: the source's digest, the recipe, every check.
+fn the_statement_records_source_recipe_and_checks(e: &Signed, result: &Value) {
+    let st: Value = serde_json::from_slice(&statement_bytes(&e.envelope)).unwrap();
+    assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(st["subject"][0]["digest"]["sha256"], e.manifest["digest"]);
+    let p = &st["predicate"];
+    assert_eq!(
+        p["inputs"]["model"]["sha256"],
+        sha256_hex(&repo().join("examples/digits/model.onnx"))
+    );
+    assert_eq!(
+        p["inputs"]["dataset"]["sha256"],
+        sha256_hex(&repo().join("examples/digits/eval.npz"))
+    );
+    assert_eq!(p["checks"], result["checks"]);
+    assert_eq!(p["recipe"][0]["quantize"]["mode"], "dynamic");
+    assert_eq!(p["tools"]["kompress"], env!("CARGO_PKG_VERSION"));
+    assert!(p["tools"]["onnxruntime"].is_string(), "{p:#}");
+}
+
+/// Another key: both refuse.
+fn both_refuse_another_key(e: &Signed, other_public: &Path) {
+    let (code, text) = verify(&e.prod, Some(other_public));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no signature"), "{text}");
+    assert!(!independent(&e.envelope, other_public, &e.model_dir).0);
+}
+
+/// One byte of the statement flipped (the manifest updated to the new envelope's hash, so
+/// only the signature can catch it): both refuse. Restored afterwards.
+fn both_refuse_a_flipped_statement_byte(e: &Signed) {
+    let (prod, public, envelope) = (&e.prod, &e.public, &e.envelope);
+    let original_env = std::fs::read(envelope).unwrap();
+    let mut st_bytes = statement_bytes(envelope);
+    let at = st_bytes.windows(6).position(|w| w == b"Passed").unwrap();
+    st_bytes[at] = b'p';
+    let mut tampered: Value = serde_json::from_slice(&original_env).unwrap();
+    tampered["payload"] = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .encode(&st_bytes)
+            .into()
+    };
+    let bytes = serde_json::to_vec_pretty(&tampered).unwrap();
+    std::fs::write(envelope, &bytes).unwrap();
+    let (code, text) = verify(prod, Some(public));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("changed since it was promoted"), "{text}");
+    let mut m2 = e.manifest.clone();
+    m2["evidence"]["sha256"] = sha256_bytes(&bytes).into();
+    std::fs::write(
+        prod.join("promoted.json"),
+        serde_json::to_vec_pretty(&m2).unwrap(),
+    )
+    .unwrap();
+    let (code, text) = verify(prod, Some(public));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no signature"), "{text}");
+    assert!(!independent(envelope, public, &e.model_dir).0);
+    std::fs::write(envelope, &original_env).unwrap();
+    std::fs::write(
+        prod.join("promoted.json"),
+        serde_json::to_vec_pretty(&e.manifest).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(verify(prod, Some(public)).0, 0, "restored");
+}
+
+/// One byte of the model flipped: both refuse.
+fn both_refuse_a_flipped_model_byte(e: &Signed) {
+    let model = e.model_dir.join("model.onnx");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&model, &bytes).unwrap();
+    let (code, text) = verify(&e.prod, Some(&e.public));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("does not hold the bytes the evidence names"),
+        "{text}"
+    );
+    let (ok, ind) = independent(&e.envelope, &e.public, &e.model_dir);
+    assert!(!ok, "{ind}");
 }
 
 #[test]

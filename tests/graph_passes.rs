@@ -4,36 +4,17 @@
 mod support;
 
 use kompress::api::{LowRankSpec, OptimizeLevel, OptimizeSpec, PassSpec, QuantizeSpec};
-use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions, TensorData, f32_tensor, pb};
 use kompress::passes::{Pass, PassReport};
 use std::path::Path;
 use support::*;
 
-fn cfg() -> EvalConfig {
-    EvalConfig {
-        batch_size: 32,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
-        iterations: 1,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
-    }
-}
-
 fn outputs(model: &Path, data: &Path) -> Vec<f32> {
     let ds = Dataset::load(data).unwrap();
-    let mut s = eval::open(model, &cfg()).unwrap();
-    let prep = eval::prepare(&s, &ds, &cfg()).unwrap();
-    eval::evaluate(&mut s, &prep, &cfg(), &|_, _| {})
+    let mut s = eval::open(model, &eval_cfg(32)).unwrap();
+    let prep = eval::prepare(&s, &ds, &eval_cfg(32)).unwrap();
+    eval::evaluate(&mut s, &prep, &eval_cfg(32), &|_, _| {})
         .unwrap()
         .0
         .values

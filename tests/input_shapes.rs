@@ -139,20 +139,11 @@ fn feeds(yaml: &str) -> Vec<InputFeed> {
 
 fn cfg(batch: usize, inputs: Vec<InputFeed>) -> EvalConfig {
     EvalConfig {
-        batch_size: batch,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
         latency_batch: 3,
         warmup: 1,
         iterations: 2,
         inputs,
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
+        ..eval_cfg(batch)
     }
 }
 

@@ -6,30 +6,11 @@
 mod support;
 
 use kompress::api::{PassSpec, QuantMode, QuantizeSpec, WeightType};
-use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions, TensorData, f32_tensor, pb};
 use kompress::passes::{Int4Config, Pass, PassReport, QuantForm};
 use std::path::Path;
 use support::*;
-
-fn cfg() -> EvalConfig {
-    EvalConfig {
-        batch_size: 16,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
-        iterations: 1,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
-    }
-}
 
 fn int4(block: u32, symmetric: bool, accuracy_level: u32) -> QuantizeSpec {
     QuantizeSpec {
@@ -201,12 +182,12 @@ fn run(model: &pb::ModelProto, pass: &Pass, sample_shape: &[usize], samples: usi
 
 fn outputs(src: &Path, out: &Path, data: &Path) -> (Vec<f32>, Vec<f32>) {
     let ds = Dataset::load(data).unwrap();
-    let prep = eval::prepare(&eval::open(src, &cfg()).unwrap(), &ds, &cfg()).unwrap();
+    let prep = eval::prepare(&eval::open(src, &eval_cfg(16)).unwrap(), &ds, &eval_cfg(16)).unwrap();
     let run = |p: &Path| {
         eval::evaluate(
-            &mut eval::open(p, &cfg()).unwrap(),
+            &mut eval::open(p, &eval_cfg(16)).unwrap(),
             &prep,
-            &cfg(),
+            &eval_cfg(16),
             &|_, _| {},
         )
         .unwrap()

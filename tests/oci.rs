@@ -470,19 +470,43 @@ fn report_model(result: &Value) -> Value {
 #[test]
 fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_digest() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = keypair(dir.path(), "key", "ed25519");
     let reg = Registry::up(&["--kind", "distribution"]);
-    // v1: the digits model lightly pruned (float32 still, so quantizable again), promoted as
-    // kompress promotes: a ModelPack, one layer per file.
-    let v1 = format!("oci://{}/team/digits:v1", reg.addr);
+    let v1 = push_pruned_digits(dir.path(), &reg);
+    // The same bytes from a file: the reference.
+    let (code, file_run, err) = run_fresh(&source_job(
+        dir.path(),
+        "from-file",
+        &format!("uri: 'file://{}'", v1.file.display()),
+    ));
+    assert_eq!(code, 0, "{err}");
+    let want = measured(&file_run["result"]);
+    assert_eq!(
+        want["verdict"], "Passed",
+        "{:#}",
+        file_run["result"]["checks"]
+    );
+    read_back_by_tag_and_by_digest_measures_the_same(dir.path(), &reg, &v1, &want);
+    a_pinned_model_hits_the_cache_without_a_blob_read(dir.path(), &reg, &v1, &want);
+    bad_sources_are_permanent_and_say_what_to_do(dir.path(), &reg, &v1);
+}
+
+/// What [`push_pruned_digits`] pushed.
+struct Pushed {
+    /// `oci://<registry>/team/digits:v1`
+    uri: String,
+    manifest: String,
+    model_sha: String,
+    /// The promoted model's local copy (the run's artifact).
+    file: PathBuf,
+}
+
+/// v1: the digits model lightly pruned (float32 still, so quantizable again), promoted as
+/// kompress promotes: a ModelPack, one layer per file.
+fn push_pruned_digits(dir: &Path, reg: &Registry) -> Pushed {
+    let (key, _) = keypair(dir, "key", "ed25519");
+    let uri = format!("oci://{}/team/digits:v1", reg.addr);
     let (code, out, err) = run(
-        &job(
-            dir.path(),
-            "push",
-            &v1,
-            &key,
-            "    - prune: {sparsity: 0.2}",
-        ),
+        &job(dir, "push", &uri, &key, "    - prune: {sparsity: 0.2}"),
         None,
     );
     assert_eq!(code, 0, "{err}");
@@ -493,34 +517,37 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
         .unwrap()
         .to_string();
     let model_sha = pushed["promoted"]["sha256"].as_str().unwrap().to_string();
-    let pushed_file = local(pushed["artifact"]["uri"].as_str().unwrap());
-    assert_eq!(sha256_hex(&pushed_file), model_sha);
+    let file = local(pushed["artifact"]["uri"].as_str().unwrap());
+    assert_eq!(sha256_hex(&file), model_sha);
+    Pushed {
+        uri,
+        manifest,
+        model_sha,
+        file,
+    }
+}
 
-    // The same bytes from a file: the reference. (--no-cache everywhere: each run computes.)
-    let run_fresh = |job: &str| {
-        let r = run_kompress(&["run", "-f", job, "-o", "json", "--no-cache"], &[]);
-        let v: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
-        (r.code, v, r.stderr)
-    };
-    let (code, file_run, err) = run_fresh(&source_job(
-        dir.path(),
-        "from-file",
-        &format!("uri: 'file://{}'", pushed_file.display()),
-    ));
-    assert_eq!(code, 0, "{err}");
-    let want = measured(&file_run["result"]);
-    assert_eq!(
-        want["verdict"], "Passed",
-        "{:#}",
-        file_run["result"]["checks"]
-    );
+/// `kompress run` with the cache off (each run computes): exit code, JSON output, stderr.
+fn run_fresh(job: &str) -> (i32, Value, String) {
+    let r = run_kompress(&["run", "-f", job, "-o", "json", "--no-cache"], &[]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+    (r.code, v, r.stderr)
+}
 
-    // By tag, and pinned by the manifest digest (with the .onnx layer's sha256 as well).
+/// By tag, and pinned by the manifest digest (with the .onnx layer's sha256 as well): the
+/// same measurements as from the file, and report.json records what was read.
+fn read_back_by_tag_and_by_digest_measures_the_same(
+    dir: &Path,
+    reg: &Registry,
+    v1: &Pushed,
+    want: &Value,
+) {
+    let (manifest, model_sha) = (&v1.manifest, &v1.model_sha);
     let pinned = format!("oci://{}/team/digits@{manifest}", reg.addr);
     for (name, model, recorded) in [
         (
             "by-tag",
-            format!("uri: '{v1}', registry: {{plainHttp: true}}"),
+            format!("uri: '{}', registry: {{plainHttp: true}}", v1.uri),
             format!("oci://{}/team/digits:v1@{manifest}", reg.addr),
         ),
         (
@@ -529,17 +556,24 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
             pinned.clone(),
         ),
     ] {
-        let (code, oci_run, err) = run_fresh(&source_job(dir.path(), name, &model));
+        let (code, oci_run, err) = run_fresh(&source_job(dir, name, &model));
         assert_eq!(code, 0, "{name}: {err}");
-        assert_eq!(measured(&oci_run["result"]), want, "{name}: {oci_run:#}");
+        assert_eq!(&measured(&oci_run["result"]), want, "{name}: {oci_run:#}");
         let m = report_model(&oci_run["result"]);
         assert_eq!(m["uri"], recorded.as_str(), "{name}: {m}");
         assert_eq!(m["sha256"], model_sha.as_str(), "{name}: {m}");
     }
+}
 
-    // The cache: the by-digest job again, with the cache on. Its spec pins the model's and
-    // the dataset's sha256, so the lookup happens before any fetch: the result is reused and the registry
-    // serves no blob for it (its own request log).
+/// The cache: the by-digest job again, with the cache on. Its spec pins the model's and the
+/// dataset's sha256, so the lookup happens before any fetch: the result is reused and the
+/// registry serves no blob for it (its own request log).
+fn a_pinned_model_hits_the_cache_without_a_blob_read(
+    dir: &Path,
+    reg: &Registry,
+    v1: &Pushed,
+    want: &Value,
+) {
     let blob_gets = |log: &str| {
         log.lines()
             .filter(|l| l.contains("http.request.method=GET") && l.contains("/blobs/sha256:"))
@@ -548,10 +582,14 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
     };
     let before = blob_gets(&reg.log());
     assert!(before > 0, "the registry logs blob reads: {}", reg.log());
+    let pinned = format!("oci://{}/team/digits@{}", reg.addr, v1.manifest);
     let again = source_job(
-        dir.path(),
+        dir,
         "by-digest",
-        &format!("uri: '{pinned}', sha256: {model_sha}, registry: {{plainHttp: true}}"),
+        &format!(
+            "uri: '{pinned}', sha256: {}, registry: {{plainHttp: true}}",
+            v1.model_sha
+        ),
     );
     let (code, cached, err) = run(&again, None);
     assert_eq!(code, 0, "{err}");
@@ -559,35 +597,40 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
         !cached["result"]["cachedFrom"].is_null(),
         "a pinned oci model hits the cache: {cached:#}"
     );
-    assert_eq!(measured(&cached["result"]), want);
+    assert_eq!(&measured(&cached["result"]), want);
     assert_eq!(
         blob_gets(&reg.log()),
         before,
         "no blob read for a cache hit"
     );
+}
 
-    // Bad input: permanent (65), naming spec.model.uri or the setting, and what to do.
+/// A README pushed with oras as `team/readme:v1`: an artifact that is not a model.
+fn push_readme(dir: &Path, reg: &Registry) {
+    let readme = dir.join("README.md");
+    std::fs::write(&readme, "not a model").unwrap();
+    let mut c = Command::new(tools_bin("oras"));
+    c.current_dir(dir).args([
+        "push",
+        "--plain-http",
+        "--artifact-type",
+        "application/vnd.acme.docs",
+        &format!("{}/team/readme:v1", reg.addr),
+        "README.md:text/markdown",
+    ]);
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "oras push: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Bad input: permanent (65), naming spec.model.uri or the setting, and what to do.
+fn bad_sources_are_permanent_and_say_what_to_do(dir: &Path, reg: &Registry, pushed: &Pushed) {
+    push_readme(dir, reg);
     let zeros = "0".repeat(64);
-    let (ok, text) = {
-        let readme = dir.path().join("README.md");
-        std::fs::write(&readme, "not a model").unwrap();
-        let mut c = Command::new(tools_bin("oras"));
-        c.current_dir(dir.path()).args([
-            "push",
-            "--plain-http",
-            "--artifact-type",
-            "application/vnd.acme.docs",
-            &format!("{}/team/readme:v1", reg.addr),
-            "README.md:text/markdown",
-        ]);
-        let o = c.output().unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
-    };
-    assert!(ok, "oras push: {text}");
-    let plain = "registry: {plainHttp: true}";
+    let (v1, plain) = (&pushed.uri, "registry: {plainHttp: true}");
     for (name, model, says) in [
         (
             "no-tag",
@@ -605,7 +648,7 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
         (
             "wrong-sha",
             format!("uri: '{v1}', sha256: {zeros}, {plain}"),
-            vec![zeros.as_str(), model_sha.as_str()],
+            vec![zeros.as_str(), pushed.model_sha.as_str()],
         ),
         (
             "not-modelpack",
@@ -623,7 +666,7 @@ fn a_model_promoted_to_a_registry_is_read_back_as_a_job_source_by_tag_and_by_dig
             vec!["spec.model.uri", "spec.model.registry.plainHttp: true"],
         ),
     ] {
-        let (code, _, err) = run_fresh(&source_job(dir.path(), name, &model));
+        let (code, _, err) = run_fresh(&source_job(dir, name, &model));
         assert_eq!(code, 65, "{name}: {err}");
         for s in says {
             assert!(err.contains(s), "{name}: `{s}` not in: {err}");

@@ -2,37 +2,23 @@
 
 mod support;
 
-use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions, TensorData};
 use prost::Message;
 use support::*;
 
-fn cfg() -> EvalConfig {
-    EvalConfig {
-        batch_size: 16,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
-        iterations: 1,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
-    }
-}
-
 fn outputs(model: &std::path::Path, data: &std::path::Path) -> Vec<f32> {
     let ds = Dataset::load(data).unwrap();
-    let prep = eval::prepare(&eval::open(model, &cfg()).unwrap(), &ds, &cfg()).unwrap();
+    let prep = eval::prepare(
+        &eval::open(model, &eval_cfg(16)).unwrap(),
+        &ds,
+        &eval_cfg(16),
+    )
+    .unwrap();
     eval::evaluate(
-        &mut eval::open(model, &cfg()).unwrap(),
+        &mut eval::open(model, &eval_cfg(16)).unwrap(),
         &prep,
-        &cfg(),
+        &eval_cfg(16),
         &|_, _| {},
     )
     .unwrap()

@@ -3,29 +3,10 @@
 mod support;
 
 use kompress::api::{PassSpec, PruneScope, PruneSpec, QuantMode, QuantizeSpec};
-use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions, TensorData};
 use kompress::passes::Pass;
 use support::*;
-
-fn cfg() -> EvalConfig {
-    EvalConfig {
-        batch_size: 32,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
-        iterations: 1,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
-    }
-}
 
 fn quantize(mode: QuantMode, per_channel: bool) -> Pass {
     Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
@@ -61,11 +42,16 @@ fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
     let ds = Dataset::load(&data).unwrap();
-    let prep = eval::prepare(&eval::open(&src, &cfg()).unwrap(), &ds, &cfg()).unwrap();
+    let prep = eval::prepare(
+        &eval::open(&src, &eval_cfg(32)).unwrap(),
+        &ds,
+        &eval_cfg(32),
+    )
+    .unwrap();
     let base = eval::evaluate(
-        &mut eval::open(&src, &cfg()).unwrap(),
+        &mut eval::open(&src, &eval_cfg(32)).unwrap(),
         &prep,
-        &cfg(),
+        &eval_cfg(32),
         &|_, _| {},
     )
     .unwrap()
@@ -74,9 +60,9 @@ fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     .into_vec()
     .unwrap();
     let cand = eval::evaluate(
-        &mut eval::open(&out, &cfg()).unwrap(),
+        &mut eval::open(&out, &eval_cfg(32)).unwrap(),
         &prep,
-        &cfg(),
+        &eval_cfg(32),
         &|_, _| {},
     )
     .unwrap()
@@ -313,12 +299,17 @@ fn run_embedding(
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
     let ds = Dataset::load(&data).unwrap();
-    let prep = eval::prepare(&eval::open(&src, &cfg()).unwrap(), &ds, &cfg()).unwrap();
+    let prep = eval::prepare(
+        &eval::open(&src, &eval_cfg(32)).unwrap(),
+        &ds,
+        &eval_cfg(32),
+    )
+    .unwrap();
     let outputs = |p: &std::path::Path| {
         eval::evaluate(
-            &mut eval::open(p, &cfg()).unwrap(),
+            &mut eval::open(p, &eval_cfg(32)).unwrap(),
             &prep,
-            &cfg(),
+            &eval_cfg(32),
             &|_, _| {},
         )
         .unwrap()

@@ -4,29 +4,10 @@
 mod support;
 
 use kompress::api::{PassSpec, QuantMode, QuantizeSpec};
-use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions};
 use kompress::passes::Pass;
 use support::*;
-
-fn cfg() -> EvalConfig {
-    EvalConfig {
-        batch_size: 32,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
-        iterations: 1,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
-    }
-}
 
 fn at_opset(opset: i64) -> kompress::onnx::pb::ModelProto {
     let mut m = mlp(&[64, 128, 10], 21);
@@ -61,9 +42,9 @@ fn per_channel_dynamic_int8_runs_on_an_opset_11_model() {
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
     let ds = Dataset::load(&data).unwrap();
     let run = |p: &std::path::Path| {
-        let mut s = eval::open(p, &cfg()).unwrap();
-        let prep = eval::prepare(&s, &ds, &cfg()).unwrap();
-        eval::evaluate(&mut s, &prep, &cfg(), &|_, _| {})
+        let mut s = eval::open(p, &eval_cfg(32)).unwrap();
+        let prep = eval::prepare(&s, &ds, &eval_cfg(32)).unwrap();
+        eval::evaluate(&mut s, &prep, &eval_cfg(32), &|_, _| {})
             .unwrap()
             .0
             .values
@@ -102,7 +83,7 @@ fn per_channel_weight_only_below_opset_13_upgrades_the_graph_and_says_so() {
     );
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-    eval::open(&out, &cfg()).expect("ORT loads the upgraded model");
+    eval::open(&out, &eval_cfg(32)).expect("ORT loads the upgraded model");
 
     write_model(&at_opset(10), &src);
     let mut m = onnx::load(&src).unwrap();
@@ -186,9 +167,9 @@ fn conv_transpose_weights_are_int8_weight_only_and_run_in_ort() {
         onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
         let ds = Dataset::load(&data).unwrap();
         let run = |p: &std::path::Path| {
-            let mut s = eval::open(p, &cfg()).unwrap();
-            let prep = eval::prepare(&s, &ds, &cfg()).unwrap();
-            eval::evaluate(&mut s, &prep, &cfg(), &|_, _| {})
+            let mut s = eval::open(p, &eval_cfg(32)).unwrap();
+            let prep = eval::prepare(&s, &ds, &eval_cfg(32)).unwrap();
+            eval::evaluate(&mut s, &prep, &eval_cfg(32), &|_, _| {})
                 .unwrap()
                 .0
                 .values

@@ -62,20 +62,8 @@ fn planted_model() -> pb::ModelProto {
 
 fn fp32_outputs(model: &Path, data: &Path) -> eval::Outputs {
     let cfg = EvalConfig {
-        batch_size: 100,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
         iterations: 0,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
+        ..eval_cfg(100)
     };
     let ds = Dataset::open(data, "data.npz").unwrap();
     let mut opened = eval::open(model, &cfg).unwrap();

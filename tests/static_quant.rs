@@ -8,31 +8,12 @@ use kompress::api::{
     ActivationType, CalibrationMethod, CalibrationMethodSpec, PassSpec, QuantMode, QuantizeSpec,
     TargetCpu,
 };
-use kompress::eval::{self, Dataset, EvalConfig};
+use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions, f32_tensor, pb};
 use kompress::passes::Pass;
 use kompress::pipeline::{CalibrationData, calibrate_with};
 use std::path::Path;
 use support::*;
-
-fn cfg() -> EvalConfig {
-    EvalConfig {
-        batch_size: 16,
-        threads: Some(1),
-        output: None,
-        labels: None,
-        labels_field: kompress::eval::labels::FIELD,
-        limit: None,
-        latency_batch: 1,
-        warmup: 0,
-        iterations: 1,
-        inputs: Vec::new(),
-        selection: Default::default(),
-        task: Default::default(),
-        slices: None,
-        spill: None,
-    }
-}
 
 fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
     pb::AttributeProto {
@@ -254,7 +235,7 @@ fn quantize(m: &pb::ModelProto, sample: &[usize], pass: &PassSpec) -> Quantized 
             sha256: None,
             kind: "calibration",
         },
-        &cfg(),
+        &eval_cfg(16),
         &dir.path().join("calibration"),
         &kompress::ui::Ui::plain(),
     )
@@ -268,9 +249,9 @@ fn quantize(m: &pb::ModelProto, sample: &[usize], pass: &PassSpec) -> Quantized 
     onnx::save(&q.proto, &out, &SaveOptions::default()).unwrap();
     let ds = Dataset::open(&held_out, "eval.npz").unwrap();
     let run = |path: &Path| {
-        let mut o = eval::open(path, &cfg()).unwrap();
-        let prep = eval::prepare(&o, &ds, &cfg()).unwrap();
-        eval::evaluate(&mut o, &prep, &cfg(), &|_, _| {})
+        let mut o = eval::open(path, &eval_cfg(16)).unwrap();
+        let prep = eval::prepare(&o, &ds, &eval_cfg(16)).unwrap();
+        eval::evaluate(&mut o, &prep, &eval_cfg(16), &|_, _| {})
             .unwrap()
             .0
             .values
@@ -542,7 +523,7 @@ fn embedding_tables_keep_the_int8_row_form_and_the_matmul_after_them_is_static()
             sha256: None,
             kind: "calibration",
         },
-        &cfg(),
+        &eval_cfg(16),
         &dir.path().join("calibration"),
         &kompress::ui::Ui::plain(),
     )
@@ -572,9 +553,9 @@ fn embedding_tables_keep_the_int8_row_form_and_the_matmul_after_them_is_static()
         "{optimized:?}"
     );
     let run = |path: &Path| {
-        let mut o = eval::open(path, &cfg()).unwrap();
-        let prep = eval::prepare(&o, &ds, &cfg()).unwrap();
-        eval::evaluate(&mut o, &prep, &cfg(), &|_, _| {})
+        let mut o = eval::open(path, &eval_cfg(16)).unwrap();
+        let prep = eval::prepare(&o, &ds, &eval_cfg(16)).unwrap();
+        eval::evaluate(&mut o, &prep, &eval_cfg(16), &|_, _| {})
             .unwrap()
             .0
             .values

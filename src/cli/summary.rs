@@ -43,14 +43,30 @@ pub fn evaluation_summary(name: &str, candidate: &str, r: &JobResult) -> String 
 /// Original vs candidate and every check, under `heading`.
 fn table(heading: &str, r: &JobResult) -> String {
     use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "\n{heading}\n");
+    write_models(&mut s, r);
+    write_task_metrics(&mut s, &r.baseline, &r.candidate);
+    write_checks(&mut s, r);
+    write_search(&mut s, r);
+    s.push('\n');
+    write_locations(&mut s, r);
+    s
+}
+
+/// A metric to 5 decimals, `—` when not measured.
+fn num(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.5}")).unwrap_or_else(|| "—".into())
+}
+
+/// Size, accuracy, agreement, error, latency and samples of both models.
+fn write_models(s: &mut String, r: &JobResult) {
+    use std::fmt::Write;
     let pct = |v: Option<f64>| {
         v.map(|v| format!("{:.2}%", v * 100.0))
             .unwrap_or_else(|| "—".into())
     };
-    let num = |v: Option<f64>| v.map(|v| format!("{v:.5}")).unwrap_or_else(|| "—".into());
     let (b, c) = (&r.baseline, &r.candidate);
-    let mut s = String::new();
-    let _ = writeln!(s, "\n{heading}\n");
     let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "", "original", "candidate");
     let _ = writeln!(
         s,
@@ -114,7 +130,11 @@ fn table(heading: &str, r: &JobResult) -> String {
         );
     }
     let _ = writeln!(s, "  {:<14} {:>14} {:>14}", "samples", b.samples, c.samples);
-    // Task metrics: against the labels for both models, against the original for the candidate.
+}
+
+/// Task metrics: against the labels for both models, against the original for the candidate.
+fn write_task_metrics(s: &mut String, b: &crate::api::Metrics, c: &crate::api::Metrics) {
+    use std::fmt::Write;
     let keys: std::collections::BTreeSet<&String> = b.task.keys().chain(c.task.keys()).collect();
     if !keys.is_empty() {
         let _ = writeln!(
@@ -127,6 +147,11 @@ fn table(heading: &str, r: &JobResult) -> String {
         let v = |m: &crate::api::Metrics| num(m.task.get(k).copied());
         let _ = writeln!(s, "  {:<22} {:>10} {:>10}", k, v(b), v(c));
     }
+}
+
+/// Every check, with its value and limit (or that no threshold was set).
+fn write_checks(s: &mut String, r: &JobResult) {
+    use std::fmt::Write;
     if r.checks
         .iter()
         .all(|c| c.name == crate::gate::TENSORS_COMPRESSED)
@@ -153,37 +178,45 @@ fn table(heading: &str, r: &JobResult) -> String {
             ch.limit
         );
     }
-    if let Some(sr) = &r.search {
-        let from = match (r.verdict, sr.trial) {
-            (Verdict::Passed, Some(t)) => format!("chose trial {t}"),
-            (_, Some(t)) => format!("none passed; closest was trial {t}"),
-            _ => "no trial".into(),
-        };
-        let _ = writeln!(
-            s,
-            "\n  search: {} trials, {} sensitivity probes{}; {from}: {} with {} layers in float{}",
-            sr.trials,
-            sr.probes,
-            sr.stopped_by
-                .as_deref()
-                .map(|b| format!(", stopped by {b}"))
-                .unwrap_or_default(),
-            sr.form.as_deref().unwrap_or("-"),
-            sr.float_layers,
-            if sr.fp16_layers > 0 {
-                format!(" ({} of them fp16)", sr.fp16_layers)
-            } else {
-                String::new()
-            }
-        );
-        if let Some(l) = &sr.latency {
-            let _ = writeln!(s, "  latency: {l}");
+}
+
+/// What a search tried and what it chose.
+fn write_search(s: &mut String, r: &JobResult) {
+    use std::fmt::Write;
+    let Some(sr) = &r.search else { return };
+    let from = match (r.verdict, sr.trial) {
+        (Verdict::Passed, Some(t)) => format!("chose trial {t}"),
+        (_, Some(t)) => format!("none passed; closest was trial {t}"),
+        _ => "no trial".into(),
+    };
+    let _ = writeln!(
+        s,
+        "\n  search: {} trials, {} sensitivity probes{}; {from}: {} with {} layers in float{}",
+        sr.trials,
+        sr.probes,
+        sr.stopped_by
+            .as_deref()
+            .map(|b| format!(", stopped by {b}"))
+            .unwrap_or_default(),
+        sr.form.as_deref().unwrap_or("-"),
+        sr.float_layers,
+        if sr.fp16_layers > 0 {
+            format!(" ({} of them fp16)", sr.fp16_layers)
+        } else {
+            String::new()
         }
-        if !sr.sensitive_layers.is_empty() {
-            let _ = writeln!(s, "  most sensitive: {}", sr.sensitive_layers.join(", "));
-        }
+    );
+    if let Some(l) = &sr.latency {
+        let _ = writeln!(s, "  latency: {l}");
     }
-    s.push('\n');
+    if !sr.sensitive_layers.is_empty() {
+        let _ = writeln!(s, "  most sensitive: {}", sr.sensitive_layers.join(", "));
+    }
+}
+
+/// Where the candidate, the promoted model and the report went, and the cache it came from.
+fn write_locations(s: &mut String, r: &JobResult) {
+    use std::fmt::Write;
     if let Some(a) = &r.artifact {
         let _ = writeln!(s, "  candidate  {}  sha256:{}", a.uri, a.sha256);
     }
@@ -201,5 +234,4 @@ fn table(heading: &str, r: &JobResult) -> String {
             &c.key[..c.key.len().min(16)]
         );
     }
-    s
 }

@@ -16,7 +16,18 @@ pub struct Metrics {
     registry: Registry,
     reconciliations: IntCounterVec,
     reconcile_duration: HistogramVec,
+    leader: IntGauge,
     jobs: IntGaugeVec,
+    promotions: IntCounterVec,
+    rejections: IntCounterVec,
+    search_trials: IntCounterVec,
+    result: ResultGauges,
+    usage: UsageGauges,
+    policy: PolicyMetrics,
+}
+
+/// Per-job series from a CompressionJob's `status.result`: sizes, quality, latency, promotion.
+struct ResultGauges {
     original_bytes: GaugeVec,
     compressed_bytes: GaugeVec,
     ratio: GaugeVec,
@@ -24,10 +35,13 @@ pub struct Metrics {
     quality: GaugeVec,
     latency_p50: GaugeVec,
     run_duration: GaugeVec,
-    promotions: IntCounterVec,
-    rejections: IntCounterVec,
-    search_trials: IntCounterVec,
-    leader: IntGauge,
+    bytes_saved: GaugeVec,
+    latency_ratio: GaugeVec,
+    promoted_info: GaugeVec,
+}
+
+/// Per-job series from the last run's usage and its worker pod (what OpenCost joins on).
+struct UsageGauges {
     cpu_seconds: GaugeVec,
     peak_memory: GaugeVec,
     worker_wall: GaugeVec,
@@ -35,21 +49,55 @@ pub struct Metrics {
     memory_request: GaugeVec,
     stage_seconds: GaugeVec,
     storage_bytes: GaugeVec,
-    bytes_saved: GaugeVec,
-    latency_ratio: GaugeVec,
-    promoted_info: GaugeVec,
-    policy_versions: GaugeVec,
-    policy_versions_by_phase: GaugeVec,
+}
+
+/// Per-policy series, and each job's link to its policy.
+struct PolicyMetrics {
+    versions: GaugeVec,
+    versions_by_phase: GaugeVec,
     job_policy: GaugeVec,
-    policy_scans: IntCounterVec,
-    policy_scan_seconds: GaugeVec,
-    policy_scan_objects: GaugeVec,
-    policy_cached: GaugeVec,
-    policy_bytes_saved: GaugeVec,
+    scans: IntCounterVec,
+    scan_seconds: GaugeVec,
+    scan_objects: GaugeVec,
+    cached: GaugeVec,
+    bytes_saved: GaugeVec,
 }
 
 /// Most `kompress_quality` series one job exports per model.
 const MAX_QUALITY_SERIES: usize = 32;
+
+/// The phases a CompressionJob's status can hold, each with its own `kompress_jobs` series.
+const JOB_PHASES: [Phase; 5] = [
+    Phase::Pending,
+    Phase::Running,
+    Phase::Succeeded,
+    Phase::Rejected,
+    Phase::Failed,
+];
+
+const JOB: &[&str] = &["namespace", "name"];
+const MODEL: &[&str] = &["namespace", "name", "model"];
+const POD: &[&str] = &["namespace", "name", "pod", "node"];
+
+/// Registers each metric as it is made; names are unique, so registering cannot fail.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.register(GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
+    }
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -57,219 +105,227 @@ impl Default for Metrics {
     }
 }
 
+impl ResultGauges {
+    fn new(r: &Registrar) -> Self {
+        Self {
+            original_bytes: r.gauge("job_original_bytes", "Size of the original model", JOB),
+            compressed_bytes: r.gauge(
+                "job_compressed_bytes",
+                "Size of the compressed candidate",
+                JOB,
+            ),
+            ratio: r.gauge(
+                "job_compression_ratio",
+                "original_bytes / compressed_bytes",
+                JOB,
+            ),
+            accuracy: r.gauge(
+                "job_accuracy_ratio",
+                "Top-1 accuracy on the evaluation data (0..1)",
+                MODEL,
+            ),
+            quality: r.gauge(
+                "quality",
+                "Quality metrics of baseline and candidate by name (agreement, cosineSimilarity, and the task's: sequenceMatch, charErrorRate, detectionF1, map50, neighbourRecall, ...)",
+                &["namespace", "name", "model", "metric"],
+            ),
+            latency_p50: r.gauge(
+                "job_latency_p50_seconds",
+                "Median inference latency of one timed batch",
+                MODEL,
+            ),
+            run_duration: r.gauge(
+                "job_run_duration_seconds",
+                "Start to completion of the worker Job",
+                JOB,
+            ),
+            bytes_saved: r.gauge(
+                "job_bytes_saved",
+                "Promoted jobs: original_bytes - compressed_bytes, per served copy",
+                JOB,
+            ),
+            latency_ratio: r.gauge(
+                "job_latency_ratio",
+                "Candidate/original latency: the median and its 95% bootstrap interval",
+                &["namespace", "name", "bound"],
+            ),
+            promoted_info: r.gauge(
+                "job_promoted_info",
+                "1 for each promoted job, with the promoted model's sha256",
+                &["namespace", "name", "digest"],
+            ),
+        }
+    }
+
+    fn all(&self) -> [&GaugeVec; 10] {
+        [
+            &self.original_bytes,
+            &self.compressed_bytes,
+            &self.ratio,
+            &self.accuracy,
+            &self.quality,
+            &self.latency_p50,
+            &self.run_duration,
+            &self.bytes_saved,
+            &self.latency_ratio,
+            &self.promoted_info,
+        ]
+    }
+}
+
+impl UsageGauges {
+    fn new(r: &Registrar) -> Self {
+        Self {
+            cpu_seconds: r.gauge(
+                "job_cpu_seconds",
+                "CPU time the last run's worker process used (user + system)",
+                POD,
+            ),
+            peak_memory: r.gauge(
+                "job_peak_memory_bytes",
+                "Peak resident memory of the last run's worker process",
+                POD,
+            ),
+            worker_wall: r.gauge(
+                "job_worker_seconds",
+                "Wall time of the last run's worker process, start to result",
+                POD,
+            ),
+            cpu_request: r.gauge(
+                "job_cpu_request_cores",
+                "CPU cores the last run's worker pod requested (= its limit)",
+                POD,
+            ),
+            memory_request: r.gauge(
+                "job_memory_request_bytes",
+                "Memory the last run's worker pod requested (= its limit)",
+                POD,
+            ),
+            stage_seconds: r.gauge(
+                "job_stage_seconds",
+                "Wall time of each stage of the last run (fetch, baseline, compress, publish)",
+                &["namespace", "name", "stage"],
+            ),
+            storage_bytes: r.gauge(
+                "job_storage_bytes",
+                "Bytes the last run read from and wrote to storage",
+                &["namespace", "name", "direction"],
+            ),
+        }
+    }
+
+    fn all(&self) -> [&GaugeVec; 7] {
+        [
+            &self.cpu_seconds,
+            &self.peak_memory,
+            &self.worker_wall,
+            &self.cpu_request,
+            &self.memory_request,
+            &self.stage_seconds,
+            &self.storage_bytes,
+        ]
+    }
+}
+
+impl PolicyMetrics {
+    fn new(r: &Registrar) -> Self {
+        Self {
+            versions: r.gauge(
+                "policy_versions",
+                "Versions a CompressionPolicy tracks (status.versionsSeen)",
+                JOB,
+            ),
+            versions_by_phase: r.gauge(
+                "policy_versions_by_phase",
+                "A CompressionPolicy's versions by the phase of their CompressionJob (Waiting: not created yet)",
+                &["namespace", "name", "phase"],
+            ),
+            job_policy: r.gauge(
+                "job_policy_info",
+                "1 for each CompressionJob a CompressionPolicy created (its controller owner): joins job series, and the cost rules, to their policy",
+                &["namespace", "name", "policy"],
+            ),
+            scans: r.counter(
+                "policy_scans_total",
+                "Scans of a CompressionPolicy's source, by result (ok, error)",
+                &["namespace", "name", "result"],
+            ),
+            scan_seconds: r.gauge(
+                "policy_last_scan_seconds",
+                "Duration of a CompressionPolicy's last scan of its source (listing included), failed or not",
+                JOB,
+            ),
+            scan_objects: r.gauge(
+                "policy_last_scan_objects",
+                "Objects a CompressionPolicy's last successful scan listed",
+                JOB,
+            ),
+            cached: r.gauge(
+                "policy_versions_cached",
+                "A CompressionPolicy's jobs whose result was served from the compression cache (status.result.cachedFrom)",
+                JOB,
+            ),
+            bytes_saved: r.gauge(
+                "policy_bytes_saved",
+                "Sum of kompress_job_bytes_saved over a CompressionPolicy's promoted jobs (per served copy)",
+                JOB,
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("kompress".into()), None).expect("valid prefix");
-        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone()))
-                .expect("metric names are unique");
-            c
-        }
-        let job = &["namespace", "name"];
-        let model = &["namespace", "name", "model"];
-        let pod = &["namespace", "name", "pod", "node"];
-        let g = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &registry,
-                GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
-            )
-        };
+        let r = Registrar(&registry);
+        let reconcile_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         Self {
-            reconciliations: reg(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "reconciliations_total",
-                        "Reconciles by result: ok or the error category",
-                    ),
-                    &["result"],
-                )
-                .unwrap(),
+            reconciliations: r.counter(
+                "reconciliations_total",
+                "Reconciles by result: ok or the error category",
+                &["result"],
             ),
-            reconcile_duration: reg(
-                &registry,
+            reconcile_duration: r.register(
                 HistogramVec::new(
                     HistogramOpts::new(
                         "reconcile_duration_seconds",
                         "Time of one reconcile by result",
                     )
-                    .buckets(vec![
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    ]),
+                    .buckets(reconcile_buckets),
                     &["result"],
                 )
-                .unwrap(),
+                .expect("valid histogram"),
             ),
-            jobs: reg(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new("jobs", "CompressionJobs by status phase"),
-                    &["phase"],
-                )
-                .unwrap(),
-            ),
-            original_bytes: g("job_original_bytes", "Size of the original model", job),
-            compressed_bytes: g(
-                "job_compressed_bytes",
-                "Size of the compressed candidate",
-                job,
-            ),
-            ratio: g(
-                "job_compression_ratio",
-                "original_bytes / compressed_bytes",
-                job,
-            ),
-            accuracy: g(
-                "job_accuracy_ratio",
-                "Top-1 accuracy on the evaluation data (0..1)",
-                model,
-            ),
-            quality: g(
-                "quality",
-                "Quality metrics of baseline and candidate by name (agreement, cosineSimilarity, and the task's: sequenceMatch, charErrorRate, detectionF1, map50, neighbourRecall, ...)",
-                &["namespace", "name", "model", "metric"],
-            ),
-            latency_p50: g(
-                "job_latency_p50_seconds",
-                "Median inference latency of one timed batch",
-                model,
-            ),
-            run_duration: g(
-                "job_run_duration_seconds",
-                "Start to completion of the worker Job",
-                job,
-            ),
-            promotions: reg(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new("promotions_total", "Candidates promoted"),
-                    &["namespace"],
-                )
-                .unwrap(),
-            ),
-            rejections: reg(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new("rejections_total", "Candidates rejected by a threshold"),
-                    &["namespace"],
-                )
-                .unwrap(),
-            ),
-            search_trials: reg(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "search_trials_total",
-                        "Candidates evaluated by finished searches (spec.search), by outcome",
-                    ),
-                    &["namespace", "outcome"],
-                )
-                .unwrap(),
-            ),
-            policy_versions: g(
-                "policy_versions",
-                "Versions a CompressionPolicy tracks (status.versionsSeen)",
-                job,
-            ),
-            policy_versions_by_phase: g(
-                "policy_versions_by_phase",
-                "A CompressionPolicy's versions by the phase of their CompressionJob (Waiting: not created yet)",
-                &["namespace", "name", "phase"],
-            ),
-            job_policy: g(
-                "job_policy_info",
-                "1 for each CompressionJob a CompressionPolicy created (its controller owner): joins job series, and the cost rules, to their policy",
-                &["namespace", "name", "policy"],
-            ),
-            policy_scans: reg(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "policy_scans_total",
-                        "Scans of a CompressionPolicy's source, by result (ok, error)",
-                    ),
-                    &["namespace", "name", "result"],
-                )
-                .unwrap(),
-            ),
-            policy_scan_seconds: g(
-                "policy_last_scan_seconds",
-                "Duration of a CompressionPolicy's last scan of its source (listing included), failed or not",
-                job,
-            ),
-            policy_scan_objects: g(
-                "policy_last_scan_objects",
-                "Objects a CompressionPolicy's last successful scan listed",
-                job,
-            ),
-            policy_cached: g(
-                "policy_versions_cached",
-                "A CompressionPolicy's jobs whose result was served from the compression cache (status.result.cachedFrom)",
-                job,
-            ),
-            policy_bytes_saved: g(
-                "policy_bytes_saved",
-                "Sum of kompress_job_bytes_saved over a CompressionPolicy's promoted jobs (per served copy)",
-                job,
-            ),
-            leader: reg(
-                &registry,
+            leader: r.register(
                 IntGauge::new(
                     "leader",
                     "1 while this process holds the leader Lease (or runs without election)",
                 )
-                .unwrap(),
+                .expect("valid gauge"),
             ),
-            cpu_seconds: g(
-                "job_cpu_seconds",
-                "CPU time the last run's worker process used (user + system)",
-                pod,
+            jobs: r.register(
+                IntGaugeVec::new(
+                    Opts::new("jobs", "CompressionJobs by status phase"),
+                    &["phase"],
+                )
+                .expect("valid gauge"),
             ),
-            peak_memory: g(
-                "job_peak_memory_bytes",
-                "Peak resident memory of the last run's worker process",
-                pod,
+            promotions: r.counter("promotions_total", "Candidates promoted", &["namespace"]),
+            rejections: r.counter(
+                "rejections_total",
+                "Candidates rejected by a threshold",
+                &["namespace"],
             ),
-            worker_wall: g(
-                "job_worker_seconds",
-                "Wall time of the last run's worker process, start to result",
-                pod,
+            search_trials: r.counter(
+                "search_trials_total",
+                "Candidates evaluated by finished searches (spec.search), by outcome",
+                &["namespace", "outcome"],
             ),
-            cpu_request: g(
-                "job_cpu_request_cores",
-                "CPU cores the last run's worker pod requested (= its limit)",
-                pod,
-            ),
-            memory_request: g(
-                "job_memory_request_bytes",
-                "Memory the last run's worker pod requested (= its limit)",
-                pod,
-            ),
-            stage_seconds: g(
-                "job_stage_seconds",
-                "Wall time of each stage of the last run (fetch, baseline, compress, publish)",
-                &["namespace", "name", "stage"],
-            ),
-            storage_bytes: g(
-                "job_storage_bytes",
-                "Bytes the last run read from and wrote to storage",
-                &["namespace", "name", "direction"],
-            ),
-            bytes_saved: g(
-                "job_bytes_saved",
-                "Promoted jobs: original_bytes - compressed_bytes, per served copy",
-                job,
-            ),
-            latency_ratio: g(
-                "job_latency_ratio",
-                "Candidate/original latency: the median and its 95% bootstrap interval",
-                &["namespace", "name", "bound"],
-            ),
-            promoted_info: g(
-                "job_promoted_info",
-                "1 for each promoted job, with the promoted model's sha256",
-                &["namespace", "name", "digest"],
-            ),
+            result: ResultGauges::new(&r),
+            usage: UsageGauges::new(&r),
+            policy: PolicyMetrics::new(&r),
             registry,
         }
     }
@@ -292,22 +348,15 @@ impl Metrics {
         name: &str,
         status: &crate::api::CompressionPolicyStatus,
     ) {
-        self.policy_versions
+        self.policy
+            .versions
             .with_label_values(&[namespace, name])
             .set(f64::from(status.versions_seen));
-        let phases = ["Waiting"].into_iter().chain(
-            [
-                Phase::Pending,
-                Phase::Running,
-                Phase::Succeeded,
-                Phase::Rejected,
-                Phase::Failed,
-            ]
-            .map(Phase::as_str),
-        );
+        let phases = ["Waiting"].into_iter().chain(JOB_PHASES.map(Phase::as_str));
         for phase in phases {
             let n = status.phases.get(phase).copied().unwrap_or(0);
-            self.policy_versions_by_phase
+            self.policy
+                .versions_by_phase
                 .with_label_values(&[namespace, name, phase])
                 .set(f64::from(n));
         }
@@ -322,17 +371,19 @@ impl Metrics {
         listed: Option<u64>,
     ) {
         let l = [namespace, name];
-        self.policy_scan_seconds
+        self.policy
+            .scan_seconds
             .with_label_values(&l)
             .set(took.as_secs_f64());
         let result = match listed {
             Some(n) => {
-                self.policy_scan_objects.with_label_values(&l).set(n as f64);
+                self.policy.scan_objects.with_label_values(&l).set(n as f64);
                 "ok"
             }
             None => "error",
         };
-        self.policy_scans
+        self.policy
+            .scans
             .with_label_values(&[namespace, name, result])
             .inc();
     }
@@ -364,145 +415,164 @@ impl Metrics {
     /// Rebuilds the per-phase and per-job gauges from the controller's cache, so deleted
     /// CompressionJobs disappear from the metrics too.
     pub fn refresh_jobs(&self, jobs: &[Arc<CompressionJob>]) {
-        for v in [
-            &self.original_bytes,
-            &self.compressed_bytes,
-            &self.ratio,
-            &self.accuracy,
-            &self.quality,
-            &self.latency_p50,
-            &self.run_duration,
-            &self.cpu_seconds,
-            &self.peak_memory,
-            &self.worker_wall,
-            &self.cpu_request,
-            &self.memory_request,
-            &self.stage_seconds,
-            &self.storage_bytes,
-            &self.bytes_saved,
-            &self.latency_ratio,
-            &self.promoted_info,
-            &self.job_policy,
-            &self.policy_cached,
-            &self.policy_bytes_saved,
-        ] {
+        self.forget_every_job();
+        for cj in jobs {
+            self.record_job(cj);
+        }
+    }
+
+    /// Empties every per-job series and sets each phase's job count to zero.
+    fn forget_every_job(&self) {
+        let p = &self.policy;
+        let per_job = [&p.job_policy, &p.cached, &p.bytes_saved];
+        for v in self
+            .result
+            .all()
+            .into_iter()
+            .chain(self.usage.all())
+            .chain(per_job)
+        {
             v.reset();
         }
-        for p in [
-            Phase::Pending,
-            Phase::Running,
-            Phase::Succeeded,
-            Phase::Rejected,
-            Phase::Failed,
-        ] {
+        for p in JOB_PHASES {
             self.jobs.with_label_values(&[p.as_str()]).set(0);
         }
-        for cj in jobs {
-            let (ns, name) = (
-                cj.metadata.namespace.as_deref().unwrap_or_default(),
-                cj.metadata.name.as_deref().unwrap_or_default(),
-            );
-            let policy = policy_of(cj);
+    }
+
+    /// One CompressionJob's series: its policy link, its phase, its run's duration, its
+    /// result and its worker's usage.
+    fn record_job(&self, cj: &CompressionJob) {
+        let (ns, name) = (
+            cj.metadata.namespace.as_deref().unwrap_or_default(),
+            cj.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let policy = policy_of(cj);
+        if let Some(policy) = policy {
+            self.record_policy_link(ns, name, policy);
+        }
+        let Some(status) = &cj.status else { return };
+        if let Some(p) = status.phase {
+            self.jobs.with_label_values(&[p.as_str()]).inc();
+        }
+        if let (Some(s), Some(c)) = (&status.start_time, &status.completion_time) {
+            self.result
+                .run_duration
+                .with_label_values(&[ns, name])
+                .set((c.0.as_millisecond() - s.0.as_millisecond()) as f64 / 1000.0);
+        }
+        let Some(r) = &status.result else { return };
+        self.record_result(ns, name, policy, r);
+        let Some(u) = &r.usage else { return };
+        self.record_usage(ns, name, u, status.worker.as_ref());
+    }
+
+    /// A job a policy created: the link, and both policy sums (zero included).
+    fn record_policy_link(&self, ns: &str, name: &str, policy: &str) {
+        let p = &self.policy;
+        p.job_policy.with_label_values(&[ns, name, policy]).set(1.0);
+        // every policy with a job gets both series, zero included
+        p.cached.with_label_values(&[ns, policy]).add(0.0);
+        p.bytes_saved.with_label_values(&[ns, policy]).add(0.0);
+    }
+
+    /// Sizes, both models' quality and latency, the latency ratio, and the promotion.
+    fn record_result(&self, ns: &str, name: &str, policy: Option<&str>, r: &crate::api::JobResult) {
+        let g = &self.result;
+        g.original_bytes
+            .with_label_values(&[ns, name])
+            .set(r.original_bytes as f64);
+        g.compressed_bytes
+            .with_label_values(&[ns, name])
+            .set(r.compressed_bytes as f64);
+        g.ratio.with_label_values(&[ns, name]).set(r.ratio);
+        for (model, m) in [("baseline", &r.baseline), ("candidate", &r.candidate)] {
+            self.record_model(ns, name, model, m);
+        }
+        let c = &r.candidate;
+        for (bound, v) in [
+            ("median", c.latency_ratio),
+            ("low", c.latency_ratio_low),
+            ("high", c.latency_ratio_high),
+        ] {
+            if let Some(v) = v {
+                g.latency_ratio.with_label_values(&[ns, name, bound]).set(v);
+            }
+        }
+        if let (Some(policy), Some(_)) = (policy, &r.cached_from) {
+            self.policy.cached.with_label_values(&[ns, policy]).inc();
+        }
+        if let Some(p) = &r.promoted {
+            let saved = r.original_bytes as f64 - r.compressed_bytes as f64;
+            g.bytes_saved.with_label_values(&[ns, name]).set(saved);
             if let Some(policy) = policy {
-                self.job_policy
-                    .with_label_values(&[ns, name, policy])
-                    .set(1.0);
-                // every policy with a job gets both series, zero included
-                self.policy_cached.with_label_values(&[ns, policy]).add(0.0);
-                self.policy_bytes_saved
+                self.policy
+                    .bytes_saved
                     .with_label_values(&[ns, policy])
-                    .add(0.0);
+                    .add(saved);
             }
-            let Some(status) = &cj.status else { continue };
-            if let Some(p) = status.phase {
-                self.jobs.with_label_values(&[p.as_str()]).inc();
+            g.promoted_info
+                .with_label_values(&[ns, name, &p.sha256])
+                .set(1.0);
+        }
+    }
+
+    /// One model's (`baseline` or `candidate`) accuracy, quality metrics and latency.
+    fn record_model(&self, ns: &str, name: &str, model: &str, m: &crate::api::Metrics) {
+        let g = &self.result;
+        if let Some(a) = m.accuracy {
+            g.accuracy.with_label_values(&[ns, name, model]).set(a);
+        }
+        // Metric names come from the worker's fixed set; the cap keeps a damaged
+        // termination message from growing the label set.
+        let named = [
+            ("agreement", m.agreement),
+            ("cosineSimilarity", m.cosine_similarity),
+        ];
+        let task = m.task.iter().map(|(k, v)| (k.as_str(), Some(*v)));
+        for (metric, v) in named.into_iter().chain(task).take(MAX_QUALITY_SERIES) {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                g.quality
+                    .with_label_values(&[ns, name, model, metric])
+                    .set(v);
             }
-            if let (Some(s), Some(c)) = (&status.start_time, &status.completion_time) {
-                self.run_duration
-                    .with_label_values(&[ns, name])
-                    .set((c.0.as_millisecond() - s.0.as_millisecond()) as f64 / 1000.0);
-            }
-            let Some(r) = &status.result else { continue };
-            self.original_bytes
-                .with_label_values(&[ns, name])
-                .set(r.original_bytes as f64);
-            self.compressed_bytes
-                .with_label_values(&[ns, name])
-                .set(r.compressed_bytes as f64);
-            self.ratio.with_label_values(&[ns, name]).set(r.ratio);
-            for (model, m) in [("baseline", &r.baseline), ("candidate", &r.candidate)] {
-                if let Some(a) = m.accuracy {
-                    self.accuracy.with_label_values(&[ns, name, model]).set(a);
-                }
-                // Metric names come from the worker's fixed set; the cap keeps a damaged
-                // termination message from growing the label set.
-                let named = [
-                    ("agreement", m.agreement),
-                    ("cosineSimilarity", m.cosine_similarity),
-                ];
-                let task = m.task.iter().map(|(k, v)| (k.as_str(), Some(*v)));
-                for (metric, v) in named.into_iter().chain(task).take(MAX_QUALITY_SERIES) {
-                    if let Some(v) = v.filter(|v| v.is_finite()) {
-                        self.quality
-                            .with_label_values(&[ns, name, model, metric])
-                            .set(v);
-                    }
-                }
-                self.latency_p50
-                    .with_label_values(&[ns, name, model])
-                    .set(m.latency_p50_ms / 1000.0);
-            }
-            let c = &r.candidate;
-            for (bound, v) in [
-                ("median", c.latency_ratio),
-                ("low", c.latency_ratio_low),
-                ("high", c.latency_ratio_high),
-            ] {
-                if let Some(v) = v {
-                    self.latency_ratio
-                        .with_label_values(&[ns, name, bound])
-                        .set(v);
-                }
-            }
-            if let (Some(policy), Some(_)) = (policy, &r.cached_from) {
-                self.policy_cached.with_label_values(&[ns, policy]).inc();
-            }
-            if let Some(p) = &r.promoted {
-                let saved = r.original_bytes as f64 - r.compressed_bytes as f64;
-                self.bytes_saved.with_label_values(&[ns, name]).set(saved);
-                if let Some(policy) = policy {
-                    self.policy_bytes_saved
-                        .with_label_values(&[ns, policy])
-                        .add(saved);
-                }
-                self.promoted_info
-                    .with_label_values(&[ns, name, &p.sha256])
-                    .set(1.0);
-            }
-            let Some(u) = &r.usage else { continue };
-            for s in &u.stages {
-                self.stage_seconds
-                    .with_label_values(&[ns, name, &s.stage])
-                    .set(s.seconds);
-            }
-            for (dir, v) in [("read", u.bytes_read), ("written", u.bytes_written)] {
-                self.storage_bytes
-                    .with_label_values(&[ns, name, dir])
-                    .set(v as f64);
-            }
-            let Some(w) = &status.worker else { continue };
-            let l = [ns, name, w.pod.as_str(), w.node.as_deref().unwrap_or("")];
-            self.cpu_seconds.with_label_values(&l).set(u.cpu_seconds);
-            self.peak_memory
-                .with_label_values(&l)
-                .set(u.peak_memory_bytes as f64);
-            self.worker_wall.with_label_values(&l).set(u.wall_seconds);
-            if let Some(v) = w.cpu_request {
-                self.cpu_request.with_label_values(&l).set(v);
-            }
-            if let Some(v) = w.memory_request_bytes {
-                self.memory_request.with_label_values(&l).set(v);
-            }
+        }
+        g.latency_p50
+            .with_label_values(&[ns, name, model])
+            .set(m.latency_p50_ms / 1000.0);
+    }
+
+    /// The last run's stages and storage bytes, and with its worker pod known, its CPU,
+    /// memory and wall time and the pod's requests.
+    fn record_usage(
+        &self,
+        ns: &str,
+        name: &str,
+        u: &crate::api::Usage,
+        worker: Option<&crate::api::WorkerRef>,
+    ) {
+        let g = &self.usage;
+        for s in &u.stages {
+            g.stage_seconds
+                .with_label_values(&[ns, name, &s.stage])
+                .set(s.seconds);
+        }
+        for (dir, v) in [("read", u.bytes_read), ("written", u.bytes_written)] {
+            g.storage_bytes
+                .with_label_values(&[ns, name, dir])
+                .set(v as f64);
+        }
+        let Some(w) = worker else { return };
+        let l = [ns, name, w.pod.as_str(), w.node.as_deref().unwrap_or("")];
+        g.cpu_seconds.with_label_values(&l).set(u.cpu_seconds);
+        g.peak_memory
+            .with_label_values(&l)
+            .set(u.peak_memory_bytes as f64);
+        g.worker_wall.with_label_values(&l).set(u.wall_seconds);
+        if let Some(v) = w.cpu_request {
+            g.cpu_request.with_label_values(&l).set(v);
+        }
+        if let Some(v) = w.memory_request_bytes {
+            g.memory_request.with_label_values(&l).set(v);
         }
     }
 

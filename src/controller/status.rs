@@ -87,6 +87,13 @@ fn for_columns(mut r: crate::api::JobResult) -> crate::api::JobResult {
     r
 }
 
+const TRUE: &str = "True";
+const FALSE: &str = "False";
+const UNKNOWN: &str = "Unknown";
+
+/// (type, status, reason) for Ready, Reconciling, Stalled, Evaluated, Promoted.
+type Conditions = [(&'static str, &'static str, String); 5];
+
 /// The status for `observed` at `generation`. Conditions keep their `lastTransitionTime` from
 /// `old` while their status stays the same, so an unchanged observation yields an equal status
 /// (and no write).
@@ -98,167 +105,23 @@ pub fn desired(
     now: &Time,
 ) -> CompressionJobStatus {
     let job = run.map(|r| r.job_name.as_str()).unwrap_or_default();
-    let (t, f, u) = ("True", "False", "Unknown");
     let result = match observed {
         Observed::Finished(m) => m.result.clone().map(for_columns),
         _ => None,
     };
-    // (type, status, reason) for Ready, Reconciling, Stalled, Evaluated, Promoted
-    let (message, conds): (String, [(&str, &str, String); 5]) = match observed {
-        Observed::Invalid(msg) => {
-            let r = reason::INVALID_SPEC.to_string();
-            (
-                msg.clone(),
-                [
-                    (condition::READY, f, r.clone()),
-                    (condition::RECONCILING, f, r.clone()),
-                    (condition::STALLED, t, r.clone()),
-                    (condition::EVALUATED, f, r.clone()),
-                    (condition::PROMOTED, f, r),
-                ],
-            )
-        }
+    let (message, conds) = match observed {
+        Observed::Invalid(msg) => (msg.clone(), invalid_conditions()),
         Observed::Queued { .. } | Observed::Pending | Observed::Running => {
-            let (r, msg) = match observed {
-                Observed::Queued { queue, why } => (
-                    reason::QUEUED,
-                    format!(
-                        "worker Job {job} is queued in Kueue LocalQueue {queue}: {}",
-                        why.as_deref()
-                            .unwrap_or("waiting for Kueue to admit it (no reason reported yet)")
-                    ),
-                ),
-                Observed::Pending => (
-                    reason::PENDING,
-                    format!("worker Job {job} created; waiting for its pod to run"),
-                ),
-                _ => (reason::RUNNING, format!("worker Job {job} is running")),
-            };
-            let r = r.to_string();
-            (
-                msg,
-                [
-                    (condition::READY, f, r.clone()),
-                    (condition::RECONCILING, t, r.clone()),
-                    (condition::STALLED, f, r.clone()),
-                    (condition::EVALUATED, u, r.clone()),
-                    (condition::PROMOTED, u, r),
-                ],
-            )
+            waiting_conditions(observed, job)
         }
-        Observed::Finished(m) => match (m.phase, &m.result) {
-            (Phase::Succeeded, Some(res)) => {
-                let p = reason::PASSED.to_string();
-                let (promoted, msg) = match &res.promoted {
-                    Some(a) => (
-                        (t, reason::PROMOTED),
-                        format!(
-                            "candidate passed every threshold ({:.2}x smaller) and was promoted to {}",
-                            res.ratio, a.uri
-                        ),
-                    ),
-                    None => (
-                        (f, reason::NO_PROMOTE_TARGET),
-                        format!(
-                            "candidate passed every threshold ({:.2}x smaller); no promoteTo set, nothing promoted",
-                            res.ratio
-                        ),
-                    ),
-                };
-                (
-                    msg,
-                    [
-                        (condition::READY, t, p.clone()),
-                        (condition::RECONCILING, f, p.clone()),
-                        (condition::STALLED, f, p.clone()),
-                        (condition::EVALUATED, t, p),
-                        (condition::PROMOTED, promoted.0, promoted.1.into()),
-                    ],
-                )
-            }
-            // Stalled=True: a rejection is terminal and nothing changes until the spec does,
-            // so kstatus (Flux, Argo CD, kpt) reads it Failed, with the reason, instead of
-            // falling back to Ready=False (InProgress) and waiting out its timeout. What is
-            // served does not change: the promotion target did not move.
-            (Phase::Rejected, Some(res)) => {
-                let r = reason::REJECTED.to_string();
-                (
-                    rejection(res),
-                    [
-                        (condition::READY, f, r.clone()),
-                        (condition::RECONCILING, f, r.clone()),
-                        (condition::STALLED, t, r.clone()),
-                        (condition::EVALUATED, t, r),
-                        (condition::PROMOTED, f, reason::NOT_PROMOTED.into()),
-                    ],
-                )
-            }
-            // Failed, or a message claiming success without a result: a failed run.
-            _ => {
-                let r = valid_reason(m.reason.as_deref(), reason::WORKER_FAILED);
-                let msg = m
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| format!("worker Job {job} failed"));
-                let evaluated = if m.result.is_some() { t } else { f };
-                (
-                    msg,
-                    [
-                        (condition::READY, f, r.clone()),
-                        (condition::RECONCILING, f, r.clone()),
-                        (condition::STALLED, t, r.clone()),
-                        (condition::EVALUATED, evaluated, r),
-                        (condition::PROMOTED, f, reason::NOT_PROMOTED.into()),
-                    ],
-                )
-            }
-        },
+        Observed::Finished(m) => finished_conditions(m, job),
     };
-    // A result reused from the cache says so, and where it came from.
-    let message = match result.as_ref().and_then(|r| r.cached_from.as_ref()) {
-        Some(c) => format!(
-            "{message} (result reused from {}, cache key {})",
-            c.run,
-            &c.key[..c.key.len().min(16)]
-        ),
-        None => message,
-    };
+    let message = with_cache_origin(message, result.as_ref());
     // Status and the Events made from it never carry a URI's query string or userinfo.
     let message = crate::uri::redact_in(&message);
-    // a finished run is Succeeded or Rejected only with a result; anything else failed
-    let phase = match observed {
-        Observed::Finished(m) => match (m.phase, &m.result) {
-            (Phase::Succeeded | Phase::Rejected, Some(_)) => m.phase,
-            _ => Phase::Failed,
-        },
-        Observed::Invalid(_) => Phase::Failed,
-        Observed::Queued { .. } | Observed::Pending => Phase::Pending,
-        Observed::Running => Phase::Running,
-    };
+    let phase = phase_of(observed);
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let conditions = conds
-        .into_iter()
-        .map(|(type_, status, reason)| {
-            let kept = old_conditions
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone());
-            // the why goes on Ready and on conditions that hold, not five copies of it
-            let message = if type_ == condition::READY || status == t {
-                message.clone()
-            } else {
-                String::new()
-            };
-            Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason,
-                message,
-                observed_generation: generation,
-                last_transition_time: kept.unwrap_or_else(|| now.clone()),
-            }
-        })
-        .collect();
+    let conditions = stamp_conditions(conds, &message, old_conditions, generation, now);
     CompressionJobStatus {
         phase: Some(phase),
         observed_generation: generation,
@@ -278,6 +141,181 @@ pub fn desired(
         },
         result,
     }
+}
+
+/// An invalid spec: stalled until the spec changes, nothing evaluated or promoted.
+fn invalid_conditions() -> Conditions {
+    let r = reason::INVALID_SPEC.to_string();
+    [
+        (condition::READY, FALSE, r.clone()),
+        (condition::RECONCILING, FALSE, r.clone()),
+        (condition::STALLED, TRUE, r.clone()),
+        (condition::EVALUATED, FALSE, r.clone()),
+        (condition::PROMOTED, FALSE, r),
+    ]
+}
+
+/// Queued, pending or running: reconciling, the outcome unknown yet.
+fn waiting_conditions(observed: &Observed, job: &str) -> (String, Conditions) {
+    let (r, msg) = match observed {
+        Observed::Queued { queue, why } => (
+            reason::QUEUED,
+            format!(
+                "worker Job {job} is queued in Kueue LocalQueue {queue}: {}",
+                why.as_deref()
+                    .unwrap_or("waiting for Kueue to admit it (no reason reported yet)")
+            ),
+        ),
+        Observed::Pending => (
+            reason::PENDING,
+            format!("worker Job {job} created; waiting for its pod to run"),
+        ),
+        _ => (reason::RUNNING, format!("worker Job {job} is running")),
+    };
+    let r = r.to_string();
+    (
+        msg,
+        [
+            (condition::READY, FALSE, r.clone()),
+            (condition::RECONCILING, TRUE, r.clone()),
+            (condition::STALLED, FALSE, r.clone()),
+            (condition::EVALUATED, UNKNOWN, r.clone()),
+            (condition::PROMOTED, UNKNOWN, r),
+        ],
+    )
+}
+
+/// A finished run: passed (promoted or not), rejected, or failed.
+fn finished_conditions(m: &WorkerMessage, job: &str) -> (String, Conditions) {
+    match (m.phase, &m.result) {
+        (Phase::Succeeded, Some(res)) => passed_conditions(res),
+        // Stalled=True: a rejection is terminal and nothing changes until the spec does,
+        // so kstatus (Flux, Argo CD, kpt) reads it Failed, with the reason, instead of
+        // falling back to Ready=False (InProgress) and waiting out its timeout. What is
+        // served does not change: the promotion target did not move.
+        (Phase::Rejected, Some(res)) => {
+            let r = reason::REJECTED.to_string();
+            (
+                rejection(res),
+                [
+                    (condition::READY, FALSE, r.clone()),
+                    (condition::RECONCILING, FALSE, r.clone()),
+                    (condition::STALLED, TRUE, r.clone()),
+                    (condition::EVALUATED, TRUE, r),
+                    (condition::PROMOTED, FALSE, reason::NOT_PROMOTED.into()),
+                ],
+            )
+        }
+        // Failed, or a message claiming success without a result: a failed run.
+        _ => {
+            let r = valid_reason(m.reason.as_deref(), reason::WORKER_FAILED);
+            let msg = m
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("worker Job {job} failed"));
+            let evaluated = if m.result.is_some() { TRUE } else { FALSE };
+            (
+                msg,
+                [
+                    (condition::READY, FALSE, r.clone()),
+                    (condition::RECONCILING, FALSE, r.clone()),
+                    (condition::STALLED, TRUE, r.clone()),
+                    (condition::EVALUATED, evaluated, r),
+                    (condition::PROMOTED, FALSE, reason::NOT_PROMOTED.into()),
+                ],
+            )
+        }
+    }
+}
+
+/// A candidate that passed every threshold: Ready, and Promoted when it had somewhere to go.
+fn passed_conditions(res: &JobResult) -> (String, Conditions) {
+    let p = reason::PASSED.to_string();
+    let (promoted, msg) = match &res.promoted {
+        Some(a) => (
+            (TRUE, reason::PROMOTED),
+            format!(
+                "candidate passed every threshold ({:.2}x smaller) and was promoted to {}",
+                res.ratio, a.uri
+            ),
+        ),
+        None => (
+            (FALSE, reason::NO_PROMOTE_TARGET),
+            format!(
+                "candidate passed every threshold ({:.2}x smaller); no promoteTo set, nothing promoted",
+                res.ratio
+            ),
+        ),
+    };
+    (
+        msg,
+        [
+            (condition::READY, TRUE, p.clone()),
+            (condition::RECONCILING, FALSE, p.clone()),
+            (condition::STALLED, FALSE, p.clone()),
+            (condition::EVALUATED, TRUE, p),
+            (condition::PROMOTED, promoted.0, promoted.1.into()),
+        ],
+    )
+}
+
+/// A result reused from the cache says so, and where it came from.
+fn with_cache_origin(message: String, result: Option<&JobResult>) -> String {
+    match result.and_then(|r| r.cached_from.as_ref()) {
+        Some(c) => format!(
+            "{message} (result reused from {}, cache key {})",
+            c.run,
+            &c.key[..c.key.len().min(16)]
+        ),
+        None => message,
+    }
+}
+
+/// A finished run is Succeeded or Rejected only with a result; anything else failed.
+fn phase_of(observed: &Observed) -> Phase {
+    match observed {
+        Observed::Finished(m) => match (m.phase, &m.result) {
+            (Phase::Succeeded | Phase::Rejected, Some(_)) => m.phase,
+            _ => Phase::Failed,
+        },
+        Observed::Invalid(_) => Phase::Failed,
+        Observed::Queued { .. } | Observed::Pending => Phase::Pending,
+        Observed::Running => Phase::Running,
+    }
+}
+
+/// The conditions with their message, generation and transition time (kept from `old` while
+/// a condition's status stays the same).
+fn stamp_conditions(
+    conds: Conditions,
+    message: &str,
+    old: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    conds
+        .into_iter()
+        .map(|(type_, status, reason)| {
+            let kept = old
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone());
+            // the why goes on Ready and on conditions that hold, not five copies of it
+            let message = if type_ == condition::READY || status == TRUE {
+                message.to_string()
+            } else {
+                String::new()
+            };
+            Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason,
+                message,
+                observed_generation: generation,
+                last_transition_time: kept.unwrap_or_else(|| now.clone()),
+            }
+        })
+        .collect()
 }
 
 /// The Event for a change from `old` to `new` (a new phase, or the same phase for a new
@@ -412,406 +450,4 @@ pub async fn apply_status(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::{ArtifactRef, Check, Verdict};
-    use jiff::Timestamp;
-
-    fn at(s: i64) -> Time {
-        Time(Timestamp::from_second(s).unwrap())
-    }
-
-    fn run() -> Run {
-        Run {
-            job_name: "digits-g2-0123abcd".into(),
-            start_time: Some(at(100)),
-            completion_time: Some(at(160)),
-            worker: None,
-        }
-    }
-
-    fn result(verdict: Verdict, promoted: bool) -> JobResult {
-        JobResult {
-            verdict,
-            original_bytes: 4000,
-            compressed_bytes: 1000,
-            ratio: 4.0,
-            accuracy_drop: Some(0.002),
-            checks: vec![Check {
-                name: "maxAccuracyDrop".into(),
-                value: 0.002,
-                limit: if verdict == Verdict::Passed {
-                    0.01
-                } else {
-                    0.001
-                },
-                passed: verdict == Verdict::Passed,
-                interval: None,
-                note: None,
-            }],
-            promoted: promoted.then(|| ArtifactRef {
-                uri: "s3://m/production/".into(),
-                sha256: "ab".repeat(32),
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn finished(phase: Phase, result: Option<JobResult>) -> Observed {
-        Observed::Finished(Box::new(WorkerMessage {
-            phase,
-            result,
-            reason: None,
-            permanent: None,
-            message: None,
-        }))
-    }
-
-    fn cond<'a>(s: &'a CompressionJobStatus, t: &str) -> &'a Condition {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == t)
-            .unwrap_or_else(|| panic!("no {t} condition"))
-    }
-
-    fn statuses(s: &CompressionJobStatus) -> Vec<(&str, &str)> {
-        s.conditions
-            .iter()
-            .map(|c| (c.type_.as_str(), c.status.as_str()))
-            .collect()
-    }
-
-    /// Generation 2's status once its Job finished with `r`.
-    fn succeeded_with(r: JobResult) -> CompressionJobStatus {
-        desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &finished(Phase::Succeeded, Some(r)),
-            &at(200),
-        )
-    }
-
-    #[test]
-    fn the_ratio_and_accuracy_drop_columns_are_rounded_and_the_checks_keep_every_digit() {
-        let mut r = result(Verdict::Passed, true);
-        r.ratio = 3.926_785_714;
-        r.accuracy_drop = Some(0.001_851_851_9);
-        r.checks[0].value = 0.001_851_851_9;
-        let s = succeeded_with(r);
-        let r = s.result.unwrap();
-        assert_eq!((r.ratio, r.accuracy_drop), (3.93, Some(0.0019)));
-        assert_eq!(r.checks[0].value, 0.001_851_851_9);
-    }
-
-    #[test]
-    fn a_cached_result_says_where_it_came_from() {
-        let mut r = result(Verdict::Passed, true);
-        r.cached_from = Some(crate::api::CachedFrom {
-            run: "s3://m/out/runs/digits-1".into(),
-            key: "cd".repeat(32),
-        });
-        let s = succeeded_with(r);
-        assert_eq!(s.phase, Some(Phase::Succeeded));
-        let m = s.message.as_deref().unwrap();
-        assert!(
-            m.contains("promoted") && m.contains("reused from s3://m/out/runs/digits-1"),
-            "{m}"
-        );
-        assert_eq!(
-            s.result.unwrap().cached_from.unwrap().run,
-            "s3://m/out/runs/digits-1"
-        );
-    }
-
-    #[test]
-    fn promoted_candidate_is_ready_evaluated_and_promoted() {
-        let s = desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
-            &at(200),
-        );
-        assert_eq!(s.phase, Some(Phase::Succeeded));
-        assert_eq!(
-            statuses(&s),
-            [
-                ("Ready", "True"),
-                ("Reconciling", "False"),
-                ("Stalled", "False"),
-                ("Evaluated", "True"),
-                ("Promoted", "True")
-            ]
-        );
-        assert_eq!(cond(&s, "Promoted").reason, "Promoted");
-        assert!(
-            s.conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(2))
-        );
-        assert_eq!(s.result.as_ref().unwrap().ratio, 4.0);
-        assert_eq!(
-            (s.start_time.clone(), s.completion_time.clone()),
-            (Some(at(100)), Some(at(160)))
-        );
-        assert_eq!(s.job_name.as_deref(), Some("digits-g2-0123abcd"));
-        assert!(s.message.as_deref().unwrap().contains("s3://m/production/"));
-        assert_eq!(cond(&s, "Ready").message, *s.message.as_ref().unwrap());
-        assert_eq!(
-            cond(&s, "Stalled").message,
-            "",
-            "a False Stalled needs no story"
-        );
-    }
-
-    #[test]
-    fn passing_candidate_without_promote_target_is_ready_but_not_promoted() {
-        let s = desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &finished(Phase::Succeeded, Some(result(Verdict::Passed, false))),
-            &at(200),
-        );
-        assert_eq!(cond(&s, "Ready").status, "True");
-        assert_eq!(
-            (
-                cond(&s, "Promoted").status.as_str(),
-                cond(&s, "Promoted").reason.as_str()
-            ),
-            ("False", "NoPromoteTarget")
-        );
-    }
-
-    #[test]
-    fn rejected_candidate_is_evaluated_not_ready_stalled_and_never_promoted() {
-        let s = desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &finished(Phase::Rejected, Some(result(Verdict::Rejected, false))),
-            &at(200),
-        );
-        assert_eq!(s.phase, Some(Phase::Rejected));
-        assert_eq!(
-            statuses(&s),
-            [
-                ("Ready", "False"),
-                ("Reconciling", "False"),
-                ("Stalled", "True"),
-                ("Evaluated", "True"),
-                ("Promoted", "False")
-            ]
-        );
-        assert_eq!(cond(&s, "Ready").reason, "ThresholdsFailed");
-        assert_eq!(cond(&s, "Stalled").reason, "ThresholdsFailed");
-        assert!(
-            s.message
-                .as_deref()
-                .unwrap()
-                .contains("maxAccuracyDrop 0.002 (limit 0.001)"),
-            "{:?}",
-            s.message
-        );
-    }
-
-    #[test]
-    fn worker_failure_stalls_with_the_worker_category() {
-        let m = WorkerMessage {
-            phase: Phase::Failed,
-            result: None,
-            reason: Some("InvalidModel".into()),
-            permanent: Some(true),
-            message: Some("model.onnx: not an ONNX model".into()),
-        };
-        let s = desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &Observed::Finished(Box::new(m)),
-            &at(200),
-        );
-        assert_eq!(s.phase, Some(Phase::Failed));
-        assert_eq!(
-            (
-                cond(&s, "Stalled").status.as_str(),
-                cond(&s, "Stalled").reason.as_str()
-            ),
-            ("True", "InvalidModel")
-        );
-        assert_eq!(cond(&s, "Ready").status, "False");
-        assert_eq!(s.message.as_deref(), Some("model.onnx: not an ONNX model"));
-        assert_eq!(transition_event(None, &s).unwrap().reason, "InvalidModel");
-    }
-
-    #[test]
-    fn unreadable_reason_falls_back_to_worker_failed() {
-        let m = WorkerMessage {
-            phase: Phase::Failed,
-            result: None,
-            reason: Some("oom killed!".into()),
-            permanent: None,
-            message: None,
-        };
-        let s = desired(
-            Some(1),
-            None,
-            Some(&run()),
-            &Observed::Finished(Box::new(m)),
-            &at(200),
-        );
-        assert_eq!(cond(&s, "Stalled").reason, "WorkerFailed");
-    }
-
-    #[test]
-    fn success_without_a_result_is_a_failure() {
-        let s = desired(
-            Some(1),
-            None,
-            Some(&run()),
-            &finished(Phase::Succeeded, None),
-            &at(200),
-        );
-        assert_eq!(s.phase, Some(Phase::Failed));
-        assert_eq!(cond(&s, "Stalled").status, "True");
-    }
-
-    #[test]
-    fn invalid_spec_stalls_without_a_job() {
-        let s = desired(
-            Some(5),
-            None,
-            None,
-            &Observed::Invalid("invalid CompressionJob spec: spec.passes: at least one".into()),
-            &at(200),
-        );
-        assert_eq!(s.phase, Some(Phase::Failed));
-        assert_eq!(s.job_name, None);
-        assert_eq!(
-            statuses(&s),
-            [
-                ("Ready", "False"),
-                ("Reconciling", "False"),
-                ("Stalled", "True"),
-                ("Evaluated", "False"),
-                ("Promoted", "False")
-            ]
-        );
-        assert!(s.conditions.iter().all(|c| c.reason == "InvalidSpec"));
-        let ev = transition_event(None, &s).unwrap();
-        assert_eq!(
-            (ev.type_, ev.reason.as_str()),
-            (EventType::Warning, "InvalidSpec")
-        );
-    }
-
-    #[test]
-    fn work_in_progress_is_reconciling_and_has_no_completion_time() {
-        let s = desired(Some(1), None, Some(&run()), &Observed::Running, &at(200));
-        assert_eq!(s.phase, Some(Phase::Running));
-        assert_eq!(
-            statuses(&s),
-            [
-                ("Ready", "False"),
-                ("Reconciling", "True"),
-                ("Stalled", "False"),
-                ("Evaluated", "Unknown"),
-                ("Promoted", "Unknown")
-            ]
-        );
-        assert_eq!(s.completion_time, None);
-        assert_eq!(s.result, None);
-    }
-
-    #[test]
-    fn unchanged_observation_keeps_every_transition_time_and_equals_the_old_status() {
-        let first = desired(Some(1), None, Some(&run()), &Observed::Pending, &at(200));
-        let again = desired(
-            Some(1),
-            Some(&first),
-            Some(&run()),
-            &Observed::Pending,
-            &at(300),
-        );
-        assert_eq!(first, again, "no write and no Event when nothing changed");
-        assert!(transition_event(Some(&first), &again).is_none());
-    }
-
-    #[test]
-    fn only_conditions_whose_status_changes_get_a_new_transition_time() {
-        let pending = desired(Some(1), None, Some(&run()), &Observed::Pending, &at(200));
-        let running = desired(
-            Some(1),
-            Some(&pending),
-            Some(&run()),
-            &Observed::Running,
-            &at(300),
-        );
-        // Pending -> Running: every status stays the same, only reasons change
-        assert!(
-            running
-                .conditions
-                .iter()
-                .all(|c| c.last_transition_time == at(200))
-        );
-        assert_eq!(cond(&running, "Ready").reason, "Running");
-        let done = desired(
-            Some(1),
-            Some(&running),
-            Some(&run()),
-            &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
-            &at(400),
-        );
-        assert_eq!(cond(&done, "Ready").last_transition_time, at(400));
-        assert_eq!(
-            cond(&done, "Stalled").last_transition_time,
-            at(200),
-            "Stalled stayed False"
-        );
-        assert_eq!(
-            transition_event(Some(&running), &done).unwrap().reason,
-            "Promoted"
-        );
-    }
-
-    #[test]
-    fn a_new_generation_is_a_transition_even_in_the_same_phase() {
-        let old = desired(
-            Some(1),
-            None,
-            None,
-            &Observed::Invalid("bad".into()),
-            &at(200),
-        );
-        let new = desired(
-            Some(2),
-            Some(&old),
-            None,
-            &Observed::Invalid("still bad".into()),
-            &at(300),
-        );
-        assert!(transition_event(Some(&old), &new).is_some());
-        assert!(
-            new.conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(2))
-        );
-    }
-
-    #[test]
-    fn status_survives_the_api_round_trip_unchanged() {
-        // the old status comes back through JSON: equality must hold across it, or every
-        // reconcile would write
-        let s = desired(
-            Some(2),
-            None,
-            Some(&run()),
-            &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
-            &at(200),
-        );
-        let back: CompressionJobStatus =
-            serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
-        assert_eq!(s, back);
-    }
-}
+mod tests;

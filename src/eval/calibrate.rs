@@ -377,10 +377,6 @@ pub fn run(
     };
     let prep = super::prepare(opened, ds, &check)?;
     let model = opened.path.clone();
-    let run_err = |message: String| Error::Run {
-        path: model.clone(),
-        message,
-    };
     if rows
         .start
         .checked_add(rows.count)
@@ -400,7 +396,34 @@ pub fn run(
     // Inputs are fed as for evaluation (a state fed back runs rows one at a time, in order).
     let mut archives = prep.plan.archives();
     let mut feeder = Feeder::new(&prep.plan, ds, &mut archives, rows.start)?;
-    let mut stats: BTreeMap<String, TensorStats> = tensors
+    let mut stats = empty_stats(tensors, histograms);
+    let batch = if prep.plan.is_stateful() {
+        1
+    } else {
+        cfg.batch_size.max(1)
+    };
+    let mut done = 0;
+    while done < rows.count {
+        let n = batch.min(rows.count - done);
+        calibrate_batch(opened, &mut feeder, n, &mut stats)?;
+        done += n;
+        progress(done as u64, rows.count as u64);
+    }
+    feeder.finish()?;
+    let is_input = |name: &str| prep.plan.inputs.iter().any(|i| i.name == name);
+    match never_finite(&stats, rows, is_input) {
+        Some(what) => Err(Error::Mismatch {
+            dataset: ds.display_name().to_string(),
+            model,
+            what,
+        }),
+        None => Ok(stats),
+    }
+}
+
+/// Empty statistics for each tensor (min and max only without `histograms`).
+fn empty_stats(tensors: &[String], histograms: bool) -> BTreeMap<String, TensorStats> {
+    tensors
         .iter()
         .map(|t| {
             let s = if histograms {
@@ -410,86 +433,94 @@ pub fn run(
             };
             (t.clone(), s)
         })
+        .collect()
+}
+
+fn run_error(model: &Path, message: String) -> Error {
+    Error::Run {
+        path: model.to_path_buf(),
+        message,
+    }
+}
+
+/// Feeds the next `n` rows, runs the model once, and folds the fed inputs and the outputs
+/// into `stats`.
+fn calibrate_batch(
+    opened: &mut Opened,
+    feeder: &mut Feeder<'_, '_>,
+    n: usize,
+    stats: &mut BTreeMap<String, TensorStats>,
+) -> Result<()> {
+    let model = opened.path.clone();
+    let run_err = |message: String| run_error(&model, message);
+    let arrays = feeder.next(n)?;
+    let fed: Vec<(String, Vec<usize>)> = arrays
+        .iter()
+        .map(|(name, a)| (name.clone(), a.shape.clone()))
         .collect();
-    let batch = if prep.plan.is_stateful() {
-        1
-    } else {
-        cfg.batch_size.max(1)
-    };
-    let mut done = 0;
-    while done < rows.count {
-        let n = batch.min(rows.count - done);
-        let arrays = feeder.next(n)?;
-        let fed: Vec<(String, Vec<usize>)> = arrays
-            .iter()
-            .map(|(name, a)| (name.clone(), a.shape.clone()))
-            .collect();
-        let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> =
-            Vec::with_capacity(arrays.len());
-        for (name, arr) in arrays {
-            if let Some(s) = stats.get_mut(&name) {
-                match &arr.data {
-                    ArrayData::F32(v) => s.update(v),
-                    other => {
-                        return Err(run_err(format!(
-                            "input `{name}` is {}, so it cannot be calibrated",
-                            other.dtype()
-                        )));
-                    }
+    let mut feed: Vec<(Cow<str>, ort::session::SessionInputValue)> =
+        Vec::with_capacity(arrays.len());
+    for (name, arr) in arrays {
+        if let Some(s) = stats.get_mut(&name) {
+            match &arr.data {
+                ArrayData::F32(v) => s.update(v),
+                other => {
+                    return Err(run_err(format!(
+                        "input `{name}` is {}, so it cannot be calibrated",
+                        other.dtype()
+                    )));
                 }
             }
-            let t = tensor(arr).map_err(|e| run_err(e.to_string()))?;
-            feed.push((Cow::Owned(name), t.into()));
         }
-        let outputs = opened.sess.run(feed).map_err(|e| run_err(e.to_string()))?;
-        feeder
-            .feed_back(&fed, |name| outputs.get(name))
-            .map_err(run_err)?;
-        for (name, s) in stats.iter_mut() {
-            if fed.iter().any(|(n, _)| n == name) {
-                continue;
-            }
-            let v = outputs
-                .get(name.as_str())
-                .ok_or_else(|| run_err(format!("calibration output `{name}` missing")))?;
-            let (_, data) = v.try_extract_tensor::<f32>().map_err(|_| {
-                run_err(format!(
-                    "tensor `{name}` is not float32, so it cannot be calibrated"
-                ))
-            })?;
-            s.update(data);
-        }
-        done += n;
-        progress(done as u64, rows.count as u64);
+        let t = tensor(arr).map_err(|e| run_err(e.to_string()))?;
+        feed.push((Cow::Owned(name), t.into()));
     }
-    feeder.finish()?;
-    // A tensor with no finite value has no range: calibrating it would invent one.
-    // An input is named before what it feeds.
-    let is_input = |name: &String| prep.plan.inputs.iter().any(|i| &i.name == name);
-    if let Some((name, s)) = stats
+    let outputs = opened.sess.run(feed).map_err(|e| run_err(e.to_string()))?;
+    feeder
+        .feed_back(&fed, |name| outputs.get(name))
+        .map_err(run_err)?;
+    for (name, s) in stats.iter_mut() {
+        if fed.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let v = outputs
+            .get(name.as_str())
+            .ok_or_else(|| run_err(format!("calibration output `{name}` missing")))?;
+        let (_, data) = v.try_extract_tensor::<f32>().map_err(|_| {
+            run_err(format!(
+                "tensor `{name}` is not float32, so it cannot be calibrated"
+            ))
+        })?;
+        s.update(data);
+    }
+    Ok(())
+}
+
+/// A tensor with no finite value has no range: calibrating it would invent one. What to say
+/// about the first such tensor (an input is named before what it feeds); None when every
+/// tensor had a finite value.
+fn never_finite(
+    stats: &BTreeMap<String, TensorStats>,
+    rows: RowRange,
+    is_input: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let (name, s) = stats
         .iter()
         .filter(|(_, s)| s.count == 0 && s.non_finite > 0)
-        .min_by_key(|(name, _)| !is_input(name))
-    {
-        let input = is_input(name);
-        return Err(Error::Mismatch {
-            dataset: ds.display_name().to_string(),
-            model: model.clone(),
-            what: format!(
-                "{} `{name}` is NaN or infinite in all {} values of calibration rows {}..{}: {}",
-                if input { "input" } else { "tensor" },
-                s.non_finite,
-                rows.start,
-                rows.start + rows.count,
-                if input {
-                    "give calibration data with finite values"
-                } else {
-                    "the model computes no finite value from this data"
-                }
-            ),
-        });
-    }
-    Ok(stats)
+        .min_by_key(|(name, _)| !is_input(name.as_str()))?;
+    let input = is_input(name);
+    Some(format!(
+        "{} `{name}` is NaN or infinite in all {} values of calibration rows {}..{}: {}",
+        if input { "input" } else { "tensor" },
+        s.non_finite,
+        rows.start,
+        rows.start + rows.count,
+        if input {
+            "give calibration data with finite values"
+        } else {
+            "the model computes no finite value from this data"
+        }
+    ))
 }
 
 /// Rows of the arrays feeding `opened`'s inputs.

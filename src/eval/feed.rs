@@ -4,6 +4,15 @@
 //! (`spec.dataset.inputs`). Each session that runs a [`Feeder`] carries its own state, so the
 //! original and the candidate never share one.
 
+// Values here come from the dataset (labels, array elements, shapes): numeric casts that could
+// truncate, wrap or lose a sign are checked conversions, or allowed where the value is bounded
+// by construction (each allow says why).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use super::dataset::{Archive, Array, ArrayData, Dataset, Member, Rows};
 use crate::api::InputFeed;
 use ort::value::DynValue;
@@ -313,6 +322,9 @@ fn scalar(inp: &ModelInput, spec: &InputFeed, ds: &Dataset, at: &str) -> Result<
 }
 
 /// A rank-0 array of `dtype` holding `v` (whole and in range for an integer type).
+// A float32 input's value rounds to the nearest f32; every integer type's value is first
+// checked whole and in the type's range (`int`), so its cast is exact.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn value_array(v: f64, dtype: &str) -> Result<Array, String> {
     let int = |lo: f64, hi: f64| -> Result<f64, String> {
         if v.fract() != 0.0 || v < lo || v > hi {
@@ -438,7 +450,7 @@ pub fn array_of(v: &DynValue) -> Option<Array> {
     macro_rules! try_as {
         ($t:ty, $variant:ident) => {
             if let Ok((s, d)) = v.try_extract_tensor::<$t>() {
-                let shape = s.iter().map(|&x| x.max(0) as usize).collect();
+                let shape = s.iter().map(|&x| usize::try_from(x).unwrap_or(0)).collect();
                 return Some(Array {
                     shape,
                     data: ArrayData::$variant(d.to_vec()),

@@ -3,6 +3,15 @@
 //! each sample's true boxes (the detection task). Metrics against them are in
 //! [`super::quality`].
 
+// Values here come from the dataset (labels, array elements, shapes): numeric casts that could
+// truncate, wrap or lose a sign are checked conversions, or allowed where the value is bounded
+// by construction (each allow says why).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use super::task::{Det, Task};
 use super::{ArrayData, Dataset, Dtype};
 
@@ -70,6 +79,9 @@ fn expected(task: &Task, shape: &[usize], dtype: Dtype) -> (&'static str, bool) 
 
 /// Reads the first `samples` rows of array `name` as `task` reads labels. Errors name the
 /// field and say which shape and type it needs.
+// Class labels are integer arrays (`expected` refuses others), read through f64: each is a
+// whole number, so `as i64` gives it back (saturating past 2^63, where no class is).
+#[allow(clippy::cast_possible_truncation)]
 pub fn read(
     ds: &Dataset,
     name: &str,
@@ -122,6 +134,9 @@ fn as_f64(d: ArrayData) -> Vec<f64> {
 }
 
 /// Rows of `len` class indices; negative values are padding (anywhere in the row).
+// Integer arrays (`expected`), read through f64: `as i64` is exact for whole numbers and
+// saturates past 2^63, which the u32 conversion then refuses.
+#[allow(clippy::cast_possible_truncation)]
 fn sequences(v: &[f64], len: usize, at: &str) -> Result<Vec<Vec<u32>>, String> {
     if len == 0 {
         return Ok(vec![Vec::new(); v.len()]);
@@ -141,6 +156,9 @@ fn sequences(v: &[f64], len: usize, at: &str) -> Result<Vec<Vec<u32>>, String> {
 }
 
 /// Rows of `m` boxes (x1, y1, x2, y2, class); a box with a negative class is padding.
+// Coordinates are f32 in the metrics (rounding only: each is checked finite); the class is
+// checked finite and in [0, u32::MAX] before `as u32`.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn boxes(v: &[f64], m: usize, at: &str) -> Result<Vec<Vec<Det>>, String> {
     if m == 0 {
         return Ok(vec![Vec::new(); v.len()]);

@@ -154,8 +154,10 @@ pub fn load_as(path: &Path, shown: &Path) -> Result<Model> {
                 });
                 return;
             }
-            // Both fit in usize: they are within a buffer in memory.
-            t.raw_data = Some(data.slice(r.offset as usize..end as usize));
+            // Both fit in usize: end <= data.len() (checked above), a buffer in memory.
+            #[allow(clippy::cast_possible_truncation)]
+            let range = r.offset as usize..end as usize;
+            t.raw_data = Some(data.slice(range));
             t.external_data.clear();
             t.data_location = None;
         });

@@ -1,7 +1,16 @@
 //! ONNX ModelProto I/O (prost over the vendored `proto/onnx.proto`), external data, and the
 //! graph and tensor helpers the passes share.
 
-#[allow(clippy::all, missing_docs, rustdoc::all)]
+// Sizes, offsets, counts and dimensions here come from outside (files, servers): numeric
+// casts that could truncate, wrap or lose a sign are checked conversions, or allowed where the
+// value is bounded by construction (each allow says why).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod pb {
     include!("onnx.rs");
 }

@@ -193,7 +193,7 @@ pub fn int8_tensor(name: &str, dims: &[i64], values: Vec<i8>) -> pb::TensorProto
         name,
         dims,
         DataType::Int8,
-        values.into_iter().map(|v| v as u8).collect(),
+        values.into_iter().map(|v| v.to_le_bytes()[0]).collect(),
     )
 }
 

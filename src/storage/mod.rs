@@ -8,6 +8,16 @@
 //! client per store, cached. Every failure maps to an [`Error`] whose `is_permanent` says
 //! whether retrying can help; the mapping of HTTP answers lives in one place (`error`).
 
+// Sizes, offsets, counts and dimensions here come from outside (files, servers): numeric
+// casts that could truncate, wrap or lose a sign are checked conversions, or allowed where the
+// value is bounded by construction (each allow says why).
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
+mod clients;
 mod error;
 mod local;
 mod location;
@@ -21,9 +31,7 @@ use bytes::Bytes;
 use error::{StoreInfo, classify};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use object_store::{
-    ClientOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -220,146 +228,6 @@ impl Storage {
         let s = self.build(loc)?;
         stores.insert(loc.store_url().to_string(), s.clone());
         Ok(s)
-    }
-
-    fn build(&self, loc: &Location) -> Result<Store> {
-        let config = |source| Error::Config {
-            uri: loc.uri.clone(),
-            credentials: credential_source(loc.scheme),
-            source: Cause::new(source),
-        };
-        let plain_http = |endpoint: &str, setting: &str| Error::Misconfigured {
-            uri: loc.uri.clone(),
-            what: format!(
-                "the storage endpoint {} is plain http, which is refused unless allowed: set \
-                 spec.storage.allowHttp: true ({setting}), or use an https:// endpoint",
-                endpoint_origin(endpoint)
-            ),
-        };
-        let opts = ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(10))
-            .with_timeout(Duration::from_secs(300));
-        let retry = self.retry_config();
-        let (store, info): (Arc<dyn ObjectStore>, StoreInfo) = match loc.scheme {
-            Scheme::Local => unreachable!("local locations do not use object_store"),
-            Scheme::S3 => {
-                use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as K};
-                use object_store::client::ClientConfigKey;
-                // Client options first: from_env() puts AWS_ALLOW_HTTP etc. into the client
-                // options, which a later with_client_options() would throw away.
-                let apply = |b: AmazonS3Builder, k: &str, v: &str| {
-                    k.parse().map(|k| b.with_config(k, v)).ok()
-                };
-                let mut b = from_env(
-                    "AWS_",
-                    AmazonS3Builder::new().with_client_options(opts),
-                    apply,
-                );
-                b = apply_options(b, &self.options, apply)
-                    .with_url(loc.store_url())
-                    .with_retry(retry);
-                if b.get_config_value(&K::Region).is_none() {
-                    b = b.with_region("us-east-1");
-                }
-                if let Some(e) = &self.spec.endpoint {
-                    b = b.with_endpoint(e);
-                }
-                if let Some(r) = &self.spec.region {
-                    b = b.with_region(r);
-                }
-                if let Some(v) = self.spec.virtual_hosted_style {
-                    b = b.with_virtual_hosted_style_request(v);
-                }
-                if let Some(h) = self.spec.allow_http {
-                    b = b.with_allow_http(h);
-                }
-                let allow_http = b
-                    .get_config_value(&K::Client(ClientConfigKey::AllowHttp))
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-                if let Some(e) = b.get_config_value(&K::Endpoint)
-                    && is_plain_http(&e)
-                    && !allow_http
-                {
-                    return Err(plain_http(&e, "or AWS_ALLOW_HTTP=true"));
-                }
-                let has = |k: K| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
-                let skip_signature = b
-                    .get_config_value(&K::SkipSignature)
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-                // With none of these, object_store asks the instance metadata endpoint.
-                let configured = skip_signature
-                    || has(K::AccessKeyId)
-                    || has(K::SecretAccessKey)
-                    || (has(K::WebIdentityTokenFile) && has(K::RoleArn))
-                    || has(K::ContainerCredentialsRelativeUri)
-                    || has(K::ContainerCredentialsFullUri);
-                let imds = (!configured).then(|| {
-                    b.get_config_value(&K::MetadataEndpoint)
-                        .unwrap_or_else(|| "http://169.254.169.254".into())
-                        .trim_end_matches('/')
-                        .to_string()
-                });
-                (Arc::new(b.build().map_err(config)?), StoreInfo { imds })
-            }
-            Scheme::Gcs => {
-                use object_store::gcp::GoogleCloudStorageBuilder;
-                let apply = |b: GoogleCloudStorageBuilder, k: &str, v: &str| {
-                    k.parse().map(|k| b.with_config(k, v)).ok()
-                };
-                let b = from_env(
-                    "GOOGLE_",
-                    GoogleCloudStorageBuilder::new().with_client_options(opts),
-                    apply,
-                );
-                let b = apply_options(b, &self.options, apply)
-                    .with_url(loc.store_url())
-                    .with_retry(retry);
-                (Arc::new(b.build().map_err(config)?), StoreInfo::default())
-            }
-            Scheme::Azure => {
-                use object_store::azure::{AzureConfigKey as K, MicrosoftAzureBuilder};
-                use object_store::client::ClientConfigKey;
-                let apply = |b: MicrosoftAzureBuilder, k: &str, v: &str| {
-                    k.parse().map(|k| b.with_config(k, v)).ok()
-                };
-                let b = from_env(
-                    "AZURE_",
-                    MicrosoftAzureBuilder::new().with_client_options(opts),
-                    apply,
-                );
-                let mut b = apply_options(b, &self.options, apply)
-                    .with_url(loc.store_url())
-                    .with_retry(retry);
-                if let Some(e) = &self.spec.endpoint {
-                    b = b.with_endpoint(e.clone());
-                }
-                if let Some(h) = self.spec.allow_http {
-                    b = b.with_allow_http(h);
-                }
-                let allow_http = b
-                    .get_config_value(&K::Client(ClientConfigKey::AllowHttp))
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-                if let Some(e) = b.get_config_value(&K::Endpoint)
-                    && is_plain_http(&e)
-                    && !allow_http
-                {
-                    return Err(plain_http(&e, "or AZURE_ALLOW_HTTP=true"));
-                }
-                (Arc::new(b.build().map_err(config)?), StoreInfo::default())
-            }
-            Scheme::Http => (
-                Arc::new(
-                    object_store::http::HttpBuilder::new()
-                        .with_url(loc.store_url())
-                        .with_retry(retry)
-                        .with_client_options(opts.with_allow_http(true))
-                        .build()
-                        .map_err(config)?,
-                ),
-                StoreInfo::default(),
-            ),
-        };
-        Ok(Store { store, info })
     }
 
     fn read_only(loc: &Location) -> Result<()> {
@@ -564,113 +432,47 @@ impl Storage {
             path: src.into(),
             source,
         };
-        let mut f = tokio::fs::File::open(src).await.map_err(io)?;
+        let f = tokio::fs::File::open(src).await.map_err(io)?;
         let total = f.metadata().await.map_err(io)?.len();
-        let mismatch = |actual: &str| {
-            expected_sha256
-                .filter(|e| !e.eq_ignore_ascii_case(actual))
-                .map(|e| Error::UploadChecksum {
-                    uri: loc.uri.clone(),
-                    expected: e.into(),
-                    actual: actual.into(),
-                })
+        let upload = Upload {
+            src,
+            loc,
+            expected_sha256,
+            total,
+            progress,
         };
-        let mut hasher = Sha256::new();
-        if let Some(path) = loc.local_path() {
-            let write = |source| Error::Write {
-                uri: loc.uri.clone(),
-                path: path.clone(),
-                source,
-            };
-            let mut w = local::Writer::create(&path).await.map_err(write)?;
-            let mut buf = vec![0u8; READ_BYTES];
-            loop {
-                let n = f.read(&mut buf).await.map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                w.write(&buf[..n]).await.map_err(write)?;
-                progress(w.written, Some(total));
-            }
-            w.finish_data().await.map_err(write)?;
-            let sha256 = hex::encode(hasher.finalize());
-            if let Some(e) = mismatch(&sha256) {
-                return Err(e);
-            }
-            let bytes = w.written;
-            w.commit().await.map_err(write)?;
-            return Ok(Uploaded { bytes, sha256 });
+        match loc.local_path() {
+            Some(path) => upload.to_local_file(f, &path).await,
+            None => self.upload_to_store(f, &upload).await,
         }
+    }
 
-        let s = self.store(loc)?;
-        let path = loc.path()?;
-        let fail = |e| classify(loc, "upload", &s.info, e);
+    /// A remote upload: one request when the file fits in one part, else multipart.
+    async fn upload_to_store(&self, mut f: tokio::fs::File, u: &Upload<'_>) -> Result<Uploaded> {
+        let s = self.store(u.loc)?;
+        let path = u.loc.path()?;
+        let mut hasher = Sha256::new();
         let mut buf = vec![0u8; PART_BYTES];
-        let n = read_full(&mut f, &mut buf).await.map_err(io)?;
-        if n < PART_BYTES {
-            // Small: one request, sent only after the digest is known.
-            hasher.update(&buf[..n]);
-            let sha256 = hex::encode(hasher.finalize());
-            if let Some(e) = mismatch(&sha256) {
-                return Err(e);
-            }
-            buf.truncate(n);
-            s.store
-                .put(&path, PutPayload::from(buf))
-                .await
-                .map_err(fail)?;
-            progress(n as u64, Some(total));
-            return Ok(Uploaded {
-                bytes: n as u64,
-                sha256,
-            });
+        let n = read_full(&mut f, &mut buf).await.map_err(|e| u.io(e))?;
+        if n >= PART_BYTES {
+            return u.multipart(&s, &path, f, buf, hasher).await;
         }
-        let mut upload = s.store.put_multipart(&path).await.map_err(fail)?;
-        let result: Result<Uploaded> = async {
-            let mut in_flight = FuturesUnordered::new();
-            let mut sent = 0u64;
-            let mut n = n;
-            while n > 0 {
-                hasher.update(&buf[..n]);
-                in_flight
-                    .push(upload.put_part(PutPayload::from(Bytes::copy_from_slice(&buf[..n]))));
-                sent += n as u64;
-                while in_flight.len() >= PARTS_IN_FLIGHT {
-                    if let Some(r) = in_flight.next().await {
-                        r.map_err(fail)?;
-                    }
-                }
-                progress(sent, Some(total));
-                n = read_full(&mut f, &mut buf).await.map_err(io)?;
-            }
-            while let Some(r) = in_flight.next().await {
-                r.map_err(fail)?;
-            }
-            let sha256 = hex::encode(hasher.clone().finalize());
-            if let Some(e) = mismatch(&sha256) {
-                return Err(e);
-            }
-            Ok(Uploaded {
-                bytes: sent,
-                sha256,
-            })
+        // Small: one request, sent only after the digest is known.
+        hasher.update(&buf[..n]);
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(e) = u.mismatch(&sha256) {
+            return Err(e);
         }
-        .await;
-        match result {
-            Ok(done) => match upload.complete().await {
-                Ok(_) => Ok(done),
-                Err(e) => {
-                    let _ = upload.abort().await;
-                    Err(fail(e))
-                }
-            },
-            Err(e) => {
-                // Best effort: the parts already sent are dropped; nothing became visible.
-                let _ = upload.abort().await;
-                Err(e)
-            }
-        }
+        buf.truncate(n);
+        s.store
+            .put(&path, PutPayload::from(buf))
+            .await
+            .map_err(|e| classify(u.loc, "upload", &s.info, e))?;
+        (u.progress)(n as u64, Some(u.total));
+        Ok(Uploaded {
+            bytes: n as u64,
+            sha256,
+        })
     }
 
     /// Writes a small object in one request (local: atomically).
@@ -832,49 +634,121 @@ impl Storage {
     }
 }
 
-fn is_plain_http(endpoint: &str) -> bool {
-    endpoint
-        .trim()
-        .get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+/// One upload of [`Storage::put_file_checked`]: the file, where it goes, the digest it must
+/// have.
+struct Upload<'a> {
+    src: &'a Path,
+    loc: &'a Location,
+    expected_sha256: Option<&'a str>,
+    total: u64,
+    progress: ProgressFn<'a>,
 }
 
-/// `scheme://host:port` of an endpoint (no user info, path or query).
-fn endpoint_origin(endpoint: &str) -> String {
-    match url::Url::parse(endpoint.trim()) {
-        Ok(u) => {
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{}{port}", u.scheme(), u.host_str().unwrap_or(""))
+impl Upload<'_> {
+    fn io(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            path: self.src.into(),
+            source,
         }
-        Err(_) => "(unparsable endpoint)".into(),
     }
-}
 
-/// Applies every `<PREFIX>*` environment variable the builder knows (as object_store's own
-/// `from_env` does), on top of a builder that already has our client options.
-fn from_env<B: Clone>(prefix: &str, mut b: B, apply: impl Fn(B, &str, &str) -> Option<B>) -> B {
-    for (k, v) in std::env::vars() {
-        if k.starts_with(prefix)
-            && let Some(next) = apply(b.clone(), &k.to_ascii_lowercase(), &v)
-        {
-            b = next;
-        }
+    /// The refusal of bytes that hash to `actual`, when a digest was expected and differs.
+    fn mismatch(&self, actual: &str) -> Option<Error> {
+        self.expected_sha256
+            .filter(|e| !e.eq_ignore_ascii_case(actual))
+            .map(|e| Error::UploadChecksum {
+                uri: self.loc.uri.clone(),
+                expected: e.into(),
+                actual: actual.into(),
+            })
     }
-    b
-}
 
-/// Applies the keys of `options` the builder knows.
-fn apply_options<B: Clone>(
-    mut b: B,
-    options: &[(String, String)],
-    apply: impl Fn(B, &str, &str) -> Option<B>,
-) -> B {
-    for (k, v) in options {
-        if let Some(next) = apply(b.clone(), k, v) {
-            b = next;
+    /// A local destination: a staging file renamed into place once the digest is checked.
+    async fn to_local_file(&self, mut f: tokio::fs::File, path: &Path) -> Result<Uploaded> {
+        let write = |source| Error::Write {
+            uri: self.loc.uri.clone(),
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut hasher = Sha256::new();
+        let mut w = local::Writer::create(path).await.map_err(write)?;
+        let mut buf = vec![0u8; READ_BYTES];
+        loop {
+            let n = f.read(&mut buf).await.map_err(|e| self.io(e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            w.write(&buf[..n]).await.map_err(write)?;
+            (self.progress)(w.written, Some(self.total));
+        }
+        w.finish_data().await.map_err(write)?;
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(e) = self.mismatch(&sha256) {
+            return Err(e);
+        }
+        let bytes = w.written;
+        w.commit().await.map_err(write)?;
+        Ok(Uploaded { bytes, sha256 })
+    }
+
+    /// A multipart upload of `f`, whose first full part is in `buf`: completed only after
+    /// every part was sent and the digest checked, aborted on any failure.
+    async fn multipart(
+        &self,
+        s: &Store,
+        path: &object_store::path::Path,
+        mut f: tokio::fs::File,
+        mut buf: Vec<u8>,
+        mut hasher: Sha256,
+    ) -> Result<Uploaded> {
+        let fail = |e| classify(self.loc, "upload", &s.info, e);
+        let mut upload = s.store.put_multipart(path).await.map_err(fail)?;
+        let result: Result<Uploaded> = async {
+            let mut in_flight = FuturesUnordered::new();
+            let mut sent = 0u64;
+            let mut n = buf.len();
+            while n > 0 {
+                hasher.update(&buf[..n]);
+                in_flight
+                    .push(upload.put_part(PutPayload::from(Bytes::copy_from_slice(&buf[..n]))));
+                sent += n as u64;
+                while in_flight.len() >= PARTS_IN_FLIGHT {
+                    if let Some(r) = in_flight.next().await {
+                        r.map_err(fail)?;
+                    }
+                }
+                (self.progress)(sent, Some(self.total));
+                n = read_full(&mut f, &mut buf).await.map_err(|e| self.io(e))?;
+            }
+            while let Some(r) = in_flight.next().await {
+                r.map_err(fail)?;
+            }
+            let sha256 = hex::encode(hasher.clone().finalize());
+            if let Some(e) = self.mismatch(&sha256) {
+                return Err(e);
+            }
+            Ok(Uploaded {
+                bytes: sent,
+                sha256,
+            })
+        }
+        .await;
+        match result {
+            Ok(done) => match upload.complete().await {
+                Ok(_) => Ok(done),
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    Err(fail(e))
+                }
+            },
+            Err(e) => {
+                // Best effort: the parts already sent are dropped; nothing became visible.
+                let _ = upload.abort().await;
+                Err(e)
+            }
         }
     }
-    b
 }
 
 async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -906,46 +780,4 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_client_per_store_url_shared_by_clones() {
-        let s = Storage::new(None)
-            .with_option("aws_access_key_id", "k")
-            .with_option("aws_secret_access_key", "s");
-        let a = Location::parse("s3://bucket/a/model.onnx").unwrap();
-        let b = Location::parse("s3://bucket/b/report.json").unwrap();
-        let other = Location::parse("s3://other/x").unwrap();
-        let first = s.store(&a).unwrap().store;
-        assert!(Arc::ptr_eq(&first, &s.store(&b).unwrap().store));
-        assert!(Arc::ptr_eq(&first, &s.clone().store(&a).unwrap().store));
-        assert!(!Arc::ptr_eq(&first, &s.store(&other).unwrap().store));
-        // A changed configuration gets fresh clients.
-        let t = s.clone().with_retries(0, Duration::from_secs(1));
-        assert!(!Arc::ptr_eq(&first, &t.store(&a).unwrap().store));
-    }
-
-    #[test]
-    fn plain_http_endpoints_need_allow_http() {
-        let spec = StorageSpec {
-            endpoint: Some("http://user:pw@minio.storage:9000/".into()),
-            ..Default::default()
-        };
-        let loc = Location::parse("s3://b/k").unwrap();
-        let s = Storage::new(Some(&spec)).with_option("aws_allow_http", "false");
-        let e = s.store(&loc).err().expect("refused");
-        let text = e.to_string();
-        assert!(e.is_permanent(), "{text}");
-        assert!(
-            text.contains("spec.storage.allowHttp") && text.contains("http://minio.storage:9000"),
-            "{text}"
-        );
-        assert!(!text.contains("pw"), "no user info in messages: {text}");
-        let allowed = StorageSpec {
-            allow_http: Some(true),
-            ..spec
-        };
-        assert!(Storage::new(Some(&allowed)).store(&loc).is_ok());
-    }
-}
+mod tests;

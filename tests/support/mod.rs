@@ -17,6 +17,42 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Evaluation settings of the pass tests: `batch_size` rows a batch, one thread, one timed
+/// run without warmup, no labels, every input fed by rows.
+pub fn eval_cfg(batch_size: usize) -> kompress::eval::EvalConfig {
+    kompress::eval::EvalConfig {
+        batch_size,
+        threads: Some(1),
+        output: None,
+        labels: None,
+        labels_field: kompress::eval::labels::FIELD,
+        limit: None,
+        latency_batch: 1,
+        warmup: 0,
+        iterations: 1,
+        inputs: Vec::new(),
+        selection: Default::default(),
+        task: Default::default(),
+        slices: None,
+        spill: None,
+    }
+}
+
+/// A `kB` field of /proc/self/status (`VmRSS:`, `VmHWM:`), in bytes; 0 where /proc is missing.
+pub fn status_bytes(field: &str) -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .map_or(0, |kib: usize| kib * 1024)
+}
+
 /// Deterministic values in [-1, 1).
 pub fn lcg(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_add(0x9e3779b97f4a7c15);
