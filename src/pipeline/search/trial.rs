@@ -71,7 +71,7 @@ impl Search<'_> {
         float: &[String],
     ) -> (Vec<PassSpec>, Vec<String>) {
         let mut recipe = self.spec.passes.clone();
-        recipe.push(form.pass(self.s, float));
+        recipe.push(super::forms::pass(form, self.s, float));
         let mut fp16 = Vec::new();
         if self.mixed && form != SearchForm::Fp16 && !float.is_empty() {
             let layers = self.layers.iter().find(|(f, _)| *f == form);
