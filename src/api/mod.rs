@@ -2,6 +2,7 @@
 //!
 //! `///` docs on fields are user documentation: they become `kubectl explain` output.
 
+mod check;
 pub mod defaults;
 pub mod manifest;
 pub mod ops;
@@ -13,6 +14,7 @@ pub mod task;
 mod validate;
 pub mod wire;
 
+pub use check::CheckId;
 pub use plan::*;
 pub use policy::{
     CompressionPolicy, CompressionPolicySpec, CompressionPolicyStatus, JobTemplate, PolicySource,

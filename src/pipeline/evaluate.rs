@@ -237,7 +237,7 @@ pub fn judge_edge_cases(
         .into_iter()
         .filter(|c| c.name != gate::TENSORS_COMPRESSED)
         .map(|c| crate::api::Check {
-            name: format!("edgeCases.{}", c.name),
+            name: c.name.clone().on_edge_cases(),
             ..c
         })
         .collect();

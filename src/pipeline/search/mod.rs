@@ -40,7 +40,9 @@
 
 use super::opset_check;
 use super::{Baseline, Calibration, Candidate, Chosen, Error, Inputs, Result, calibrate_for};
-use crate::api::{Metrics, PassSpec, Plan, SearchForm, SearchObjective, SearchPlan, TargetCpu};
+use crate::api::{
+    CheckId, Metrics, PassSpec, Plan, SearchForm, SearchObjective, SearchPlan, TargetCpu,
+};
 use crate::error::error_chain;
 use crate::gate;
 use crate::report::SearchReport;
@@ -84,12 +86,7 @@ pub const SLOWER_FLOOR_MS: f64 = 0.1;
 
 /// The check a candidate slower than the original fails when no `maxLatencyRatio` is set:
 /// the low end of its latency-ratio interval, at most 1 + [`SLOWER_MARGIN`].
-pub const NOT_SLOWER: &str = "maxLatencyNotSlower";
-
-/// Whether the gate check `name` measures quality (what reverting a layer can improve).
-pub fn is_quality_check(name: &str) -> bool {
-    gate::is_quality(name)
-}
+pub const NOT_SLOWER: CheckId = CheckId::NotSlower;
 
 /// Runs the search and returns the candidate to publish: the best that passed, or the closest
 /// (judged Rejected) when none did.
@@ -343,7 +340,7 @@ impl Search<'_> {
             .decision
             .checks
             .iter()
-            .any(|c| !c.passed && is_quality_check(&c.name));
+            .any(|c| !c.passed && c.name.is_quality());
         if quality_missed {
             self.missed.push(Missed {
                 form,
@@ -624,9 +621,9 @@ mod tests {
 
     #[test]
     fn quality_checks_are_looked_up_in_one_list() {
-        assert!(is_quality_check("minCosineSimilarity"));
-        assert!(!is_quality_check("maxLatencyRatio"));
-        assert!(!is_quality_check(NOT_SLOWER));
+        assert!(CheckId::parse("minCosineSimilarity").is_quality());
+        assert!(!CheckId::parse("maxLatencyRatio").is_quality());
+        assert!(!NOT_SLOWER.is_quality());
     }
 
     #[test]
