@@ -2,7 +2,7 @@
 //! only if all of them do.
 
 use crate::api::task::CheckName;
-use crate::api::{Check, Confidence, Metrics, Thresholds, Verdict};
+use crate::api::{Check, CheckId, Confidence, Metrics, Thresholds, Verdict};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -25,13 +25,7 @@ const EPS: f64 = 1e-9;
 
 /// Name of the check every run has: a candidate no pass changed is the original re-encoded,
 /// and is never promoted as a compressed model.
-pub const TENSORS_COMPRESSED: &str = "tensorsCompressed";
-
-/// Whether a check (by name) measures output quality: the checks a layer left in float can
-/// improve (the search's fallback treats every one of them alike).
-pub fn is_quality(name: &str) -> bool {
-    CheckName::from_name(name).is_some_and(CheckName::is_quality)
-}
+pub const TENSORS_COMPRESSED: CheckId = CheckId::TENSORS_COMPRESSED;
 
 /// `tensors_changed`: weight tensors the passes changed.
 pub fn decide(
@@ -73,7 +67,7 @@ pub fn decide(
             })
         });
         checks.push(Check {
-            name: name.name().into(),
+            name: name.into(),
             value: judged,
             limit,
             passed,
@@ -85,7 +79,7 @@ pub fn decide(
     // it); here it would fail its check (NaN passes nothing).
     for c in &t.custom {
         let v = cand.custom.get(&c.metric).copied().unwrap_or(f64::NAN);
-        let name = format!("custom.{}", c.metric);
+        let name = CheckId::Custom(c.metric.clone());
         if let Some(limit) = c.min {
             checks.push(Check {
                 name: name.clone(),
@@ -470,15 +464,17 @@ mod tests {
             "maxWorstSliceDrop",
             "minCosineSimilarity",
         ] {
-            assert!(is_quality(name), "{name}");
+            assert!(CheckId::parse(name).is_quality(), "{name}");
         }
         for name in [
             "minCompressionRatio",
             "maxLatencyRatio",
-            TENSORS_COMPRESSED,
+            "tensorsCompressed",
+            "custom.wer",
             "nonsense",
         ] {
-            assert!(!is_quality(name), "{name}");
+            assert!(!CheckId::parse(name).is_quality(), "{name}");
         }
+        assert!(!TENSORS_COMPRESSED.is_quality());
     }
 }

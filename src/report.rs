@@ -98,7 +98,7 @@ pub struct EvaluatorRef {
 }
 
 impl EvaluatorRef {
-    pub fn from_spec(e: &crate::api::EvaluatorSpec) -> Self {
+    pub fn from_plan(e: &crate::api::EvaluatorPlan) -> Self {
         Self {
             command: e.command.clone(),
             image: e.image.clone(),
@@ -107,7 +107,7 @@ impl EvaluatorRef {
                 .as_deref()
                 .and_then(|i| i.split_once('@'))
                 .map(|(_, d)| d.to_string()),
-            timeout_seconds: e.timeout_seconds.unwrap_or(300),
+            timeout_seconds: e.timeout_seconds,
         }
     }
 }

@@ -352,7 +352,7 @@ pub struct SliceMetrics {
 #[serde(rename_all = "camelCase")]
 pub struct Check {
     /// The threshold's field name, e.g. maxAccuracyDrop.
-    pub name: String,
+    pub name: super::CheckId,
     pub value: f64,
     pub limit: f64,
     pub passed: bool,

@@ -16,7 +16,7 @@ pub struct EvaluatorAgentArgs {
     #[arg(long, required_unless_present = "install")]
     pub dir: Option<PathBuf>,
     /// Seconds one run of the command may take.
-    #[arg(long, default_value_t = crate::eval::evaluator::DEFAULT_TIMEOUT_SECONDS)]
+    #[arg(long, default_value_t = crate::api::defaults::EVALUATOR_TIMEOUT_SECONDS)]
     pub timeout_seconds: u32,
     /// The evaluator's command and its arguments.
     #[arg(last = true, required_unless_present = "install")]

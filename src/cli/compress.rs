@@ -48,10 +48,10 @@ impl CompressArgs {
     /// Calibrates the static pass, if the recipe has one, on `--calibration` (required then).
     fn calibrate(
         &self,
-        spec: &crate::api::CompressionJobSpec,
+        plan: &crate::api::Plan,
         model: &crate::onnx::Model,
-        target: crate::api::TargetCpu,
     ) -> Result<Option<pipeline::Calibration>, Box<dyn std::error::Error>> {
+        let spec = &plan.spec;
         let Some((index, _)) = pipeline::static_pass(spec) else {
             if let Some(path) = &self.calibration {
                 return Err(format!(
@@ -77,7 +77,7 @@ impl CompressArgs {
             .into());
         }
         let ds = crate::eval::Dataset::open(&path, &shown)?;
-        let cfg = crate::eval::EvalConfig::from_spec(&spec.evaluation(), None, None)
+        let cfg = crate::eval::EvalConfig::from_plan(&plan.evaluation, None, None)
             .with_inputs(&spec.dataset.inputs);
         let scratch = tempfile::Builder::new()
             .prefix("kompress-calibration-")
@@ -93,7 +93,7 @@ impl CompressArgs {
             model,
             &spec.passes,
             index,
-            target,
+            plan.target,
             &data,
             &cfg,
             &scratch.path().join("calibration"),
@@ -111,9 +111,10 @@ impl CompressArgs {
             Ok(j) => j,
             Err(e) => return fail(&e, EXIT_PERMANENT),
         };
-        if let Err(e) = crate::api::validate(&job.spec) {
-            return fail(&e, EXIT_PERMANENT);
-        }
+        let plan = match crate::api::validate(&job.spec) {
+            Ok(p) => p,
+            Err(e) => return fail(&e, EXIT_PERMANENT),
+        };
         // Before any work: the destination must be new or a regular file.
         if let Err(e) = crate::onnx::check_destination(&self.out) {
             return fail(&e, EXIT_PERMANENT);
@@ -128,14 +129,13 @@ impl CompressArgs {
         if folded > 0 {
             eprintln!("{folded} weights held in Constant nodes folded into initializers");
         }
-        let target = job.spec.target.clone().unwrap_or_default().cpu;
-        let calibration = match self.calibrate(&job.spec, &m, target) {
+        let calibration = match self.calibrate(&plan, &m) {
             Ok(c) => c,
             Err(e) => return fail(e.as_ref(), EXIT_PERMANENT),
         };
         let (mut changed, mut skipped) = (0, Vec::new());
-        for (i, p) in job.spec.passes.iter().enumerate() {
-            let mut pass = crate::passes::Pass::for_target(p, target);
+        for (i, p) in plan.passes.iter().enumerate() {
+            let mut pass = crate::passes::Pass::for_target(p, plan.target);
             if let Some(c) = calibration.as_ref().filter(|c| c.pass == i) {
                 pass.set_calibration(c.calibrated.clone());
             }

@@ -152,9 +152,11 @@ pub async fn run_guarded(
 ) -> Guarded {
     let (job_ref, spec) = (JobRef::of(job), job.spec.clone());
     let task = tokio::spawn(async move {
+        // Every later stage takes the plan: the spec validated, its defaults applied.
+        let plan = crate::api::validate(&spec)?;
         match candidate {
-            Some(c) => pipeline::evaluate_external(&job_ref, &spec, &c, &opts, &ui).await,
-            None => pipeline::run(&job_ref, &spec, &opts, &ui).await,
+            Some(c) => pipeline::evaluate_external(&job_ref, &plan, &c, &opts, &ui).await,
+            None => pipeline::run(&job_ref, &plan, &opts, &ui).await,
         }
     });
     tokio::select! {

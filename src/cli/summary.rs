@@ -164,11 +164,7 @@ fn write_checks(s: &mut String, r: &JobResult) {
         let _ = writeln!(s, "\n  checks");
     }
     for ch in &r.checks {
-        let op = if ch.name.starts_with("max") {
-            "<="
-        } else {
-            ">="
-        };
+        let op = if ch.name.is_max() { "<=" } else { ">=" };
         let _ = writeln!(
             s,
             "  {} {:<26} {:>10.5} {op} {}",

@@ -1,8 +1,8 @@
 //! build: the worker Job for one generation of a CompressionJob (pure; no client).
 
 use super::ControllerConfig;
-use crate::api::CompressionJob;
 use crate::api::wire::{self, EXIT_PERMANENT};
+use crate::api::{CompressionJob, defaults};
 use k8s_openapi::api::batch::v1::Job;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -130,9 +130,11 @@ pub fn build_job(cj: &CompressionJob, cfg: &ControllerConfig) -> Job {
             "ownerReferences": cj.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
         },
         "spec": {
-            "backoffLimit": spec.backoff_limit.unwrap_or(2),
+            "backoffLimit": spec.backoff_limit.unwrap_or(defaults::BACKOFF_LIMIT),
             "activeDeadlineSeconds": spec.active_deadline_seconds,
-            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished.unwrap_or(3600),
+            "ttlSecondsAfterFinished": spec
+                .ttl_seconds_after_finished
+                .unwrap_or(defaults::TTL_SECONDS_AFTER_FINISHED),
             // A permanent error (bad spec, bad model) fails the Job at once; a node drain or
             // preemption does not count against backoffLimit.
             "podFailurePolicy": {"rules": [
@@ -350,10 +352,7 @@ fn add_evaluator(
     if let Some(env) = pod["containers"][0]["env"].as_array_mut() {
         env.push(json!({"name": crate::eval::evaluator::ENV_AGENT_DIR, "value": EVALUATOR_DIR}));
     }
-    let timeout = e
-        .timeout_seconds
-        .unwrap_or(crate::eval::evaluator::DEFAULT_TIMEOUT_SECONDS)
-        .to_string();
+    let timeout = crate::api::EvaluatorPlan::of(e).timeout_seconds.to_string();
     let mut command: Vec<String> = [
         &format!("{AGENT_BIN_DIR}/kompress"),
         "evaluator-agent",

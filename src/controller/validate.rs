@@ -5,7 +5,7 @@ use crate::api::{CompressionJob, FieldError, InvalidSpec};
 
 pub fn validate(cj: &CompressionJob) -> Result<(), InvalidSpec> {
     let mut errs = match crate::api::validate(&cj.spec) {
-        Ok(()) => Vec::new(),
+        Ok(_) => Vec::new(),
         Err(InvalidSpec(e)) => e,
     };
     // A local key file names a path on the machine that runs `kompress run`; the worker pod

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Default time limit of one evaluator run.
-pub const DEFAULT_TIMEOUT_SECONDS: u32 = 300;
 /// Most stdout read from an evaluator (the metrics JSON is a few hundred bytes).
 pub const MAX_STDOUT_BYTES: usize = 1 << 20;
 /// Bytes of stderr kept for the message when it fails.

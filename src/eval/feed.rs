@@ -173,7 +173,7 @@ fn source<'d>(
     if spec.scalar == Some(true) {
         return scalar(inp, spec, ds, &at).map(Source::Fixed);
     }
-    let axis = spec.batch_axis.unwrap_or(0) as usize;
+    let axis = spec.axis() as usize;
     if axis >= rank.max(1) {
         return Err(format!(
             "{at}.batchAxis is {axis} but model input `{name}` has {rank} axes (shape {:?}): choose an axis below {rank}{}",

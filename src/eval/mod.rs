@@ -19,7 +19,7 @@ pub use dataset::{Archive, Array, ArrayData, Dataset, Dtype, Member, Rows};
 pub use labels::Labels;
 pub use runtime::{Provider, RuntimeError};
 
-use crate::api::{EvaluationSpec, InputFeed, Metrics};
+use crate::api::{EvaluationPlan, EvaluationSpec, InputFeed, Metrics};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
@@ -88,25 +88,29 @@ pub struct EvalConfig {
 }
 
 impl EvalConfig {
+    /// The settings of `ev`, its defaults resolved by `api::defaults`.
     pub fn from_spec(ev: &EvaluationSpec, labels: Option<String>, limit: Option<u32>) -> Self {
-        let lat = ev.latency.clone().unwrap_or_default();
+        Self::from_plan(&EvaluationPlan::of(ev), labels, limit)
+    }
+
+    pub fn from_plan(ev: &EvaluationPlan, labels: Option<String>, limit: Option<u32>) -> Self {
         Self {
-            batch_size: (ev.batch_size.unwrap_or(32) as usize).max(1),
+            batch_size: (ev.batch_size as usize).max(1),
             threads: ev.threads.map(|t| (t as usize).clamp(1, MAX_THREADS)),
-            output: ev.output.clone(),
+            output: ev.spec.output.clone(),
             labels,
             labels_field: labels::FIELD,
             limit: limit.map(|l| l as usize),
-            latency_batch: (lat.batch_size.unwrap_or(1) as usize).max(1),
-            warmup: lat.warmup.unwrap_or(10) as usize,
-            iterations: lat.iterations.unwrap_or(100) as usize,
+            latency_batch: (ev.latency_batch as usize).max(1),
+            warmup: ev.warmup as usize,
+            iterations: ev.iterations as usize,
             inputs: Vec::new(),
             selection: select::Selection {
-                select: ev.select.clone(),
-                pool: ev.pool.clone(),
-                normalize: ev.normalize.unwrap_or(false),
+                select: ev.spec.select.clone(),
+                pool: ev.spec.pool.clone(),
+                normalize: ev.normalize,
             },
-            task: task::Task::from_spec(ev.task.as_ref()),
+            task: task::Task::from_spec(ev.spec.task.as_ref()),
             slices: None,
             spill: None,
         }

@@ -5,11 +5,11 @@
 use crate::api::{DetectionLayout, TaskSpec};
 
 /// Defaults of `spec.evaluation.task`.
-pub const DEFAULT_TOP_K: usize = 5;
-pub const DEFAULT_NEIGHBOURS: usize = 5;
-pub const DEFAULT_SCORE_THRESHOLD: f32 = 0.25;
-pub const DEFAULT_IOU_THRESHOLD: f32 = 0.45;
-pub const DEFAULT_MAX_DETECTIONS: usize = 100;
+use crate::api::defaults::{
+    IOU_THRESHOLD as DEFAULT_IOU_THRESHOLD, MAX_DETECTIONS as DEFAULT_MAX_DETECTIONS,
+    NEIGHBOURS as DEFAULT_NEIGHBOURS, SCORE_THRESHOLD as DEFAULT_SCORE_THRESHOLD, SEQUENCE_BLANK,
+    TOP_K as DEFAULT_TOP_K,
+};
 /// IoU at which a detection matches the original's (F1, mAP@0.5).
 pub const MATCH_IOU: f32 = 0.5;
 
@@ -50,7 +50,7 @@ impl Task {
                 top_k: c.top_k.map_or(DEFAULT_TOP_K, |k| k as usize),
             },
             Some(TaskSpec::Sequence(s)) => Self::Sequence {
-                blank: s.blank.unwrap_or(0) as usize,
+                blank: s.blank.unwrap_or(SEQUENCE_BLANK) as usize,
             },
             Some(TaskSpec::Detection(d)) => Self::Detection(Detector {
                 layout: d.layout,

@@ -24,7 +24,7 @@ pub use quant::{ActivationRanges, Activations, Calibrated, Int4Config, QuantForm
 pub use weights::Selection;
 
 use crate::api::{
-    ActivationType, PassSpec, PruneScope, QuantMode, TargetCpu, WeightType, ops, parse_pattern,
+    PassSpec, PruneScope, QuantMode, QuantizeSpec, TargetCpu, WeightType, parse_pattern,
 };
 use crate::onnx::{self, Model};
 
@@ -69,7 +69,6 @@ impl Pass {
     /// cannot panic here: an N:M pattern that does not parse is refused by `validate`, and is
     /// treated as no pruning here.
     pub fn for_target(spec: &PassSpec, target: TargetCpu) -> Self {
-        const DEFAULT_MIN_ELEMENTS: u64 = 1024;
         match spec {
             PassSpec::Prune(p) => Pass::Prune(PruneConfig {
                 target: match (p.pattern.as_deref().map(parse_pattern), p.sparsity) {
@@ -80,68 +79,29 @@ impl Pass {
                     },
                 },
                 select: Selection::new(
-                    p.ops.clone().unwrap_or_else(|| ops::defaults(false)),
+                    p.resolved_ops(),
                     &p.exclude_nodes,
-                    p.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
+                    p.resolved_min_elements(),
                 ),
             }),
             PassSpec::Fp16(f) => Pass::Fp16(Fp16Config {
-                min_elements: f.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
+                min_elements: f.resolved_min_elements(),
                 exclude_tensors: f.exclude_tensors.iter().cloned().collect(),
                 only_tensors: (!f.tensors.is_empty()).then(|| f.tensors.iter().cloned().collect()),
             }),
             PassSpec::LowRank(l) => Pass::LowRank(LowRankConfig {
-                rule: match (l.ratio, l.energy) {
-                    (Some(r), _) => RankRule::Ratio(r),
-                    (None, e) => RankRule::Energy(e.unwrap_or(0.95)),
+                rule: match l.ratio {
+                    Some(r) => RankRule::Ratio(r),
+                    None => RankRule::Energy(l.resolved_energy()),
                 },
                 select: Selection::new(
-                    l.ops
-                        .clone()
-                        .unwrap_or_else(|| vec!["MatMul".into(), "Gemm".into()]),
+                    l.resolved_ops(),
                     &l.exclude_nodes,
-                    l.min_elements.unwrap_or(65536),
+                    l.resolved_min_elements(),
                 ),
             }),
             PassSpec::Optimize(o) => Pass::Optimize(OptimizeConfig { level: o.level }),
-            PassSpec::Quantize(q) => Pass::Quantize(QuantizeConfig {
-                form: match (q.weights, q.mode) {
-                    (WeightType::Int4, _) => QuantForm::Int4(Int4Config {
-                        block_size: q.block_size.map_or(32, |b| b as usize),
-                        symmetric: q.symmetric.unwrap_or(true),
-                        accuracy_level: q.accuracy_level.unwrap_or(0),
-                        refine: q.refine.unwrap_or(false),
-                    }),
-                    (WeightType::Int8, QuantMode::Dynamic) => QuantForm::Dynamic,
-                    (WeightType::Int8, QuantMode::WeightOnly) => QuantForm::WeightOnly,
-                    (WeightType::Int8, QuantMode::Static) => QuantForm::Static(Activations {
-                        uint8: q
-                            .activation_type
-                            .map_or(target.uint8_activations(), |t| t == ActivationType::Uint8),
-                        symmetric: q.symmetric_activations.unwrap_or(false),
-                        reduce_range_default: q.reduce_range.is_none(),
-                        calibrated: None,
-                        // ONNX Runtime's int8 Convs are no faster than float on x86 without
-                        // VNNI: narrow ones stay float there (and where the CPU is unknown).
-                        narrow_convs_float: matches!(target, TargetCpu::Auto | TargetCpu::X86Avx2),
-                        small_convs: q.min_elements.is_none(),
-                    }),
-                },
-                per_channel: q.per_channel.unwrap_or(true),
-                per_channel_required: q.per_channel == Some(true),
-                // Integer matmuls are exact on every CPU only with 7-bit weights (see
-                // QuantizeSpec); the target can say they are exact with 8.
-                reduce_range: q
-                    .reduce_range
-                    .unwrap_or(q.mode != QuantMode::WeightOnly && !target.integer_matmul_exact()),
-                select: Selection::new(
-                    q.ops
-                        .clone()
-                        .unwrap_or_else(|| quantize_default_ops(q.mode)),
-                    &q.exclude_nodes,
-                    q.min_elements.unwrap_or(DEFAULT_MIN_ELEMENTS),
-                ),
-            }),
+            PassSpec::Quantize(q) => Pass::Quantize(quantize_config(q, target)),
         }
     }
 
@@ -205,12 +165,41 @@ impl Pass {
 /// The ops a quantize pass touches when its spec names none: static mode adds Conv, whose
 /// QDQ form ONNX Runtime runs as `QLinearConv` (faster than float on CNNs); dynamic and
 /// weight-only modes leave it float (no `ConvInteger`: slower than float Conv on CPU).
-fn quantize_default_ops(mode: QuantMode) -> Vec<String> {
-    let mut ops = ops::defaults(true);
-    if mode == QuantMode::Static && !ops.iter().any(|o| o == "Conv") {
-        ops.push("Conv".into());
+/// A quantize entry's config for `target`, its defaults resolved by `api::defaults`.
+fn quantize_config(q: &QuantizeSpec, target: TargetCpu) -> QuantizeConfig {
+    QuantizeConfig {
+        form: match (q.weights, q.mode) {
+            (WeightType::Int4, _) => {
+                let (block_size, symmetric, accuracy_level, refine) = q.resolved_int4();
+                QuantForm::Int4(Int4Config {
+                    block_size,
+                    symmetric,
+                    accuracy_level,
+                    refine,
+                })
+            }
+            (WeightType::Int8, QuantMode::Dynamic) => QuantForm::Dynamic,
+            (WeightType::Int8, QuantMode::WeightOnly) => QuantForm::WeightOnly,
+            (WeightType::Int8, QuantMode::Static) => QuantForm::Static(Activations {
+                uint8: q.resolved_uint8_activations(target),
+                symmetric: q.resolved_symmetric_activations(),
+                reduce_range_default: q.reduce_range.is_none(),
+                calibrated: None,
+                // ONNX Runtime's int8 Convs are no faster than float on x86 without
+                // VNNI: narrow ones stay float there (and where the CPU is unknown).
+                narrow_convs_float: matches!(target, TargetCpu::Auto | TargetCpu::X86Avx2),
+                small_convs: q.min_elements.is_none(),
+            }),
+        },
+        per_channel: q.resolved_per_channel(),
+        per_channel_required: q.per_channel == Some(true),
+        reduce_range: q.resolved_reduce_range(target),
+        select: Selection::new(
+            q.resolved_ops(),
+            &q.exclude_nodes,
+            q.resolved_min_elements(),
+        ),
     }
-    ops
 }
 
 /// The model as every pass sees it: weights that exporters keep in `Constant` nodes (or

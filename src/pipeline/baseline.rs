@@ -5,7 +5,7 @@
 use super::calibrate::calibration_need;
 use super::fetch::Inputs;
 use super::{Error, Result, named};
-use crate::api::{CompressionJobSpec, FieldError, InvalidSpec, Metrics};
+use crate::api::{FieldError, InvalidSpec, Metrics, Plan};
 use crate::eval::calibrate::RowRange;
 use crate::eval::{self, Dataset, EvalConfig};
 use crate::onnx::{self, Model};
@@ -39,15 +39,12 @@ pub struct CustomEvaluator {
 }
 
 impl CustomEvaluator {
-    fn from_spec(spec: &CompressionJobSpec, scratch: &Path) -> Option<Self> {
-        let e = spec.evaluation().evaluator?;
+    fn from_spec(spec: &Plan, scratch: &Path) -> Option<Self> {
+        let e = spec.evaluation.evaluator.as_ref()?;
         Some(Self {
             evaluator: eval::evaluator::Evaluator {
                 command: e.command.clone(),
-                timeout: std::time::Duration::from_secs(u64::from(
-                    e.timeout_seconds
-                        .unwrap_or(eval::evaluator::DEFAULT_TIMEOUT_SECONDS),
-                )),
+                timeout: std::time::Duration::from_secs(u64::from(e.timeout_seconds)),
             },
             dir: scratch.join("evaluator"),
             wanted: spec
@@ -83,7 +80,7 @@ fn spill_to(inputs: &Inputs) -> Option<eval::values::Spill> {
 }
 
 /// Stage 2: the original model through ONNX Runtime on the whole dataset.
-pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<Baseline> {
+pub fn baseline(inputs: &Inputs, spec: &Plan, ui: &Ui) -> Result<Baseline> {
     let model = onnx::load_as(&inputs.model_path, Path::new(&inputs.model.uri))?;
     let eval_err = |source| Error::Eval {
         which: "original",
@@ -91,8 +88,8 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
     };
     let dataset =
         Dataset::open(&inputs.dataset_path, &inputs.dataset.uri).map_err(|e| eval_err(e.into()))?;
-    let mut cfg = EvalConfig::from_spec(
-        &spec.evaluation(),
+    let mut cfg = EvalConfig::from_plan(
+        &spec.evaluation,
         spec.dataset.labels.clone(),
         spec.dataset.limit,
     )
@@ -179,7 +176,7 @@ pub fn baseline(inputs: &Inputs, spec: &CompressionJobSpec, ui: &Ui) -> Result<B
 fn edge_baseline(
     original: &mut eval::Opened,
     inputs: &Inputs,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     bytes: u64,
     ui: &Ui,
 ) -> Result<Option<EdgeBaseline>> {
@@ -196,7 +193,7 @@ fn edge_baseline(
         iterations: 0,
         spill: spill_to(inputs),
         labels_field: "spec.edgeCases.labels",
-        ..EvalConfig::from_spec(&spec.evaluation(), e.labels.clone(), e.limit)
+        ..EvalConfig::from_plan(&spec.evaluation, e.labels.clone(), e.limit)
             .with_inputs(&spec.dataset.inputs)
     };
     let prep = eval::prepare(original, &dataset, &cfg).map_err(eval_err)?;

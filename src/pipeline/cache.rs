@@ -25,7 +25,7 @@
 //! A job with a custom evaluator is never cached: its program is not part of the key.
 
 use super::Inputs;
-use crate::api::{CachedFrom, CompressionJobSpec, JobResult, Verdict};
+use crate::api::{CachedFrom, CompressionJobSpec, JobResult, Plan, Verdict};
 use crate::promote::{self, File};
 use crate::report::InputRef;
 use crate::storage::{self, Location, Storage};
@@ -84,8 +84,8 @@ pub struct Key {
 
 /// Whether this job uses the cache: `output.cache: false` turns it off, and a custom evaluator
 /// (a program the key cannot see into) keeps it off.
-pub fn applies(spec: &CompressionJobSpec) -> bool {
-    spec.output.cache != Some(false) && spec.evaluation().evaluator.is_none()
+pub fn applies(plan: &Plan) -> bool {
+    plan.cache
 }
 
 /// The ONNX Runtime the evaluation uses, as the key names it: the library is loaded here (a
@@ -130,7 +130,7 @@ pub fn canonical_spec(spec: &CompressionJobSpec) -> Value {
     // `target: {cpu: auto}` and no target are one key.
     m.insert(
         "evaluation".into(),
-        serde_json::to_value(spec.evaluation()).unwrap_or_default(),
+        serde_json::to_value(spec.evaluation.clone().unwrap_or_default()).unwrap_or_default(),
     );
     m.insert(
         "target".into(),

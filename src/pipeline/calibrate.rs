@@ -8,7 +8,8 @@ use super::baseline::Baseline;
 use super::fetch::Inputs;
 use super::{Error, Result, save_in_scratch, scratch_dir};
 use crate::api::{
-    CalibrationMethod, CompressionJobSpec, PassSpec, QuantMode, QuantizeSpec, SearchForm, TargetCpu,
+    CalibrationMethod, CalibrationPlan, CompressionJobSpec, PassSpec, Plan, QuantMode,
+    QuantizeSpec, SearchForm, TargetCpu,
 };
 use crate::eval::calibrate::{self as calib, RowRange};
 use crate::eval::{Dataset, EvalConfig};
@@ -35,26 +36,19 @@ pub fn static_pass(spec: &CompressionJobSpec) -> Option<(usize, &QuantizeSpec)> 
     })
 }
 
-/// Calibration samples a static pass asks for (default 128).
+/// Calibration samples a static pass asks for.
 pub fn calibration_samples(q: &QuantizeSpec) -> usize {
-    q.calibration
-        .as_ref()
-        .and_then(|c| c.samples)
-        .unwrap_or(128) as usize
+    q.resolved_calibration().samples as usize
 }
 
 /// Whether the run calibrates (a static pass in the recipe, or the static form in a search):
 /// the field that sets the sample count, and the count.
-pub fn calibration_need(spec: &CompressionJobSpec) -> Option<(String, usize)> {
+pub fn calibration_need(spec: &Plan) -> Option<(String, usize)> {
     if let Some(s) = &spec.search {
-        let forms = s.forms.as_deref().unwrap_or(&SearchForm::ALL);
-        return forms.contains(&SearchForm::Static).then(|| {
+        return s.forms.contains(&SearchForm::Static).then(|| {
             (
                 "spec.search.calibration.samples".to_string(),
-                s.calibration
-                    .as_ref()
-                    .and_then(|c| c.samples)
-                    .unwrap_or(128) as usize,
+                CalibrationPlan::of(s.calibration.as_ref()).samples as usize,
             )
         });
     }
@@ -211,20 +205,13 @@ struct Settings {
 
 impl Settings {
     fn of(q: &QuantizeSpec) -> Self {
+        let c = q.resolved_calibration();
         Self {
-            method: q.calibration.as_ref().map(|c| c.method).unwrap_or_default(),
-            percentile: q
-                .calibration
-                .as_ref()
-                .and_then(|c| c.percentile)
-                .unwrap_or(99.999),
-            symmetric: q.symmetric_activations.unwrap_or(false),
-            samples: calibration_samples(q),
-            batch: q
-                .calibration
-                .as_ref()
-                .and_then(|c| c.batch_size)
-                .unwrap_or(crate::api::DEFAULT_CALIBRATION_BATCH),
+            method: c.method,
+            percentile: c.percentile,
+            symmetric: q.resolved_symmetric_activations(),
+            samples: c.samples as usize,
+            batch: c.batch_size,
         }
     }
 
@@ -289,7 +276,7 @@ fn method_name(m: CalibrationMethod) -> &'static str {
 pub fn calibrate(
     inputs: &Inputs,
     base: &Baseline,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     dir: &Path,
     ui: &Ui,
 ) -> Result<Option<Calibration>> {
@@ -304,13 +291,13 @@ pub fn calibrate(
 pub fn calibrate_for(
     inputs: &Inputs,
     base: &Baseline,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     passes: &[PassSpec],
     index: usize,
     dir: &Path,
     ui: &Ui,
 ) -> Result<Calibration> {
-    let target = spec.target.clone().unwrap_or_default().cpu;
+    let target = spec.target;
     let separate;
     let data = match &inputs.calibration {
         Some((path, r)) => {

@@ -8,7 +8,7 @@ use super::candidate::Candidate;
 use super::fetch::Inputs;
 use super::run::Chosen;
 use super::{Error, Result, named};
-use crate::api::{CompressionJobSpec, FieldError, InvalidSpec, Metrics, Thresholds};
+use crate::api::{FieldError, InvalidSpec, Metrics, Plan, Thresholds};
 use crate::eval::{self, EvalConfig};
 use crate::gate;
 use crate::report::InputRef;
@@ -174,7 +174,7 @@ fn latency_with(
 pub fn judge(
     candidate: &Candidate,
     base: &Baseline,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     ui: &Ui,
 ) -> Result<(Metrics, Metrics, gate::Decision)> {
     let (metrics, baseline) = evaluate(candidate, base, ui)?;
@@ -206,7 +206,7 @@ pub fn decide(
 pub fn judge_edge_cases(
     candidate: &Candidate,
     base: &Baseline,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     dataset: &InputRef,
     decision: &mut gate::Decision,
     ui: &Ui,
@@ -237,7 +237,7 @@ pub fn judge_edge_cases(
         .into_iter()
         .filter(|c| c.name != gate::TENSORS_COMPRESSED)
         .map(|c| crate::api::Check {
-            name: format!("edgeCases.{}", c.name),
+            name: c.name.clone().on_edge_cases(),
             ..c
         })
         .collect();
@@ -269,7 +269,7 @@ pub fn judge_edge_cases(
 pub(super) fn edge_cases_of(
     inputs: &Inputs,
     base: &Baseline,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     chosen: &mut Chosen,
     ui: &Ui,
 ) -> Result<Option<crate::report::EdgeCasesReport>> {

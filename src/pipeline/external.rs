@@ -6,7 +6,7 @@ use super::{
     Candidate, Chosen, Error, Judged, Outcome, Result, RunOptions, fetch_and_baseline, judge,
     stage, total_usage, unique_run_id,
 };
-use crate::api::{CompressionJobSpec, validate};
+use crate::api::Plan;
 use crate::onnx::{self, DataType, Model, pb};
 use crate::report::{JobRef, PassReport, TensorReport};
 use crate::storage::{self, Storage};
@@ -209,14 +209,13 @@ pub fn external_candidate(path: &Path, original: &Model) -> Result<Candidate> {
 /// rejected candidate is an `Ok` outcome with `Verdict::Rejected`.
 pub async fn evaluate_external(
     job: &JobRef,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     candidate: &Path,
     opts: &RunOptions,
     ui: &Ui,
 ) -> Result<Outcome> {
     let started = Instant::now();
     let started_at = jiff::Timestamp::now();
-    validate(spec)?;
     // A file that is no ONNX model fails before anything is fetched.
     let shown = candidate.display().to_string();
     onnx::load_as(candidate, candidate)?;

@@ -4,7 +4,7 @@
 //! confined to the model's folder and bounded by what its tensors read.
 
 use super::{Error, Result};
-use crate::api::CompressionJobSpec;
+use crate::api::Plan;
 use crate::onnx;
 use crate::report::InputRef;
 use crate::storage::{self, Location, Storage};
@@ -59,12 +59,7 @@ fn file_name_of(loc: &Location, fallback: &str) -> String {
 }
 
 /// Stage 1: the model, its external data and the dataset, each verified on the way.
-pub async fn fetch(
-    spec: &CompressionJobSpec,
-    storage: &Storage,
-    scratch: &Path,
-    ui: &Ui,
-) -> Result<Inputs> {
+pub async fn fetch(spec: &Plan, storage: &Storage, scratch: &Path, ui: &Ui) -> Result<Inputs> {
     let model_dir = scratch.join("model");
     let (model, model_path, external_data) = if crate::uri::OciTarget::is_oci(&spec.model.uri) {
         fetch_oci_model(spec, &model_dir, ui).await?
@@ -144,7 +139,7 @@ pub async fn fetch(
 /// The model from object storage or a local path, and its external data from beside it:
 /// (its record, its path in scratch, the external data's records).
 async fn fetch_model(
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     storage: &Storage,
     model_dir: &Path,
     ui: &Ui,
@@ -196,7 +191,7 @@ async fn fetch_model(
 /// digest. The model's record names the manifest it resolved to
 /// (`oci://REGISTRY/REPOSITORY:TAG@sha256:...`).
 async fn fetch_oci_model(
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     model_dir: &Path,
     ui: &Ui,
 ) -> Result<(InputRef, PathBuf, Vec<InputRef>)> {

@@ -9,7 +9,7 @@ use super::evaluate::{edge_cases_of, judge};
 use super::fetch::{Inputs, fetch, input_bytes};
 use super::opset_check::{self, check_opset_upgrade};
 use super::{Outcome, Result, RunOptions, cache, search, stage};
-use crate::api::{CompressionJobSpec, JobResult, Metrics, PassSpec, validate};
+use crate::api::{JobResult, Metrics, PassSpec, Plan};
 use crate::eval;
 use crate::gate;
 use crate::promote::{self, evidence::SigningKey};
@@ -38,17 +38,17 @@ pub struct Chosen {
 fn fixed_recipe(
     inputs: &Inputs,
     base: &Baseline,
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     scratch: &Path,
     ui: &Ui,
 ) -> Result<Chosen> {
-    let target = spec.target.clone().unwrap_or_default().cpu;
+    let target = spec.target;
     let upgrade = check_opset_upgrade(base, &spec.passes, target, &scratch.join("opset"), ui)?;
     let calibration = calibrate(inputs, base, spec, &scratch.join("calibration"), ui)?;
     let mut candidate = build_candidate(
         &base.model,
         &spec.passes,
-        spec.target.clone().unwrap_or_default().cpu,
+        spec.target,
         calibration.as_ref(),
         &scratch.join("candidate"),
         ui,
@@ -71,7 +71,7 @@ fn fixed_recipe(
 /// A judged candidate with what its result and report are made of.
 pub struct Judged<'a> {
     pub job: &'a JobRef,
-    pub spec: &'a CompressionJobSpec,
+    pub spec: &'a Plan,
     pub inputs: &'a Inputs,
     pub run_id: String,
     pub started: Instant,
@@ -86,7 +86,7 @@ impl<'a> Judged<'a> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         job: &'a JobRef,
-        spec: &'a CompressionJobSpec,
+        spec: &'a Plan,
         inputs: &'a Inputs,
         base: &Baseline,
         mut chosen: Chosen,
@@ -164,7 +164,7 @@ impl<'a> Judged<'a> {
 /// What a run's report says of the run itself, whatever made its candidate.
 struct ThisRun<'a> {
     job: &'a JobRef,
-    spec: &'a CompressionJobSpec,
+    spec: &'a Plan,
     inputs: &'a Inputs,
     run_id: String,
     started: Instant,
@@ -194,10 +194,10 @@ impl ThisRun<'_> {
             search: None,
             edge_cases: None,
             evaluator: spec
-                .evaluation()
+                .evaluation
                 .evaluator
                 .as_ref()
-                .map(crate::report::EvaluatorRef::from_spec),
+                .map(crate::report::EvaluatorRef::from_plan),
             result: result.clone(),
             tools: Tools::this_binary(
                 eval::runtime::library_version(),
@@ -239,15 +239,9 @@ pub fn unique_run_id(prefix: &str, at: jiff::Timestamp) -> String {
 /// Runs one job. A rejected candidate is an `Ok` outcome with `Verdict::Rejected`. With the
 /// cache on (see [`cache`]), a job whose key matches a finished run's publishes that run's
 /// verified candidate and result instead of computing them.
-pub async fn run(
-    job: &JobRef,
-    spec: &CompressionJobSpec,
-    opts: &RunOptions,
-    ui: &Ui,
-) -> Result<Outcome> {
+pub async fn run(job: &JobRef, spec: &Plan, opts: &RunOptions, ui: &Ui) -> Result<Outcome> {
     let started = Instant::now();
     let started_at = jiff::Timestamp::now();
-    validate(spec)?;
     let signer = promote::signing_key(spec)?;
     let storage = Storage::new(spec.storage.as_ref());
     let output = Location::parse(&spec.output.uri)?;
@@ -352,7 +346,7 @@ pub async fn run(
 /// The lookup of a job whose spec pins every input's digest ([`cache::pinned_key`]): the key
 /// looked up, and on a hit the inputs as the spec names them with the verified hit.
 async fn pinned_hit(
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     storage: &Storage,
     output: &Location,
     opts: &RunOptions,
@@ -373,12 +367,7 @@ async fn pinned_hit(
 
 /// The job's cache key, or None when the cache is off for it (`spec.output.cache: false`, a
 /// custom evaluator) or the ONNX Runtime library cannot be identified.
-fn cache_key(
-    spec: &CompressionJobSpec,
-    inputs: &Inputs,
-    opts: &RunOptions,
-    ui: &Ui,
-) -> Option<cache::Key> {
+fn cache_key(spec: &Plan, inputs: &Inputs, opts: &RunOptions, ui: &Ui) -> Option<cache::Key> {
     if !cache::applies(spec) {
         return None;
     }
@@ -489,7 +478,7 @@ impl Publishing<'_> {
 
 /// Stages 1 and 2, timed into `stages`.
 pub(super) async fn fetch_and_baseline(
-    spec: &CompressionJobSpec,
+    spec: &Plan,
     storage: &Storage,
     opts: &RunOptions,
     ui: &Ui,

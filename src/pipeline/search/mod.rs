@@ -41,7 +41,7 @@
 use super::opset_check;
 use super::{Baseline, Calibration, Candidate, Chosen, Error, Inputs, Result, calibrate_for};
 use crate::api::{
-    CompressionJobSpec, Metrics, PassSpec, SearchForm, SearchObjective, SearchSpec, TargetCpu,
+    CheckId, Metrics, PassSpec, Plan, SearchForm, SearchObjective, SearchPlan, TargetCpu,
 };
 use crate::error::error_chain;
 use crate::gate;
@@ -51,17 +51,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod choose;
+mod forms;
 mod sensitivity;
 mod trial;
 
 use choose::discard;
 pub use sensitivity::sqnr_db;
-
-pub const DEFAULT_MAX_TRIALS: u32 = 16;
-
-pub const DEFAULT_MAX_SECONDS: u32 = 3600;
-
-pub const DEFAULT_SENSITIVITY_SAMPLES: u32 = 64;
 
 /// Sensitive layers named in the status (the report has them all).
 const SENSITIVE_IN_STATUS: usize = 5;
@@ -91,25 +86,20 @@ pub const SLOWER_FLOOR_MS: f64 = 0.1;
 
 /// The check a candidate slower than the original fails when no `maxLatencyRatio` is set:
 /// the low end of its latency-ratio interval, at most 1 + [`SLOWER_MARGIN`].
-pub const NOT_SLOWER: &str = "maxLatencyNotSlower";
-
-/// Whether the gate check `name` measures quality (what reverting a layer can improve).
-pub fn is_quality_check(name: &str) -> bool {
-    gate::is_quality(name)
-}
+pub const NOT_SLOWER: CheckId = CheckId::NotSlower;
 
 /// Runs the search and returns the candidate to publish: the best that passed, or the closest
 /// (judged Rejected) when none did.
 pub fn search(
     inputs: &Inputs,
     base: &Baseline,
-    spec: &CompressionJobSpec,
-    s: &SearchSpec,
+    spec: &Plan,
+    s: &SearchPlan,
     scratch: &Path,
     ui: &Ui,
 ) -> Result<Chosen> {
-    let forms = cheapest_first(s.forms.clone().unwrap_or_else(|| SearchForm::ALL.to_vec()));
-    let max_seconds = s.max_seconds.unwrap_or(DEFAULT_MAX_SECONDS);
+    let forms = cheapest_first(s.forms.clone());
+    let max_seconds = s.max_seconds;
     let mut run = Search {
         inputs,
         base,
@@ -117,14 +107,14 @@ pub fn search(
         s,
         ui,
         dir: scratch.join("search"),
-        target: spec.target.clone().unwrap_or_default().cpu,
+        target: spec.target,
         started: Instant::now(),
         mixed: forms.contains(&SearchForm::Fp16),
         calibration: None,
         report: SearchReport {
             objective: s.objective,
             forms: forms.iter().map(|f| f.name()).collect(),
-            max_trials: s.max_trials.unwrap_or(DEFAULT_MAX_TRIALS),
+            max_trials: s.max_trials,
             max_seconds,
             ..Default::default()
         },
@@ -140,7 +130,7 @@ pub fn search(
     // As a fixed recipe does: before any form relies on an opset upgrade (per-channel
     // scales need 13, int4 21), the upgraded original must give the baseline's outputs.
     let every_form: Vec<PassSpec> = (spec.passes.iter().cloned())
-        .chain(forms.iter().map(|f| f.pass(s, &[])))
+        .chain(forms.iter().map(|&f| forms::pass(f, s, &[])))
         .collect();
     let upgrade =
         super::check_opset_upgrade(base, &every_form, run.target, &scratch.join("opset"), ui)?;
@@ -258,8 +248,8 @@ struct Missed {
 struct Search<'a> {
     inputs: &'a Inputs,
     base: &'a Baseline,
-    spec: &'a CompressionJobSpec,
-    s: &'a SearchSpec,
+    spec: &'a Plan,
+    s: &'a SearchPlan,
     ui: &'a Ui,
     dir: PathBuf,
     target: TargetCpu,
@@ -350,7 +340,7 @@ impl Search<'_> {
             .decision
             .checks
             .iter()
-            .any(|c| !c.passed && is_quality_check(&c.name));
+            .any(|c| !c.passed && c.name.is_quality());
         if quality_missed {
             self.missed.push(Missed {
                 form,
@@ -631,9 +621,9 @@ mod tests {
 
     #[test]
     fn quality_checks_are_looked_up_in_one_list() {
-        assert!(is_quality_check("minCosineSimilarity"));
-        assert!(!is_quality_check("maxLatencyRatio"));
-        assert!(!is_quality_check(NOT_SLOWER));
+        assert!(CheckId::parse("minCosineSimilarity").is_quality());
+        assert!(!CheckId::parse("maxLatencyRatio").is_quality());
+        assert!(!NOT_SLOWER.is_quality());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Phase 2's ranking: each layer of a form probed alone (only it compressed, the rest
 //! float) on the first rows, scored by the output's signal-to-noise ratio.
 
-use super::{DEFAULT_SENSITIVITY_SAMPLES, Layer, SENSITIVE_IN_STATUS, SQNR_CAP_DB, Search};
+use super::{Layer, SENSITIVE_IN_STATUS, SQNR_CAP_DB, Search};
 use crate::api::SearchForm;
 use crate::pipeline::{Error, Result, build_candidate, probe_outputs};
 use crate::report::{FormSensitivity, LayerSensitivity};
@@ -18,10 +18,7 @@ impl Search<'_> {
         form: SearchForm,
         layers: &[Layer],
     ) -> Result<Option<Vec<String>>> {
-        let rows = self
-            .s
-            .sensitivity_samples
-            .unwrap_or(DEFAULT_SENSITIVITY_SAMPLES) as usize;
+        let rows = self.s.sensitivity_samples as usize;
         self.ui.stage(&format!(
             "search: {} misses the thresholds as a whole; probing its {} layers one at a time on {} rows",
             form.name(),
@@ -105,7 +102,7 @@ impl Search<'_> {
         let dir = self.dir.join(format!("probe-{}", self.probes));
         // The form's pass alone, without a mixed fp16 pass: the rest stays fp32.
         let mut recipe = self.spec.passes.clone();
-        recipe.push(form.pass(self.s, &float));
+        recipe.push(super::forms::pass(form, self.s, &float));
         let calibration = (form == SearchForm::Static)
             .then_some(self.calibration.as_ref())
             .flatten();

@@ -3,8 +3,10 @@
 //! it passes the rest; all through the pipeline's stages.
 
 use super::choose::{latency_text, slower_than_original, verdict_text};
-use super::{NOT_SLOWER, SIZE_TIE, SLOWER_MARGIN, Search, Trial};
-use crate::api::{Check, Fp16Spec, Metrics, PassSpec, SearchForm, SearchObjective, Verdict};
+use super::{SIZE_TIE, SLOWER_MARGIN, Search, Trial};
+use crate::api::{
+    Check, CheckId, Fp16Spec, Metrics, PassSpec, SearchForm, SearchObjective, Verdict,
+};
 use crate::pipeline::{
     Candidate, Error, Result, build_candidate, decide, evaluate_outputs, measure_latency,
 };
@@ -17,7 +19,7 @@ use std::time::Instant;
 impl Search<'_> {
     /// Measures latency beside the original and judges every check. Without
     /// `maxLatencyRatio`, a candidate measurably slower than the original fails
-    /// [`NOT_SLOWER`].
+    /// [`super::NOT_SLOWER`].
     pub(super) fn latency(&mut self, t: &mut Trial) -> Result<()> {
         let started = Instant::now();
         t.baseline = measure_latency(&t.candidate, self.base, &mut t.metrics, &self.ui.inner())?;
@@ -28,7 +30,7 @@ impl Search<'_> {
             && let Some((slower, low)) = slower_than_original(&t.metrics, &t.baseline)
         {
             t.decision.checks.push(Check {
-                name: NOT_SLOWER.into(),
+                name: CheckId::NotSlower,
                 value: low,
                 limit: 1.0 + SLOWER_MARGIN,
                 passed: !slower,
@@ -71,7 +73,7 @@ impl Search<'_> {
         float: &[String],
     ) -> (Vec<PassSpec>, Vec<String>) {
         let mut recipe = self.spec.passes.clone();
-        recipe.push(form.pass(self.s, float));
+        recipe.push(super::forms::pass(form, self.s, float));
         let mut fp16 = Vec::new();
         if self.mixed && form != SearchForm::Fp16 && !float.is_empty() {
             let layers = self.layers.iter().find(|(f, _)| *f == form);
