@@ -7,6 +7,7 @@
 # HWCAPs qemu reports for that -cpu model.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+RESULTS="$HERE/../../docs/research/avx2"   # the small results live in the docs
 WORK=${WORK:-/tmp/kompress-avx2}
 A64=${A64:-/tmp/a64}
 VENV=${VENV:-/tmp/avx2venv}
@@ -47,7 +48,7 @@ for cpu in max max,sme=off max,sve=off; do
   echo "== qemu-aarch64 -cpu $cpu"
   unshare -m sh -c "mount --bind '$A64/cpuinfo-max' /proc/cpuinfo && \
     PYTHONPATH='$A64/site' qemu-aarch64 -cpu $cpu -L '$A64/root' '$A64/root/usr/bin/python3.11' '$HERE/arm_sme_check.py' '$WORK'"
-done 2>&1 | tee "$HERE/results/arm-sme-check.txt"
-"$VENV/bin/python" "$HERE/simulate.py" "$WORK" qemu-aarch64-neoverse-n1 > "$HERE/results/simulate-aarch64-neoverse-n1.md"
-"$VENV/bin/python" "$HERE/compare.py" "$WORK" "$HERE/results" > "$HERE/results/tables.md.tmp"
-mv "$HERE/results/tables.md.tmp" "$HERE/results/tables.md"
+done 2>&1 | tee "$RESULTS/arm-sme-check.txt"
+"$VENV/bin/python" "$HERE/simulate.py" "$WORK" qemu-aarch64-neoverse-n1 > "$RESULTS/simulate-aarch64-neoverse-n1.md"
+"$VENV/bin/python" "$HERE/compare.py" "$WORK" "$RESULTS" > "$RESULTS/tables.md.tmp"
+mv "$RESULTS/tables.md.tmp" "$RESULTS/tables.md"
