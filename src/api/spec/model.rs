@@ -6,12 +6,9 @@ use super::*;
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelSource {
-    /// URI of the ONNX model: s3://, gs://, az://, https://, file:// or a plain path.
-    /// External data files named by the model are fetched from beside it. Or an OCI
-    /// artifact, `oci://REGISTRY/REPOSITORY:TAG` or `oci://REGISTRY/REPOSITORY@sha256:<digest>`:
-    /// a CNCF ModelPack as kompress promotes it (one layer per file, named by its
-    /// `org.cncf.model.filepath` annotation); its one `.onnx` layer is the model and the layers
-    /// its external data names are fetched with it, each checked against its layer digest.
+    /// URI of the ONNX model (s3://, gs://, az://, https://, file://, a path, or
+    /// `oci://REGISTRY/REPOSITORY:TAG|@sha256:…` for a ModelPack); external data is fetched from
+    /// beside it and checked.
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
@@ -58,12 +55,9 @@ pub struct DatasetSource {
     /// `thresholds.maxWorstSliceDrop` bounds the worst slice's drop. At most 64 slices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slices: Option<String>,
-    /// How model inputs that are not "one array, samples on axis 0" are fed: a scalar (one
-    /// value for every row, e.g. a sample rate), a batch axis other than 0 (e.g. a recurrent
-    /// state shaped [layers, batch, hidden]), or a state fed back from an output row after row
-    /// (a streaming model). Inputs not listed are fed from the array of their name, samples on
-    /// axis 0; a rank-0 input with a rank-0 array of its name needs no entry. The calibration
-    /// set and `edgeCases` are fed the same way.
+    /// How inputs that are not "one array, samples on axis 0" are fed: a scalar, another batch
+    /// axis, or a state fed back from an output (streaming models). Unlisted inputs read the array of
+    /// their name; calibration and `edgeCases` are fed the same way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub inputs: Vec<InputFeed>,

@@ -11,11 +11,9 @@ pub struct OutputSpec {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self != ''").message("must not be empty"))]
     pub uri: String,
-    /// Where a passing candidate is promoted. Object storage (a prefix URI): the model goes to
-    /// a content-addressed `sha256-<digest>/` folder first, then `promoted.json` (the manifest
-    /// readers follow) is written last. An OCI registry, `oci://REGISTRY/REPOSITORY:TAG`: the
-    /// model is pushed as a CNCF ModelPack artifact, blobs first, the manifest by digest, the
-    /// evidence as its referrer, and the tag moved last. Unset: nothing is promoted.
+    /// Where a passing candidate is promoted: an object-storage prefix (a content-addressed
+    /// `sha256-<digest>/` folder, `promoted.json` written last) or `oci://REGISTRY/REPOSITORY:TAG` (a
+    /// CNCF ModelPack, the tag moved last). Unset: nothing is promoted; see docs/src/promotion.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote_to: Option<String>,
     /// With an `oci://` promoteTo: how to reach the registry.
@@ -26,13 +24,9 @@ pub struct OutputSpec {
     /// and the key cannot be read or used, the job fails before anything is promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningSpec>,
-    /// Reuse a finished run's result when this job's cache key matches it (default true): the
-    /// key is the digests of the model, its external data and every dataset, the spec's
-    /// settings that change the result (passes or search, thresholds, evaluation, calibration
-    /// and edge-case settings, target) and the kompress and ONNX Runtime versions. The index
-    /// lives at `<uri>/cache/<key>.json`; a reused candidate is re-verified by digest before it
-    /// is published, and the result names it (`cachedFrom`). False: never read nor record an
-    /// entry. Jobs with a custom evaluator are never cached.
+    /// Reuse a finished run's result when this job's cache key (inputs' digests, result-changing
+    /// settings, kompress and ONNX Runtime versions) matches; the index is `<uri>/cache/`. Default
+    /// true; never with a custom evaluator. See docs/src/pipeline.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
 }

@@ -183,12 +183,9 @@ pub enum PruneScope {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuantizeSpec {
-    /// `dynamic`: int8 weights, activations quantized at run time (DynamicQuantizeLinear +
-    /// MatMulInteger), which ONNX Runtime executes as integer math: smaller and usually faster
-    /// on CPU. `static`: int8 weights and activations with scales calibrated ahead of time on
-    /// sample data (QDQ pairs ONNX Runtime fuses into QLinear kernels; needs `calibration`
-    /// data, see `spec.calibration`). `weightOnly`: weights stored int8 (or 4-bit, see
-    /// `weights`) and dequantized, float math: smaller, runs wherever fp32 runs.
+    /// `dynamic` (int8 weights, activations quantized at run time), `static` (int8 weights and
+    /// activations with calibrated scales; needs calibration data) or `weightOnly` (int8 or 4-bit
+    /// weights dequantized to float). See docs/src/passes.md.
     #[serde(default)]
     pub mode: QuantMode,
     /// Weight element type. `int8` (symmetric, all modes) or `int4` (blocked 4-bit,
@@ -196,19 +193,14 @@ pub struct QuantizeSpec {
     /// `GatherBlockQuantized`, both com.microsoft ops ONNX Runtime runs on CPU and GPU).
     #[serde(default)]
     pub weights: WeightType,
-    /// One scale per output channel (per row for embedding tables) instead of one per tensor:
-    /// more accurate (with 7-bit weights, much more), a fraction of a percent larger. Default
-    /// true, except where the model's opset cannot express it: below opset 13 a weight that
-    /// is dequantized whole (weight-only mode, Conv) falls back to one scale per tensor; set
-    /// true explicitly to make that an error instead. (4-bit weights have one scale per block.)
+    /// One scale per output channel (per row for embedding tables) instead of one per tensor.
+    /// Default true; below opset 13 the graph is upgraded when it can be, else the report says why a
+    /// weight fell back to per tensor (set true to make that an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_channel: Option<bool>,
-    /// Quantize int8 weights to 7 bits ([-63, 63]). ONNX Runtime multiplies 8-bit activations
-    /// by int8 weights; on x86 CPUs without VNNI (AVX2 only, many cloud nodes) those kernels
-    /// add pairs of products in int16 and saturate with 8-bit weights, so the output depends on
-    /// the serving CPU. Default: chosen from `spec.target.cpu` for the integer modes (`dynamic`,
-    /// `static`): true unless the target is known to have VNNI or to be ARM; false in
-    /// `weightOnly` mode (weights are dequantized to float, nothing saturates).
+    /// Quantize int8 weights to 7 bits ([-63, 63]), so ONNX Runtime's AVX2 kernels without VNNI
+    /// cannot saturate. Default: true for `dynamic`/`static` unless `spec.target.cpu` has VNNI or is
+    /// ARM; false for `weightOnly`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce_range: Option<bool>,
     /// 4-bit weights: elements per block sharing one scale (16, 32, 64, 128 or 256).
@@ -245,11 +237,9 @@ pub struct QuantizeSpec {
     /// Static mode: how activation ranges are chosen from the calibration samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationMethodSpec>,
-    /// Op types to quantize (MatMul, Gemm, Conv, Gather). Default MatMul, Gemm and Gather, and
-    /// Conv in static mode (QLinearConv; dynamic and weight-only modes leave Conv float unless
-    /// named: ONNX Runtime's integer Conv without calibrated outputs is slower than float). `Gather` quantizes embedding tables (float data [V, D] read along axis
-    /// 0) in every mode: int8 rows with one scale per row (or 4-bit blocks), dequantized after
-    /// the lookup; `reduceRange` does not apply (no integer matmul follows a lookup).
+    /// Op types to quantize (MatMul, Gemm, Conv, Gather). Default MatMul, Gemm and Gather, plus
+    /// Conv in static mode (integer Conv without calibrated outputs is slower than float); Gather
+    /// means embedding tables, int8 per row or 4-bit blocks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<String>>,
     /// Node names left in float.
