@@ -85,7 +85,16 @@ async fn custom_evaluator_metrics_gate_jobs_in_the_cluster_and_its_image_becomes
         "[{metric: top1_agreement, max: 0.5}]",
     ))
     .await;
+    the_passing_job_is_promoted(&env).await;
+    the_failing_job_is_rejected(&env).await;
+    env.wait_event("custom-pass", "Promoted").await;
+    env.wait_event("custom-fail", "Rejected").await;
+    the_image_becomes_a_native_sidecar(&env).await;
+    env.cleanup().await;
+}
 
+/// `custom-pass`: its custom metric passes and is in status; Ready, promoted.
+async fn the_passing_job_is_promoted(env: &Env) {
     let cj = env.wait_phase("custom-pass", Phase::Succeeded, 1).await;
     let c = check(&cj, "custom.top1_agreement");
     assert!(c.passed && c.value >= 0.9 && c.limit == 0.9, "{c:?}");
@@ -113,7 +122,10 @@ async fn custom_evaluator_metrics_gate_jobs_in_the_cluster_and_its_image_becomes
             .join("custom-pass/production/promoted.json")
             .exists()
     );
+}
 
+/// `custom-fail`: its custom metric misses the bound; Rejected, nothing promoted.
+async fn the_failing_job_is_rejected(env: &Env) {
     let cj = env.wait_phase("custom-fail", Phase::Rejected, 1).await;
     let c = check(&cj, "custom.top1_agreement");
     assert!(!c.passed && c.value > 0.5 && c.limit == 0.5, "{c:?}");
@@ -125,13 +137,13 @@ async fn custom_evaluator_metrics_gate_jobs_in_the_cluster_and_its_image_becomes
             .exists(),
         "nothing promoted"
     );
-    env.wait_event("custom-pass", "Promoted").await;
-    env.wait_event("custom-fail", "Rejected").await;
+}
 
-    // With an image: the real API server and Job controller accept the worker pod with the
-    // native sidecar. Kept off every node (the test node agent runs no sidecars).
+/// With an image: the real API server and Job controller accept the worker pod with the
+/// native sidecar. Kept off every node (the test node agent runs no sidecars).
+async fn the_image_becomes_a_native_sidecar(env: &Env) {
     let sidecar = with_evaluator(
-        &env,
+        env,
         "custom-image",
         "{command: [python3, /eval/score.py], image: 'registry.local/score@sha256:0123', timeoutSeconds: 120}",
         "[{metric: top1_agreement, min: 0.9}]",
@@ -181,5 +193,4 @@ async fn custom_evaluator_metrics_gate_jobs_in_the_cluster_and_its_image_becomes
         Some("Pending"),
         "unschedulable: never run by the test node agent"
     );
-    env.cleanup().await;
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kompress::api::{CompressionJob, Phase, reason};
+use kompress::api::{CompressionJob, CompressionJobStatus, Phase, reason};
 use kompress::controller::leader::LEASE_NAME;
 use kompress::controller::{ControllerConfig, State, job_name, run_controller};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -224,9 +224,43 @@ async fn controller_restarted_mid_job_completes_the_job_once() {
         stopped.as_ref().is_err_and(|e| e.is_cancelled()),
         "the first controller was still running until stopped: {stopped:?}"
     );
+    assert_stopped_mid_job(&env, &name).await;
+
+    // a new instance (nothing shared with the first: own watches, cache, metrics) takes over
+    let second = tokio::spawn(run_controller(
+        env.client.clone(),
+        config,
+        Arc::new(State::default()),
+    ));
+    let cj = env.wait_phase("slow", Phase::Succeeded, RUN_TIMEOUT).await;
+    let status = cj.status.as_ref().unwrap();
+    assert_one_job_and_one_pod(&env, &name, status).await;
+    assert_promoted_once(&env, status);
+
+    // the new instance recorded the outcome; JobCreated came from the first one, once
+    let events = env.events_once("slow", reason::PROMOTED).await;
+    let created = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason::JOB_CREATED))
+        .count();
+    assert_eq!(
+        created,
+        1,
+        "one JobCreated Event: {:?}",
+        reporting_instances(&events)
+    );
+
+    second.abort();
+    let _ = second.await;
+    env.cleanup().await;
+}
+
+/// Right after the first controller stopped: one worker pod, its Job not finished, the
+/// CompressionJob still Running.
+async fn assert_stopped_mid_job(env: &Env, name: &str) {
     let pods = env.pods.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(pods.len(), 1, "one worker pod so far");
-    let job = env.jobs.get(&name).await.unwrap();
+    let job = env.jobs.get(name).await.unwrap();
     assert!(
         job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) == 0,
         "the worker finished before the controller was stopped, so this tests no restart: raise SLOW_ITERATIONS ({:?})",
@@ -238,16 +272,11 @@ async fn controller_restarted_mid_job_completes_the_job_once() {
         Some(Phase::Running),
         "the stopped controller wrote nothing after it was stopped"
     );
+}
 
-    // a new instance (nothing shared with the first: own watches, cache, metrics) takes over
-    let second = tokio::spawn(run_controller(
-        env.client.clone(),
-        config,
-        Arc::new(State::default()),
-    ));
-    let cj = env.wait_phase("slow", Phase::Succeeded, RUN_TIMEOUT).await;
-    let status = cj.status.as_ref().unwrap();
-
+/// Exactly one Job (`name`, the one in status), succeeded without retry, and one worker pod.
+async fn assert_one_job_and_one_pod(env: &Env, name: &str, status: &CompressionJobStatus) {
+    let name = name.to_string();
     let jobs = env.jobs.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(
         jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
@@ -271,6 +300,11 @@ async fn controller_restarted_mid_job_completes_the_job_once() {
         pods[0].labels().get("job-name").map(String::as_str),
         Some(name.as_str())
     );
+}
+
+/// One worker run wrote a candidate, and one model and manifest were promoted, where the
+/// status says.
+fn assert_promoted_once(env: &Env, status: &CompressionJobStatus) {
     let out = env.out("slow");
     assert_eq!(
         runs(&out).len(),
@@ -306,23 +340,6 @@ async fn controller_restarted_mid_job_completes_the_job_once() {
             .starts_with(&out.join("production").display().to_string()),
         "{promoted:?}"
     );
-
-    // the new instance recorded the outcome; JobCreated came from the first one, once
-    let events = env.events_once("slow", reason::PROMOTED).await;
-    let created = events
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some(reason::JOB_CREATED))
-        .count();
-    assert_eq!(
-        created,
-        1,
-        "one JobCreated Event: {:?}",
-        reporting_instances(&events)
-    );
-
-    second.abort();
-    let _ = second.await;
-    env.cleanup().await;
 }
 
 /// Controller processes of the real binary; killed (SIGKILL) when dropped, so that a failing
@@ -490,13 +507,55 @@ async fn two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     let (li, fi) = if leader == names[0] { (0, 1) } else { (1, 0) };
     let follower = names[fi].to_string();
 
-    // both ready: the leader once its cache synced, the standby once it knows who leads
-    until_endpoints(&mut replicas, &addrs, "/readyz", API_TIMEOUT, |a| {
+    both_ready_and_only_the_holder_leads(&mut replicas, &addrs, li, fi).await;
+    the_leader_runs_the_first_job(&env, &leader).await;
+    replicas.assert_alive();
+
+    // the leader dies without releasing the Lease
+    replicas.kill(&leader);
+    assert_eq!(
+        wait_holder(&leases, "a holder", |_| true).await,
+        leader,
+        "a killed leader cannot give the Lease up"
+    );
+    the_standby_runs_the_second_job(&env, &leases, &follower).await;
+    // the new leader re-read the first job and left it alone: still one Job, no new Events
+    assert_eq!(env.jobs_of("first").await.len(), 1);
+    let events = env.events_once("first", reason::PROMOTED).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.reporting_instance.as_deref() == Some(leader.as_str())),
+        "the new leader recorded nothing for the finished first job: {:?}",
+        reporting_instances(&events)
+    );
+    // and it says so; the killed one answers nothing
+    until_endpoints(&mut replicas, &addrs, "/metrics", API_TIMEOUT, |a| {
+        a[li].is_none()
+            && a[fi]
+                .as_ref()
+                .is_some_and(|(_, body)| sample(body, "kompress_leader") == Some(1.0))
+    })
+    .await;
+
+    drop(replicas);
+    env.cleanup().await;
+}
+
+/// Both replicas ready (the leader once its cache synced, the standby once it knows who
+/// leads), and only the holder (`li`, not `fi`) says it leads.
+async fn both_ready_and_only_the_holder_leads(
+    replicas: &mut Replicas,
+    addrs: &[SocketAddr],
+    li: usize,
+    fi: usize,
+) {
+    until_endpoints(replicas, addrs, "/readyz", API_TIMEOUT, |a| {
         a.iter().all(|r| r.as_ref().is_some_and(|(c, _)| *c == 200))
     })
     .await;
     // only the holder says it leads
-    until_endpoints(&mut replicas, &addrs, "/metrics", API_TIMEOUT, |a| {
+    until_endpoints(replicas, addrs, "/metrics", API_TIMEOUT, |a| {
         let leads = |i: usize| {
             a[i].as_ref()
                 .and_then(|(c, body)| (*c == 200).then(|| sample(body, "kompress_leader")))
@@ -505,8 +564,10 @@ async fn two_replicas_only_the_leader_acts_and_the_other_takes_over() {
         leads(li) == Some(1.0) && leads(fi) == Some(0.0)
     })
     .await;
+}
 
-    // the leader runs the first job; the standby leaves no trace on it
+/// The leader runs the first job; the standby leaves no trace on it.
+async fn the_leader_runs_the_first_job(env: &Env, leader: &str) {
     let first = env.create(&env.example("first", None)).await;
     let cj = env.wait_phase("first", Phase::Succeeded, RUN_TIMEOUT).await;
     assert_eq!(
@@ -531,26 +592,22 @@ async fn two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     );
     assert!(
         events.iter().all(|e| {
-            e.reporting_instance.as_deref() == Some(leader.as_str())
+            e.reporting_instance.as_deref() == Some(leader)
                 && e.reporting_controller.as_deref() == Some("kompress")
         }),
         "every Event of the first job from the leader {leader}: {:?}",
         reporting_instances(&events)
     );
-    replicas.assert_alive();
+}
 
-    // the leader dies without releasing the Lease
-    replicas.kill(&leader);
-    assert_eq!(
-        wait_holder(&leases, "a holder", |_| true).await,
-        leader,
-        "a killed leader cannot give the Lease up"
-    );
+/// After the leader died, the standby takes the Lease over (a Lease transition) and runs the
+/// second job, once, recording its Events.
+async fn the_standby_runs_the_second_job(env: &Env, leases: &Api<Lease>, follower: &str) {
     let second = env.create(&env.example("second", None)).await;
     let cj = env
         .wait_phase("second", Phase::Succeeded, TAKEOVER_TIMEOUT)
         .await;
-    let holder = wait_holder(&leases, "a holder", |_| true).await;
+    let holder = wait_holder(leases, "a holder", |_| true).await;
     assert_eq!(holder, follower, "the standby holds the Lease now");
     let lease = leases.get(LEASE_NAME).await.unwrap();
     assert!(
@@ -579,29 +636,8 @@ async fn two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     assert!(
         events
             .iter()
-            .all(|e| e.reporting_instance.as_deref() == Some(follower.as_str())),
+            .all(|e| e.reporting_instance.as_deref() == Some(follower)),
         "every Event of the second job from the new leader {follower}: {:?}",
         reporting_instances(&events)
     );
-    // the new leader re-read the first job and left it alone: still one Job, no new Events
-    assert_eq!(env.jobs_of("first").await.len(), 1);
-    let events = env.events_once("first", reason::PROMOTED).await;
-    assert!(
-        events
-            .iter()
-            .all(|e| e.reporting_instance.as_deref() == Some(leader.as_str())),
-        "the new leader recorded nothing for the finished first job: {:?}",
-        reporting_instances(&events)
-    );
-    // and it says so; the killed one answers nothing
-    until_endpoints(&mut replicas, &addrs, "/metrics", API_TIMEOUT, |a| {
-        a[li].is_none()
-            && a[fi]
-                .as_ref()
-                .is_some_and(|(_, body)| sample(body, "kompress_leader") == Some(1.0))
-    })
-    .await;
-
-    drop(replicas);
-    env.cleanup().await;
 }

@@ -5,7 +5,7 @@
 mod support;
 
 use k8s_openapi::api::core::v1::Secret;
-use kompress::api::{CompressionJob, CompressionPolicy};
+use kompress::api::{CompressionJob, CompressionPolicy, CompressionPolicyStatus};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -27,102 +27,19 @@ impl Drop for Child {
 #[ignore = "needs the test control plane and the S3 server: run via `make test`"]
 async fn an_s3_policy_makes_one_job_per_etag_and_promotes_each_version() {
     let env = s3_env();
-    let get = |k: &str| {
-        env.iter()
-            .find(|(n, _)| n == k)
-            .unwrap_or_else(|| panic!("{k} in the S3 env file"))
-            .1
-            .clone()
-    };
     let client = client().await;
     install_crd(&client).await;
     let ns = create_namespace(&client, "policy-s3").await;
     let p = unique("pol");
-    let r = repo();
-    for v in ["v1", "v2"] {
-        boto(
-            &env,
-            &[
-                "put",
-                r.join("examples/digits/model.onnx").to_str().unwrap(),
-                &format!("s3://models/{p}/digits/{v}/model.onnx"),
-            ],
-        );
-    }
-    // not a model: the pattern leaves it out
-    boto(
-        &env,
-        &[
-            "put",
-            r.join("examples/digits/eval.npz").to_str().unwrap(),
-            &format!("s3://models/{p}/digits/v2/eval.npz"),
-        ],
-    );
-    boto(
-        &env,
-        &[
-            "put",
-            r.join("examples/digits/eval.npz").to_str().unwrap(),
-            &format!("s3://datasets/{p}/eval.npz"),
-        ],
-    );
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {"AWS_ACCESS_KEY_ID": get("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY": get("AWS_SECRET_ACCESS_KEY"), "AWS_REGION": get("AWS_REGION")}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let _controller = Child(
-        std::process::Command::new(bin())
-            .args([
-                "controller",
-                "--leader-elect=false",
-                "--namespace",
-                &ns,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("KOMPRESS_WORKER_IMAGE", "kompress:test")
-            .env("RUST_LOG", "info")
-            .spawn()
-            .unwrap(),
-    );
-    let yaml = format!(
-        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionPolicy\nmetadata: {{name: digits, namespace: {ns}}}\n\
-         spec:\n  source: {{uri: 's3://models/{p}/*/v*/model.onnx', interval: 10s}}\n  jobTemplate:\n    spec:\n\
-         \x20     storage: {{secretRef: {{name: s3-credentials}}, endpoint: '{endpoint}', allowHttp: true}}\n\
-         \x20     dataset: {{uri: 's3://datasets/{p}/eval.npz'}}\n      passes: [{{quantize: {{perChannel: true}}}}]\n\
-         \x20     thresholds: {{maxAccuracyDrop: 0.01}}\n\
-         \x20     output: {{uri: 's3://models/{p}/candidates', promoteTo: 's3://models/{p}/serving/{{{{.key}}}}/{{{{.version}}}}'}}\n\
-         \x20     evaluation: {{latency: {{warmup: 1, iterations: 5}}}}\n",
-        endpoint = get("AWS_ENDPOINT_URL"),
-    );
-    let policy: CompressionPolicy = serde_saphyr::from_str(&yaml).unwrap();
+    upload_versions(&env, &p);
+    create_credentials_secret(&client, &ns, &env).await;
+    let _controller = spawn_controller(&ns, &env);
     let policies: Api<CompressionPolicy> = Api::namespaced(client.clone(), &ns);
     policies
-        .create(&PostParams::default(), &policy)
+        .create(&PostParams::default(), &digits_policy(&p, &ns, &env))
         .await
         .unwrap();
-    let done = |p: Option<&CompressionPolicy>| {
-        p.and_then(|p| p.status.as_ref())
-            .is_some_and(|s| s.phases.get("Succeeded") == Some(&2))
-    };
-    let got = tokio::time::timeout(
-        RUN_TIMEOUT,
-        await_condition(policies.clone(), "digits", done),
-    )
-    .await;
-    let status = policies.get("digits").await.unwrap().status;
-    assert!(
-        matches!(got, Ok(Ok(Some(_)))),
-        "two versions never succeeded: {}",
-        serde_json::to_string_pretty(&status).unwrap()
-    );
-    let status = status.unwrap();
+    let status = wait_for_two_successes(&policies).await;
     assert_eq!(status.versions_seen, 2, "{status:?}");
     for v in &status.versions {
         assert!(v.id.starts_with("etag:"), "the store's entity tag: {v:?}");
@@ -141,6 +58,135 @@ async fn an_s3_policy_makes_one_job_per_etag_and_promotes_each_version() {
         2
     );
     // a later scan with nothing new makes nothing
+    wait_for_a_later_scan(&policies, &status).await;
+    assert_eq!(
+        cjs.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+/// A variable of the S3 server's environment file.
+fn env_value(env: &[(String, String)], k: &str) -> String {
+    env.iter()
+        .find(|(n, _)| n == k)
+        .unwrap_or_else(|| panic!("{k} in the S3 env file"))
+        .1
+        .clone()
+}
+
+/// The digits model as `models/<p>/digits/v1` and `v2`, an evaluation set beside v2 (not a
+/// model: the pattern leaves it out), and the evaluation set under `datasets/<p>/`.
+fn upload_versions(env: &[(String, String)], p: &str) {
+    let r = repo();
+    for v in ["v1", "v2"] {
+        boto(
+            env,
+            &[
+                "put",
+                r.join("examples/digits/model.onnx").to_str().unwrap(),
+                &format!("s3://models/{p}/digits/{v}/model.onnx"),
+            ],
+        );
+    }
+    // not a model: the pattern leaves it out
+    boto(
+        env,
+        &[
+            "put",
+            r.join("examples/digits/eval.npz").to_str().unwrap(),
+            &format!("s3://models/{p}/digits/v2/eval.npz"),
+        ],
+    );
+    boto(
+        env,
+        &[
+            "put",
+            r.join("examples/digits/eval.npz").to_str().unwrap(),
+            &format!("s3://datasets/{p}/eval.npz"),
+        ],
+    );
+}
+
+/// The Secret `s3-credentials` with the S3 server's key and region, for the worker pods.
+async fn create_credentials_secret(client: &kube::Client, ns: &str, env: &[(String, String)]) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": env_value(env, "AWS_ACCESS_KEY_ID"),
+            "AWS_SECRET_ACCESS_KEY": env_value(env, "AWS_SECRET_ACCESS_KEY"),
+            "AWS_REGION": env_value(env, "AWS_REGION"),
+        }
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+/// The controller binary for `ns`, without election, with the S3 server's credentials in its
+/// own environment.
+fn spawn_controller(ns: &str, env: &[(String, String)]) -> Child {
+    Child(
+        std::process::Command::new(bin())
+            .args([
+                "controller",
+                "--leader-elect=false",
+                "--namespace",
+                ns,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KOMPRESS_WORKER_IMAGE", "kompress:test")
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// CompressionPolicy `digits`: every `models/<p>/*/v*/model.onnx`, scanned every 10 s, int8,
+/// promoted to `serving/<key>/<version>`.
+fn digits_policy(p: &str, ns: &str, env: &[(String, String)]) -> CompressionPolicy {
+    let yaml = format!(
+        "apiVersion: kompress.dev/v1alpha1\nkind: CompressionPolicy\nmetadata: {{name: digits, namespace: {ns}}}\n\
+         spec:\n  source: {{uri: 's3://models/{p}/*/v*/model.onnx', interval: 10s}}\n  jobTemplate:\n    spec:\n\
+         \x20     storage: {{secretRef: {{name: s3-credentials}}, endpoint: '{endpoint}', allowHttp: true}}\n\
+         \x20     dataset: {{uri: 's3://datasets/{p}/eval.npz'}}\n      passes: [{{quantize: {{perChannel: true}}}}]\n\
+         \x20     thresholds: {{maxAccuracyDrop: 0.01}}\n\
+         \x20     output: {{uri: 's3://models/{p}/candidates', promoteTo: 's3://models/{p}/serving/{{{{.key}}}}/{{{{.version}}}}'}}\n\
+         \x20     evaluation: {{latency: {{warmup: 1, iterations: 5}}}}\n",
+        endpoint = env_value(env, "AWS_ENDPOINT_URL"),
+    );
+    serde_saphyr::from_str(&yaml).unwrap()
+}
+
+/// Waits (up to RUN_TIMEOUT) for two succeeded versions in `digits`' status, and returns it.
+async fn wait_for_two_successes(policies: &Api<CompressionPolicy>) -> CompressionPolicyStatus {
+    let done = |p: Option<&CompressionPolicy>| {
+        p.and_then(|p| p.status.as_ref())
+            .is_some_and(|s| s.phases.get("Succeeded") == Some(&2))
+    };
+    let got = tokio::time::timeout(
+        RUN_TIMEOUT,
+        await_condition(policies.clone(), "digits", done),
+    )
+    .await;
+    let status = policies.get("digits").await.unwrap().status;
+    assert!(
+        matches!(got, Ok(Ok(Some(_)))),
+        "two versions never succeeded: {}",
+        serde_json::to_string_pretty(&status).unwrap()
+    );
+    status.unwrap()
+}
+
+/// Waits (up to a minute) for a scan of `digits` after the one `status` records.
+async fn wait_for_a_later_scan(
+    policies: &Api<CompressionPolicy>,
+    status: &CompressionPolicyStatus,
+) {
     let scanned = status.last_scan.clone().unwrap();
     let later = move |p: Option<&CompressionPolicy>| {
         p.and_then(|p| p.status.as_ref())
@@ -154,9 +200,4 @@ async fn an_s3_policy_makes_one_job_per_etag_and_promotes_each_version() {
     .await
     .expect("a later scan")
     .unwrap();
-    assert_eq!(
-        cjs.list(&ListParams::default()).await.unwrap().items.len(),
-        2
-    );
-    delete_namespace(&client, &ns).await;
 }

@@ -168,19 +168,26 @@ fn verify_stays_inside_the_promotion_folder_and_refuses_malformed_evidence() {
     let prod = promotion(dir.path());
     let (code, out) = verify_unsigned(&prod);
     assert_eq!(code, 0, "the untouched promotion verifies: {out}");
-    let secret = dir.path().join("secret.onnx");
+    subjects_outside_the_folder_are_refused(&prod, dir.path());
+    a_model_folder_elsewhere_is_refused(&prod, dir.path());
+    a_symlink_out_of_the_folder_is_refused(&prod, dir.path());
+    multibyte_digests_are_refused(&prod, dir.path());
+    payload_type_and_predicate_are_checked_unsigned(&prod, dir.path());
+}
+
+/// Subjects that name a file outside the folder: `..`, an absolute path.
+fn subjects_outside_the_folder_are_refused(prod: &Path, dir: &Path) {
+    let secret = dir.join("secret.onnx");
     std::fs::write(&secret, b"not for verify to read").unwrap();
     let secret_sha = sha256_hex(&secret);
-
-    // Subjects that name a file outside the folder: `..`, an absolute path.
     for (case, name) in [
         ("dotdot", "../../secret.onnx".to_string()),
         ("absolute", secret.display().to_string()),
     ] {
         let n = name.clone();
         let copy = tampered(
-            &prod,
-            dir.path(),
+            prod,
+            dir,
             case,
             |m| {
                 m["files"][0] = serde_json::json!({"name": n, "sha256": secret_sha});
@@ -197,11 +204,13 @@ fn verify_stays_inside_the_promotion_folder_and_refuses_malformed_evidence() {
             "{case}: {out}"
         );
     }
+}
 
-    // The model's folder or the evidence named outside the promotion folder.
+/// The model's folder or the evidence named outside the promotion folder.
+fn a_model_folder_elsewhere_is_refused(prod: &Path, dir: &Path) {
     let elsewhere = tampered(
-        &prod,
-        dir.path(),
+        prod,
+        dir,
         "elsewhere",
         |m| {
             m["uri"] = prod
@@ -218,9 +227,11 @@ fn verify_stays_inside_the_promotion_folder_and_refuses_malformed_evidence() {
         out.contains("the model's folder") && out.contains("not inside"),
         "{out}"
     );
+}
 
-    // A symlink out of the folder to a file with the very bytes the evidence names.
-    let linked = tampered(&prod, dir.path(), "linked", |_| {}, |_, _| {});
+/// A symlink out of the folder to a file with the very bytes the evidence names.
+fn a_symlink_out_of_the_folder_is_refused(prod: &Path, dir: &Path) {
+    let linked = tampered(prod, dir, "linked", |_| {}, |_, _| {});
     let model = linked
         .read_dir()
         .unwrap()
@@ -229,19 +240,21 @@ fn verify_stays_inside_the_promotion_folder_and_refuses_malformed_evidence() {
         .unwrap()
         .path()
         .join("model.onnx");
-    let outside = dir.path().join("outside-model.onnx");
+    let outside = dir.join("outside-model.onnx");
     std::fs::rename(&model, &outside).unwrap();
     std::os::unix::fs::symlink(&outside, &model).unwrap();
     let (code, out) = verify_unsigned(&linked);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("symlink out"), "{out}");
+}
 
-    // Multi-byte text where a sha256 belongs: refused, never a panic (exit 101).
+/// Multi-byte text where a sha256 belongs: refused, never a panic (exit 101).
+fn multibyte_digests_are_refused(prod: &Path, dir: &Path) {
     let wide = "é".repeat(32);
     let w = wide.clone();
     let multibyte = tampered(
-        &prod,
-        dir.path(),
+        prod,
+        dir,
         "multibyte",
         |m| {
             m["files"][0]["sha256"] = w.into();
@@ -254,8 +267,8 @@ fn verify_stays_inside_the_promotion_folder_and_refuses_malformed_evidence() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not 64 lowercase hex"), "{out}");
     let only_manifest = tampered(
-        &prod,
-        dir.path(),
+        prod,
+        dir,
         "multibyte-manifest",
         |m| {
             m["files"][0]["sha256"] = "日本語".repeat(8).into();
@@ -265,11 +278,13 @@ fn verify_stays_inside_the_promotion_folder_and_refuses_malformed_evidence() {
     let (code, out) = verify_unsigned(&only_manifest);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("are not the manifest's files"), "{out}");
+}
 
-    // --unsigned still checks the payload type; a statement without its checks is refused.
+/// --unsigned still checks the payload type; a statement without its checks is refused.
+fn payload_type_and_predicate_are_checked_unsigned(prod: &Path, dir: &Path) {
     let lying = tampered(
-        &prod,
-        dir.path(),
+        prod,
+        dir,
         "payload-type",
         |_| {},
         |env, _| {
@@ -281,8 +296,8 @@ fn verify_stays_inside_the_promotion_folder_and_refuses_malformed_evidence() {
     assert!(out.contains("payloadType is `text/plain`"), "{out}");
     for field in ["checks", "verdict", "runId"] {
         let stripped = tampered(
-            &prod,
-            dir.path(),
+            prod,
+            dir,
             &format!("no-{field}"),
             |_| {},
             |_, st| {

@@ -298,9 +298,26 @@ fn dry_run(ns: &str, dir: &Path, name: &str, text: &str) -> Out {
 #[tokio::test]
 #[ignore = "needs the test control plane: run via `make test` (hack/testenv/up)"]
 async fn gitops_examples_are_valid_for_the_upstream_crds() {
+    let client = client().await;
+    install_upstream_crds(&client).await;
+    let ns = create_namespace(&client, "kt-gitops-examples").await;
+    let scratch = tempfile::tempdir().unwrap();
+    let read = |f: &str| {
+        std::fs::read_to_string(repo().join("examples/gitops").join(f))
+            .unwrap_or_else(|e| panic!("examples/gitops/{f}: {e}"))
+    };
+    let oci = read("ocirepository.yaml");
+    let isvc = read("inferenceservice.yaml");
+    examples_pass_a_dry_run_and_store_nothing(&ns, scratch.path(), &oci, &isvc);
+    let uri = examples_follow_the_promotion_layout(&oci, &isvc);
+    broken_copies_are_refused(&ns, scratch.path(), &oci, &isvc, &uri);
+    delete_namespace(&client, &ns).await;
+}
+
+/// The upstream Flux OCIRepository and KServe InferenceService CRDs, installed and Established.
+async fn install_upstream_crds(client: &kube::Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::runtime::wait::conditions;
-    let client = client().await;
     let crds = gitops_crds();
     let files = [
         (
@@ -334,29 +351,23 @@ async fn gitops_examples_are_valid_for_the_upstream_crds() {
         )
         .await;
     }
+}
 
-    let ns = create_namespace(&client, "kt-gitops-examples").await;
-    let scratch = tempfile::tempdir().unwrap();
-    let read = |f: &str| {
-        std::fs::read_to_string(repo().join("examples/gitops").join(f))
-            .unwrap_or_else(|e| panic!("examples/gitops/{f}: {e}"))
-    };
-    let oci = read("ocirepository.yaml");
-    let isvc = read("inferenceservice.yaml");
-
+/// Both examples pass the server-side dry run as what they are, and nothing is stored.
+fn examples_pass_a_dry_run_and_store_nothing(ns: &str, scratch: &Path, oci: &str, isvc: &str) {
     for (name, text, kind) in [
         (
             "ocirepository.yaml",
-            &oci,
+            oci,
             "ocirepository.source.toolkit.fluxcd.io/digits-model",
         ),
         (
             "inferenceservice.yaml",
-            &isvc,
+            isvc,
             "inferenceservice.serving.kserve.io/digits",
         ),
     ] {
-        let o = dry_run(&ns, scratch.path(), name, text);
+        let o = dry_run(ns, scratch, name, text);
         assert!(
             o.ok,
             "examples/gitops/{name} refused by the upstream CRD:\n{}",
@@ -373,7 +384,7 @@ async fn gitops_examples_are_valid_for_the_upstream_crds() {
         "get",
         "ocirepositories,inferenceservices",
         "-n",
-        &ns,
+        ns,
         "-o",
         "name",
     ]);
@@ -383,9 +394,12 @@ async fn gitops_examples_are_valid_for_the_upstream_crds() {
         o.stdout,
         o.stderr
     );
+}
 
-    // What the examples promise about kompress' layout: the InferenceService names one
-    // content-addressed promotion folder, the OCIRepository takes the raw weight layer.
+/// What the examples promise about kompress' layout: the InferenceService names one
+/// content-addressed promotion folder, the OCIRepository takes the raw weight layer.
+/// Returns the InferenceService's storageUri.
+fn examples_follow_the_promotion_layout(oci: &str, isvc: &str) -> String {
     let uri = isvc
         .lines()
         .find_map(|l| l.trim().strip_prefix("storageUri: "))
@@ -403,8 +417,11 @@ async fn gitops_examples_are_valid_for_the_upstream_crds() {
     );
     assert!(oci.contains("mediaType: application/vnd.cncf.model.weight.v1.raw"));
     assert!(oci.contains("operation: copy"));
+    uri.to_string()
+}
 
-    // The schema is enforced: each broken copy is refused, naming what is wrong.
+/// The schema is enforced: each broken copy is refused, naming what is wrong.
+fn broken_copies_are_refused(ns: &str, scratch: &Path, oci: &str, isvc: &str, uri: &str) {
     let broken = [
         (
             "isvc-misspelled.yaml",
@@ -437,13 +454,9 @@ async fn gitops_examples_are_valid_for_the_upstream_crds() {
         ),
     ];
     for (name, text, why) in &broken {
-        let original = if name.starts_with("isvc") {
-            &isvc
-        } else {
-            &oci
-        };
+        let original = if name.starts_with("isvc") { isvc } else { oci };
         assert_ne!(text, original, "{name}: the edit did not apply");
-        let o = dry_run(&ns, scratch.path(), name, text);
+        let o = dry_run(ns, scratch, name, text);
         assert!(!o.ok, "{name} was accepted:\n{}", o.stdout);
         assert!(
             o.stderr.contains(why),
@@ -451,5 +464,4 @@ async fn gitops_examples_are_valid_for_the_upstream_crds() {
             o.stderr
         );
     }
-    delete_namespace(&client, &ns).await;
 }

@@ -110,7 +110,6 @@ fn promotion_to_both_registries_reads_back_verifies_and_never_sends_a_blob_twice
     let with_auth = Registry::up(&["--kind", "distribution", "--auth", "kompress:s3cret"]);
     let referrers_api = Registry::up(&["--kind", "ggcr"]);
     let docker = docker_config(dir.path(), &with_auth.addr, "kompress", "s3cret");
-    let tagged_auth = format!("{}/models/digits:prod", with_auth.addr);
 
     for (reg, docker, expect_referrers) in [
         (&with_auth, Some(docker.as_path()), "tagSchema"),
@@ -132,49 +131,14 @@ fn promotion_to_both_registries_reads_back_verifies_and_never_sends_a_blob_twice
         );
         assert_eq!(r["oci"]["referrers"], expect_referrers, "{out:#}");
         assert_eq!(r["oci"]["blobsReused"], 0, "a fresh repository: {out:#}");
-
-        // oras pulls the model back: the bytes promoted.
-        let pulled = dir.path().join(format!("pulled-{expect_referrers}"));
-        let (ok, text) = oras(
-            &[
-                "pull",
-                "--plain-http",
-                &tagged,
-                "-o",
-                pulled.to_str().unwrap(),
-            ],
+        oras_pulls_the_model_and_discovers_the_evidence(
+            dir.path(),
+            reg,
             docker,
+            r,
+            &manifest,
+            expect_referrers,
         );
-        assert!(ok, "{text}");
-        let candidate = local(r["artifact"]["uri"].as_str().unwrap());
-        assert_eq!(
-            std::fs::read(pulled.join("model.onnx")).unwrap(),
-            std::fs::read(&candidate).unwrap()
-        );
-        assert_eq!(
-            sha256_hex(&pulled.join("model.onnx")),
-            r["promoted"]["sha256"].as_str().unwrap()
-        );
-        // ... and finds the evidence as a referrer of the manifest.
-        let (ok, text) = oras(
-            &[
-                "discover",
-                "--plain-http",
-                "--format",
-                "json",
-                &format!("{}/models/digits@{manifest}", reg.addr),
-            ],
-            docker,
-        );
-        assert!(ok, "{text}");
-        let evidence_digest = r["evidence"]["uri"]
-            .as_str()
-            .unwrap()
-            .rsplit('@')
-            .next()
-            .unwrap();
-        assert!(text.contains(evidence_digest), "oras discover: {text}");
-        assert!(text.contains("application/vnd.in-toto+json"), "{text}");
 
         // kompress verify: the key passes, another key fails.
         let (code, text) = verify(&promote_to, &public, docker);
@@ -201,20 +165,81 @@ fn promotion_to_both_registries_reads_back_verifies_and_never_sends_a_blob_twice
         }
         assert_eq!(verify(&promote_to, &public, docker).0, 0);
     }
+    the_authenticated_registry_refuses_without_credentials(dir.path(), &with_auth, &key, &public);
+}
 
-    // Without credentials, or with a wrong password, the authenticated registry refuses: a
-    // permanent failure (a retry cannot fix it) that names the registry and the Docker config.
+/// oras pulls the model promoted to `reg` (result `r`) back, the bytes promoted, and finds
+/// the evidence as a referrer of the manifest.
+fn oras_pulls_the_model_and_discovers_the_evidence(
+    dir: &Path,
+    reg: &Registry,
+    docker: Option<&Path>,
+    r: &Value,
+    manifest: &str,
+    expect_referrers: &str,
+) {
+    let tagged = format!("{}/models/digits:prod", reg.addr);
+    // oras pulls the model back: the bytes promoted.
+    let pulled = dir.join(format!("pulled-{expect_referrers}"));
+    let (ok, text) = oras(
+        &[
+            "pull",
+            "--plain-http",
+            &tagged,
+            "-o",
+            pulled.to_str().unwrap(),
+        ],
+        docker,
+    );
+    assert!(ok, "{text}");
+    let candidate = local(r["artifact"]["uri"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(pulled.join("model.onnx")).unwrap(),
+        std::fs::read(&candidate).unwrap()
+    );
+    assert_eq!(
+        sha256_hex(&pulled.join("model.onnx")),
+        r["promoted"]["sha256"].as_str().unwrap()
+    );
+    // ... and finds the evidence as a referrer of the manifest.
+    let (ok, text) = oras(
+        &[
+            "discover",
+            "--plain-http",
+            "--format",
+            "json",
+            &format!("{}/models/digits@{manifest}", reg.addr),
+        ],
+        docker,
+    );
+    assert!(ok, "{text}");
+    let evidence_digest = r["evidence"]["uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('@')
+        .next()
+        .unwrap();
+    assert!(text.contains(evidence_digest), "oras discover: {text}");
+    assert!(text.contains("application/vnd.in-toto+json"), "{text}");
+}
+
+/// Without credentials, or with a wrong password, the authenticated registry refuses: a
+/// permanent failure (a retry cannot fix it) that names the registry and the Docker config.
+fn the_authenticated_registry_refuses_without_credentials(
+    dir: &Path,
+    with_auth: &Registry,
+    key: &Path,
+    public: &Path,
+) {
+    let tagged_auth = format!("{}/models/digits:prod", with_auth.addr);
     let promote_to = format!("oci://{}/models/other:prod", with_auth.addr);
-    let wrong = dir.path().join("wrong");
+    let wrong = dir.join("wrong");
     let wrong = docker_config(&wrong, &with_auth.addr, "kompress", "not-the-password");
     for (case, docker) in [
         ("no credentials", None),
         ("a wrong password", Some(wrong.as_path())),
     ] {
-        let (code, _, err) = run(
-            &job(dir.path(), "noauth", &promote_to, &key, DYNAMIC),
-            docker,
-        );
+        let (code, _, err) = run(&job(dir, "noauth", &promote_to, key, DYNAMIC), docker);
         assert_eq!(code, 65, "{case}: {err}");
         assert!(
             err.contains(&with_auth.addr)
@@ -222,7 +247,7 @@ fn promotion_to_both_registries_reads_back_verifies_and_never_sends_a_blob_twice
                 && err.contains("Docker config"),
             "{case}: {err}"
         );
-        let (code, text) = verify(&format!("oci://{tagged_auth}"), &public, docker);
+        let (code, text) = verify(&format!("oci://{tagged_auth}"), public, docker);
         assert_eq!(code, 65, "{case}: {text}");
     }
 }
