@@ -278,6 +278,11 @@ pub struct CalibrationReport {
     pub source: CalibrationSourceRef,
     /// Activation tensors whose ranges were calibrated.
     pub tensors: usize,
+    /// Rows per calibration run (`calibration.batchSize`; unset, as many as fit the memory
+    /// budget by what the first row's activations took).
+    pub batch: usize,
+    /// Bytes of calibrated activations one row brought (its inputs included).
+    pub row_bytes: u64,
     /// Each one's range and its estimated int8 quantization error on the calibration samples,
     /// worst first.
     pub activations: Vec<ActivationError>,

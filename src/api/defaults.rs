@@ -3,7 +3,7 @@
 //! [`Plan`]; a pass entry (the spec's own, or one the search builds after validation)
 //! resolves its fields here when it becomes a `passes::Pass`.
 
-use super::{ActivationType, CalibrationPlan, SecretKeyRef};
+use super::{ActivationType, CalibrationBatch, CalibrationPlan, SecretKeyRef};
 use super::{
     CalibrationMethodSpec, CompressionJobSpec, EvaluationPlan, EvaluationSpec, EvaluatorPlan,
     EvaluatorSpec, Fp16Spec, InputFeed, LowRankSpec, Plan, PruneSpec, QuantMode, QuantizeSpec,
@@ -48,6 +48,9 @@ pub const PER_CHANNEL: bool = true;
 pub const CALIBRATION_SAMPLES: u32 = 128;
 pub const CALIBRATION_PERCENTILE: f64 = 99.999;
 pub const CALIBRATION_BATCH: u32 = 8;
+/// With `batchSize` unset, a calibration run holds at most this many bytes of calibrated
+/// activations (fewer rows than [`CALIBRATION_BATCH`] when that many would pass it).
+pub const CALIBRATION_BATCH_BYTES: u64 = 256 << 20;
 
 /// `spec.search`: `maxTrials`, `maxSeconds`, `sensitivitySamples`, `minElements`.
 pub const SEARCH_MAX_TRIALS: u32 = 16;
@@ -127,7 +130,13 @@ impl CalibrationPlan {
             percentile: c
                 .and_then(|c| c.percentile)
                 .unwrap_or(CALIBRATION_PERCENTILE),
-            batch_size: c.and_then(|c| c.batch_size).unwrap_or(CALIBRATION_BATCH),
+            batch: match c.and_then(|c| c.batch_size) {
+                Some(n) => CalibrationBatch::Fixed(n),
+                None => CalibrationBatch::UpTo {
+                    rows: CALIBRATION_BATCH,
+                    bytes: CALIBRATION_BATCH_BYTES,
+                },
+            },
         }
     }
 }

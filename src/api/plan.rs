@@ -87,5 +87,15 @@ pub struct CalibrationPlan {
     pub samples: u32,
     pub percentile: f64,
     /// Samples per calibration run (its own: memory follows it, not evaluation.batchSize).
-    pub batch_size: u32,
+    pub batch: CalibrationBatch,
+}
+
+/// How many samples a calibration run takes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalibrationBatch {
+    /// `calibration.batchSize` as set.
+    Fixed(u32),
+    /// Unset: at most `rows`, and fewer when that many rows' calibrated activations would pass
+    /// `bytes` (measured on the first row).
+    UpTo { rows: u32, bytes: u64 },
 }

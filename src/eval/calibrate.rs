@@ -6,7 +6,7 @@
 
 use super::feed::Feeder;
 use super::{ArrayData, Error, EvalConfig, Opened, Result, tensor};
-use crate::api::CalibrationMethod;
+use crate::api::{CalibrationBatch, CalibrationMethod};
 use crate::onnx::{self, Model, pb};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -355,9 +355,19 @@ pub fn with_outputs(model: &Model, tensors: &[String]) -> Model {
     m
 }
 
-/// Runs `opened` (a model from [`with_outputs`]) over `rows` of `ds`, a batch of
-/// `cfg.batch_size` rows at a time, and folds each of `tensors` into its statistics (with
-/// histograms when `histograms`). `progress` gets (done, total) rows.
+/// What [`run`] found: each tensor's statistics, and the batch it ran.
+pub struct Collected {
+    pub stats: BTreeMap<String, TensorStats>,
+    /// Rows per run after the first (a [`CalibrationBatch::UpTo`] runs the first row alone to
+    /// measure what a row's calibrated activations take).
+    pub batch: usize,
+    /// Bytes of calibrated activations (and fed inputs) one row brought, measured on the first.
+    pub row_bytes: u64,
+}
+
+/// Runs `opened` (a model from [`with_outputs`]) over `rows` of `ds`, `batch` rows at a time,
+/// and folds each of `tensors` into its statistics (with histograms when `histograms`).
+/// `progress` gets (done, total) rows.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     opened: &mut Opened,
@@ -365,9 +375,10 @@ pub fn run(
     rows: RowRange,
     tensors: &[String],
     histograms: bool,
+    batch: CalibrationBatch,
     cfg: &EvalConfig,
     progress: &dyn Fn(u64, u64),
-) -> Result<BTreeMap<String, TensorStats>> {
+) -> Result<Collected> {
     // The inputs are matched to arrays as for evaluation; labels play no part.
     let check = EvalConfig {
         labels: None,
@@ -397,15 +408,29 @@ pub fn run(
     let mut archives = prep.plan.archives();
     let mut feeder = Feeder::new(&prep.plan, ds, &mut archives, rows.start)?;
     let mut stats = empty_stats(tensors, histograms);
-    let batch = if prep.plan.is_stateful() {
-        1
-    } else {
-        cfg.batch_size.max(1)
+    let stateful = prep.plan.is_stateful();
+    let mut size = match batch {
+        _ if stateful => 1,
+        CalibrationBatch::Fixed(n) => usize::try_from(n).unwrap_or(usize::MAX).max(1),
+        CalibrationBatch::UpTo { .. } => 1,
     };
-    let mut done = 0;
+    let (mut done, mut row_bytes) = (0, 0);
     while done < rows.count {
-        let n = batch.min(rows.count - done);
-        calibrate_batch(opened, &mut feeder, n, &mut stats)?;
+        let n = size.min(rows.count - done);
+        let bytes = calibrate_batch(opened, &mut feeder, n, &mut stats)?;
+        if done == 0 {
+            row_bytes = bytes / n as u64;
+            if let (
+                CalibrationBatch::UpTo {
+                    rows: most,
+                    bytes: budget,
+                },
+                false,
+            ) = (batch, stateful)
+            {
+                size = rows_within(row_bytes, most, budget);
+            }
+        }
         done += n;
         progress(done as u64, rows.count as u64);
     }
@@ -417,8 +442,19 @@ pub fn run(
             model,
             what,
         }),
-        None => Ok(stats),
+        None => Ok(Collected {
+            stats,
+            batch: size,
+            row_bytes,
+        }),
     }
+}
+
+/// The most rows, up to `most`, whose calibrated activations (`row_bytes` each) fit in
+/// `budget`; at least one.
+pub fn rows_within(row_bytes: u64, most: u32, budget: u64) -> usize {
+    let fit = budget.checked_div(row_bytes).unwrap_or(u64::MAX);
+    usize::try_from(fit.min(u64::from(most)).max(1)).unwrap_or(1)
 }
 
 /// Empty statistics for each tensor (min and max only without `histograms`).
@@ -444,13 +480,14 @@ fn run_error(model: &Path, message: String) -> Error {
 }
 
 /// Feeds the next `n` rows, runs the model once, and folds the fed inputs and the outputs
-/// into `stats`.
+/// into `stats`; returns the bytes of what it folded (the activations the run held at once).
 fn calibrate_batch(
     opened: &mut Opened,
     feeder: &mut Feeder<'_, '_>,
     n: usize,
     stats: &mut BTreeMap<String, TensorStats>,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut bytes = 0u64;
     let model = opened.path.clone();
     let run_err = |message: String| run_error(&model, message);
     let arrays = feeder.next(n)?;
@@ -463,7 +500,10 @@ fn calibrate_batch(
     for (name, arr) in arrays {
         if let Some(s) = stats.get_mut(&name) {
             match &arr.data {
-                ArrayData::F32(v) => s.update(v),
+                ArrayData::F32(v) => {
+                    s.update(v);
+                    bytes += std::mem::size_of_val(v.as_slice()) as u64;
+                }
                 other => {
                     return Err(run_err(format!(
                         "input `{name}` is {}, so it cannot be calibrated",
@@ -492,8 +532,9 @@ fn calibrate_batch(
             ))
         })?;
         s.update(data);
+        bytes += std::mem::size_of_val(data) as u64;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// A tensor with no finite value has no range: calibrating it would invent one. What to say
@@ -542,6 +583,17 @@ pub fn open(path: &Path, cfg: &EvalConfig) -> Result<Opened> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_calibration_batch_is_what_fits_the_budget_between_one_and_the_most() {
+        let mib = 1u64 << 20;
+        assert_eq!(rows_within(125 * mib, 8, 256 * mib), 2, "PP-OCRv4 rec");
+        assert_eq!(rows_within(20 * mib, 8, 256 * mib), 8, "capped at the most");
+        assert_eq!(rows_within(300 * mib, 8, 256 * mib), 1, "at least one row");
+        assert_eq!(rows_within(0, 8, 256 * mib), 8, "a row of nothing");
+        assert_eq!(rows_within(32 * mib, 8, 256 * mib), 8, "exactly the budget");
+        assert_eq!(rows_within(32 * mib + 1, 8, 256 * mib), 7);
+    }
 
     #[test]
     fn zeros_then_values_keep_zero_in_the_zero_bin() {

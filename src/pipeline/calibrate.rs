@@ -8,8 +8,8 @@ use super::baseline::Baseline;
 use super::fetch::Inputs;
 use super::{Error, Result, save_in_scratch, scratch_dir};
 use crate::api::{
-    CalibrationMethod, CalibrationPlan, CompressionJobSpec, PassSpec, Plan, QuantMode,
-    QuantizeSpec, SearchForm, TargetCpu,
+    CalibrationBatch, CalibrationMethod, CalibrationPlan, CompressionJobSpec, PassSpec, Plan,
+    QuantMode, QuantizeSpec, SearchForm, TargetCpu,
 };
 use crate::eval::calibrate::{self as calib, RowRange};
 use crate::eval::{Dataset, EvalConfig};
@@ -90,8 +90,11 @@ pub fn calibrate_with(
         unreachable!("static_pass returns quantize passes")
     };
     let settings = Settings::of(q);
+    let most = match settings.batch {
+        CalibrationBatch::Fixed(n) | CalibrationBatch::UpTo { rows: n, .. } => n,
+    };
     let cfg = &EvalConfig {
-        batch_size: (settings.batch as usize).max(1),
+        batch_size: usize::try_from(most).unwrap_or(1).max(1),
         ..cfg.clone()
     };
     let cal_err = |source| Error::Eval {
@@ -119,21 +122,35 @@ pub fn calibrate_with(
         data.uri,
         tensors.len(),
         method_name(method),
-        cfg.batch_size
+        match settings.batch {
+            CalibrationBatch::Fixed(n) => n.to_string(),
+            CalibrationBatch::UpTo { rows, bytes } => {
+                format!("up to {rows} within {} MiB of activations", bytes >> 20)
+            }
+        }
     ));
     let bar = ui.bar("calibrate", false);
     let histograms = method != CalibrationMethod::MinMax;
-    let stats = calib::run(
+    let collected = calib::run(
         &mut opened,
         data.dataset,
         rows,
         &tensors,
         histograms,
+        settings.batch,
         cfg,
         &|d, t| bar.set(d, Some(t)),
     )
     .map_err(cal_err)?;
     bar.finish(rows.count as u64);
+    let stats = collected.stats;
+    if matches!(settings.batch, CalibrationBatch::UpTo { .. }) {
+        ui.stage(&format!(
+            "calibration: {:.1} MiB of activations a row, so {} rows a run",
+            collected.row_bytes as f64 / f64::from(1 << 20),
+            collected.batch
+        ));
+    }
     drop(opened);
     let _ = std::fs::remove_dir_all(dir);
     let (calibrated, activations) = settings.ranges(&stats, rows, &data.uri);
@@ -152,6 +169,8 @@ pub fn calibrate_with(
                 rows: [rows.start as u64, (rows.start + rows.count) as u64],
             },
             tensors: tensors.len(),
+            batch: collected.batch,
+            row_bytes: collected.row_bytes,
             activations,
             seconds: started.elapsed().as_secs_f64(),
         },
@@ -200,7 +219,7 @@ struct Settings {
     symmetric: bool,
     samples: usize,
     /// Its own batch: memory follows it, not evaluation.batchSize.
-    batch: u32,
+    batch: CalibrationBatch,
 }
 
 impl Settings {
@@ -211,7 +230,7 @@ impl Settings {
             percentile: c.percentile,
             symmetric: q.resolved_symmetric_activations(),
             samples: c.samples as usize,
-            batch: c.batch_size,
+            batch: c.batch,
         }
     }
 

@@ -300,10 +300,9 @@ pub struct CalibrationMethodSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 50.0 && self <= 100.0").message("must be in (50, 100]"))]
     pub percentile: Option<f64>,
-    /// Samples per calibration run, 1 to 1024. Default 8, whatever `evaluation.batchSize`
-    /// is: a run holds every calibrated activation of its batch at once, so peak memory
-    /// grows with it (PP-OCRv4 rec, 10.8 MB: 0.42 GB at 4, 0.77 GB at 8, 2.7 GB at 32); the
-    /// ranges found do not depend on it.
+    /// Samples per calibration run, 1 to 1024, whatever `evaluation.batchSize` is. A run holds
+    /// every calibrated activation of its batch at once. Default: up to 8, fewer when they
+    /// would pass 256 MiB (measured on the first sample).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 1024").message("must be between 1 and 1024"))]
     pub batch_size: Option<u32>,
