@@ -4,6 +4,7 @@ mod support;
 
 use kompress::api::CalibrationMethod;
 use kompress::eval::calibrate::{BINS, ENTROPY_LEVELS, TensorStats};
+use std::path::{Path, PathBuf};
 use support::lcg;
 
 /// Batches whose range grows (so the histogram widens several times), with a few outliers
@@ -226,13 +227,10 @@ fn wide_conv_model() -> kompress::onnx::pb::ModelProto {
         ));
         x = out;
     }
-    pb::ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
+    support::model_of(
+        9,
+        17,
+        pb::GraphProto {
             name: Some("wide".into()),
             node: nodes,
             initializer: inits,
@@ -245,13 +243,13 @@ fn wide_conv_model() -> kompress::onnx::pb::ModelProto {
                 &[None, Some(32), Some(32), Some(32)],
             )],
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
-#[test]
-fn calibration_memory_stays_flat_at_eight_times_the_samples() {
+/// A folder with [`wide_conv_model`] (`model.onnx`) and `n` generated samples for it
+/// (`calib.npz`); the tests that use it measure peak RSS, so GNU time must be there.
+fn wide_conv_setup(n: usize, seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
     assert!(
         support::gnu_time().is_some(),
         "this test measures peak RSS with /usr/bin/time (GNU time): install it"
@@ -260,15 +258,33 @@ fn calibration_memory_stays_flat_at_eight_times_the_samples() {
     let model = dir.path().join("model.onnx");
     support::write_model(&wide_conv_model(), &model);
     let data = dir.path().join("calib.npz");
-    let n = 512;
     let per = 8 * 32 * 32;
     support::write_npz(
         &data,
         &[(
             "input",
-            support::f32_array(&[n, 8, 32, 32], &lcg(n * per, 5)),
+            support::f32_array(&[n, 8, 32, 32], &lcg(n * per, seed)),
         )],
     );
+    (dir, model, data)
+}
+
+/// `kompress compress` calibrated on `data`, its peak RSS measured: it must succeed.
+fn compress_measured(model: &Path, out: &Path, job: &str, data: &Path) -> support::Finished {
+    let f = support::run_bounded(
+        &support::compress_args(model, out, job, Some(data)),
+        &[],
+        std::time::Duration::from_secs(300),
+        true,
+    );
+    assert_eq!(f.status(), 0, "{}", f.describe());
+    f
+}
+
+#[test]
+fn calibration_memory_stays_flat_at_eight_times_the_samples() {
+    let n = 512;
+    let (dir, model, data) = wide_conv_setup(n, 5);
     let peak_kb = |samples: usize| {
         let job = support::write_job(
             dir.path(),
@@ -280,21 +296,7 @@ fn calibration_memory_stays_flat_at_eight_times_the_samples() {
             ),
         );
         let out = dir.path().join(format!("q{samples}.onnx"));
-        let f = support::run_bounded(
-            &[
-                "compress",
-                model.to_str().unwrap(),
-                out.to_str().unwrap(),
-                "-f",
-                &job,
-                "--calibration",
-                data.to_str().unwrap(),
-            ],
-            &[],
-            std::time::Duration::from_secs(300),
-            true,
-        );
-        assert_eq!(f.status(), 0, "{}", f.describe());
+        let f = compress_measured(&model, &out, &job, &data);
         assert!(
             f.stderr
                 .contains(&format!("calibration: {samples} samples")),
@@ -318,23 +320,8 @@ fn calibration_memory_stays_flat_at_eight_times_the_samples() {
 /// that batch, not the evaluation's, sets calibration's peak memory.
 #[test]
 fn calibration_memory_follows_its_own_batch_not_the_evaluation_batch() {
-    assert!(
-        support::gnu_time().is_some(),
-        "this test measures peak RSS with /usr/bin/time (GNU time): install it"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model.onnx");
-    support::write_model(&wide_conv_model(), &model);
-    let data = dir.path().join("calib.npz");
     let n = 128;
-    let per = 8 * 32 * 32;
-    support::write_npz(
-        &data,
-        &[(
-            "input",
-            support::f32_array(&[n, 8, 32, 32], &lcg(n * per, 6)),
-        )],
-    );
+    let (dir, model, data) = wide_conv_setup(n, 6);
     let peak_kb = |batch: Option<usize>| {
         let batch_line = batch.map_or(String::new(), |b| format!("          batchSize: {b}\n"));
         let job = support::write_job(
@@ -347,21 +334,7 @@ fn calibration_memory_follows_its_own_batch_not_the_evaluation_batch() {
             ),
         );
         let out = dir.path().join("q.onnx");
-        let f = support::run_bounded(
-            &[
-                "compress",
-                model.to_str().unwrap(),
-                out.to_str().unwrap(),
-                "-f",
-                &job,
-                "--calibration",
-                data.to_str().unwrap(),
-            ],
-            &[],
-            std::time::Duration::from_secs(300),
-            true,
-        );
-        assert_eq!(f.status(), 0, "{}", f.describe());
+        let f = compress_measured(&model, &out, &job, &data);
         let want = format!("batch {}", batch.unwrap_or(8));
         assert!(f.stderr.contains(&want), "{want}: {}", f.stderr);
         f.max_rss_kb.expect("GNU time reports peak RSS")
