@@ -161,6 +161,27 @@ impl Session {
             .await
     }
 
+    /// `Http::send` of a GET (a pull) from `repository`.
+    async fn send_get(
+        &self,
+        url: &str,
+        repository: &str,
+        accept: &[(header::HeaderName, String)],
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        self.http
+            .send(
+                Method::GET,
+                url,
+                repository,
+                Access::Pull,
+                accept,
+                None,
+                what,
+            )
+            .await
+    }
+
     /// A PUT of `body` to `url` in `r`'s repository within `deadline`, answered 201, 200 or 204.
     async fn put(
         &self,
@@ -313,18 +334,7 @@ impl Session {
     ) -> Result<Option<Vec<u8>>, Error> {
         self.http
             .within(self.http.deadline(), what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::GET,
-                        url,
-                        repository,
-                        Access::Pull,
-                        accept,
-                        None,
-                        what,
-                    )
-                    .await?;
+                let resp = self.send_get(url, repository, accept, what).await?;
                 if resp.status() == StatusCode::NOT_FOUND {
                     return Ok(None);
                 }
@@ -420,18 +430,7 @@ impl Session {
         let url = self.url(r, &format!("blobs/{digest}"));
         self.http
             .within(self.http.deadline(), what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::GET,
-                        &url,
-                        r.repository(),
-                        Access::Pull,
-                        &[],
-                        None,
-                        what,
-                    )
-                    .await?;
+                let resp = self.send_get(&url, r.repository(), &[], what).await?;
                 self.http.expect(resp, &[StatusCode::OK], what).await
             })
             .await
