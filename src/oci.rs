@@ -138,6 +138,77 @@ impl Session {
         format!("{}/v2/{}/{tail}", self.http.base, r.repository())
     }
 
+    /// `Http::send` of a push request to the repository of `r`.
+    async fn send_push(
+        &self,
+        method: Method,
+        url: &str,
+        r: &Reference,
+        headers: &[(header::HeaderName, String)],
+        body: Option<http::MakeBody<'_>>,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        self.http
+            .send(
+                method,
+                url,
+                r.repository(),
+                Access::Push,
+                headers,
+                body,
+                what,
+            )
+            .await
+    }
+
+    /// `Http::send` of a GET (a pull) from `repository`.
+    async fn send_get(
+        &self,
+        url: &str,
+        repository: &str,
+        accept: &[(header::HeaderName, String)],
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        self.http
+            .send(
+                Method::GET,
+                url,
+                repository,
+                Access::Pull,
+                accept,
+                None,
+                what,
+            )
+            .await
+    }
+
+    /// A PUT of `body` to `url` in `r`'s repository within `deadline`, answered 201, 200 or 204.
+    async fn put(
+        &self,
+        deadline: std::time::Duration,
+        url: &str,
+        r: &Reference,
+        headers: &[(header::HeaderName, String)],
+        body: http::MakeBody<'_>,
+        what: &str,
+    ) -> Result<(), Error> {
+        self.http
+            .within(deadline, what, async {
+                let resp = self
+                    .send_push(Method::PUT, url, r, headers, Some(body), what)
+                    .await?;
+                self.http
+                    .expect(
+                        resp,
+                        &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT],
+                        what,
+                    )
+                    .await
+                    .map(drop)
+            })
+            .await
+    }
+
     /// A digest from a registry or a manifest must be `sha256:<64 hex>` before it becomes
     /// part of a URL.
     fn check_digest(&self, digest: &str) -> Result<(), Error> {
@@ -161,16 +232,7 @@ impl Session {
         self.http
             .within(self.http.deadline(), &what, async {
                 let resp = self
-                    .http
-                    .send(
-                        Method::HEAD,
-                        &url,
-                        r.repository(),
-                        Access::Push,
-                        &[],
-                        None,
-                        &what,
-                    )
+                    .send_push(Method::HEAD, &url, r, &[], None, &what)
                     .await?;
                 match resp.status() {
                     StatusCode::OK => Ok(true),
@@ -198,16 +260,7 @@ impl Session {
             .http
             .within(self.http.deadline(), &what, async {
                 let resp = self
-                    .http
-                    .send(
-                        Method::POST,
-                        &started,
-                        r.repository(),
-                        Access::Push,
-                        &[],
-                        None,
-                        &what,
-                    )
+                    .send_push(Method::POST, &started, r, &[], None, &what)
                     .await?;
                 let resp = self
                     .http
@@ -247,29 +300,8 @@ impl Session {
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::CONTENT_LENGTH, size.to_string()),
         ];
-        self.http
-            .within(self.http.upload_deadline(size), &what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::PUT,
-                        put.as_str(),
-                        r.repository(),
-                        Access::Push,
-                        &headers,
-                        Some(&*body),
-                        &what,
-                    )
-                    .await?;
-                self.http
-                    .expect(
-                        resp,
-                        &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT],
-                        &what,
-                    )
-                    .await
-                    .map(drop)
-            })
+        let deadline = self.http.upload_deadline(size);
+        self.put(deadline, put.as_str(), r, &headers, &*body, &what)
             .await?;
         Ok(true)
     }
@@ -287,29 +319,7 @@ impl Session {
         let make = move || reqwest::Body::from(body.clone());
         let make: http::MakeBody<'_> = &make;
         let headers = [(header::CONTENT_TYPE, media_type.to_string())];
-        self.http
-            .within(self.http.deadline(), &what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::PUT,
-                        &url,
-                        r.repository(),
-                        Access::Push,
-                        &headers,
-                        Some(make),
-                        &what,
-                    )
-                    .await?;
-                self.http
-                    .expect(
-                        resp,
-                        &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT],
-                        &what,
-                    )
-                    .await
-                    .map(drop)
-            })
+        self.put(self.http.deadline(), &url, r, &headers, make, &what)
             .await
     }
 
@@ -324,18 +334,7 @@ impl Session {
     ) -> Result<Option<Vec<u8>>, Error> {
         self.http
             .within(self.http.deadline(), what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::GET,
-                        url,
-                        repository,
-                        Access::Pull,
-                        accept,
-                        None,
-                        what,
-                    )
-                    .await?;
+                let resp = self.send_get(url, repository, accept, what).await?;
                 if resp.status() == StatusCode::NOT_FOUND {
                     return Ok(None);
                 }
@@ -431,18 +430,7 @@ impl Session {
         let url = self.url(r, &format!("blobs/{digest}"));
         self.http
             .within(self.http.deadline(), what, async {
-                let resp = self
-                    .http
-                    .send(
-                        Method::GET,
-                        &url,
-                        r.repository(),
-                        Access::Pull,
-                        &[],
-                        None,
-                        what,
-                    )
-                    .await?;
+                let resp = self.send_get(&url, r.repository(), &[], what).await?;
                 self.http.expect(resp, &[StatusCode::OK], what).await
             })
             .await
@@ -542,44 +530,34 @@ impl Session {
         dest: &Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), Error> {
-        let result = self
-            .blob_to_file_inner(r, digest, size, dest, progress)
-            .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(dest).await;
-        }
-        result
-    }
-
-    async fn blob_to_file_inner(
-        &self,
-        r: &Reference,
-        digest: &str,
-        size: u64,
-        dest: &Path,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<(), Error> {
         use tokio::io::AsyncWriteExt;
         let io = |source| Error::Io {
             path: dest.to_path_buf(),
             source,
         };
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        let result = async {
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(io)?;
+            }
+            let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+            let got = self
+                .stream_blob(r, digest, size, Some((&mut file, dest)), progress)
+                .await?;
+            file.flush().await.map_err(io)?;
+            file.sync_all().await.map_err(io)?;
+            if got != digest {
+                return Err(self.http.fail(
+                    &format!("blob {digest} does not hash to its digest (its bytes are {got})"),
+                    true,
+                ));
+            }
+            Ok::<(), Error>(())
         }
-        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
-        let got = self
-            .stream_blob(r, digest, size, Some((&mut file, dest)), progress)
-            .await?;
-        file.flush().await.map_err(io)?;
-        file.sync_all().await.map_err(io)?;
-        if got != digest {
-            return Err(self.http.fail(
-                &format!("blob {digest} does not hash to its digest (its bytes are {got})"),
-                true,
-            ));
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(dest).await;
         }
-        Ok(())
+        result
     }
 }
 

@@ -129,11 +129,27 @@ impl Case {
 
     /// `kompress run -f job.yaml --scratch <scratch> [args]`, bounded by `limit`.
     fn run_with(&self, yaml: &str, args: &[&str], envs: &[(&str, &str)], limit: u64) -> Finished {
+        self.run_bounded(yaml, args, envs, limit, false)
+    }
+
+    /// [`Case::run`] with its peak RSS measured (where GNU time is there).
+    fn run_measured(&self, yaml: &str) -> Finished {
+        self.run_bounded(yaml, &[], &[], 60, true)
+    }
+
+    fn run_bounded(
+        &self,
+        yaml: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        limit: u64,
+        measure_rss: bool,
+    ) -> Finished {
         let job = self.write("job.yaml", yaml);
         let mut all = vec!["run", "-f", job.to_str().unwrap()];
         all.extend(["--scratch", self.scratch.to_str().unwrap()]);
         all.extend(args);
-        let f = run_bounded(&all, envs, Duration::from_secs(limit), false);
+        let f = run_bounded(&all, envs, Duration::from_secs(limit), measure_rss);
         self.after(&f, true);
         f
     }
@@ -261,6 +277,19 @@ fn assert_says(f: &Finished, groups: &[&str]) {
 
 /// The cases of one family: each runs even after another failed; the test fails at the end
 /// listing every failed case with its message (exit code and output).
+/// The digits job on `m` (an MLP 64 -> .. -> 10) saved as `<case>/<file>`, with a dataset
+/// for it: (the model's path, the job).
+fn mlp_job(case: &Case, m: &pb::ModelProto, file: &str) -> (PathBuf, Job) {
+    let model = case.path().join(file);
+    encode(m, &model);
+    let data = case.path().join("data.npz");
+    mlp_dataset(&data, 8, 64, 10);
+    let mut job = case.digits();
+    job.model = s(&model);
+    job.dataset = s(&data);
+    (model, job)
+}
+
 struct Cases {
     failed: Vec<String>,
     total: usize,
@@ -666,6 +695,20 @@ mod storage_write_failures {
         }
     }
 
+    /// Runs `case` once on a tmpfs of each size (`size=<size>` mount options), each a case of
+    /// its own; a size that cannot be mounted is passed over (see [`Tmpfs::mount`]).
+    fn on_full_disks(sizes: &[&str], case: impl Fn(&str, &Tmpfs)) {
+        let mut checks = Cases::new();
+        for size in sizes {
+            checks.case(format!("size={size}"), || {
+                if let Some(fs) = Tmpfs::mount(&format!("size={size}")) {
+                    case(size, &fs);
+                }
+            });
+        }
+        checks.finish();
+    }
+
     /// Runs `job` with `kompress run` and `kompress worker`: both exit `code`, the message says
     /// `groups`, the worker's termination message is Failed with a reason, nothing promoted.
     fn both_fail(case: &Case, job: &Job, code: i32, groups: &[&str], envs: &[(&str, &str)]) {
@@ -830,55 +873,41 @@ mod storage_write_failures {
     fn a_full_output_disk_is_transient_and_names_the_uri() {
         // The candidate is 92 kB: 16k fits nothing, 64k not the candidate, 160k the run folder
         // but not the promoted copy, so the failure comes at a different write each time.
-        let mut checks = Cases::new();
-        for size in ["16k", "64k", "160k"] {
-            checks.case(format!("size={size}"), || {
-                let Some(fs) = Tmpfs::mount(&format!("size={size}")) else {
-                    return;
-                };
-                let case = Case::new();
-                let mut job = case.digits();
-                job.output = s(&fs.path().join("candidates"));
-                job.promote = Some(s(&fs.path().join("production")));
-                both_fail(
-                    &case,
-                    &job,
-                    TRANSIENT,
-                    &[&s(fs.path()), "no space|disk full|full|space left"],
-                    &[],
-                );
-                nothing_promoted(fs.path(), &fs.path().join("production"));
-                let staging = staging_files(fs.path());
-                assert!(staging.is_empty(), "{size}: staging left: {staging:?}");
-            });
-        }
-        checks.finish();
+        on_full_disks(&["16k", "64k", "160k"], |size, fs| {
+            let case = Case::new();
+            let mut job = case.digits();
+            job.output = s(&fs.path().join("candidates"));
+            job.promote = Some(s(&fs.path().join("production")));
+            both_fail(
+                &case,
+                &job,
+                TRANSIENT,
+                &[&s(fs.path()), "no space|disk full|full|space left"],
+                &[],
+            );
+            nothing_promoted(fs.path(), &fs.path().join("production"));
+            let staging = staging_files(fs.path());
+            assert!(staging.is_empty(), "{size}: staging left: {staging:?}");
+        });
     }
 
     #[test]
     fn a_full_promote_disk_is_transient_and_promotes_nothing() {
-        let mut checks = Cases::new();
-        for size in ["8k", "64k"] {
-            checks.case(format!("size={size}"), || {
-                let Some(fs) = Tmpfs::mount(&format!("size={size}")) else {
-                    return;
-                };
-                let case = Case::new();
-                let mut job = case.digits();
-                let promote = fs.path().join("production");
-                job.promote = Some(s(&promote));
-                both_fail(
-                    &case,
-                    &job,
-                    TRANSIENT,
-                    &[&s(&promote), "no space|disk full|full|space left"],
-                    &[],
-                );
-                nothing_promoted(fs.path(), &promote);
-                assert!(staging_files(fs.path()).is_empty());
-            });
-        }
-        checks.finish();
+        on_full_disks(&["8k", "64k"], |_, fs| {
+            let case = Case::new();
+            let mut job = case.digits();
+            let promote = fs.path().join("production");
+            job.promote = Some(s(&promote));
+            both_fail(
+                &case,
+                &job,
+                TRANSIENT,
+                &[&s(&promote), "no space|disk full|full|space left"],
+                &[],
+            );
+            nothing_promoted(fs.path(), &promote);
+            assert!(staging_files(fs.path()).is_empty());
+        });
     }
 
     #[test]
@@ -915,25 +944,18 @@ mod storage_write_failures {
         // 64k: the model (341 kB) does not fit; 400k: the model does, the dataset (143 kB)
         // does not (a truncated dataset must never be taken as the user's); 520k: both do, the
         // candidate does not.
-        let mut checks = Cases::new();
-        for size in ["64k", "400k", "520k"] {
-            checks.case(format!("size={size}"), || {
-                let Some(fs) = Tmpfs::mount(&format!("size={size}")) else {
-                    return;
-                };
-                let mut case = Case::new();
-                case.scratch = fs.path().to_path_buf();
-                let yaml = case.digits().yaml();
-                let f = case.run_with(&yaml, &[], &[], 60);
-                assert_eq!(f.code, Some(TRANSIENT), "{size}: {}", f.describe());
-                assert_says(&f, &["no space|disk full|full|space left"]);
-                nothing_promoted(&case.out(), &case.production());
-                let (w, m) = case.worker(&yaml, &[]);
-                failed_message(&w, &m, TRANSIENT);
-                drop(case);
-            });
-        }
-        checks.finish();
+        on_full_disks(&["64k", "400k", "520k"], |size, fs| {
+            let mut case = Case::new();
+            case.scratch = fs.path().to_path_buf();
+            let yaml = case.digits().yaml();
+            let f = case.run_with(&yaml, &[], &[], 60);
+            assert_eq!(f.code, Some(TRANSIENT), "{size}: {}", f.describe());
+            assert_says(&f, &["no space|disk full|full|space left"]);
+            nothing_promoted(&case.out(), &case.production());
+            let (w, m) = case.worker(&yaml, &[]);
+            failed_message(&w, &m, TRANSIENT);
+            drop(case);
+        });
     }
 
     #[test]
@@ -1532,34 +1554,24 @@ mod untrusted_data {
     fn claim_size(z: &mut [u8], member: &str, size: u64, local: bool, central: bool) {
         let name = format!("{member}.npy");
         let mut patched = 0;
-        if local {
-            for at in find_all(z, b"PK\x03\x04") {
-                let (nlen, xlen) = (u16_at(z, at + 26), u16_at(z, at + 28));
-                if &z[at + 30..at + 30 + nlen] != name.as_bytes() {
+        // (patched?, signature, offset of the name's and the extra's lengths, header length,
+        // offset of the 32-bit uncompressed size)
+        for (on, sig, lens, header, field) in [
+            (local, b"PK\x03\x04", 26, 30, 22),
+            (central, b"PK\x01\x02", 28, 46, 24),
+        ] {
+            if !on {
+                continue;
+            }
+            for at in find_all(z, sig) {
+                let (nlen, xlen) = (u16_at(z, at + lens), u16_at(z, at + lens + 2));
+                if &z[at + header..at + header + nlen] != name.as_bytes() {
                     continue;
                 }
-                let field = at + 22;
+                let field = at + field;
                 if u32::from_le_bytes(z[field..field + 4].try_into().unwrap()) == u32::MAX {
                     // zip64 extra: uncompressed (8) then compressed (8)
-                    let x = at + 30 + nlen;
-                    let z64 = zip64_field(&z[x..x + xlen]).expect("zip64 extra");
-                    z[x + z64..x + z64 + 8].copy_from_slice(&size.to_le_bytes());
-                } else {
-                    z[field..field + 4]
-                        .copy_from_slice(&(size.min(u32::MAX as u64 - 1) as u32).to_le_bytes());
-                }
-                patched += 1;
-            }
-        }
-        if central {
-            for at in find_all(z, b"PK\x01\x02") {
-                let (nlen, xlen) = (u16_at(z, at + 28), u16_at(z, at + 30));
-                if &z[at + 46..at + 46 + nlen] != name.as_bytes() {
-                    continue;
-                }
-                let field = at + 24;
-                if u32::from_le_bytes(z[field..field + 4].try_into().unwrap()) == u32::MAX {
-                    let x = at + 46 + nlen;
+                    let x = at + header + nlen;
                     let z64 = zip64_field(&z[x..x + xlen]).expect("zip64 extra");
                     z[x + z64..x + z64 + 8].copy_from_slice(&size.to_le_bytes());
                 } else {
@@ -1737,20 +1749,7 @@ mod untrusted_data {
                 std::fs::write(&file, &z).unwrap();
                 let mut job = case.digits();
                 job.dataset = s(&file);
-                let jobf = case.write("job.yaml", &job.yaml());
-                let f = run_bounded(
-                    &[
-                        "run",
-                        "-f",
-                        jobf.to_str().unwrap(),
-                        "--scratch",
-                        case.scratch.to_str().unwrap(),
-                    ],
-                    &[],
-                    Duration::from_secs(60),
-                    true,
-                );
-                case.after(&f, true);
+                let f = case.run_measured(&job.yaml());
                 assert_eq!(f.code, Some(PERMANENT), "{what}: {}", f.describe());
                 assert!(says(&f.stderr, &["bomb.npz"]), "{what}: {}", f.stderr);
                 nothing_promoted(&case.out(), &case.production());
@@ -1787,13 +1786,7 @@ mod untrusted_data {
     ) -> (PathBuf, String) {
         let mut m = mlp(&[64, 32, 10], 11);
         edit(m.graph.as_mut().unwrap());
-        let model = case.path().join("edited model.onnx");
-        encode(&m, &model);
-        let data = case.path().join("data.npz");
-        mlp_dataset(&data, 8, 64, 10);
-        let mut job = case.digits();
-        job.model = s(&model);
-        job.dataset = s(&data);
+        let (model, mut job) = mlp_job(case, &m, "edited model.onnx");
         job.passes = passes.into();
         job.thresholds = LOOSE_GATE.into();
         (model, job.yaml())
@@ -1964,20 +1957,7 @@ mod untrusted_data {
             checks.case(passes.trim().to_string(), || {
                 let case = Case::new();
                 let (model, yaml) = model_job(&case, &w0_dims(DIMS), passes);
-                let job = case.write("job.yaml", &yaml);
-                let f = run_bounded(
-                    &[
-                        "run",
-                        "-f",
-                        job.to_str().unwrap(),
-                        "--scratch",
-                        case.scratch.to_str().unwrap(),
-                    ],
-                    &[],
-                    Duration::from_secs(60),
-                    true,
-                );
-                case.after(&f, true);
+                let f = case.run_measured(&yaml);
                 assert_eq!(f.code, Some(PERMANENT), "{passes}: {}", f.describe());
                 assert!(
                     says(&f.stderr, &["edited model.onnx", "W0|dims|shape"]),
@@ -2270,13 +2250,7 @@ mod exit_codes_and_messages {
                 }
             }
         }
-        let model = case.path().join("unnamed.onnx");
-        encode(&m, &model);
-        let data = case.path().join("data.npz");
-        mlp_dataset(&data, 8, 64, 10);
-        let mut job = case.digits();
-        job.model = s(&model);
-        job.dataset = s(&data);
+        let (_, job) = mlp_job(&case, &m, "unnamed.onnx");
         fails(&case, &job.yaml(), PERMANENT, &["unnamed.onnx"], 10.0);
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 use kompress::api::CalibrationMethod;
 use kompress::eval::calibrate::{BINS, ENTROPY_LEVELS, TensorStats};
+use std::path::{Path, PathBuf};
 use support::lcg;
 
 /// Batches whose range grows (so the histogram widens several times), with a few outliers
@@ -186,9 +187,9 @@ fn statistics_stay_the_same_size_however_many_values_arrive() {
     assert_eq!(s.count, 200_000);
 }
 
-/// input [N, 8, 32, 32] -> three 3x3 Convs of 32 channels (with Relus): about 0.7 MB of
-/// calibrated activations per sample, so keeping them would show at once.
-fn wide_conv_model() -> kompress::onnx::pb::ModelProto {
+/// input [N, 8, side, side] -> three 3x3 Convs of 32 channels (with Relus): at side 32 about
+/// 0.7 MB of calibrated activations per sample, so keeping them would show at once.
+fn wide_conv_model(side: i64) -> kompress::onnx::pb::ModelProto {
     use kompress::onnx::{f32_tensor, node, pb};
     let pads = pb::AttributeProto {
         name: Some("pads".into()),
@@ -226,49 +227,72 @@ fn wide_conv_model() -> kompress::onnx::pb::ModelProto {
         ));
         x = out;
     }
-    pb::ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
+    support::model_of(
+        9,
+        17,
+        pb::GraphProto {
             name: Some("wide".into()),
             node: nodes,
             initializer: inits,
             input: vec![support::value_info(
                 "input",
-                &[None, Some(8), Some(32), Some(32)],
+                &[None, Some(8), Some(side), Some(side)],
             )],
             output: vec![support::value_info(
                 "y",
-                &[None, Some(32), Some(32), Some(32)],
+                &[None, Some(32), Some(side), Some(side)],
             )],
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
-#[test]
-fn calibration_memory_stays_flat_at_eight_times_the_samples() {
+/// A folder with [`wide_conv_model`] (`model.onnx`) and `n` generated samples for it
+/// (`calib.npz`); the tests that use it measure peak RSS, so GNU time must be there.
+fn wide_conv_setup(n: usize, seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    wide_conv_setup_sized(n, seed, 32)
+}
+
+fn wide_conv_setup_sized(
+    n: usize,
+    seed: u64,
+    side: usize,
+) -> (tempfile::TempDir, PathBuf, PathBuf) {
     assert!(
         support::gnu_time().is_some(),
         "this test measures peak RSS with /usr/bin/time (GNU time): install it"
     );
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.onnx");
-    support::write_model(&wide_conv_model(), &model);
+    support::write_model(&wide_conv_model(side as i64), &model);
     let data = dir.path().join("calib.npz");
-    let n = 512;
-    let per = 8 * 32 * 32;
+    let per = 8 * side * side;
     support::write_npz(
         &data,
         &[(
             "input",
-            support::f32_array(&[n, 8, 32, 32], &lcg(n * per, 5)),
+            support::f32_array(&[n, 8, side, side], &lcg(n * per, seed)),
         )],
     );
+    (dir, model, data)
+}
+
+/// `kompress compress` calibrated on `data`, its peak RSS measured: it must succeed.
+fn compress_measured(model: &Path, out: &Path, job: &str, data: &Path) -> support::Finished {
+    let f = support::run_bounded(
+        &support::compress_args(model, out, job, Some(data)),
+        &[],
+        std::time::Duration::from_secs(300),
+        true,
+    );
+    assert_eq!(f.status(), 0, "{}", f.describe());
+    f
+}
+
+#[test]
+fn calibration_memory_stays_flat_at_eight_times_the_samples() {
+    let n = 512;
+    let (dir, model, data) = wide_conv_setup(n, 5);
     let peak_kb = |samples: usize| {
         let job = support::write_job(
             dir.path(),
@@ -280,21 +304,7 @@ fn calibration_memory_stays_flat_at_eight_times_the_samples() {
             ),
         );
         let out = dir.path().join(format!("q{samples}.onnx"));
-        let f = support::run_bounded(
-            &[
-                "compress",
-                model.to_str().unwrap(),
-                out.to_str().unwrap(),
-                "-f",
-                &job,
-                "--calibration",
-                data.to_str().unwrap(),
-            ],
-            &[],
-            std::time::Duration::from_secs(300),
-            true,
-        );
-        assert_eq!(f.status(), 0, "{}", f.describe());
+        let f = compress_measured(&model, &out, &job, &data);
         assert!(
             f.stderr
                 .contains(&format!("calibration: {samples} samples")),
@@ -318,23 +328,8 @@ fn calibration_memory_stays_flat_at_eight_times_the_samples() {
 /// that batch, not the evaluation's, sets calibration's peak memory.
 #[test]
 fn calibration_memory_follows_its_own_batch_not_the_evaluation_batch() {
-    assert!(
-        support::gnu_time().is_some(),
-        "this test measures peak RSS with /usr/bin/time (GNU time): install it"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model.onnx");
-    support::write_model(&wide_conv_model(), &model);
-    let data = dir.path().join("calib.npz");
     let n = 128;
-    let per = 8 * 32 * 32;
-    support::write_npz(
-        &data,
-        &[(
-            "input",
-            support::f32_array(&[n, 8, 32, 32], &lcg(n * per, 6)),
-        )],
-    );
+    let (dir, model, data) = wide_conv_setup(n, 6);
     let peak_kb = |batch: Option<usize>| {
         let batch_line = batch.map_or(String::new(), |b| format!("          batchSize: {b}\n"));
         let job = support::write_job(
@@ -347,21 +342,7 @@ fn calibration_memory_follows_its_own_batch_not_the_evaluation_batch() {
             ),
         );
         let out = dir.path().join("q.onnx");
-        let f = support::run_bounded(
-            &[
-                "compress",
-                model.to_str().unwrap(),
-                out.to_str().unwrap(),
-                "-f",
-                &job,
-                "--calibration",
-                data.to_str().unwrap(),
-            ],
-            &[],
-            std::time::Duration::from_secs(300),
-            true,
-        );
-        assert_eq!(f.status(), 0, "{}", f.describe());
+        let f = compress_measured(&model, &out, &job, &data);
         let want = batch.map_or("batch up to 8 within 256 MiB".to_string(), |b| {
             format!("batch {b}")
         });
@@ -404,4 +385,69 @@ fn entropy_on_one_sided_values_compares_against_all_256_asymmetric_levels() {
         "{hi128} vs {want128}"
     );
     assert!(hi > hi128, "more levels, less clipping: {hi} vs {hi128}");
+}
+
+/// With `batchSize` unset, a sample whose calibrated activations are large runs in fewer
+/// samples at once (as many as fit 256 MiB, measured on the first): less memory than a fixed
+/// batch of 8, the same ranges (minMax), so the same model bytes.
+#[test]
+fn an_unset_calibration_batch_shrinks_to_fit_large_activations() {
+    // 320 x 320: about 40 MiB of calibrated activations a sample, so 6 a run, not 8.
+    let n = 12;
+    let (dir, model, data) = wide_conv_setup_sized(n, 7, 320);
+    let run = |batch: Option<usize>| {
+        let batch_line = batch.map_or(String::new(), |b| format!("          batchSize: {b}\n"));
+        let job = support::write_job(
+            dir.path(),
+            &format!(
+                "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: auto\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n  passes:\n    - quantize:\n        mode: static\n        ops: [Conv]\n        calibration:\n          method: minMax\n          samples: {n}\n{batch_line}  output:\n    uri: {}\n",
+                model.display(),
+                data.display(),
+                dir.path().join("out").display()
+            ),
+        );
+        let out = dir.path().join(format!("q{}.onnx", batch.unwrap_or(0)));
+        let f = compress_measured(&model, &out, &job, &data);
+        (f, std::fs::read(&out).unwrap())
+    };
+    let (auto, auto_bytes) = run(None);
+    let (fixed, fixed_bytes) = run(Some(8));
+    let line = auto
+        .stderr
+        .lines()
+        .find(|l| l.contains("MiB of activations a row, so "))
+        .unwrap_or_else(|| panic!("no chosen batch in: {}", auto.stderr));
+    let mib: f64 = line
+        .split("calibration: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rows: usize = line
+        .split("so ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (30.0..60.0).contains(&mib) && (1..8).contains(&rows) && rows as f64 * mib <= 256.0,
+        "{line}"
+    );
+    assert_eq!(
+        auto_bytes, fixed_bytes,
+        "minMax ranges do not depend on the batch"
+    );
+    let (a, f8) = (auto.max_rss_kb.unwrap(), fixed.max_rss_kb.unwrap());
+    eprintln!("{line}; peak RSS auto {a} kB, batch 8 {f8} kB");
+    // Two samples fewer a run: ~80 MiB less held at once.
+    assert!(
+        a + 40_000 <= f8,
+        "peak RSS with the batch unset {a} kB, batch 8 {f8} kB"
+    );
 }

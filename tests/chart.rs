@@ -57,6 +57,13 @@ fn ok(t: &Tools, program: &str, args: &[&str], stdin: Option<&str>) -> String {
     out
 }
 
+/// `kubectl apply --server-side --dry-run=server ARGS` (with `stdin`): must succeed; its output.
+fn dry_run(t: &Tools, args: &[&str], stdin: Option<&str>) -> String {
+    let mut all = vec!["apply", "--server-side", "--dry-run=server"];
+    all.extend_from_slice(args);
+    ok(t, &t.kubectl, &all, stdin)
+}
+
 fn render(t: &Tools, namespace: &str, sets: &[&str]) -> String {
     let mut args = vec![
         "template",
@@ -109,49 +116,20 @@ fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
         ][..],
     ] {
         let manifest = render(&t, "kompress-dryrun", sets);
-        let out = ok(
-            &t,
-            &t.kubectl,
-            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
-            Some(&manifest),
-        );
+        let out = dry_run(&t, &["-f", "-"], Some(&manifest));
         assert!(
             out.contains("deployment.apps/kompress") && out.contains("(server dry run)"),
             "{sets:?}: {out}"
         );
     }
     // the checked-in manifests are the default rendering (drift is checked by hack/ci/render-manifests --check)
-    let out = ok(
-        &t,
-        &t.kubectl,
-        &[
-            "apply",
-            "--server-side",
-            "--dry-run=server",
-            "-f",
-            "manifests/kompress.yaml",
-        ],
-        None,
-    );
+    let out = dry_run(&t, &["-f", "manifests/kompress.yaml"], None);
     assert!(
         out.contains("clusterrole.rbac.authorization.k8s.io/kompress"),
         "{out}"
     );
     // the example jobs validate against the CRD's schema and CEL rules
-    let out = ok(
-        &t,
-        &t.kubectl,
-        &[
-            "apply",
-            "--server-side",
-            "--dry-run=server",
-            "-n",
-            "ml",
-            "-f",
-            "examples/cluster/",
-        ],
-        None,
-    );
+    let out = dry_run(&t, &["-n", "ml", "-f", "examples/cluster/"], None);
     assert!(
         out.matches("compressionjob.kompress.dev").count() >= 3,
         "{out}"

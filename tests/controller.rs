@@ -126,15 +126,7 @@ async fn digits_example_succeeds_is_promoted_and_records_events() {
     env.wait_event("digits", "JobCreated").await;
     env.wait_event("digits", "Promoted").await;
     // one Job for the generation, however many reconciles happened
-    assert_eq!(
-        env.jobs
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert_eq!(env.job_list().await.len(), 1);
     env.cleanup().await;
 }
 
@@ -250,13 +242,7 @@ async fn evidence_is_signed_with_the_key_from_a_secret_and_verifies() {
     env.create(&local).await;
     let cj = env.wait_phase("keyfile", Phase::Failed, 1).await;
     assert_eq!(cond(&cj, condition::STALLED), ("True", "InvalidSpec"));
-    let msg = cj
-        .status
-        .as_ref()
-        .unwrap()
-        .message
-        .clone()
-        .unwrap_or_default();
+    let msg = status_message(&cj);
     assert!(msg.contains("spec.output.signing.keyFile"), "{msg}");
     env.cleanup().await;
 }
@@ -345,23 +331,12 @@ async fn invalid_spec_fails_without_a_job_until_the_spec_is_fixed() {
     assert_eq!(cond(&cj, condition::STALLED), ("True", "InvalidSpec"));
     assert_eq!(cond(&cj, condition::READY), ("False", "InvalidSpec"));
     assert!(
-        cj.status
-            .as_ref()
-            .unwrap()
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("spec.output.uri"),
+        status_message(&cj).contains("spec.output.uri"),
         "{:?}",
         cj.status
     );
     assert!(
-        env.jobs
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
+        env.job_list().await.is_empty(),
         "no Job for an invalid spec"
     );
     env.wait_event("fixme", "InvalidSpec").await;
@@ -401,13 +376,9 @@ async fn gate_failing_candidate_is_rejected_and_its_job_is_not_retried() {
         "terminal until the spec changes: kstatus reads it Failed"
     );
     assert!(
+        status_message(&cj).contains("minCompressionRatio"),
+        "{:?}",
         cj.status
-            .as_ref()
-            .unwrap()
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("minCompressionRatio")
     );
     assert!(
         !env.out().join("production/promoted.json").exists(),

@@ -4,7 +4,6 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Secret;
 use kompress::api::{CompressionJob, CompressionPolicy, CompressionPolicyStatus};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -12,16 +11,6 @@ use kube::runtime::wait::await_condition;
 use std::time::Duration;
 use support::cluster::*;
 use support::*;
-
-/// Kills the controller process however the test ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 #[ignore = "needs the test control plane and the S3 server: run via `make test`"]
@@ -66,81 +55,32 @@ async fn an_s3_policy_makes_one_job_per_etag_and_promotes_each_version() {
     delete_namespace(&client, &ns).await;
 }
 
-/// A variable of the S3 server's environment file.
-fn env_value(env: &[(String, String)], k: &str) -> String {
-    env.iter()
-        .find(|(n, _)| n == k)
-        .unwrap_or_else(|| panic!("{k} in the S3 env file"))
-        .1
-        .clone()
-}
-
 /// The digits model as `models/<p>/digits/v1` and `v2`, an evaluation set beside v2 (not a
 /// model: the pattern leaves it out), and the evaluation set under `datasets/<p>/`.
 fn upload_versions(env: &[(String, String)], p: &str) {
-    let r = repo();
+    let (model, data) = (
+        repo().join("examples/digits/model.onnx"),
+        repo().join("examples/digits/eval.npz"),
+    );
     for v in ["v1", "v2"] {
-        boto(
+        s3_put(
             env,
-            &[
-                "put",
-                r.join("examples/digits/model.onnx").to_str().unwrap(),
-                &format!("s3://models/{p}/digits/{v}/model.onnx"),
-            ],
+            &model,
+            &format!("s3://models/{p}/digits/{v}/model.onnx"),
         );
     }
     // not a model: the pattern leaves it out
-    boto(
-        env,
-        &[
-            "put",
-            r.join("examples/digits/eval.npz").to_str().unwrap(),
-            &format!("s3://models/{p}/digits/v2/eval.npz"),
-        ],
-    );
-    boto(
-        env,
-        &[
-            "put",
-            r.join("examples/digits/eval.npz").to_str().unwrap(),
-            &format!("s3://datasets/{p}/eval.npz"),
-        ],
-    );
-}
-
-/// The Secret `s3-credentials` with the S3 server's key and region, for the worker pods.
-async fn create_credentials_secret(client: &kube::Client, ns: &str, env: &[(String, String)]) {
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": env_value(env, "AWS_ACCESS_KEY_ID"),
-            "AWS_SECRET_ACCESS_KEY": env_value(env, "AWS_SECRET_ACCESS_KEY"),
-            "AWS_REGION": env_value(env, "AWS_REGION"),
-        }
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    s3_put(env, &data, &format!("s3://models/{p}/digits/v2/eval.npz"));
+    s3_put(env, &data, &format!("s3://datasets/{p}/eval.npz"));
 }
 
 /// The controller binary for `ns`, without election, with the S3 server's credentials in its
 /// own environment.
-fn spawn_controller(ns: &str, env: &[(String, String)]) -> Child {
-    Child(
-        std::process::Command::new(bin())
-            .args([
-                "controller",
-                "--leader-elect=false",
-                "--namespace",
-                ns,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
+fn spawn_controller(ns: &str, env: &[(String, String)]) -> KillOnDrop {
+    KillOnDrop(
+        controller_command(ns, "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KOMPRESS_WORKER_IMAGE", "kompress:test")
-            .env("RUST_LOG", "info")
             .spawn()
             .unwrap(),
     )

@@ -6,7 +6,7 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kompress::api::{CompressionJob, Phase};
 use kube::Api;
@@ -14,24 +14,6 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use std::time::Duration;
 use support::cluster::*;
 use support::*;
-
-/// Kills the controller process however the test ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -104,66 +86,10 @@ async fn s3_compression_job_runs_as_a_pod_and_is_promoted_with_status_events_and
         .ok();
 }
 
-/// A variable of the S3 server's environment file.
-fn env_value(env: &[(String, String)], k: &str) -> String {
-    env.iter()
-        .find(|(n, _)| n == k)
-        .unwrap_or_else(|| panic!("{k} in the S3 env file"))
-        .1
-        .clone()
-}
-
-/// The digits model and its evaluation set, put under `models/<p>/` and `datasets/<p>/`.
-fn upload_digits(env: &[(String, String)], p: &str) {
-    let r = repo();
-    boto(
-        env,
-        &[
-            "put",
-            r.join("examples/digits/model.onnx").to_str().unwrap(),
-            &format!("s3://models/{p}/model.onnx"),
-        ],
-    );
-    boto(
-        env,
-        &[
-            "put",
-            r.join("examples/digits/eval.npz").to_str().unwrap(),
-            &format!("s3://datasets/{p}/eval.npz"),
-        ],
-    );
-}
-
-/// The Secret `s3-credentials` with the S3 server's key and region.
-async fn create_credentials_secret(client: &kube::Client, ns: &str, env: &[(String, String)]) {
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": env_value(env, "AWS_ACCESS_KEY_ID"),
-            "AWS_SECRET_ACCESS_KEY": env_value(env, "AWS_SECRET_ACCESS_KEY"),
-            "AWS_REGION": env_value(env, "AWS_REGION"),
-        }
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
 /// The controller binary for `ns`, without election, its metrics on `port`.
-fn spawn_controller(ns: &str, port: u16) -> Child {
-    Child(
-        std::process::Command::new(bin())
-            .args([
-                "controller",
-                "--leader-elect=false",
-                "--namespace",
-                ns,
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("RUST_LOG", "info")
+fn spawn_controller(ns: &str, port: u16) -> KillOnDrop {
+    KillOnDrop(
+        controller_command(ns, &format!("127.0.0.1:{port}"))
             .spawn()
             .unwrap(),
     )

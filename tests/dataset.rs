@@ -724,13 +724,10 @@ fn cfg(batch: usize) -> EvalConfig {
 /// A one-node model `input -> Identity -> output` with the given input and output shapes
 /// (`None` outputs: a graph without outputs).
 fn identity_model(path: &Path, input: &[Option<i64>], output: Option<&[Option<i64>]>) {
-    let model = pb::ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
+    let model = support::model_of(
+        9,
+        17,
+        pb::GraphProto {
             name: Some("g".into()),
             node: vec![kompress::onnx::node(
                 "Identity",
@@ -744,9 +741,8 @@ fn identity_model(path: &Path, input: &[Option<i64>], output: Option<&[Option<i6
                 .map(|o| vec![support::value_info("output", o)])
                 .unwrap_or_default(),
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+    );
     support::write_model(&model, path);
 }
 

@@ -561,18 +561,7 @@ fn an_all_nan_calibration_set_is_an_error() {
     );
     let job = write_job(dir.path(), &yaml);
     let out = dir.path().join("q.onnx");
-    let r = run_kompress(
-        &[
-            "compress",
-            model.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "-f",
-            &job,
-            "--calibration",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let r = run_kompress(&compress_args(&model, &out, &job, Some(&data)), &[]);
     assert_eq!(r.code, 65, "{}", r.stderr);
     assert!(
         r.stderr.contains("input `input` is NaN or infinite in all"),
@@ -586,10 +575,7 @@ fn an_all_nan_calibration_set_is_an_error() {
 fn a_search_whose_every_form_fails_on_a_nan_weight_says_nan() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = mlp(&[16, 32, 4], 5);
-    let w = &mut model.graph.as_mut().unwrap().initializer[0];
-    let mut v = kompress::onnx::tensor_f32_values(w).unwrap();
-    v[3] = f32::NAN;
-    kompress::onnx::set_f32_values(w, &v);
+    edit_first_weight(&mut model, |v| v[3] = f32::NAN);
     let m = dir.path().join("m.onnx");
     write_model(&model, &m);
     let data = dir.path().join("d.npz");

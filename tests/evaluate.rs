@@ -87,9 +87,7 @@ fn another_tools_candidate_gets_the_numbers_run_gives_its_own_and_nothing_is_pro
     assert!(!dir.path().join("candidates").exists());
     assert!(!dir.path().join("production").exists());
     // `run` builds the same candidate and measures it the same way: the same quality numbers.
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let run: Value = serde_json::from_str(&r.stdout).unwrap();
+    let run = run_json(&job);
     for field in ["accuracy", "agreement", "cosineSimilarity", "samples"] {
         assert_eq!(
             run["result"]["candidate"][field], res["candidate"][field],

@@ -4,31 +4,10 @@
 mod support;
 
 use kompress::api::{LowRankSpec, OptimizeLevel, OptimizeSpec, PassSpec, QuantizeSpec};
-use kompress::eval::{self, Dataset};
+
 use kompress::onnx::{self, SaveOptions, TensorData, f32_tensor, pb};
 use kompress::passes::{Pass, PassReport};
-use std::path::Path;
 use support::*;
-
-fn outputs(model: &Path, data: &Path) -> Vec<f32> {
-    let ds = Dataset::load(data).unwrap();
-    let mut s = eval::open(model, &eval_cfg(32)).unwrap();
-    let prep = eval::prepare(&s, &ds, &eval_cfg(32)).unwrap();
-    eval::evaluate(&mut s, &prep, &eval_cfg(32), &|_, _| {})
-        .unwrap()
-        .0
-        .values
-        .into_vec()
-        .unwrap()
-}
-
-fn ops(m: &onnx::Model) -> Vec<String> {
-    m.graph()
-        .node
-        .iter()
-        .map(|n| n.op_type.clone().unwrap_or_default())
-        .collect()
-}
 
 /// Applies `passes` to `model`, saves both, and returns (candidate, reports, fp32 outputs,
 /// candidate outputs) on 64 generated samples.
@@ -50,7 +29,7 @@ fn run(
         .collect();
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-    let (a, b) = (outputs(&src, &data), outputs(&out, &data));
+    let (a, b) = (outputs(&src, &data, 32), outputs(&out, &data, 32));
     (onnx::load(&out).unwrap(), reports, a, b)
 }
 
@@ -71,18 +50,25 @@ fn weight_elements(m: &onnx::Model) -> usize {
         .sum()
 }
 
+/// A `rows x cols` row-major matrix of rank (at most) `r`: A [rows, r] times B [r, cols], both
+/// from the seeded generator (`seeds` of A and B).
+fn rank_r(rows: usize, cols: usize, r: usize, seeds: (u64, u64)) -> Vec<f32> {
+    let a = lcg(rows * r, seeds.0);
+    let b = lcg(r * cols, seeds.1);
+    let mut w = vec![0f32; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            w[i * cols + j] = (0..r).map(|k| a[i * r + k] * b[k * cols + j]).sum();
+        }
+    }
+    w
+}
+
 /// An MLP whose first weight (128x96) is exactly rank 4.
 fn mlp_with_rank4_first_layer() -> pb::ModelProto {
     let (din, dout, r) = (128usize, 96usize, 4usize);
     let mut m = mlp(&[din, dout, 10], 3);
-    let a = lcg(din * r, 41);
-    let b = lcg(r * dout, 42);
-    let mut w = vec![0f32; din * dout];
-    for i in 0..din {
-        for j in 0..dout {
-            w[i * dout + j] = (0..r).map(|k| a[i * r + k] * b[k * dout + j]).sum();
-        }
-    }
+    let w = rank_r(din, dout, r, (41, 42));
     let g = m.graph.as_mut().unwrap();
     let t = g
         .initializer
@@ -196,21 +182,11 @@ fn ratio_rule_shrinks_a_full_rank_weight_and_quantize_then_compresses_both_facto
 fn gemm_with_trans_b_and_bias_keeps_its_semantics() {
     // Gemm(X, Wᵀ, C, transB=1, alpha=0.5, beta=2) with a rank-3 W [N=48, K=64].
     let (k, n, r) = (64usize, 48usize, 3usize);
-    let a = lcg(n * r, 7);
-    let b = lcg(r * k, 8);
-    let mut w = vec![0f32; n * k];
-    for i in 0..n {
-        for j in 0..k {
-            w[i * k + j] = (0..r).map(|t| a[i * r + t] * b[t * k + j]).sum();
-        }
-    }
-    let model = pb::ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
+    let w = rank_r(n, k, r, (7, 8));
+    let model = model_of(
+        9,
+        17,
+        pb::GraphProto {
             name: Some("gemm".into()),
             node: vec![onnx::node(
                 "Gemm",
@@ -230,9 +206,8 @@ fn gemm_with_trans_b_and_bias_keeps_its_semantics() {
             input: vec![value_info("input", &[None, Some(k as i64)])],
             output: vec![value_info("logits", &[None, Some(n as i64)])],
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+    );
     let (m, reports, base, cand) = run(&model, &[low_rank(Some(0.99999), None, 1024)], k, n);
     assert_eq!(reports[0].tensors.len(), 1, "{:#?}", reports[0]);
     assert_eq!(ops(&m), ["MatMul", "Gemm"]);

@@ -46,13 +46,10 @@ fn stateful_model() -> pb::ModelProto {
         )
     };
     let float = pb::tensor_proto::DataType::Float as i64;
-    pb::ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
+    model_of(
+        9,
+        17,
+        pb::GraphProto {
             name: Some("stateful".into()),
             node: vec![
                 n("MatMul", &["input", "W"], "h", vec![]),
@@ -87,9 +84,8 @@ fn stateful_model() -> pb::ModelProto {
                 value_info("stateN", &[Some(2), None, Some(HID as i64)]),
             ],
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 /// The fixture's arithmetic in f64: one row from `state` ([2][HID]); returns (output, stateN).

@@ -6,7 +6,7 @@
 mod support;
 
 use kompress::api::{PassSpec, QuantMode, QuantizeSpec, WeightType};
-use kompress::eval::{self, Dataset};
+
 use kompress::onnx::{self, SaveOptions, TensorData, f32_tensor, pb};
 use kompress::passes::{Int4Config, Pass, PassReport, QuantForm};
 use std::path::Path;
@@ -37,14 +37,6 @@ fn init<'a>(m: &'a onnx::Model, name: &str) -> &'a pb::TensorProto {
 
 fn f32s(t: &pb::TensorProto) -> Vec<f32> {
     onnx::tensor_f32_values(t).unwrap()
-}
-
-fn ops(m: &onnx::Model) -> Vec<String> {
-    m.graph()
-        .node
-        .iter()
-        .map(|n| n.op_type.clone().unwrap_or_default())
-        .collect()
 }
 
 fn attr(n: &pb::NodeProto, name: &str) -> Option<i64> {
@@ -118,13 +110,10 @@ fn one_op_model(
     }
     let mut out_shape = shape_in.to_vec();
     *out_shape.last_mut().unwrap() = Some(n as i64);
-    pb::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(opset),
-        }],
-        graph: Some(pb::GraphProto {
+    model_of(
+        8,
+        opset,
+        pb::GraphProto {
             name: Some("one_op".into()),
             node: vec![onnx::node(
                 op,
@@ -137,9 +126,8 @@ fn one_op_model(
             input: vec![value_info("input", shape_in)],
             output: vec![value_info("output", &out_shape)],
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 struct Ran {
@@ -167,7 +155,7 @@ fn run(model: &pb::ModelProto, pass: &Pass, sample_shape: &[usize], samples: usi
     let report = pass.apply(&mut m).unwrap();
     let out = dir.path().join("int4.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-    let (base, cand) = outputs(&src, &out, &data);
+    let (base, cand) = outputs_of(&src, &out, &data);
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     Ran {
         m: onnx::load(&out).unwrap(),
@@ -180,23 +168,8 @@ fn run(model: &pb::ModelProto, pass: &Pass, sample_shape: &[usize], samples: usi
     }
 }
 
-fn outputs(src: &Path, out: &Path, data: &Path) -> (Vec<f32>, Vec<f32>) {
-    let ds = Dataset::load(data).unwrap();
-    let prep = eval::prepare(&eval::open(src, &eval_cfg(16)).unwrap(), &ds, &eval_cfg(16)).unwrap();
-    let run = |p: &Path| {
-        eval::evaluate(
-            &mut eval::open(p, &eval_cfg(16)).unwrap(),
-            &prep,
-            &eval_cfg(16),
-            &|_, _| {},
-        )
-        .unwrap()
-        .0
-        .values
-        .into_vec()
-        .unwrap()
-    };
-    (run(src), run(out))
+fn outputs_of(src: &Path, out: &Path, data: &Path) -> (Vec<f32>, Vec<f32>) {
+    (outputs(src, data, 16), outputs(out, data, 16))
 }
 
 /// The shape and settings of one MatMulNBits case.
@@ -512,13 +485,10 @@ fn gemm_forms_matmul_nbits_cannot_take_are_skipped_with_a_reason() {
 #[test]
 fn conv_weights_are_skipped_pointing_at_int8() {
     let w = f32_tensor("W", &[8, 4, 3, 3], &lcg(288, 3));
-    let model = pb::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(13),
-        }],
-        graph: Some(pb::GraphProto {
+    let model = model_of(
+        8,
+        13,
+        pb::GraphProto {
             node: vec![onnx::node(
                 "Conv",
                 "conv".into(),
@@ -530,9 +500,8 @@ fn conv_weights_are_skipped_pointing_at_int8() {
             input: vec![value_info("input", &[None, Some(4), Some(8), Some(8)])],
             output: vec![value_info("output", &[None, Some(8), Some(6), Some(6)])],
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("m.onnx");
     write_model(&model, &src);
@@ -615,7 +584,7 @@ fn gather_case(
         d / 2,
         bs,
     );
-    let (base, cand) = outputs(&src, &out, &data);
+    let (base, cand) = outputs_of(&src, &out, &data);
     let reported = report.tensors[0].max_abs_error.unwrap();
     assert!(reported > 0.0);
     assert_eq!(cand.len(), ids.len() * d);
@@ -685,14 +654,9 @@ fn an_odd_embedding_width_is_skipped_with_a_reason() {
 #[test]
 fn nan_weights_are_refused_naming_the_tensor() {
     let mut model = mlp(&[64, 128, 10], 6);
-    let w = &mut model.graph.as_mut().unwrap().initializer[0];
-    let mut v = f32s(w);
-    v[70] = f32::INFINITY;
-    onnx::set_f32_values(w, &v);
+    edit_first_weight(&mut model, |v| v[70] = f32::INFINITY);
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("m.onnx");
-    write_model(&model, &src);
-    let mut m = onnx::load(&src).unwrap();
+    let mut m = write_and_load(&model, &dir.path().join("m.onnx"));
     let e = pass(int4(32, true, 0))
         .apply(&mut m)
         .unwrap_err()
@@ -732,7 +696,7 @@ fn an_mlp_keeps_its_outputs_close_and_refinement_lowers_the_error() {
         );
         let out = dir.path().join(format!("int4-{refine}.onnx"));
         onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-        let (base, cand) = outputs(&src, &out, &data);
+        let (base, cand) = outputs_of(&src, &out, &data);
         let cos = kompress::eval::metrics::closeness(&base, &cand, base.len()).0;
         let mse: f64 = base
             .iter()
@@ -847,9 +811,7 @@ fn kompress_run_evaluates_gates_and_promotes_an_int4_candidate() {
         dir.path(),
         "{mode: weightOnly, weights: int4, blockSize: 16, symmetric: false}",
     );
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let report = run_json(&job);
     let res = &report["result"];
     eprintln!("digits int4: {res}");
     assert_eq!(res["verdict"], "Passed", "{res}");

@@ -2,31 +2,9 @@
 
 mod support;
 
-use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions, TensorData};
 use prost::Message;
 use support::*;
-
-fn outputs(model: &std::path::Path, data: &std::path::Path) -> Vec<f32> {
-    let ds = Dataset::load(data).unwrap();
-    let prep = eval::prepare(
-        &eval::open(model, &eval_cfg(16)).unwrap(),
-        &ds,
-        &eval_cfg(16),
-    )
-    .unwrap();
-    eval::evaluate(
-        &mut eval::open(model, &eval_cfg(16)).unwrap(),
-        &prep,
-        &eval_cfg(16),
-        &|_, _| {},
-    )
-    .unwrap()
-    .0
-    .values
-    .into_vec()
-    .unwrap()
-}
 
 #[test]
 fn load_save_load_is_byte_for_byte_lossless_on_the_bundled_model() {
@@ -104,7 +82,7 @@ fn external_data_round_trips_and_ort_runs_both_forms() {
         assert_eq!(a.payload_bytes(), b.payload_bytes());
     }
     // ONNX Runtime reads our external-data layout and computes the same outputs.
-    assert_eq!(outputs(&inline, &data), outputs(&ext, &data));
+    assert_eq!(outputs(&inline, &data, 16), outputs(&ext, &data, 16));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 mod support;
 
 use kompress::api::{PassSpec, PruneScope, PruneSpec, QuantMode, QuantizeSpec};
-use kompress::eval::{self, Dataset};
+
 use kompress::onnx::{self, SaveOptions, TensorData};
 use kompress::passes::Pass;
 use support::*;
@@ -20,14 +20,6 @@ fn prune(spec: PruneSpec) -> Pass {
     Pass::from_spec(&PassSpec::Prune(spec))
 }
 
-fn ops(m: &onnx::Model) -> Vec<String> {
-    m.graph()
-        .node
-        .iter()
-        .map(|n| n.op_type.clone().unwrap_or_default())
-        .collect()
-}
-
 /// Applies passes to a fixture MLP, saves it, and returns (fp32 outputs, candidate outputs).
 fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     let dir = tempfile::tempdir().unwrap();
@@ -41,35 +33,7 @@ fn run(passes: &[Pass], widths: &[usize]) -> (onnx::Model, Vec<f32>, Vec<f32>) {
     }
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-    let ds = Dataset::load(&data).unwrap();
-    let prep = eval::prepare(
-        &eval::open(&src, &eval_cfg(32)).unwrap(),
-        &ds,
-        &eval_cfg(32),
-    )
-    .unwrap();
-    let base = eval::evaluate(
-        &mut eval::open(&src, &eval_cfg(32)).unwrap(),
-        &prep,
-        &eval_cfg(32),
-        &|_, _| {},
-    )
-    .unwrap()
-    .0
-    .values
-    .into_vec()
-    .unwrap();
-    let cand = eval::evaluate(
-        &mut eval::open(&out, &eval_cfg(32)).unwrap(),
-        &prep,
-        &eval_cfg(32),
-        &|_, _| {},
-    )
-    .unwrap()
-    .0
-    .values
-    .into_vec()
-    .unwrap();
+    let (base, cand) = (outputs(&src, &data, 32), outputs(&out, &data, 32));
     (onnx::load(&out).unwrap(), base, cand)
 }
 
@@ -153,13 +117,8 @@ fn excluded_nodes_and_small_tensors_stay_float() {
 fn nan_weights_are_a_clear_error_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = mlp(&[64, 128, 10], 6);
-    let w = &mut model.graph.as_mut().unwrap().initializer[0];
-    let mut v = onnx::tensor_f32_values(w).unwrap();
-    v[17] = f32::NAN;
-    onnx::set_f32_values(w, &v);
-    let src = dir.path().join("m.onnx");
-    write_model(&model, &src);
-    let mut m = onnx::load(&src).unwrap();
+    edit_first_weight(&mut model, |v| v[17] = f32::NAN);
+    let mut m = write_and_load(&model, &dir.path().join("m.onnx"));
     let e = quantize(QuantMode::Dynamic, false)
         .apply(&mut m)
         .unwrap_err()
@@ -249,13 +208,11 @@ fn two_four_pattern_holds_in_every_group_after_quantization_too() {
 fn pruning_an_already_sparse_model_keeps_existing_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = mlp(&[64, 128, 10], 9);
-    let w = &mut model.graph.as_mut().unwrap().initializer[0];
-    let mut v = onnx::tensor_f32_values(w).unwrap();
-    v.iter_mut().step_by(2).for_each(|x| *x = 0.0); // 50% zeros already
-    onnx::set_f32_values(w, &v);
-    let src = dir.path().join("m.onnx");
-    write_model(&model, &src);
-    let mut m = onnx::load(&src).unwrap();
+    // 50% zeros already
+    edit_first_weight(&mut model, |v| {
+        v.iter_mut().step_by(2).for_each(|x| *x = 0.0)
+    });
+    let mut m = write_and_load(&model, &dir.path().join("m.onnx"));
     let r = prune(PruneSpec {
         sparsity: Some(0.3),
         ..Default::default()
@@ -298,27 +255,7 @@ fn run_embedding(
     let report = pass.apply(&mut m).unwrap();
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-    let ds = Dataset::load(&data).unwrap();
-    let prep = eval::prepare(
-        &eval::open(&src, &eval_cfg(32)).unwrap(),
-        &ds,
-        &eval_cfg(32),
-    )
-    .unwrap();
-    let outputs = |p: &std::path::Path| {
-        eval::evaluate(
-            &mut eval::open(p, &eval_cfg(32)).unwrap(),
-            &prep,
-            &eval_cfg(32),
-            &|_, _| {},
-        )
-        .unwrap()
-        .0
-        .values
-        .into_vec()
-        .unwrap()
-    };
-    let (base, cand) = (outputs(&src), outputs(&out));
+    let (base, cand) = (outputs(&src, &data, 32), outputs(&out, &data, 32));
     let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
     let (a, b) = (size(&src), size(&out));
     (

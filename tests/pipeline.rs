@@ -10,6 +10,32 @@ const QUANTIZE: &str = "    - quantize:\n        perChannel: true";
 const GATE: &str =
     "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98\n    minCompressionRatio: 3.5";
 
+/// `kompress compress MODEL OUT -f JOB`.
+fn compress(model: &Path, out: &Path, job: &str) -> Ran {
+    run_kompress(&compress_args(model, out, job, None), &[])
+}
+
+/// Runs the job in `dir/job.yaml` (`yaml`), expecting a rejection: it exits 0, says REJECTED,
+/// and promotes nothing. Returns what it printed.
+fn rejected(dir: &Path, yaml: &str) -> Ran {
+    let job = write_job(dir, yaml);
+    let r = run_kompress(&["run", "-f", &job], &[]);
+    assert_eq!(r.code, 0, "a rejection is a normal outcome: {}", r.stderr);
+    assert!(r.stdout.contains("REJECTED"), "{}", r.stdout);
+    assert!(files_under(&dir.join("production")).is_empty());
+    r
+}
+
+/// `kompress worker` on `yaml` with its termination log at `log` (and `env` besides).
+fn worker(yaml: &str, log: &Path, env: &[(&str, &str)]) -> Ran {
+    let mut all = vec![
+        ("KOMPRESS_JOB", yaml),
+        ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    run_kompress(&["worker"], &all)
+}
+
 fn digits_job(name: &str, passes: &str, thresholds: &str, out: &Path) -> String {
     let r = repo();
     job_yaml(
@@ -25,13 +51,10 @@ fn digits_job(name: &str, passes: &str, thresholds: &str, out: &Path) -> String 
 #[test]
 fn the_bundled_example_is_promoted_at_least_3_5x_smaller_within_one_point() {
     let dir = tempfile::tempdir().unwrap();
-    let job = write_job(
+    let report = run_report(
         dir.path(),
         &digits_job("digits", QUANTIZE, GATE, dir.path()),
     );
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let res = &report["result"];
     assert_eq!(res["verdict"], "Passed");
     assert!(res["ratio"].as_f64().unwrap() >= 3.5, "{res}");
@@ -123,7 +146,7 @@ fn rerunning_an_identical_job_promotes_the_same_digest_once() {
 #[test]
 fn a_gate_that_must_reject_rejects_and_promotes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let job = write_job(
+    let r = rejected(
         dir.path(),
         &digits_job(
             "digits",
@@ -132,14 +155,7 @@ fn a_gate_that_must_reject_rejects_and_promotes_nothing() {
             dir.path(),
         ),
     );
-    let r = run_kompress(&["run", "-f", &job], &[]);
-    assert_eq!(r.code, 0, "a rejection is a normal outcome: {}", r.stderr);
-    assert!(
-        r.stdout.contains("REJECTED") && r.stdout.contains("✗ minCompressionRatio"),
-        "{}",
-        r.stdout
-    );
-    assert!(files_under(&dir.path().join("production")).is_empty());
+    assert!(r.stdout.contains("✗ minCompressionRatio"), "{}", r.stdout);
     assert!(
         files_under(&dir.path().join("candidates"))
             .iter()
@@ -152,13 +168,10 @@ fn a_gate_that_must_reject_rejects_and_promotes_nothing() {
 fn prune_then_quantize_runs_and_reports_sparsity() {
     let dir = tempfile::tempdir().unwrap();
     let passes = "    - prune:\n        sparsity: 0.5\n    - quantize: {}";
-    let job = write_job(
+    let report = run_report(
         dir.path(),
         &digits_job("digits", passes, "    maxAccuracyDrop: 0.05", dir.path()),
     );
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let tensors = report["passes"][0]["tensors"].as_array().unwrap();
     // The digits MLP has three weight matrices (64x256, 256x256, 256x10): all are pruned.
     assert_eq!(tensors.len(), 3, "{tensors:?}");
@@ -172,14 +185,7 @@ fn the_worker_writes_a_compact_result_to_the_termination_log() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = digits_job("digits", QUANTIZE, GATE, dir.path());
     let log = dir.path().join("termination-log");
-    let r = run_kompress(
-        &["worker"],
-        &[
-            ("KOMPRESS_JOB", &yaml),
-            ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap()),
-            ("KOMPRESS_RUN_ID", "ns.digits.g1"),
-        ],
-    );
+    let r = worker(&yaml, &log, &[("KOMPRESS_RUN_ID", "ns.digits.g1")]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let msg = std::fs::read_to_string(&log).unwrap();
     assert!(msg.len() <= 4096, "{} bytes", msg.len());
@@ -208,13 +214,7 @@ fn the_worker_marks_permanent_errors_with_their_own_exit_code() {
         dir.path(),
     );
     let log = dir.path().join("termination-log");
-    let r = run_kompress(
-        &["worker"],
-        &[
-            ("KOMPRESS_JOB", &yaml),
-            ("KOMPRESS_TERMINATION_LOG", log.to_str().unwrap()),
-        ],
-    );
+    let r = worker(&yaml, &log, &[]);
     assert_eq!(r.code, kompress::api::wire::EXIT_PERMANENT);
     let m: kompress::api::wire::WorkerMessage =
         serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
@@ -427,7 +427,7 @@ fn spec_mistakes_name_the_field() {
 #[test]
 fn fp16_storage_halves_the_model_and_keeps_its_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let job = write_job(
+    let report = run_report(
         dir.path(),
         &digits_job(
             "digits",
@@ -436,9 +436,6 @@ fn fp16_storage_halves_the_model_and_keeps_its_answers() {
             dir.path(),
         ),
     );
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(
         report["result"]["verdict"], "Passed",
         "{}",
@@ -530,17 +527,14 @@ fn weights_held_in_constant_nodes_are_folded_and_quantized() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("constants.onnx");
     digits_with_constant_weights(&model);
-    let job = write_job(dir.path(), &model_job(dir.path(), &model));
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let report = run_report(dir.path(), &model_job(dir.path(), &model));
     assert_eq!(report["foldedConstants"], 6, "3 weights and 3 biases");
     assert_eq!(
         report["passes"][0]["tensors"].as_array().unwrap().len(),
         3,
         "the three MatMul weights are quantized"
     );
-    assert_eq!(report["result"]["verdict"], "Passed", "{}", r.stdout);
+    assert_eq!(report["result"]["verdict"], "Passed", "{report}");
 }
 
 /// `kompress compress` sees the same weights `kompress run` does: Constant weights folded.
@@ -550,16 +544,7 @@ fn compress_folds_constant_weights_before_the_passes_too() {
     let model = dir.path().join("constants.onnx");
     digits_with_constant_weights(&model);
     let out = dir.path().join("out.onnx");
-    let r = run_kompress(
-        &[
-            "compress",
-            model.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "-f",
-            "examples/digits-int8.yaml",
-        ],
-        &[],
-    );
+    let r = compress(&model, &out, "examples/digits-int8.yaml");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("6 weights held in Constant nodes folded"),
@@ -584,16 +569,7 @@ fn compress_that_changes_no_weight_exits_65_and_writes_nothing() {
     );
     let out = dir.path().join("out.onnx");
     let model = repo().join("examples/digits/model.onnx");
-    let r = run_kompress(
-        &[
-            "compress",
-            model.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "-f",
-            &job,
-        ],
-        &[],
-    );
+    let r = compress(&model, &out, &job);
     assert_eq!(r.code, kompress::api::wire::EXIT_PERMANENT, "{}", r.stderr);
     assert!(r.stderr.contains("changed any weight"), "{}", r.stderr);
     assert!(!out.exists(), "an unchanged copy is not written");
@@ -617,16 +593,7 @@ fn compress_calibrates_on_the_jobs_calibration_dataset() {
     let job = write_job(dir.path(), &text);
     let out = dir.path().join("out.onnx");
     let model = r0.join("examples/digits/model.onnx");
-    let r = run_kompress(
-        &[
-            "compress",
-            model.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "-f",
-            &job,
-        ],
-        &[],
-    );
+    let r = compress(&model, &out, &job);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("calibration: "), "{}", r.stderr);
     assert!(out.exists());
@@ -637,13 +604,10 @@ fn a_recipe_that_changes_no_weight_is_rejected_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     // Conv only, on a model without Conv: nothing to quantize.
     let passes = "    - quantize:\n        ops: [Conv]";
-    let job = write_job(
+    let r = rejected(
         dir.path(),
         &digits_job("nothing", passes, "    maxAccuracyDrop: 0.01", dir.path()),
     );
-    let r = run_kompress(&["run", "-f", &job], &[]);
-    assert_eq!(r.code, 0, "a rejection is a normal outcome: {}", r.stderr);
-    assert!(r.stdout.contains("REJECTED"), "{}", r.stdout);
     assert!(
         r.stdout.contains("✗ tensorsCompressed"),
         "the summary names the failed check: {}",
@@ -654,7 +618,6 @@ fn a_recipe_that_changes_no_weight_is_rejected_and_says_why() {
         "{}",
         r.stderr
     );
-    assert!(files_under(&dir.path().join("production")).is_empty());
 }
 
 const STATIC: &str = "    - quantize:\n        mode: static\n        perChannel: true";
@@ -663,13 +626,10 @@ const STATIC_GATE: &str = "    maxAccuracyDrop: 0.01\n    minAgreement: 0.98";
 #[test]
 fn static_quantization_sets_the_last_rows_aside_for_calibration_and_never_scores_them() {
     let dir = tempfile::tempdir().unwrap();
-    let job = write_job(
+    let report = run_report(
         dir.path(),
         &digits_job("digits-static", STATIC, STATIC_GATE, dir.path()),
     );
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let res = &report["result"];
     assert_eq!(res["verdict"], "Passed", "{res}");
     // eval.npz has 540 rows: the last 128 (the default) calibrate, the first 412 are scored.
@@ -704,10 +664,7 @@ fn static_quantization_with_a_calibration_set_scores_every_dataset_row() {
         digits_job("digits-static", &passes, STATIC_GATE, dir.path()),
         calib.display()
     );
-    let job = write_job(dir.path(), &yaml);
-    let r = run_kompress(&["run", "-f", &job, "-o", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let report = run_report(dir.path(), &yaml);
     let res = &report["result"];
     assert_eq!(res["verdict"], "Passed", "{res}");
     assert_eq!(res["candidate"]["samples"], 540);

@@ -4,7 +4,7 @@
 mod support;
 
 use kompress::api::{PassSpec, QuantMode, QuantizeSpec};
-use kompress::eval::{self, Dataset};
+use kompress::eval;
 use kompress::onnx::{self, SaveOptions};
 use kompress::passes::Pass;
 use support::*;
@@ -40,18 +40,7 @@ fn per_channel_dynamic_int8_runs_on_an_opset_11_model() {
     );
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-    let ds = Dataset::load(&data).unwrap();
-    let run = |p: &std::path::Path| {
-        let mut s = eval::open(p, &eval_cfg(32)).unwrap();
-        let prep = eval::prepare(&s, &ds, &eval_cfg(32)).unwrap();
-        eval::evaluate(&mut s, &prep, &eval_cfg(32), &|_, _| {})
-            .unwrap()
-            .0
-            .values
-            .into_vec()
-            .unwrap()
-    };
-    let (a, b) = (run(&src), run(&out));
+    let (a, b) = (outputs(&src, &data, 32), outputs(&out, &data, 32));
     let max = a
         .iter()
         .zip(&b)
@@ -104,13 +93,10 @@ fn conv_transpose_weights_are_int8_weight_only_and_run_in_ort() {
     use kompress::onnx::{f32_tensor, pb};
     let (cin, cout, k) = (16usize, 16usize, 3usize);
     let w: Vec<f32> = lcg(cin * cout * k * k, 5).iter().map(|v| v * 0.2).collect();
-    let model = pb::ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
+    let model = model_of(
+        9,
+        17,
+        pb::GraphProto {
             name: Some("deconv".into()),
             node: vec![
                 onnx::node(
@@ -136,9 +122,8 @@ fn conv_transpose_weights_are_int8_weight_only_and_run_in_ort() {
             input: vec![value_info("x", &[None, Some(16), Some(4), Some(4)])],
             output: vec![value_info("logits", &[None, None])],
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("model.onnx");
     write_model(&model, &src);
@@ -165,18 +150,7 @@ fn conv_transpose_weights_are_int8_weight_only_and_run_in_ort() {
         assert_eq!(ops, ["DequantizeLinear", "ConvTranspose", "Flatten"]);
         let out = dir.path().join("candidate.onnx");
         onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
-        let ds = Dataset::load(&data).unwrap();
-        let run = |p: &std::path::Path| {
-            let mut s = eval::open(p, &eval_cfg(32)).unwrap();
-            let prep = eval::prepare(&s, &ds, &eval_cfg(32)).unwrap();
-            eval::evaluate(&mut s, &prep, &eval_cfg(32), &|_, _| {})
-                .unwrap()
-                .0
-                .values
-                .into_vec()
-                .unwrap()
-        };
-        let (a, b) = (run(&src), run(&out));
+        let (a, b) = (outputs(&src, &data, 32), outputs(&out, &data, 32));
         // Each output sums at most cin*k*k products of |x| <= 1 and a weight error <= half a
         // step (max |w| / 127 / 2 per channel, |w| <= 0.2 here).
         let bound = (cin * k * k) as f32 * 0.2 / 127.0 / 2.0;

@@ -6,27 +6,19 @@ mod support;
 
 use support::*;
 
-fn upload_digits(env: &[(String, String)], prefix: &str) -> (String, String) {
-    let r = repo();
-    let model = format!("s3://models/{prefix}/model.onnx");
-    let data = format!("s3://datasets/{prefix}/eval.npz");
-    boto(
-        env,
-        &[
-            "put",
-            r.join("examples/digits/model.onnx").to_str().unwrap(),
-            &model,
-        ],
-    );
-    boto(
-        env,
-        &[
-            "put",
-            r.join("examples/digits/eval.npz").to_str().unwrap(),
-            &data,
-        ],
-    );
-    (model, data)
+/// The gate of the passing jobs.
+const GATE: &str = "    maxAccuracyDrop: 0.01\n    minCompressionRatio: 3.5";
+
+/// [`s3_job`] named `name`, its candidates and promotions under `s3://models/<p>/`.
+fn digits_s3_job(name: &str, model: &str, data: &str, thresholds: &str, p: &str) -> String {
+    s3_job(
+        name,
+        model,
+        data,
+        thresholds,
+        &format!("s3://models/{p}/candidates"),
+        &format!("s3://models/{p}/production"),
+    )
 }
 
 fn s3_job(
@@ -51,14 +43,7 @@ fn s3_to_s3_promotes_a_passing_candidate() {
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(
         dir.path(),
-        &s3_job(
-            "digits",
-            &model,
-            &data,
-            "    maxAccuracyDrop: 0.01\n    minCompressionRatio: 3.5",
-            &format!("s3://models/{p}/candidates"),
-            &format!("s3://models/{p}/production"),
-        ),
+        &digits_s3_job("digits", &model, &data, GATE, &p),
     );
     let r = run_with_env(&["run", "-f", &job, "-o", "json"], &env, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -85,23 +70,17 @@ fn s3_to_s3_promotes_a_passing_candidate() {
     );
     // the promoted object, read back by another client, has the digest the manifest names
     let got = dir.path().join("promoted.onnx");
-    boto(
+    s3_get(
         &env,
-        &[
-            "get",
-            &format!("s3://models/{p}/production/sha256-{digest}/model.onnx"),
-            got.to_str().unwrap(),
-        ],
+        &format!("s3://models/{p}/production/sha256-{digest}/model.onnx"),
+        &got,
     );
     assert_eq!(kompress::storage::sha256_file(&got).unwrap(), digest);
     let manifest = dir.path().join("promoted.json");
-    boto(
+    s3_get(
         &env,
-        &[
-            "get",
-            &format!("s3://models/{p}/production/promoted.json"),
-            manifest.to_str().unwrap(),
-        ],
+        &format!("s3://models/{p}/production/promoted.json"),
+        &manifest,
     );
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(m["digest"], digest.as_str());
@@ -126,14 +105,7 @@ fn s3_rejected_candidate_leaves_promote_to_empty() {
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(
         dir.path(),
-        &s3_job(
-            "digits",
-            &model,
-            &data,
-            "    minCompressionRatio: 50",
-            &format!("s3://models/{p}/candidates"),
-            &format!("s3://models/{p}/production"),
-        ),
+        &digits_s3_job("digits", &model, &data, "    minCompressionRatio: 50", &p),
     );
     let r = run_with_env(&["run", "-f", &job], &env, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -156,14 +128,7 @@ fn permanent_failure(
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(
         dir.path(),
-        &s3_job(
-            "bad",
-            model,
-            data,
-            "    minCompressionRatio: 1",
-            &format!("s3://models/{p}/candidates"),
-            &format!("s3://models/{p}/production"),
-        ),
+        &digits_s3_job("bad", model, data, "    minCompressionRatio: 1", p),
     );
     let r = run_with_env(&["run", "-f", &job], env, extra);
     assert_eq!(
@@ -184,12 +149,7 @@ fn permanent_failure(
 #[ignore = "needs the S3 server: run via `make test` (hack/s3/up)"]
 fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() {
     let env = s3_env();
-    let secret = env
-        .iter()
-        .find(|(k, _)| k == "AWS_SECRET_ACCESS_KEY")
-        .unwrap()
-        .1
-        .clone();
+    let secret = env_value(&env, "AWS_SECRET_ACCESS_KEY");
     let p = unique("bad");
     let (model, data) = upload_digits(&env, &p);
     let no_leak = |text: &str| assert!(!text.contains(&secret), "the secret key leaked: {text}");
@@ -274,11 +234,7 @@ fn bad_locations_and_credentials_are_permanent_errors_that_never_show_secrets() 
 fn https_404_is_a_permanent_error() {
     // A real HTTP server on loopback that has no such file.
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut server = std::process::Command::new("python3")
         .args([
             "-m",
@@ -327,17 +283,14 @@ fn https_404_is_a_permanent_error() {
 async fn a_scan_streams_objects_with_their_etags_and_stops_at_its_bound() {
     use kompress::storage::{Listed, Location, Storage};
     let env = s3_env();
-    let get = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let get = |k: &str| env_value(&env, k);
     let p = unique("scan");
     let r = repo();
     for v in ["v1", "v2", "v3"] {
-        boto(
+        s3_put(
             &env,
-            &[
-                "put",
-                r.join("examples/digits/model.onnx").to_str().unwrap(),
-                &format!("s3://models/{p}/digits/{v}/model.onnx"),
-            ],
+            &r.join("examples/digits/model.onnx"),
+            &format!("s3://models/{p}/digits/{v}/model.onnx"),
         );
     }
     let spec = kompress::api::StorageSpec {
@@ -390,14 +343,7 @@ fn the_cache_index_on_s3_serves_a_second_process() {
     let out = format!("s3://models/{p}/candidates");
     let job = write_job(
         dir.path(),
-        &s3_job(
-            "digits",
-            &model,
-            &data,
-            "    maxAccuracyDrop: 0.01\n    minCompressionRatio: 3.5",
-            &out,
-            &format!("s3://models/{p}/production"),
-        ),
+        &digits_s3_job("digits", &model, &data, GATE, &p),
     );
     let run = || {
         // Each run in its own scratch folder: the second process sees only the bucket.

@@ -10,8 +10,8 @@ use kompress::api::{
 };
 use kompress::eval::{self, Dataset};
 use kompress::onnx::{self, SaveOptions, f32_tensor, pb};
-use kompress::passes::Pass;
-use kompress::pipeline::{CalibrationData, calibrate_with};
+use kompress::passes::{Pass, PassReport};
+use kompress::pipeline::{Calibration, CalibrationData, calibrate_with};
 use std::path::Path;
 use support::*;
 
@@ -38,13 +38,10 @@ fn model(
     inits: Vec<pb::TensorProto>,
     input: &[Option<i64>],
 ) -> pb::ModelProto {
-    pb::ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
+    model_of(
+        9,
+        17,
+        pb::GraphProto {
             name: Some("g".into()),
             node: nodes,
             initializer: inits,
@@ -60,9 +57,8 @@ fn model(
                 ..Default::default()
             }],
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 fn weights(n: usize, seed: u64, fan_in: usize) -> Vec<f32> {
@@ -179,14 +175,6 @@ struct Quantized {
     report: kompress::report::PassReport,
 }
 
-fn ops_of(m: &onnx::Model) -> Vec<String> {
-    m.graph()
-        .node
-        .iter()
-        .map(|n| n.op_type.clone().unwrap_or_default())
-        .collect()
-}
-
 /// ORT's own optimized graph of `path` (what it will actually run).
 fn optimized_ops(path: &Path, dir: &Path) -> Vec<String> {
     let out = dir.join("optimized.onnx");
@@ -197,7 +185,39 @@ fn optimized_ops(path: &Path, dir: &Path) -> Vec<String> {
         .unwrap()
         .commit_from_file(path)
         .unwrap();
-    ops_of(&onnx::load(&out).unwrap())
+    ops(&onnx::load(&out).unwrap())
+}
+
+/// Calibrates `passes[0]` on every row of `ds` (as `calibration` data, in `dir`) and applies
+/// it to a copy of `original`: (the calibration, the quantized model, the pass's report).
+fn calibrate_and_apply(
+    original: &onnx::Model,
+    passes: &[PassSpec],
+    ds: &Dataset,
+    dir: &Path,
+) -> (Calibration, onnx::Model, PassReport) {
+    let c = calibrate_with(
+        original,
+        passes,
+        0,
+        TargetCpu::Auto,
+        &CalibrationData {
+            dataset: ds,
+            rows: None,
+            uri: "calib.npz".into(),
+            sha256: None,
+            kind: "calibration",
+        },
+        &eval_cfg(16),
+        &dir.join("calibration"),
+        &kompress::ui::Ui::plain(),
+    )
+    .unwrap();
+    let mut p = Pass::for_target(&passes[0], TargetCpu::Auto);
+    p.set_calibration(c.calibrated.clone());
+    let mut q = original.clone();
+    let report = p.apply(&mut q).unwrap();
+    (c, q, report)
 }
 
 /// Calibrates on 48 rows, quantizes, and compares with fp32 on 64 other rows.
@@ -223,49 +243,19 @@ fn quantize(m: &pb::ModelProto, sample: &[usize], pass: &PassSpec) -> Quantized 
     let original = onnx::load(&src).unwrap();
     let ds = Dataset::open(&calib, "calib.npz").unwrap();
     let passes = vec![pass.clone()];
-    let c = calibrate_with(
-        &original,
-        &passes,
-        0,
-        TargetCpu::Auto,
-        &CalibrationData {
-            dataset: &ds,
-            rows: None,
-            uri: "calib.npz".into(),
-            sha256: None,
-            kind: "calibration",
-        },
-        &eval_cfg(16),
-        &dir.path().join("calibration"),
-        &kompress::ui::Ui::plain(),
-    )
-    .unwrap();
+    let (c, q, report) = calibrate_and_apply(&original, &passes, &ds, dir.path());
     assert_eq!(c.report.samples, 48);
-    let mut p = Pass::for_target(&passes[0], TargetCpu::Auto);
-    p.set_calibration(c.calibrated.clone());
-    let mut q = original.clone();
-    let report = p.apply(&mut q).unwrap();
     let out = dir.path().join("candidate.onnx");
     onnx::save(&q.proto, &out, &SaveOptions::default()).unwrap();
     let ds = Dataset::open(&held_out, "eval.npz").unwrap();
-    let run = |path: &Path| {
-        let mut o = eval::open(path, &eval_cfg(16)).unwrap();
-        let prep = eval::prepare(&o, &ds, &eval_cfg(16)).unwrap();
-        eval::evaluate(&mut o, &prep, &eval_cfg(16), &|_, _| {})
-            .unwrap()
-            .0
-            .values
-            .into_vec()
-            .unwrap()
-    };
-    let (base, cand) = (run(&src), run(&out));
+    let (base, cand) = (outputs_on(&src, &ds, 16), outputs_on(&out, &ds, 16));
     let amax = base.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
     let err = base
         .iter()
         .zip(&cand)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
     Quantized {
-        ops: ops_of(&q),
+        ops: ops(&q),
         optimized_ops: optimized_ops(&out, dir.path()),
         rel_max_err: err / amax,
         cosine: eval::metrics::closeness(&base, &cand, base.len()).0,
@@ -511,32 +501,12 @@ fn embedding_tables_keep_the_int8_row_form_and_the_matmul_after_them_is_static()
         CalibrationMethod::MinMax,
     )];
     let original = onnx::load(&src).unwrap();
-    let c = calibrate_with(
-        &original,
-        &passes,
-        0,
-        TargetCpu::Auto,
-        &CalibrationData {
-            dataset: &ds,
-            rows: None,
-            uri: "calib.npz".into(),
-            sha256: None,
-            kind: "calibration",
-        },
-        &eval_cfg(16),
-        &dir.path().join("calibration"),
-        &kompress::ui::Ui::plain(),
-    )
-    .unwrap();
+    let (c, q, report) = calibrate_and_apply(&original, &passes, &ds, dir.path());
     assert_eq!(
         c.report.tensors, 1,
         "only the MatMul's input (the Gather's output)"
     );
     assert_eq!(c.report.samples, 40);
-    let mut p = Pass::for_target(&passes[0], TargetCpu::Auto);
-    p.set_calibration(c.calibrated.clone());
-    let mut q = original.clone();
-    let report = p.apply(&mut q).unwrap();
     let ops: Vec<&str> = report.tensors.iter().map(|t| t.op.as_str()).collect();
     assert_eq!(ops, ["Gather", "MatMul"], "{report:?}");
     assert!(
@@ -552,17 +522,7 @@ fn embedding_tables_keep_the_int8_row_form_and_the_matmul_after_them_is_static()
         1,
         "{optimized:?}"
     );
-    let run = |path: &Path| {
-        let mut o = eval::open(path, &eval_cfg(16)).unwrap();
-        let prep = eval::prepare(&o, &ds, &eval_cfg(16)).unwrap();
-        eval::evaluate(&mut o, &prep, &eval_cfg(16), &|_, _| {})
-            .unwrap()
-            .0
-            .values
-            .into_vec()
-            .unwrap()
-    };
-    let (base, cand) = (run(&src), run(&out));
+    let (base, cand) = (outputs_on(&src, &ds, 16), outputs_on(&out, &ds, 16));
     let cos = eval::metrics::closeness(&base, &cand, base.len()).0;
     assert!(cos > 0.999, "cosine {cos}");
 }
@@ -612,17 +572,20 @@ fn compress_refuses_calibration_data_it_would_not_use_and_asks_for_it_when_neede
     let out = dir.path().join("out.onnx");
     let data = dir.path().join("calib.npz");
     mlp_dataset(&data, 8, 64, 10);
-    let r = run_kompress(
-        &[
+    let compress = |job: &str, calibration: &[&str]| {
+        let mut args = vec![
             "compress",
             "examples/digits/model.onnx",
             out.to_str().unwrap(),
             "-f",
-            "examples/digits-int8.yaml",
-            "--calibration",
-            data.to_str().unwrap(),
-        ],
-        &[],
+            job,
+        ];
+        args.extend_from_slice(calibration);
+        run_kompress(&args, &[])
+    };
+    let r = compress(
+        "examples/digits-int8.yaml",
+        &["--calibration", data.to_str().unwrap()],
     );
     assert_eq!(r.code, 65, "{}", r.stderr);
     assert!(
@@ -641,19 +604,29 @@ fn compress_refuses_calibration_data_it_would_not_use_and_asks_for_it_when_neede
     assert_ne!(no_cal, example, "the example names its calibration set");
     let job = dir.path().join("static-no-calibration.yaml");
     std::fs::write(&job, no_cal).unwrap();
-    let r = run_kompress(
-        &[
-            "compress",
-            "examples/digits/model.onnx",
-            out.to_str().unwrap(),
-            "-f",
-            job.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let r = compress(job.to_str().unwrap(), &[]);
     assert_eq!(r.code, 65, "{}", r.stderr);
     assert!(r.stderr.contains("--calibration DATA.npz"), "{}", r.stderr);
     assert!(!out.exists());
+}
+
+/// Kernel `K<name>` [cout, cin, k, k] and bias `B<name>` [cout] of each Conv
+/// `(name, cout, cin, k, seed)`.
+fn conv_inits(convs: &[(&str, usize, usize, usize, u64)]) -> Vec<pb::TensorProto> {
+    let mut inits = Vec::new();
+    for &(name, cout, cin, k, seed) in convs {
+        inits.push(f32_tensor(
+            &format!("K{name}"),
+            &[cout as i64, cin as i64, k as i64, k as i64],
+            &weights(cout * cin * k * k, seed, cin * k * k),
+        ));
+        inits.push(f32_tensor(
+            &format!("B{name}"),
+            &[cout as i64],
+            &lcg(cout, seed + 50),
+        ));
+    }
+    inits
 }
 
 /// A CNN block of the kinds real models use: SiLU (Sigmoid, Mul), MaxPool, Relu6 (Clip),
@@ -661,26 +634,13 @@ fn compress_refuses_calibration_data_it_would_not_use_and_asks_for_it_when_neede
 /// input [N, 3, 16, 16] -> ... -> y [N, 16] (Flatten, a graph output, stays float). Every
 /// Conv has a multiple of 16 output channels (narrower ones stay float on x86 without VNNI).
 fn cnn_block_model() -> (pb::ModelProto, Vec<usize>) {
-    let conv = |name: &str, cout: usize, cin: usize, k: usize, seed: u64| {
-        vec![
-            f32_tensor(
-                &format!("K{name}"),
-                &[cout as i64, cin as i64, k as i64, k as i64],
-                &weights(cout * cin * k * k, seed, cin * k * k),
-            ),
-            f32_tensor(&format!("B{name}"), &[cout as i64], &lcg(cout, seed + 50)),
-        ]
-    };
-    let mut inits = Vec::new();
-    for (name, cout, cin, k, seed) in [
+    let mut inits = conv_inits(&[
         ("0", 16, 3, 3, 20),
         ("1", 16, 16, 3, 21),
         ("2", 16, 16, 1, 22),
         ("3", 16, 32, 3, 23),
         ("4", 16, 16, 1, 24),
-    ] {
-        inits.extend(conv(name, cout, cin, k, seed));
-    }
+    ]);
     inits.push(f32_tensor("lo", &[], &[0.0]));
     inits.push(f32_tensor("hi", &[], &[6.0]));
     inits.push(f32_tensor("scales", &[4], &[1.0, 1.0, 2.0, 2.0]));
@@ -870,16 +830,6 @@ fn scalar_mul_and_div_fold_into_dequantizers_and_stay_close_to_fp32() {
 /// Conv) would be fused by ONNX Runtime into QLinearConv all the same: it is quantized.
 #[test]
 fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
-    let conv = |name: &str, cout: usize, cin: usize, k: usize, seed: u64| {
-        vec![
-            f32_tensor(
-                &format!("K{name}"),
-                &[cout as i64, cin as i64, k as i64, k as i64],
-                &weights(cout * cin * k * k, seed, cin * k * k),
-            ),
-            f32_tensor(&format!("B{name}"), &[cout as i64], &lcg(cout, seed + 50)),
-        ]
-    };
     let pads = || vec![attr_ints("pads", &[1, 1, 1, 1])];
     let pass = spec(
         &["Conv"],
@@ -887,19 +837,23 @@ fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
         false,
         CalibrationMethod::MinMax,
     );
+    let quantize_8x8 = |nodes, inits| {
+        quantize(
+            &model(nodes, inits, &[None, Some(3), Some(8), Some(8)]),
+            &[3, 8, 8],
+            &pass,
+        )
+    };
     fn narrow(name: &str) -> impl Fn(&kompress::passes::Skipped) -> bool + '_ {
         move |s| s.node.contains(name) && s.reason.contains("24 output channels")
     }
 
-    let mut inits = Vec::new();
-    for (name, cout, cin, k, seed) in [
+    let inits = conv_inits(&[
         ("0", 16, 3, 3, 40),
         ("1", 24, 16, 3, 41),
         ("2", 24, 16, 1, 42),
         ("3", 16, 48, 1, 43),
-    ] {
-        inits.extend(conv(name, cout, cin, k, seed));
-    }
+    ]);
     let nodes = vec![
         node("Conv", &["input", "K0", "B0"], "c0", pads()),
         node("Relu", &["c0"], "r0", vec![]),
@@ -915,11 +869,7 @@ fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
         node("GlobalAveragePool", &["c3"], "g", vec![]),
         node("Flatten", &["g"], "y", vec![]),
     ];
-    let q = quantize(
-        &model(nodes, inits, &[None, Some(3), Some(8), Some(8)]),
-        &[3, 8, 8],
-        &pass,
-    );
+    let q = quantize_8x8(nodes, inits);
     let o = &q.optimized_ops;
     eprintln!(
         "narrow: ORT ran {o:?}; max error {:.4}, cosine {:.6}",
@@ -941,14 +891,11 @@ fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
 
     // Conv 16 -> 24 -> Relu -> Conv 24 -> 16: the Relu's output is quantized for the last
     // Conv, so ORT would fuse the narrow Conv anyway: all three are integer.
-    let mut inits = Vec::new();
-    for (name, cout, cin, k, seed) in [
+    let inits = conv_inits(&[
         ("0", 16, 3, 3, 40),
         ("1", 24, 16, 3, 41),
         ("2", 16, 24, 1, 42),
-    ] {
-        inits.extend(conv(name, cout, cin, k, seed));
-    }
+    ]);
     let nodes = vec![
         node("Conv", &["input", "K0", "B0"], "c0", pads()),
         node("Relu", &["c0"], "r0", vec![]),
@@ -958,11 +905,7 @@ fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
         node("GlobalAveragePool", &["c2"], "g", vec![]),
         node("Flatten", &["g"], "y", vec![]),
     ];
-    let q = quantize(
-        &model(nodes, inits, &[None, Some(3), Some(8), Some(8)]),
-        &[3, 8, 8],
-        &pass,
-    );
+    let q = quantize_8x8(nodes, inits);
     let o = &q.optimized_ops;
     assert_eq!(count(o, "QLinearConv"), 3, "{o:?}");
     assert!(

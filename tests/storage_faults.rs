@@ -622,6 +622,19 @@ fn s3_at(port: u16, allow_http: Option<bool>) -> Storage {
         .with_retries(1, Duration::from_secs(2))
 }
 
+/// Fetches `s3://models/m.onnx` from `s`, which must fail permanently: (the location, the
+/// error).
+async fn fetch_fails_permanently(s: &Storage) -> (Location, Error) {
+    let l = Location::parse("s3://models/m.onnx").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = s
+        .fetch(&l, &dir.path().join("m.onnx"), None, &none)
+        .await
+        .unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+    (l, e)
+}
+
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -756,14 +769,8 @@ async fn a_refused_s3_endpoint_is_transient_and_names_uri_endpoint_and_cause() {
 #[tokio::test]
 async fn a_plain_http_endpoint_without_allow_http_says_to_set_it() {
     let s = s3_at(closed_port(), None).with_option("aws_allow_http", "false");
-    let l = Location::parse("s3://models/m.onnx").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let e = s
-        .fetch(&l, &dir.path().join("m.onnx"), None, &none)
-        .await
-        .unwrap_err();
+    let (l, e) = fetch_fails_permanently(&s).await;
     let text = e.to_string();
-    assert!(e.is_permanent(), "{text}");
     assert!(
         text.contains("spec.storage.allowHttp") && text.contains(&l.uri),
         "{text}"
@@ -808,14 +815,8 @@ async fn s3_without_any_credentials_is_permanent_and_names_the_variables() {
             &format!("http://127.0.0.1:{}", closed_port()),
         )
         .with_retries(0, Duration::from_secs(1));
-    let l = Location::parse("s3://models/m.onnx").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let e = s
-        .fetch(&l, &dir.path().join("m.onnx"), None, &none)
-        .await
-        .unwrap_err();
+    let (l, e) = fetch_fails_permanently(&s).await;
     let text = e.to_string();
-    assert!(e.is_permanent(), "{text}");
     assert!(
         matches!(e, Error::NoCredentials { .. })
             && text.contains("AWS_ACCESS_KEY_ID")

@@ -577,7 +577,9 @@ pub fn rows(opened: &Opened, ds: &super::Dataset, cfg: &EvalConfig) -> Result<us
 
 /// Opens a calibration session on a model file (from [`with_outputs`], saved).
 pub fn open(path: &Path, cfg: &EvalConfig) -> Result<Opened> {
-    super::open(path, cfg)
+    // Every calibrated activation is an output, and the first run's batch differs from the
+    // rest: a lean session gives each run's memory back instead of keeping every peak.
+    super::open_with(path, cfg, true)
 }
 
 #[cfg(test)]

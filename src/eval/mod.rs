@@ -167,6 +167,13 @@ pub struct Opened {
 
 /// Opens a session with the evaluation's settings.
 pub fn open(path: &Path, cfg: &EvalConfig) -> Result<Opened> {
+    open_with(path, cfg, false)
+}
+
+/// [`open`], and with `lean` a session that returns its memory after every run: no memory
+/// pattern (planned per input shape) and, on the CPU, no arena (which keeps its peak). For
+/// runs whose outputs are large and whose batch changes (calibration); a little slower.
+pub fn open_with(path: &Path, cfg: &EvalConfig, lean: bool) -> Result<Opened> {
     let env = runtime::environment()?;
     let err = |message: String| Error::Session {
         path: path.into(),
@@ -177,6 +184,18 @@ pub fn open(path: &Path, cfg: &EvalConfig) -> Result<Opened> {
         b = b
             .with_intra_threads(t.clamp(1, MAX_THREADS))
             .map_err(|e| err(e.to_string()))?;
+    }
+    if lean {
+        b = b
+            .with_memory_pattern(false)
+            .map_err(|e| err(e.to_string()))?;
+        if runtime::Provider::from_env() == runtime::Provider::Cpu {
+            b = b
+                .with_execution_providers([ort::ep::CPU::default()
+                    .with_arena_allocator(false)
+                    .build()])
+                .map_err(|e| err(e.to_string()))?;
+        }
     }
     let sess = b.commit_from_file(path).map_err(|e| err(e.to_string()))?;
     Ok(Opened {

@@ -27,8 +27,8 @@ pub use io::{
     for_each_tensor_mut, load, load_as, read_confined, read_small, save, write_atomic,
 };
 pub use tensor::{
-    DataType, TensorData, checked_numel, f32_tensor, int8_tensor, scalar_f32, set_f32_values,
-    tensor_f32_values,
+    DataType, TensorData, checked_numel, f32_tensor, int8_tensor, raw_tensor, scalar_f32,
+    set_f32_values, tensor_f32_values,
 };
 
 use std::path::PathBuf;
@@ -178,6 +178,17 @@ pub fn node(
         attribute: attrs,
         ..Default::default()
     }
+}
+
+/// A `Cast` of `input` to float named `name`, its output `output`.
+pub fn cast_to_float(name: String, input: String, output: String) -> pb::NodeProto {
+    node(
+        "Cast",
+        name,
+        vec![input],
+        vec![output],
+        vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
+    )
 }
 
 pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {

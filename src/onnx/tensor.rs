@@ -169,7 +169,8 @@ pub fn tensor_f32_values(t: &pb::TensorProto) -> Result<Vec<f32>> {
     Ok(values)
 }
 
-fn tensor(name: &str, dims: &[i64], dtype: DataType, raw: Vec<u8>) -> pb::TensorProto {
+/// A tensor of `dtype` whose little-endian bytes are `raw`.
+pub fn raw_tensor(name: &str, dims: &[i64], dtype: DataType, raw: Vec<u8>) -> pb::TensorProto {
     pb::TensorProto {
         name: Some(name.to_string()),
         dims: dims.to_vec(),
@@ -180,7 +181,7 @@ fn tensor(name: &str, dims: &[i64], dtype: DataType, raw: Vec<u8>) -> pb::Tensor
 }
 
 pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
-    tensor(
+    raw_tensor(
         name,
         dims,
         DataType::Float,
@@ -189,7 +190,7 @@ pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
 }
 
 pub fn int8_tensor(name: &str, dims: &[i64], values: Vec<i8>) -> pb::TensorProto {
-    tensor(
+    raw_tensor(
         name,
         dims,
         DataType::Int8,

@@ -4,7 +4,7 @@
 //! fp32 runs, at fp32 speed. (A full fp16 graph needs fp16 kernels: GPU territory.)
 
 use super::{Error, PassReport, Result, Skipped, TensorReport};
-use crate::onnx::{self, DataType, Model, Namer, TensorData, attr_int, pb};
+use crate::onnx::{self, DataType, Model, Namer, TensorData, pb};
 use bytes::Bytes;
 use half::f16;
 use std::collections::HashSet;
@@ -74,12 +74,10 @@ pub fn apply(cfg: &Fp16Config, model: &mut Model) -> Result<PassReport> {
             raw.extend_from_slice(&h.to_le_bytes());
         }
         let stored = namer.fresh(&format!("{name}_fp16"));
-        casts.push(onnx::node(
-            "Cast",
+        casts.push(onnx::cast_to_float(
             namer.fresh(&format!("{name}_to_float")),
-            vec![stored.clone()],
-            vec![name.clone()],
-            vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
+            stored.clone(),
+            name.clone(),
         ));
         converted.push((
             i,

@@ -185,8 +185,14 @@ fn factorise(
     // Wᵀ = P·Q, so W = Qᵀ·Pᵀ and the factors swap and transpose.
     let (first, second) = if trans_b {
         (
-            (transpose(&f.q, rank, cols), vec![cols as i64, rank as i64]),
-            (transpose(&f.p, rows, rank), vec![rank as i64, rows as i64]),
+            (
+                super::math::transpose(&f.q, rank, cols),
+                vec![cols as i64, rank as i64],
+            ),
+            (
+                super::math::transpose(&f.p, rows, rank),
+                vec![rank as i64, rows as i64],
+            ),
         )
     } else {
         (
@@ -232,16 +238,6 @@ fn emit(rw: &mut Rewrite, g: &pb::GraphProto, w: &Weight, f: Factored) {
         }
         rw.replace.insert(ni, vec![head, tail]);
     }
-}
-
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
-        }
-    }
-    out
 }
 
 #[cfg(test)]

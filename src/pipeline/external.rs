@@ -2,6 +2,7 @@
 //! earlier run) judged as the candidate of a job, by the job's own evaluation and gate, and
 //! promoted nowhere. The stages are `run`'s: fetch, baseline, [`judge`], edge cases.
 
+use super::run::ThisRun;
 use super::{
     Candidate, Chosen, Error, Judged, Outcome, Result, RunOptions, fetch_and_baseline, judge,
     stage, total_usage, unique_run_id,
@@ -237,16 +238,8 @@ pub async fn evaluate_external(
         calibration: None,
         search: None,
     };
-    let judged = Judged::new(
-        job,
-        spec,
-        &inputs,
-        &base,
-        chosen,
-        (run_id, started, started_at),
-        &mut stages,
-        ui,
-    )?;
+    let this = ThisRun::new(job, spec, &inputs, run_id, (started, started_at));
+    let judged = Judged::new(this, &base, chosen, &mut stages, ui)?;
     let mut result = judged.result(base.model.file_bytes, stages);
     total_usage(&mut result, started);
     Ok(Outcome {

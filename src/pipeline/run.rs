@@ -70,42 +70,29 @@ fn fixed_recipe(
 
 /// A judged candidate with what its result and report are made of.
 pub struct Judged<'a> {
-    pub job: &'a JobRef,
-    pub spec: &'a Plan,
-    pub inputs: &'a Inputs,
-    pub run_id: String,
-    pub started: Instant,
-    pub started_at: jiff::Timestamp,
+    /// The run's identity and inputs.
+    this: ThisRun<'a>,
     pub chosen: Chosen,
     pub edge_cases: Option<crate::report::EdgeCasesReport>,
 }
 
 impl<'a> Judged<'a> {
-    /// Stage 4c on the chosen candidate (`spec.edgeCases`, its checks joining the decision),
-    /// timed into `stages`.
-    #[allow(clippy::too_many_arguments)]
+    /// Stage 4c on the chosen candidate of `this` run (`spec.edgeCases`, its checks joining
+    /// the decision), timed into `stages`.
     pub(super) fn new(
-        job: &'a JobRef,
-        spec: &'a Plan,
-        inputs: &'a Inputs,
+        this: ThisRun<'a>,
         base: &Baseline,
         mut chosen: Chosen,
-        (run_id, started, started_at): (String, Instant, jiff::Timestamp),
         stages: &mut Vec<crate::api::StageTime>,
         ui: &Ui,
     ) -> Result<Self> {
         let t = Instant::now();
-        let edge_cases = edge_cases_of(inputs, base, spec, &mut chosen, ui)?;
+        let edge_cases = edge_cases_of(this.inputs, base, this.spec, &mut chosen, ui)?;
         if edge_cases.is_some() {
             stages.push(stage("edgeCases", t));
         }
         Ok(Judged {
-            job,
-            spec,
-            inputs,
-            run_id,
-            started,
-            started_at,
+            this,
             chosen,
             edge_cases,
         })
@@ -118,7 +105,7 @@ impl<'a> Judged<'a> {
         stages: Vec<crate::api::StageTime>,
     ) -> JobResult {
         let c = &self.chosen;
-        let bytes_read = input_bytes(self.inputs);
+        let bytes_read = input_bytes(self.this.inputs);
         JobResult {
             verdict: c.decision.verdict,
             original_bytes,
@@ -141,14 +128,6 @@ impl<'a> Judged<'a> {
     /// The run's report with `result` and the passes' reports.
     pub(super) fn report(&self, result: &JobResult, passes: &[PassReport]) -> Report {
         let c = &self.chosen;
-        let this = ThisRun {
-            job: self.job,
-            spec: self.spec,
-            inputs: self.inputs,
-            run_id: self.run_id.clone(),
-            started: self.started,
-            started_at: self.started_at,
-        };
         Report {
             recipe: c.recipe.clone(),
             folded_constants: c.candidate.folded_constants,
@@ -156,13 +135,13 @@ impl<'a> Judged<'a> {
             calibration: c.calibration.clone(),
             search: c.search.as_ref().map(|s| s.0.clone()),
             edge_cases: self.edge_cases.clone(),
-            ..this.report(result)
+            ..self.this.report(result)
         }
     }
 }
 
 /// What a run's report says of the run itself, whatever made its candidate.
-struct ThisRun<'a> {
+pub(super) struct ThisRun<'a> {
     job: &'a JobRef,
     spec: &'a Plan,
     inputs: &'a Inputs,
@@ -171,7 +150,25 @@ struct ThisRun<'a> {
     started_at: jiff::Timestamp,
 }
 
-impl ThisRun<'_> {
+impl<'a> ThisRun<'a> {
+    /// The run `run_id` of `job` (`spec`) on `inputs`, started at `started` (`started_at`).
+    pub(super) fn new(
+        job: &'a JobRef,
+        spec: &'a Plan,
+        inputs: &'a Inputs,
+        run_id: String,
+        (started, started_at): (Instant, jiff::Timestamp),
+    ) -> Self {
+        ThisRun {
+            job,
+            spec,
+            inputs,
+            run_id,
+            started,
+            started_at,
+        }
+    }
+
     /// The report with `result`, this run's identity, inputs and tools, and nothing of how a
     /// candidate was made.
     fn report(&self, result: &JobResult) -> Report {
@@ -268,14 +265,7 @@ pub async fn run(job: &JobRef, spec: &Plan, opts: &RunOptions, ui: &Ui) -> Resul
     let t = Instant::now();
     let (pinned, hit) = pinned_hit(spec, &storage, &output, opts, ui).await;
     // A reused result is published as this run (its identity, the inputs it stands for).
-    let this = |inputs, run_id| ThisRun {
-        job,
-        spec,
-        inputs,
-        run_id,
-        started,
-        started_at,
-    };
+    let this = |inputs, run_id| ThisRun::new(job, spec, inputs, run_id, (started, started_at));
     if let Some((inputs, hit)) = hit {
         stages.push(stage("cache", t));
         return reuse(&to, &this(&inputs, run_id), hit, (0, stages), ui).await;
@@ -303,16 +293,7 @@ pub async fn run(job: &JobRef, spec: &Plan, opts: &RunOptions, ui: &Ui) -> Resul
         None => fixed_recipe(&inputs, &base, spec, &opts.scratch, ui)?,
     };
     stages.push(stage("compress", t));
-    let judged = Judged::new(
-        job,
-        spec,
-        &inputs,
-        &base,
-        chosen,
-        (run_id, started, started_at),
-        &mut stages,
-        ui,
-    )?;
+    let judged = Judged::new(this(&inputs, run_id), &base, chosen, &mut stages, ui)?;
     let result = judged.result(base.model.file_bytes, stages);
     let candidate = &judged.chosen.candidate;
     let report = |r: &JobResult| {

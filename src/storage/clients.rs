@@ -50,12 +50,12 @@ impl Storage {
         // options, which a later with_client_options() would throw away.
         let apply =
             |b: AmazonS3Builder, k: &str, v: &str| k.parse().map(|k| b.with_config(k, v)).ok();
-        let mut b = from_env(
-            "AWS_",
-            AmazonS3Builder::new().with_client_options(opts),
-            apply,
-        );
-        b = apply_options(b, &self.options, apply)
+        let mut b = self
+            .configured(
+                "AWS_",
+                AmazonS3Builder::new().with_client_options(opts),
+                apply,
+            )
             .with_url(loc.store_url())
             .with_retry(retry);
         if b.get_config_value(&K::Region).is_none() {
@@ -73,18 +73,26 @@ impl Storage {
         if let Some(h) = self.spec.allow_http {
             b = b.with_allow_http(h);
         }
-        let allow_http = b
-            .get_config_value(&K::Client(ClientConfigKey::AllowHttp))
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        if let Some(e) = b.get_config_value(&K::Endpoint)
-            && is_plain_http(&e)
-            && !allow_http
-        {
-            return Err(plain_http_error(loc, &e, "or AWS_ALLOW_HTTP=true"));
-        }
+        refuse_plain_http(
+            loc,
+            b.get_config_value(&K::Endpoint),
+            b.get_config_value(&K::Client(ClientConfigKey::AllowHttp)),
+            "AWS_ALLOW_HTTP",
+        )?;
         let imds = s3_metadata_endpoint(&b);
         let store = b.build().map_err(config_error(loc))?;
         Ok((Arc::new(store), StoreInfo { imds }))
+    }
+
+    /// `b` with every `<prefix>*` environment variable it knows, then the extra options,
+    /// applied (`apply` sets one key; unknown keys are skipped).
+    fn configured<B: Clone>(
+        &self,
+        prefix: &str,
+        b: B,
+        apply: impl Fn(B, &str, &str) -> Option<B> + Copy,
+    ) -> B {
+        apply_options(from_env(prefix, b, apply), &self.options, apply)
     }
 
     /// Google Cloud Storage: the environment, then the options.
@@ -98,12 +106,12 @@ impl Storage {
         let apply = |b: GoogleCloudStorageBuilder, k: &str, v: &str| {
             k.parse().map(|k| b.with_config(k, v)).ok()
         };
-        let b = from_env(
-            "GOOGLE_",
-            GoogleCloudStorageBuilder::new().with_client_options(opts),
-            apply,
-        );
-        let b = apply_options(b, &self.options, apply)
+        let b = self
+            .configured(
+                "GOOGLE_",
+                GoogleCloudStorageBuilder::new().with_client_options(opts),
+                apply,
+            )
             .with_url(loc.store_url())
             .with_retry(retry);
         Ok(Arc::new(b.build().map_err(config_error(loc))?))
@@ -122,12 +130,12 @@ impl Storage {
         let apply = |b: MicrosoftAzureBuilder, k: &str, v: &str| {
             k.parse().map(|k| b.with_config(k, v)).ok()
         };
-        let b = from_env(
-            "AZURE_",
-            MicrosoftAzureBuilder::new().with_client_options(opts),
-            apply,
-        );
-        let mut b = apply_options(b, &self.options, apply)
+        let mut b = self
+            .configured(
+                "AZURE_",
+                MicrosoftAzureBuilder::new().with_client_options(opts),
+                apply,
+            )
             .with_url(loc.store_url())
             .with_retry(retry);
         if let Some(e) = &self.spec.endpoint {
@@ -136,15 +144,12 @@ impl Storage {
         if let Some(h) = self.spec.allow_http {
             b = b.with_allow_http(h);
         }
-        let allow_http = b
-            .get_config_value(&K::Client(ClientConfigKey::AllowHttp))
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        if let Some(e) = b.get_config_value(&K::Endpoint)
-            && is_plain_http(&e)
-            && !allow_http
-        {
-            return Err(plain_http_error(loc, &e, "or AZURE_ALLOW_HTTP=true"));
-        }
+        refuse_plain_http(
+            loc,
+            b.get_config_value(&K::Endpoint),
+            b.get_config_value(&K::Client(ClientConfigKey::AllowHttp)),
+            "AZURE_ALLOW_HTTP",
+        )?;
         Ok(Arc::new(b.build().map_err(config_error(loc))?))
     }
 }
@@ -189,6 +194,23 @@ fn plain_http_error(loc: &Location, endpoint: &str, setting: &str) -> Error {
              spec.storage.allowHttp: true ({setting}), or use an https:// endpoint",
             endpoint_origin(endpoint)
         ),
+    }
+}
+
+/// Refuses a plain http `endpoint` unless the builder's `allow_http` setting is true;
+/// `variable` is the environment variable that would allow it.
+fn refuse_plain_http(
+    loc: &Location,
+    endpoint: Option<String>,
+    allow_http: Option<String>,
+    variable: &str,
+) -> Result<()> {
+    let allowed = allow_http.is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    match endpoint {
+        Some(e) if is_plain_http(&e) && !allowed => {
+            Err(plain_http_error(loc, &e, &format!("or {variable}=true")))
+        }
+        _ => Ok(()),
     }
 }
 

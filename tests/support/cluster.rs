@@ -12,6 +12,51 @@ use std::time::Duration;
 
 pub const API_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A process killed (and reaped) however the test ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The controller binary for `ns` without election, its metrics on `metrics_addr`, logging
+/// at info; the caller adds its environment and spawns it.
+pub fn controller_command(ns: &str, metrics_addr: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(super::bin());
+    c.args([
+        "controller",
+        "--leader-elect=false",
+        "--namespace",
+        ns,
+        "--metrics-addr",
+        metrics_addr,
+    ])
+    .env("RUST_LOG", "info");
+    c
+}
+
+/// The Secret `s3-credentials` in `ns` with the S3 server's key and region (from its `env`),
+/// for the worker pods.
+pub async fn create_credentials_secret(client: &Client, ns: &str, env: &[(String, String)]) {
+    use super::env_value;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": env_value(env, "AWS_ACCESS_KEY_ID"),
+            "AWS_SECRET_ACCESS_KEY": env_value(env, "AWS_SECRET_ACCESS_KEY"),
+            "AWS_REGION": env_value(env, "AWS_REGION"),
+        }
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
 /// A client for the running test control plane; fails with instructions when there is none.
 pub async fn client() -> Client {
     assert!(
@@ -266,6 +311,15 @@ impl ControllerEnv {
         )
     }
 
+    /// The Jobs in the namespace.
+    pub async fn job_list(&self) -> Vec<k8s_openapi::api::batch::v1::Job> {
+        self.jobs
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
     /// The digits example as `name`, writing under [`out`](Self::out).
     pub fn digits(&self, name: &str, thresholds: &str) -> String {
         self.digits_in(name, &self.out(), thresholds)
@@ -309,6 +363,14 @@ impl ControllerEnv {
 }
 
 /// The status and reason of `cj`'s condition `type_` (it must have one).
+/// The message of `cj`'s status ("" without one).
+pub fn status_message(cj: &CompressionJob) -> String {
+    cj.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
 pub fn cond<'a>(cj: &'a CompressionJob, type_: &str) -> (&'a str, &'a str) {
     let c = cj
         .status

@@ -256,9 +256,6 @@ impl Capped {
 /// `limit`: a read without a bound fails its allocation (an abort, exit 134) instead of
 /// eating the machine; a wait without a deadline is killed and says so.
 pub fn run_capped(args: &[&str], envs: &[(&str, &str)], limit: Duration, mem_mib: u64) -> Capped {
-    use std::os::unix::process::CommandExt;
-    let logs = tempfile::tempdir().unwrap();
-    let (out_p, err_p) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let mut c = std::process::Command::new("sh");
     c.arg("-c")
         .arg(format!(
@@ -266,26 +263,14 @@ pub fn run_capped(args: &[&str], envs: &[(&str, &str)], limit: Duration, mem_mib
             mem_mib * 1024
         ))
         .arg(super::bin())
-        .args(args)
-        .current_dir(super::repo())
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out_p).unwrap())
-        .stderr(std::fs::File::create(&err_p).unwrap());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    let start = Instant::now();
-    let mut child = c.spawn().expect("spawn kompress");
-    let (status, timed_out) = super::wait_or_kill(&mut child, start, limit);
-    let read =
-        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+        .args(args);
+    let r = super::run_logged(&mut c, envs, limit);
     Capped {
-        code: status.code(),
-        stdout: read(&out_p),
-        stderr: read(&err_p),
-        elapsed: start.elapsed(),
-        timed_out,
+        code: r.status.code(),
+        stdout: r.stdout,
+        stderr: r.stderr,
+        elapsed: r.elapsed,
+        timed_out: r.timed_out,
     }
 }
 

@@ -149,29 +149,87 @@ pub fn mlp(widths: &[usize], seed: u64) -> pb::ModelProto {
         x = out;
     }
     pb::ModelProto {
-        ir_version: Some(9),
         producer_name: Some("kompress-tests".into()),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
         metadata_props: vec![pb::StringStringEntryProto {
             key: Some("fixture".into()),
             value: Some("mlp".into()),
         }],
-        graph: Some(pb::GraphProto {
-            name: Some("mlp".into()),
-            node: nodes,
-            initializer: inits,
-            input: vec![value_info("input", &[None, Some(widths[0] as i64)])],
-            output: vec![value_info(
-                "logits",
-                &[None, Some(*widths.last().unwrap() as i64)],
-            )],
-            ..Default::default()
-        }),
+        ..model_of(
+            9,
+            17,
+            pb::GraphProto {
+                name: Some("mlp".into()),
+                node: nodes,
+                initializer: inits,
+                input: vec![value_info("input", &[None, Some(widths[0] as i64)])],
+                output: vec![value_info(
+                    "logits",
+                    &[None, Some(*widths.last().unwrap() as i64)],
+                )],
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// A model of `graph` at IR version `ir`, importing the default ONNX domain at `opset`.
+pub fn model_of(ir: i64, opset: i64, graph: pb::GraphProto) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: Some(ir),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        graph: Some(graph),
         ..Default::default()
     }
+}
+
+/// The model's outputs on every sample of `ds`, flat, through ONNX Runtime with
+/// `eval_cfg(batch_size)` (the model opened and its inputs prepared on its own session).
+pub fn outputs_on(model: &Path, ds: &kompress::eval::Dataset, batch_size: usize) -> Vec<f32> {
+    use kompress::eval;
+    let cfg = eval_cfg(batch_size);
+    let mut s = eval::open(model, &cfg).unwrap();
+    let prep = eval::prepare(&s, ds, &cfg).unwrap();
+    eval::evaluate(&mut s, &prep, &cfg, &|_, _| {})
+        .unwrap()
+        .0
+        .values
+        .into_vec()
+        .unwrap()
+}
+
+/// [`outputs_on`] the npz at `data`.
+pub fn outputs(model: &Path, data: &Path, batch_size: usize) -> Vec<f32> {
+    outputs_on(
+        model,
+        &kompress::eval::Dataset::load(data).unwrap(),
+        batch_size,
+    )
+}
+
+/// The op types of the model's nodes, in order.
+pub fn ops(m: &kompress::onnx::Model) -> Vec<String> {
+    m.graph()
+        .node
+        .iter()
+        .map(|n| n.op_type.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Rewrites the values of the model's first initializer (`W0` of an [`mlp`]) with `edit`.
+pub fn edit_first_weight(model: &mut pb::ModelProto, edit: impl FnOnce(&mut Vec<f32>)) {
+    let w = &mut model.graph.as_mut().unwrap().initializer[0];
+    let mut v = kompress::onnx::tensor_f32_values(w).unwrap();
+    edit(&mut v);
+    kompress::onnx::set_f32_values(w, &v);
+}
+
+/// `model` written to `path` and loaded back as the pipeline loads it.
+pub fn write_and_load(model: &pb::ModelProto, path: &Path) -> kompress::onnx::Model {
+    write_model(model, path);
+    kompress::onnx::load(path).unwrap()
 }
 
 pub fn write_model(model: &pb::ModelProto, path: &Path) {
@@ -363,6 +421,39 @@ pub fn run_kompress(args: &[&str], envs: &[(&str, &str)]) -> Ran {
     }
 }
 
+/// Writes `yaml` to `dir/job.yaml` and runs it (`kompress run -o json`): it must exit 0; its
+/// JSON report.
+pub fn run_report(dir: &Path, yaml: &str) -> serde_json::Value {
+    run_json(&write_job(dir, yaml))
+}
+
+/// Runs the job manifest at `job` (`kompress run -o json`): it must exit 0; its JSON report.
+pub fn run_json(job: &str) -> serde_json::Value {
+    let r = run_kompress(&["run", "-f", job, "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+/// The arguments of `kompress compress MODEL OUT -f JOB [--calibration DATA]`.
+pub fn compress_args<'a>(
+    model: &'a Path,
+    out: &'a Path,
+    job: &'a str,
+    calibration: Option<&'a Path>,
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "compress",
+        model.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "-f",
+        job,
+    ];
+    if let Some(data) = calibration {
+        args.extend(["--calibration", data.to_str().unwrap()]);
+    }
+    args
+}
+
 /// Every file under a directory (relative paths), empty when it does not exist.
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -395,6 +486,45 @@ pub fn s3_env() -> Vec<(String, String)> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A variable of the S3 server's environment file (see [`s3_env`]).
+pub fn env_value(env: &[(String, String)], k: &str) -> String {
+    env.iter()
+        .find(|(n, _)| n == k)
+        .unwrap_or_else(|| panic!("{k} in the S3 env file"))
+        .1
+        .clone()
+}
+
+/// Puts the file `src` at `uri` (`s3://bucket/key`) with boto3.
+pub fn s3_put(env: &[(String, String)], src: &Path, uri: &str) {
+    boto(env, &["put", src.to_str().unwrap(), uri]);
+}
+
+/// Gets `uri` (`s3://bucket/key`) into the file `dst` with boto3.
+pub fn s3_get(env: &[(String, String)], uri: &str, dst: &Path) {
+    boto(env, &["get", uri, dst.to_str().unwrap()]);
+}
+
+/// The digits model and its evaluation set, put at `s3://models/<p>/model.onnx` and
+/// `s3://datasets/<p>/eval.npz`: their URIs.
+pub fn upload_digits(env: &[(String, String)], p: &str) -> (String, String) {
+    let r = repo();
+    let model = format!("s3://models/{p}/model.onnx");
+    let data = format!("s3://datasets/{p}/eval.npz");
+    s3_put(env, &r.join("examples/digits/model.onnx"), &model);
+    s3_put(env, &r.join("examples/digits/eval.npz"), &data);
+    (model, data)
+}
+
+/// A loopback port free now (the listener that found it is closed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn run_with_env(args: &[&str], env: &[(String, String)], extra: &[(&str, &str)]) -> Ran {
@@ -522,13 +652,9 @@ pub fn run_bounded(
     limit: std::time::Duration,
     measure_rss: bool,
 ) -> Finished {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
     let logs = tempfile::tempdir().unwrap();
-    let (out_p, err_p, rss_p) = (
-        logs.path().join("stdout"),
-        logs.path().join("stderr"),
-        logs.path().join("rss"),
-    );
+    let rss_p = logs.path().join("rss");
     let time = if measure_rss { gnu_time() } else { None };
     let mut c = match &time {
         Some(t) => {
@@ -538,24 +664,17 @@ pub fn run_bounded(
         }
         None => std::process::Command::new(bin()),
     };
-    c.args(args)
-        .current_dir(repo())
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out_p).unwrap())
-        .stderr(std::fs::File::create(&err_p).unwrap());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    let start = std::time::Instant::now();
-    let mut child = c.spawn().expect("spawn kompress");
-    let (status, timed_out) = wait_or_kill(&mut child, start, limit);
-    let elapsed = start.elapsed();
-    let read =
-        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    c.args(args);
+    let Logged {
+        status,
+        timed_out,
+        stdout,
+        stderr,
+        elapsed,
+    } = run_logged(&mut c, envs, limit);
+    let rss_text = String::from_utf8_lossy(&std::fs::read(&rss_p).unwrap_or_default()).into_owned();
     // GNU time reports a child killed by a signal as "Command terminated by signal N" and exits
     // 128+N; its %M is the last line of its output file.
-    let rss_text = read(&rss_p);
     let mut code = status.code();
     let mut signal = status.signal();
     if time.is_some()
@@ -574,11 +693,54 @@ pub fn run_bounded(
     Finished {
         code,
         signal,
-        stdout: read(&out_p),
-        stderr: read(&err_p),
+        stdout,
+        stderr,
         elapsed,
         timed_out,
         max_rss_kb,
+    }
+}
+
+/// How a [`run_logged`] process ended.
+pub struct Logged {
+    pub status: std::process::ExitStatus,
+    /// It ran past its limit and was killed (with its process group).
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// Runs `c` (cwd = the repo, `envs` added) in its own process group with stdin closed and
+/// stdout/stderr to files (no pipe can fill up), killing the whole group after `limit`.
+pub fn run_logged(
+    c: &mut std::process::Command,
+    envs: &[(&str, &str)],
+    limit: std::time::Duration,
+) -> Logged {
+    use std::os::unix::process::CommandExt;
+    let logs = tempfile::tempdir().unwrap();
+    let (out_p, err_p) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    c.current_dir(repo())
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_p).unwrap())
+        .stderr(std::fs::File::create(&err_p).unwrap());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let start = std::time::Instant::now();
+    let mut child = c.spawn().expect("spawn kompress");
+    let (status, timed_out) = wait_or_kill(&mut child, start, limit);
+    let elapsed = start.elapsed();
+    let read =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    Logged {
+        status,
+        timed_out,
+        stdout: read(&out_p),
+        stderr: read(&err_p),
+        elapsed,
     }
 }
 
@@ -736,25 +898,23 @@ pub fn embedding(v: usize, d: usize, axis: i64, computed: bool, seed: u64) -> pb
         vec![kompress::onnx::attr_int("axis", axis)],
     ));
     pb::ModelProto {
-        ir_version: Some(9),
         producer_name: Some("kompress-tests".into()),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(pb::GraphProto {
-            name: Some("embedding".into()),
-            node: nodes,
-            initializer: vec![f32_tensor("table", &[v as i64, d as i64], &table)],
-            input: vec![vi("ids", pb::tensor_proto::DataType::Int64, &[None, None])],
-            output: vec![vi(
-                "emb",
-                pb::tensor_proto::DataType::Float,
-                &[None, None, Some(d as i64)],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..model_of(
+            9,
+            17,
+            pb::GraphProto {
+                name: Some("embedding".into()),
+                node: nodes,
+                initializer: vec![f32_tensor("table", &[v as i64, d as i64], &table)],
+                input: vec![vi("ids", pb::tensor_proto::DataType::Int64, &[None, None])],
+                output: vec![vi(
+                    "emb",
+                    pb::tensor_proto::DataType::Float,
+                    &[None, None, Some(d as i64)],
+                )],
+                ..Default::default()
+            },
+        )
     }
 }
 

@@ -52,6 +52,27 @@ fn finished(phase: Phase, result: Option<JobResult>) -> Observed {
     }))
 }
 
+/// A worker that failed with `reason` (and, when given, `message`).
+fn failed(reason: &str, permanent: Option<bool>, message: Option<&str>) -> Observed {
+    Observed::Finished(Box::new(WorkerMessage {
+        phase: Phase::Failed,
+        result: None,
+        reason: Some(reason.into()),
+        permanent,
+        message: message.map(Into::into),
+    }))
+}
+
+/// The first status of `generation` (no old status) with its Job in `observed`, at 200s.
+fn first(generation: i64, observed: &Observed) -> CompressionJobStatus {
+    desired(Some(generation), None, Some(&run()), observed, &at(200))
+}
+
+/// Generation 1's status after `old`, with its Job now in `observed`, at `secs`.
+fn next(old: &CompressionJobStatus, observed: &Observed, secs: i64) -> CompressionJobStatus {
+    desired(Some(1), Some(old), Some(&run()), observed, &at(secs))
+}
+
 fn cond<'a>(s: &'a CompressionJobStatus, t: &str) -> &'a Condition {
     s.conditions
         .iter()
@@ -68,13 +89,7 @@ fn statuses(s: &CompressionJobStatus) -> Vec<(&str, &str)> {
 
 /// Generation 2's status once its Job finished with `r`.
 fn succeeded_with(r: JobResult) -> CompressionJobStatus {
-    desired(
-        Some(2),
-        None,
-        Some(&run()),
-        &finished(Phase::Succeeded, Some(r)),
-        &at(200),
-    )
+    first(2, &finished(Phase::Succeeded, Some(r)))
 }
 
 #[test]
@@ -111,13 +126,7 @@ fn a_cached_result_says_where_it_came_from() {
 
 #[test]
 fn promoted_candidate_is_ready_evaluated_and_promoted() {
-    let s = desired(
-        Some(2),
-        None,
-        Some(&run()),
-        &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
-        &at(200),
-    );
+    let s = succeeded_with(result(Verdict::Passed, true));
     assert_eq!(s.phase, Some(Phase::Succeeded));
     assert_eq!(
         statuses(&s),
@@ -152,13 +161,7 @@ fn promoted_candidate_is_ready_evaluated_and_promoted() {
 
 #[test]
 fn passing_candidate_without_promote_target_is_ready_but_not_promoted() {
-    let s = desired(
-        Some(2),
-        None,
-        Some(&run()),
-        &finished(Phase::Succeeded, Some(result(Verdict::Passed, false))),
-        &at(200),
-    );
+    let s = succeeded_with(result(Verdict::Passed, false));
     assert_eq!(cond(&s, "Ready").status, "True");
     assert_eq!(
         (
@@ -171,12 +174,9 @@ fn passing_candidate_without_promote_target_is_ready_but_not_promoted() {
 
 #[test]
 fn rejected_candidate_is_evaluated_not_ready_stalled_and_never_promoted() {
-    let s = desired(
-        Some(2),
-        None,
-        Some(&run()),
+    let s = first(
+        2,
         &finished(Phase::Rejected, Some(result(Verdict::Rejected, false))),
-        &at(200),
     );
     assert_eq!(s.phase, Some(Phase::Rejected));
     assert_eq!(
@@ -203,19 +203,13 @@ fn rejected_candidate_is_evaluated_not_ready_stalled_and_never_promoted() {
 
 #[test]
 fn worker_failure_stalls_with_the_worker_category() {
-    let m = WorkerMessage {
-        phase: Phase::Failed,
-        result: None,
-        reason: Some("InvalidModel".into()),
-        permanent: Some(true),
-        message: Some("model.onnx: not an ONNX model".into()),
-    };
-    let s = desired(
-        Some(2),
-        None,
-        Some(&run()),
-        &Observed::Finished(Box::new(m)),
-        &at(200),
+    let s = first(
+        2,
+        &failed(
+            "InvalidModel",
+            Some(true),
+            Some("model.onnx: not an ONNX model"),
+        ),
     );
     assert_eq!(s.phase, Some(Phase::Failed));
     assert_eq!(
@@ -232,32 +226,13 @@ fn worker_failure_stalls_with_the_worker_category() {
 
 #[test]
 fn unreadable_reason_falls_back_to_worker_failed() {
-    let m = WorkerMessage {
-        phase: Phase::Failed,
-        result: None,
-        reason: Some("oom killed!".into()),
-        permanent: None,
-        message: None,
-    };
-    let s = desired(
-        Some(1),
-        None,
-        Some(&run()),
-        &Observed::Finished(Box::new(m)),
-        &at(200),
-    );
+    let s = first(1, &failed("oom killed!", None, None));
     assert_eq!(cond(&s, "Stalled").reason, "WorkerFailed");
 }
 
 #[test]
 fn success_without_a_result_is_a_failure() {
-    let s = desired(
-        Some(1),
-        None,
-        Some(&run()),
-        &finished(Phase::Succeeded, None),
-        &at(200),
-    );
+    let s = first(1, &finished(Phase::Succeeded, None));
     assert_eq!(s.phase, Some(Phase::Failed));
     assert_eq!(cond(&s, "Stalled").status, "True");
 }
@@ -293,7 +268,7 @@ fn invalid_spec_stalls_without_a_job() {
 
 #[test]
 fn work_in_progress_is_reconciling_and_has_no_completion_time() {
-    let s = desired(Some(1), None, Some(&run()), &Observed::Running, &at(200));
+    let s = first(1, &Observed::Running);
     assert_eq!(s.phase, Some(Phase::Running));
     assert_eq!(
         statuses(&s),
@@ -311,28 +286,16 @@ fn work_in_progress_is_reconciling_and_has_no_completion_time() {
 
 #[test]
 fn unchanged_observation_keeps_every_transition_time_and_equals_the_old_status() {
-    let first = desired(Some(1), None, Some(&run()), &Observed::Pending, &at(200));
-    let again = desired(
-        Some(1),
-        Some(&first),
-        Some(&run()),
-        &Observed::Pending,
-        &at(300),
-    );
-    assert_eq!(first, again, "no write and no Event when nothing changed");
-    assert!(transition_event(Some(&first), &again).is_none());
+    let before = first(1, &Observed::Pending);
+    let again = next(&before, &Observed::Pending, 300);
+    assert_eq!(before, again, "no write and no Event when nothing changed");
+    assert!(transition_event(Some(&before), &again).is_none());
 }
 
 #[test]
 fn only_conditions_whose_status_changes_get_a_new_transition_time() {
-    let pending = desired(Some(1), None, Some(&run()), &Observed::Pending, &at(200));
-    let running = desired(
-        Some(1),
-        Some(&pending),
-        Some(&run()),
-        &Observed::Running,
-        &at(300),
-    );
+    let pending = first(1, &Observed::Pending);
+    let running = next(&pending, &Observed::Running, 300);
     // Pending -> Running: every status stays the same, only reasons change
     assert!(
         running
@@ -341,12 +304,10 @@ fn only_conditions_whose_status_changes_get_a_new_transition_time() {
             .all(|c| c.last_transition_time == at(200))
     );
     assert_eq!(cond(&running, "Ready").reason, "Running");
-    let done = desired(
-        Some(1),
-        Some(&running),
-        Some(&run()),
+    let done = next(
+        &running,
         &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
-        &at(400),
+        400,
     );
     assert_eq!(cond(&done, "Ready").last_transition_time, at(400));
     assert_eq!(
@@ -388,13 +349,7 @@ fn a_new_generation_is_a_transition_even_in_the_same_phase() {
 fn status_survives_the_api_round_trip_unchanged() {
     // the old status comes back through JSON: equality must hold across it, or every
     // reconcile would write
-    let s = desired(
-        Some(2),
-        None,
-        Some(&run()),
-        &finished(Phase::Succeeded, Some(result(Verdict::Passed, true))),
-        &at(200),
-    );
+    let s = succeeded_with(result(Verdict::Passed, true));
     let back: CompressionJobStatus =
         serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
     assert_eq!(s, back);

@@ -7,7 +7,7 @@
 
 use super::QuantizeConfig;
 use super::int8::{self, Form, Int8Weight, Plan, unsupported};
-use crate::onnx::{self, Model, attr_int, f32_tensor, pb, tensor_f32_values};
+use crate::onnx::{self, Model, f32_tensor, pb, tensor_f32_values};
 use crate::passes::rewrite::Rewrite;
 use crate::passes::weights::{Weight, node_label};
 use crate::passes::{PassReport, Result, Skipped};
@@ -29,13 +29,9 @@ impl Form for Dynamic {
     fn description(&self, cfg: &QuantizeConfig) -> String {
         format!(
             "int8 dynamic (MatMulInteger), {}{}",
-            if cfg.per_channel {
-                "per-channel"
-            } else {
-                "per-tensor"
-            },
+            int8::granularity(cfg),
             if cfg.reduce_range {
-                ", 7-bit weights (no int16 saturation on CPUs without VNNI)"
+                int8::SEVEN_BIT
             } else {
                 ", 8-bit weights (can saturate on x86 CPUs without VNNI)"
             }
@@ -218,16 +214,7 @@ fn matmul_integer(
             vec![mmi.clone()],
             vec![],
         ),
-        onnx::node(
-            "Cast",
-            rw.fresh(&format!("{base}_cast")),
-            vec![mmi],
-            vec![cast.clone()],
-            vec![attr_int(
-                "to",
-                pb::tensor_proto::DataType::Float as i32 as i64,
-            )],
-        ),
+        onnx::cast_to_float(rw.fresh(&format!("{base}_cast")), mmi, cast.clone()),
         onnx::node(
             "Mul",
             rw.fresh(&format!("{base}_scales_mul")),

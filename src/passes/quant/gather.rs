@@ -102,16 +102,7 @@ fn scaled_rows(
     let cast = rw.fresh(&format!("{y}_cast"));
     let gs = rw.fresh(&format!("{y}_scales"));
     vec![
-        onnx::node(
-            "Cast",
-            rw.fresh(&format!("{base}_cast")),
-            vec![gq],
-            vec![cast.clone()],
-            vec![attr_int(
-                "to",
-                pb::tensor_proto::DataType::Float as i32 as i64,
-            )],
-        ),
+        onnx::cast_to_float(rw.fresh(&format!("{base}_cast")), gq, cast.clone()),
         onnx::node(
             "Gather",
             rw.fresh(&format!("{base}_scales")),

@@ -12,6 +12,18 @@ use crate::passes::{Error, PassReport, Result, Skipped, TensorReport, math};
 use math::{ChannelLayout, Quantized};
 
 /// The largest weight code: 63 for 7-bit weights (`reduce_range`), else 127.
+/// What a form's description says of the weights' scales: "per-channel" or "per-tensor".
+pub(super) fn granularity(cfg: &QuantizeConfig) -> &'static str {
+    if cfg.per_channel {
+        "per-channel"
+    } else {
+        "per-tensor"
+    }
+}
+
+/// What the dynamic and weight-only forms' descriptions say of 7-bit weights.
+pub(super) const SEVEN_BIT: &str = ", 7-bit weights (no int16 saturation on CPUs without VNNI)";
+
 pub(super) fn qmax(cfg: &QuantizeConfig) -> i8 {
     if cfg.reduce_range { 63 } else { 127 }
 }
@@ -267,7 +279,7 @@ fn quantize(
         _ => {
             let mut values = weight_values(model, w)?;
             if let Plan::Integer { transpose: true } = plan {
-                values = transpose2(&values, dims[0], dims[1]);
+                values = math::transpose(&values, dims[0], dims[1]);
                 dims.swap(0, 1);
                 axis = 1;
             }
@@ -335,14 +347,4 @@ pub(super) fn dequantize_in_front(rw: &mut Rewrite, w: &Weight, q: &Int8Weight) 
     for &(ni, _) in &w.users {
         rw.input_renames.push((ni, 1, dq.clone()));
     }
-}
-
-fn transpose2(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
-        }
-    }
-    out
 }

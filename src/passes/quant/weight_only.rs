@@ -18,13 +18,9 @@ impl Form for WeightOnly {
     fn description(&self, cfg: &QuantizeConfig) -> String {
         format!(
             "int8 weight-only (QDQ), {}{}",
-            if cfg.per_channel {
-                "per-channel"
-            } else {
-                "per-tensor"
-            },
+            int8::granularity(cfg),
             if cfg.reduce_range {
-                ", 7-bit weights (no int16 saturation on CPUs without VNNI)"
+                int8::SEVEN_BIT
             } else {
                 ""
             }

@@ -349,17 +349,16 @@ pub fn unpack(packed: &[u8], n: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::passes::math::lcg;
 
-    fn lcg(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
+    /// `rows` rows of `len` values in blocks of `block`, `pad`ded to whole blocks or not.
+    fn layout(rows: usize, len: usize, block: usize, pad: bool) -> BlockLayout {
+        BlockLayout {
+            rows,
+            len,
+            block,
+            pad,
+        }
     }
 
     fn contiguous(w: &[f32], len: usize) -> impl Fn(usize, &mut [f32]) + Sync + '_ {
@@ -463,12 +462,7 @@ mod tests {
             },
         ] {
             let w = vec![0f32; 2 * 32];
-            let layout = BlockLayout {
-                rows: 2,
-                len: 32,
-                block: 16,
-                pad: true,
-            };
+            let layout = layout(2, 32, 16, true);
             let p = quantize_blocks(layout, numerics, &contiguous(&w, 32));
             assert!(p.scales.iter().all(|s| *s == 0.0), "{:?}", p.scales);
             assert_eq!(p.max_abs_error, 0.0);
@@ -482,12 +476,7 @@ mod tests {
     fn a_row_not_a_multiple_of_the_block_is_padded_with_the_code_of_zero() {
         // K = 20, blocks of 16: 2 blocks, the second holds 4 values and 12 padding codes.
         let w: Vec<f32> = (0..20).map(|i| i as f32 - 10.0).collect();
-        let layout = BlockLayout {
-            rows: 1,
-            len: 20,
-            block: 16,
-            pad: true,
-        };
+        let layout = layout(1, 20, 16, true);
         assert_eq!(
             (layout.blocks(), layout.row_bytes(), layout.zp_row_bytes()),
             (2, 16, 1)
@@ -529,12 +518,7 @@ mod tests {
     fn unpadded_rows_store_exactly_len_codes() {
         // GatherBlockQuantized: D = 40 with blocks of 16 stores 20 bytes per row, 3 scales.
         let w = lcg(3 * 40, 5);
-        let layout = BlockLayout {
-            rows: 3,
-            len: 40,
-            block: 16,
-            pad: false,
-        };
+        let layout = layout(3, 40, 16, false);
         let p = quantize_blocks(layout, RTN_SYM, &contiguous(&w, 40));
         assert_eq!((p.data.len(), p.scales.len()), (60, 9));
         let codes = unpack(&p.data, 120);
@@ -554,12 +538,7 @@ mod tests {
     fn rtn_error_is_half_a_step_inside_the_code_range_and_at_most_one_step_outside() {
         let w = lcg(64 * 100, 7);
         for numerics in [RTN_SYM, RTN_ASYM] {
-            let layout = BlockLayout {
-                rows: 64,
-                len: 100,
-                block: 32,
-                pad: true,
-            };
+            let layout = layout(64, 100, 32, true);
             let p = quantize_blocks(layout, numerics, &contiguous(&w, 100));
             let codes = unpack(&p.data, 64 * 128);
             let zps = p.zero_points.as_ref().map(|z| unpack(z, 64 * 4));

@@ -3,10 +3,9 @@
 //! around the Convs ([`qdq_chain`]) quantized at its producers.
 
 use super::Qdq;
-use crate::onnx::{self, DataType, f32_tensor, int8_tensor, pb};
+use crate::onnx::{self, DataType, f32_tensor, int8_tensor, pb, raw_tensor};
 use crate::passes::Result;
 use crate::passes::qdq_chain::{Chain, ChainTensor};
-use bytes::Bytes;
 use std::collections::HashSet;
 
 /// Scale and zero point of an activation range (ONNX Runtime's rule): asymmetric widens
@@ -264,21 +263,6 @@ impl Act {
             q: dq[0].clone(),
             zero_point: dq[2].clone(),
         }
-    }
-}
-
-pub(super) fn raw_tensor(
-    name: &str,
-    dims: &[i64],
-    dtype: DataType,
-    raw: Vec<u8>,
-) -> pb::TensorProto {
-    pb::TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(dtype.to_i32()),
-        raw_data: Some(Bytes::from(raw)),
-        ..Default::default()
     }
 }
 

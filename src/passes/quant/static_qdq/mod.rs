@@ -387,11 +387,7 @@ fn describe(cfg: &QuantizeConfig, a: &Activations, cal: &Calibrated) -> String {
         } else {
             "asymmetric"
         },
-        if cfg.per_channel {
-            "per-channel"
-        } else {
-            "per-tensor"
-        },
+        int8::granularity(cfg),
         cal.summary
     )
 }

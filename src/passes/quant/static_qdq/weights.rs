@@ -3,8 +3,8 @@
 //! of input times weight (Conv's and Gemm's C, or the Add of a constant after a MatMul).
 
 use super::Qdq;
-use super::activations::{Act, raw_tensor};
-use crate::onnx::{self, DataType, TensorData, attr_int, f32_tensor, int8_tensor, pb};
+use super::activations::Act;
+use crate::onnx::{self, DataType, TensorData, attr_int, f32_tensor, int8_tensor, pb, raw_tensor};
 use crate::passes::quant::QuantizeConfig;
 use crate::passes::quant::int8::tensor_report;
 use crate::passes::weights::{Weight, weight_values};
