@@ -289,20 +289,34 @@ fn compress_measured(model: &Path, out: &Path, job: &str, data: &Path) -> suppor
     f
 }
 
+/// A job with one static pass over the Convs of [`wide_conv_model`], written in `dir`
+/// (`evaluation.batchSize` 128, which calibration must not follow).
+fn conv_calibration_job(
+    dir: &Path,
+    model: &Path,
+    data: &Path,
+    method: &str,
+    samples: usize,
+    batch: Option<usize>,
+) -> String {
+    let batch_line = batch.map_or(String::new(), |b| format!("          batchSize: {b}\n"));
+    support::write_job(
+        dir,
+        &format!(
+            "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: mem\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n  passes:\n    - quantize:\n        mode: static\n        ops: [Conv]\n        calibration:\n          method: {method}\n          samples: {samples}\n{batch_line}  output:\n    uri: {}\n  evaluation:\n    batchSize: 128\n    threads: 1\n",
+            model.display(),
+            data.display(),
+            dir.join("out").display()
+        ),
+    )
+}
+
 #[test]
 fn calibration_memory_stays_flat_at_eight_times_the_samples() {
     let n = 512;
     let (dir, model, data) = wide_conv_setup(n, 5);
     let peak_kb = |samples: usize| {
-        let job = support::write_job(
-            dir.path(),
-            &format!(
-                "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: mem\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n  passes:\n    - quantize:\n        mode: static\n        ops: [Conv]\n        calibration:\n          method: entropy\n          samples: {samples}\n  output:\n    uri: {}\n  evaluation:\n    batchSize: 16\n    threads: 1\n",
-                model.display(),
-                data.display(),
-                dir.path().join("out").display()
-            ),
-        );
+        let job = conv_calibration_job(dir.path(), &model, &data, "entropy", samples, None);
         let out = dir.path().join(format!("q{samples}.onnx"));
         let f = compress_measured(&model, &out, &job, &data);
         assert!(
@@ -331,16 +345,7 @@ fn calibration_memory_follows_its_own_batch_not_the_evaluation_batch() {
     let n = 128;
     let (dir, model, data) = wide_conv_setup(n, 6);
     let peak_kb = |batch: Option<usize>| {
-        let batch_line = batch.map_or(String::new(), |b| format!("          batchSize: {b}\n"));
-        let job = support::write_job(
-            dir.path(),
-            &format!(
-                "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: mem\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n  passes:\n    - quantize:\n        mode: static\n        ops: [Conv]\n        calibration:\n          method: minMax\n          samples: {n}\n{batch_line}  output:\n    uri: {}\n  evaluation:\n    batchSize: 128\n    threads: 1\n",
-                model.display(),
-                data.display(),
-                dir.path().join("out").display()
-            ),
-        );
+        let job = conv_calibration_job(dir.path(), &model, &data, "minMax", n, batch);
         let out = dir.path().join("q.onnx");
         let f = compress_measured(&model, &out, &job, &data);
         let want = batch.map_or("batch up to 8 within 256 MiB".to_string(), |b| {
@@ -396,16 +401,7 @@ fn an_unset_calibration_batch_shrinks_to_fit_large_activations() {
     let n = 12;
     let (dir, model, data) = wide_conv_setup_sized(n, 7, 320);
     let run = |batch: Option<usize>| {
-        let batch_line = batch.map_or(String::new(), |b| format!("          batchSize: {b}\n"));
-        let job = support::write_job(
-            dir.path(),
-            &format!(
-                "apiVersion: kompress.dev/v1alpha1\nkind: CompressionJob\nmetadata:\n  name: auto\nspec:\n  model:\n    uri: {}\n  dataset:\n    uri: {}\n  passes:\n    - quantize:\n        mode: static\n        ops: [Conv]\n        calibration:\n          method: minMax\n          samples: {n}\n{batch_line}  output:\n    uri: {}\n",
-                model.display(),
-                data.display(),
-                dir.path().join("out").display()
-            ),
-        );
+        let job = conv_calibration_job(dir.path(), &model, &data, "minMax", n, batch);
         let out = dir.path().join(format!("q{}.onnx", batch.unwrap_or(0)));
         let f = compress_measured(&model, &out, &job, &data);
         (f, std::fs::read(&out).unwrap())
