@@ -413,24 +413,10 @@ fn an_unset_calibration_batch_shrinks_to_fit_large_activations() {
         .lines()
         .find(|l| l.contains("MiB of activations a row, so "))
         .unwrap_or_else(|| panic!("no chosen batch in: {}", auto.stderr));
-    let mib: f64 = line
-        .split("calibration: ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let rows: usize = line
-        .split("so ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    // "calibration: 40.6 MiB of activations a row, so 6 rows a run"
+    let word_after = |key: &str| line.split(key).nth(1).and_then(|r| r.split(' ').next());
+    let mib: f64 = word_after("calibration: ").unwrap().parse().unwrap();
+    let rows: usize = word_after("so ").unwrap().parse().unwrap();
     assert!(
         (30.0..60.0).contains(&mib) && (1..8).contains(&rows) && rows as f64 * mib <= 256.0,
         "{line}"
