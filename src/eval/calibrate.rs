@@ -420,13 +420,11 @@ pub fn run(
         let bytes = calibrate_batch(opened, &mut feeder, n, &mut stats)?;
         if done == 0 {
             row_bytes = bytes / n as u64;
-            if let (
-                CalibrationBatch::UpTo {
-                    rows: most,
-                    bytes: budget,
-                },
-                false,
-            ) = (batch, stateful)
+            if let CalibrationBatch::UpTo {
+                rows: most,
+                bytes: budget,
+            } = batch
+                && !stateful
             {
                 size = rows_within(row_bytes, most, budget);
             }
