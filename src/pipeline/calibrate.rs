@@ -90,13 +90,6 @@ pub fn calibrate_with(
         unreachable!("static_pass returns quantize passes")
     };
     let settings = Settings::of(q);
-    let most = match settings.batch {
-        CalibrationBatch::Fixed(n) | CalibrationBatch::UpTo { rows: n, .. } => n,
-    };
-    let cfg = &EvalConfig {
-        batch_size: usize::try_from(most).unwrap_or(1).max(1),
-        ..cfg.clone()
-    };
     let cal_err = |source| Error::Eval {
         which: "original (calibration)",
         source,
