@@ -386,3 +386,95 @@ fn gather_on_axis_1_or_on_a_computed_table_is_skipped_with_a_reason() {
         );
     }
 }
+
+/// Whether this CPU's int8 dot products cannot saturate int16 (VNNI on x86, any ARM): on
+/// x86 without it ONNX Runtime multiplies with `vpmaddubsw`. Under `hack/avx2/as-avx2` the
+/// masked CPUID says no, to this check and to ONNX Runtime alike.
+fn integer_dot_exact() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    true
+}
+
+/// The candidate's outputs on activations that quantize to 255 against the exact integer
+/// product of its stored codes: the largest relative difference over the outputs.
+fn saturation_error(per_channel: bool, reduce_range: Option<bool>) -> f64 {
+    let (k, n) = (96, 24);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.onnx");
+    let mut model = mlp(&[k, n], 5);
+    // Heavy-tailed weights, and large same-sign neighbours along K at both alignments
+    // (rows 0-1, 3-4) and around one column's largest weight (rows 9-11).
+    edit_first_weight(&mut model, |w| {
+        for v in w.iter_mut() {
+            *v = *v * *v * *v;
+        }
+        for (r, c, v) in [(0, 0, 1.0), (1, 0, 0.9), (3, 1, -1.0), (4, 1, -0.95)] {
+            w[r * n + c] = v;
+        }
+        for (r, v) in [(9, 0.6), (10, 0.7), (11, 0.65)] {
+            w[r * n + 2] = v;
+        }
+    });
+    write_model(&model, &src);
+    // Every input 1.0: DynamicQuantizeLinear's range is [0, 1], every code 255.
+    let data = dir.path().join("data.npz");
+    let ones = vec![1f32; 4 * k];
+    write_npz(&data, &[("input", f32_array(&[4, k], &ones))]);
+    let mut m = onnx::load(&src).unwrap();
+    Pass::from_spec(&PassSpec::Quantize(QuantizeSpec {
+        mode: QuantMode::Dynamic,
+        per_channel: Some(per_channel),
+        reduce_range,
+        ..Default::default()
+    }))
+    .apply(&mut m)
+    .unwrap();
+    let out = dir.path().join("candidate.onnx");
+    onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
+    let got = outputs(&out, &data, 4);
+    let init = |name: &str| {
+        m.graph()
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+            .unwrap()
+            .clone()
+    };
+    let q = init("W0_quantized").raw_data.unwrap();
+    let scales = onnx::tensor_f32_values(&init("W0_scale")).unwrap();
+    let bias = onnx::tensor_f32_values(&init("B0")).unwrap();
+    let mut worst = 0f64;
+    for (i, y) in got.iter().enumerate() {
+        let c = i % n;
+        let dot: i64 = (0..k).map(|r| 255 * i64::from(q[r * n + c] as i8)).sum();
+        let s = scales[if per_channel { c } else { 0 }];
+        let exact = dot as f64 * f64::from(s) / 255.0 + f64::from(bias[c]);
+        worst = worst.max((f64::from(*y) - exact).abs() / exact.abs().max(1e-3));
+    }
+    worst
+}
+
+#[test]
+fn default_int8_weights_are_exact_under_this_cpus_integer_kernel() {
+    let exact = integer_dot_exact();
+    for per_channel in [false, true] {
+        // The default (pair-bounded 8-bit, target auto) and reduceRange: true never
+        // saturate, whatever the CPU.
+        for reduce_range in [None, Some(true)] {
+            let err = saturation_error(per_channel, reduce_range);
+            assert!(
+                err < 1e-4,
+                "perChannel {per_channel}, reduceRange {reduce_range:?}: relative error {err:.3e}"
+            );
+        }
+        // Plain 8-bit codes do where the CPU lacks VNNI: the check has teeth there.
+        let err = saturation_error(per_channel, Some(false));
+        eprintln!("perChannel {per_channel}: 8-bit codes off by {err:.3e} (exact CPU: {exact})");
+        assert_eq!(err < 1e-4, exact, "8-bit codes: relative error {err:.3e}");
+    }
+}

@@ -646,7 +646,9 @@ fn static_quantization_sets_the_last_rows_aside_for_calibration_and_never_scores
     let d = pass["description"].as_str().unwrap();
     assert!(
         // uint8 activations by default except on arm64 (ORT fuses U8S8 joins on x86).
-        d.contains("U8S8") && d.contains("7-bit weights") && d.contains("minMax over 128 samples"),
+        d.contains("U8S8")
+            && d.contains("8-bit weights bounded in pairs")
+            && d.contains("minMax over 128 samples"),
         "{d}"
     );
     assert_eq!(pass["tensors"].as_array().unwrap().len(), 3, "{pass}");

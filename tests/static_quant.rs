@@ -173,6 +173,7 @@ struct Quantized {
     rel_max_err: f64,
     cosine: f64,
     report: kompress::report::PassReport,
+    model: onnx::Model,
 }
 
 /// ORT's own optimized graph of `path` (what it will actually run).
@@ -260,6 +261,7 @@ fn quantize(m: &pb::ModelProto, sample: &[usize], pass: &PassSpec) -> Quantized 
         rel_max_err: err / amax,
         cosine: eval::metrics::closeness(&base, &cand, base.len()).0,
         report,
+        model: q,
     }
 }
 
@@ -923,4 +925,107 @@ fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
         unreachable!()
     };
     assert!(c.activations().unwrap().narrow_convs_float);
+}
+
+/// A stored int8 weight's codes.
+fn codes(m: &onnx::Model, name: &str) -> Vec<i32> {
+    let t = m
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no {name}"));
+    t.raw_data
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|b| i32::from(*b as i8))
+        .collect()
+}
+
+/// The largest sum of two same-sign codes among `groups` (each a list of indices) that a
+/// kernel may pair: `adjacent` ones along the list, or any two.
+fn worst_pair(q: &[i32], groups: &[Vec<usize>], adjacent: bool) -> i32 {
+    let mut worst = 0;
+    for g in groups {
+        for (x, &i) in g.iter().enumerate() {
+            worst = worst.max(q[i].abs());
+            let partners: Vec<usize> = if adjacent {
+                g.get(x + 1).copied().into_iter().collect()
+            } else {
+                g[x + 1..].to_vec()
+            };
+            for j in partners {
+                if q[i].signum() == q[j].signum() {
+                    worst = worst.max(q[i].abs() + q[j].abs());
+                }
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn default_static_weights_bound_every_pair_a_kernel_may_add_in_int16() {
+    // Target auto: 8-bit codes with no two that one `vpmaddubsw` adds (neighbours along a
+    // MatMul's K; any two in a Conv's output channel) above 128 together, so a uint8
+    // activation of 255 cannot overflow int16 on x86 without VNNI; and more than 7 bits used.
+    for per_channel in [true, false] {
+        let with = |mut p: PassSpec| {
+            if let PassSpec::Quantize(q) = &mut p {
+                q.per_channel = Some(per_channel);
+            }
+            p
+        };
+        let (m, s) = matmul_model();
+        let q = quantize(
+            &m,
+            &s,
+            &with(spec(
+                &["MatMul"],
+                ActivationType::Uint8,
+                false,
+                CalibrationMethod::MinMax,
+            )),
+        );
+        assert!(
+            q.report
+                .description
+                .contains("8-bit weights bounded in pairs"),
+            "{}",
+            q.report.description
+        );
+        let (k, n) = (64, 128);
+        let w0 = codes(&q.model, "W0_quantized");
+        let columns: Vec<Vec<usize>> = (0..n)
+            .map(|c| (0..k).map(|r| r * n + c).collect())
+            .collect();
+        let worst = worst_pair(&w0, &columns, true);
+        let top = w0.iter().map(|v| v.abs()).max().unwrap();
+        eprintln!("MatMul per-channel {per_channel}: largest code {top}, largest pair {worst}");
+        assert!(worst <= 128 && top > 63, "largest code {top}, pair {worst}");
+        assert_close(&q, CalibrationMethod::MinMax);
+
+        let (m, s) = conv_model();
+        let q = quantize(
+            &m,
+            &s,
+            &with(spec(
+                &["Conv"],
+                ActivationType::Uint8,
+                false,
+                CalibrationMethod::MinMax,
+            )),
+        );
+        for (name, per) in [("K0_quantized", 27), ("K1_quantized", 144)] {
+            let k = codes(&q.model, name);
+            let channels: Vec<Vec<usize>> = (0..16)
+                .map(|c| (c * per..(c + 1) * per).collect())
+                .collect();
+            let worst = worst_pair(&k, &channels, false);
+            eprintln!("Conv {name} per-channel {per_channel}: largest pair {worst}");
+            assert!(worst <= 128, "{name}: pair {worst}");
+        }
+        assert_close(&q, CalibrationMethod::MinMax);
+    }
 }

@@ -7,7 +7,7 @@ use super::{ActivationType, CalibrationBatch, CalibrationPlan, SecretKeyRef};
 use super::{
     CalibrationMethodSpec, CompressionJobSpec, EvaluationPlan, EvaluationSpec, EvaluatorPlan,
     EvaluatorSpec, Fp16Spec, InputFeed, LowRankSpec, Plan, PruneSpec, QuantMode, QuantizeSpec,
-    SearchForm, SearchPlan, SearchSpec, TargetCpu, ops,
+    SearchForm, SearchPlan, SearchSpec, TargetCpu, WeightRange, ops,
 };
 
 /// `spec.output.cache`.
@@ -202,12 +202,19 @@ impl QuantizeSpec {
         self.per_channel.unwrap_or(PER_CHANNEL)
     }
 
-    /// 7-bit int8 weights: integer matmuls are exact on every CPU only with them (see
-    /// `reduceRange`); the target can say they are exact with 8. Weight-only weights are
-    /// dequantized to float, where nothing saturates.
-    pub fn resolved_reduce_range(&self, target: TargetCpu) -> bool {
-        self.reduce_range
-            .unwrap_or(self.mode != QuantMode::WeightOnly && !target.integer_matmul_exact())
+    /// How int8 weights are ranged. Unset, on a target whose integer kernels may saturate
+    /// (`auto`, `x86-avx2`): pair-bounded, exact on every CPU with up to 8 bits; weight-only
+    /// weights are dequantized to float, where nothing saturates, so they get all 8.
+    /// `reduceRange: true` is ONNX Runtime's 7 bits; `false` is 8 bits everywhere.
+    pub fn resolved_weight_range(&self, target: TargetCpu) -> WeightRange {
+        match self.reduce_range {
+            Some(true) => WeightRange::Seven,
+            Some(false) => WeightRange::Eight,
+            None if self.mode == QuantMode::WeightOnly || target.integer_matmul_exact() => {
+                WeightRange::Eight
+            }
+            None => WeightRange::PairBounded,
+        }
     }
 
     /// Static mode's activations: uint8 unless the target's kernels prefer int8.

@@ -99,3 +99,16 @@ pub enum CalibrationBatch {
     /// `bytes` (measured on the first row).
     UpTo { rows: u32, bytes: u64 },
 }
+
+/// How int8 weights that integer kernels multiply are ranged (`reduceRange` resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightRange {
+    /// [-127, 127] everywhere (`reduceRange: false`, or a target whose kernels are exact).
+    Eight,
+    /// [-63, 63] (`reduceRange: true`, ONNX Runtime's `reduce_range`).
+    Seven,
+    /// [-127, 127] with each scale chosen so that two weights an int16 multiply-add pairs
+    /// cannot overflow it (the default where the target may lack VNNI): exact on every CPU,
+    /// like 7 bits, with as much of the 8 bits as the weights allow.
+    PairBounded,
+}

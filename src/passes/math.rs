@@ -54,30 +54,133 @@ pub fn first_non_finite(w: &[f32]) -> Option<usize> {
     w.iter().position(|v| !v.is_finite())
 }
 
+/// The codes a symmetric int8 weight may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codes {
+    /// [-qmax, qmax], scale = max|w| / qmax (127: 8 bits; 63: 7 bits).
+    Max(i8),
+    /// [-127, 127], with each scale large enough that no two weights an int16 multiply-add
+    /// can pair have same-sign codes summing to more than 128. ONNX Runtime's x86 kernels
+    /// without VNNI multiply uint8 activations by int8 weights with `vpmaddubsw`, which adds
+    /// two products in int16 with saturation: 255·128 = 32,640 fits, so such weights are
+    /// exact on every CPU, as 7-bit ones are, while keeping up to 8 bits of resolution.
+    PairBounded(Pairs),
+}
+
+/// Which weights an integer kernel may pair in one int16 multiply-add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pairs {
+    /// Neighbours along the reduction axis (`len` long, consecutive elements `stride`
+    /// apart): the K of a MatMul or Gemm weight, which ONNX Runtime's integer GEMM packs in
+    /// order (both alignments are bounded, not only the (2i, 2i+1) pairs it uses today).
+    Adjacent { stride: usize, len: usize },
+    /// Any two within one of these channels (a Conv's output channel: its kernels lay K out
+    /// their own way), or within the tensor (`ChannelLayout::PER_TENSOR`).
+    AnyIn(ChannelLayout),
+}
+
+impl Codes {
+    /// The largest code: every form's codes lie in [-max, max].
+    pub fn max(self) -> i8 {
+        match self {
+            Codes::Max(q) => q,
+            Codes::PairBounded(_) => 127,
+        }
+    }
+}
+
+/// The largest same-sign pair sum `|a| + |b|` that `pairs` allows, per channel of `layout`
+/// (at least the channel's largest |w|, so a lone weight is bounded too).
+fn pair_bounds(
+    n: usize,
+    w: &impl Fn(usize) -> f32,
+    layout: ChannelLayout,
+    pairs: Pairs,
+    amax: &[f32],
+) -> Vec<f32> {
+    let mut bound = amax.to_vec();
+    let same_sign = |a: f32, b: f32| (a > 0.0 && b > 0.0) || (a < 0.0 && b < 0.0);
+    match pairs {
+        Pairs::Adjacent { stride, len } => {
+            for i in 0..n {
+                let k = (i / stride.max(1)) % len.max(1);
+                if k + 1 < len && i + stride < n {
+                    let (a, b) = (w(i), w(i + stride));
+                    if same_sign(a, b) {
+                        let c = layout.channel(i);
+                        bound[c] = bound[c].max(a.abs() + b.abs());
+                    }
+                }
+            }
+        }
+        Pairs::AnyIn(groups) => {
+            // The two largest positive and the two largest negative magnitudes per group.
+            let mut top = vec![[0f32; 4]; groups.channels];
+            for i in 0..n {
+                let v = w(i);
+                let t = &mut top[groups.channel(i)];
+                let (hi, lo) = if v > 0.0 { (0, 1) } else { (2, 3) };
+                let m = v.abs();
+                if m > t[hi] {
+                    t[lo] = t[hi];
+                    t[hi] = m;
+                } else if m > t[lo] {
+                    t[lo] = m;
+                }
+            }
+            for i in 0..n {
+                let t = &top[groups.channel(i)];
+                let c = layout.channel(i);
+                bound[c] = bound[c].max(t[0] + t[1]).max(t[2] + t[3]);
+            }
+        }
+    }
+    bound
+}
+
+/// The largest same-sign pair sum of codes that `pairs` allows (the bound `PairBounded`
+/// keeps at 128), for tests and reports.
+pub fn largest_pair_code(values: &[i8], pairs: Pairs) -> i32 {
+    let w = |i: usize| f32::from(values[i]);
+    let amax = [values
+        .iter()
+        .map(|v| f32::from(*v).abs())
+        .fold(0.0, f32::max)];
+    pair_bounds(values.len(), &w, ChannelLayout::PER_TENSOR, pairs, &amax)[0] as i32
+}
+
 /// Symmetric quantization to [-qmax, qmax]: scale = max|w| / qmax per channel, q = round(w/scale).
 /// Each element's error |w - q·scale| is at most scale/2. All-zero channels get scale 1 (their
 /// values are exactly 0 either way). The caller rejects non-finite input first.
-pub fn quantize_symmetric(w: &[f32], layout: ChannelLayout, qmax: i8) -> Quantized {
+pub fn quantize_symmetric(w: &[f32], layout: ChannelLayout, codes: Codes) -> Quantized {
     debug_assert!(first_non_finite(w).is_none());
-    quantize_symmetric_with(w.len(), |i| w[i], layout, qmax)
+    quantize_symmetric_with(w.len(), |i| w[i], layout, codes)
 }
 
 /// `quantize_symmetric` over an element accessor, so weights can be read straight from a
 /// tensor's raw little-endian bytes without a float copy of the tensor. Also records the
 /// largest round-trip error, computed on the way.
+///
+/// `PairBounded` codes: scale = (largest pair sum) / 127 per channel, so any two paired
+/// weights have |w1|/scale + |w2|/scale ≤ 127 and, each rounded by at most 1/2, codes
+/// summing to at most 128 in magnitude.
 pub fn quantize_symmetric_with(
     n: usize,
     w: impl Fn(usize) -> f32,
     layout: ChannelLayout,
-    qmax: i8,
+    codes: Codes,
 ) -> Quantized {
     let mut amax = vec![0f32; layout.channels];
     for i in 0..n {
         let c = layout.channel(i);
         amax[c] = amax[c].max(w(i).abs());
     }
-    let q = f32::from(qmax);
-    let scales: Vec<f32> = amax
+    let q = f32::from(codes.max());
+    let bound = match codes {
+        Codes::Max(_) => amax,
+        Codes::PairBounded(pairs) => pair_bounds(n, &w, layout, pairs, &amax),
+    };
+    let scales: Vec<f32> = bound
         .iter()
         .map(|&m| if m > 0.0 { m / q } else { 1.0 })
         .collect();
@@ -243,7 +346,7 @@ mod tests {
     #[test]
     fn per_tensor_round_trip_error_is_at_most_half_a_step() {
         let w: Vec<f32> = lcg(4096, 1).iter().map(|v| v * 3.0).collect();
-        let q = quantize_symmetric(&w, ChannelLayout::PER_TENSOR, 127);
+        let q = quantize_symmetric(&w, ChannelLayout::PER_TENSOR, Codes::Max(127));
         assert_eq!(q.scales.len(), 1);
         let back = dequantize(&q, ChannelLayout::PER_TENSOR);
         for (a, b) in w.iter().zip(&back) {
@@ -268,8 +371,8 @@ mod tests {
             .map(|(i, v)| v * 10f32.powi((i % cols) as i32 - 4))
             .collect();
         let layout = ChannelLayout::along(&[rows, cols], 1);
-        let pc = quantize_symmetric(&w, layout, 127);
-        let pt = quantize_symmetric(&w, ChannelLayout::PER_TENSOR, 127);
+        let pc = quantize_symmetric(&w, layout, Codes::Max(127));
+        let pt = quantize_symmetric(&w, ChannelLayout::PER_TENSOR, Codes::Max(127));
         assert_eq!(pc.scales.len(), cols);
         // Error relative to each column's range, averaged over columns: per-tensor scales
         // crush the small columns to zero, per-column scales keep every column at ~1/254.
@@ -296,14 +399,14 @@ mod tests {
 
     #[test]
     fn zero_tensor_quantizes_to_zeros_with_a_finite_scale() {
-        let q = quantize_symmetric(&[0.0; 100], ChannelLayout::PER_TENSOR, 127);
+        let q = quantize_symmetric(&[0.0; 100], ChannelLayout::PER_TENSOR, Codes::Max(127));
         assert!(q.values.iter().all(|v| *v == 0));
         assert!(q.scales[0].is_finite() && q.scales[0] > 0.0);
     }
 
     #[test]
     fn all_equal_tensor_round_trips_exactly() {
-        let q = quantize_symmetric(&[-0.75; 33], ChannelLayout::PER_TENSOR, 127);
+        let q = quantize_symmetric(&[-0.75; 33], ChannelLayout::PER_TENSOR, Codes::Max(127));
         assert!(q.values.iter().all(|v| *v == -127));
         assert!(
             dequantize(&q, ChannelLayout::PER_TENSOR)
@@ -314,8 +417,101 @@ mod tests {
 
     #[test]
     fn reduce_range_stays_within_seven_bits() {
-        let q = quantize_symmetric(&lcg(1000, 3), ChannelLayout::PER_TENSOR, 63);
+        let q = quantize_symmetric(&lcg(1000, 3), ChannelLayout::PER_TENSOR, Codes::Max(63));
         assert!(q.values.iter().all(|v| (-63..=63).contains(v)));
+    }
+
+    /// The largest same-sign pair of codes along K (both alignments) in every column of a
+    /// [K, N] tensor, brute force.
+    fn worst_adjacent_pair(q: &[i8], k: usize, n: usize) -> i32 {
+        let mut worst = 0;
+        for col in 0..n {
+            for r in 0..k {
+                let a = i32::from(q[r * n + col]);
+                worst = worst.max(a.abs());
+                if r + 1 < k {
+                    let b = i32::from(q[(r + 1) * n + col]);
+                    if a.signum() == b.signum() {
+                        worst = worst.max(a.abs() + b.abs());
+                    }
+                }
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn pair_bounded_codes_never_exceed_128_per_pair() {
+        // Heavy-tailed weights (cubed uniforms) and a planted pair of equal maxima, per
+        // tensor and per column, several shapes including odd K.
+        for (k, n, seed) in [(64, 32, 1), (33, 7, 2), (384, 48, 3), (2, 1, 4), (1, 5, 5)] {
+            let mut w: Vec<f32> = lcg(k * n, seed).iter().map(|v| v * v * v).collect();
+            if k >= 2 {
+                w[0] = 1.0;
+                w[n] = 1.0;
+            }
+            let pairs = Pairs::Adjacent { stride: n, len: k };
+            for layout in [ChannelLayout::PER_TENSOR, ChannelLayout::along(&[k, n], 1)] {
+                let q = quantize_symmetric(&w, layout, Codes::PairBounded(pairs));
+                assert!(worst_adjacent_pair(&q.values, k, n) <= 128, "k={k} n={n}");
+                assert_eq!(
+                    largest_pair_code(&q.values, pairs),
+                    worst_adjacent_pair(&q.values, k, n)
+                );
+                // Never coarser than 7-bit codes, and each element within half a step.
+                let seven = quantize_symmetric(&w, layout, Codes::Max(63));
+                for (a, b) in q.scales.iter().zip(&seven.scales) {
+                    assert!(a <= b, "scale {a} > 7-bit {b}");
+                }
+                let back = dequantize(&q, layout);
+                for (i, (a, b)) in w.iter().zip(&back).enumerate() {
+                    assert!((a - b).abs() <= q.scales[layout.channel(i)] / 2.0 + 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pair_bounded_codes_use_8_bits_where_no_pair_is_large() {
+        // One outlier among small weights: its neighbours are small, so the outlier keeps
+        // code 127 (7-bit codes would stop at 63).
+        let (k, n) = (16, 4);
+        let mut w: Vec<f32> = lcg(k * n, 7).iter().map(|v| v * 0.01).collect();
+        w[5 * n + 2] = 1.0;
+        let pairs = Pairs::Adjacent { stride: n, len: k };
+        let q = quantize_symmetric(&w, ChannelLayout::PER_TENSOR, Codes::PairBounded(pairs));
+        let top = q.values.iter().map(|v| i32::from(*v).abs()).max().unwrap();
+        assert!(top >= 126, "largest code {top}");
+        // Two equal maxima side by side: each gets 64, summing to 128.
+        let q = quantize_symmetric(
+            &[0.5, 0.5, -0.1],
+            ChannelLayout::PER_TENSOR,
+            Codes::PairBounded(Pairs::Adjacent { stride: 1, len: 3 }),
+        );
+        let (a, b) = (i32::from(q.values[0]), i32::from(q.values[1]));
+        assert!(a + b <= 128 && a >= 63 && b >= 63, "{a} + {b}");
+    }
+
+    #[test]
+    fn pair_bounded_conv_codes_bound_any_two_in_an_output_channel() {
+        // [M=6, C·kh·kw=27]: any order of K within an output channel stays bounded.
+        let (m, k) = (6, 27);
+        let w: Vec<f32> = lcg(m * k, 11).iter().map(|v| v * v * v).collect();
+        let groups = ChannelLayout::along(&[m, k], 0);
+        for layout in [ChannelLayout::PER_TENSOR, groups] {
+            let q = quantize_symmetric(&w, layout, Codes::PairBounded(Pairs::AnyIn(groups)));
+            for c in 0..m {
+                let row = &q.values[c * k..(c + 1) * k];
+                let mut pos: Vec<i32> = row.iter().map(|v| i32::from(*v).max(0)).collect();
+                let mut neg: Vec<i32> = row.iter().map(|v| (-i32::from(*v)).max(0)).collect();
+                pos.sort_unstable_by(|a, b| b.cmp(a));
+                neg.sort_unstable_by(|a, b| b.cmp(a));
+                assert!(
+                    pos[0] + pos[1] <= 128 && neg[0] + neg[1] <= 128,
+                    "channel {c}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -183,7 +183,6 @@ fn quantize_config(q: &QuantizeSpec, target: TargetCpu) -> QuantizeConfig {
             (WeightType::Int8, QuantMode::Static) => QuantForm::Static(Activations {
                 uint8: q.resolved_uint8_activations(target),
                 symmetric: q.resolved_symmetric_activations(),
-                reduce_range_default: q.reduce_range.is_none(),
                 calibrated: None,
                 // ONNX Runtime's int8 Convs are no faster than float on x86 without
                 // VNNI: narrow ones stay float there (and where the CPU is unknown).
@@ -193,7 +192,8 @@ fn quantize_config(q: &QuantizeSpec, target: TargetCpu) -> QuantizeConfig {
         },
         per_channel: q.resolved_per_channel(),
         per_channel_required: q.per_channel == Some(true),
-        reduce_range: q.resolved_reduce_range(target),
+        weight_range: q.resolved_weight_range(target),
+        weight_range_default: q.reduce_range.is_none(),
         select: Selection::new(
             q.resolved_ops(),
             &q.exclude_nodes,

@@ -28,13 +28,9 @@ struct Dynamic {
 impl Form for Dynamic {
     fn description(&self, cfg: &QuantizeConfig) -> String {
         format!(
-            "int8 dynamic (MatMulInteger), {}{}",
+            "int8 dynamic (MatMulInteger), {}, {}",
             int8::granularity(cfg),
-            if cfg.reduce_range {
-                int8::SEVEN_BIT
-            } else {
-                ", 8-bit weights (can saturate on x86 CPUs without VNNI)"
-            }
+            int8::weight_bits(cfg.weight_range, cfg.weight_range_default)
         )
     }
 

@@ -4,14 +4,14 @@
 
 use super::gather;
 use super::{QuantForm, QuantizeConfig};
+use crate::api::WeightRange;
 use crate::onnx::{self, Model, attr_int, f32_tensor, int8_tensor, pb};
 use crate::passes::opset;
 use crate::passes::rewrite::Rewrite;
 use crate::passes::weights::{Weight, node_label, non_finite, select_weights, weight_values};
 use crate::passes::{Error, PassReport, Result, Skipped, TensorReport, math};
-use math::{ChannelLayout, Quantized};
+use math::{ChannelLayout, Codes, Pairs, Quantized};
 
-/// The largest weight code: 63 for 7-bit weights (`reduce_range`), else 127.
 /// What a form's description says of the weights' scales: "per-channel" or "per-tensor".
 pub(super) fn granularity(cfg: &QuantizeConfig) -> &'static str {
     if cfg.per_channel {
@@ -21,11 +21,46 @@ pub(super) fn granularity(cfg: &QuantizeConfig) -> &'static str {
     }
 }
 
-/// What the dynamic and weight-only forms' descriptions say of 7-bit weights.
-pub(super) const SEVEN_BIT: &str = ", 7-bit weights (no int16 saturation on CPUs without VNNI)";
+/// What a form's description says of weights that integer kernels multiply; `default`:
+/// the range was chosen from `spec.target.cpu`, not set by `reduceRange`.
+pub(super) fn weight_bits(range: WeightRange, default: bool) -> &'static str {
+    match (range, default) {
+        (WeightRange::PairBounded, _) => {
+            "8-bit weights bounded in pairs (default for spec.target.cpu auto/x86-avx2: no two weights that an int16 multiply-add pairs exceed 128 together, so x86 CPUs without VNNI cannot saturate)"
+        }
+        (WeightRange::Seven, _) => "7-bit weights (reduceRange: true)",
+        (WeightRange::Eight, true) => {
+            "8-bit weights (default for spec.target.cpu x86-vnni/arm64, where 8-bit products do not saturate)"
+        }
+        (WeightRange::Eight, false) => {
+            "8-bit weights (reduceRange: false; can saturate on x86 CPUs without VNNI)"
+        }
+    }
+}
 
-pub(super) fn qmax(cfg: &QuantizeConfig) -> i8 {
-    if cfg.reduce_range { 63 } else { 127 }
+/// The codes of a weight that `op` multiplies in an integer kernel, reduced along `in_axis`
+/// of `dims` with output channels along `out_axis`. Pair bounds follow how ONNX Runtime's
+/// kernels pair weights: neighbours along K for MatMul and Gemm (2-D weights), any two in an
+/// output channel for Conv, any two in the tensor otherwise.
+pub(super) fn codes(
+    range: WeightRange,
+    op: &str,
+    dims: &[usize],
+    in_axis: usize,
+    out_axis: usize,
+) -> Codes {
+    match range {
+        WeightRange::Eight => Codes::Max(127),
+        WeightRange::Seven => Codes::Max(63),
+        WeightRange::PairBounded => Codes::PairBounded(match op {
+            "MatMul" | "Gemm" if dims.len() == 2 => Pairs::Adjacent {
+                stride: dims[in_axis + 1..].iter().product(),
+                len: dims[in_axis],
+            },
+            "Conv" => Pairs::AnyIn(ChannelLayout::along(dims, out_axis)),
+            _ => Pairs::AnyIn(ChannelLayout::PER_TENSOR),
+        }),
+    }
 }
 
 /// The error of a quantize pass.
@@ -206,7 +241,7 @@ pub(super) fn run(
             });
             continue;
         }
-        let (q, dims, axis) = quantize(model, w, plan, pc, qmax(cfg))?;
+        let (q, dims, axis) = quantize(model, w, plan, pc, cfg.weight_range)?;
         report.tensors.push(tensor_report(g, w, &q));
         let q = store(&mut rw, w, q, &dims, axis, pc, plan == Plan::Gather);
         match plan {
@@ -244,46 +279,53 @@ fn quantize(
     w: &Weight,
     plan: Plan,
     pc: bool,
-    qmax: i8,
+    range: WeightRange,
 ) -> Result<(Quantized, Vec<usize>, usize)> {
     let g = model.graph();
-    // One scale per table row; no integer matmul follows a lookup, so nothing can saturate:
-    // always 8-bit.
-    let (mut axis, qmax) = match plan {
-        Plan::Gather => (0, 127),
-        _ => (w.axes(g).1, qmax),
-    };
+    let (in_axis, out_axis) = w.axes(g);
+    let transpose = plan == Plan::Integer { transpose: true };
+    // The weight as stored, and its channel axis: MatMulInteger's B is [K, N] (Gemm
+    // transB=1 transposed), a table has a scale per row.
     let mut dims = w.dims.clone();
-    let layout = |dims: &[usize], axis: usize| {
-        if pc {
-            ChannelLayout::along(dims, axis)
-        } else {
-            ChannelLayout::PER_TENSOR
-        }
+    if transpose {
+        dims.swap(0, 1);
+    }
+    let axis = match plan {
+        Plan::Gather => 0,
+        Plan::Integer { .. } => 1,
+        Plan::Dequantized => out_axis,
+    };
+    let codes = match (plan, range) {
+        // No integer matmul follows a lookup, nor a float op reading the weight dequantized:
+        // nothing can saturate, so 8 bits (7 only where reduceRange asks for them).
+        (Plan::Gather, _) | (Plan::Dequantized, WeightRange::PairBounded) => Codes::Max(127),
+        (Plan::Integer { .. }, _) => codes(range, &w.users[0].1, &dims, 0, 1),
+        (Plan::Dequantized, _) => codes(range, &w.users[0].1, &dims, in_axis, out_axis),
+    };
+    let layout = if pc {
+        ChannelLayout::along(&dims, axis)
+    } else {
+        ChannelLayout::PER_TENSOR
     };
     let t = &g.initializer[w.init];
-    let q = match (plan, &t.raw_data) {
+    let q = match &t.raw_data {
         // The common case reads the weights straight from the file buffer: no float copy
         // of the tensor, which keeps peak memory near the model's size.
-        (Plan::Integer { transpose: false } | Plan::Dequantized | Plan::Gather, Some(raw))
-            if raw.len() == w.numel() * 4 =>
-        {
+        Some(raw) if !transpose && raw.len() == w.numel() * 4 => {
             let at = |i: usize| {
                 f32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]])
             };
             if let Some(i) = (0..w.numel()).find(|&i| !at(i).is_finite()) {
                 return Err(non_finite(model, w, at(i), i));
             }
-            math::quantize_symmetric_with(w.numel(), at, layout(&dims, axis), qmax)
+            math::quantize_symmetric_with(w.numel(), at, layout, codes)
         }
         _ => {
             let mut values = weight_values(model, w)?;
-            if let Plan::Integer { transpose: true } = plan {
-                values = math::transpose(&values, dims[0], dims[1]);
-                dims.swap(0, 1);
-                axis = 1;
+            if transpose {
+                values = math::transpose(&values, w.dims[0], w.dims[1]);
             }
-            math::quantize_symmetric(&values, layout(&dims, axis), qmax)
+            math::quantize_symmetric(&values, layout, codes)
         }
     };
     Ok((q, dims, axis))

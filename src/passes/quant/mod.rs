@@ -26,6 +26,7 @@ pub use static_qdq::{ActivationRanges, Activations, Calibrated};
 
 use super::weights::Selection;
 use super::{PassReport, Result};
+use crate::api::WeightRange;
 use crate::onnx::{self, Model};
 
 /// How a quantize pass stores its weights: the form, chosen once from the spec.
@@ -48,7 +49,10 @@ pub struct QuantizeConfig {
     /// Per-channel was asked for explicitly: where the opset cannot express it, fail (or
     /// skip the weight) instead of falling back to one scale per tensor.
     pub per_channel_required: bool,
-    pub reduce_range: bool,
+    /// How int8 weights are ranged (7-bit, 8-bit, or 8-bit bounded in pairs).
+    pub weight_range: WeightRange,
+    /// `weight_range` was chosen from the target, not set by `reduceRange` (for the report).
+    pub weight_range_default: bool,
     pub select: Selection,
 }
 

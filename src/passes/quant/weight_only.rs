@@ -3,6 +3,7 @@
 
 use super::QuantizeConfig;
 use super::int8::{self, Form, Int8Weight, Plan};
+use crate::api::WeightRange;
 use crate::onnx::{Model, pb};
 use crate::passes::rewrite::Rewrite;
 use crate::passes::weights::Weight;
@@ -19,8 +20,8 @@ impl Form for WeightOnly {
         format!(
             "int8 weight-only (QDQ), {}{}",
             int8::granularity(cfg),
-            if cfg.reduce_range {
-                int8::SEVEN_BIT
+            if cfg.weight_range == WeightRange::Seven {
+                ", 7-bit weights (reduceRange: true)"
             } else {
                 ""
             }

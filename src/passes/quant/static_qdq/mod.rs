@@ -47,8 +47,6 @@ pub struct Activations {
     pub uint8: bool,
     /// Zero point at the middle of the type (range `[-max|x|, max|x|]`).
     pub symmetric: bool,
-    /// `reduce_range` was chosen from the target, not set in the spec (for the report).
-    pub reduce_range_default: bool,
     /// Filled by the calibration stage before the pass runs.
     pub calibrated: Option<Arc<Calibrated>>,
     /// Keep Convs whose output channels are not a multiple of 16 in float (x86 without VNNI,
@@ -177,7 +175,7 @@ pub(super) fn apply(
             });
             continue;
         }
-        q.quantize_weight(cfg, w, int8::qmax(cfg), &mut report)?;
+        q.quantize_weight(cfg, w, &mut report)?;
     }
     q.drop_unread_biases();
     report
@@ -366,18 +364,7 @@ pub(super) fn needs_weights(a: &Activations, select: &Selection, model: &Model) 
 }
 
 fn describe(cfg: &QuantizeConfig, a: &Activations, cal: &Calibrated) -> String {
-    let bits = match (cfg.reduce_range, a.reduce_range_default) {
-        (true, true) => {
-            "7-bit weights (default for spec.target.cpu auto/x86-avx2: no int16 saturation on x86 CPUs without VNNI)"
-        }
-        (true, false) => "7-bit weights (reduceRange: true)",
-        (false, true) => {
-            "8-bit weights (default for spec.target.cpu x86-vnni/arm64, where 8-bit products do not saturate)"
-        }
-        (false, false) => {
-            "8-bit weights (reduceRange: false; can saturate on x86 CPUs without VNNI)"
-        }
-    };
+    let bits = int8::weight_bits(cfg.weight_range, cfg.weight_range_default);
     format!(
         "int8 static (QDQ), {} ({} activations, {}), {} weights, {bits}; calibration: {}",
         if a.uint8 { "U8S8" } else { "S8S8" },

@@ -6,7 +6,7 @@ use super::Qdq;
 use super::activations::Act;
 use crate::onnx::{self, DataType, TensorData, attr_int, f32_tensor, int8_tensor, pb, raw_tensor};
 use crate::passes::quant::QuantizeConfig;
-use crate::passes::quant::int8::tensor_report;
+use crate::passes::quant::int8::{self, tensor_report};
 use crate::passes::weights::{Weight, weight_values};
 use crate::passes::{PassReport, Result, math};
 use math::{ChannelLayout, Quantized};
@@ -63,18 +63,18 @@ impl Qdq<'_> {
         &mut self,
         cfg: &QuantizeConfig,
         w: &Weight,
-        qmax: i8,
         report: &mut PassReport,
     ) -> Result<()> {
         let g = self.g;
-        let (_, out_axis) = w.axes(g);
+        let (in_axis, out_axis) = w.axes(g);
+        let codes = int8::codes(cfg.weight_range, &w.users[0].1, &w.dims, in_axis, out_axis);
         let values = weight_values(self.model, w)?;
         let layout = if cfg.per_channel {
             ChannelLayout::along(&w.dims, out_axis)
         } else {
             ChannelLayout::PER_TENSOR
         };
-        let q = math::quantize_symmetric(&values, layout, qmax);
+        let q = math::quantize_symmetric(&values, layout, codes);
         drop(values);
         report.tensors.push(tensor_report(g, w, &q));
         let Quantized { values, scales, .. } = q;
