@@ -1081,7 +1081,7 @@ def print_section(rows, key, spec, modes, n_cal) -> None:
                          f"python+onnxruntime import RSS {c['import_peak_rss'] / 1e6:.0f} MB")
     if any(r["tool"] == "kompress8" for r in rs):
         notes.insert(0, "kompress8: kompress with reduceRange: false (8-bit weights, as ORT's default); kompress's own "
-                        "default for spec.target.cpu auto is 7-bit weights (exact on CPUs without VNNI)")
+                        "default for spec.target.cpu auto is 8-bit weights bounded in pairs (exact on CPUs without VNNI)")
     if any(r["tool"] == "ORT kops" for r in rs):
         notes.insert(0, "ORT kops: the reference limited to kompress's default op types "
                         f"(op_types_to_quantize={KOMPRESS_DEFAULT_OPS}); ORT's default adds Conv (ConvInteger)")

@@ -198,9 +198,11 @@ pub struct QuantizeSpec {
     /// weight fell back to per tensor (set true to make that an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_channel: Option<bool>,
-    /// Quantize int8 weights to 7 bits ([-63, 63]), so ONNX Runtime's AVX2 kernels without VNNI
-    /// cannot saturate. Default: true for `dynamic`/`static` unless `spec.target.cpu` has VNNI or is
-    /// ARM; false for `weightOnly`.
+    /// true: int8 weights in 7 bits ([-63, 63]); false: full 8 bits, which ONNX Runtime's x86
+    /// kernels without VNNI can saturate. Unset: 8 bits where `spec.target.cpu` has VNNI or is
+    /// ARM, and for `weightOnly`; otherwise 8 bits bounded in pairs (each scale set so no two
+    /// weights one int16 multiply-add pairs exceed 128 together): exact on every CPU, as 7 bits
+    /// are, with up to 8 bits of resolution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce_range: Option<bool>,
     /// 4-bit weights: elements per block sharing one scale (16, 32, 64, 128 or 256).
