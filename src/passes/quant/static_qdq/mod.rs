@@ -8,8 +8,8 @@
 //! - `Conv`: `DQ(Q(X))`, `DQ(W_q)`, int32 bias, and `Q -> DQ` on the output: fused into
 //!   `QLinearConv` (without an output Q ORT runs float Conv).
 //!
-//! Weights are symmetric int8 (zero point 0), per output channel or per tensor, 7-bit when
-//! `reduce_range`. Activation pairs use the calibrated `[lo, hi]` (widened to hold 0),
+//! Weights are symmetric int8 (zero point 0), per output channel or per tensor, in the range
+//! `weight_range` gives (7-bit, 8-bit, or 8-bit bounded in pairs). Activation pairs use the calibrated `[lo, hi]` (widened to hold 0),
 //! int8 or uint8, asymmetric or symmetric. A tensor quantized once is read dequantized by
 //! every quantized consumer (one pair per tensor). Embedding tables (`Gather`) keep the int8
 //! per-row form of the other forms ([`super::gather`]).
