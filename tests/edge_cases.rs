@@ -193,22 +193,23 @@ fn boundary_rows(dir: &Path, path: &Path, pairs: usize) {
 
 #[test]
 fn boundary_rows_catch_a_drop_the_main_set_averages_away() {
-    // int8 agrees with the original on 99.8% of the digits, and on far fewer of the rows
-    // where the original itself hesitates: the main gate passes, the edge-case gate does not.
+    // int8 agrees with the original on 99.8% of the digits, and on fewer of the rows where
+    // the original itself hesitates (92% with the default pair-bounded weights, under 90% with
+    // 7-bit ones): the main gate passes, the edge-case gate asking for 97% does not.
     let dir = tempfile::tempdir().unwrap();
     let edge = dir.path().join("edge.npz");
     boundary_rows(dir.path(), &edge, 60);
     let (code, report, _, err) = run(&job(
         dir.path(),
         &edge.display().to_string(),
-        "{minAgreement: 0.9}",
+        "{minAgreement: 0.97}",
     ));
     assert_eq!(code, 0, "{err}");
     let main = check(&report, "minAgreement");
     let edge_check = check(&report, "edgeCases.minAgreement");
     assert!(main["value"].as_f64().unwrap() > 0.99, "{main}");
     assert_eq!(main["passed"], true, "{main}");
-    assert!(edge_check["value"].as_f64().unwrap() < 0.9, "{edge_check}");
+    assert!(edge_check["value"].as_f64().unwrap() < 0.97, "{edge_check}");
     assert_eq!(edge_check["passed"], false, "{edge_check}");
     assert_eq!(report["result"]["verdict"], "Rejected");
     assert!(files_under(&dir.path().join("production")).is_empty());
