@@ -27,14 +27,6 @@ fn pass(spec: QuantizeSpec) -> Pass {
     Pass::from_spec(&PassSpec::Quantize(spec))
 }
 
-fn init<'a>(m: &'a onnx::Model, name: &str) -> &'a pb::TensorProto {
-    m.graph()
-        .initializer
-        .iter()
-        .find(|t| t.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("no initializer `{name}`"))
-}
-
 fn f32s(t: &pb::TensorProto) -> Vec<f32> {
     onnx::tensor_f32_values(t).unwrap()
 }
@@ -218,16 +210,16 @@ fn check_matmul_nbits(
             .any(|o| o.domain.as_deref() == Some("com.microsoft") && o.version == Some(1))
     );
     let nb = k.div_ceil(bs);
-    let b = init(&r.m, &node.input[1]);
+    let b = initializer(&r.m, &node.input[1]);
     assert_eq!(b.dtype(), onnx::DataType::Uint8);
     assert_eq!(b.dims, vec![n as i64, nb as i64, (bs / 2) as i64]);
-    let scales = init(&r.m, &node.input[2]);
+    let scales = initializer(&r.m, &node.input[2]);
     assert_eq!(scales.dims, vec![n as i64, nb as i64]);
     let zp = node
         .input
         .get(3)
         .filter(|z| !z.is_empty())
-        .map(|z| init(&r.m, z));
+        .map(|z| initializer(&r.m, z));
     assert_eq!(zp.is_none(), symmetric, "zero points iff asymmetric");
     if let Some(z) = zp {
         assert_eq!(z.dims, vec![n as i64, nb.div_ceil(2) as i64]);
@@ -565,12 +557,12 @@ fn gather_case(
         (Some(4), Some(bs as i64), Some(0), Some(1))
     );
     let nb = d.div_ceil(bs);
-    let q = init(&m, &node.input[0]);
+    let q = initializer(&m, &node.input[0]);
     assert_eq!(q.dtype(), onnx::DataType::Uint8);
     assert_eq!(q.dims, vec![v as i64, (d / 2) as i64]);
-    let scales = init(&m, &node.input[2]);
+    let scales = initializer(&m, &node.input[2]);
     assert_eq!(scales.dims, vec![v as i64, nb as i64]);
-    let zp = node.input.get(3).map(|z| init(&m, z));
+    let zp = node.input.get(3).map(|z| initializer(&m, z));
     assert_eq!(zp.is_none(), symmetric);
     if let Some(z) = zp {
         assert_eq!(z.dims, vec![v as i64, nb.div_ceil(2) as i64]);

@@ -437,17 +437,9 @@ fn saturation_error(per_channel: bool, reduce_range: Option<bool>) -> f64 {
     let out = dir.path().join("candidate.onnx");
     onnx::save(&m.proto, &out, &SaveOptions::default()).unwrap();
     let got = outputs(&out, &data, 4);
-    let init = |name: &str| {
-        m.graph()
-            .initializer
-            .iter()
-            .find(|t| t.name.as_deref() == Some(name))
-            .unwrap()
-            .clone()
-    };
-    let q = init("W0_quantized").raw_data.unwrap();
-    let scales = onnx::tensor_f32_values(&init("W0_scale")).unwrap();
-    let bias = onnx::tensor_f32_values(&init("B0")).unwrap();
+    let q = initializer(&m, "W0_quantized").raw_data.clone().unwrap();
+    let scales = onnx::tensor_f32_values(initializer(&m, "W0_scale")).unwrap();
+    let bias = onnx::tensor_f32_values(initializer(&m, "B0")).unwrap();
     let mut worst = 0f64;
     for (i, y) in got.iter().enumerate() {
         let c = i % n;

@@ -929,13 +929,8 @@ fn convs_with_output_channels_not_a_multiple_of_16_stay_float_without_vnni() {
 
 /// A stored int8 weight's codes.
 fn codes(m: &onnx::Model, name: &str) -> Vec<i32> {
-    let t = m
-        .graph()
-        .initializer
-        .iter()
-        .find(|t| t.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("no {name}"));
-    t.raw_data
+    initializer(m, name)
+        .raw_data
         .as_ref()
         .unwrap()
         .iter()
@@ -971,23 +966,20 @@ fn default_static_weights_bound_every_pair_a_kernel_may_add_in_int16() {
     // MatMul's K; any two in a Conv's output channel) above 128 together, so a uint8
     // activation of 255 cannot overflow int16 on x86 without VNNI; and more than 7 bits used.
     for per_channel in [true, false] {
-        let with = |mut p: PassSpec| {
-            if let PassSpec::Quantize(q) = &mut p {
-                q.per_channel = Some(per_channel);
-            }
-            p
-        };
-        let (m, s) = matmul_model();
-        let q = quantize(
-            &m,
-            &s,
-            &with(spec(
-                &["MatMul"],
+        // Static U8S8 minMax on `op` only, per channel or per tensor.
+        let run = |(m, s): (pb::ModelProto, Vec<usize>), op: &str| {
+            let mut p = spec(
+                &[op],
                 ActivationType::Uint8,
                 false,
                 CalibrationMethod::MinMax,
-            )),
-        );
+            );
+            if let PassSpec::Quantize(q) = &mut p {
+                q.per_channel = Some(per_channel);
+            }
+            quantize(&m, &s, &p)
+        };
+        let q = run(matmul_model(), "MatMul");
         assert!(
             q.report
                 .description
@@ -1006,17 +998,7 @@ fn default_static_weights_bound_every_pair_a_kernel_may_add_in_int16() {
         assert!(worst <= 128 && top > 63, "largest code {top}, pair {worst}");
         assert_close(&q, CalibrationMethod::MinMax);
 
-        let (m, s) = conv_model();
-        let q = quantize(
-            &m,
-            &s,
-            &with(spec(
-                &["Conv"],
-                ActivationType::Uint8,
-                false,
-                CalibrationMethod::MinMax,
-            )),
-        );
+        let q = run(conv_model(), "Conv");
         for (name, per) in [("K0_quantized", 27), ("K1_quantized", 144)] {
             let k = codes(&q.model, name);
             let channels: Vec<Vec<usize>> = (0..16)

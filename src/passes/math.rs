@@ -138,17 +138,6 @@ fn pair_bounds(
     bound
 }
 
-/// The largest same-sign pair sum of codes that `pairs` allows (the bound `PairBounded`
-/// keeps at 128), for tests and reports.
-pub fn largest_pair_code(values: &[i8], pairs: Pairs) -> i32 {
-    let w = |i: usize| f32::from(values[i]);
-    let amax = [values
-        .iter()
-        .map(|v| f32::from(*v).abs())
-        .fold(0.0, f32::max)];
-    pair_bounds(values.len(), &w, ChannelLayout::PER_TENSOR, pairs, &amax)[0] as i32
-}
-
 /// Symmetric quantization to [-qmax, qmax]: scale = max|w| / qmax per channel, q = round(w/scale).
 /// Each element's error |w - q·scale| is at most scale/2. All-zero channels get scale 1 (their
 /// values are exactly 0 either way). The caller rejects non-finite input first.
@@ -419,6 +408,17 @@ mod tests {
     fn reduce_range_stays_within_seven_bits() {
         let q = quantize_symmetric(&lcg(1000, 3), ChannelLayout::PER_TENSOR, Codes::Max(63));
         assert!(q.values.iter().all(|v| (-63..=63).contains(v)));
+    }
+
+    /// The largest same-sign pair sum of codes that `pairs` allows, through `pair_bounds`
+    /// (checked against the brute force below).
+    fn largest_pair_code(values: &[i8], pairs: Pairs) -> i32 {
+        let w = |i: usize| f32::from(values[i]);
+        let amax = [values
+            .iter()
+            .map(|v| f32::from(*v).abs())
+            .fold(0.0, f32::max)];
+        pair_bounds(values.len(), &w, ChannelLayout::PER_TENSOR, pairs, &amax)[0] as i32
     }
 
     /// The largest same-sign pair of codes along K (both alignments) in every column of a

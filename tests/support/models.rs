@@ -158,6 +158,18 @@ pub fn outputs(model: &Path, data: &Path, batch_size: usize) -> Vec<f32> {
     )
 }
 
+/// The initializer `name` of `m` (panics naming it when there is none).
+pub fn initializer<'a>(
+    m: &'a kompress::onnx::Model,
+    name: &str,
+) -> &'a kompress::onnx::pb::TensorProto {
+    m.graph()
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no initializer `{name}`"))
+}
+
 /// The op types of the model's nodes, in order.
 pub fn ops(m: &kompress::onnx::Model) -> Vec<String> {
     m.graph()

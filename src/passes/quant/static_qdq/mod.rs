@@ -9,8 +9,8 @@
 //!   `QLinearConv` (without an output Q ORT runs float Conv).
 //!
 //! Weights are symmetric int8 (zero point 0), per output channel or per tensor, in the range
-//! `weight_range` gives (7-bit, 8-bit, or 8-bit bounded in pairs). Activation pairs use the calibrated `[lo, hi]` (widened to hold 0),
-//! int8 or uint8, asymmetric or symmetric. A tensor quantized once is read dequantized by
+//! `weight_range` gives (7-bit, 8-bit, or 8-bit bounded in pairs). Activation pairs use the
+//! calibrated `[lo, hi]` (widened to hold 0), int8 or uint8, asymmetric or symmetric. A tensor quantized once is read dequantized by
 //! every quantized consumer (one pair per tensor). Embedding tables (`Gather`) keep the int8
 //! per-row form of the other forms ([`super::gather`]).
 
